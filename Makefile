@@ -1,0 +1,72 @@
+# Everything a fresh machine needs comes from here: `make run` and `make test`
+# create the virtual environment, install the project and generate gRPC code.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+PROTO_OUT := protos/link_pb2.py protos/link_pb2_grpc.py protos/link_pb2.pyi
+HTTP_LISTEN ?= 127.0.0.1:8000
+LINK_LISTEN ?= 127.0.0.1:7443
+PYTEST_ARGS ?=
+
+.PHONY: help install proto run test unit integration interop bench bench-quick lint fmt clean
+
+help:
+	@echo "make run        start the hub with embedded SQLite under ./var/"
+	@echo "make test       lint, then the whole test suite (unit, integration, interop)"
+	@echo "make interop    only the tests against a real OpenClaw gateway"
+	@echo "make bench      benchmarks (figures and ratios against the raw stack)"
+	@echo "make lint       ruff check and format check"
+	@echo "make proto      regenerate the gRPC modules from protos/*.proto"
+
+$(BIN)/python:
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+	  || { echo "Python 3.11 or newer is required (PYTHON=$(PYTHON))" >&2; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+
+$(INSTALLED): pyproject.toml setup.py | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $@
+
+$(PROTO_OUT): protos/link.proto protos/generate.py $(INSTALLED)
+	$(BIN)/python protos/generate.py >/dev/null
+
+proto: $(INSTALLED)
+	$(BIN)/python protos/generate.py
+
+install: $(INSTALLED) $(PROTO_OUT)
+
+run: install
+	$(BIN)/mc-hub serve --data-dir var/hub --http-listen $(HTTP_LISTEN) \
+	  --link-listen $(LINK_LISTEN) --insecure-dev
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+fmt: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+test: lint
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+unit: install
+	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
+
+integration: install
+	$(BIN)/python -m pytest tests/integration $(PYTEST_ARGS)
+
+interop: install
+	$(BIN)/python -m pytest -m interop tests/interop $(PYTEST_ARGS)
+
+bench: install
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
+bench-quick: install
+	$(BIN)/python -m bench --quick $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) build *.egg-info protos/*_pb2*.py protos/*_pb2*.pyi .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""mc-hub: boards, agents, gateways and tasks; the link server; check-in reconciliation."""

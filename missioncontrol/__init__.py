@@ -1,0 +1,1 @@
+"""Pieces shared by mc-hub and mc-sidecar: version, settings, logging, addresses."""

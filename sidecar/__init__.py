@@ -1,0 +1,1 @@
+"""mc-sidecar: runs beside one OpenClaw gateway and links it to the hub."""

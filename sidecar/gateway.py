@@ -1,0 +1,142 @@
+"""The sidecar's view of its OpenClaw gateway: a small interface and its types.
+
+Command handlers and the link talk to the gateway only through `GatewayClient`.
+The real implementation speaks the gateway's loopback WebSocket protocol
+(`sidecar/gateway_client.py`); tests of pure sidecar logic may pass a simple
+in-memory one.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+
+class GatewayGeneration(enum.IntEnum):
+    """Which file set and roster shape a gateway takes (values match the proto enum)."""
+
+    UNKNOWN = 0
+    LEGACY_2026_3 = 1  # protocol 3, agents.list array, TOOLS.md / HEARTBEAT.md / BOOTSTRAP.md
+    CURRENT = 2  # protocol 4, keyed agents.entries, heartbeat checklist in the cron scratch
+
+
+@dataclass(frozen=True)
+class GatewayInfo:
+    """What the sidecar currently knows about its gateway."""
+
+    reachable: bool
+    version: str = ""
+    protocol: int = 0
+    generation: GatewayGeneration = GatewayGeneration.UNKNOWN
+    unreachable_reason: str = ""
+
+
+@dataclass(frozen=True)
+class AgentEntry:
+    """The gateway entry the sidecar wants for one managed agent."""
+
+    agent_id: str
+    name: str
+    workspace: Path
+    emoji: str = ""
+    model: str = ""
+
+
+@dataclass(frozen=True)
+class HeartbeatSpec:
+    every_s: int
+    target: str = "none"
+    checklist: str = ""
+
+
+class RunState(enum.StrEnum):
+    FINAL = "final"
+    ERROR = "error"
+    ABORTED = "aborted"
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    run_id: str
+    state: RunState
+    message: str = ""
+
+
+class GatewayError(Exception):
+    """A gateway call failed. `code` is stable and machine-readable; the message says the fix."""
+
+    code = "gateway_error"
+    retryable = True
+
+    def __init__(self, message: str, *, code: str | None = None, retryable: bool | None = None):
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+        if retryable is not None:
+            self.retryable = retryable
+
+
+class GatewayUnavailable(GatewayError):
+    """No working connection to the gateway right now (down, token mismatch, scopes cleared)."""
+
+    code = "gateway_unreachable"
+
+
+class GatewayClient(Protocol):
+    """What command handlers need from the gateway."""
+
+    @property
+    def info(self) -> GatewayInfo: ...
+
+    def on_info_change(self, callback: Callable[[GatewayInfo], None]) -> None:
+        """Call `callback` whenever reachability, version, protocol or generation change."""
+
+    async def ensure_agent(self, entry: AgentEntry) -> None:
+        """Create or update the entry; return once the gateway lists the agent as usable."""
+
+    async def remove_agent(self, agent_id: str, *, delete_files: bool) -> None:
+        """Remove the entry; an agent already absent is not an error."""
+
+    async def set_heartbeat(self, agent_id: str, heartbeat: HeartbeatSpec) -> None:
+        """Apply cadence/target, and the checklist where the generation keeps it off-disk."""
+
+    async def wake(self, agent_id: str, message: str, idempotency_key: str) -> str:
+        """Start a run in the agent's main session; return the run id. Same key, same run."""
+
+    async def wait_run(self, run_id: str, timeout_s: float) -> RunOutcome:
+        """Wait for a run started by `wake` to end (final, error or aborted)."""
+
+
+class NoGateway:
+    """A GatewayClient for a sidecar not (yet) attached to a gateway: every call is refused."""
+
+    def __init__(self, reason: str = "no gateway client is configured") -> None:
+        self._info = GatewayInfo(reachable=False, unreachable_reason=reason)
+
+    @property
+    def info(self) -> GatewayInfo:
+        return self._info
+
+    def on_info_change(self, callback: Callable[[GatewayInfo], None]) -> None:
+        return None
+
+    def _refuse(self) -> GatewayUnavailable:
+        return GatewayUnavailable(self._info.unreachable_reason)
+
+    async def ensure_agent(self, entry: AgentEntry) -> None:
+        raise self._refuse()
+
+    async def remove_agent(self, agent_id: str, *, delete_files: bool) -> None:
+        raise self._refuse()
+
+    async def set_heartbeat(self, agent_id: str, heartbeat: HeartbeatSpec) -> None:
+        raise self._refuse()
+
+    async def wake(self, agent_id: str, message: str, idempotency_key: str) -> str:
+        raise self._refuse()
+
+    async def wait_run(self, run_id: str, timeout_s: float) -> RunOutcome:
+        raise self._refuse()
