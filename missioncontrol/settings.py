@@ -49,14 +49,19 @@ class Option:
         return prefix + self.key.upper()
 
 
-def add_options(parser: argparse.ArgumentParser, options: Sequence[Option], env_prefix: str) -> None:
+def add_options(
+    parser: argparse.ArgumentParser, options: Sequence[Option], env_prefix: str
+) -> None:
     for option in options:
         where = f"[env {option.env(env_prefix)}, file key {option.key}"
         where += "]" if option.default in (None, False) else f", default {option.default}]"
         help_text = f"{option.help} {where}"
         if option.switch:
             parser.add_argument(
-                f"--{option.name}", action="store_true", default=None, help=help_text
+                f"--{option.name}",
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help=help_text,
             )
         else:
             parser.add_argument(
@@ -101,7 +106,11 @@ def resolve(
         if raw is None and option.key in file_values:
             raw, source = file_values[option.key], f"config key {option.key}"
         if raw is None:
-            values[option.key] = option.default
+            # String defaults are written as a user would type them; convert them alike.
+            default = option.default
+            if isinstance(default, str) and not option.switch:
+                default = option.convert(default)
+            values[option.key] = default
             continue
         try:
             if option.switch:

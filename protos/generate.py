@@ -15,9 +15,8 @@ ROOT = PROTOS_DIR.parent
 
 def generate(root: Path = ROOT) -> list[Path]:
     """Run protoc for every .proto under protos/ into protos/; return the outputs."""
-    from grpc_tools import protoc  # build-time dependency only
-
     import grpc_tools
+    from grpc_tools import protoc  # build-time dependency only
 
     well_known = Path(grpc_tools.__file__).parent / "_proto"
     sources = sorted((root / "protos").glob("*.proto"))

@@ -1,0 +1,175 @@
+"""HubConfig: every setting of mc-hub, built once from flags, environment and a file."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from missioncontrol.netaddr import HostPort
+from missioncontrol.settings import (
+    Option,
+    SettingsError,
+    add_options,
+    config_path_from,
+    expand_path,
+    load_config_file,
+    resolve,
+)
+
+ENV_PREFIX = "MC_HUB_"
+ADMIN_TOKEN_ENV = "MC_ADMIN_TOKEN"
+ADMIN_TOKEN_FILE = "admin-token"
+MIN_ADMIN_TOKEN_CHARS = 50
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise ValueError(f"{text} must be > 0")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise ValueError(f"{text} must be >= 0")
+    return value
+
+
+SERVE_OPTIONS = (
+    Option(
+        "data-dir",
+        "directory for the SQLite database, keys and the generated admin token",
+        "var/hub",
+        expand_path,
+        metavar="DIR",
+    ),
+    Option(
+        "http-listen",
+        "address of the admin/agent REST API and dashboard",
+        "127.0.0.1:8000",
+        HostPort.parse,
+        metavar="HOST:PORT",
+    ),
+    Option(
+        "link-listen",
+        "address of the gRPC link sidecars connect to",
+        "127.0.0.1:7443",
+        HostPort.parse,
+        metavar="HOST:PORT",
+    ),
+    Option(
+        "insecure-dev",
+        "serve the link without TLS; loopback addresses only, for development",
+        False,
+        switch=True,
+    ),
+    Option(
+        "commit-interval",
+        "seconds between group commits under load",
+        1.0,
+        _positive_float,
+        metavar="SECONDS",
+    ),
+    Option(
+        "shutdown-grace",
+        "seconds to drain open streams and requests on shutdown",
+        5.0,
+        _non_negative_float,
+        metavar="SECONDS",
+    ),
+    Option("log-level", "debug, info, warning or error", "info", metavar="LEVEL"),
+    Option(
+        "log-format", "json, console, or auto (console on a terminal)", "auto", metavar="FORMAT"
+    ),
+)
+
+
+@dataclass(frozen=True)
+class HubConfig:
+    data_dir: Path
+    http_listen: HostPort
+    link_listen: HostPort
+    insecure_dev: bool
+    commit_interval_s: float
+    shutdown_grace_s: float
+    log_level: str
+    log_format: str
+    admin_token: str
+    admin_token_generated: bool = False
+
+    @property
+    def database_path(self) -> Path:
+        return self.data_dir / "hub.sqlite3"
+
+    def validate(self) -> None:
+        if self.insecure_dev and not self.link_listen.is_loopback:
+            raise SettingsError(
+                f"--insecure-dev refuses to serve the link on {self.link_listen}: without TLS "
+                "the link may only listen on a loopback address (127.0.0.1 or [::1])"
+            )
+        if not self.insecure_dev:
+            raise SettingsError(
+                "the link needs TLS; this build serves it only with --insecure-dev on loopback "
+                "(mutual TLS enrollment is not available yet)"
+            )
+        if self.log_format not in {"json", "console", "auto"}:
+            raise SettingsError(f"--log-format {self.log_format!r}: use json, console or auto")
+        if len(self.admin_token) < MIN_ADMIN_TOKEN_CHARS:
+            raise SettingsError(
+                f"{ADMIN_TOKEN_ENV} is {len(self.admin_token)} characters; it must be at least "
+                f"{MIN_ADMIN_TOKEN_CHARS} (generate one with: python3 -c "
+                "'import secrets; print(secrets.token_urlsafe(48))')"
+            )
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help=f"TOML file with any of the keys below [env {ENV_PREFIX}CONFIG]",
+    )
+    add_options(parser, SERVE_OPTIONS, ENV_PREFIX)
+
+
+def load_admin_token(data_dir: Path, environ: Mapping[str, str]) -> tuple[str, bool]:
+    """The admin token from the environment, else from (or newly into) the data directory."""
+    from_env = environ.get(ADMIN_TOKEN_ENV, "").strip()
+    if from_env:
+        return from_env, False
+    path = data_dir / ADMIN_TOKEN_FILE
+    if path.exists():
+        return path.read_text().strip(), False
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    token = secrets.token_urlsafe(48)  # 64 characters, 384 bits
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(token + "\n")
+    return token, True
+
+
+def build_config(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> HubConfig:
+    file_path = config_path_from(args, environ, ENV_PREFIX + "CONFIG")
+    values = resolve(
+        SERVE_OPTIONS, args, environ, ENV_PREFIX, load_config_file(file_path), file_path
+    )
+    data_dir: Path = values["data_dir"]
+    token, generated = load_admin_token(data_dir, environ)
+    config = HubConfig(
+        data_dir=data_dir,
+        http_listen=values["http_listen"],
+        link_listen=values["link_listen"],
+        insecure_dev=values["insecure_dev"],
+        commit_interval_s=values["commit_interval"],
+        shutdown_grace_s=values["shutdown_grace"],
+        log_level=values["log_level"],
+        log_format=values["log_format"],
+        admin_token=token,
+        admin_token_generated=generated,
+    )
+    config.validate()
+    return config

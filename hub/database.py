@@ -1,0 +1,234 @@
+"""SQLite access for the hub: one writer that group-commits, one reader, migrations.
+
+Every write goes through `Database.write(fn)`: `fn(connection)` runs on the
+writer thread inside a transaction shared with whatever else is queued. The
+writer commits immediately when idle and at most once per `commit_interval_s`
+under load, so a burst of heartbeats, acks and API writes costs one fsync.
+Each job runs under its own savepoint: one failing job rolls back alone and its
+caller gets the exception; the others commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from hub.migrations import MIGRATIONS
+from missioncontrol.log import get_logger
+
+T = TypeVar("T")
+log = get_logger("hub.database")
+
+BUSY_TIMEOUT_MS = 5_000
+
+
+class DatabaseError(RuntimeError):
+    """The database cannot be opened, migrated or written."""
+
+
+class DatabaseClosed(DatabaseError):
+    """A write was submitted after the database was closed."""
+
+
+@dataclass
+class _Job:
+    fn: Callable[[sqlite3.Connection], Any]
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[Any]
+
+
+@dataclass
+class WriterStats:
+    commits: int = 0
+    jobs: int = 0
+    last_commit_at: float = 0.0
+    last_error: str | None = None
+    last_error_at: float = 0.0
+    batch_sizes: list[int] = field(default_factory=list)
+
+
+def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
+    uri = f"file:{path}{'?mode=ro' if readonly else ''}"
+    conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+    conn.row_factory = sqlite3.Row
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    conn.execute("PRAGMA foreign_keys = ON")
+    if not readonly:
+        conn.execute("PRAGMA journal_mode = WAL")
+        # WAL + NORMAL never corrupts; a power cut may lose the last commit (see README).
+        conn.execute("PRAGMA synchronous = NORMAL")
+    return conn
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Apply every migration newer than the recorded schema version; return the version."""
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL, applied_at REAL)"
+    )
+    row = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()
+    current = row[0] or 0
+    known = len(MIGRATIONS)
+    if current > known:
+        raise DatabaseError(
+            f"database schema version {current} is newer than this hub understands ({known}); "
+            "run the newer mc-hub, or restore a backup made by this version"
+        )
+    for version, script in enumerate(MIGRATIONS[current:], start=current + 1):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in script:
+                conn.execute(statement)
+            conn.execute(
+                "INSERT INTO schema_version (version, applied_at) VALUES (?, ?)",
+                (version, time.time()),
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        log.info("database.migrated", version=version)
+    return known
+
+
+class Database:
+    """The hub's single SQLite database: group-committing writer plus a reader."""
+
+    def __init__(self, path: Path, commit_interval_s: float = 1.0) -> None:
+        self.path = path
+        self.commit_interval_s = commit_interval_s
+        self.stats = WriterStats()
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._writer: threading.Thread | None = None
+        self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hub-db-read")
+        self._reader_local = threading.local()
+        self._closed = False
+
+    def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            conn = connect(self.path)
+            migrate(conn)
+        except sqlite3.Error as exc:
+            raise DatabaseError(f"cannot open database {self.path}: {exc}") from exc
+        self._writer = threading.Thread(
+            target=self._run_writer, args=(conn,), name="hub-db-writer", daemon=True
+        )
+        self._writer.start()
+
+    async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `fn` in the next group commit; return its result once it is durable."""
+        if self._closed:
+            raise DatabaseClosed("database is closed")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._jobs.put(_Job(fn, loop, future))
+        return await future
+
+    async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run a read-only query on the reader thread (WAL: never blocked by the writer)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._reader, self._read_job, fn)
+
+    def _read_job(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        conn = getattr(self._reader_local, "conn", None)
+        if conn is None:
+            conn = connect(self.path)
+            conn.execute("PRAGMA query_only = ON")
+            self._reader_local.conn = conn
+        return fn(conn)
+
+    def probe_writable(self, timeout_s: float = 1.0) -> None:
+        """Take the write lock on a separate connection and release it; raise if impossible."""
+        conn = sqlite3.connect(self.path, timeout=timeout_s, isolation_level=None)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("UPDATE schema_version SET applied_at = applied_at WHERE 0")
+            conn.execute("ROLLBACK")
+        finally:
+            conn.close()
+
+    async def close(self) -> None:
+        """Commit what is queued, then stop the writer and the reader."""
+        if self._closed:
+            return
+        self._closed = True
+        self._jobs.put(None)
+        if self._writer is not None:
+            await asyncio.to_thread(self._writer.join)
+        self._reader.shutdown(wait=True)
+
+    # ------------------------------------------------------------- writer
+
+    def _run_writer(self, conn: sqlite3.Connection) -> None:
+        stopping = False
+        while not stopping:
+            first = self._jobs.get()
+            if first is None:
+                break
+            # Under load, wait out the commit interval so the batch can grow.
+            wait = self.stats.last_commit_at + self.commit_interval_s - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+            batch = [first]
+            while True:
+                try:
+                    job = self._jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if job is None:
+                    stopping = True
+                    break
+                batch.append(job)
+            self._commit_batch(conn, batch)
+        conn.close()
+
+    def _commit_batch(self, conn: sqlite3.Connection, batch: list[_Job]) -> None:
+        outcomes: list[tuple[_Job, Any, BaseException | None]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for job in batch:
+                conn.execute("SAVEPOINT job")
+                try:
+                    result = job.fn(conn)
+                except Exception as exc:
+                    conn.execute("ROLLBACK TO job")
+                    conn.execute("RELEASE job")
+                    outcomes.append((job, None, exc))
+                else:
+                    conn.execute("RELEASE job")
+                    outcomes.append((job, result, None))
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            self.stats.last_error = str(exc)
+            self.stats.last_error_at = time.monotonic()
+            log.error("database.commit.failed", error=str(exc), jobs=len(batch))
+            failure = DatabaseError(f"database write failed: {exc}")
+            outcomes = [(job, None, failure) for job in batch]
+        else:
+            self.stats.commits += 1
+            self.stats.jobs += len(batch)
+            self.stats.last_error = None
+            self.stats.batch_sizes.append(len(batch))
+            del self.stats.batch_sizes[:-64]
+        self.stats.last_commit_at = time.monotonic()
+        for job, result, error in outcomes:
+            job.loop.call_soon_threadsafe(_settle, job.future, result, error)
+
+
+def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.done():  # the caller was cancelled; the write still happened
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)

@@ -1,0 +1,196 @@
+"""The hub's HTTP surface (aiohttp): health, readiness and the admin REST API."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+
+from hub.database import Database
+from hub.link_server import SessionRegistry
+from hub.store import GatewayRow, Store
+from missioncontrol.log import get_logger
+
+log = get_logger("hub.http")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+MAX_PAGE = 200
+
+
+@dataclass(frozen=True)
+class HttpDeps:
+    store: Store
+    db: Database
+    registry: SessionRegistry
+    admin_token: str
+    link_serving: Callable[[], bool]
+
+
+DEPS = web.AppKey("deps", HttpDeps)
+REQUEST_ID = "request_id"
+
+
+def iso(epoch: float | None) -> str | None:
+    if epoch is None:
+        return None
+    return datetime.fromtimestamp(epoch, UTC).isoformat().replace("+00:00", "Z")
+
+
+def error_response(request: web.Request, status: int, detail: Any) -> web.Response:
+    return web.json_response(
+        {"detail": detail, "request_id": request.get(REQUEST_ID)}, status=status
+    )
+
+
+@web.middleware
+async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Give every request an id, and every error the {"detail", "request_id"} shape."""
+    request[REQUEST_ID] = request.headers.get("X-Request-Id", "")[:64] or uuid.uuid4().hex
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:
+        if exc.content_type == "application/json":
+            response = exc
+        else:
+            response = error_response(request, exc.status, exc.reason)
+            for header in ("Allow", "Retry-After", "WWW-Authenticate"):
+                if header in exc.headers:
+                    response.headers[header] = exc.headers[header]
+    except Exception:
+        log.exception("http.request.failed", path=request.path, request_id=request[REQUEST_ID])
+        response = error_response(request, 500, "internal error; see the hub log")
+    response.headers["X-Request-Id"] = request[REQUEST_ID]
+    return response
+
+
+def require_admin(request: web.Request) -> None:
+    expected = request.app[DEPS].admin_token
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise _json_error(
+            request,
+            401,
+            "missing admin token: send Authorization: Bearer <token>",
+            {"WWW-Authenticate": "Bearer"},
+        )
+    if not hmac.compare_digest(token.strip().encode(), expected.encode()):
+        raise _json_error(request, 401, "invalid admin token", {"WWW-Authenticate": "Bearer"})
+
+
+def _json_error(
+    request: web.Request, status: int, detail: str, headers: dict[str, str] | None = None
+) -> web.HTTPException:
+    exc = web.HTTPException(
+        text=web.json_response({"detail": detail, "request_id": request.get(REQUEST_ID)}).text,
+        content_type="application/json",
+        headers=headers,
+    )
+    exc.set_status(status)
+    return exc
+
+
+def page_params(request: web.Request) -> tuple[int, int]:
+    try:
+        limit = int(request.query.get("limit", MAX_PAGE))
+        offset = int(request.query.get("offset", 0))
+    except ValueError:
+        raise _json_error(request, 422, "limit and offset must be integers") from None
+    if not 1 <= limit <= MAX_PAGE or offset < 0:
+        raise _json_error(request, 422, f"limit must be 1..{MAX_PAGE} and offset >= 0")
+    return limit, offset
+
+
+def gateway_json(row: GatewayRow, registry: SessionRegistry) -> dict[str, Any]:
+    session = registry.get(row.id)
+    generation = {0: None, 1: "legacy-2026.3", 2: "current"}.get(row.gateway_generation)
+    return {
+        "id": row.id,
+        "name": row.name,
+        "connected": session is not None,
+        "sidecar_version": row.sidecar_version,
+        "openclaw_version": row.openclaw_version,
+        "openclaw_protocol": row.openclaw_protocol,
+        "gateway_generation": generation,
+        "gateway_reachable": row.reachable,
+        "gateway_unreachable_reason": row.unreachable_reason,
+        "config_valid": row.config_valid,
+        "config_error": row.config_error,
+        "workspace_root": row.workspace_root,
+        "agent_api_url": row.agent_api_url,
+        "hostname": row.hostname,
+        "last_seen_at": iso(session.last_message_at if session else row.last_seen_at),
+        "connected_at": iso(row.connected_at) if session else None,
+        "disconnected_at": iso(row.disconnected_at),
+        "command_sequence": row.next_sequence - 1,
+        "acked_sequence": row.acked_sequence,
+        "created_at": iso(row.created_at),
+        "updated_at": iso(row.updated_at),
+    }
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"ok": True, "status": "live"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    deps = request.app[DEPS]
+    failing: list[dict[str, str]] = []
+    try:
+        await asyncio.wait_for(asyncio.to_thread(deps.db.probe_writable, 1.0), timeout=2.0)
+    except TimeoutError:
+        failing.append({"check": "database", "detail": "write probe timed out after 2 s"})
+    except Exception as exc:
+        failing.append({"check": "database", "detail": f"database is not writable: {exc}"})
+    if deps.db.stats.last_error:
+        failing.append(
+            {
+                "check": "database_writer",
+                "detail": f"last group commit failed: {deps.db.stats.last_error}",
+            }
+        )
+    if not deps.link_serving():
+        failing.append({"check": "link", "detail": "the gRPC link server is not serving"})
+    body = {"ready": not failing, "failing": failing}
+    return web.json_response(body, status=200 if not failing else 503)
+
+
+async def list_gateways(request: web.Request) -> web.Response:
+    require_admin(request)
+    limit, offset = page_params(request)
+    deps = request.app[DEPS]
+    rows, total = await deps.store.list_gateways(limit, offset)
+    return web.json_response(
+        {
+            "items": [gateway_json(r, deps.registry) for r in rows],
+            "total": total,
+            "limit": limit,
+            "offset": offset,
+        }
+    )
+
+
+async def get_gateway(request: web.Request) -> web.Response:
+    require_admin(request)
+    deps = request.app[DEPS]
+    row = await deps.store.get_gateway(request.match_info["gateway_id"])
+    if row is None:
+        raise _json_error(request, 404, "gateway not found")
+    return web.json_response(gateway_json(row, deps.registry))
+
+
+def build_app(deps: HttpDeps, *, client_max_size: int = 1024 * 1024) -> web.Application:
+    app = web.Application(middlewares=[request_context], client_max_size=client_max_size)
+    app[DEPS] = deps
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/health", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/api/v1/gateways", list_gateways)
+    app.router.add_get("/api/v1/gateways/{gateway_id}", get_gateway)
+    return app

@@ -1,0 +1,343 @@
+"""The hub end of Link.Connect: one SidecarSession per sidecar stream.
+
+A session reads the sidecar's messages in one task and pumps the gateway's
+outbox into the stream from another; its lifetime is the stream's. The
+registry knows which session currently speaks for each gateway, so a sidecar
+that reconnects over a half-dead connection replaces its old session cleanly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import grpc
+
+from hub.store import Store, UnknownGateway
+from missioncontrol.log import get_logger
+from missioncontrol.version import VERSION, VersionSkewError, check_sidecar_version
+from protos import link_pb2 as pb
+from protos import link_pb2_grpc as pb_grpc
+from protos.contract import (
+    HEARTBEAT_FLUSH_MS,
+    HELLO_TIMEOUT_S,
+    LINK_PROTOCOL,
+    SUPPORTED_LINK_PROTOCOLS,
+    timestamp,
+)
+
+log = get_logger("hub.link")
+
+GATEWAY_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+OUTBOX_PAGE = 100
+MAX_PENDING_WRITES = 64
+
+
+class HelloRejected(Exception):
+    """A Hello the hub refuses; `code` is the gRPC status the stream ends with."""
+
+    def __init__(self, code: grpc.StatusCode, detail: str) -> None:
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
+
+
+def check_hello(hello: pb.Hello, *, peer_gateway_id: str | None) -> None:
+    """Decide whether a Hello may open a session (pure; raises HelloRejected)."""
+    if hello.link_protocol not in SUPPORTED_LINK_PROTOCOLS:
+        raise HelloRejected(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            f"link protocol {hello.link_protocol} is not supported by this hub (it speaks "
+            f"{sorted(SUPPORTED_LINK_PROTOCOLS)}); upgrade the hub first, then the sidecars",
+        )
+    try:
+        check_sidecar_version(hello.sidecar_version)
+    except VersionSkewError as exc:
+        raise HelloRejected(grpc.StatusCode.FAILED_PRECONDITION, str(exc)) from None
+    if not GATEWAY_ID_RE.fullmatch(hello.gateway_id):
+        raise HelloRejected(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"gateway id {hello.gateway_id!r} is invalid: use 1-128 letters, digits, '.', '_', '-'",
+        )
+    if peer_gateway_id is not None and peer_gateway_id != hello.gateway_id:
+        raise HelloRejected(
+            grpc.StatusCode.PERMISSION_DENIED,
+            f"Hello names gateway {hello.gateway_id} but the client certificate is for "
+            f"gateway {peer_gateway_id}",
+        )
+
+
+class ReportSink(Protocol):
+    """Where a session hands what sidecars report (the lifecycle service in production)."""
+
+    async def command_results(self, gateway_id: str, results: list[pb.CommandResult]) -> None: ...
+
+    async def heartbeats(self, gateway_id: str, batch: pb.HeartbeatBatch) -> None: ...
+
+    async def run_observed(self, gateway_id: str, run: pb.RunObserved) -> None: ...
+
+    async def gateway_state(self, gateway_id: str, state: pb.GatewayState) -> None: ...
+
+
+_END = object()
+
+
+@dataclass
+class SidecarSession:
+    gateway_id: str
+    hello: pb.Hello
+    session_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    opened_at: float = field(default_factory=time.time)
+    last_message_at: float = field(default_factory=time.time)
+    outbox_changed: asyncio.Event = field(default_factory=asyncio.Event)
+    outgoing: asyncio.Queue[object] = field(default_factory=lambda: asyncio.Queue(maxsize=256))
+    end_reason: str = "stream closed"
+
+    def close(self, reason: str) -> None:
+        """End the stream from the hub side (replaced, shutting down)."""
+        self.end_reason = reason
+        try:
+            self.outgoing.put_nowait(_END)
+        except asyncio.QueueFull:
+            # Drain one message to make room: the stream is ending anyway.
+            self.outgoing.get_nowait()
+            self.outgoing.put_nowait(_END)
+
+
+class SessionRegistry:
+    """Which session currently speaks for each gateway."""
+
+    def __init__(self) -> None:
+        self._sessions: dict[str, SidecarSession] = {}
+
+    def attach(self, session: SidecarSession) -> None:
+        previous = self._sessions.get(session.gateway_id)
+        self._sessions[session.gateway_id] = session
+        if previous is not None:
+            log.info(
+                "link.session.replaced",
+                gateway_id=session.gateway_id,
+                old=previous.session_id,
+                new=session.session_id,
+            )
+            previous.close("replaced by a newer stream from the same gateway")
+
+    def detach(self, session: SidecarSession) -> bool:
+        """Forget `session`; True if it was the current one for its gateway."""
+        if self._sessions.get(session.gateway_id) is session:
+            del self._sessions[session.gateway_id]
+            return True
+        return False
+
+    def get(self, gateway_id: str) -> SidecarSession | None:
+        return self._sessions.get(gateway_id)
+
+    def notify_outbox(self, gateway_id: str) -> None:
+        session = self._sessions.get(gateway_id)
+        if session is not None:
+            session.outbox_changed.set()
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def close_all(self, reason: str) -> None:
+        for session in list(self._sessions.values()):
+            session.close(reason)
+
+
+PeerIdentity = Callable[[grpc.aio.ServicerContext], str | None]
+
+
+class LinkService(pb_grpc.LinkServicer):
+    def __init__(
+        self,
+        store: Store,
+        registry: SessionRegistry,
+        reports: ReportSink,
+        *,
+        auto_register: bool,
+        peer_identity: PeerIdentity = lambda context: None,
+    ) -> None:
+        self.store = store
+        self.registry = registry
+        self.reports = reports
+        self.auto_register = auto_register
+        self.peer_identity = peer_identity
+        self.accepting = True
+
+    async def Connect(
+        self,
+        request_iterator: AsyncIterator[pb.SidecarMessage],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[pb.HubMessage]:
+        if not self.accepting:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "hub is shutting down; retry later")
+        messages = aiter(request_iterator)
+        try:
+            first = await asyncio.wait_for(anext(messages), HELLO_TIMEOUT_S)
+        except TimeoutError:
+            await context.abort(
+                grpc.StatusCode.DEADLINE_EXCEEDED, f"no Hello within {HELLO_TIMEOUT_S:.0f} s"
+            )
+        except StopAsyncIteration:
+            return
+        if first.WhichOneof("body") != "hello":
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "the first message on Link.Connect must be a Hello",
+            )
+        hello = first.hello
+        try:
+            check_hello(hello, peer_gateway_id=self.peer_identity(context))
+            welcome = await self.store.record_hello(hello, auto_register=self.auto_register)
+        except HelloRejected as exc:
+            log.warning("link.hello.rejected", gateway_id=hello.gateway_id, error=exc.detail)
+            await context.abort(exc.code, exc.detail)
+        except UnknownGateway as exc:
+            log.warning("link.hello.rejected", gateway_id=hello.gateway_id, error=str(exc))
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
+
+        session = SidecarSession(gateway_id=hello.gateway_id, hello=hello)
+        self.registry.attach(session)
+        log.info(
+            "link.stream.opened",
+            gateway_id=session.gateway_id,
+            session=session.session_id,
+            sidecar_version=hello.sidecar_version,
+            peer=context.peer(),
+            last_applied_sequence=hello.last_applied_sequence,
+        )
+        cursor = hello.last_applied_sequence
+        if cursor > welcome.last_sequence:
+            # The hub lost commands (restored backup): the sidecar restarts from ours.
+            log.warning(
+                "link.sequence.reset",
+                gateway_id=session.gateway_id,
+                sidecar=cursor,
+                hub=welcome.last_sequence,
+            )
+            cursor = welcome.last_sequence
+        tasks = [
+            asyncio.create_task(self._read(session, messages), name="link-read"),
+            asyncio.create_task(self._pump_outbox(session, cursor), name="link-outbox"),
+        ]
+        try:
+            yield pb.HubMessage(
+                welcome=pb.Welcome(
+                    hub_version=VERSION,
+                    link_protocol=LINK_PROTOCOL,
+                    last_sequence=welcome.last_sequence,
+                    server_time=timestamp(),
+                    heartbeat_flush_ms=HEARTBEAT_FLUSH_MS,
+                    gateway_name=welcome.gateway_name,
+                )
+            )
+            while True:
+                item = await session.outgoing.get()
+                if item is _END:
+                    break
+                assert isinstance(item, pb.HubMessage)
+                yield item
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            current = self.registry.detach(session)
+            log.info(
+                "link.stream.closed",
+                gateway_id=session.gateway_id,
+                session=session.session_id,
+                reason=session.end_reason,
+                current=current,
+            )
+            if current:
+                await _shielded(
+                    self.store.record_disconnect(session.gateway_id, session.end_reason)
+                )
+
+    async def _pump_outbox(self, session: SidecarSession, cursor: int) -> None:
+        while True:
+            session.outbox_changed.clear()
+            page = await self.store.commands_after(session.gateway_id, cursor, OUTBOX_PAGE)
+            for queued in page:
+                await session.outgoing.put(
+                    pb.HubMessage(command=pb.Command.FromString(queued.payload))
+                )
+                cursor = queued.sequence
+            if len(page) < OUTBOX_PAGE:
+                await session.outbox_changed.wait()
+
+    async def _read(
+        self, session: SidecarSession, messages: AsyncIterator[pb.SidecarMessage]
+    ) -> None:
+        writes = asyncio.Semaphore(MAX_PENDING_WRITES)
+        pending: set[asyncio.Task[None]] = set()
+
+        def spawn(work: Awaitable[None], what: str) -> None:
+            async def run() -> None:
+                try:
+                    await work
+                except Exception as exc:  # a bad report must not end the stream
+                    log.error(
+                        "link.report.failed",
+                        gateway_id=session.gateway_id,
+                        what=what,
+                        error=str(exc),
+                    )
+                finally:
+                    writes.release()
+
+            task = asyncio.create_task(run())
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+
+        try:
+            async for message in messages:
+                session.last_message_at = time.time()
+                kind = message.WhichOneof("body")
+                await writes.acquire()
+                if kind == "command_result":
+                    spawn(
+                        self.reports.command_results(session.gateway_id, [message.command_result]),
+                        kind,
+                    )
+                elif kind == "heartbeats":
+                    spawn(self._heartbeats(session, message.heartbeats), kind)
+                elif kind == "run_observed":
+                    spawn(self.reports.run_observed(session.gateway_id, message.run_observed), kind)
+                elif kind == "gateway_state":
+                    spawn(
+                        self.reports.gateway_state(session.gateway_id, message.gateway_state), kind
+                    )
+                else:
+                    writes.release()
+                    log.warning("link.message.ignored", gateway_id=session.gateway_id, kind=kind)
+            session.end_reason = "sidecar closed the stream"
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            session.end_reason = f"stream failed: {exc}"
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+        session.close(session.end_reason)
+
+    async def _heartbeats(self, session: SidecarSession, batch: pb.HeartbeatBatch) -> None:
+        await self.reports.heartbeats(session.gateway_id, batch)
+        await session.outgoing.put(
+            pb.HubMessage(heartbeat_ack=pb.HeartbeatAck(batch_id=batch.batch_id))
+        )
+
+
+async def _shielded(work: Awaitable[None]) -> None:
+    """Finish a bookkeeping write even if the stream's task is being cancelled."""
+    task = asyncio.ensure_future(work)
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await task
+        raise

@@ -1,0 +1,110 @@
+"""The hub's schema, as forward-only migrations.
+
+MIGRATIONS[n] takes the database from version n to n + 1. Never edit a released
+migration; append a new one. Times are epoch seconds (REAL); the API renders
+them as ISO 8601 UTC.
+"""
+
+from __future__ import annotations
+
+V1 = (
+    """
+    CREATE TABLE gateways (
+        id                TEXT PRIMARY KEY,
+        name              TEXT NOT NULL,
+        created_at        REAL NOT NULL,
+        updated_at        REAL NOT NULL,
+        workspace_root    TEXT,
+        agent_api_url     TEXT,
+        hostname          TEXT,
+        sidecar_version   TEXT,
+        openclaw_version  TEXT,
+        openclaw_protocol INTEGER,
+        gateway_generation INTEGER NOT NULL DEFAULT 0,
+        connected         INTEGER NOT NULL DEFAULT 0,
+        connected_at      REAL,
+        disconnected_at   REAL,
+        last_seen_at      REAL,
+        reachable         INTEGER,
+        unreachable_reason TEXT,
+        config_valid      INTEGER,
+        config_error      TEXT,
+        last_touched_version TEXT,
+        -- next command sequence to issue, and the highest the sidecar confirmed
+        next_sequence     INTEGER NOT NULL DEFAULT 1,
+        acked_sequence    INTEGER NOT NULL DEFAULT 0
+    )
+    """,
+    """
+    CREATE TABLE boards (
+        id          TEXT PRIMARY KEY,
+        gateway_id  TEXT NOT NULL REFERENCES gateways(id),
+        name        TEXT NOT NULL,
+        slug        TEXT NOT NULL,
+        description TEXT NOT NULL DEFAULT '',
+        created_at  REAL NOT NULL,
+        updated_at  REAL NOT NULL
+    )
+    """,
+    "CREATE INDEX boards_gateway ON boards(gateway_id)",
+    """
+    CREATE TABLE agents (
+        id                    TEXT PRIMARY KEY,
+        gateway_id            TEXT NOT NULL REFERENCES gateways(id),
+        board_id              TEXT REFERENCES boards(id),
+        kind                  TEXT NOT NULL CHECK (kind IN ('worker', 'lead', 'main')),
+        gateway_agent_id      TEXT NOT NULL,
+        name                  TEXT NOT NULL,
+        status                TEXT NOT NULL DEFAULT 'provisioning',
+        status_reason         TEXT,
+        lifecycle_generation  INTEGER NOT NULL DEFAULT 0,
+        wake_attempts         INTEGER NOT NULL DEFAULT 0,
+        checkin_deadline_at   REAL,
+        last_wake_sent_at     REAL,
+        last_seen_at          REAL,
+        last_provision_error  TEXT,
+        applied_generation    INTEGER NOT NULL DEFAULT 0,
+        heartbeat_config      TEXT NOT NULL DEFAULT '{}',
+        identity_profile      TEXT NOT NULL DEFAULT '{}',
+        created_at            REAL NOT NULL,
+        updated_at            REAL NOT NULL,
+        UNIQUE (gateway_id, gateway_agent_id)
+    )
+    """,
+    "CREATE INDEX agents_board ON agents(board_id)",
+    "CREATE INDEX agents_deadline ON agents(checkin_deadline_at) "
+    "WHERE checkin_deadline_at IS NOT NULL",
+    # One lead per board and one main agent per gateway, enforced by the database.
+    "CREATE UNIQUE INDEX agents_one_lead ON agents(board_id) WHERE kind = 'lead'",
+    "CREATE UNIQUE INDEX agents_one_main ON agents(gateway_id) WHERE kind = 'main'",
+    """
+    CREATE TABLE commands (
+        gateway_id  TEXT NOT NULL REFERENCES gateways(id) ON DELETE CASCADE,
+        sequence    INTEGER NOT NULL,
+        kind        TEXT NOT NULL,
+        agent_id    TEXT,
+        generation  INTEGER NOT NULL DEFAULT 0,
+        payload     BLOB NOT NULL,
+        created_at  REAL NOT NULL,
+        acked_at    REAL,
+        outcome     TEXT,
+        error_code  TEXT,
+        error       TEXT,
+        run_id      TEXT,
+        PRIMARY KEY (gateway_id, sequence)
+    ) WITHOUT ROWID
+    """,
+    """
+    CREATE TABLE events (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        at          REAL NOT NULL,
+        kind        TEXT NOT NULL,
+        gateway_id  TEXT,
+        agent_id    TEXT,
+        detail      TEXT NOT NULL DEFAULT '{}'
+    )
+    """,
+    "CREATE INDEX events_gateway ON events(gateway_id, id)",
+)
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (V1,)

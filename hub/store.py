@@ -1,0 +1,464 @@
+"""The hub's data operations: gateways, the per-gateway command outbox, events.
+
+All SQL lives here. Writes go through `Database.write` and so share group
+commits; each public coroutine is one logical change (its rows and its event
+log entry commit together).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from hub.database import Database
+from protos import link_pb2 as pb
+from protos.contract import MAX_COMMAND_BYTES, epoch_s, timestamp
+
+
+class StoreError(Exception):
+    """A requested change is invalid; the message says why."""
+
+
+class UnknownGateway(StoreError):
+    pass
+
+
+class CommandTooLarge(StoreError):
+    pass
+
+
+@dataclass(frozen=True)
+class GatewayRow:
+    id: str
+    name: str
+    created_at: float
+    updated_at: float
+    workspace_root: str | None
+    agent_api_url: str | None
+    hostname: str | None
+    sidecar_version: str | None
+    openclaw_version: str | None
+    openclaw_protocol: int | None
+    gateway_generation: int
+    connected: bool
+    connected_at: float | None
+    disconnected_at: float | None
+    last_seen_at: float | None
+    reachable: bool | None
+    unreachable_reason: str | None
+    config_valid: bool | None
+    config_error: str | None
+    last_touched_version: str | None
+    next_sequence: int
+    acked_sequence: int
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> GatewayRow:
+        values = dict(row)
+        for key in ("connected", "reachable", "config_valid"):
+            if values[key] is not None:
+                values[key] = bool(values[key])
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class Welcome:
+    gateway_name: str
+    last_sequence: int
+
+
+@dataclass(frozen=True)
+class QueuedCommand:
+    sequence: int
+    payload: bytes
+
+
+def add_event(
+    conn: sqlite3.Connection,
+    kind: str,
+    *,
+    gateway_id: str | None = None,
+    agent_id: str | None = None,
+    at: float | None = None,
+    **detail: Any,
+) -> None:
+    conn.execute(
+        "INSERT INTO events (at, kind, gateway_id, agent_id, detail) VALUES (?, ?, ?, ?, ?)",
+        (
+            time.time() if at is None else at,
+            kind,
+            gateway_id,
+            agent_id,
+            json.dumps(detail, separators=(",", ":")),
+        ),
+    )
+
+
+_COMMAND_KINDS = {
+    "apply_agent": "apply_agent",
+    "remove_agent": "remove_agent",
+    "wake_agent": "wake_agent",
+    "set_heartbeat": "set_heartbeat",
+    "set_credentials": "set_credentials",
+}
+
+
+class Store:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self._command_listeners: list[Callable[[str], None]] = []
+
+    def on_command_queued(self, listener: Callable[[str], None]) -> None:
+        """Call `listener(gateway_id)` after a command for that gateway is durable."""
+        self._command_listeners.append(listener)
+
+    # ----------------------------------------------------------- gateways
+
+    async def create_gateway(self, gateway_id: str, name: str) -> GatewayRow:
+        def op(conn: sqlite3.Connection) -> GatewayRow:
+            now = time.time()
+            conn.execute(
+                "INSERT INTO gateways (id, name, created_at, updated_at) VALUES (?, ?, ?, ?)",
+                (gateway_id, name, now, now),
+            )
+            add_event(conn, "gateway.created", gateway_id=gateway_id, at=now, name=name)
+            return _gateway(conn, gateway_id)
+
+        return await self.db.write(op)
+
+    async def get_gateway(self, gateway_id: str) -> GatewayRow | None:
+        def op(conn: sqlite3.Connection) -> GatewayRow | None:
+            row = conn.execute("SELECT * FROM gateways WHERE id = ?", (gateway_id,)).fetchone()
+            return GatewayRow.from_row(row) if row else None
+
+        return await self.db.read(op)
+
+    async def list_gateways(
+        self, limit: int = 200, offset: int = 0
+    ) -> tuple[list[GatewayRow], int]:
+        def op(conn: sqlite3.Connection) -> tuple[list[GatewayRow], int]:
+            total = conn.execute("SELECT COUNT(*) FROM gateways").fetchone()[0]
+            rows = conn.execute(
+                "SELECT * FROM gateways ORDER BY created_at, id LIMIT ? OFFSET ?", (limit, offset)
+            ).fetchall()
+            return [GatewayRow.from_row(r) for r in rows], total
+
+        return await self.db.read(op)
+
+    async def record_hello(
+        self, hello: pb.Hello, *, auto_register: bool, now: float | None = None
+    ) -> Welcome:
+        """Mark the gateway connected with what its Hello says; confirm applied commands."""
+
+        def op(conn: sqlite3.Connection) -> Welcome:
+            at = time.time() if now is None else now
+            row = conn.execute(
+                "SELECT * FROM gateways WHERE id = ?", (hello.gateway_id,)
+            ).fetchone()
+            if row is None:
+                if not auto_register:
+                    raise UnknownGateway(
+                        f"gateway {hello.gateway_id} is not registered on this hub"
+                    )
+                name = hello.hostname or hello.gateway_id
+                conn.execute(
+                    "INSERT INTO gateways (id, name, created_at, updated_at) VALUES (?, ?, ?, ?)",
+                    (hello.gateway_id, name, at, at),
+                )
+                add_event(
+                    conn,
+                    "gateway.registered",
+                    gateway_id=hello.gateway_id,
+                    at=at,
+                    via="insecure_dev_hello",
+                )
+            conn.execute(
+                """UPDATE gateways SET connected = 1, connected_at = ?, last_seen_at = ?,
+                       updated_at = ?, sidecar_version = ?, openclaw_version = ?,
+                       openclaw_protocol = ?, gateway_generation = ?, workspace_root = ?,
+                       agent_api_url = ?, hostname = ?
+                   WHERE id = ?""",
+                (
+                    at,
+                    at,
+                    at,
+                    hello.sidecar_version,
+                    hello.openclaw_version or None,
+                    hello.openclaw_protocol or None,
+                    int(hello.gateway_generation),
+                    hello.workspace_root or None,
+                    hello.agent_api_url or None,
+                    hello.hostname or None,
+                    hello.gateway_id,
+                ),
+            )
+            _confirm_through(conn, hello.gateway_id, hello.last_applied_sequence, at)
+            add_event(
+                conn,
+                "gateway.connected",
+                gateway_id=hello.gateway_id,
+                at=at,
+                sidecar_version=hello.sidecar_version,
+                last_applied_sequence=hello.last_applied_sequence,
+            )
+            gateway = _gateway(conn, hello.gateway_id)
+            return Welcome(gateway_name=gateway.name, last_sequence=gateway.next_sequence - 1)
+
+        return await self.db.write(op)
+
+    async def record_disconnect(
+        self, gateway_id: str, reason: str, now: float | None = None
+    ) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            at = time.time() if now is None else now
+            conn.execute(
+                """UPDATE gateways SET connected = 0, disconnected_at = ?, last_seen_at = ?,
+                       updated_at = ? WHERE id = ?""",
+                (at, at, at, gateway_id),
+            )
+            add_event(conn, "gateway.disconnected", gateway_id=gateway_id, at=at, reason=reason)
+
+        await self.db.write(op)
+
+    async def mark_all_disconnected(self) -> int:
+        """At startup: no stream survives a hub restart."""
+
+        def op(conn: sqlite3.Connection) -> int:
+            return conn.execute(
+                "UPDATE gateways SET connected = 0, disconnected_at = ? WHERE connected = 1",
+                (time.time(),),
+            ).rowcount
+
+        return await self.db.write(op)
+
+    async def record_gateway_state(self, gateway_id: str, state: pb.GatewayState) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            at = time.time()
+            conn.execute(
+                """UPDATE gateways SET reachable = ?, unreachable_reason = ?,
+                       openclaw_version = COALESCE(NULLIF(?, ''), openclaw_version),
+                       openclaw_protocol = COALESCE(NULLIF(?, 0), openclaw_protocol),
+                       gateway_generation = CASE WHEN ? = 0 THEN gateway_generation ELSE ? END,
+                       config_valid = ?, config_error = ?, last_touched_version = ?,
+                       last_seen_at = ?, updated_at = ?
+                   WHERE id = ?""",
+                (
+                    int(state.reachable),
+                    state.unreachable_reason or None,
+                    state.openclaw_version,
+                    state.openclaw_protocol,
+                    int(state.generation),
+                    int(state.generation),
+                    int(state.config_valid),
+                    state.config_error or None,
+                    state.last_touched_version or None,
+                    at,
+                    at,
+                    gateway_id,
+                ),
+            )
+            for drift in state.drift:
+                add_event(
+                    conn,
+                    "gateway.drift",
+                    gateway_id=gateway_id,
+                    agent_id=drift.agent_id,
+                    at=at,
+                    kind=pb.Drift.Kind.Name(drift.kind),
+                    detail=drift.detail,
+                )
+
+        await self.db.write(op)
+
+    # ------------------------------------------------------------ outbox
+
+    async def enqueue_command(self, gateway_id: str, command: pb.Command) -> int:
+        """Append a command to the gateway's outbox; return its sequence once durable."""
+        seq = await self.db.write(lambda conn: enqueue_command_in(conn, gateway_id, command))
+        for listener in self._command_listeners:
+            listener(gateway_id)
+        return seq
+
+    async def commands_after(
+        self, gateway_id: str, after_sequence: int, limit: int = 100
+    ) -> list[QueuedCommand]:
+        def op(conn: sqlite3.Connection) -> list[QueuedCommand]:
+            rows = conn.execute(
+                """SELECT sequence, payload FROM commands
+                   WHERE gateway_id = ? AND sequence > ? ORDER BY sequence LIMIT ?""",
+                (gateway_id, after_sequence, limit),
+            ).fetchall()
+            return [QueuedCommand(r["sequence"], r["payload"]) for r in rows]
+
+        return await self.db.read(op)
+
+    async def record_command_results(
+        self, gateway_id: str, results: Sequence[pb.CommandResult]
+    ) -> None:
+        """Persist acks. A result for an unknown sequence is ignored (logged by the caller)."""
+
+        def op(conn: sqlite3.Connection) -> None:
+            for result in results:
+                at = epoch_s(result.observed_at) if result.HasField("observed_at") else time.time()
+                updated = conn.execute(
+                    """UPDATE commands SET acked_at = ?, outcome = ?, error_code = ?, error = ?,
+                           run_id = ?
+                       WHERE gateway_id = ? AND sequence = ?""",
+                    (
+                        min(at, time.time()),
+                        pb.CommandResult.Outcome.Name(result.outcome),
+                        result.error_code or None,
+                        result.error or None,
+                        result.run_id or None,
+                        gateway_id,
+                        result.sequence,
+                    ),
+                ).rowcount
+                if updated:
+                    conn.execute(
+                        """UPDATE gateways SET acked_sequence = MAX(acked_sequence, ?),
+                               last_seen_at = ? WHERE id = ?""",
+                        (result.sequence, time.time(), gateway_id),
+                    )
+                    add_event(
+                        conn,
+                        "command.acked",
+                        gateway_id=gateway_id,
+                        agent_id=result.agent_id or None,
+                        sequence=result.sequence,
+                        outcome=pb.CommandResult.Outcome.Name(result.outcome),
+                        error=result.error or None,
+                    )
+
+        await self.db.write(op)
+
+    # ------------------------------------------------------------ reports
+
+    async def record_heartbeats(self, gateway_id: str, beats: Sequence[pb.AgentHeartbeat]) -> int:
+        """Record the latest beat per agent; observed times are clamped to [previous, now]."""
+
+        def op(conn: sqlite3.Connection) -> int:
+            now = time.time()
+            rows = [
+                (min(epoch_s(b.observed_at), now), gateway_id, b.agent_id)
+                for b in beats
+                if b.agent_id
+            ]
+            cursor = conn.executemany(
+                """UPDATE agents SET last_seen_at = MAX(COALESCE(last_seen_at, 0), ?)
+                   WHERE gateway_id = ? AND gateway_agent_id = ?""",
+                rows,
+            )
+            conn.execute("UPDATE gateways SET last_seen_at = ? WHERE id = ?", (now, gateway_id))
+            return cursor.rowcount
+
+        return await self.db.write(op)
+
+    async def record_run_observed(self, gateway_id: str, run: pb.RunObserved) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            add_event(
+                conn,
+                "agent.run.observed",
+                gateway_id=gateway_id,
+                agent_id=run.agent_id,
+                run_id=run.run_id,
+                outcome=pb.RunObserved.Outcome.Name(run.outcome),
+                message=run.message,
+                generation=run.generation,
+            )
+
+        await self.db.write(op)
+
+    async def command_status(self, gateway_id: str, sequence: int) -> dict[str, Any] | None:
+        def op(conn: sqlite3.Connection) -> dict[str, Any] | None:
+            row = conn.execute(
+                """SELECT sequence, kind, agent_id, generation, created_at, acked_at, outcome,
+                          error_code, error, run_id
+                   FROM commands WHERE gateway_id = ? AND sequence = ?""",
+                (gateway_id, sequence),
+            ).fetchone()
+            return dict(row) if row else None
+
+        return await self.db.read(op)
+
+    async def events(self, gateway_id: str | None = None, kind: str | None = None) -> list[dict]:
+        def op(conn: sqlite3.Connection) -> list[dict]:
+            rows = conn.execute(
+                """SELECT * FROM events
+                   WHERE (? IS NULL OR gateway_id = ?) AND (? IS NULL OR kind = ?)
+                   ORDER BY id""",
+                (gateway_id, gateway_id, kind, kind),
+            ).fetchall()
+            return [{**dict(r), "detail": json.loads(r["detail"])} for r in rows]
+
+        return await self.db.read(op)
+
+
+def enqueue_command_in(conn: sqlite3.Connection, gateway_id: str, command: pb.Command) -> int:
+    """Append `command` to the outbox inside the caller's transaction (same commit as the
+    row change that caused it); return its sequence."""
+    row = conn.execute("SELECT next_sequence FROM gateways WHERE id = ?", (gateway_id,)).fetchone()
+    if row is None:
+        raise UnknownGateway(f"gateway {gateway_id} does not exist")
+    sequence = row[0]
+    command.sequence = sequence
+    if not command.HasField("issued_at"):
+        command.issued_at.CopyFrom(timestamp())
+    payload = command.SerializeToString()
+    if len(payload) > MAX_COMMAND_BYTES:
+        raise CommandTooLarge(
+            f"command is {len(payload)} bytes; the link carries at most {MAX_COMMAND_BYTES} "
+            "(reduce workspace file sizes)"
+        )
+    kind = command.WhichOneof("action")
+    if kind not in _COMMAND_KINDS:
+        raise StoreError("command has no action")
+    action = getattr(command, kind)
+    conn.execute(
+        """INSERT INTO commands (gateway_id, sequence, kind, agent_id, generation, payload,
+               created_at) VALUES (?, ?, ?, ?, ?, ?, ?)""",
+        (
+            gateway_id,
+            sequence,
+            kind,
+            getattr(action, "agent_id", None) or None,
+            getattr(action, "generation", 0),
+            payload,
+            time.time(),
+        ),
+    )
+    conn.execute("UPDATE gateways SET next_sequence = ? WHERE id = ?", (sequence + 1, gateway_id))
+    add_event(
+        conn,
+        "lifecycle.queue.enqueued",
+        gateway_id=gateway_id,
+        agent_id=getattr(action, "agent_id", None),
+        sequence=sequence,
+        kind=kind,
+    )
+    return sequence
+
+
+def _confirm_through(conn: sqlite3.Connection, gateway_id: str, sequence: int, at: float) -> None:
+    """The sidecar says it applied everything up to `sequence`: record acks we missed."""
+    conn.execute(
+        """UPDATE commands SET acked_at = ?, outcome = 'CONFIRMED_BY_HELLO'
+           WHERE gateway_id = ? AND sequence <= ? AND acked_at IS NULL""",
+        (at, gateway_id, sequence),
+    )
+    conn.execute(
+        "UPDATE gateways SET acked_sequence = MAX(acked_sequence, MIN(?, next_sequence - 1)) "
+        "WHERE id = ?",
+        (sequence, gateway_id),
+    )
+
+
+def _gateway(conn: sqlite3.Connection, gateway_id: str) -> GatewayRow:
+    row = conn.execute("SELECT * FROM gateways WHERE id = ?", (gateway_id,)).fetchone()
+    if row is None:
+        raise UnknownGateway(f"gateway {gateway_id} does not exist")
+    return GatewayRow.from_row(row)

@@ -1,0 +1,67 @@
+"""Constants and small helpers both ends of the Link agree on."""
+
+from __future__ import annotations
+
+import time
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+# Version of the Link contract. Bump only for changes an older peer cannot ignore.
+LINK_PROTOCOL = 1
+SUPPORTED_LINK_PROTOCOLS = frozenset({1})
+
+# gRPC message ceiling on both ends. The hub refuses to queue a larger command,
+# so only a misbehaving peer ever meets the transport limit.
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+MAX_COMMAND_BYTES = 3 * 1024 * 1024
+
+# Keepalive: a silent peer is noticed within KEEPALIVE_TIME + KEEPALIVE_TIMEOUT (<= 15 s).
+KEEPALIVE_TIME_MS = 5_000
+KEEPALIVE_TIMEOUT_MS = 5_000
+# The server must accept client pings this often, or it answers GOAWAY too_many_pings.
+MIN_PING_INTERVAL_MS = 4_000
+
+# How long the hub waits for the first message (Hello) of a new stream.
+HELLO_TIMEOUT_S = 10.0
+
+# Sidecars relay coalesced heartbeats at most this often.
+HEARTBEAT_FLUSH_MS = 1_000
+
+
+def channel_options() -> list[tuple[str, int]]:
+    """gRPC client channel options for the sidecar's link."""
+    return [
+        ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
+        ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        # Reconnect pacing is the link client's own (jittered backoff), not grpc-core's.
+        ("grpc.enable_retries", 0),
+    ]
+
+
+def server_options() -> list[tuple[str, int]]:
+    """gRPC server options for the hub's link listener."""
+    return [
+        ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
+        ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", MIN_PING_INTERVAL_MS),
+        ("grpc.http2.min_ping_interval_without_data_ms", MIN_PING_INTERVAL_MS),
+        ("grpc.http2.max_ping_strikes", 0),
+        ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ]
+
+
+def timestamp(epoch_s: float | None = None) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromNanoseconds(int((time.time() if epoch_s is None else epoch_s) * 1e9))
+    return stamp
+
+
+def epoch_s(stamp: Timestamp) -> float:
+    return stamp.ToNanoseconds() / 1e9

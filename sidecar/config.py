@@ -1,0 +1,147 @@
+"""SidecarConfig: every setting of mc-sidecar, built once from flags, environment and a file."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from missioncontrol.netaddr import HostPort
+from missioncontrol.settings import (
+    Option,
+    SettingsError,
+    add_options,
+    config_path_from,
+    expand_path,
+    load_config_file,
+    resolve,
+)
+
+ENV_PREFIX = "MC_SIDECAR_"
+
+RUN_OPTIONS = (
+    Option("hub", "address of the hub's link listener", None, HostPort.parse, metavar="HOST:PORT"),
+    Option(
+        "state-dir",
+        "directory for local state, identity and queued heartbeats",
+        "~/.mc-sidecar",
+        expand_path,
+        metavar="DIR",
+    ),
+    Option(
+        "openclaw-config",
+        "the gateway's openclaw.json",
+        "~/.openclaw/openclaw.json",
+        expand_path,
+        metavar="FILE",
+    ),
+    Option(
+        "workspace-root",
+        "directory agent workspaces are created in (default: the directory of --openclaw-config)",
+        None,
+        expand_path,
+        metavar="DIR",
+    ),
+    Option(
+        "agent-api-listen",
+        "loopback address of the local agent API",
+        "127.0.0.1:18790",
+        HostPort.parse,
+        metavar="HOST:PORT",
+    ),
+    Option(
+        "gateway-id",
+        "gateway id to present in --insecure-dev mode (default: generated "
+        "once into the state directory)",
+        None,
+        metavar="ID",
+    ),
+    Option(
+        "insecure-dev",
+        "connect to the hub without TLS; loopback hub addresses only",
+        False,
+        switch=True,
+    ),
+    Option(
+        "restore-removed-entries",
+        "put back managed agent entries removed from openclaw.json by hand",
+        True,
+        switch=True,
+    ),
+    Option("log-level", "debug, info, warning or error", "info", metavar="LEVEL"),
+    Option(
+        "log-format", "json, console, or auto (console on a terminal)", "auto", metavar="FORMAT"
+    ),
+)
+
+
+@dataclass(frozen=True)
+class SidecarConfig:
+    hub: HostPort
+    state_dir: Path
+    openclaw_config: Path
+    workspace_root: Path
+    agent_api_listen: HostPort
+    gateway_id: str | None
+    insecure_dev: bool
+    restore_removed_entries: bool
+    log_level: str
+    log_format: str
+
+    @property
+    def state_db(self) -> Path:
+        return self.state_dir / "state.sqlite3"
+
+    def validate(self) -> None:
+        if self.insecure_dev and not self.hub.is_loopback:
+            raise SettingsError(
+                f"--insecure-dev refuses hub address {self.hub}: without TLS the link may only "
+                "go to a loopback address (127.0.0.1 or [::1])"
+            )
+        if not self.insecure_dev:
+            raise SettingsError(
+                "the link needs TLS; this build connects only with --insecure-dev to a loopback "
+                "hub (mutual TLS enrollment is not available yet)"
+            )
+        if not self.agent_api_listen.is_loopback:
+            raise SettingsError(
+                f"--agent-api-listen {self.agent_api_listen}: the local agent API only listens "
+                "on loopback (agents call it from the same host)"
+            )
+        if not self.workspace_root.is_absolute():
+            raise SettingsError(f"--workspace-root {self.workspace_root} must be absolute")
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help=f"TOML file with any of the keys below [env {ENV_PREFIX}CONFIG]",
+    )
+    add_options(parser, RUN_OPTIONS, ENV_PREFIX)
+
+
+def build_config(
+    args: argparse.Namespace, environ: Mapping[str, str] = os.environ
+) -> SidecarConfig:
+    file_path = config_path_from(args, environ, ENV_PREFIX + "CONFIG")
+    values = resolve(RUN_OPTIONS, args, environ, ENV_PREFIX, load_config_file(file_path), file_path)
+    if values["hub"] is None:
+        raise SettingsError(f"--hub HOST:PORT is required (or {ENV_PREFIX}HUB, or file key hub)")
+    openclaw_config: Path = values["openclaw_config"].absolute()
+    config = SidecarConfig(
+        hub=values["hub"],
+        state_dir=values["state_dir"].absolute(),
+        openclaw_config=openclaw_config,
+        workspace_root=(values["workspace_root"] or openclaw_config.parent).absolute(),
+        agent_api_listen=values["agent_api_listen"],
+        gateway_id=values["gateway_id"],
+        insecure_dev=values["insecure_dev"],
+        restore_removed_entries=values["restore_removed_entries"],
+        log_level=values["log_level"],
+        log_format=values["log_format"],
+    )
+    config.validate()
+    return config

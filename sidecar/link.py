@@ -1,0 +1,173 @@
+"""The sidecar end of Link.Connect: one outbound stream to the hub, kept alive.
+
+The client dials out (no inbound port on the gateway host), says Hello with what
+it has applied, hands incoming commands to the CommandQueue, and sends reports.
+Reports that could not be sent survive a reconnect in memory and go out after
+the next Welcome. gRPC keepalive notices a silent hub within ~10 s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import grpc
+
+from missioncontrol.log import get_logger
+from protos import link_pb2 as pb
+from protos import link_pb2_grpc as pb_grpc
+from protos.contract import channel_options
+from sidecar.backoff import Backoff
+from sidecar.commands import CommandQueue
+
+log = get_logger("sidecar.link")
+
+WELCOME_TIMEOUT_S = 15.0
+MAX_UNSENT_REPORTS = 10_000
+# Refusals that no retry can fix until an operator acts; logged as such.
+REFUSALS = {
+    grpc.StatusCode.FAILED_PRECONDITION,
+    grpc.StatusCode.PERMISSION_DENIED,
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.UNAUTHENTICATED,
+}
+
+
+@dataclass(frozen=True)
+class LinkStatus:
+    connected: bool
+    since: float
+    last_error: str = ""
+
+
+class LinkClient:
+    def __init__(
+        self,
+        target: str,
+        hello: Callable[[], pb.Hello],
+        commands: CommandQueue,
+        *,
+        credentials: grpc.ChannelCredentials | None = None,
+        backoff: Backoff | None = None,
+        on_welcome: Callable[[pb.Welcome], None] = lambda welcome: None,
+        on_heartbeat_ack: Callable[[int], None] = lambda batch_id: None,
+    ) -> None:
+        self.target = target
+        self.hello = hello
+        self.commands = commands
+        self.credentials = credentials
+        self.backoff = backoff or Backoff()
+        self.on_welcome = on_welcome
+        self.on_heartbeat_ack = on_heartbeat_ack
+        self.status = LinkStatus(connected=False, since=time.time())
+        self.streams_opened = 0
+        self._unsent: collections.deque[pb.SidecarMessage] = collections.deque(
+            maxlen=MAX_UNSENT_REPORTS
+        )
+        self._wakeup = asyncio.Event()
+        self._status_listeners: list[Callable[[LinkStatus], None]] = []
+
+    def on_status(self, listener: Callable[[LinkStatus], None]) -> None:
+        self._status_listeners.append(listener)
+
+    def send(self, message: pb.SidecarMessage) -> None:
+        """Queue a report; it goes out now if connected, else after the next Welcome."""
+        self._unsent.append(message)
+        self._wakeup.set()
+
+    def _set_status(self, connected: bool, error: str = "") -> None:
+        if connected != self.status.connected or error != self.status.last_error:
+            self.status = LinkStatus(connected, time.time(), error)
+            for listener in self._status_listeners:
+                listener(self.status)
+
+    async def run(self) -> None:
+        """Connect, serve the stream, reconnect with backoff; forever (cancel to stop)."""
+        while True:
+            delay = self.backoff.next_delay()
+            log.debug("link.reconnect.wait", delay_s=round(delay, 2))
+            await asyncio.sleep(delay)
+            try:
+                await self._serve_once()
+            except asyncio.CancelledError:
+                raise
+            except grpc.aio.AioRpcError as exc:
+                detail = f"{exc.code().name}: {exc.details()}"
+                if exc.code() in REFUSALS:
+                    log.error("link.refused", hub=self.target, error=detail)
+                else:
+                    log.warning("link.disconnected", hub=self.target, error=detail)
+                self._set_status(False, detail)
+            except Exception as exc:
+                log.warning("link.disconnected", hub=self.target, error=repr(exc))
+                self._set_status(False, repr(exc))
+
+    async def _serve_once(self) -> None:
+        async with self._channel() as channel:
+            call = pb_grpc.LinkStub(channel).Connect()
+            try:
+                hello = self.hello()
+                await call.write(pb.SidecarMessage(hello=hello))
+                first = await asyncio.wait_for(call.read(), WELCOME_TIMEOUT_S)
+                if first is grpc.aio.EOF:
+                    await call.wait_for_connection()
+                    raise ConnectionError("hub closed the stream before Welcome")
+                if first.WhichOneof("body") != "welcome":
+                    raise ConnectionError(f"hub sent {first.WhichOneof('body')} before Welcome")
+                self.streams_opened += 1
+                self.backoff.reset()
+                self.on_welcome(first.welcome)
+                self._set_status(True)
+                log.info(
+                    "link.connected",
+                    hub=self.target,
+                    hub_version=first.welcome.hub_version,
+                    last_applied_sequence=hello.last_applied_sequence,
+                    hub_last_sequence=first.welcome.last_sequence,
+                )
+                self.commands.reset()
+                writer = asyncio.create_task(self._write(call))
+                try:
+                    await self._read(call)
+                finally:
+                    writer.cancel()
+                    await asyncio.gather(writer, return_exceptions=True)
+                code = await call.code()
+                if code != grpc.StatusCode.OK:
+                    raise grpc.aio.AioRpcError(
+                        code, call.initial_metadata, call.trailing_metadata, await call.details()
+                    )
+                raise ConnectionError("hub ended the stream")
+            finally:
+                call.cancel()
+
+    def _channel(self) -> grpc.aio.Channel:
+        if self.credentials is None:
+            return grpc.aio.insecure_channel(self.target, options=channel_options())
+        return grpc.aio.secure_channel(self.target, self.credentials, options=channel_options())
+
+    async def _read(self, call: grpc.aio.StreamStreamCall) -> None:
+        while True:
+            message = await call.read()
+            if message is grpc.aio.EOF:
+                return
+            kind = message.WhichOneof("body")
+            if kind == "command":
+                self.commands.submit(message.command)
+            elif kind == "heartbeat_ack":
+                self.on_heartbeat_ack(message.heartbeat_ack.batch_id)
+            else:
+                log.warning("link.message.ignored", kind=kind)
+
+    async def _write(self, call: grpc.aio.StreamStreamCall) -> None:
+        while True:
+            while self._unsent:
+                # Peek, write, then drop: a report is only gone once gRPC took it.
+                await call.write(self._unsent[0])
+                self._unsent.popleft()
+            self._wakeup.clear()
+            if not self._unsent:
+                await self._wakeup.wait()

@@ -1,0 +1,159 @@
+"""The sidecar's local state: one small SQLite file in the state directory.
+
+It holds what must survive a restart: the gateway id (insecure-dev mode), the
+last applied command sequence, what each managed agent was brought to, the
+token verifiers, and heartbeats not yet confirmed by the hub. Each change is one
+transaction, so "applied" and "recorded as applied" cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    """CREATE TABLE IF NOT EXISTS agents (
+        agent_id   TEXT PRIMARY KEY,
+        generation INTEGER NOT NULL,
+        workspace  TEXT NOT NULL,
+        files      TEXT NOT NULL DEFAULT '{}',
+        updated_at REAL NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS credentials (
+        token_id  TEXT PRIMARY KEY,
+        agent_id  TEXT NOT NULL,
+        sha256    BLOB NOT NULL,
+        not_after REAL
+    )""",
+    "CREATE INDEX IF NOT EXISTS credentials_agent ON credentials(agent_id)",
+)
+
+
+@dataclass(frozen=True)
+class Credential:
+    """A verifier for one agent token: its public id and the sha256 of the raw token."""
+
+    token_id: str
+    agent_id: str
+    sha256: bytes
+    not_after: float | None = None  # end of a rotated token's grace window
+
+
+@dataclass(frozen=True)
+class AgentState:
+    agent_id: str
+    generation: int
+    workspace: str
+    files: dict[str, str] = field(default_factory=dict)  # name -> sha256 hex
+
+
+class LocalState:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.path = path
+        self._conn = sqlite3.connect(path, isolation_level=None)
+        self._conn.row_factory = sqlite3.Row
+        self._conn.execute("PRAGMA journal_mode = WAL")
+        self._conn.execute("PRAGMA synchronous = FULL")
+        for statement in SCHEMA:
+            self._conn.execute(statement)
+        path.chmod(0o600)
+
+    def close(self) -> None:
+        self._conn.close()
+
+    # ---------------------------------------------------------------- meta
+
+    def _get(self, key: str) -> str | None:
+        row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else row[0]
+
+    def _set(self, key: str, value: str) -> None:
+        self._conn.execute(
+            "INSERT INTO meta (key, value) VALUES (?, ?) "
+            "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
+
+    def gateway_id(self) -> str:
+        """The id this sidecar presents in insecure-dev mode, made once and kept."""
+        value = self._get("gateway_id")
+        if value is None:
+            value = f"gw-{uuid.uuid4()}"
+            self._set("gateway_id", value)
+        return value
+
+    @property
+    def last_applied_sequence(self) -> int:
+        return int(self._get("last_applied_sequence") or 0)
+
+    def reset_sequence(self, sequence: int) -> None:
+        self._set("last_applied_sequence", str(sequence))
+
+    # -------------------------------------------------------------- agents
+
+    def agent(self, agent_id: str) -> AgentState | None:
+        row = self._conn.execute("SELECT * FROM agents WHERE agent_id = ?", (agent_id,)).fetchone()
+        return _agent(row) if row else None
+
+    def agents(self) -> list[AgentState]:
+        rows = self._conn.execute("SELECT * FROM agents ORDER BY agent_id").fetchall()
+        return [_agent(r) for r in rows]
+
+    def record_applied(
+        self,
+        sequence: int,
+        *,
+        upsert: Iterable[AgentState] = (),
+        remove: Iterable[str] = (),
+        credentials: dict[str, list[Credential]] | None = None,
+    ) -> None:
+        """Record a processed command and its effect on managed agents, atomically."""
+        with self._conn:
+            self._conn.execute("BEGIN IMMEDIATE")
+            for agent in upsert:
+                self._conn.execute(
+                    """INSERT INTO agents (agent_id, generation, workspace, files, updated_at)
+                       VALUES (?, ?, ?, ?, ?)
+                       ON CONFLICT(agent_id) DO UPDATE SET generation = excluded.generation,
+                           workspace = excluded.workspace, files = excluded.files,
+                           updated_at = excluded.updated_at""",
+                    (
+                        agent.agent_id,
+                        agent.generation,
+                        agent.workspace,
+                        json.dumps(agent.files, sort_keys=True),
+                        time.time(),
+                    ),
+                )
+            for agent_id in remove:
+                self._conn.execute("DELETE FROM agents WHERE agent_id = ?", (agent_id,))
+                self._conn.execute("DELETE FROM credentials WHERE agent_id = ?", (agent_id,))
+            for agent_id, creds in (credentials or {}).items():
+                self._conn.execute("DELETE FROM credentials WHERE agent_id = ?", (agent_id,))
+                self._conn.executemany(
+                    "INSERT OR REPLACE INTO credentials (token_id, agent_id, sha256, not_after) "
+                    "VALUES (?, ?, ?, ?)",
+                    [(c.token_id, agent_id, c.sha256, c.not_after) for c in creds],
+                )
+            if sequence > self.last_applied_sequence:
+                self._set("last_applied_sequence", str(sequence))
+
+    def credentials(self) -> list[Credential]:
+        rows = self._conn.execute("SELECT * FROM credentials").fetchall()
+        return [Credential(r["token_id"], r["agent_id"], r["sha256"], r["not_after"]) for r in rows]
+
+
+def _agent(row: sqlite3.Row) -> AgentState:
+    return AgentState(
+        agent_id=row["agent_id"],
+        generation=row["generation"],
+        workspace=row["workspace"],
+        files=json.loads(row["files"]),
+    )
