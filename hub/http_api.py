@@ -33,7 +33,7 @@ class HttpDeps:
 
 
 DEPS = web.AppKey("deps", HttpDeps)
-REQUEST_ID = "request_id"
+REQUEST_ID = web.RequestKey("request_id", str)
 
 
 def iso(epoch: float | None) -> str | None:
@@ -48,20 +48,30 @@ def error_response(request: web.Request, status: int, detail: Any) -> web.Respon
     )
 
 
+class ApiError(Exception):
+    """An error answered as {"detail", "request_id"} with its HTTP status."""
+
+    def __init__(self, status: int, detail: Any, headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.headers = headers or {}
+
+
 @web.middleware
 async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Give every request an id, and every error the {"detail", "request_id"} shape."""
     request[REQUEST_ID] = request.headers.get("X-Request-Id", "")[:64] or uuid.uuid4().hex
     try:
         response = await handler(request)
-    except web.HTTPException as exc:
-        if exc.content_type == "application/json":
-            response = exc
-        else:
-            response = error_response(request, exc.status, exc.reason)
-            for header in ("Allow", "Retry-After", "WWW-Authenticate"):
-                if header in exc.headers:
-                    response.headers[header] = exc.headers[header]
+    except ApiError as exc:
+        response = error_response(request, exc.status, exc.detail)
+        response.headers.update(exc.headers)
+    except web.HTTPException as exc:  # aiohttp's own: unknown route, wrong method, too large
+        response = error_response(request, exc.status, exc.reason)
+        for header in ("Allow", "Retry-After"):
+            if header in exc.headers:
+                response.headers[header] = exc.headers[header]
     except Exception:
         log.exception("http.request.failed", path=request.path, request_id=request[REQUEST_ID])
         response = error_response(request, 500, "internal error; see the hub log")
@@ -74,26 +84,13 @@ def require_admin(request: web.Request) -> None:
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token:
-        raise _json_error(
-            request,
+        raise ApiError(
             401,
             "missing admin token: send Authorization: Bearer <token>",
             {"WWW-Authenticate": "Bearer"},
         )
     if not hmac.compare_digest(token.strip().encode(), expected.encode()):
-        raise _json_error(request, 401, "invalid admin token", {"WWW-Authenticate": "Bearer"})
-
-
-def _json_error(
-    request: web.Request, status: int, detail: str, headers: dict[str, str] | None = None
-) -> web.HTTPException:
-    exc = web.HTTPException(
-        text=web.json_response({"detail": detail, "request_id": request.get(REQUEST_ID)}).text,
-        content_type="application/json",
-        headers=headers,
-    )
-    exc.set_status(status)
-    return exc
+        raise ApiError(401, "invalid admin token", {"WWW-Authenticate": "Bearer"})
 
 
 def page_params(request: web.Request) -> tuple[int, int]:
@@ -101,9 +98,9 @@ def page_params(request: web.Request) -> tuple[int, int]:
         limit = int(request.query.get("limit", MAX_PAGE))
         offset = int(request.query.get("offset", 0))
     except ValueError:
-        raise _json_error(request, 422, "limit and offset must be integers") from None
+        raise ApiError(422, "limit and offset must be integers") from None
     if not 1 <= limit <= MAX_PAGE or offset < 0:
-        raise _json_error(request, 422, f"limit must be 1..{MAX_PAGE} and offset >= 0")
+        raise ApiError(422, f"limit must be 1..{MAX_PAGE} and offset >= 0")
     return limit, offset
 
 
@@ -181,7 +178,7 @@ async def get_gateway(request: web.Request) -> web.Response:
     deps = request.app[DEPS]
     row = await deps.store.get_gateway(request.match_info["gateway_id"])
     if row is None:
-        raise _json_error(request, 404, "gateway not found")
+        raise ApiError(404, "gateway not found")
     return web.json_response(gateway_json(row, deps.registry))
 
 

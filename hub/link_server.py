@@ -247,7 +247,16 @@ class LinkService(pb_grpc.LinkServicer):
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            current = self.registry.detach(session)
+            # Record the disconnect before forgetting the session, so a reader never sees
+            # "not connected" without "disconnected_at".
+            current = self.registry.get(session.gateway_id) is session
+            if current:
+                await _shielded(
+                    self.store.record_disconnect(
+                        session.gateway_id, session.end_reason, connected_since=session.opened_at
+                    )
+                )
+            self.registry.detach(session)
             log.info(
                 "link.stream.closed",
                 gateway_id=session.gateway_id,
@@ -255,10 +264,6 @@ class LinkService(pb_grpc.LinkServicer):
                 reason=session.end_reason,
                 current=current,
             )
-            if current:
-                await _shielded(
-                    self.store.record_disconnect(session.gateway_id, session.end_reason)
-                )
 
     async def _pump_outbox(self, session: SidecarSession, cursor: int) -> None:
         while True:

@@ -211,14 +211,17 @@ class Store:
         return await self.db.write(op)
 
     async def record_disconnect(
-        self, gateway_id: str, reason: str, now: float | None = None
+        self, gateway_id: str, reason: str, *, connected_since: float, now: float | None = None
     ) -> None:
+        """Mark the gateway disconnected, unless a newer stream connected meanwhile."""
+
         def op(conn: sqlite3.Connection) -> None:
             at = time.time() if now is None else now
             conn.execute(
                 """UPDATE gateways SET connected = 0, disconnected_at = ?, last_seen_at = ?,
-                       updated_at = ? WHERE id = ?""",
-                (at, at, at, gateway_id),
+                       updated_at = ?
+                   WHERE id = ? AND (connected_at IS NULL OR connected_at <= ?)""",
+                (at, at, at, gateway_id, connected_since),
             )
             add_event(conn, "gateway.disconnected", gateway_id=gateway_id, at=at, reason=reason)
 
@@ -438,7 +441,7 @@ def enqueue_command_in(conn: sqlite3.Connection, gateway_id: str, command: pb.Co
         gateway_id=gateway_id,
         agent_id=getattr(action, "agent_id", None),
         sequence=sequence,
-        kind=kind,
+        command=kind,
     )
     return sequence
 

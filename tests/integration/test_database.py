@@ -1,0 +1,119 @@
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from hub.database import Database, DatabaseError
+from hub.migrations import MIGRATIONS
+
+
+@pytest.fixture
+async def db(tmp_path: Path):
+    database = Database(tmp_path / "hub.sqlite3", commit_interval_s=0.2)
+    database.open()
+    yield database
+    await database.close()
+
+
+def insert_gateway(gateway_id: str):
+    def op(conn: sqlite3.Connection) -> str:
+        conn.execute(
+            "INSERT INTO gateways (id, name, created_at, updated_at) VALUES (?, ?, 0, 0)",
+            (gateway_id, gateway_id),
+        )
+        return gateway_id
+
+    return op
+
+
+async def test_a_burst_of_writes_shares_few_commits(db: Database) -> None:
+    await db.write(insert_gateway("warmup"))  # idle: commits at once
+    commits_before = db.stats.commits
+    results = await asyncio.gather(*(db.write(insert_gateway(f"gw-{i}")) for i in range(500)))
+    assert results == [f"gw-{i}" for i in range(500)]
+    assert db.stats.commits - commits_before <= 2  # one per commit interval, not one per write
+    count = await db.read(lambda conn: conn.execute("SELECT COUNT(*) FROM gateways").fetchone()[0])
+    assert count == 501
+
+
+async def test_an_idle_write_commits_immediately(tmp_path: Path) -> None:
+    database = Database(tmp_path / "hub.sqlite3", commit_interval_s=5.0)
+    database.open()
+    try:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await database.write(insert_gateway("a"))
+        assert loop.time() - started < 1.0
+    finally:
+        await database.close()
+
+
+async def test_a_failing_job_rolls_back_alone(db: Database) -> None:
+    def half_then_fail(conn: sqlite3.Connection) -> None:
+        conn.execute(
+            "INSERT INTO gateways (id, name, created_at, updated_at) VALUES ('half', 'half', 0, 0)"
+        )
+        raise ValueError("boom")
+
+    outcomes = await asyncio.gather(
+        db.write(insert_gateway("before")),
+        db.write(half_then_fail),
+        db.write(insert_gateway("after")),
+        return_exceptions=True,
+    )
+    assert outcomes[0] == "before" and outcomes[2] == "after"
+    assert isinstance(outcomes[1], ValueError)
+    ids = await db.read(lambda c: [r[0] for r in c.execute("SELECT id FROM gateways ORDER BY id")])
+    assert ids == ["after", "before"]
+
+
+async def test_queued_writes_are_flushed_on_close(tmp_path: Path) -> None:
+    database = Database(tmp_path / "hub.sqlite3", commit_interval_s=0.5)
+    database.open()
+    await database.write(insert_gateway("first"))
+    pending = [asyncio.ensure_future(database.write(insert_gateway(f"q{i}"))) for i in range(20)]
+    await asyncio.sleep(0)
+    await database.close()
+    await asyncio.gather(*pending)
+    conn = sqlite3.connect(tmp_path / "hub.sqlite3")
+    assert conn.execute("SELECT COUNT(*) FROM gateways").fetchone()[0] == 21
+
+
+def test_schema_is_versioned_and_a_newer_database_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "hub.sqlite3"
+    Database(path).open()
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] == len(MIGRATIONS)
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    conn.execute("INSERT INTO schema_version VALUES (?, 0)", (len(MIGRATIONS) + 1,))
+    conn.commit()
+    with pytest.raises(DatabaseError, match="newer than this hub"):
+        Database(path).open()
+
+
+def test_database_enforces_one_lead_per_board_and_one_main_per_gateway(tmp_path: Path) -> None:
+    path = tmp_path / "hub.sqlite3"
+    Database(path).open()
+    conn = sqlite3.connect(path)
+    conn.execute("INSERT INTO gateways (id, name, created_at, updated_at) VALUES ('g', 'g', 0, 0)")
+    conn.execute(
+        "INSERT INTO boards (id, gateway_id, name, slug, created_at, updated_at) "
+        "VALUES ('b', 'g', 'b', 'b', 0, 0)"
+    )
+
+    def agent(agent_id: str, kind: str, board: str | None) -> None:
+        conn.execute(
+            "INSERT INTO agents (id, gateway_id, board_id, kind, gateway_agent_id, name, "
+            "created_at, updated_at) VALUES (?, 'g', ?, ?, ?, ?, 0, 0)",
+            (agent_id, board, kind, agent_id, agent_id),
+        )
+
+    agent("lead-1", "lead", "b")
+    agent("main-1", "main", None)
+    with pytest.raises(sqlite3.IntegrityError):
+        agent("lead-2", "lead", "b")
+    with pytest.raises(sqlite3.IntegrityError):
+        agent("main-2", "main", None)

@@ -1,0 +1,143 @@
+"""Helpers shared by the tests: config builders, bounded waiting, a recording gateway."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hub.config import HubConfig
+from missioncontrol.netaddr import HostPort
+from sidecar.config import SidecarConfig
+from sidecar.gateway import (
+    AgentEntry,
+    GatewayGeneration,
+    GatewayInfo,
+    GatewayUnavailable,
+    HeartbeatSpec,
+    RunOutcome,
+    RunState,
+)
+
+ADMIN_TOKEN = "test-admin-token-" + "x" * 48
+
+
+def hub_config(data_dir: Path, *, link_port: int = 0, http_port: int = 0) -> HubConfig:
+    return HubConfig(
+        data_dir=data_dir,
+        http_listen=HostPort("127.0.0.1", http_port),
+        link_listen=HostPort("127.0.0.1", link_port),
+        insecure_dev=True,
+        commit_interval_s=0.02,
+        shutdown_grace_s=1.0,
+        log_level="warning",
+        log_format="json",
+        admin_token=ADMIN_TOKEN,
+    )
+
+
+def sidecar_config(
+    state_dir: Path,
+    hub: HostPort,
+    *,
+    gateway_id: str | None = None,
+    workspace_root: Path | None = None,
+) -> SidecarConfig:
+    return SidecarConfig(
+        hub=hub,
+        state_dir=state_dir,
+        openclaw_config=state_dir / "openclaw" / "openclaw.json",
+        workspace_root=workspace_root or state_dir / "workspaces",
+        agent_api_listen=HostPort("127.0.0.1", 0),
+        gateway_id=gateway_id,
+        insecure_dev=True,
+        restore_removed_entries=True,
+        log_level="warning",
+        log_format="json",
+    )
+
+
+async def wait_for(
+    condition: Callable[[], Any] | Callable[[], Awaitable[Any]],
+    *,
+    timeout_s: float = 10.0,
+    interval_s: float = 0.02,
+    what: str = "condition",
+) -> Any:
+    """Poll `condition` until it returns something truthy; fail after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = condition()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        await asyncio.sleep(interval_s)
+
+
+@dataclass
+class RecordingGateway:
+    """An in-memory GatewayClient that records calls, for tests of the sidecar's own logic.
+
+    Like the real gateway, a wake with a known idempotency key returns the same run
+    and starts nothing new. Tests against the real gateway live in tests/interop/.
+    """
+
+    reachable: bool = True
+    calls: list[tuple[Any, ...]] = field(default_factory=list)
+    runs: dict[str, str] = field(default_factory=dict)
+    run_outcome: RunState = RunState.FINAL
+    run_message: str = ""
+    _listeners: list[Callable[[GatewayInfo], None]] = field(default_factory=list)
+
+    @property
+    def info(self) -> GatewayInfo:
+        if not self.reachable:
+            return GatewayInfo(reachable=False, unreachable_reason="gateway is down (test)")
+        return GatewayInfo(
+            reachable=True, version="2026.9.6", protocol=4, generation=GatewayGeneration.CURRENT
+        )
+
+    def on_info_change(self, callback: Callable[[GatewayInfo], None]) -> None:
+        self._listeners.append(callback)
+
+    def set_reachable(self, reachable: bool) -> None:
+        self.reachable = reachable
+        for listener in self._listeners:
+            listener(self.info)
+
+    def _check(self) -> None:
+        if not self.reachable:
+            raise GatewayUnavailable("gateway is down (test)")
+
+    def count(self, method: str) -> int:
+        return sum(1 for call in self.calls if call[0] == method)
+
+    async def ensure_agent(self, entry: AgentEntry) -> None:
+        self._check()
+        self.calls.append(("ensure_agent", entry.agent_id, str(entry.workspace)))
+
+    async def remove_agent(self, agent_id: str, *, delete_files: bool) -> None:
+        self._check()
+        self.calls.append(("remove_agent", agent_id, delete_files))
+
+    async def set_heartbeat(self, agent_id: str, heartbeat: HeartbeatSpec) -> None:
+        self._check()
+        self.calls.append(("set_heartbeat", agent_id, heartbeat.every_s))
+
+    async def wake(self, agent_id: str, message: str, idempotency_key: str) -> str:
+        self._check()
+        self.calls.append(("wake", agent_id, idempotency_key))
+        if idempotency_key not in self.runs:
+            self.runs[idempotency_key] = str(uuid.uuid4())
+        return self.runs[idempotency_key]
+
+    async def wait_run(self, run_id: str, timeout_s: float) -> RunOutcome:
+        await asyncio.sleep(0.01)
+        return RunOutcome(run_id, self.run_outcome, self.run_message)

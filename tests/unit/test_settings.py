@@ -1,0 +1,100 @@
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+from hub import config as hub_config
+from missioncontrol.settings import SettingsError
+from sidecar import config as sidecar_config
+
+
+def hub_args(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    hub_config.add_serve_arguments(parser)
+    return parser.parse_args(list(argv))
+
+
+def test_flag_beats_environment_beats_file_beats_default(tmp_path: Path) -> None:
+    config_file = tmp_path / "hub.toml"
+    config_file.write_text(
+        'http_listen = "127.0.0.1:1001"\nlink_listen = "127.0.0.1:1002"\n'
+        "commit_interval = 0.5\ninsecure_dev = true\n"
+    )
+    env = {
+        "MC_ADMIN_TOKEN": "t" * 60,
+        "MC_HUB_LINK_LISTEN": "127.0.0.1:2002",
+        "MC_HUB_DATA_DIR": str(tmp_path / "data"),
+    }
+    config = hub_config.build_config(
+        hub_args("--config", str(config_file), "--commit-interval", "0.25"), env
+    )
+    assert config.commit_interval_s == 0.25  # flag
+    assert config.link_listen.port == 2002  # environment
+    assert config.http_listen.port == 1001  # file
+    assert config.shutdown_grace_s == 5.0  # default
+    assert config.insecure_dev is True
+
+
+def test_unknown_config_key_is_named(tmp_path: Path) -> None:
+    config_file = tmp_path / "hub.toml"
+    config_file.write_text('http_lisen = "x"\n')
+    with pytest.raises(SettingsError, match="http_lisen"):
+        hub_config.build_config(hub_args("--config", str(config_file)), {})
+
+
+def test_insecure_dev_refuses_a_non_loopback_link(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match="loopback"):
+        hub_config.build_config(
+            hub_args(
+                "--insecure-dev", "--link-listen", "0.0.0.0:7443", "--data-dir", str(tmp_path)
+            ),
+            {"MC_ADMIN_TOKEN": "t" * 60},
+        )
+
+
+def test_short_admin_token_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match="at least 50"):
+        hub_config.build_config(
+            hub_args("--insecure-dev", "--data-dir", str(tmp_path)), {"MC_ADMIN_TOKEN": "short"}
+        )
+
+
+def test_admin_token_is_generated_once_with_mode_0600(tmp_path: Path) -> None:
+    first = hub_config.build_config(hub_args("--insecure-dev", "--data-dir", str(tmp_path)), {})
+    second = hub_config.build_config(hub_args("--insecure-dev", "--data-dir", str(tmp_path)), {})
+    assert first.admin_token_generated and not second.admin_token_generated
+    assert first.admin_token == second.admin_token and len(first.admin_token) >= 50
+    assert (tmp_path / "admin-token").stat().st_mode & 0o777 == 0o600
+
+
+def test_sidecar_requires_hub_and_defaults_workspace_root_to_config_dir(tmp_path: Path) -> None:
+    parser = argparse.ArgumentParser()
+    sidecar_config.add_run_arguments(parser)
+    with pytest.raises(SettingsError, match="--hub"):
+        sidecar_config.build_config(parser.parse_args([]), {})
+    args = parser.parse_args(
+        [
+            "--hub",
+            "127.0.0.1:7443",
+            "--insecure-dev",
+            "--openclaw-config",
+            str(tmp_path / "oc" / "openclaw.json"),
+            "--no-restore-removed-entries",
+        ]
+    )
+    config = sidecar_config.build_config(args, {})
+    assert config.workspace_root == tmp_path / "oc"
+    assert config.restore_removed_entries is False
+    assert str(config.agent_api_listen) == "127.0.0.1:18790"
+
+
+def test_sidecar_agent_api_must_be_loopback() -> None:
+    parser = argparse.ArgumentParser()
+    sidecar_config.add_run_arguments(parser)
+    args = parser.parse_args(
+        ["--hub", "127.0.0.1:1", "--insecure-dev", "--agent-api-listen", "0.0.0.0:18790"]
+    )
+    with pytest.raises(SettingsError, match="loopback"):
+        sidecar_config.build_config(args, {})
