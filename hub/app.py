@@ -9,19 +9,24 @@ Stop, in this order so nothing is lost:
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
 
 import grpc
 from aiohttp import web
 
+from hub.ca import CertificateAuthority
 from hub.config import HubConfig
 from hub.database import Database
+from hub.enrollment import CertificateIssuer, EnrollmentService, Revocations
+from hub.gateways import GatewayService
 from hub.http_api import HttpDeps, build_app
 from hub.link_server import LinkService, SessionRegistry
 from hub.reports import StoreReports
 from hub.store import Store
 from missioncontrol.log import get_logger
 from missioncontrol.netaddr import HostPort
+from missioncontrol.private_files import load_or_create_secret
 from protos import link_pb2_grpc as pb_grpc
 from protos.contract import server_options
 
@@ -32,6 +37,7 @@ log = get_logger("hub.app")
 class BoundAddresses:
     http: HostPort
     link: HostPort
+    enroll: HostPort | None  # None in --insecure-dev mode
 
 
 class Hub:
@@ -41,12 +47,28 @@ class Hub:
         self.store = Store(self.db)
         self.registry = SessionRegistry()
         self.store.on_command_queued(self.registry.notify_outbox)
+        self.revocations = Revocations()
+        self.ca: CertificateAuthority | None = None
+        self.issuer: CertificateIssuer | None = None
+        if not config.insecure_dev:
+            self.ca = CertificateAuthority.load_or_create(
+                config.data_dir / "ca", revocations=self.revocations
+            )
+            self.issuer = CertificateIssuer(
+                self.store,
+                self.ca,
+                load_or_create_secret(config.data_dir / "hub.key"),
+                dt.timedelta(days=config.cert_lifetime_days),
+            )
         self.link = LinkService(
             self.store,
             self.registry,
             StoreReports(self.store),
             auto_register=config.insecure_dev,
+            is_revoked=None if config.insecure_dev else self.revocations.is_revoked,
+            renewer=self.issuer,
         )
+        self.gateways = GatewayService(self.store, self.registry, self.revocations, self.issuer)
         self._grpc: grpc.aio.Server | None = None
         self._runner: web.AppRunner | None = None
         self._link_serving = False
@@ -55,38 +77,69 @@ class Hub:
     async def start(self) -> BoundAddresses:
         self.db.open()
         await self.store.mark_all_disconnected()
+        await self.revocations.load(self.store)
 
+        config = self.config
         self._grpc = grpc.aio.server(options=server_options())
         pb_grpc.add_LinkServicer_to_server(self.link, self._grpc)
-        link_port = self._grpc.add_insecure_port(str(self.config.link_listen))
+        enroll: HostPort | None = None
+        if self.ca is None:
+            link_port = self._grpc.add_insecure_port(str(config.link_listen))
+        else:
+            names = config.link_names
+            link_port = self._grpc.add_secure_port(
+                str(config.link_listen),
+                self.ca.link_server_credentials(config.link_listen.host, names),
+            )
+            assert self.issuer is not None
+            # One server, two ports: Enroll needs server-only TLS (no client certificate yet);
+            # Link.Connect on that port is refused by the peer check.
+            pb_grpc.add_EnrollmentServicer_to_server(
+                EnrollmentService(self.issuer, link_port=link_port), self._grpc
+            )
+            enroll_port = self._grpc.add_secure_port(
+                str(config.enroll_listen),
+                self.ca.enrollment_server_credentials(config.enroll_listen.host, names),
+            )
+            enroll = HostPort(config.enroll_listen.host, enroll_port)
         await self._grpc.start()
         self._link_serving = True
+        link = HostPort(config.link_listen.host, link_port)
 
         deps = HttpDeps(
             store=self.store,
             db=self.db,
             registry=self.registry,
-            admin_token=self.config.admin_token,
+            admin_token=config.admin_token,
             link_serving=lambda: self._link_serving,
+            gateways=self.gateways,
+            enroll_address=str(enroll) if enroll else None,
+            link_address=str(link),
         )
         self._runner = web.AppRunner(
-            build_app(deps), access_log=None, shutdown_timeout=self.config.shutdown_grace_s
+            build_app(deps), access_log=None, shutdown_timeout=config.shutdown_grace_s
         )
         await self._runner.setup()
-        http = self.config.http_listen
+        http = config.http_listen
         await web.TCPSite(self._runner, http.host, http.port).start()
         http_port = self._runner.addresses[0][1]
         self.addresses = BoundAddresses(
-            http=HostPort(http.host, http_port),
-            link=HostPort(self.config.link_listen.host, link_port),
+            http=HostPort(http.host, http_port), link=link, enroll=enroll
         )
         log.info(
             "hub.started",
             http=str(self.addresses.http),
-            link=str(self.addresses.link),
-            insecure_dev=self.config.insecure_dev,
-            database=str(self.config.database_path),
+            link=str(link),
+            enroll=str(enroll) if enroll else None,
+            insecure_dev=config.insecure_dev,
+            database=str(config.database_path),
         )
+        if config.insecure_dev:
+            log.warning(
+                "hub.insecure_dev",
+                detail="the link has NO TLS and NO authentication: "
+                "any local process can act as any gateway; loopback only, for development",
+            )
         return self.addresses
 
     async def stop(self) -> None:
@@ -94,7 +147,7 @@ class Hub:
         # 1. stop accepting
         self.link.accepting = False
         # 2. drain streams: sessions end cleanly, then gRPC finishes in-flight work
-        self.registry.close_all("hub shutting down")
+        self.registry.close_all("hub shutting down; reconnect later", grpc.StatusCode.UNAVAILABLE)
         if self._grpc is not None:
             await self._grpc.stop(self.config.shutdown_grace_s)
         self._link_serving = False

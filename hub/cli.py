@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import sys
 
@@ -29,33 +30,112 @@ def build_parser() -> argparse.ArgumentParser:
         "is generated once into the data directory and printed.",
     )
     add_serve_arguments(serve)
+    gateway = commands.add_parser("gateway", help="gateway administration")
+    gateway_commands = gateway.add_subparsers(
+        dest="gateway_command", metavar="COMMAND", required=True
+    )
+    token = gateway_commands.add_parser(
+        "join-token",
+        help="make a join token a sidecar enrolls with",
+        description="Make a join token. With GATEWAY, it enrolls that gateway; without, it is "
+        "a fleet token: each use enrolls a new gateway named after the host. Works whether "
+        "or not the hub is running (it writes to the hub's database).",
+    )
+    token.add_argument("gateway", nargs="?", metavar="GATEWAY", help="gateway id")
+    token.add_argument("--uses", type=int, default=1, help="how many hosts may use it [1]")
+    token.add_argument(
+        "--ttl-minutes", type=float, default=30.0, help="minutes until it expires [30]"
+    )
+    token.add_argument(
+        "--data-dir",
+        default=None,
+        metavar="DIR",
+        help="the hub's data directory [env MC_HUB_DATA_DIR, default var/hub]",
+    )
+    token.add_argument(
+        "--enroll-address",
+        default=None,
+        metavar="HOST:PORT",
+        help="address sidecars enroll at, for the printed command",
+    )
     return parser
 
 
-def banner(config: HubConfig, http: str, link: str) -> str:
-    if config.admin_token_generated:
-        token_line = (
-            f"admin token (generated, saved in {config.data_dir / 'admin-token'}):\n"
-            f"    {config.admin_token}"
+async def _join_token(args: argparse.Namespace) -> int:
+    from hub.app import Hub
+    from hub.config import SERVE_OPTIONS
+    from hub.store import StoreError
+    from missioncontrol.settings import expand_path
+
+    data_dir = expand_path(args.data_dir or os.environ.get("MC_HUB_DATA_DIR", "var/hub"))
+    defaults = {o.key: o.default for o in SERVE_OPTIONS}
+    config = HubConfig(
+        data_dir=data_dir,
+        http_listen=defaults["http_listen"],
+        link_listen=defaults["link_listen"],
+        insecure_dev=False,
+        commit_interval_s=0.05,
+        shutdown_grace_s=0,
+        log_level="warning",
+        log_format="auto",
+        admin_token="unused-by-this-command" * 3,
+        enroll_listen=defaults["enroll_listen"],
+    )
+    hub = Hub(config)  # no listeners: only the database, CA and issuer
+    hub.db.open()
+    try:
+        issued = await hub.gateways.join_token(
+            args.gateway, ttl_s=args.ttl_minutes * 60, uses=args.uses
         )
-    elif ADMIN_TOKEN_ENV in __import__("os").environ:
+    except (StoreError, ValueError) as exc:
+        print(f"mc-hub gateway join-token: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        await hub.db.close()
+    where = args.enroll_address or "HUB_HOST:7444"
+    print(
+        f"{issued.join_string}\n\nexpires in {args.ttl_minutes:g} min, {issued.max_uses} "
+        f"use(s). On the gateway host run:\n"
+        f"    mc-sidecar enroll --hub {where} --token '{issued.join_string}'"
+    )
+    return 0
+
+
+def banner(config: HubConfig, http: str, link: str, enroll: str | None) -> str:
+    token_file = config.data_dir / "admin-token"
+    if config.admin_token_generated:
+        token_line = f"admin token (generated, saved in {token_file}):\n    {config.admin_token}"
+    elif os.environ.get(ADMIN_TOKEN_ENV):
         token_line = f"admin token: from ${ADMIN_TOKEN_ENV}"
     else:
-        token_line = f"admin token: {config.admin_token}  (from {config.data_dir / 'admin-token'})"
+        token_line = f"admin token: {config.admin_token}  (from {token_file})"
+    if enroll:
+        connect = [
+            f"  enroll:    {enroll}   (mutual TLS; sidecars need a join token)",
+            "  connect a sidecar:",
+            "    1. create the gateway; the answer has a one-time join token and the command:",
+            "       curl -X POST -H 'Authorization: Bearer <admin token>' "
+            f'-d \'{{"name": "host-1"}}\' http://{http}/api/v1/gateways',
+            f"    2. on the gateway host: mc-sidecar enroll --hub {enroll} --token '<join token>'",
+            "    3. then:               mc-sidecar run --openclaw-config ~/.openclaw/openclaw.json",
+        ]
+    else:
+        connect = [
+            "  connect a sidecar on this host (development, no TLS):",
+            f"    mc-sidecar run --hub {link} --insecure-dev \\",
+            "      --state-dir ~/.mc-sidecar --openclaw-config ~/.openclaw/openclaw.json",
+        ]
+    insecure = "  [insecure-dev: no TLS, loopback only]" if config.insecure_dev else ""
     return "\n".join(
         [
             f"mc-hub {VERSION} is running",
             f"  REST API:  http://{http}/api/v1   (health: http://{http}/healthz)",
-            f"  link:      {link}"
-            + ("  [insecure-dev: no TLS, loopback only]" if config.insecure_dev else ""),
+            f"  link:      {link}{insecure}",
             f"  database:  {config.database_path}",
             f"  {token_line}",
             "",
-            "  try:     curl -H 'Authorization: Bearer <admin token>' "
-            f"http://{http}/api/v1/gateways",
-            "  connect a sidecar on this host (development, no TLS):",
-            f"    mc-sidecar run --hub {link} --insecure-dev \\",
-            "      --state-dir ~/.mc-sidecar --openclaw-config ~/.openclaw/openclaw.json",
+            f"  try:       curl -H 'Authorization: Bearer <admin token>' http://{http}/api/v1/gateways",
+            *connect,
             "  Ctrl-C stops the hub.",
             "",
         ]
@@ -67,7 +147,15 @@ async def _serve(config: HubConfig) -> None:
 
     hub = Hub(config)
     addresses = await hub.start()
-    print(banner(config, str(addresses.http), str(addresses.link)), flush=True)
+    print(
+        banner(
+            config,
+            str(addresses.http),
+            str(addresses.link),
+            str(addresses.enroll) if addresses.enroll else None,
+        ),
+        flush=True,
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -80,14 +168,16 @@ async def _serve(config: HubConfig) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "gateway":
+        logs.configure("warning", "auto")
+        return asyncio.run(_join_token(args))
     try:
         config = build_config(args)
     except SettingsError as exc:
         print(f"mc-hub: {exc}", file=sys.stderr)
         return 2
     logs.configure(config.log_level, config.log_format)
-    if args.command == "serve":
-        asyncio.run(_serve(config))
+    asyncio.run(_serve(config))
     return 0
 
 

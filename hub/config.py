@@ -63,6 +63,27 @@ SERVE_OPTIONS = (
         metavar="HOST:PORT",
     ),
     Option(
+        "enroll-listen",
+        "address of the server-TLS enrollment listener (sidecars without a certificate yet)",
+        "127.0.0.1:7444",
+        HostPort.parse,
+        metavar="HOST:PORT",
+    ),
+    Option(
+        "link-names",
+        "comma-separated host names/addresses sidecars dial, for the hub's TLS certificate",
+        "",
+        lambda text: tuple(n.strip() for n in text.split(",") if n.strip()),
+        metavar="NAMES",
+    ),
+    Option(
+        "cert-lifetime-days",
+        "lifetime of sidecar client certificates (renewed at a random 70-90 %)",
+        30.0,
+        _positive_float,
+        metavar="DAYS",
+    ),
+    Option(
         "insecure-dev",
         "serve the link without TLS; loopback addresses only, for development",
         False,
@@ -100,6 +121,9 @@ class HubConfig:
     log_level: str
     log_format: str
     admin_token: str
+    enroll_listen: HostPort
+    link_names: tuple[str, ...] = ()
+    cert_lifetime_days: float = 30.0
     admin_token_generated: bool = False
 
     @property
@@ -112,10 +136,10 @@ class HubConfig:
                 f"--insecure-dev refuses to serve the link on {self.link_listen}: without TLS "
                 "the link may only listen on a loopback address (127.0.0.1 or [::1])"
             )
-        if not self.insecure_dev:
+        if not self.insecure_dev and self.enroll_listen == self.link_listen:
             raise SettingsError(
-                "the link needs TLS; this build serves it only with --insecure-dev on loopback "
-                "(mutual TLS enrollment is not available yet)"
+                "--enroll-listen and --link-listen must differ: enrollment is server-only TLS, "
+                "the link requires a client certificate"
             )
         if self.log_format not in {"json", "console", "auto"}:
             raise SettingsError(f"--log-format {self.log_format!r}: use json, console or auto")
@@ -170,6 +194,9 @@ def build_config(args: argparse.Namespace, environ: Mapping[str, str] = os.envir
         log_format=values["log_format"],
         admin_token=token,
         admin_token_generated=generated,
+        enroll_listen=values["enroll_listen"],
+        link_names=values["link_names"],
+        cert_lifetime_days=values["cert_lifetime_days"],
     )
     config.validate()
     return config

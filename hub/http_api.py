@@ -13,8 +13,10 @@ from typing import Any
 from aiohttp import web
 
 from hub.database import Database
+from hub.enrollment import IssuedToken
+from hub.gateways import EnrollmentUnavailable, GatewayService
 from hub.link_server import SessionRegistry
-from hub.store import GatewayRow, Store
+from hub.store import GatewayInUse, GatewayRow, Store, UnknownGateway
 from missioncontrol.log import get_logger
 
 log = get_logger("hub.http")
@@ -30,6 +32,9 @@ class HttpDeps:
     registry: SessionRegistry
     admin_token: str
     link_serving: Callable[[], bool]
+    gateways: GatewayService
+    enroll_address: str | None  # HOST:PORT sidecars enroll at; None in --insecure-dev mode
+    link_address: str
 
 
 DEPS = web.AppKey("deps", HttpDeps)
@@ -182,6 +187,93 @@ async def get_gateway(request: web.Request) -> web.Response:
     return web.json_response(gateway_json(row, deps.registry))
 
 
+async def read_json(
+    request: web.Request, fields: dict[str, type | tuple[type, ...]], required: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """A JSON object with only `fields`, each of its type; 422 naming the field otherwise."""
+    try:
+        body = await request.json()
+    except ValueError:
+        raise ApiError(422, "request body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise ApiError(422, "request body must be a JSON object")
+    unknown = sorted(set(body) - set(fields))
+    if unknown:
+        raise ApiError(422, f"unknown field(s): {', '.join(unknown)}")
+    for name in required:
+        if name not in body:
+            raise ApiError(422, f"field {name!r} is required")
+    for name, value in body.items():
+        types = fields[name] if isinstance(fields[name], tuple) else (fields[name],)
+        # JSON true/false are Python bools, which are also ints: refuse them for numbers.
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            raise ApiError(422, f"field {name!r} has the wrong type")
+    return body
+
+
+def token_json(token: IssuedToken, deps: HttpDeps) -> dict[str, Any]:
+    command = (
+        f"mc-sidecar enroll --hub {deps.enroll_address} --token '{token.join_string}'"
+        if deps.enroll_address
+        else None
+    )
+    return {
+        "join_token": token.join_string,
+        "token_id": token.token_id,
+        "expires_at": iso(token.expires_at),
+        "max_uses": token.max_uses,
+        "enroll_command": command,
+    }
+
+
+async def create_gateway(request: web.Request) -> web.Response:
+    require_admin(request)
+    deps = request.app[DEPS]
+    body = await read_json(request, {"name": str}, required=("name",))
+    name = body["name"].strip()
+    if not 1 <= len(name) <= 200:
+        raise ApiError(422, "field 'name' must be 1 to 200 characters")
+    created = await deps.gateways.create(name)
+    result = gateway_json(created.gateway, deps.registry)
+    if created.token is not None:
+        result.update(token_json(created.token, deps))
+    else:
+        result["enroll_command"] = (
+            f"mc-sidecar run --hub {deps.link_address} --insecure-dev "
+            f"--gateway-id {created.gateway.id}"
+        )
+    return web.json_response(result, status=201)
+
+
+async def create_join_token(request: web.Request) -> web.Response:
+    require_admin(request)
+    deps = request.app[DEPS]
+    gateway_id = request.match_info["gateway_id"]
+    body = await read_json(request, {"ttl_s": (int, float), "uses": int})
+    ttl_s = float(body.get("ttl_s", 1800))
+    uses = body.get("uses", 1)
+    if await deps.store.get_gateway(gateway_id) is None:
+        raise ApiError(404, "gateway not found")
+    try:
+        token = await deps.gateways.join_token(gateway_id, ttl_s=ttl_s, uses=uses)
+    except EnrollmentUnavailable as exc:
+        raise ApiError(409, str(exc)) from None
+    except ValueError as exc:
+        raise ApiError(422, str(exc)) from None
+    return web.json_response(token_json(token, deps), status=201)
+
+
+async def delete_gateway(request: web.Request) -> web.Response:
+    require_admin(request)
+    try:
+        await request.app[DEPS].gateways.delete(request.match_info["gateway_id"])
+    except UnknownGateway:
+        raise ApiError(404, "gateway not found") from None
+    except GatewayInUse as exc:
+        raise ApiError(409, str(exc)) from None
+    return web.json_response({"ok": True})
+
+
 def build_app(deps: HttpDeps, *, client_max_size: int = 1024 * 1024) -> web.Application:
     app = web.Application(middlewares=[request_context], client_max_size=client_max_size)
     app[DEPS] = deps
@@ -189,5 +281,8 @@ def build_app(deps: HttpDeps, *, client_max_size: int = 1024 * 1024) -> web.Appl
     app.router.add_get("/health", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/api/v1/gateways", list_gateways)
+    app.router.add_post("/api/v1/gateways", create_gateway)
     app.router.add_get("/api/v1/gateways/{gateway_id}", get_gateway)
+    app.router.add_delete("/api/v1/gateways/{gateway_id}", delete_gateway)
+    app.router.add_post("/api/v1/gateways/{gateway_id}/join-tokens", create_join_token)
     return app

@@ -9,7 +9,7 @@ that reconnects over a half-dead connection replaces its old session cleanly.
 from __future__ import annotations
 
 import asyncio
-import re
+import datetime as dt
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -18,8 +18,11 @@ from typing import Protocol
 
 import grpc
 
+from hub.ca import CAError
+from hub.peer import PeerRejectedError, authorize_peer, peer_identity
 from hub.store import Store, UnknownGateway
 from missioncontrol.log import get_logger
+from missioncontrol.pki import certificate_identity, validate_gateway_id
 from missioncontrol.version import VERSION, VersionSkewError, check_sidecar_version
 from protos import link_pb2 as pb
 from protos import link_pb2_grpc as pb_grpc
@@ -33,7 +36,6 @@ from protos.contract import (
 
 log = get_logger("hub.link")
 
-GATEWAY_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 OUTBOX_PAGE = 100
 MAX_PENDING_WRITES = 64
 
@@ -47,7 +49,7 @@ class HelloRejected(Exception):
         self.detail = detail
 
 
-def check_hello(hello: pb.Hello, *, peer_gateway_id: str | None) -> None:
+def check_hello(hello: pb.Hello) -> None:
     """Decide whether a Hello may open a session (pure; raises HelloRejected)."""
     if hello.link_protocol not in SUPPORTED_LINK_PROTOCOLS:
         raise HelloRejected(
@@ -59,17 +61,10 @@ def check_hello(hello: pb.Hello, *, peer_gateway_id: str | None) -> None:
         check_sidecar_version(hello.sidecar_version)
     except VersionSkewError as exc:
         raise HelloRejected(grpc.StatusCode.FAILED_PRECONDITION, str(exc)) from None
-    if not GATEWAY_ID_RE.fullmatch(hello.gateway_id):
-        raise HelloRejected(
-            grpc.StatusCode.INVALID_ARGUMENT,
-            f"gateway id {hello.gateway_id!r} is invalid: use 1-128 letters, digits, '.', '_', '-'",
-        )
-    if peer_gateway_id is not None and peer_gateway_id != hello.gateway_id:
-        raise HelloRejected(
-            grpc.StatusCode.PERMISSION_DENIED,
-            f"Hello names gateway {hello.gateway_id} but the client certificate is for "
-            f"gateway {peer_gateway_id}",
-        )
+    try:
+        validate_gateway_id(hello.gateway_id)
+    except ValueError as exc:
+        raise HelloRejected(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
 
 
 class ReportSink(Protocol):
@@ -97,10 +92,13 @@ class SidecarSession:
     outbox_changed: asyncio.Event = field(default_factory=asyncio.Event)
     outgoing: asyncio.Queue[object] = field(default_factory=lambda: asyncio.Queue(maxsize=256))
     end_reason: str = "stream closed"
+    end_code: grpc.StatusCode = grpc.StatusCode.OK
+    certificate_expires_at: float | None = None  # mTLS: the stream ends with its certificate
 
-    def close(self, reason: str) -> None:
-        """End the stream from the hub side (replaced, shutting down)."""
+    def close(self, reason: str, code: grpc.StatusCode = grpc.StatusCode.OK) -> None:
+        """End the stream from the hub side; a non-OK `code` tells the sidecar why."""
         self.end_reason = reason
+        self.end_code = code
         try:
             self.outgoing.put_nowait(_END)
         except asyncio.QueueFull:
@@ -145,12 +143,13 @@ class SessionRegistry:
     def __len__(self) -> int:
         return len(self._sessions)
 
-    def close_all(self, reason: str) -> None:
+    def close_all(self, reason: str, code: grpc.StatusCode = grpc.StatusCode.OK) -> None:
         for session in list(self._sessions.values()):
-            session.close(reason)
+            session.close(reason, code)
 
 
-PeerIdentity = Callable[[grpc.aio.ServicerContext], str | None]
+class CertificateRenewer(Protocol):
+    async def renew(self, gateway_id: str, csr_pem: bytes) -> bytes: ...
 
 
 class LinkService(pb_grpc.LinkServicer):
@@ -161,13 +160,17 @@ class LinkService(pb_grpc.LinkServicer):
         reports: ReportSink,
         *,
         auto_register: bool,
-        peer_identity: PeerIdentity = lambda context: None,
+        is_revoked: Callable[[int], bool] | None = None,
+        renewer: CertificateRenewer | None = None,
     ) -> None:
+        """`is_revoked` set: mutual TLS, every stream needs a valid client certificate
+        naming the gateway its Hello names."""
         self.store = store
         self.registry = registry
         self.reports = reports
         self.auto_register = auto_register
-        self.peer_identity = peer_identity
+        self.is_revoked = is_revoked
+        self.renewer = renewer
         self.accepting = True
 
     async def Connect(
@@ -192,15 +195,29 @@ class LinkService(pb_grpc.LinkServicer):
                 "the first message on Link.Connect must be a Hello",
             )
         hello = first.hello
+        not_after: dt.datetime | None = None
         try:
-            check_hello(hello, peer_gateway_id=self.peer_identity(context))
+            check_hello(hello)
+            if self.is_revoked is not None:
+                identity = authorize_peer(
+                    peer_identity(context), hello.gateway_id, is_revoked=self.is_revoked
+                )
+                not_after = identity.not_after
             welcome = await self.store.record_hello(hello, auto_register=self.auto_register)
         except HelloRejected as exc:
             log.warning("link.hello.rejected", gateway_id=hello.gateway_id, error=exc.detail)
             await context.abort(exc.code, exc.detail)
+        except PeerRejectedError as exc:
+            log.warning(
+                "link.hello.rejected", gateway_id=hello.gateway_id, error=str(exc), code=exc.code
+            )
+            await context.abort(exc.grpc_status, str(exc))
         except UnknownGateway as exc:
             log.warning("link.hello.rejected", gateway_id=hello.gateway_id, error=str(exc))
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"{exc}; it was deleted, or enroll this sidecar first",
+            )
 
         session = SidecarSession(gateway_id=hello.gateway_id, hello=hello)
         self.registry.attach(session)
@@ -226,6 +243,9 @@ class LinkService(pb_grpc.LinkServicer):
             asyncio.create_task(self._read(session, messages), name="link-read"),
             asyncio.create_task(self._pump_outbox(session, cursor), name="link-outbox"),
         ]
+        if not_after is not None:
+            session.certificate_expires_at = not_after.timestamp()
+            tasks.append(asyncio.create_task(_close_at_expiry(session)))
         try:
             yield pb.HubMessage(
                 welcome=pb.Welcome(
@@ -243,6 +263,8 @@ class LinkService(pb_grpc.LinkServicer):
                     break
                 assert isinstance(item, pb.HubMessage)
                 yield item
+            if session.end_code != grpc.StatusCode.OK:
+                await context.abort(session.end_code, session.end_reason)
         finally:
             for task in tasks:
                 task.cancel()
@@ -315,6 +337,8 @@ class LinkService(pb_grpc.LinkServicer):
                     spawn(self._heartbeats(session, message.heartbeats), kind)
                 elif kind == "run_observed":
                     spawn(self.reports.run_observed(session.gateway_id, message.run_observed), kind)
+                elif kind == "renew":
+                    spawn(self._renew(session, message.renew), kind)
                 elif kind == "gateway_state":
                     spawn(
                         self.reports.gateway_state(session.gateway_id, message.gateway_state), kind
@@ -331,11 +355,41 @@ class LinkService(pb_grpc.LinkServicer):
             await asyncio.gather(*pending, return_exceptions=True)
         session.close(session.end_reason)
 
+    async def _renew(self, session: SidecarSession, request: pb.RenewRequest) -> None:
+        response = pb.RenewResponse()
+        if self.renewer is None:
+            response.error = "certificate renewal needs the hub's mutual-TLS mode"
+        else:
+            try:
+                response.certificate_pem = await self.renewer.renew(
+                    session.gateway_id, request.csr_pem
+                )
+                session.certificate_expires_at = certificate_identity(
+                    response.certificate_pem
+                ).not_after.timestamp()
+            except (ValueError, CAError) as exc:
+                response.error = f"renewal refused: {exc}"
+        await session.outgoing.put(pb.HubMessage(renew=response))
+
     async def _heartbeats(self, session: SidecarSession, batch: pb.HeartbeatBatch) -> None:
         await self.reports.heartbeats(session.gateway_id, batch)
         await session.outgoing.put(
             pb.HubMessage(heartbeat_ack=pb.HeartbeatAck(batch_id=batch.batch_id))
         )
+
+
+async def _close_at_expiry(session: SidecarSession) -> None:
+    """A stream may not outlive its certificate (a renewal on the stream extends it)."""
+    while session.certificate_expires_at is not None:
+        remaining = session.certificate_expires_at - time.time()
+        if remaining <= 0:
+            session.close(
+                "client certificate expired; the sidecar renews it before expiry, "
+                "so check that it can reach the hub, or re-enroll",
+                grpc.StatusCode.UNAUTHENTICATED,
+            )
+            return
+        await asyncio.sleep(remaining)
 
 
 async def _shielded(work: Awaitable[None]) -> None:

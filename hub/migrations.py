@@ -107,4 +107,30 @@ V1 = (
     "CREATE INDEX events_gateway ON events(gateway_id, id)",
 )
 
-MIGRATIONS: tuple[tuple[str, ...], ...] = (V1,)
+# Enrollment: join tokens (only a keyed hash of the secret) and every issued client
+# certificate, so deleting a gateway can revoke all of them.
+V2 = (
+    """
+    CREATE TABLE join_tokens (
+        token_id    TEXT PRIMARY KEY,
+        secret_hmac BLOB NOT NULL,
+        gateway_id  TEXT,
+        created_at  REAL NOT NULL,
+        expires_at  REAL NOT NULL,
+        max_uses    INTEGER NOT NULL,
+        uses        INTEGER NOT NULL DEFAULT 0
+    )
+    """,
+    """
+    CREATE TABLE certificates (
+        serial      TEXT PRIMARY KEY,
+        gateway_id  TEXT NOT NULL,
+        issued_at   REAL NOT NULL,
+        not_after   REAL NOT NULL,
+        revoked_at  REAL
+    )
+    """,
+    "CREATE INDEX certificates_gateway ON certificates(gateway_id)",
+)
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (V1, V2)

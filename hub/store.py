@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hub.database import Database
+from hub.join_tokens import JoinTokenRecord, JoinTokenUsedError
 from protos import link_pb2 as pb
 from protos.contract import MAX_COMMAND_BYTES, epoch_s, timestamp
 
@@ -29,6 +30,10 @@ class UnknownGateway(StoreError):
 
 class CommandTooLarge(StoreError):
     pass
+
+
+class GatewayInUse(StoreError):
+    """The gateway still has boards; they must go first."""
 
 
 @dataclass(frozen=True)
@@ -277,6 +282,140 @@ class Store:
 
         await self.db.write(op)
 
+    async def delete_gateway(self, gateway_id: str) -> list[int]:
+        """Delete a gateway without boards; revoke its certificates. Returns revoked serials."""
+
+        def op(conn: sqlite3.Connection) -> list[int]:
+            _gateway(conn, gateway_id)
+            boards = conn.execute(
+                "SELECT COUNT(*) FROM boards WHERE gateway_id = ?", (gateway_id,)
+            ).fetchone()[0]
+            if boards:
+                raise GatewayInUse(
+                    f"gateway {gateway_id} still has {boards} board(s); delete them or move "
+                    "them to another gateway first"
+                )
+            now = time.time()
+            serials = [
+                int(r[0], 16)
+                for r in conn.execute(
+                    "SELECT serial FROM certificates WHERE gateway_id = ? AND revoked_at IS NULL",
+                    (gateway_id,),
+                )
+            ]
+            conn.execute(
+                "UPDATE certificates SET revoked_at = ? "
+                "WHERE gateway_id = ? AND revoked_at IS NULL",
+                (now, gateway_id),
+            )
+            conn.execute("DELETE FROM agents WHERE gateway_id = ?", (gateway_id,))
+            conn.execute("DELETE FROM join_tokens WHERE gateway_id = ?", (gateway_id,))
+            conn.execute("DELETE FROM gateways WHERE id = ?", (gateway_id,))
+            add_event(
+                conn,
+                "gateway.deleted",
+                gateway_id=gateway_id,
+                at=now,
+                revoked_certificates=len(serials),
+            )
+            return serials
+
+        return await self.db.write(op)
+
+    # -------------------------------------------------------- enrollment
+
+    async def add_join_token(self, record: JoinTokenRecord) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            if record.gateway_id is not None:
+                _gateway(conn, record.gateway_id)
+            conn.execute(
+                """INSERT INTO join_tokens (token_id, secret_hmac, gateway_id, created_at,
+                       expires_at, max_uses, uses) VALUES (?, ?, ?, ?, ?, ?, ?)""",
+                (
+                    record.token_id,
+                    record.secret_hmac,
+                    record.gateway_id,
+                    record.created_at,
+                    record.expires_at,
+                    record.max_uses,
+                    record.uses,
+                ),
+            )
+            add_event(
+                conn,
+                "gateway.join_token.created",
+                gateway_id=record.gateway_id,
+                token_id=record.token_id,
+                max_uses=record.max_uses,
+                expires_at=record.expires_at,
+            )
+
+        await self.db.write(op)
+
+    async def join_token(self, token_id: str) -> JoinTokenRecord | None:
+        def op(conn: sqlite3.Connection) -> JoinTokenRecord | None:
+            row = conn.execute(
+                "SELECT * FROM join_tokens WHERE token_id = ?", (token_id,)
+            ).fetchone()
+            return JoinTokenRecord(**dict(row)) if row else None
+
+        return await self.db.read(op)
+
+    async def enroll(
+        self,
+        token_id: str,
+        gateway_id: str,
+        *,
+        create_name: str | None,
+        serial: int,
+        not_after: float,
+    ) -> None:
+        """Spend one use of the token, create the gateway if asked, record the certificate:
+        one transaction, so two hosts cannot both take a token's last use."""
+
+        def op(conn: sqlite3.Connection) -> None:
+            now = time.time()
+            spent = conn.execute(
+                "UPDATE join_tokens SET uses = uses + 1 WHERE token_id = ? AND uses < max_uses",
+                (token_id,),
+            ).rowcount
+            if not spent:
+                raise JoinTokenUsedError(f"join token {token_id} was used up meanwhile")
+            if create_name is not None:
+                conn.execute(
+                    "INSERT INTO gateways (id, name, created_at, updated_at) VALUES (?, ?, ?, ?)",
+                    (gateway_id, create_name, now, now),
+                )
+            else:
+                _gateway(conn, gateway_id)
+            _record_certificate(conn, gateway_id, serial, not_after, now)
+            add_event(
+                conn,
+                "gateway.enrolled",
+                gateway_id=gateway_id,
+                at=now,
+                token_id=token_id,
+                serial=f"{serial:x}",
+            )
+
+        await self.db.write(op)
+
+    async def record_certificate(self, gateway_id: str, serial: int, not_after: float) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            _record_certificate(conn, gateway_id, serial, not_after, time.time())
+            add_event(
+                conn, "gateway.certificate.renewed", gateway_id=gateway_id, serial=f"{serial:x}"
+            )
+
+        await self.db.write(op)
+
+    async def revoked_serials(self) -> set[int]:
+        def op(conn: sqlite3.Connection) -> set[int]:
+            rows = conn.execute("SELECT serial FROM certificates WHERE revoked_at IS NOT NULL")
+            return {int(r[0], 16) for r in rows}
+
+        return await self.db.read(op)
+
     # ------------------------------------------------------------ outbox
 
     async def enqueue_command(self, gateway_id: str, command: pb.Command) -> int:
@@ -457,6 +596,15 @@ def _confirm_through(conn: sqlite3.Connection, gateway_id: str, sequence: int, a
         "UPDATE gateways SET acked_sequence = MAX(acked_sequence, MIN(?, next_sequence - 1)) "
         "WHERE id = ?",
         (sequence, gateway_id),
+    )
+
+
+def _record_certificate(
+    conn: sqlite3.Connection, gateway_id: str, serial: int, not_after: float, now: float
+) -> None:
+    conn.execute(
+        "INSERT INTO certificates (serial, gateway_id, issued_at, not_after) VALUES (?, ?, ?, ?)",
+        (f"{serial:x}", gateway_id, now, not_after),
     )
 
 

@@ -15,7 +15,9 @@ from protos import link_pb2 as pb
 from protos.contract import LINK_PROTOCOL, timestamp
 from sidecar.commands import CommandApplier, CommandQueue
 from sidecar.config import SidecarConfig
+from sidecar.enrollment import CertificateRenewal
 from sidecar.gateway import GatewayClient, GatewayInfo, NoGateway
+from sidecar.identity import renewal_due_at
 from sidecar.link import LinkClient
 from sidecar.state import LocalState
 from sidecar.workspace import WorkspaceWriter
@@ -28,14 +30,27 @@ class Sidecar:
         self.config = config
         config.workspace_root.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.state = LocalState(config.state_db)
-        self.gateway_id = config.gateway_id or self.state.gateway_id()
+        # mTLS: the certificate names the gateway; insecure-dev: a flag or a generated id.
+        self.renewal: CertificateRenewal | None = None
+        if config.insecure_dev:
+            self.gateway_id = config.gateway_id or self.state.gateway_id()
+        else:
+            self.renewal = CertificateRenewal(config.state_dir, self._send)
+            renewal_due_at(self.renewal.identity.certificate)  # fail now if already expired
+            self.gateway_id = self.renewal.identity.gateway_id
         self.writer = WorkspaceWriter(config.workspace_root)
         self.gateway: GatewayClient = gateway or NoGateway()
         self.applier = CommandApplier(
             self.state, self.writer, self.gateway, on_run_observed=self._report_run
         )
         self.queue = CommandQueue(self.applier, self._report_result)
-        self.link = LinkClient(str(config.hub), self.hello, self.queue)
+        self.link = LinkClient(
+            str(config.hub),
+            self.hello,
+            self.queue,
+            credentials=self.renewal.credentials if self.renewal else None,
+            on_renew=self.renewal.on_response if self.renewal else lambda response: None,
+        )
         self.gateway.on_info_change(self._report_gateway)
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -67,6 +82,9 @@ class Sidecar:
             hostname=socket.gethostname(),
         )
 
+    def _send(self, message: pb.SidecarMessage) -> None:
+        self.link.send(message)
+
     def _report_result(self, result: pb.CommandResult) -> None:
         self.link.send(pb.SidecarMessage(command_result=result))
 
@@ -93,6 +111,8 @@ class Sidecar:
             asyncio.create_task(self.queue.run(), name="sidecar-commands"),
             asyncio.create_task(self.link.run(), name="sidecar-link"),
         ]
+        if self.renewal is not None:
+            self._tasks.append(asyncio.create_task(self.renewal.run(), name="sidecar-renewal"))
         log.info(
             "sidecar.started",
             gateway_id=self.gateway_id,

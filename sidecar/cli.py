@@ -29,7 +29,71 @@ def build_parser() -> argparse.ArgumentParser:
         "then the TOML config file.",
     )
     add_run_arguments(run)
+    enroll = commands.add_parser(
+        "enroll",
+        help="enroll this host with the hub: get a client certificate for the link",
+        description="Make a key and certificate request locally, pin the hub by its CA "
+        "fingerprint, and exchange a join token for a client certificate naming this "
+        "gateway. Refuses to replace an existing identity unless --force.",
+    )
+    enroll.add_argument(
+        "--hub",
+        required=True,
+        metavar="HOST:PORT",
+        help="the hub's enrollment address (mc-hub --enroll-listen)",
+    )
+    enroll.add_argument(
+        "--token",
+        required=True,
+        metavar="JOIN",
+        help="join string from the hub (id.secret@sha256:FINGERPRINT)",
+    )
+    enroll.add_argument(
+        "--ca-fingerprint",
+        metavar="SHA256",
+        help="hub CA fingerprint, if the token does not carry it",
+    )
+    enroll.add_argument(
+        "--state-dir",
+        default="~/.mc-sidecar",
+        metavar="DIR",
+        help="where the identity is stored (same as `run --state-dir`)",
+    )
+    enroll.add_argument(
+        "--gateway-id",
+        metavar="ID",
+        help="with a fleet token: the gateway to enroll as (default: a new one)",
+    )
+    enroll.add_argument("--force", action="store_true", help="replace an existing identity")
     return parser
+
+
+def _enroll(args: argparse.Namespace) -> int:
+    from missioncontrol.netaddr import HostPort
+    from missioncontrol.settings import expand_path
+    from sidecar.enrollment import EnrollmentError, enroll
+
+    state_dir = expand_path(args.state_dir).absolute()
+    try:
+        done = asyncio.run(
+            enroll(
+                HostPort.parse(args.hub),
+                args.token,
+                state_dir,
+                ca_fingerprint=args.ca_fingerprint,
+                gateway_id=args.gateway_id,
+                force=args.force,
+            )
+        )
+    except (EnrollmentError, ValueError) as exc:
+        print(f"mc-sidecar enroll: {exc}", file=sys.stderr)
+        return 1
+    print(
+        f"enrolled as gateway {done.gateway_id}; certificate valid until "
+        f"{done.not_after.isoformat()}\nstart the sidecar with:\n"
+        f"    mc-sidecar run --state-dir {state_dir}"
+    )
+    return 0
 
 
 async def _run(config: SidecarConfig) -> None:
@@ -49,14 +113,22 @@ async def _run(config: SidecarConfig) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "enroll":
+        logs.configure("warning", "auto")
+        return _enroll(args)
     try:
         config = build_config(args)
     except SettingsError as exc:
         print(f"mc-sidecar: {exc}", file=sys.stderr)
         return 2
     logs.configure(config.log_level, config.log_format)
-    if args.command == "run":
+    from sidecar.identity import IdentityError
+
+    try:
         asyncio.run(_run(config))
+    except IdentityError as exc:
+        print(f"mc-sidecar: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -100,11 +100,6 @@ class SidecarConfig:
                 f"--insecure-dev refuses hub address {self.hub}: without TLS the link may only "
                 "go to a loopback address (127.0.0.1 or [::1])"
             )
-        if not self.insecure_dev:
-            raise SettingsError(
-                "the link needs TLS; this build connects only with --insecure-dev to a loopback "
-                "hub (mutual TLS enrollment is not available yet)"
-            )
         if not self.agent_api_listen.is_loopback:
             raise SettingsError(
                 f"--agent-api-listen {self.agent_api_listen}: the local agent API only listens "
@@ -128,11 +123,19 @@ def build_config(
 ) -> SidecarConfig:
     file_path = config_path_from(args, environ, ENV_PREFIX + "CONFIG")
     values = resolve(RUN_OPTIONS, args, environ, ENV_PREFIX, load_config_file(file_path), file_path)
-    if values["hub"] is None:
-        raise SettingsError(f"--hub HOST:PORT is required (or {ENV_PREFIX}HUB, or file key hub)")
+    hub = values["hub"]
+    if hub is None and not values["insecure_dev"]:
+        hub_file = values["state_dir"] / "hub-link"  # written by `mc-sidecar enroll`
+        if hub_file.exists():
+            hub = HostPort.parse(hub_file.read_text())
+    if hub is None:
+        raise SettingsError(
+            f"--hub HOST:PORT is required (or {ENV_PREFIX}HUB, or file key hub), unless this "
+            "sidecar was enrolled with `mc-sidecar enroll`"
+        )
     openclaw_config: Path = values["openclaw_config"].absolute()
     config = SidecarConfig(
-        hub=values["hub"],
+        hub=hub,
         state_dir=values["state_dir"].absolute(),
         openclaw_config=openclaw_config,
         workspace_root=(values["workspace_root"] or openclaw_config.parent).absolute(),

@@ -50,10 +50,11 @@ class LinkClient:
         hello: Callable[[], pb.Hello],
         commands: CommandQueue,
         *,
-        credentials: grpc.ChannelCredentials | None = None,
+        credentials: Callable[[], grpc.ChannelCredentials] | None = None,
         backoff: Backoff | None = None,
         on_welcome: Callable[[pb.Welcome], None] = lambda welcome: None,
         on_heartbeat_ack: Callable[[int], None] = lambda batch_id: None,
+        on_renew: Callable[[pb.RenewResponse], None] = lambda response: None,
     ) -> None:
         self.target = target
         self.hello = hello
@@ -62,6 +63,7 @@ class LinkClient:
         self.backoff = backoff or Backoff()
         self.on_welcome = on_welcome
         self.on_heartbeat_ack = on_heartbeat_ack
+        self.on_renew = on_renew
         self.status = LinkStatus(connected=False, since=time.time())
         self.streams_opened = 0
         self._unsent: collections.deque[pb.SidecarMessage] = collections.deque(
@@ -147,7 +149,7 @@ class LinkClient:
     def _channel(self) -> grpc.aio.Channel:
         if self.credentials is None:
             return grpc.aio.insecure_channel(self.target, options=channel_options())
-        return grpc.aio.secure_channel(self.target, self.credentials, options=channel_options())
+        return grpc.aio.secure_channel(self.target, self.credentials(), options=channel_options())
 
     async def _read(self, call: grpc.aio.StreamStreamCall) -> None:
         while True:
@@ -159,6 +161,8 @@ class LinkClient:
                 self.commands.submit(message.command)
             elif kind == "heartbeat_ack":
                 self.on_heartbeat_ack(message.heartbeat_ack.batch_id)
+            elif kind == "renew":
+                self.on_renew(message.renew)
             else:
                 log.warning("link.message.ignored", kind=kind)
 

@@ -37,6 +37,7 @@ def hub_config(data_dir: Path, *, link_port: int = 0, http_port: int = 0) -> Hub
         log_level="warning",
         log_format="json",
         admin_token=ADMIN_TOKEN,
+        enroll_listen=HostPort("127.0.0.1", 0),
     )
 
 

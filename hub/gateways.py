@@ -1,0 +1,64 @@
+"""Gateway administration: create (with a join token), new join tokens, delete (revoke)."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+import grpc
+
+from hub.enrollment import CertificateIssuer, IssuedToken, Revocations
+from hub.link_server import SessionRegistry
+from hub.store import GatewayRow, Store
+from missioncontrol.log import get_logger
+
+log = get_logger("hub.gateways")
+
+
+class EnrollmentUnavailable(Exception):
+    """Join tokens need the hub's mutual-TLS mode (it is running with --insecure-dev)."""
+
+
+@dataclass(frozen=True)
+class CreatedGateway:
+    gateway: GatewayRow
+    token: IssuedToken | None  # None in --insecure-dev mode
+
+
+class GatewayService:
+    def __init__(
+        self,
+        store: Store,
+        registry: SessionRegistry,
+        revocations: Revocations,
+        issuer: CertificateIssuer | None,
+    ) -> None:
+        self.store = store
+        self.registry = registry
+        self.revocations = revocations
+        self.issuer = issuer
+
+    async def create(self, name: str) -> CreatedGateway:
+        gateway = await self.store.create_gateway(str(uuid.uuid4()), name)
+        token = await self.issuer.mint_join_token(gateway.id) if self.issuer else None
+        return CreatedGateway(gateway, token)
+
+    async def join_token(self, gateway_id: str | None, *, ttl_s: float, uses: int) -> IssuedToken:
+        if self.issuer is None:
+            raise EnrollmentUnavailable(
+                "join tokens need mutual TLS; this hub runs with --insecure-dev, where a "
+                "sidecar connects with `mc-sidecar run --insecure-dev --gateway-id ID`"
+            )
+        return await self.issuer.mint_join_token(gateway_id, ttl_s=ttl_s, uses=uses)
+
+    async def delete(self, gateway_id: str) -> None:
+        """Delete the gateway, revoke its certificates and close its stream at once."""
+        serials = await self.store.delete_gateway(gateway_id)
+        self.revocations.add(serials)
+        session = self.registry.get(gateway_id)
+        if session is not None:
+            session.close(
+                "gateway deleted on the hub; its certificate is revoked",
+                grpc.StatusCode.UNAUTHENTICATED,
+            )
+        log.info("gateway.deleted", gateway_id=gateway_id, revoked=len(serials))
