@@ -1,0 +1,348 @@
+"""The OpenClaw gateway's WebSocket protocol: frames, the hello, and errors.
+
+Pure functions and types only; `sidecar/gateway_client.py` does the I/O. Keeping the
+decisions here (which generation is this? what does this error mean and how is it
+fixed?) lets them be tested without a gateway.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sidecar.gateway import (
+    GatewayError,
+    GatewayGeneration,
+    GatewayUnavailable,
+    RunOutcome,
+    RunState,
+)
+
+# Protocol 4 is current; 2026.3 gateways speak only 3. Both accept a 3..4 offer and
+# answer with the one they speak.
+MIN_PROTOCOL = 3
+MAX_PROTOCOL = 4
+REQUIRED_SCOPE = "operator.admin"
+# Only this identity (or cli/cli) keeps its scopes on a device-less loopback connection.
+BACKEND_CLIENT_ID = "gateway-client"
+BACKEND_CLIENT_MODE = "backend"
+# Methods only the current generation has; their presence identifies it.
+CURRENT_ONLY_METHODS = frozenset({"cron.scratch.set"})
+DEFAULT_TICK_INTERVAL_MS = 30_000
+# The gateway closes shared-token sockets with this code when gateway.auth.token changes.
+CLOSE_TOKEN_ROTATED = 4001
+# How the gateway words a run that failed before the model replied.
+FAILED_BEFORE_REPLY = "⚠️ Agent failed before reply:"
+
+
+@dataclass(frozen=True)
+class ClientIdentity:
+    """Who the sidecar says it is in `connect`. Only tests change the defaults."""
+
+    client_id: str = BACKEND_CLIENT_ID
+    mode: str = BACKEND_CLIENT_MODE
+    display_name: str = "mc-sidecar"
+    origin: str | None = None  # an Origin header makes the gateway clear scopes
+
+
+@dataclass(frozen=True)
+class Hello:
+    """What `hello-ok` told the sidecar about the gateway."""
+
+    protocol: int
+    version: str
+    methods: frozenset[str] = field(repr=False)
+    scopes: tuple[str, ...] | None  # None: the gateway sends no auth.scopes (2026.3)
+    tick_interval_ms: int
+    config_path: str = ""
+    generation: GatewayGeneration = GatewayGeneration.UNKNOWN
+
+
+def detect_generation(protocol: int, methods: frozenset[str]) -> GatewayGeneration:
+    """The one place that tells gateway generations apart, by capability, not version text."""
+    if protocol >= 4 or methods & CURRENT_ONLY_METHODS:
+        return GatewayGeneration.CURRENT
+    if protocol == 3:
+        return GatewayGeneration.LEGACY_2026_3
+    return GatewayGeneration.UNKNOWN
+
+
+# Params each generation's agent methods take (their schemas reject unknown keys).
+# 2026.3: no `model` on create and no `emoji` on update; the hub renders IDENTITY.md.
+_AGENT_FIELDS: Mapping[tuple[str, GatewayGeneration], frozenset[str]] = {
+    ("agents.create", GatewayGeneration.CURRENT): frozenset(
+        {"name", "workspace", "model", "emoji"}
+    ),
+    ("agents.create", GatewayGeneration.LEGACY_2026_3): frozenset({"name", "workspace", "emoji"}),
+    ("agents.update", GatewayGeneration.CURRENT): frozenset(
+        {"name", "workspace", "model", "emoji"}
+    ),
+    ("agents.update", GatewayGeneration.LEGACY_2026_3): frozenset({"name", "workspace", "model"}),
+}
+
+
+def agent_fields(method: str, generation: GatewayGeneration) -> frozenset[str]:
+    """Which of name/workspace/model/emoji `method` accepts on this generation."""
+    if generation is GatewayGeneration.UNKNOWN:
+        generation = GatewayGeneration.CURRENT
+    return _AGENT_FIELDS[(method, generation)]
+
+
+def parse_hello(payload: Mapping[str, Any]) -> Hello:
+    protocol = payload.get("protocol")
+    server = _mapping(payload.get("server"))
+    features = _mapping(payload.get("features"))
+    auth = _mapping(payload.get("auth"))
+    policy = _mapping(payload.get("policy"))
+    snapshot = _mapping(payload.get("snapshot"))
+    methods = frozenset(m for m in features.get("methods") or () if isinstance(m, str))
+    raw_scopes = auth.get("scopes")
+    scopes = (
+        tuple(s for s in raw_scopes if isinstance(s, str)) if isinstance(raw_scopes, list) else None
+    )
+    tick = policy.get("tickIntervalMs")
+    proto = protocol if isinstance(protocol, int) else 0
+    return Hello(
+        protocol=proto,
+        version=str(server.get("version") or ""),
+        methods=methods,
+        scopes=scopes,
+        tick_interval_ms=tick if isinstance(tick, int) and tick > 0 else DEFAULT_TICK_INTERVAL_MS,
+        config_path=str(snapshot.get("configPath") or ""),
+        generation=detect_generation(proto, methods),
+    )
+
+
+def _mapping(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def connect_params(
+    token: str,
+    identity: ClientIdentity,
+    client_version: str,
+    platform: str,
+    *,
+    min_protocol: int = MIN_PROTOCOL,
+    max_protocol: int = MAX_PROTOCOL,
+) -> dict[str, Any]:
+    params: dict[str, Any] = {
+        "minProtocol": min_protocol,
+        "maxProtocol": max_protocol,
+        "client": {
+            "id": identity.client_id,
+            "displayName": identity.display_name,
+            "version": client_version,
+            "platform": platform,
+            "mode": identity.mode,
+            "instanceId": str(uuid.uuid4()),
+        },
+        "role": "operator",
+        "scopes": [REQUIRED_SCOPE],
+        "caps": [],
+        "userAgent": f"mc-sidecar/{client_version}",
+    }
+    if token:
+        params["auth"] = {"token": token}
+    return params
+
+
+def request_frame(request_id: str, method: str, params: Mapping[str, Any] | None) -> str:
+    return json.dumps({"type": "req", "id": request_id, "method": method, "params": params or {}})
+
+
+# ---------------------------------------------------------------- errors
+
+
+class GatewayRequestError(GatewayError):
+    """The gateway answered a request with `ok: false`."""
+
+    code = "gateway_request_failed"
+
+    def __init__(
+        self,
+        method: str,
+        gateway_code: str,
+        message: str,
+        details: Mapping[str, Any] | None = None,
+        *,
+        retryable: bool | None = None,
+    ) -> None:
+        super().__init__(f"{method}: {gateway_code}: {message}", retryable=retryable)
+        self.method = method
+        self.gateway_code = gateway_code
+        self.gateway_message = message
+        self.details: Mapping[str, Any] = details or {}
+
+    @property
+    def detail_code(self) -> str:
+        code = self.details.get("code")
+        return code if isinstance(code, str) else ""
+
+
+class GatewayTimeout(GatewayError):
+    """The gateway did not answer, or a condition did not come true, within the bound."""
+
+    code = "gateway_timeout"
+
+
+class GatewayConnectRefused(GatewayUnavailable):
+    """The gateway refused the sidecar in a way only a configuration fix changes.
+
+    Still retryable for commands (they succeed once the fix is in), but waiting for a
+    connection gives up at once instead of running out its timeout.
+    """
+
+    code = "gateway_connect_refused"
+
+
+class GatewayTokenMismatch(GatewayConnectRefused):
+    code = "gateway_token_mismatch"
+
+
+class GatewayProtocolMismatch(GatewayConnectRefused):
+    code = "gateway_protocol_mismatch"
+
+
+class GatewayNotPaired(GatewayConnectRefused):
+    code = "gateway_not_paired"
+
+
+class GatewayScopesCleared(GatewayConnectRefused):
+    code = "gateway_scopes_cleared"
+
+
+class GatewayHandshakeError(GatewayUnavailable):
+    """The handshake broke in a way that has no specific fix (unexpected frame, timeout)."""
+
+    code = "gateway_handshake_failed"
+
+
+def handshake_error(
+    error: Mapping[str, Any], *, config_path: str, protocols: tuple[int, int]
+) -> GatewayUnavailable:
+    """Turn a refused `connect` into an error that names the cause and the fix."""
+    gateway_code = str(error.get("code") or "")
+    message = str(error.get("message") or "")
+    details = _mapping(error.get("details"))
+    detail_code = str(details.get("code") or "")
+    if detail_code == "AUTH_TOKEN_MISMATCH":
+        return GatewayTokenMismatch(
+            "the gateway refused the shared token (AUTH_TOKEN_MISMATCH: "
+            f"{message}). The sidecar reads gateway.auth.token from {config_path} on every "
+            "connect; the running gateway uses a different one. If the token was just "
+            "rotated the sidecar retries on its own; otherwise make gateway.auth.token in "
+            "that file the token the gateway runs with (or restart the gateway if it was "
+            "started with --token / OPENCLAW_GATEWAY_TOKEN)."
+        )
+    if detail_code == "PROTOCOL_MISMATCH":
+        expected = details.get("expectedProtocol")
+        return GatewayProtocolMismatch(
+            f"the gateway speaks WebSocket protocol {expected} and the sidecar offered "
+            f"{protocols[0]}..{protocols[1]} (PROTOCOL_MISMATCH). Upgrade the sidecar to a "
+            "release that supports this OpenClaw version, or run a supported OpenClaw "
+            "(2026.3 speaks 3, current releases 4)."
+        )
+    if gateway_code == "NOT_PAIRED" or detail_code == "DEVICE_IDENTITY_REQUIRED":
+        return GatewayNotPaired(
+            f"the gateway wants a paired device identity (NOT_PAIRED: {message}). A "
+            "device-less backend connection is only accepted on loopback with the shared "
+            f"token: set gateway.auth.mode to token with gateway.auth.token in {config_path}, "
+            "and run the sidecar on the gateway host."
+        )
+    cause = " ".join(c for c in (gateway_code, detail_code) if c) or "no code"
+    return GatewayHandshakeError(f"the gateway refused the connection ({cause}: {message})")
+
+
+def scopes_cleared_error(granted: Sequence[str], identity: ClientIdentity) -> GatewayScopesCleared:
+    who = f"client {identity.client_id}/{identity.mode}"
+    if identity.origin:
+        who += f" with Origin header {identity.origin!r}"
+    return GatewayScopesCleared(
+        f"the gateway accepted the connection but cleared its scopes (granted {list(granted)}, "
+        f"asked for [{REQUIRED_SCOPE!r}]). It does that silently for a device-less "
+        f"connection with the wrong client identity ({who}) or with an Origin header. "
+        f"Fix: connect as {BACKEND_CLIENT_ID}/{BACKEND_CLIENT_MODE} over loopback with the "
+        "shared token and no Origin header, which is what the sidecar does by default."
+    )
+
+
+def check_scopes(hello: Hello, identity: ClientIdentity) -> GatewayScopesCleared | None:
+    """2026.3 sends no auth.scopes (fine); an empty or admin-less list is not."""
+    if hello.scopes is None or REQUIRED_SCOPE in hello.scopes:
+        return None
+    return scopes_cleared_error(hello.scopes, identity)
+
+
+def request_error(method: str, error: Mapping[str, Any]) -> GatewayRequestError:
+    gateway_code = str(error.get("code") or "UNKNOWN")
+    details = _mapping(error.get("details"))
+    # Unavailable / internal errors may pass; a refused request will be refused again.
+    retryable = gateway_code in {"UNAVAILABLE", "INTERNAL", "TIMEOUT"}
+    return GatewayRequestError(
+        method, gateway_code, str(error.get("message") or ""), details, retryable=retryable
+    )
+
+
+def is_not_found(exc: GatewayRequestError) -> bool:
+    return "not found" in exc.gateway_message.lower()
+
+
+def is_already_exists(exc: GatewayRequestError) -> bool:
+    return "already exists" in exc.gateway_message.lower()
+
+
+def is_config_conflict(exc: GatewayRequestError) -> bool:
+    """config.patch with a stale baseHash: re-run config.get and retry."""
+    return "changed since last load" in exc.gateway_message.lower()
+
+
+def heartbeat_every(every_s: int) -> str:
+    """Seconds to the gateway's duration text: 0 -> "0m", 1800 -> "30m", 45 -> "45s"."""
+    if every_s <= 0:
+        return "0m"
+    if every_s % 3600 == 0:
+        return f"{every_s // 3600}h"
+    if every_s % 60 == 0:
+        return f"{every_s // 60}m"
+    return f"{every_s}s"
+
+
+# ---------------------------------------------------------------- runs
+
+
+def run_outcome(payload: Mapping[str, Any]) -> RunOutcome | None:
+    """A terminal `chat` event as a RunOutcome; None for status and delta events."""
+    run_id = str(payload.get("runId"))
+    state = payload.get("state")
+    if state == "final":
+        text = _message_text(payload.get("message"))
+        if text.startswith(FAILED_BEFORE_REPLY):
+            # 2026.3 ends a run that never reached the model (no credentials, ...) as a
+            # "final" whose only text is this warning; it is a failure, not a check-in.
+            return RunOutcome(run_id, RunState.ERROR, text.removeprefix("⚠️").strip())
+        return RunOutcome(run_id, RunState.FINAL, text)
+    if state == "error":
+        text = payload.get("errorMessage") or payload.get("error") or "run failed"
+        return RunOutcome(run_id, RunState.ERROR, str(text))
+    if state == "aborted":
+        return RunOutcome(run_id, RunState.ABORTED, str(payload.get("reason") or "run aborted"))
+    return None
+
+
+def _message_text(message: Any) -> str:
+    if not isinstance(message, Mapping):
+        return ""
+    content = message.get("content")
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(
+            str(part.get("text", ""))
+            for part in content
+            if isinstance(part, Mapping) and part.get("type") == "text"
+        )
+    return ""

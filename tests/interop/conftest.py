@@ -1,0 +1,266 @@
+"""A real OpenClaw gateway per test module, on loopback, in a private home directory.
+
+The gateway comes from npm (`install_openclaw.sh`, cached under .cache/openclaw/);
+`OPENCLAW_VERSION` picks the release (default 2026.9.6). Each module gets a fresh
+HOME, state dir, TMPDIR, free port and token, and the gateway is stopped by PID at the
+end (its whole process group, so the spawn broker goes too).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sidecar.openclaw_config import write_atomic
+
+log = logging.getLogger("interop")
+
+INSTALL_SCRIPT = Path(__file__).with_name("install_openclaw.sh")
+DEFAULT_VERSION = "2026.9.6"
+INSTALL_TIMEOUT_S = 900
+READY_TIMEOUT_S = 60
+STOP_TIMEOUT_S = 10
+
+_timings: list[tuple[str, float]] = []
+
+
+def record_timing(name: str, seconds: float) -> None:
+    """Keep a measured duration for the end-of-run summary (and log it now)."""
+    _timings.append((name, seconds))
+    log.info("timing %s: %.3f s", name, seconds)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if not _timings:
+        return
+    terminalreporter.section("OpenClaw interop timings")
+    for name, seconds in _timings:
+        terminalreporter.write_line(f"{name:<48} {seconds * 1000:9.1f} ms")
+
+
+@dataclass
+class RunningGateway:
+    """A booted gateway and where its files are."""
+
+    version: str
+    port: int
+    token: str
+    home: Path
+    state_dir: Path
+    config_path: Path
+    workspace_root: Path
+    log_path: Path
+    pid: int
+    boot_s: float
+    launcher: Path
+    env: dict[str, str] = field(repr=False)
+
+    @property
+    def generation_is_legacy(self) -> bool:
+        return self.version.startswith("2026.3.")
+
+    def read_config(self) -> dict[str, Any]:
+        return json.loads(self.config_path.read_text(encoding="utf-8"))
+
+    def write_config(self, document: dict[str, Any]) -> None:
+        """A hand edit the way editors and the gateway do it: temp file, then rename."""
+        self.write_text(json.dumps(document, indent=2) + "\n")
+
+    def write_text(self, text: str) -> None:
+        write_atomic(self.config_path, text)
+
+    def edit_config(self, mutate: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+        document = self.read_config()
+        mutate(document)
+        self.write_config(document)
+        return document
+
+    def roster(self) -> dict[str, dict[str, Any]]:
+        """Entries by id, whichever shape this generation writes."""
+        agents = self.read_config().get("agents") or {}
+        if "entries" in agents:
+            return dict(agents["entries"])
+        return {e["id"]: e for e in agents.get("list") or []}
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            text = self.log_path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+
+def _install(version: str) -> Path:
+    if shutil.which("npm") is None:
+        pytest.skip("npm is not installed: cannot install OpenClaw for interop tests")
+    started = time.monotonic()
+    proc = subprocess.run(
+        [str(INSTALL_SCRIPT)],
+        env={**os.environ, "OPENCLAW_VERSION": version},
+        capture_output=True,
+        text=True,
+        timeout=INSTALL_TIMEOUT_S,
+        check=False,
+    )
+    if proc.returncode != 0:
+        pytest.fail(f"installing openclaw@{version} failed:\n{proc.stderr[-4000:]}")
+    launcher = Path(proc.stdout.strip().splitlines()[-1])
+    record_timing(f"install openclaw@{version} (cached or fresh)", time.monotonic() - started)
+    return launcher
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _installed_version(launcher: Path) -> str:
+    package = launcher.parent.parent / "node_modules" / "openclaw" / "package.json"
+    return str(json.loads(package.read_text(encoding="utf-8"))["version"])
+
+
+def _probe(port: int, path: str) -> int:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except (urllib.error.URLError, OSError):
+        return 0
+
+
+def _wait_ready(proc: subprocess.Popen[bytes], port: int, log_path: Path) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    path = "/readyz"
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = log_path.read_text(errors="replace")[-4000:]
+            pytest.fail(f"gateway exited with {proc.returncode} during boot:\n{tail}")
+        status = _probe(port, path)
+        if status == 200:
+            return
+        if status == 404 and path == "/readyz":
+            path = "/healthz"  # older gateways have only the liveness probe
+            continue
+        time.sleep(0.2)
+    tail = log_path.read_text(errors="replace")[-4000:]
+    pytest.fail(f"gateway not ready on port {port} within {READY_TIMEOUT_S} s:\n{tail}")
+
+
+def _strays(state_dir: Path) -> list[int]:
+    """PIDs of processes still running with this test's private state dir (Linux)."""
+    marker = f"OPENCLAW_STATE_DIR={state_dir}".encode()
+    found = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        with contextlib.suppress(OSError):
+            if marker in environ.read_bytes().split(b"\0"):
+                found.append(int(environ.parent.name))
+    return found
+
+
+def _stop(proc: subprocess.Popen[bytes], state_dir: Path) -> None:
+    """SIGTERM the gateway's process group, then SIGKILL it if it lingers."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            log.warning("gateway %d ignored SIGTERM for %d s; killing", proc.pid, STOP_TIMEOUT_S)
+    # The spawn broker may outlive the main process; the group goes either way.
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=STOP_TIMEOUT_S)
+    # A gateway that re-executed itself detached is not in the group: find it by the
+    # state dir only this fixture uses.
+    for pid in _strays(state_dir):
+        log.warning("gateway process %d outlived its group; killing it", pid)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
+    version = os.environ.get("OPENCLAW_VERSION", DEFAULT_VERSION)
+    launcher = _install(version)
+    root = tmp_path_factory.mktemp("openclaw")
+    home = root / "home"
+    state_dir = home / ".openclaw"
+    tmpdir = root / "tmp"
+    workspace_root = root / "workspaces"
+    for directory in (state_dir, tmpdir, workspace_root):
+        directory.mkdir(parents=True, mode=0o700)
+    config_path = state_dir / "openclaw.json"
+    port = _free_port()
+    token = secrets.token_urlsafe(32)
+    config = {
+        "gateway": {
+            "mode": "local",
+            "bind": "loopback",
+            "port": port,
+            "auth": {"mode": "token", "token": token},
+        },
+        "update": {"checkOnStart": False},
+    }
+    write_atomic(config_path, json.dumps(config, indent=2) + "\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENCLAW_")}
+    env.update(
+        HOME=str(home),
+        OPENCLAW_STATE_DIR=str(state_dir),
+        OPENCLAW_DISABLE_BONJOUR="1",
+        OPENCLAW_NO_AUTO_UPDATE="1",
+        # Restart in process (2026.3 restarts on a token change): a detached re-exec
+        # would leave our process group and outlive the test.
+        OPENCLAW_NO_RESPAWN="1",
+        TMPDIR=str(tmpdir),
+    )
+    log_path = root / "gateway.log"
+    started = time.monotonic()
+    with log_path.open("wb") as log_file:
+        proc = subprocess.Popen(
+            [str(launcher), "gateway", "run", "--bind", "loopback", "--port", str(port)],
+            cwd=root,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # own process group: stopped as one
+        )
+    try:
+        _wait_ready(proc, port, log_path)
+        boot_s = time.monotonic() - started
+        record_timing(f"gateway {version} boot to ready", boot_s)
+        yield RunningGateway(
+            version=_installed_version(launcher),
+            port=port,
+            token=token,
+            home=home,
+            state_dir=state_dir,
+            config_path=config_path,
+            workspace_root=workspace_root,
+            log_path=log_path,
+            pid=proc.pid,
+            boot_s=boot_s,
+            launcher=launcher,
+            env=env,
+        )
+    finally:
+        _stop(proc, state_dir)

@@ -1,0 +1,172 @@
+"""Gateway protocol decisions: generation, hello parsing, error mapping, durations."""
+
+from __future__ import annotations
+
+import pytest
+
+from sidecar.gateway import GatewayGeneration, GatewayUnavailable, RunOutcome, RunState
+from sidecar.gateway_protocol import (
+    ClientIdentity,
+    GatewayHandshakeError,
+    GatewayNotPaired,
+    GatewayProtocolMismatch,
+    GatewayTokenMismatch,
+    check_scopes,
+    connect_params,
+    detect_generation,
+    handshake_error,
+    heartbeat_every,
+    parse_hello,
+    run_outcome,
+)
+
+
+def test_current_hello_is_protocol_4_current_generation() -> None:
+    hello = parse_hello(
+        {
+            "type": "hello-ok",
+            "protocol": 4,
+            "server": {"version": "2026.9.6"},
+            "features": {"methods": ["health", "cron.scratch.set"]},
+            "auth": {"scopes": ["operator.admin"]},
+            "policy": {"tickIntervalMs": 30000},
+        }
+    )
+    assert (hello.protocol, hello.version, hello.generation) == (
+        4,
+        "2026.9.6",
+        GatewayGeneration.CURRENT,
+    )
+    assert hello.tick_interval_ms == 30000
+    assert check_scopes(hello, ClientIdentity()) is None
+
+
+def test_legacy_hello_without_auth_scopes_is_accepted() -> None:
+    hello = parse_hello(
+        {"protocol": 3, "server": {"version": "2026.3.8"}, "features": {"methods": ["health"]}}
+    )
+    assert hello.generation is GatewayGeneration.LEGACY_2026_3
+    assert hello.scopes is None
+    assert check_scopes(hello, ClientIdentity()) is None
+
+
+@pytest.mark.parametrize(
+    ("protocol", "methods", "generation"),
+    [
+        (4, set(), GatewayGeneration.CURRENT),
+        (3, {"cron.scratch.set"}, GatewayGeneration.CURRENT),
+        (3, {"agents.create"}, GatewayGeneration.LEGACY_2026_3),
+        (0, set(), GatewayGeneration.UNKNOWN),
+    ],
+)
+def test_generation_is_detected_by_capability(
+    protocol: int, methods: set[str], generation: GatewayGeneration
+) -> None:
+    assert detect_generation(protocol, frozenset(methods)) is generation
+
+
+def test_empty_scopes_fail_with_the_cause_and_the_backend_fix() -> None:
+    hello = parse_hello({"protocol": 4, "auth": {"scopes": []}})
+    error = check_scopes(hello, ClientIdentity(origin="http://127.0.0.1:18789"))
+    assert error is not None
+    assert isinstance(error, GatewayUnavailable) and error.retryable
+    message = str(error)
+    assert "cleared its scopes" in message
+    assert "Origin header 'http://127.0.0.1:18789'" in message
+    assert "gateway-client/backend" in message
+    assert "dangerouslyDisableDeviceAuth" not in message
+
+
+def test_token_mismatch_names_the_config_key_and_file() -> None:
+    error = handshake_error(
+        {
+            "code": "INVALID_REQUEST",
+            "message": "unauthorized: gateway token mismatch (provide gateway auth token)",
+            "details": {"code": "AUTH_TOKEN_MISMATCH", "authReason": "token_mismatch"},
+        },
+        config_path="/h/.openclaw/openclaw.json",
+        protocols=(3, 4),
+    )
+    assert isinstance(error, GatewayTokenMismatch)
+    assert error.code == "gateway_token_mismatch"
+    assert "AUTH_TOKEN_MISMATCH" in str(error)
+    assert "gateway.auth.token" in str(error) and "/h/.openclaw/openclaw.json" in str(error)
+
+
+def test_protocol_mismatch_names_both_protocols() -> None:
+    error = handshake_error(
+        {
+            "code": "INVALID_REQUEST",
+            "message": "protocol mismatch",
+            "details": {"code": "PROTOCOL_MISMATCH", "expectedProtocol": 5},
+        },
+        config_path="c",
+        protocols=(3, 4),
+    )
+    assert isinstance(error, GatewayProtocolMismatch)
+    assert "protocol 5" in str(error) and "3..4" in str(error)
+
+
+def test_not_paired_says_to_use_the_shared_token_on_loopback() -> None:
+    error = handshake_error(
+        {
+            "code": "NOT_PAIRED",
+            "message": "device identity required",
+            "details": {"code": "DEVICE_IDENTITY_REQUIRED"},
+        },
+        config_path="c",
+        protocols=(3, 4),
+    )
+    assert isinstance(error, GatewayNotPaired)
+    assert "loopback" in str(error) and "gateway.auth.token" in str(error)
+
+
+def test_other_refusals_keep_the_gateway_message() -> None:
+    error = handshake_error(
+        {"code": "INVALID_REQUEST", "message": "odd"}, config_path="c", protocols=(3, 4)
+    )
+    assert isinstance(error, GatewayHandshakeError) and "odd" in str(error)
+
+
+def test_connect_params_are_the_backend_identity_without_origin() -> None:
+    params = connect_params("tok", ClientIdentity(), "0.1.0", "linux")
+    assert params["client"]["id"] == "gateway-client"
+    assert params["client"]["mode"] == "backend"
+    assert (params["minProtocol"], params["maxProtocol"]) == (3, 4)
+    assert params["role"] == "operator" and params["scopes"] == ["operator.admin"]
+    assert params["auth"] == {"token": "tok"}
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"), [(0, "0m"), (1800, "30m"), (45, "45s"), (7200, "2h"), (90, "90s")]
+)
+def test_heartbeat_cadence_text(seconds: int, text: str) -> None:
+    assert heartbeat_every(seconds) == text
+
+
+def _text(text: str) -> dict[str, object]:
+    return {"role": "assistant", "content": [{"type": "text", "text": text}]}
+
+
+@pytest.mark.parametrize(
+    ("event", "outcome"),
+    [
+        ({"state": "delta", "deltaText": "hi"}, None),
+        ({"state": "status", "phase": "starting_model"}, None),
+        ({"state": "final", "message": _text("done")}, RunOutcome("r", RunState.FINAL, "done")),
+        (
+            {"state": "error", "errorMessage": "No route-compatible authentication source"},
+            RunOutcome("r", RunState.ERROR, "No route-compatible authentication source"),
+        ),
+        ({"state": "aborted"}, RunOutcome("r", RunState.ABORTED, "run aborted")),
+        (
+            {"state": "final", "message": _text("⚠️ Agent failed before reply: No API key")},
+            RunOutcome("r", RunState.ERROR, "Agent failed before reply: No API key"),
+        ),
+    ],
+    ids=["delta", "status", "final", "error", "aborted", "legacy-failed-final"],
+)
+def test_chat_events_map_to_run_outcomes(
+    event: dict[str, object], outcome: RunOutcome | None
+) -> None:
+    assert run_outcome({"runId": "r", **event}) == outcome
