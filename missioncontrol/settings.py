@@ -55,7 +55,7 @@ def add_options(
     for option in options:
         where = f"[env {option.env(env_prefix)}, file key {option.key}"
         where += "]" if option.default in (None, False) else f", default {option.default}]"
-        help_text = f"{option.help} {where}"
+        help_text = f"{option.help} {where}".replace("%", "%%")  # argparse formats help
         if option.switch:
             parser.add_argument(
                 f"--{option.name}",

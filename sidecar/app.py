@@ -1,13 +1,15 @@
 """Composition root of mc-sidecar: builds the parts, starts them, stops them in order.
 
-Start: local state -> workspace writer -> gateway client -> command queue -> link.
-Stop: the link (no new commands) -> the command queue -> run watchers -> state.
+Start: local state -> workspace writer -> gateway client -> config watcher ->
+command queue -> link. Stop in reverse: the link (no new commands), the command
+queue and run watchers, the config watcher, the gateway client, then the state.
 """
 
 from __future__ import annotations
 
 import asyncio
 import socket
+import time
 
 from missioncontrol.log import get_logger
 from missioncontrol.version import VERSION
@@ -15,14 +17,19 @@ from protos import link_pb2 as pb
 from protos.contract import LINK_PROTOCOL, timestamp
 from sidecar.commands import CommandApplier, CommandQueue
 from sidecar.config import SidecarConfig
+from sidecar.config_watch import ConfigReport, ConfigWatcher
 from sidecar.enrollment import CertificateRenewal
-from sidecar.gateway import GatewayClient, GatewayInfo, NoGateway
+from sidecar.gateway import GatewayClient, GatewayInfo
+from sidecar.gateway_client import OpenClawGatewayClient
 from sidecar.identity import renewal_due_at
 from sidecar.link import LinkClient
+from sidecar.openclaw_config import DriftKind
 from sidecar.state import LocalState
 from sidecar.workspace import WorkspaceWriter
 
 log = get_logger("sidecar.app")
+
+OWN_CHANGE_WINDOW_S = 5.0
 
 
 class Sidecar:
@@ -39,11 +46,21 @@ class Sidecar:
             renewal_due_at(self.renewal.identity.certificate)  # fail now if already expired
             self.gateway_id = self.renewal.identity.gateway_id
         self.writer = WorkspaceWriter(config.workspace_root)
-        self.gateway: GatewayClient = gateway or NoGateway()
+        self.gateway: GatewayClient = gateway or OpenClawGatewayClient(config.openclaw_config)
         self.applier = CommandApplier(
-            self.state, self.writer, self.gateway, on_run_observed=self._report_run
+            self.state,
+            self.writer,
+            self.gateway,
+            on_run_observed=self._report_run,
+            on_unmanage=self._unmanage,
         )
         self.queue = CommandQueue(self.applier, self._report_result)
+        self.watcher = ConfigWatcher(
+            config.openclaw_config, self._on_config, restore_removed=config.restore_removed_entries
+        )
+        self.config_report: ConfigReport | None = None
+        # Agents the sidecar itself just changed: their CHANGED drift is our own doing.
+        self._touched_at: dict[str, float] = {}
         self.link = LinkClient(
             str(config.hub),
             self.hello,
@@ -51,7 +68,7 @@ class Sidecar:
             credentials=self.renewal.credentials if self.renewal else None,
             on_renew=self.renewal.on_response if self.renewal else lambda response: None,
         )
-        self.gateway.on_info_change(self._report_gateway)
+        self.gateway.on_info_change(self._on_gateway_info)
         self._tasks: list[asyncio.Task[None]] = []
 
     @property
@@ -74,7 +91,7 @@ class Sidecar:
                 pb.ManagedAgent(
                     agent_id=a.agent_id,
                     applied_generation=a.generation,
-                    present_in_config=True,
+                    present_in_config=self._present(a.agent_id),
                     file_sha256=self.writer.hashes(a.workspace),
                 )
                 for a in self.state.agents()
@@ -85,28 +102,69 @@ class Sidecar:
     def _send(self, message: pb.SidecarMessage) -> None:
         self.link.send(message)
 
+    def _present(self, agent_id: str) -> bool:
+        report = self.config_report
+        return report is None or agent_id in report.present
+
     def _report_result(self, result: pb.CommandResult) -> None:
+        if result.agent_id:
+            self._touched_at[result.agent_id] = time.monotonic()
+            self.watcher.set_managed(a.agent_id for a in self.state.agents())
         self.link.send(pb.SidecarMessage(command_result=result))
+
+    def _unmanage(self, agent_id: str) -> None:
+        self.watcher.set_managed(a.agent_id for a in self.state.agents() if a.agent_id != agent_id)
 
     def _report_run(self, run: pb.RunObserved) -> None:
         self.link.send(pb.SidecarMessage(run_observed=run))
 
-    def _report_gateway(self, info: GatewayInfo) -> None:
-        self.link.send(
-            pb.SidecarMessage(
-                gateway_state=pb.GatewayState(
-                    reachable=info.reachable,
-                    unreachable_reason=info.unreachable_reason,
-                    openclaw_version=info.version,
-                    openclaw_protocol=info.protocol,
-                    generation=int(info.generation),  # type: ignore[arg-type]
-                    config_valid=True,
-                    observed_at=timestamp(),
-                )
+    def _on_gateway_info(self, info: GatewayInfo) -> None:
+        if info.version:
+            self.watcher.set_gateway_version(info.version)
+        self._report_gateway()
+
+    def _on_config(self, report: ConfigReport) -> None:
+        self.config_report = report
+        now = time.monotonic()
+        drift = [
+            d
+            for d in report.drift
+            if not (
+                d.kind == DriftKind.CHANGED
+                and now - self._touched_at.get(d.agent_id, -1e9) < OWN_CHANGE_WINDOW_S
             )
+        ]
+        for item in drift:
+            log.info(
+                "gateway.config.drift",
+                agent_id=item.agent_id,
+                kind=DriftKind(item.kind).name,
+                detail=item.detail,
+            )
+        self._report_gateway(drift)
+
+    def _report_gateway(self, drift: list | None = None) -> None:
+        info = self.gateway.info
+        report = self.config_report
+        state = pb.GatewayState(
+            reachable=info.reachable,
+            unreachable_reason=info.unreachable_reason,
+            openclaw_version=info.version,
+            openclaw_protocol=info.protocol,
+            generation=int(info.generation),  # type: ignore[arg-type]
+            config_valid=report.valid if report else True,
+            config_error=report.error if report else "",
+            last_touched_version=report.last_touched_version if report else "",
+            observed_at=timestamp(),
         )
+        for item in drift or ():
+            state.drift.add(agent_id=item.agent_id, kind=int(item.kind), detail=item.detail)
+        self.link.send(pb.SidecarMessage(gateway_state=state))
 
     async def start(self) -> None:
+        await self.gateway.start()
+        self.watcher.set_managed(a.agent_id for a in self.state.agents())
+        await self.watcher.start()
         self._tasks = [
             asyncio.create_task(self.queue.run(), name="sidecar-commands"),
             asyncio.create_task(self.link.run(), name="sidecar-link"),
@@ -126,5 +184,7 @@ class Sidecar:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
         await self.applier.close()
+        await self.watcher.stop()
+        await self.gateway.stop()
         self.state.close()
         log.info("sidecar.stopped", gateway_id=self.gateway_id)

@@ -83,12 +83,16 @@ class CommandApplier:
         on_run_observed: RunObservedSink,
         *,
         wake_run_timeout_s: float = WAKE_RUN_TIMEOUT_S,
+        on_unmanage: Callable[[str], None] = lambda agent_id: None,
     ) -> None:
         self.state = state
         self.writer = writer
         self.gateway = gateway
         self.on_run_observed = on_run_observed
         self.wake_run_timeout_s = wake_run_timeout_s
+        # Told before the sidecar removes an entry, so the config watcher does not take our
+        # own removal for a hand edit and restore it.
+        self.on_unmanage = on_unmanage
         self._watchers: set[asyncio.Task[None]] = set()
         self._handlers: dict[str, Callable[[pb.Command], Awaitable[_Done]]] = {
             "apply_agent": self._apply_agent,
@@ -200,6 +204,7 @@ class CommandApplier:
         known = self.state.agent(spec.agent_id)
         if known is not None and known.generation > spec.generation:
             return _Done(outcome=Outcome.ALREADY_APPLIED)  # re-created since: stale removal
+        self.on_unmanage(spec.agent_id)
         await self.gateway.remove_agent(spec.agent_id, delete_files=spec.delete_files)
         return _Done(remove=spec.agent_id)
 

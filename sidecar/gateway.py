@@ -91,6 +91,11 @@ class GatewayClient(Protocol):
     @property
     def info(self) -> GatewayInfo: ...
 
+    async def start(self) -> None:
+        """Begin connecting (in the background); calls fail with GatewayUnavailable until up."""
+
+    async def stop(self) -> None: ...
+
     def on_info_change(self, callback: Callable[[GatewayInfo], None]) -> None:
         """Call `callback` whenever reachability, version, protocol or generation change."""
 
@@ -119,6 +124,12 @@ class NoGateway:
     @property
     def info(self) -> GatewayInfo:
         return self._info
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
 
     def on_info_change(self, callback: Callable[[GatewayInfo], None]) -> None:
         return None

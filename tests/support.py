@@ -108,6 +108,12 @@ class RecordingGateway:
     def on_info_change(self, callback: Callable[[GatewayInfo], None]) -> None:
         self._listeners.append(callback)
 
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
     def set_reachable(self, reachable: bool) -> None:
         self.reachable = reachable
         for listener in self._listeners:
