@@ -8,6 +8,7 @@ INSTALLED := $(VENV)/.installed
 PROTO_OUT := protos/link_pb2.py protos/link_pb2_grpc.py protos/link_pb2.pyi
 HTTP_LISTEN ?= 127.0.0.1:8000
 LINK_LISTEN ?= 127.0.0.1:7443
+ENROLL_LISTEN ?= 127.0.0.1:7444
 PYTEST_ARGS ?=
 
 .PHONY: help install proto run test unit integration interop bench bench-quick lint fmt clean
@@ -40,7 +41,7 @@ install: $(INSTALLED) $(PROTO_OUT)
 
 run: install
 	$(BIN)/mc-hub serve --data-dir var/hub --http-listen $(HTTP_LISTEN) \
-	  --link-listen $(LINK_LISTEN) --insecure-dev
+	  --link-listen $(LINK_LISTEN) --enroll-listen $(ENROLL_LISTEN)
 
 lint: install
 	$(BIN)/ruff check .

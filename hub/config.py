@@ -136,7 +136,11 @@ class HubConfig:
                 f"--insecure-dev refuses to serve the link on {self.link_listen}: without TLS "
                 "the link may only listen on a loopback address (127.0.0.1 or [::1])"
             )
-        if not self.insecure_dev and self.enroll_listen == self.link_listen:
+        if (
+            not self.insecure_dev
+            and self.enroll_listen == self.link_listen
+            and self.link_listen.port != 0
+        ):
             raise SettingsError(
                 "--enroll-listen and --link-listen must differ: enrollment is server-only TLS, "
                 "the link requires a client certificate"

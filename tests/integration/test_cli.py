@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import signal
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 
@@ -119,3 +121,175 @@ def test_pip_install_from_a_clean_checkout_gives_working_commands(tmp_path: Path
         timeout=60,
         cwd=tmp_path,
     )
+
+
+def _read_banner(process: subprocess.Popen[str]) -> str:
+    assert process.stdout is not None
+    lines = []
+    for line in process.stdout:
+        lines.append(line)
+        if "Ctrl-C" in line:
+            break
+    return "".join(lines)
+
+
+def test_readme_enrollment_steps_connect_a_sidecar_over_mutual_tls(tmp_path: Path) -> None:
+    """`mc-hub serve` (as `make run` starts it), then the README's three steps."""
+    env = {**os.environ, "MC_ADMIN_TOKEN": "a" * 64}
+    hub = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "hub.cli",
+            "serve",
+            "--data-dir",
+            str(tmp_path / "var"),
+            "--http-listen",
+            "127.0.0.1:0",
+            "--link-listen",
+            "127.0.0.1:0",
+            "--enroll-listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=env,
+    )
+    sidecar: subprocess.Popen[str] | None = None
+    try:
+        banner = _read_banner(hub)
+        http = re.search(r"REST API:\s+http://([\d.]+:\d+)", banner).group(1)  # type: ignore[union-attr]
+        enroll = re.search(r"enroll:\s+([\d.]+:\d+)", banner).group(1)  # type: ignore[union-attr]
+        headers = {"Authorization": "Bearer " + "a" * 64}
+        request = urllib.request.Request(
+            f"http://{http}/api/v1/gateways",
+            method="POST",
+            data=b'{"name": "host-1"}',
+            headers=headers,
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            created = json.loads(response.read())
+        state = tmp_path / "sidecar-state"
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "sidecar.cli",
+                "enroll",
+                "--hub",
+                enroll,
+                "--token",
+                created["join_token"],
+                "--state-dir",
+                str(state),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        assert f"enrolled as gateway {created['id']}" in done.stdout
+        again = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "sidecar.cli",
+                "enroll",
+                "--hub",
+                enroll,
+                "--token",
+                created["join_token"],
+                "--state-dir",
+                str(state),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert again.returncode == 1 and "already enrolled" in again.stderr
+        sidecar = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "sidecar.cli",
+                "run",
+                "--state-dir",
+                str(state),
+                "--openclaw-config",
+                str(tmp_path / "oc" / "openclaw.json"),
+                "--agent-api-listen",
+                "127.0.0.1:0",
+                "--log-format",
+                "json",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        deadline = time.monotonic() + 30
+        listed: dict = {}
+        while time.monotonic() < deadline:
+            request = urllib.request.Request(
+                f"http://{http}/api/v1/gateways/{created['id']}", headers=headers
+            )
+            with urllib.request.urlopen(request, timeout=10) as response:
+                listed = json.loads(response.read())
+            if listed["connected"]:
+                break
+            time.sleep(0.2)
+        assert listed["connected"] is True
+    finally:
+        for process in (sidecar, hub):
+            if process is not None and process.poll() is None:
+                process.send_signal(signal.SIGINT)
+                try:
+                    assert process.wait(timeout=20) == 0
+                finally:
+                    if process.poll() is None:
+                        process.kill()
+
+
+def test_sidecar_offline_past_certificate_expiry_is_told_to_re_enroll(tmp_path: Path) -> None:
+    import datetime as dt
+
+    from hub.ca import CertificateAuthority
+    from sidecar.identity import new_key_request, save_identity
+
+    ca = CertificateAuthority.load_or_create(tmp_path / "ca")
+    request = new_key_request("t")
+    expired = ca.sign_client_csr(
+        request.csr_pem,
+        "gw-1",
+        dt.timedelta(hours=1),
+        now=dt.datetime.now(dt.UTC) - dt.timedelta(hours=3),
+    )
+    # Stored while still valid (save_identity refuses an expired one), then time passed.
+    save_identity(
+        tmp_path / "state",
+        request.key_pem,
+        expired,
+        ca.certificate_pem,
+        now=dt.datetime.now(dt.UTC) - dt.timedelta(hours=2, minutes=30),
+    )
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sidecar.cli",
+            "run",
+            "--hub",
+            "127.0.0.1:9",
+            "--state-dir",
+            str(tmp_path / "state"),
+            "--openclaw-config",
+            str(tmp_path / "oc" / "openclaw.json"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "expired" in done.stderr and "--force" in done.stderr
