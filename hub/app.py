@@ -10,6 +10,7 @@ Stop, in this order so nothing is lost:
 from __future__ import annotations
 
 import datetime as dt
+import time
 from dataclasses import dataclass
 
 import grpc
@@ -21,9 +22,11 @@ from hub.database import Database
 from hub.enrollment import CertificateIssuer, EnrollmentService, Revocations
 from hub.gateways import GatewayService
 from hub.http_api import HttpDeps, build_app
+from hub.lifecycle import Policy
 from hub.link_server import LinkService, SessionRegistry
-from hub.reports import StoreReports
+from hub.reconciler import Reconciler
 from hub.store import Store
+from hub.tokens import TokenKeyring
 from missioncontrol.log import get_logger
 from missioncontrol.netaddr import HostPort
 from missioncontrol.private_files import load_or_create_secret
@@ -50,23 +53,29 @@ class Hub:
         self.revocations = Revocations()
         self.ca: CertificateAuthority | None = None
         self.issuer: CertificateIssuer | None = None
+        hub_key = load_or_create_secret(config.data_dir / "hub.key")
         if not config.insecure_dev:
             self.ca = CertificateAuthority.load_or_create(
                 config.data_dir / "ca", revocations=self.revocations
             )
             self.issuer = CertificateIssuer(
-                self.store,
-                self.ca,
-                load_or_create_secret(config.data_dir / "hub.key"),
-                dt.timedelta(days=config.cert_lifetime_days),
+                self.store, self.ca, hub_key, dt.timedelta(days=config.cert_lifetime_days)
             )
+        self.reconciler = Reconciler(
+            self.db,
+            self.store,
+            TokenKeyring(hub_key),
+            Policy(checkin_deadline_s=config.checkin_deadline_s, hub_started_at=time.time()),
+            on_commands_queued=self.registry.notify_outbox,
+        )
         self.link = LinkService(
             self.store,
             self.registry,
-            StoreReports(self.store),
+            self.reconciler,
             auto_register=config.insecure_dev,
             is_revoked=None if config.insecure_dev else self.revocations.is_revoked,
             renewer=self.issuer,
+            on_link=self.reconciler.link_changed,
         )
         self.gateways = GatewayService(self.store, self.registry, self.revocations, self.issuer)
         self._grpc: grpc.aio.Server | None = None
@@ -78,6 +87,7 @@ class Hub:
         self.db.open()
         await self.store.mark_all_disconnected()
         await self.revocations.load(self.store)
+        await self.reconciler.start()
 
         config = self.config
         self._grpc = grpc.aio.server(options=server_options())
@@ -113,6 +123,7 @@ class Hub:
             admin_token=config.admin_token,
             link_serving=lambda: self._link_serving,
             gateways=self.gateways,
+            reconciler=self.reconciler,
             enroll_address=str(enroll) if enroll else None,
             link_address=str(link),
         )
@@ -153,6 +164,7 @@ class Hub:
         self._link_serving = False
         if self._runner is not None:
             await self._runner.cleanup()
+        await self.reconciler.stop()
         # 3. flush the store
         await self.db.close()
         log.info("hub.stopped")

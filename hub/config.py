@@ -84,6 +84,13 @@ SERVE_OPTIONS = (
         metavar="DAYS",
     ),
     Option(
+        "checkin-deadline",
+        "seconds an agent has to check in after a delivered wake (3 wakes, then offline)",
+        30.0,
+        _positive_float,
+        metavar="SECONDS",
+    ),
+    Option(
         "insecure-dev",
         "serve the link without TLS; loopback addresses only, for development",
         False,
@@ -124,6 +131,7 @@ class HubConfig:
     enroll_listen: HostPort
     link_names: tuple[str, ...] = ()
     cert_lifetime_days: float = 30.0
+    checkin_deadline_s: float = 30.0
     admin_token_generated: bool = False
 
     @property
@@ -201,6 +209,7 @@ def build_config(args: argparse.Namespace, environ: Mapping[str, str] = os.envir
         enroll_listen=values["enroll_listen"],
         link_names=values["link_names"],
         cert_lifetime_days=values["cert_lifetime_days"],
+        checkin_deadline_s=values["checkin_deadline"],
     )
     config.validate()
     return config

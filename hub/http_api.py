@@ -12,10 +12,13 @@ from typing import Any
 
 from aiohttp import web
 
+from hub.agents import AgentError, AgentRow, agent_json, load_agent
 from hub.database import Database
 from hub.enrollment import IssuedToken
 from hub.gateways import EnrollmentUnavailable, GatewayService
 from hub.link_server import SessionRegistry
+from hub.reconciler import AgentSpec, Reconciler
+from hub.rendering import AgentKind
 from hub.store import GatewayInUse, GatewayRow, Store, UnknownGateway
 from missioncontrol.log import get_logger
 
@@ -33,6 +36,7 @@ class HttpDeps:
     admin_token: str
     link_serving: Callable[[], bool]
     gateways: GatewayService
+    reconciler: Reconciler
     enroll_address: str | None  # HOST:PORT sidecars enroll at; None in --insecure-dev mode
     link_address: str
 
@@ -274,6 +278,124 @@ async def delete_gateway(request: web.Request) -> web.Response:
     return web.json_response({"ok": True})
 
 
+async def create_board(request: web.Request) -> web.Response:
+    require_admin(request)
+    deps = request.app[DEPS]
+    body = await read_json(
+        request,
+        {"name": str, "gateway_id": str, "description": str},
+        required=("name", "gateway_id"),
+    )
+    if await deps.store.get_gateway(body["gateway_id"]) is None:
+        raise ApiError(422, "field 'gateway_id': no such gateway")
+    board = await deps.store.create_board(
+        body["gateway_id"], body["name"].strip(), body.get("description", "")
+    )
+    return web.json_response(board, status=201)
+
+
+def _agent_response(agent: AgentRow, status: int = 200) -> web.Response:
+    return web.json_response(agent_json(agent, iso), status=status)
+
+
+async def create_agent(request: web.Request) -> web.Response:
+    require_admin(request)
+    deps = request.app[DEPS]
+    body = await read_json(
+        request,
+        {
+            "name": str,
+            "board_id": str,
+            "gateway_id": str,
+            "is_board_lead": bool,
+            "is_gateway_main": bool,
+            "identity_profile": dict,
+            "heartbeat_config": dict,
+        },
+        required=("name",),
+    )
+    kind = (
+        AgentKind.MAIN
+        if body.get("is_gateway_main")
+        else AgentKind.LEAD
+        if body.get("is_board_lead")
+        else AgentKind.WORKER
+    )
+    spec = AgentSpec(
+        name=body["name"].strip(),
+        board_id=body.get("board_id"),
+        gateway_id=body.get("gateway_id"),
+        kind=kind,
+        identity_profile=body.get("identity_profile"),
+        heartbeat_config=body.get("heartbeat_config"),
+    )
+    try:
+        agent = await deps.reconciler.create_agent(spec)
+    except AgentError as exc:
+        raise ApiError(409 if "already has" in str(exc) else 422, str(exc)) from None
+    return _agent_response(agent, 201)
+
+
+async def _agent_or_404(request: web.Request) -> AgentRow:
+    agent_id = request.match_info["agent_id"]
+    agent = await request.app[DEPS].db.read(lambda conn: load_agent(conn, agent_id))
+    if agent is None:
+        raise ApiError(404, "agent not found")
+    return agent
+
+
+async def get_agent(request: web.Request) -> web.Response:
+    require_admin(request)
+    return _agent_response(await _agent_or_404(request))
+
+
+async def list_agents(request: web.Request) -> web.Response:
+    require_admin(request)
+    limit, offset = page_params(request)
+    board_id = request.query.get("board_id")
+    gateway_id = request.query.get("gateway_id")
+
+    def query(conn: Any) -> tuple[list[AgentRow], int]:
+        where = "WHERE (? IS NULL OR board_id = ?) AND (? IS NULL OR gateway_id = ?)"
+        args = (board_id, board_id, gateway_id, gateway_id)
+        total = conn.execute(f"SELECT COUNT(*) FROM agents {where}", args).fetchone()[0]
+        rows = conn.execute(
+            f"SELECT * FROM agents {where} ORDER BY created_at, id LIMIT ? OFFSET ?",
+            (*args, limit, offset),
+        ).fetchall()
+        return [AgentRow.from_row(r) for r in rows], total
+
+    agents, total = await request.app[DEPS].db.read(query)
+    return web.json_response(
+        {
+            "items": [agent_json(a, iso) for a in agents],
+            "total": total,
+            "limit": limit,
+            "offset": offset,
+        }
+    )
+
+
+async def patch_agent(request: web.Request) -> web.Response:
+    require_admin(request)
+    agent = await _agent_or_404(request)
+    body = await read_json(request, {"status": str})
+    if "status" in body:
+        raise ApiError(
+            403, "status is controlled by the lifecycle (heartbeats, wakes); it cannot be set"
+        )
+    if request.query.get("force", "false").lower() in ("1", "true", "yes"):
+        agent = await request.app[DEPS].reconciler.reapply(agent.id)
+    return _agent_response(agent)
+
+
+async def delete_agent(request: web.Request) -> web.Response:
+    require_admin(request)
+    agent = await _agent_or_404(request)
+    await request.app[DEPS].reconciler.delete_agent(agent.id)
+    return web.json_response({"ok": True, "status": "deleting"}, status=202)
+
+
 def build_app(deps: HttpDeps, *, client_max_size: int = 1024 * 1024) -> web.Application:
     app = web.Application(middlewares=[request_context], client_max_size=client_max_size)
     app[DEPS] = deps
@@ -285,4 +407,10 @@ def build_app(deps: HttpDeps, *, client_max_size: int = 1024 * 1024) -> web.Appl
     app.router.add_get("/api/v1/gateways/{gateway_id}", get_gateway)
     app.router.add_delete("/api/v1/gateways/{gateway_id}", delete_gateway)
     app.router.add_post("/api/v1/gateways/{gateway_id}/join-tokens", create_join_token)
+    app.router.add_post("/api/v1/boards", create_board)
+    app.router.add_get("/api/v1/agents", list_agents)
+    app.router.add_post("/api/v1/agents", create_agent)
+    app.router.add_get("/api/v1/agents/{agent_id}", get_agent)
+    app.router.add_patch("/api/v1/agents/{agent_id}", patch_agent)
+    app.router.add_delete("/api/v1/agents/{agent_id}", delete_agent)
     return app

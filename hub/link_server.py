@@ -162,6 +162,7 @@ class LinkService(pb_grpc.LinkServicer):
         auto_register: bool,
         is_revoked: Callable[[int], bool] | None = None,
         renewer: CertificateRenewer | None = None,
+        on_link: Callable[[str, bool], Awaitable[None]] | None = None,
     ) -> None:
         """`is_revoked` set: mutual TLS, every stream needs a valid client certificate
         naming the gateway its Hello names."""
@@ -171,6 +172,7 @@ class LinkService(pb_grpc.LinkServicer):
         self.auto_register = auto_register
         self.is_revoked = is_revoked
         self.renewer = renewer
+        self.on_link = on_link  # the gateway's stream opened (True) or closed (False)
         self.accepting = True
 
     async def Connect(
@@ -221,6 +223,8 @@ class LinkService(pb_grpc.LinkServicer):
 
         session = SidecarSession(gateway_id=hello.gateway_id, hello=hello)
         self.registry.attach(session)
+        if self.on_link is not None:
+            await self.on_link(session.gateway_id, True)
         log.info(
             "link.stream.opened",
             gateway_id=session.gateway_id,
@@ -278,6 +282,8 @@ class LinkService(pb_grpc.LinkServicer):
                         session.gateway_id, session.end_reason, connected_since=session.opened_at
                     )
                 )
+                if self.on_link is not None:
+                    await _shielded(self.on_link(session.gateway_id, False))
             self.registry.detach(session)
             log.info(
                 "link.stream.closed",

@@ -133,4 +133,26 @@ V2 = (
     "CREATE INDEX certificates_gateway ON certificates(gateway_id)",
 )
 
-MIGRATIONS: tuple[tuple[str, ...], ...] = (V1, V2)
+# Lifecycle: what the reconciler waits for (phase), its backoff, each agent's heartbeat
+# interval (offline after 2x it), template overrides; agent tokens, found by id.
+V3 = (
+    "ALTER TABLE agents ADD COLUMN phase TEXT NOT NULL DEFAULT 'idle'",
+    "ALTER TABLE agents ADD COLUMN delivery_failures INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE agents ADD COLUMN heartbeat_interval_s INTEGER NOT NULL DEFAULT 600",
+    "ALTER TABLE agents ADD COLUMN identity_template TEXT",
+    "ALTER TABLE agents ADD COLUMN soul_template TEXT",
+    "CREATE INDEX agents_gateway ON agents(gateway_id)",
+    """
+    CREATE TABLE agent_tokens (
+        token_id       TEXT PRIMARY KEY,
+        agent_id       TEXT NOT NULL REFERENCES agents(id) ON DELETE CASCADE,
+        digest         BLOB NOT NULL,
+        sidecar_sha256 BLOB NOT NULL,
+        not_after      REAL,
+        created_at     REAL NOT NULL
+    )
+    """,
+    "CREATE INDEX agent_tokens_agent ON agent_tokens(agent_id)",
+)
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (V1, V2, V3)

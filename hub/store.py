@@ -8,8 +8,10 @@ log entry commit together).
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -131,7 +133,7 @@ class Store:
                 (gateway_id, name, now, now),
             )
             add_event(conn, "gateway.created", gateway_id=gateway_id, at=now, name=name)
-            return _gateway(conn, gateway_id)
+            return gateway_in(conn, gateway_id)
 
         return await self.db.write(op)
 
@@ -210,7 +212,7 @@ class Store:
                 sidecar_version=hello.sidecar_version,
                 last_applied_sequence=hello.last_applied_sequence,
             )
-            gateway = _gateway(conn, hello.gateway_id)
+            gateway = gateway_in(conn, hello.gateway_id)
             return Welcome(gateway_name=gateway.name, last_sequence=gateway.next_sequence - 1)
 
         return await self.db.write(op)
@@ -286,7 +288,7 @@ class Store:
         """Delete a gateway without boards; revoke its certificates. Returns revoked serials."""
 
         def op(conn: sqlite3.Connection) -> list[int]:
-            _gateway(conn, gateway_id)
+            gateway_in(conn, gateway_id)
             boards = conn.execute(
                 "SELECT COUNT(*) FROM boards WHERE gateway_id = ?", (gateway_id,)
             ).fetchone()[0]
@@ -322,12 +324,30 @@ class Store:
 
         return await self.db.write(op)
 
+    # ------------------------------------------------------------- boards
+
+    async def create_board(self, gateway_id: str, name: str, description: str) -> dict[str, Any]:
+        def op(conn: sqlite3.Connection) -> dict[str, Any]:
+            now = time.time()
+            board_id = str(uuid.uuid4())
+            slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or board_id
+            conn.execute(
+                "INSERT INTO boards (id, gateway_id, name, slug, description, created_at, "
+                "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (board_id, gateway_id, name, slug, description, now, now),
+            )
+            add_event(conn, "board.created", gateway_id=gateway_id, at=now, board_id=board_id)
+            row = conn.execute("SELECT * FROM boards WHERE id = ?", (board_id,)).fetchone()
+            return dict(row)
+
+        return await self.db.write(op)
+
     # -------------------------------------------------------- enrollment
 
     async def add_join_token(self, record: JoinTokenRecord) -> None:
         def op(conn: sqlite3.Connection) -> None:
             if record.gateway_id is not None:
-                _gateway(conn, record.gateway_id)
+                gateway_in(conn, record.gateway_id)
             conn.execute(
                 """INSERT INTO join_tokens (token_id, secret_hmac, gateway_id, created_at,
                        expires_at, max_uses, uses) VALUES (?, ?, ?, ?, ?, ?, ?)""",
@@ -387,7 +407,7 @@ class Store:
                     (gateway_id, create_name, now, now),
                 )
             else:
-                _gateway(conn, gateway_id)
+                gateway_in(conn, gateway_id)
             _record_certificate(conn, gateway_id, serial, not_after, now)
             add_event(
                 conn,
@@ -576,7 +596,7 @@ def enqueue_command_in(conn: sqlite3.Connection, gateway_id: str, command: pb.Co
     conn.execute("UPDATE gateways SET next_sequence = ? WHERE id = ?", (sequence + 1, gateway_id))
     add_event(
         conn,
-        "lifecycle.queue.enqueued",
+        "command.queued",
         gateway_id=gateway_id,
         agent_id=getattr(action, "agent_id", None),
         sequence=sequence,
@@ -608,7 +628,7 @@ def _record_certificate(
     )
 
 
-def _gateway(conn: sqlite3.Connection, gateway_id: str) -> GatewayRow:
+def gateway_in(conn: sqlite3.Connection, gateway_id: str) -> GatewayRow:
     row = conn.execute("SELECT * FROM gateways WHERE id = ?", (gateway_id,)).fetchone()
     if row is None:
         raise UnknownGateway(f"gateway {gateway_id} does not exist")

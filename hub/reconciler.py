@@ -1,0 +1,576 @@
+"""The reconciler: feeds lifecycle events to `hub.lifecycle.step` and carries out its actions.
+
+Each event is one store write: load the agent's row, step, save the snapshot and
+queue the commands it asked for, in one transaction (shared with whatever else
+commits in that group). Deadlines live on the row and in an in-memory heap; a
+task wakes at the earliest one. Nothing polls the database on a timer except the
+presence sweep, which asks only for online agents whose heartbeats stopped.
+
+It is also the link's report sink: command results, heartbeats, run outcomes and
+gateway state from sidecars arrive here and become lifecycle events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import json
+import sqlite3
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from hub import lifecycle as lc
+from hub.agents import (
+    DEFAULT_HEARTBEAT,
+    AgentError,
+    AgentRow,
+    build_apply,
+    build_wake,
+    gateway_agent_id,
+    last_apply_payload,
+    load_agent,
+    load_agent_by_gateway_id,
+    parse_every,
+    save_snapshot,
+)
+from hub.database import Database
+from hub.rendering import AgentKind, ApplyAction
+from hub.store import Store, add_event, enqueue_command_in, gateway_in
+from hub.tokens import TokenKeyring
+from missioncontrol.log import get_logger
+from protos import link_pb2 as pb
+from protos.contract import epoch_s
+
+log = get_logger("hub.reconciler")
+Outcome = pb.CommandResult.Outcome
+PRESENCE_SWEEP_S = 5.0
+DEADLINE_BATCH = 1000
+
+
+@dataclass(frozen=True)
+class AgentSpec:
+    """What an admin asks for when creating an agent."""
+
+    name: str
+    board_id: str | None = None
+    gateway_id: str | None = None  # for a gateway main agent (no board)
+    kind: AgentKind = AgentKind.WORKER
+    identity_profile: dict[str, Any] | None = None
+    heartbeat_config: dict[str, Any] | None = None
+
+
+@dataclass
+class _Effects:
+    """What to do after the transaction commits: move deadlines, write logs."""
+
+    deadlines: list[tuple[str, float | None, int]]
+    logs: list[tuple[str, dict[str, Any]]]
+    queued_gateways: set[str]
+
+    @classmethod
+    def empty(cls) -> _Effects:
+        return cls([], [], set())
+
+
+class Reconciler:
+    def __init__(
+        self,
+        db: Database,
+        store: Store,
+        keyring: TokenKeyring,
+        policy: lc.Policy,
+        *,
+        on_commands_queued: Callable[[str], None] = lambda gateway_id: None,
+        presence_sweep_s: float = PRESENCE_SWEEP_S,
+    ) -> None:
+        self.db = db
+        self.store = store
+        self.keyring = keyring
+        self.policy = policy
+        self.on_commands_queued = on_commands_queued
+        self.presence_sweep_s = presence_sweep_s
+        self._link_up_since: dict[str, float] = {}
+        self._heap: list[tuple[float, str, int]] = []
+        self._scheduled: dict[str, tuple[float, int]] = {}
+        self._heap_changed = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        rows = await self.db.read(
+            lambda conn: conn.execute(
+                "SELECT id, checkin_deadline_at, lifecycle_generation FROM agents "
+                "WHERE checkin_deadline_at IS NOT NULL"
+            ).fetchall()
+        )
+        for agent_id, at, generation in rows:
+            self._schedule(agent_id, at, generation)
+        self._tasks = [
+            asyncio.create_task(self._deadline_loop(), name="reconciler-deadlines"),
+            asyncio.create_task(self._presence_loop(), name="reconciler-presence"),
+        ]
+        log.info("reconciler.started", deadlines=len(rows))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    # --------------------------------------------------------- admin actions
+
+    async def create_agent(self, spec: AgentSpec) -> AgentRow:
+        minted = self.keyring.mint()
+
+        def op(conn: sqlite3.Connection, effects: _Effects) -> AgentRow:
+            now = time.time()
+            board_id = spec.board_id
+            if board_id is not None:
+                board = conn.execute(
+                    "SELECT gateway_id FROM boards WHERE id = ?", (board_id,)
+                ).fetchone()
+                if board is None:
+                    raise AgentError(f"board {board_id} does not exist")
+                gateway_id = board["gateway_id"]
+            elif spec.kind is AgentKind.MAIN and spec.gateway_id:
+                gateway_id = spec.gateway_id
+            else:
+                raise AgentError("an agent needs a board_id (or is a gateway's main agent)")
+            gateway_in(conn, gateway_id)
+            heartbeat = {**DEFAULT_HEARTBEAT, **(spec.heartbeat_config or {})}
+            interval_s = parse_every(heartbeat["every"])
+            agent_id = str(uuid.uuid4())
+            gw_agent_id = gateway_agent_id(spec.kind, agent_id, board_id, gateway_id)
+            try:
+                conn.execute(
+                    """INSERT INTO agents (id, gateway_id, board_id, kind, gateway_agent_id, name,
+                           heartbeat_config, identity_profile, heartbeat_interval_s,
+                           created_at, updated_at)
+                       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                    (
+                        agent_id,
+                        gateway_id,
+                        board_id,
+                        spec.kind.value,
+                        gw_agent_id,
+                        spec.name,
+                        json.dumps(heartbeat),
+                        json.dumps(spec.identity_profile or {}),
+                        interval_s,
+                        now,
+                        now,
+                    ),
+                )
+            except sqlite3.IntegrityError:
+                what = "a lead" if spec.kind is AgentKind.LEAD else "a main agent"
+                raise AgentError(
+                    f"this {'board' if board_id else 'gateway'} already has {what}"
+                ) from None
+            conn.execute(
+                "INSERT INTO agent_tokens (token_id, agent_id, digest, sidecar_sha256, "
+                "created_at) VALUES (?, ?, ?, ?, ?)",
+                (minted.token_id, agent_id, minted.digest, minted.sidecar_sha256, now),
+            )
+            add_event(
+                conn,
+                "agent.created",
+                gateway_id=gateway_id,
+                agent_id=agent_id,
+                at=now,
+                agent_kind=spec.kind.value,
+            )
+            self._step_in(
+                conn,
+                agent_id,
+                lc.ApplyRequested(generation=1, wake=True),
+                now,
+                effects,
+                token=minted.raw,
+            )
+            row = load_agent(conn, agent_id)
+            assert row is not None
+            return row
+
+        return await self._write(op)
+
+    async def reapply(self, agent_id: str, *, overwrite: bool = False) -> AgentRow:
+        """Re-render and re-apply (PATCH ?force, template sync): a new generation, same token."""
+
+        def op(conn: sqlite3.Connection, effects: _Effects) -> AgentRow:
+            row = _require(conn, agent_id)
+            self._step_in(
+                conn,
+                agent_id,
+                lc.ApplyRequested(generation=row.lifecycle_generation + 1, wake=False),
+                time.time(),
+                effects,
+                overwrite=overwrite,
+            )
+            return _require(conn, agent_id)
+
+        return await self._write(op)
+
+    async def delete_agent(self, agent_id: str, *, delete_files: bool = True) -> None:
+        """Mark `deleting` and queue RemoveAgent; never fails because a gateway is down."""
+
+        def op(conn: sqlite3.Connection, effects: _Effects) -> None:
+            row = _require(conn, agent_id)
+            now = time.time()
+            self._step_in(conn, agent_id, lc.DeleteRequested(), now, effects)
+            enqueue_command_in(
+                conn,
+                row.gateway_id,
+                pb.Command(
+                    remove_agent=pb.RemoveAgent(
+                        agent_id=row.gateway_agent_id,
+                        generation=row.lifecycle_generation,
+                        delete_files=delete_files,
+                    )
+                ),
+            )
+            effects.queued_gateways.add(row.gateway_id)
+
+        await self._write(op)
+
+    # ----------------------------------------------------------- report sink
+
+    async def command_results(self, gateway_id: str, results: list[pb.CommandResult]) -> None:
+        await self.store.record_command_results(gateway_id, results)
+
+        def op(conn: sqlite3.Connection, effects: _Effects) -> None:
+            now = time.time()
+            for result in results:
+                self._on_result(conn, gateway_id, result, now, effects)
+
+        await self._write(op)
+
+    async def heartbeats(self, gateway_id: str, batch: pb.HeartbeatBatch) -> None:
+        def op(conn: sqlite3.Connection, effects: _Effects) -> None:
+            now = time.time()
+            for beat in batch.beats:
+                row = load_agent_by_gateway_id(conn, gateway_id, beat.agent_id)
+                if row is None:
+                    continue
+                seen = min(max(epoch_s(beat.observed_at), row.last_seen_at or 0.0), now)
+                if row.phase == lc.Phase.IDLE and row.status == lc.Status.ONLINE:
+                    # Steady state: only presence moves; no lifecycle decision to make.
+                    conn.execute("UPDATE agents SET last_seen_at = ? WHERE id = ?", (seen, row.id))
+                    continue
+                self._step_in(conn, row.id, lc.CheckIn(at=seen), now, effects)
+            conn.execute("UPDATE gateways SET last_seen_at = ? WHERE id = ?", (now, gateway_id))
+
+        await self._write(op)
+
+    async def run_observed(self, gateway_id: str, run: pb.RunObserved) -> None:
+        await self.store.record_run_observed(gateway_id, run)
+
+        def op(conn: sqlite3.Connection, effects: _Effects) -> None:
+            row = load_agent_by_gateway_id(conn, gateway_id, run.agent_id)
+            if row is None:
+                return
+            now = time.time()
+            event: lc.Event
+            if run.outcome == pb.RunObserved.FINAL:
+                event = lc.CheckIn(
+                    at=min(epoch_s(run.observed_at), now), source=lc.CheckInSource.RUN_FINAL
+                )
+            else:
+                event = lc.RunFailed(generation=run.generation, message=run.message)
+            self._step_in(conn, row.id, event, now, effects)
+
+        await self._write(op)
+
+    async def gateway_state(self, gateway_id: str, state: pb.GatewayState) -> None:
+        await self.store.record_gateway_state(gateway_id, state)
+
+    async def link_changed(self, gateway_id: str, up: bool) -> None:
+        """The gateway's sidecar stream opened or closed."""
+        now = time.time()
+        if up:
+            self._link_up_since[gateway_id] = now
+        else:
+            self._link_up_since.pop(gateway_id, None)
+        event: lc.Event = lc.SidecarReconnected() if up else lc.SidecarDisconnected()
+
+        def op(conn: sqlite3.Connection, effects: _Effects) -> None:
+            for (agent_id,) in conn.execute(
+                "SELECT id FROM agents WHERE gateway_id = ?", (gateway_id,)
+            ).fetchall():
+                self._step_in(conn, agent_id, event, now, effects)
+
+        await self._write(op)
+
+    # -------------------------------------------------------------- internals
+
+    def _on_result(
+        self,
+        conn: sqlite3.Connection,
+        gateway_id: str,
+        result: pb.CommandResult,
+        now: float,
+        effects: _Effects,
+    ) -> None:
+        command = conn.execute(
+            "SELECT kind, payload FROM commands WHERE gateway_id = ? AND sequence = ?",
+            (gateway_id, result.sequence),
+        ).fetchone()
+        row = load_agent_by_gateway_id(conn, gateway_id, result.agent_id)
+        if command is None or row is None:
+            return
+        kind = command["kind"]
+        if kind == "remove_agent":
+            if (
+                result.outcome in (Outcome.APPLIED, Outcome.ALREADY_APPLIED)
+                and row.status == lc.Status.DELETING
+            ):
+                conn.execute("UPDATE agents SET board_id = NULL WHERE id = ?", (row.id,))
+                conn.execute("DELETE FROM agents WHERE id = ?", (row.id,))
+                add_event(conn, "agent.deleted", gateway_id=gateway_id, agent_id=row.id)
+                effects.deadlines.append((row.id, None, 0))
+            return
+        reason = (
+            lc.WaitReason.GATEWAY_UNREACHABLE
+            if result.error_code.startswith("gateway")
+            else lc.WaitReason.WAKE_FAILED
+        )
+        generation = result.generation
+        observed = min(epoch_s(result.observed_at), now) if result.HasField("observed_at") else now
+        events: list[lc.Event] = []
+        if kind == "apply_agent":
+            wake = bool(pb.Command.FromString(command["payload"]).apply_agent.wake_message)
+            if result.outcome in (Outcome.APPLIED, Outcome.ALREADY_APPLIED):
+                events.append(lc.ApplyConfirmed(generation=generation))
+                if result.wake_delivered:
+                    events.append(lc.WakeDelivered(generation=generation, at=observed))
+                elif wake and result.outcome == Outcome.APPLIED:
+                    events.append(lc.WakeUndeliverable(generation, reason, result.error))
+            else:
+                events.append(
+                    lc.ApplyFailed(
+                        generation=generation,
+                        reason=reason,
+                        message=result.error,
+                        permanent=result.outcome == Outcome.REJECTED,
+                    )
+                )
+        elif kind == "wake_agent":
+            if result.wake_delivered:
+                events.append(lc.WakeDelivered(generation=generation, at=observed))
+            elif result.outcome in (Outcome.FAILED, Outcome.REJECTED):
+                events.append(lc.WakeUndeliverable(generation, reason, result.error))
+        for event in events:
+            self._step_in(conn, row.id, event, now, effects)
+
+    def _step_in(
+        self,
+        conn: sqlite3.Connection,
+        agent_id: str,
+        event: lc.Event,
+        now: float,
+        effects: _Effects,
+        *,
+        token: str | None = None,
+        overwrite: bool = False,
+    ) -> None:
+        row = load_agent(conn, agent_id)
+        if row is None:
+            return
+        before = row.snapshot(self._link_up_since.get(row.gateway_id))
+        after, actions = lc.step(before, event, self.policy, now)
+        save_snapshot(conn, agent_id, after, now)
+        row = _require(conn, agent_id)
+        for action in actions:
+            if isinstance(action, lc.QueueApply):
+                command = build_apply(
+                    conn,
+                    row,
+                    action.generation,
+                    wake=action.wake,
+                    action=ApplyAction.PROVISION if token else ApplyAction.UPDATE,
+                    token=token,
+                    overwrite=overwrite,
+                    now=now,
+                )
+                enqueue_command_in(conn, row.gateway_id, command)
+                effects.queued_gateways.add(row.gateway_id)
+            elif isinstance(action, lc.ResendApply):
+                payload = last_apply_payload(conn, row, action.generation)
+                command = (
+                    pb.Command.FromString(payload)
+                    if payload
+                    else build_apply(
+                        conn,
+                        row,
+                        action.generation,
+                        wake=action.wake,
+                        action=ApplyAction.UPDATE,
+                        now=now,
+                    )
+                )
+                command.ClearField("sequence")
+                command.ClearField("issued_at")
+                enqueue_command_in(conn, row.gateway_id, command)
+                effects.queued_gateways.add(row.gateway_id)
+            elif isinstance(action, lc.SendWake):
+                enqueue_command_in(
+                    conn,
+                    row.gateway_id,
+                    build_wake(conn, row, action.generation, action.attempt, self.policy.max_wakes),
+                )
+                effects.queued_gateways.add(row.gateway_id)
+            elif isinstance(action, lc.ScheduleDeadline):
+                effects.deadlines.append((agent_id, action.at, action.generation))
+            elif isinstance(action, lc.CancelDeadline):
+                effects.deadlines.append((agent_id, None, 0))
+            elif isinstance(action, lc.Log):
+                fields = {"agent_id": agent_id, "gateway_id": row.gateway_id, **action.as_dict()}
+                effects.logs.append((action.event.value, fields))
+                add_event(
+                    conn,
+                    action.event.value,
+                    gateway_id=row.gateway_id,
+                    agent_id=agent_id,
+                    at=now,
+                    **action.as_dict(),
+                )
+
+    async def _write(self, op: Callable[[sqlite3.Connection, _Effects], Any]) -> Any:
+        effects = _Effects.empty()
+
+        def job(conn: sqlite3.Connection) -> Any:
+            effects.deadlines.clear()
+            effects.logs.clear()
+            effects.queued_gateways.clear()
+            return op(conn, effects)
+
+        result = await self.db.write(job)
+        for agent_id, at, generation in effects.deadlines:
+            self._schedule(agent_id, at, generation)
+        for event, fields in effects.logs:
+            log.info(event, **fields)
+        for gateway_id in effects.queued_gateways:
+            self.on_commands_queued(gateway_id)
+        return result
+
+    def _schedule(self, agent_id: str, at: float | None, generation: int) -> None:
+        if at is None:
+            self._scheduled.pop(agent_id, None)
+            return
+        self._scheduled[agent_id] = (at, generation)
+        heapq.heappush(self._heap, (at, agent_id, generation))
+        self._heap_changed.set()
+
+    async def _deadline_loop(self) -> None:
+        while True:
+            self._heap_changed.clear()
+            now = time.time()
+            due: list[tuple[str, float, int]] = []
+            while self._heap and self._heap[0][0] <= now and len(due) < DEADLINE_BATCH:
+                at, agent_id, generation = heapq.heappop(self._heap)
+                if self._scheduled.get(agent_id) == (at, generation):  # else: superseded
+                    del self._scheduled[agent_id]
+                    due.append((agent_id, at, generation))
+            if due:
+                await self._deadlines_due(due)
+                continue
+            timeout = self._heap[0][0] - now if self._heap else None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._heap_changed.wait(), timeout)
+
+    async def _deadlines_due(self, due: list[tuple[str, float, int]]) -> None:
+        def op(conn: sqlite3.Connection, effects: _Effects) -> None:
+            now = time.time()
+            suspects: dict[str, bool] = {}
+            for agent_id, at, generation in due:
+                row = load_agent(conn, agent_id)
+                if row is None:
+                    continue
+                if row.gateway_id not in suspects:
+                    suspects[row.gateway_id] = self._gateway_suspect(conn, row.gateway_id, now)
+                self._step_in(
+                    conn,
+                    agent_id,
+                    lc.DeadlineDue(
+                        deadline_at=at,
+                        generation=generation,
+                        gateway_suspect=suspects[row.gateway_id],
+                    ),
+                    now,
+                    effects,
+                )
+
+        try:
+            await self._write(op)
+        except Exception as exc:  # keep the loop alive; the rows still hold the deadlines
+            log.error("lifecycle.reconcile.failed", error=str(exc), agents=len(due))
+            for agent_id, at, generation in due:
+                self._schedule(agent_id, at + self.policy.checkin_deadline_s, generation)
+
+    def _gateway_suspect(self, conn: sqlite3.Connection, gateway_id: str, now: float) -> bool:
+        link_up = self._link_up_since.get(gateway_id)
+        rows = [
+            AgentRow.from_row(r)
+            for r in conn.execute(
+                "SELECT * FROM agents WHERE gateway_id = ? AND status != 'deleting'", (gateway_id,)
+            ).fetchall()
+        ]
+        missed = sum(lc.is_missing(r.snapshot(link_up), self.policy, now) for r in rows)
+        suspect = lc.gateway_suspect(missed, len(rows), self.policy)
+        if suspect:
+            log.warning(
+                "lifecycle.gateway.suspect", gateway_id=gateway_id, missed=missed, agents=len(rows)
+            )
+        return suspect
+
+    async def _presence_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.presence_sweep_s)
+            try:
+                await self._presence_sweep()
+            except Exception as exc:
+                log.error("lifecycle.presence.failed", error=str(exc))
+
+    async def _presence_sweep(self) -> None:
+        now = time.time()
+        factor = self.policy.offline_after_intervals
+        stale = await self.db.read(
+            lambda conn: [
+                r[0]
+                for r in conn.execute(
+                    """SELECT id FROM agents WHERE status = 'online' AND phase = 'idle'
+                   AND heartbeat_interval_s > 0 AND last_seen_at < ? - ? * heartbeat_interval_s""",
+                    (now, factor),
+                ).fetchall()
+            ]
+        )
+        if not stale:
+            return
+
+        def op(conn: sqlite3.Connection, effects: _Effects) -> None:
+            suspects: dict[str, bool] = {}
+            for agent_id in stale:
+                row = load_agent(conn, agent_id)
+                if row is None:
+                    continue
+                if row.gateway_id not in suspects:
+                    suspects[row.gateway_id] = self._gateway_suspect(conn, row.gateway_id, now)
+                self._step_in(
+                    conn,
+                    agent_id,
+                    lc.PresenceTick(gateway_suspect=suspects[row.gateway_id]),
+                    time.time(),
+                    effects,
+                )
+
+        await self._write(op)
+
+
+def _require(conn: sqlite3.Connection, agent_id: str) -> AgentRow:
+    row = load_agent(conn, agent_id)
+    if row is None:
+        raise AgentError(f"agent {agent_id} does not exist")
+    return row

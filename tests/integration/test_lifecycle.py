@@ -1,0 +1,344 @@
+"""Provisioning, wakes and check-in reconciliation: hub + sidecar on loopback, short deadlines."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from hub.app import Hub
+from protos import link_pb2 as pb
+from protos.contract import timestamp
+from sidecar.app import Sidecar
+from sidecar.backoff import Backoff
+from tests.support import ADMIN_TOKEN, RecordingGateway, hub_config, sidecar_config, wait_for
+
+DEADLINE_S = 1.0
+
+
+def lifecycle_hub(tmp_path: Path, **overrides: Any) -> Hub:
+    config = dataclasses.replace(
+        hub_config(tmp_path / "hub"), checkin_deadline_s=DEADLINE_S, **overrides
+    )
+    hub = Hub(config)
+    hub.reconciler.presence_sweep_s = 0.2
+    return hub
+
+
+@pytest.fixture
+async def hub(tmp_path: Path) -> AsyncIterator[Hub]:
+    instance = lifecycle_hub(tmp_path)
+    await instance.start()
+    yield instance
+    await instance.stop()
+
+
+def make_sidecar(tmp_path: Path, hub: Hub, gateway: RecordingGateway) -> Sidecar:
+    assert hub.addresses is not None
+    config = sidecar_config(
+        tmp_path / "sc",
+        hub.addresses.link,
+        gateway_id="gw-life",
+        workspace_root=tmp_path / "workspaces",
+    )
+    sidecar = Sidecar(config, gateway=gateway)
+    sidecar.link.backoff = Backoff(initial_s=0.05, max_s=0.3)
+    return sidecar
+
+
+async def api(hub: Hub, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+    assert hub.addresses is not None
+    async with (
+        aiohttp.ClientSession() as session,
+        session.request(
+            method,
+            f"http://{hub.addresses.http}{path}",
+            json=body,
+            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+        ) as response,
+    ):
+        return response.status, await response.json()
+
+
+async def provision(hub: Hub, every: str = "10m") -> dict[str, Any]:
+    status, board = await api(
+        hub, "POST", "/api/v1/boards", {"name": "Ops", "gateway_id": "gw-life"}
+    )
+    assert status == 201, board
+    status, agent = await api(
+        hub,
+        "POST",
+        "/api/v1/agents",
+        {
+            "name": "Worker One",
+            "board_id": board["id"],
+            "heartbeat_config": {"every": every},
+            "identity_profile": {"role": "Researcher"},
+        },
+    )
+    assert status == 201, agent
+    return agent
+
+
+async def agent_state(hub: Hub, agent_id: str) -> dict[str, Any]:
+    status, body = await api(hub, "GET", f"/api/v1/agents/{agent_id}")
+    assert status == 200
+    return body
+
+
+def beat(sidecar: Sidecar, gateway_agent_id: str) -> None:
+    sidecar.link.send(
+        pb.SidecarMessage(
+            heartbeats=pb.HeartbeatBatch(
+                batch_id=int(time.time() * 1000),
+                beats=[
+                    pb.AgentHeartbeat(
+                        agent_id=gateway_agent_id, observed_at=timestamp(), status="online"
+                    )
+                ],
+            )
+        )
+    )
+
+
+@pytest.fixture
+async def connected(hub: Hub, tmp_path: Path) -> AsyncIterator[tuple[Sidecar, RecordingGateway]]:
+    gateway = RecordingGateway()
+    sidecar = make_sidecar(tmp_path, hub, gateway)
+    await sidecar.start()
+    await wait_for(lambda: _has_root(hub), what="sidecar connected with its workspace root")
+    yield sidecar, gateway
+    await sidecar.stop()
+
+
+async def _has_root(hub: Hub) -> bool:
+    row = await hub.store.get_gateway("gw-life")
+    return bool(row and row.workspace_root and hub.registry.get("gw-life"))
+
+
+async def test_provision_wake_heartbeat_online(
+    hub: Hub, connected: tuple[Sidecar, RecordingGateway], tmp_path: Path
+) -> None:
+    sidecar, gateway = connected
+    gateway.run_outcome = gateway.run_outcome.ERROR  # only the heartbeat may check it in
+    started = time.perf_counter()
+    agent = await provision(hub)
+    assert agent["status"] == "provisioning"
+    assert agent["lifecycle_generation"] == 1
+    gw_agent = agent["gateway_agent_id"]
+    assert gw_agent == f"mc-{agent['id']}"
+    workspace = tmp_path / "workspaces" / f"workspace-{gw_agent}"
+    await wait_for(lambda: (workspace / "AGENTS.md").exists(), what="files on disk")
+    files_s = time.perf_counter() - started
+    token = (workspace / ".mc-agent-token").read_text().strip()
+    assert token and token not in (workspace / "AGENTS.md").read_text()
+    delivered = await wait_for(
+        lambda: _field(hub, agent["id"], "last_wake_sent_at"), what="wake delivered"
+    )
+    wake_s = time.perf_counter() - started
+    state = await agent_state(hub, agent["id"])
+    assert state["wake_attempts"] == 1 and state["checkin_deadline_at"] is not None
+    assert delivered
+    beat(sidecar, gw_agent)
+    online = await wait_for(lambda: _status(hub, agent["id"], "online"), what="online")
+    print(f"create -> files {files_s * 1000:.0f} ms, -> wake delivered {wake_s * 1000:.0f} ms")
+    assert online["wake_attempts"] == 0
+    assert online["checkin_deadline_at"] is None
+    assert online["last_seen_at"] is not None
+    assert gateway.count("wake") == 1
+
+
+async def test_no_checkin_means_three_wakes_spaced_by_the_deadline_then_offline(
+    hub: Hub, connected: tuple[Sidecar, RecordingGateway]
+) -> None:
+    _, gateway = connected
+    gateway.run_outcome = gateway.run_outcome.ERROR  # runs end without a runtime check-in
+    agent = await provision(hub)
+    offline = await wait_for(
+        lambda: _status(hub, agent["id"], "offline"), timeout_s=30, what="offline after three wakes"
+    )
+    assert gateway.count("wake") == 3
+    assert offline["wake_attempts"] == 3
+    assert "did not check in" in (offline["last_provision_error"] or "")
+    wakes = [e for e in await hub.store.events("gw-life") if e["kind"] == "command.acked"]
+    assert len(wakes) >= 3
+    events = {e["kind"] for e in await hub.store.events("gw-life")}
+    assert "lifecycle.reconcile.retriggered" in events
+    assert "lifecycle.reconcile.max_attempts_reached" in events
+    times = sorted(_wake_times(await hub.store.events("gw-life")))
+    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    assert all(gap >= DEADLINE_S * 0.9 for gap in gaps), gaps
+
+
+def _wake_times(events: list[dict[str, Any]]) -> list[float]:
+    return [
+        e["at"]
+        for e in events
+        if e["kind"] == "command.queued"
+        and e["detail"].get("command") in ("wake_agent", "apply_agent")
+    ]
+
+
+async def test_a_run_that_reaches_final_is_a_runtime_checkin(
+    hub: Hub, connected: tuple[Sidecar, RecordingGateway]
+) -> None:
+    _, gateway = connected  # RecordingGateway runs end `final` by default
+    agent = await provision(hub)
+    online = await wait_for(lambda: _status(hub, agent["id"], "online"), what="online")
+    assert online["wake_attempts"] == 0
+    assert gateway.count("wake") == 1
+
+
+async def test_wakes_are_not_counted_while_the_sidecar_is_disconnected(
+    hub: Hub, tmp_path: Path
+) -> None:
+    gateway = RecordingGateway()
+    gateway.run_outcome = gateway.run_outcome.ERROR
+    sidecar = make_sidecar(tmp_path, hub, gateway)
+    await sidecar.start()
+    await wait_for(lambda: _has_root(hub), what="connected")
+    await sidecar.stop()
+    await wait_for(lambda: hub.registry.get("gw-life") is None, what="disconnected")
+    agent = await provision(hub)
+    waiting = await wait_for(
+        lambda: _reason(hub, agent["id"], "sidecar_disconnected"), what="reason shown"
+    )
+    assert waiting["wake_attempts"] == 0
+    await _sleep(DEADLINE_S * 4)
+    still = await agent_state(hub, agent["id"])
+    assert still["wake_attempts"] == 0 and still["status"] != "offline"
+    assert gateway.count("wake") == 0
+
+
+async def test_unreachable_gateway_does_not_burn_attempts_and_shows_the_reason(
+    hub: Hub, connected: tuple[Sidecar, RecordingGateway]
+) -> None:
+    _, gateway = connected
+    gateway.set_reachable(False)
+    agent = await provision(hub)
+    waiting = await wait_for(
+        lambda: _reason(hub, agent["id"], "gateway_unreachable"), what="gateway_unreachable shown"
+    )
+    assert waiting["wake_attempts"] == 0
+    assert "down" in (waiting["last_provision_error"] or "")
+    gateway.set_reachable(True)
+    online = await wait_for(
+        lambda: _status(hub, agent["id"], "online"),
+        timeout_s=20,
+        what="online once the gateway is back",
+    )
+    assert gateway.count("wake") == 1 and online["wake_attempts"] == 0
+
+
+async def test_hub_restart_mid_deadline_honours_the_deadline(
+    tmp_path: Path, free_port: Callable[[], int]
+) -> None:
+    ports = {"link_listen": None, "http_listen": None}
+    from missioncontrol.netaddr import HostPort
+
+    ports = {
+        "link_listen": HostPort("127.0.0.1", free_port()),
+        "http_listen": HostPort("127.0.0.1", free_port()),
+    }
+    hub = lifecycle_hub(tmp_path, **ports)
+    await hub.start()
+    gateway = RecordingGateway()
+    gateway.run_outcome = gateway.run_outcome.ERROR
+    sidecar = make_sidecar(tmp_path, hub, gateway)
+    await sidecar.start()
+    try:
+        await wait_for(lambda: _has_root(hub), what="connected")
+        agent = await provision(hub)
+        await wait_for(lambda: _field(hub, agent["id"], "last_wake_sent_at"), what="wake 1")
+        await hub.stop()
+        hub = lifecycle_hub(tmp_path, **ports)
+        await hub.start()
+        restarted_at = time.time()
+        offline = await wait_for(
+            lambda: _status(hub, agent["id"], "offline"),
+            timeout_s=40,
+            what="deadline honoured after restart: rewakes, then offline",
+        )
+        assert gateway.count("wake") == 3
+        # The restart grace (2 check-in windows) held back verdicts right after the restart.
+        events = await hub.store.events("gw-life", "lifecycle.reconcile.retriggered")
+        assert events and min(e["at"] for e in events) >= restarted_at + 2 * DEADLINE_S - 0.2
+        assert offline["wake_attempts"] == 3
+    finally:
+        await sidecar.stop()
+        await hub.stop()
+
+
+async def test_delete_never_fails_while_the_gateway_is_down(hub: Hub, tmp_path: Path) -> None:
+    gateway = RecordingGateway()
+    sidecar = make_sidecar(tmp_path, hub, gateway)
+    await sidecar.start()
+    await wait_for(lambda: _has_root(hub), what="connected")
+    agent = await provision(hub)
+    await wait_for(lambda: _status(hub, agent["id"], "online"), what="online")
+    gateway.set_reachable(False)
+    status, body = await api(hub, "DELETE", f"/api/v1/agents/{agent['id']}")
+    assert status == 202 and body["status"] == "deleting"
+    assert (await agent_state(hub, agent["id"]))["status"] == "deleting"
+    gateway.set_reachable(True)
+    await wait_for(lambda: _gone(hub, agent["id"]), timeout_s=20, what="row removed on ack")
+    assert gateway.count("remove_agent") == 1
+    await sidecar.stop()
+
+
+async def test_setting_status_directly_is_refused(
+    hub: Hub, connected: tuple[Sidecar, RecordingGateway]
+) -> None:
+    agent = await provision(hub)
+    status, body = await api(hub, "PATCH", f"/api/v1/agents/{agent['id']}", {"status": "online"})
+    assert status == 403 and "lifecycle" in body["detail"]
+
+
+async def test_one_lead_per_board(hub: Hub, connected: tuple[Sidecar, RecordingGateway]) -> None:
+    status, board = await api(
+        hub, "POST", "/api/v1/boards", {"name": "Leads", "gateway_id": "gw-life"}
+    )
+    first, _ = await api(
+        hub,
+        "POST",
+        "/api/v1/agents",
+        {"name": "Lead", "board_id": board["id"], "is_board_lead": True},
+    )
+    second, body = await api(
+        hub,
+        "POST",
+        "/api/v1/agents",
+        {"name": "Lead 2", "board_id": board["id"], "is_board_lead": True},
+    )
+    assert (first, second) == (201, 409)
+    assert "already has a lead" in body["detail"]
+
+
+async def _field(hub: Hub, agent_id: str, name: str) -> Any:
+    return (await agent_state(hub, agent_id))[name]
+
+
+async def _status(hub: Hub, agent_id: str, status: str) -> dict[str, Any] | None:
+    state = await agent_state(hub, agent_id)
+    return state if state["status"] == status else None
+
+
+async def _reason(hub: Hub, agent_id: str, reason: str) -> dict[str, Any] | None:
+    state = await agent_state(hub, agent_id)
+    return state if state["status_reason"] == reason else None
+
+
+async def _gone(hub: Hub, agent_id: str) -> bool:
+    status, _ = await api(hub, "GET", f"/api/v1/agents/{agent_id}")
+    return status == 404
+
+
+async def _sleep(seconds: float) -> None:
+    import asyncio
+
+    await asyncio.sleep(seconds)
