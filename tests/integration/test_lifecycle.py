@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -171,7 +172,7 @@ async def test_no_checkin_means_three_wakes_spaced_by_the_deadline_then_offline(
     assert "lifecycle.reconcile.retriggered" in events
     assert "lifecycle.reconcile.max_attempts_reached" in events
     times = sorted(_wake_times(await hub.store.events("gw-life")))
-    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
     assert all(gap >= DEADLINE_S * 0.9 for gap in gaps), gaps
 
 
@@ -300,7 +301,7 @@ async def test_setting_status_directly_is_refused(
 
 
 async def test_one_lead_per_board(hub: Hub, connected: tuple[Sidecar, RecordingGateway]) -> None:
-    status, board = await api(
+    _, board = await api(
         hub, "POST", "/api/v1/boards", {"name": "Leads", "gateway_id": "gw-life"}
     )
     first, _ = await api(
