@@ -94,9 +94,13 @@ class SidecarSession:
     end_reason: str = "stream closed"
     end_code: grpc.StatusCode = grpc.StatusCode.OK
     certificate_expires_at: float | None = None  # mTLS: the stream ends with its certificate
+    closed: bool = False
 
     def close(self, reason: str, code: grpc.StatusCode = grpc.StatusCode.OK) -> None:
-        """End the stream from the hub side; a non-OK `code` tells the sidecar why."""
+        """End the stream; a non-OK `code` tells the sidecar why. The first reason wins."""
+        if self.closed:
+            return
+        self.closed = True
         self.end_reason = reason
         self.end_code = code
         try:
@@ -270,28 +274,31 @@ class LinkService(pb_grpc.LinkServicer):
             if session.end_code != grpc.StatusCode.OK:
                 await context.abort(session.end_code, session.end_reason)
         finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            # Record the disconnect before forgetting the session, so a reader never sees
-            # "not connected" without "disconnected_at".
-            current = self.registry.get(session.gateway_id) is session
-            if current:
-                await _shielded(
-                    self.store.record_disconnect(
-                        session.gateway_id, session.end_reason, connected_since=session.opened_at
-                    )
-                )
-                if self.on_link is not None:
-                    await _shielded(self.on_link(session.gateway_id, False))
-            self.registry.detach(session)
-            log.info(
-                "link.stream.closed",
-                gateway_id=session.gateway_id,
-                session=session.session_id,
-                reason=session.end_reason,
-                current=current,
+            # grpc may cancel this handler while it cleans up after an abort: the teardown
+            # runs as its own shielded task so it always completes.
+            await _shielded(self._end_session(session, tasks))
+
+    async def _end_session(self, session: SidecarSession, tasks: list[asyncio.Task[None]]) -> None:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        # Record the disconnect before forgetting the session, so a reader never sees
+        # "not connected" without "disconnected_at".
+        current = self.registry.get(session.gateway_id) is session
+        if current:
+            await self.store.record_disconnect(
+                session.gateway_id, session.end_reason, connected_since=session.opened_at
             )
+            if self.on_link is not None:
+                await self.on_link(session.gateway_id, False)
+        self.registry.detach(session)
+        log.info(
+            "link.stream.closed",
+            gateway_id=session.gateway_id,
+            session=session.session_id,
+            reason=session.end_reason,
+            current=current,
+        )
 
     async def _pump_outbox(self, session: SidecarSession, cursor: int) -> None:
         while True:
@@ -352,14 +359,14 @@ class LinkService(pb_grpc.LinkServicer):
                 else:
                     writes.release()
                     log.warning("link.message.ignored", gateway_id=session.gateway_id, kind=kind)
-            session.end_reason = "sidecar closed the stream"
+            reason = "sidecar closed the stream"
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            session.end_reason = f"stream failed: {exc}"
+            reason = f"stream failed: {exc}"
         if pending:
             await asyncio.gather(*pending, return_exceptions=True)
-        session.close(session.end_reason)
+        session.close(reason)
 
     async def _renew(self, session: SidecarSession, request: pb.RenewRequest) -> None:
         response = pb.RenewResponse()

@@ -253,7 +253,9 @@ async def test_deleting_a_gateway_revokes_its_certificate_and_closes_its_stream(
         assert code == grpc.StatusCode.UNAUTHENTICATED
         assert "revoked" in details
         assert "revoked" in sidecar.link.status.last_error  # the sidecar was told why
-        assert tls_hub.registry.get(created["id"]) is None
+        await wait_for(
+            lambda: tls_hub.registry.get(created["id"]) is None, what="session forgotten"
+        )
     finally:
         await sidecar.stop()
 

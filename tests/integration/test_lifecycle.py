@@ -301,9 +301,7 @@ async def test_setting_status_directly_is_refused(
 
 
 async def test_one_lead_per_board(hub: Hub, connected: tuple[Sidecar, RecordingGateway]) -> None:
-    _, board = await api(
-        hub, "POST", "/api/v1/boards", {"name": "Leads", "gateway_id": "gw-life"}
-    )
+    _, board = await api(hub, "POST", "/api/v1/boards", {"name": "Leads", "gateway_id": "gw-life"})
     first, _ = await api(
         hub,
         "POST",

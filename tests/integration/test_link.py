@@ -79,7 +79,10 @@ def make_sidecar(
 async def http(hub: Hub) -> AsyncIterator[Callable[..., Any]]:
     assert hub.addresses is not None
     base = f"http://{hub.addresses.http}"
-    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as s:
+    async with aiohttp.ClientSession(
+        headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+        timeout=aiohttp.ClientTimeout(total=30),
+    ) as s:
 
         async def get(path: str) -> tuple[int, Any]:
             async with s.get(base + path) as response:
