@@ -39,7 +39,7 @@ async def tls_hub(tmp_path: Path) -> AsyncIterator[Hub]:
 async def api(hub: Hub, method: str, path: str, body: Any = None) -> tuple[int, Any]:
     assert hub.addresses is not None
     async with (
-        aiohttp.ClientSession() as session,
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session,
         session.request(
             method,
             f"http://{hub.addresses.http}{path}",

@@ -55,7 +55,7 @@ def make_sidecar(tmp_path: Path, hub: Hub, gateway: RecordingGateway) -> Sidecar
 async def api(hub: Hub, method: str, path: str, body: Any = None) -> tuple[int, Any]:
     assert hub.addresses is not None
     async with (
-        aiohttp.ClientSession() as session,
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session,
         session.request(
             method,
             f"http://{hub.addresses.http}{path}",
