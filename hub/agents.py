@@ -163,7 +163,7 @@ def accepted_tokens(conn: sqlite3.Connection, agent_id: str, now: float) -> list
     return [StoredToken(r[0], r[1], r[2], r[3]) for r in rows]
 
 
-def _credentials(tokens: list[StoredToken]) -> list[pb.AgentCredential]:
+def credentials_for(tokens: list[StoredToken]) -> list[pb.AgentCredential]:
     out = []
     for token in tokens:
         credential = pb.AgentCredential(token_id=token.token_id, sha256=token.sidecar_sha256)
@@ -251,7 +251,7 @@ def build_apply(
             target=heartbeat.get("target", "none"),
             checklist=rendered.heartbeat_checklist,
         ),
-        credentials=_credentials(accepted_tokens(conn, agent.id, now)),
+        credentials=credentials_for(accepted_tokens(conn, agent.id, now)),
         rendered_for=int(gateway_generation),  # type: ignore[arg-type]
     )
     if wake:

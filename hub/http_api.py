@@ -389,6 +389,19 @@ async def patch_agent(request: web.Request) -> web.Response:
     return _agent_response(agent)
 
 
+async def rotate_agent_token(request: web.Request) -> web.Response:
+    require_admin(request)
+    agent = await _agent_or_404(request)
+    body = await read_json(request, {"grace_s": (int, float)}) if request.can_read_body else {}
+    try:
+        await request.app[DEPS].reconciler.rotate_token(agent.id, grace_s=body.get("grace_s", 600))
+    except AgentError as exc:
+        raise ApiError(422, str(exc)) from None
+    return web.json_response(
+        {"ok": True, "agent_id": agent.id, "grace_s": body.get("grace_s", 600)}, status=202
+    )
+
+
 async def delete_agent(request: web.Request) -> web.Response:
     require_admin(request)
     agent = await _agent_or_404(request)
@@ -413,4 +426,5 @@ def build_app(deps: HttpDeps, *, client_max_size: int = 1024 * 1024) -> web.Appl
     app.router.add_get("/api/v1/agents/{agent_id}", get_agent)
     app.router.add_patch("/api/v1/agents/{agent_id}", patch_agent)
     app.router.add_delete("/api/v1/agents/{agent_id}", delete_agent)
+    app.router.add_post("/api/v1/agents/{agent_id}/token/rotate", rotate_agent_token)
     return app

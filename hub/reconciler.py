@@ -28,8 +28,10 @@ from hub.agents import (
     DEFAULT_HEARTBEAT,
     AgentError,
     AgentRow,
+    accepted_tokens,
     build_apply,
     build_wake,
+    credentials_for,
     gateway_agent_id,
     last_apply_payload,
     load_agent,
@@ -38,9 +40,9 @@ from hub.agents import (
     save_snapshot,
 )
 from hub.database import Database
-from hub.rendering import AgentKind, ApplyAction
+from hub.rendering import AgentKind, ApplyAction, token_file
 from hub.store import Store, add_event, enqueue_command_in, gateway_in
-from hub.tokens import TokenKeyring
+from hub.tokens import DEFAULT_ROTATION_GRACE_S, TokenKeyring
 from missioncontrol.log import get_logger
 from protos import link_pb2 as pb
 from protos.contract import epoch_s
@@ -211,6 +213,59 @@ class Reconciler:
                 overwrite=overwrite,
             )
             return _require(conn, agent_id)
+
+        return await self._write(op)
+
+    async def rotate_token(
+        self, agent_id: str, *, grace_s: float = DEFAULT_ROTATION_GRACE_S
+    ) -> AgentRow:
+        """A new token, written to the agent's token file; the previous one stays valid for
+        `grace_s` (a run that read the old file is not locked out). Nothing else changes:
+        no new generation, no wake."""
+        if not 0 <= grace_s <= 24 * 3600:
+            raise AgentError("grace_s must be between 0 and 86400")
+        minted = self.keyring.mint()
+
+        def op(conn: sqlite3.Connection, effects: _Effects) -> AgentRow:
+            row = _require(conn, agent_id)
+            now = time.time()
+            # Only one previous token is kept: an older one still in grace ends now.
+            conn.execute(
+                "DELETE FROM agent_tokens WHERE agent_id = ? AND not_after IS NOT NULL", (agent_id,)
+            )
+            conn.execute(
+                "UPDATE agent_tokens SET not_after = ? WHERE agent_id = ?",
+                (now + grace_s, agent_id),
+            )
+            conn.execute(
+                "INSERT INTO agent_tokens (token_id, agent_id, digest, sidecar_sha256, "
+                "created_at) VALUES (?, ?, ?, ?, ?)",
+                (minted.token_id, agent_id, minted.digest, minted.sidecar_sha256, now),
+            )
+            secret = token_file(minted.raw)
+            enqueue_command_in(
+                conn,
+                row.gateway_id,
+                pb.Command(
+                    set_credentials=pb.SetAgentCredentials(
+                        agent_id=row.gateway_agent_id,
+                        credentials=credentials_for(accepted_tokens(conn, agent_id, now)),
+                        token_file=pb.WorkspaceFile(
+                            name=secret.name, content=secret.content, secret=True
+                        ),
+                    )
+                ),
+            )
+            effects.queued_gateways.add(row.gateway_id)
+            add_event(
+                conn,
+                "agent.token.rotated",
+                gateway_id=row.gateway_id,
+                agent_id=agent_id,
+                at=now,
+                grace_s=grace_s,
+            )
+            return row
 
         return await self._write(op)
 

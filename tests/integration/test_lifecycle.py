@@ -341,3 +341,32 @@ async def _sleep(seconds: float) -> None:
     import asyncio
 
     await asyncio.sleep(seconds)
+
+
+async def test_token_rotation_writes_a_new_token_and_keeps_the_old_for_the_grace_window(
+    hub: Hub, connected: tuple[Sidecar, RecordingGateway], tmp_path: Path
+) -> None:
+    sidecar, gateway = connected
+    agent = await provision(hub)
+    await wait_for(lambda: _status(hub, agent["id"], "online"), what="online")
+    workspace = tmp_path / "workspaces" / f"workspace-{agent['gateway_agent_id']}"
+    old = (workspace / ".mc-agent-token").read_text()
+    generation = (await agent_state(hub, agent["id"]))["lifecycle_generation"]
+    status, _ = await api(
+        hub, "POST", f"/api/v1/agents/{agent['id']}/token/rotate", {"grace_s": 1.5}
+    )
+    assert status == 202
+    await wait_for(
+        lambda: (workspace / ".mc-agent-token").read_text() != old, what="new token file written"
+    )
+    assert (workspace / ".mc-agent-token").stat().st_mode & 0o777 == 0o600
+    ids = {
+        c.token_id for c in sidecar.state.credentials() if c.agent_id == agent["gateway_agent_id"]
+    }
+    assert ids == {old.split(".")[0], (workspace / ".mc-agent-token").read_text().split(".")[0]}
+    after = await agent_state(hub, agent["id"])
+    assert after["lifecycle_generation"] == generation  # no new generation, no wake
+    assert gateway.count("wake") == 1
+    graced = [c for c in sidecar.state.credentials() if c.not_after is not None]
+    assert len(graced) == 1 and graced[0].token_id == old.split(".")[0]
+    assert graced[0].not_after is not None and graced[0].not_after <= time.time() + 1.6
