@@ -227,34 +227,37 @@ class LinkService(pb_grpc.LinkServicer):
 
         session = SidecarSession(gateway_id=hello.gateway_id, hello=hello)
         self.registry.attach(session)
-        if self.on_link is not None:
-            await self.on_link(session.gateway_id, True)
-        log.info(
-            "link.stream.opened",
-            gateway_id=session.gateway_id,
-            session=session.session_id,
-            sidecar_version=hello.sidecar_version,
-            peer=context.peer(),
-            last_applied_sequence=hello.last_applied_sequence,
-        )
-        cursor = hello.last_applied_sequence
-        if cursor > welcome.last_sequence:
-            # The hub lost commands (restored backup): the sidecar restarts from ours.
-            log.warning(
-                "link.sequence.reset",
-                gateway_id=session.gateway_id,
-                sidecar=cursor,
-                hub=welcome.last_sequence,
-            )
-            cursor = welcome.last_sequence
-        tasks = [
-            asyncio.create_task(self._read(session, messages), name="link-read"),
-            asyncio.create_task(self._pump_outbox(session, cursor), name="link-outbox"),
-        ]
-        if not_after is not None:
-            session.certificate_expires_at = not_after.timestamp()
-            tasks.append(asyncio.create_task(_close_at_expiry(session)))
+        tasks: list[asyncio.Task[None]] = []
+        # From here on the session is registered: whatever ends this handler (even a
+        # cancellation while awaiting below) must run the teardown in `finally`.
         try:
+            if self.on_link is not None:
+                await self.on_link(session.gateway_id, True)
+            log.info(
+                "link.stream.opened",
+                gateway_id=session.gateway_id,
+                session=session.session_id,
+                sidecar_version=hello.sidecar_version,
+                peer=context.peer(),
+                last_applied_sequence=hello.last_applied_sequence,
+            )
+            cursor = hello.last_applied_sequence
+            if cursor > welcome.last_sequence:
+                # The hub lost commands (restored backup): the sidecar restarts from ours.
+                log.warning(
+                    "link.sequence.reset",
+                    gateway_id=session.gateway_id,
+                    sidecar=cursor,
+                    hub=welcome.last_sequence,
+                )
+                cursor = welcome.last_sequence
+            tasks += [
+                asyncio.create_task(self._read(session, messages), name="link-read"),
+                asyncio.create_task(self._pump_outbox(session, cursor), name="link-outbox"),
+            ]
+            if not_after is not None:
+                session.certificate_expires_at = not_after.timestamp()
+                tasks.append(asyncio.create_task(_close_at_expiry(session)))
             yield pb.HubMessage(
                 welcome=pb.Welcome(
                     hub_version=VERSION,
