@@ -33,6 +33,7 @@ from hub.rendering import (
 )
 from hub.store import StoreError, gateway_in
 from hub.tokens import StoredToken
+from missioncontrol.timefmt import iso
 from protos import link_pb2 as pb
 
 DEFAULT_HEARTBEAT = {"every": "10m", "target": "none"}
@@ -282,7 +283,7 @@ def last_apply_payload(conn: sqlite3.Connection, agent: AgentRow, generation: in
     return row[0] if row else None
 
 
-def agent_json(agent: AgentRow, iso: Any) -> dict[str, Any]:
+def agent_json(agent: AgentRow) -> dict[str, Any]:
     """The API shape: Mission Control's AgentRead plus every lifecycle field."""
     return {
         "id": agent.id,

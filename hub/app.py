@@ -16,12 +16,13 @@ from dataclasses import dataclass
 import grpc
 from aiohttp import web
 
+from hub.api import HttpDeps, build_app
 from hub.ca import CertificateAuthority
 from hub.config import HubConfig
 from hub.database import Database
 from hub.enrollment import CertificateIssuer, EnrollmentService, Revocations
+from hub.events import EventBus
 from hub.gateways import GatewayService
-from hub.http_api import HttpDeps, build_app
 from hub.lifecycle import Policy
 from hub.link_server import LinkService, SessionRegistry
 from hub.reconciler import Reconciler
@@ -61,12 +62,14 @@ class Hub:
             self.issuer = CertificateIssuer(
                 self.store, self.ca, hub_key, dt.timedelta(days=config.cert_lifetime_days)
             )
+        self.events = EventBus()
         self.reconciler = Reconciler(
             self.db,
             self.store,
             TokenKeyring(hub_key),
             Policy(checkin_deadline_s=config.checkin_deadline_s, hub_started_at=time.time()),
             on_commands_queued=self.registry.notify_outbox,
+            events=self.events,
         )
         self.link = LinkService(
             self.store,
@@ -124,6 +127,7 @@ class Hub:
             link_serving=lambda: self._link_serving,
             gateways=self.gateways,
             reconciler=self.reconciler,
+            events=self.events,
             enroll_address=str(enroll) if enroll else None,
             link_address=str(link),
         )

@@ -29,6 +29,7 @@ from hub.agents import (
     AgentError,
     AgentRow,
     accepted_tokens,
+    agent_json,
     build_apply,
     build_wake,
     credentials_for,
@@ -40,6 +41,7 @@ from hub.agents import (
     save_snapshot,
 )
 from hub.database import Database
+from hub.events import EventBus
 from hub.rendering import AgentKind, ApplyAction, token_file
 from hub.store import Store, add_event, enqueue_command_in, gateway_in
 from hub.tokens import DEFAULT_ROTATION_GRACE_S, TokenKeyring
@@ -72,10 +74,11 @@ class _Effects:
     deadlines: list[tuple[str, float | None, int]]
     logs: list[tuple[str, dict[str, Any]]]
     queued_gateways: set[str]
+    changed: dict[str, dict[str, Any]]  # agent id -> its API view after the change
 
     @classmethod
     def empty(cls) -> _Effects:
-        return cls([], [], set())
+        return cls([], [], set(), {})
 
 
 class Reconciler:
@@ -88,6 +91,7 @@ class Reconciler:
         *,
         on_commands_queued: Callable[[str], None] = lambda gateway_id: None,
         presence_sweep_s: float = PRESENCE_SWEEP_S,
+        events: EventBus | None = None,
     ) -> None:
         self.db = db
         self.store = store
@@ -95,6 +99,7 @@ class Reconciler:
         self.policy = policy
         self.on_commands_queued = on_commands_queued
         self.presence_sweep_s = presence_sweep_s
+        self.events = events
         self._link_up_since: dict[str, float] = {}
         self._heap: list[tuple[float, str, int]] = []
         self._scheduled: dict[str, tuple[float, int]] = {}
@@ -385,6 +390,7 @@ class Reconciler:
                 conn.execute("UPDATE agents SET board_id = NULL WHERE id = ?", (row.id,))
                 conn.execute("DELETE FROM agents WHERE id = ?", (row.id,))
                 add_event(conn, "agent.deleted", gateway_id=gateway_id, agent_id=row.id)
+                effects.changed[row.id] = {**agent_json(row), "status": "deleted"}
                 effects.deadlines.append((row.id, None, 0))
             return
         reason = (
@@ -438,6 +444,7 @@ class Reconciler:
         after, actions = lc.step(before, event, self.policy, now)
         save_snapshot(conn, agent_id, after, now)
         row = _require(conn, agent_id)
+        effects.changed[agent_id] = agent_json(row)
         for action in actions:
             if isinstance(action, lc.QueueApply):
                 command = build_apply(
@@ -500,6 +507,7 @@ class Reconciler:
             effects.deadlines.clear()
             effects.logs.clear()
             effects.queued_gateways.clear()
+            effects.changed.clear()
             return op(conn, effects)
 
         result = await self.db.write(job)
@@ -509,6 +517,11 @@ class Reconciler:
             log.info(event, **fields)
         for gateway_id in effects.queued_gateways:
             self.on_commands_queued(gateway_id)
+        if self.events is not None:
+            for view in effects.changed.values():
+                self.events.publish(
+                    "agent", view, board_id=view["board_id"], gateway_id=view["gateway_id"]
+                )
         return result
 
     def _schedule(self, agent_id: str, at: float | None, generation: int) -> None:

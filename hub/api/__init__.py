@@ -1,0 +1,35 @@
+"""The hub's HTTP API (aiohttp): health, admin REST, live streams, OpenAPI."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from hub.api import agents, boards, gateways, health
+from hub.api.core import MAX_BODY_BYTES, Api, TokenBucket, request_context
+from hub.api.deps import DEPS, HttpDeps
+from missioncontrol.version import VERSION
+
+__all__ = ["HttpDeps", "build_api", "build_app"]
+
+ADMIN_RATE = (50.0, 200)  # requests per second, burst, per admin token
+AGENT_RATE = (10.0, 40)  # per agent token
+
+
+def build_api() -> Api:
+    api = Api("Mission Control hub", VERSION)
+    for module in (health, gateways, boards, agents):
+        module.register(api)
+    return api
+
+
+def build_app(deps: HttpDeps) -> web.Application:
+    app = web.Application(middlewares=[request_context], client_max_size=MAX_BODY_BYTES)
+    app[DEPS] = deps
+    build_api().mount(
+        app,
+        admin_token=lambda: deps.admin_token,
+        agent_auth=None,
+        admin_limit=TokenBucket(*ADMIN_RATE),
+        agent_limit=TokenBucket(*AGENT_RATE),
+    )
+    return app

@@ -1,0 +1,220 @@
+"""Agents, admin side: list, read, create, update, delete, rotate token, live stream."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import datetime
+from typing import Any
+
+from aiohttp import web
+
+from hub.agents import AgentError, AgentRow, agent_json, load_agent
+from hub.api.core import Api, ApiError, Call, Query
+from hub.api.deps import deps
+from hub.api.schemas import (
+    Accepted,
+    AgentCreate,
+    AgentFilter,
+    AgentPage,
+    AgentRead,
+    AgentUpdate,
+    ForceQuery,
+    TokenRotate,
+)
+from hub.events import SubscriberTooSlow
+from hub.reconciler import AgentSpec
+from hub.rendering import AgentKind
+
+KEEPALIVE_S = 15.0
+
+
+class StreamQuery(Query):
+    board_id: str | None = None
+    since: str | None = None
+
+
+def agent_read(agent: AgentRow) -> AgentRead:
+    return AgentRead(**agent_json(agent))
+
+
+async def agent_or_404(call: Call) -> AgentRow:
+    agent_id = call.request.match_info["agent_id"]
+    agent = await deps(call.request).db.read(lambda conn: load_agent(conn, agent_id))
+    if agent is None:
+        raise ApiError(404, "agent not found")
+    return agent
+
+
+def register(api: Api) -> None:
+    tags = ("agents",)
+
+    @api.route(
+        "GET",
+        "/api/v1/agents",
+        summary="List agents",
+        tags=tags,
+        query=AgentFilter,
+        response=AgentPage,
+    )
+    async def list_agents(call: Call) -> AgentPage:
+        q = call.query
+
+        def query(conn: Any) -> tuple[list[AgentRow], int]:
+            where = "WHERE (? IS NULL OR board_id = ?) AND (? IS NULL OR gateway_id = ?)"
+            args = (q.board_id, q.board_id, q.gateway_id, q.gateway_id)
+            total = conn.execute(f"SELECT COUNT(*) FROM agents {where}", args).fetchone()[0]
+            rows = conn.execute(
+                f"SELECT * FROM agents {where} ORDER BY created_at, id LIMIT ? OFFSET ?",
+                (*args, q.limit, q.offset),
+            ).fetchall()
+            return [AgentRow.from_row(r) for r in rows], total
+
+        agents, total = await deps(call.request).db.read(query)
+        return AgentPage(
+            items=[agent_read(a) for a in agents], total=total, limit=q.limit, offset=q.offset
+        )
+
+    @api.route(
+        "POST",
+        "/api/v1/agents",
+        summary="Create and provision an agent",
+        tags=tags,
+        body=AgentCreate,
+        response=AgentRead,
+        status=201,
+    )
+    async def create_agent(call: Call) -> AgentRead:
+        body = call.body
+        kind = (
+            AgentKind.MAIN
+            if body.is_gateway_main
+            else AgentKind.LEAD
+            if body.is_board_lead
+            else AgentKind.WORKER
+        )
+        spec = AgentSpec(
+            name=body.name,
+            board_id=body.board_id,
+            gateway_id=body.gateway_id,
+            kind=kind,
+            identity_profile=body.identity_profile,
+            heartbeat_config=body.heartbeat_config,
+        )
+        try:
+            agent = await deps(call.request).reconciler.create_agent(spec)
+        except AgentError as exc:
+            raise ApiError(409 if "already has" in str(exc) else 422, str(exc)) from None
+        return agent_read(agent)
+
+    @api.route(
+        "GET",
+        "/api/v1/agents/stream",
+        summary="Server-sent events: agent changes as they happen",
+        tags=tags,
+        query=StreamQuery,
+    )
+    async def stream_agents(call: Call) -> web.StreamResponse:
+        return await _stream(call)
+
+    @api.route(
+        "GET",
+        "/api/v1/agents/{agent_id}",
+        summary="Read an agent with every lifecycle field",
+        tags=tags,
+        response=AgentRead,
+    )
+    async def get_agent(call: Call) -> AgentRead:
+        return agent_read(await agent_or_404(call))
+
+    @api.route(
+        "PATCH",
+        "/api/v1/agents/{agent_id}",
+        summary="Update an agent; ?force=true reprovisions",
+        tags=tags,
+        query=ForceQuery,
+        body=AgentUpdate,
+        response=AgentRead,
+    )
+    async def patch_agent(call: Call) -> AgentRead:
+        agent = await agent_or_404(call)
+        if call.body.status is not None:
+            raise ApiError(
+                403, "status is controlled by the lifecycle (heartbeats, wakes); it cannot be set"
+            )
+        if call.query.force:
+            agent = await deps(call.request).reconciler.reapply(agent.id)
+        return agent_read(agent)
+
+    @api.route(
+        "DELETE",
+        "/api/v1/agents/{agent_id}",
+        summary="Delete an agent (through its sidecar; never fails because a gateway is down)",
+        tags=tags,
+        response=Accepted,
+        status=202,
+    )
+    async def delete_agent(call: Call) -> Accepted:
+        agent = await agent_or_404(call)
+        await deps(call.request).reconciler.delete_agent(agent.id)
+        return Accepted(status="deleting")
+
+    @api.route(
+        "POST",
+        "/api/v1/agents/{agent_id}/token/rotate",
+        summary="Rotate the agent's token; the previous one stays valid for grace_s",
+        tags=tags,
+        body=TokenRotate,
+        response=Accepted,
+        status=202,
+    )
+    async def rotate_agent_token(call: Call) -> Accepted:
+        agent = await agent_or_404(call)
+        try:
+            await deps(call.request).reconciler.rotate_token(agent.id, grace_s=call.body.grace_s)
+        except AgentError as exc:
+            raise ApiError(422, str(exc)) from None
+        return Accepted(status="rotating")
+
+
+async def _stream(call: Call) -> web.StreamResponse:
+    """`event: agent` / `data: {"agent": AgentRead}`; replays from `since`; keep-alives."""
+    d = deps(call.request)
+    since = None
+    if call.query.since:
+        try:
+            since = datetime.fromisoformat(call.query.since.replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            raise ApiError(422, "since must be an ISO 8601 timestamp") from None
+    subscription = d.events.subscribe(call.query.board_id)
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": "text/event-stream",
+            "Cache-Control": "no-cache",
+            "X-Request-Id": call.request.get("request_id", ""),
+        }
+    )
+    await response.prepare(call.request)
+    try:
+        if since is not None:
+            for event in d.events.since(since, call.query.board_id):
+                await response.write(_frame(event.id, event.data))
+        while True:
+            try:
+                event = await subscription.next(KEEPALIVE_S)
+            except SubscriberTooSlow as exc:
+                await response.write(f": {exc}\n\n".encode())
+                break
+            if event is None:
+                await response.write(b": keep-alive\n\n")
+            else:
+                await response.write(_frame(event.id, event.data))
+    except (ConnectionResetError, asyncio.CancelledError):
+        pass
+    finally:
+        subscription.close()
+    return response
+
+
+def _frame(event_id: int, data: dict[str, Any]) -> bytes:
+    return f"id: {event_id}\nevent: agent\ndata: {json.dumps({'agent': data})}\n\n".encode()

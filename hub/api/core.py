@@ -1,0 +1,361 @@
+"""The hub API's plumbing: routes declared once, validated and documented from one source.
+
+A route names its pydantic models for the query string, the body and the
+response. The same models validate every request (unknown fields and wrong types
+are a 422 naming the field) and generate `/openapi.json`, so the document cannot
+drift from what the server accepts. Errors are always `{"detail", "request_id"}`
+and every response carries `X-Request-Id`.
+"""
+
+from __future__ import annotations
+
+import enum
+import hmac
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from missioncontrol.log import get_logger
+
+log = get_logger("hub.http")
+
+REQUEST_ID = web.RequestKey("request_id", str)
+MAX_BODY_BYTES = 1024 * 1024
+MAX_PAGE = 200
+
+
+class ApiError(Exception):
+    """An error answered as {"detail", "request_id"} with its HTTP status."""
+
+    def __init__(self, status: int, detail: Any, headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.headers = headers or {}
+
+
+class Strict(BaseModel):
+    """Request models: unknown fields are refused, not ignored."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+class Query(BaseModel):
+    """Query strings: values are validated, unknown parameters ignored (cache busters)."""
+
+    model_config = ConfigDict(extra="ignore", str_strip_whitespace=True)
+
+
+class Page(Query):
+    limit: int = Field(MAX_PAGE, ge=1, le=MAX_PAGE)
+    offset: int = Field(0, ge=0)
+
+
+def error_response(request: web.Request, status: int, detail: Any) -> web.Response:
+    return web.json_response(
+        {"detail": detail, "request_id": request.get(REQUEST_ID)}, status=status
+    )
+
+
+def validation_detail(exc: ValidationError) -> list[dict[str, Any]]:
+    return [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+
+
+@web.middleware
+async def request_context(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Give every request an id, and every error the {"detail", "request_id"} shape."""
+    request[REQUEST_ID] = request.headers.get("X-Request-Id", "")[:64] or uuid.uuid4().hex
+    try:
+        response = await handler(request)
+    except ApiError as exc:
+        response = error_response(request, exc.status, exc.detail)
+        response.headers.update(exc.headers)
+    except web.HTTPException as exc:  # aiohttp's own: unknown route, wrong method, too large
+        response = error_response(request, exc.status, exc.reason)
+        for header in ("Allow", "Retry-After"):
+            if header in exc.headers:
+                response.headers[header] = exc.headers[header]
+    except Exception:
+        log.exception("http.request.failed", path=request.path, request_id=request[REQUEST_ID])
+        response = error_response(request, 500, "internal error; see the hub log")
+    if not response.prepared:
+        response.headers["X-Request-Id"] = request[REQUEST_ID]
+    return response
+
+
+class Auth(enum.Enum):
+    NONE = "none"
+    ADMIN = "admin"
+    AGENT = "agent"
+
+
+class TokenBucket:
+    """Per-key rate limiting (admin token, agent): `rate` per second, bursts of `burst`."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate = rate
+        self.burst = burst
+        self._state: dict[str, tuple[float, float]] = {}
+
+    def take(self, key: str, now: float | None = None) -> float:
+        """0 if allowed, else the seconds until a request would be."""
+        now = time.monotonic() if now is None else now
+        tokens, last = self._state.get(key, (float(self.burst), now))
+        tokens = min(self.burst, tokens + (now - last) * self.rate)
+        if tokens >= 1:
+            self._state[key] = (tokens - 1, now)
+            return 0.0
+        self._state[key] = (tokens, now)
+        if len(self._state) > 100_000:  # bounded memory: forget idle keys
+            self._state = {k: v for k, v in self._state.items() if now - v[1] < 60}
+        return (1 - tokens) / self.rate
+
+
+@dataclass
+class Call:
+    """What a handler receives besides the request."""
+
+    request: web.Request
+    query: Any = None
+    body: Any = None
+    principal: Any = None  # the authenticated agent for AGENT routes
+
+
+Handler = Callable[[Call], Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    path: str
+    handler: Handler
+    summary: str
+    tags: tuple[str, ...]
+    auth: Auth
+    query: type[BaseModel] | None = None
+    body: type[BaseModel] | None = None
+    response: type[BaseModel] | None = None
+    status: int = 200
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+AgentAuthenticator = Callable[[web.Request], Awaitable[Any]]
+
+
+class Api:
+    """Route registry: mounts routes on an aiohttp app and renders their OpenAPI document."""
+
+    def __init__(self, title: str, version: str) -> None:
+        self.title = title
+        self.version = version
+        self.routes: list[Route] = []
+
+    def route(
+        self,
+        method: str,
+        path: str,
+        *,
+        summary: str,
+        tags: tuple[str, ...] = (),
+        auth: Auth = Auth.ADMIN,
+        query: type[BaseModel] | None = None,
+        body: type[BaseModel] | None = None,
+        response: type[BaseModel] | None = None,
+        status: int = 200,
+        **extra: Any,
+    ) -> Callable[[Handler], Handler]:
+        def register(handler: Handler) -> Handler:
+            self.routes.append(
+                Route(
+                    method, path, handler, summary, tags, auth, query, body, response, status, extra
+                )
+            )
+            return handler
+
+        return register
+
+    def mount(
+        self,
+        app: web.Application,
+        *,
+        admin_token: Callable[[], str],
+        agent_auth: AgentAuthenticator | None,
+        admin_limit: TokenBucket,
+        agent_limit: TokenBucket,
+    ) -> None:
+        for route in self.routes:
+            app.router.add_route(
+                route.method,
+                route.path,
+                self._wrap(route, admin_token, agent_auth, admin_limit, agent_limit),
+            )
+
+    def _wrap(
+        self,
+        route: Route,
+        admin_token: Callable[[], str],
+        agent_auth: AgentAuthenticator | None,
+        admin_limit: TokenBucket,
+        agent_limit: TokenBucket,
+    ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        async def handle(request: web.Request) -> web.StreamResponse:
+            call = Call(request)
+            if route.auth is Auth.ADMIN:
+                token = require_admin(request, admin_token())
+                _limit(admin_limit, "admin:" + token[:16])
+            elif route.auth is Auth.AGENT:
+                if agent_auth is None:
+                    raise ApiError(503, "agent authentication is not available")
+                call.principal = await agent_auth(request)
+                _limit(agent_limit, "agent:" + str(getattr(call.principal, "id", call.principal)))
+            if route.query is not None:
+                try:
+                    call.query = route.query.model_validate(dict(request.query))
+                except ValidationError as exc:
+                    raise ApiError(422, validation_detail(exc)) from None
+            if route.body is not None:
+                call.body = await read_body(request, route.body)
+            result = await route.handler(call)
+            if isinstance(result, web.StreamResponse):
+                return result
+            if isinstance(result, BaseModel):
+                result = result.model_dump(mode="json")
+            return web.json_response(result, status=route.status)
+
+        return handle
+
+    def openapi(self) -> dict[str, Any]:
+        """The OpenAPI 3.1 document, generated from the routes' own models."""
+        schemas: dict[str, Any] = {
+            "Error": {
+                "type": "object",
+                "required": ["detail", "request_id"],
+                "properties": {"detail": {}, "request_id": {"type": "string"}},
+            }
+        }
+        paths: dict[str, dict[str, Any]] = {}
+
+        def ref(model: type[BaseModel]) -> dict[str, str]:
+            schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            for name, sub in schema.pop("$defs", {}).items():
+                schemas[name] = sub
+            schemas[model.__name__] = schema
+            return {"$ref": f"#/components/schemas/{model.__name__}"}
+
+        for route in self.routes:
+            operation: dict[str, Any] = {
+                "summary": route.summary,
+                "tags": list(route.tags),
+                "operationId": route.handler.__name__,
+                "responses": {
+                    str(route.status): {
+                        "description": "OK",
+                        **(
+                            {"content": {"application/json": {"schema": ref(route.response)}}}
+                            if route.response
+                            else {}
+                        ),
+                    }
+                },
+                **route.extra,
+            }
+            errors = {"422": "invalid input", "429": "rate limited"}
+            if route.auth is not Auth.NONE:
+                errors["401"] = "missing or wrong credentials"
+                operation["security"] = [
+                    {"admin": []} if route.auth is Auth.ADMIN else {"agent": []}
+                ]
+            if "{" in route.path:
+                errors["404"] = "not found"
+            for code, text in errors.items():
+                operation["responses"][code] = {
+                    "description": text,
+                    "content": {
+                        "application/json": {"schema": {"$ref": "#/components/schemas/Error"}}
+                    },
+                }
+            parameters = [
+                {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+                for name in _path_params(route.path)
+            ]
+            if route.query is not None:
+                for name, prop in route.query.model_json_schema().get("properties", {}).items():
+                    parameters.append(
+                        {"name": name, "in": "query", "required": False, "schema": prop}
+                    )
+            if parameters:
+                operation["parameters"] = parameters
+            if route.body is not None:
+                operation["requestBody"] = {
+                    "required": True,
+                    "content": {"application/json": {"schema": ref(route.body)}},
+                }
+            paths.setdefault(route.path, {})[route.method.lower()] = operation
+        return {
+            "openapi": "3.1.0",
+            "info": {"title": self.title, "version": self.version},
+            "paths": paths,
+            "components": {
+                "schemas": schemas,
+                "securitySchemes": {
+                    "admin": {"type": "http", "scheme": "bearer"},
+                    "agent": {"type": "apiKey", "in": "header", "name": "X-Agent-Token"},
+                },
+            },
+        }
+
+
+def _path_params(path: str) -> list[str]:
+    return [part[1:-1].split(":")[0] for part in path.split("/") if part.startswith("{")]
+
+
+def _limit(bucket: TokenBucket, key: str) -> None:
+    wait = bucket.take(key)
+    if wait:
+        raise ApiError(
+            429,
+            f"rate limit exceeded; retry in {wait:.1f} s",
+            {"Retry-After": str(max(1, int(wait + 0.999)))},
+        )
+
+
+def require_admin(request: web.Request, expected: str) -> str:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise ApiError(
+            401,
+            "missing admin token: send Authorization: Bearer <token>",
+            {"WWW-Authenticate": "Bearer"},
+        )
+    if not hmac.compare_digest(token.encode(), expected.encode()):
+        raise ApiError(401, "invalid admin token", {"WWW-Authenticate": "Bearer"})
+    return token
+
+
+async def read_body(request: web.Request, model: type[BaseModel]) -> Any:
+    """Read a JSON body with a hard size cap (also for bodies without Content-Length)."""
+    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+        raise ApiError(413, f"request body is over {MAX_BODY_BYTES} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_chunked(64 * 1024):
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise ApiError(413, f"request body is over {MAX_BODY_BYTES} bytes")
+        chunks.append(chunk)
+    raw = b"".join(chunks) or b"{}"
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        if any(e["type"] == "json_invalid" for e in exc.errors()):
+            raise ApiError(422, "request body is not valid JSON") from None
+        raise ApiError(422, validation_detail(exc)) from None

@@ -1,0 +1,36 @@
+"""What the API's handlers may use (typed application state)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from hub.database import Database
+from hub.events import EventBus
+from hub.gateways import GatewayService
+from hub.link_server import SessionRegistry
+from hub.reconciler import Reconciler
+from hub.store import Store
+
+
+@dataclass(frozen=True)
+class HttpDeps:
+    store: Store
+    db: Database
+    registry: SessionRegistry
+    admin_token: str
+    link_serving: Callable[[], bool]
+    gateways: GatewayService
+    reconciler: Reconciler
+    events: EventBus
+    enroll_address: str | None  # HOST:PORT sidecars enroll at; None in --insecure-dev mode
+    link_address: str
+
+
+DEPS = web.AppKey("deps", HttpDeps)
+
+
+def deps(request: web.Request) -> HttpDeps:
+    return request.app[DEPS]

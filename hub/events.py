@@ -1,0 +1,85 @@
+"""In-process event bus: agent changes pushed to dashboards the moment they commit.
+
+Publishers call `publish` after a change is durable; each subscriber has a
+bounded queue (a subscriber that falls behind is disconnected rather than
+letting memory grow). A ring of recent events serves `since` replays.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import itertools
+import time
+from dataclasses import dataclass
+from typing import Any
+
+RING_SIZE = 10_000
+SUBSCRIBER_QUEUE = 1_000
+
+
+@dataclass(frozen=True)
+class Event:
+    id: int
+    at: float
+    kind: str  # "agent"
+    board_id: str | None
+    gateway_id: str | None
+    data: dict[str, Any]
+
+
+class SubscriberTooSlow(Exception):
+    pass
+
+
+class Subscription:
+    def __init__(self, bus: EventBus, board_id: str | None) -> None:
+        self.bus = bus
+        self.board_id = board_id
+        self.queue: asyncio.Queue[Event | None] = asyncio.Queue(maxsize=SUBSCRIBER_QUEUE)
+
+    def wants(self, event: Event) -> bool:
+        return self.board_id is None or event.board_id == self.board_id
+
+    async def next(self, timeout_s: float) -> Event | None:
+        """The next event, or None after `timeout_s` of quiet (time for a keep-alive)."""
+        try:
+            event = await asyncio.wait_for(self.queue.get(), timeout_s)
+        except TimeoutError:
+            return None
+        if event is None:
+            raise SubscriberTooSlow("event stream fell behind; reconnect with ?since=")
+        return event
+
+    def close(self) -> None:
+        self.bus._subscribers.discard(self)
+
+
+class EventBus:
+    def __init__(self) -> None:
+        self._ids = itertools.count(1)
+        self._ring: collections.deque[Event] = collections.deque(maxlen=RING_SIZE)
+        self._subscribers: set[Subscription] = set()
+
+    def publish(
+        self, kind: str, data: dict[str, Any], *, board_id: str | None, gateway_id: str | None
+    ) -> None:
+        event = Event(next(self._ids), time.time(), kind, board_id, gateway_id, data)
+        self._ring.append(event)
+        for subscriber in list(self._subscribers):
+            if not subscriber.wants(event):
+                continue
+            try:
+                subscriber.queue.put_nowait(event)
+            except asyncio.QueueFull:
+                subscriber.close()
+                subscriber.queue.get_nowait()
+                subscriber.queue.put_nowait(None)
+
+    def subscribe(self, board_id: str | None) -> Subscription:
+        subscription = Subscription(self, board_id)
+        self._subscribers.add(subscription)
+        return subscription
+
+    def since(self, at: float, board_id: str | None) -> list[Event]:
+        return [e for e in self._ring if e.at > at and (board_id is None or e.board_id == board_id)]

@@ -1,0 +1,209 @@
+"""The hub API's conventions: OpenAPI from the validating models, errors, limits, SSE."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+import hub.api as hub_api
+from hub.app import Hub
+from sidecar.app import Sidecar
+from sidecar.backoff import Backoff
+from tests.support import ADMIN_TOKEN, RecordingGateway, hub_config, sidecar_config, wait_for
+
+AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+@pytest.fixture
+async def client(hub: Hub) -> AsyncIterator[tuple[aiohttp.ClientSession, str]]:
+    assert hub.addresses is not None
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+        yield session, f"http://{hub.addresses.http}"
+
+
+async def test_openapi_documents_every_route_from_the_validating_models(
+    hub: Hub, client: tuple[aiohttp.ClientSession, str]
+) -> None:
+    session, base = client
+    async with session.get(f"{base}/openapi.json") as response:
+        assert response.status == 200
+        document = await response.json()
+    routes = {(r.method.lower(), r.path) for r in hub_api.build_api().routes}
+    documented = {(m, p) for p, ops in document["paths"].items() for m in ops}
+    assert routes == documented
+    create = document["paths"]["/api/v1/agents"]["post"]
+    schema_ref = create["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+    schema = document["components"]["schemas"][schema_ref.rsplit("/", 1)[1]]
+    assert schema["additionalProperties"] is False  # unknown fields are refused
+    assert "name" in schema["required"]
+    assert "422" in create["responses"] and "401" in create["responses"]
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "needle"),
+    [
+        (b'{"name": "x", "bogus": 1}', 422, "bogus"),
+        (b'{"name": 5}', 422, "name"),
+        (b'{"name": "x",', 422, "not valid JSON"),
+        (b"[]", 422, "object"),
+        (b"{}", 422, "name"),
+    ],
+)
+async def test_bad_bodies_get_a_422_that_names_the_field(
+    client: tuple[aiohttp.ClientSession, str], body: bytes, status: int, needle: str
+) -> None:
+    session, base = client
+    async with session.post(
+        f"{base}/api/v1/gateways", data=body, headers={**AUTH, "Content-Type": "application/json"}
+    ) as response:
+        payload = await response.json()
+        assert response.status == status
+        assert needle.lower() in json.dumps(payload["detail"]).lower()
+        assert payload["request_id"] == response.headers["X-Request-Id"]
+
+
+async def test_oversized_bodies_are_refused_with_or_without_content_length(
+    client: tuple[aiohttp.ClientSession, str],
+) -> None:
+    session, base = client
+    big = b'{"name": "' + b"x" * (1024 * 1024 + 10) + b'"}'
+    async with session.post(f"{base}/api/v1/gateways", data=big, headers=AUTH) as response:
+        assert response.status == 413
+
+    async def chunks() -> AsyncIterator[bytes]:  # streamed: no Content-Length
+        for _ in range(20):
+            yield b"x" * 65536
+
+    async with session.post(f"{base}/api/v1/gateways", data=chunks(), headers=AUTH) as response:
+        assert response.status == 413
+        assert "bytes" in (await response.json())["detail"]
+
+
+async def test_wrong_admin_token_is_401_and_unknown_routes_are_json_404(
+    client: tuple[aiohttp.ClientSession, str],
+) -> None:
+    session, base = client
+    async with session.get(
+        f"{base}/api/v1/agents", headers={"Authorization": "Bearer nope"}
+    ) as response:
+        assert response.status == 401
+        assert response.headers["WWW-Authenticate"] == "Bearer"
+    async with session.get(f"{base}/api/v1/nothing-here", headers=AUTH) as response:
+        body = await response.json()
+        assert response.status == 404 and body["request_id"]
+
+
+async def test_admin_rate_limit_answers_429_with_retry_after(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(hub_api, "ADMIN_RATE", (1.0, 3))
+    instance = Hub(hub_config(tmp_path / "hub"))
+    await instance.start()
+    try:
+        assert instance.addresses is not None
+        url = f"http://{instance.addresses.http}/api/v1/gateways"
+        async with aiohttp.ClientSession() as session:
+            statuses = []
+            for _ in range(5):
+                async with session.get(url, headers=AUTH) as response:
+                    statuses.append(response.status)
+                    if response.status == 429:
+                        assert int(response.headers["Retry-After"]) >= 1
+        assert statuses[:3] == [200, 200, 200] and 429 in statuses[3:]
+    finally:
+        await instance.stop()
+
+
+async def test_agent_status_change_reaches_an_sse_client_within_100_ms(
+    hub: Hub, client: tuple[aiohttp.ClientSession, str], tmp_path: Path
+) -> None:
+    session, base = client
+    assert hub.addresses is not None
+    gateway = RecordingGateway()
+    config = sidecar_config(
+        tmp_path / "sc", hub.addresses.link, gateway_id="gw-sse", workspace_root=tmp_path / "ws"
+    )
+    sidecar = Sidecar(config, gateway=gateway)
+    sidecar.link.backoff = Backoff(initial_s=0.05, max_s=0.3)
+    await sidecar.start()
+    try:
+        await wait_for(lambda: hub.registry.get("gw-sse"), what="connected")
+        await wait_for(lambda: _root_known(hub), what="workspace root known")
+        async with session.post(
+            f"{base}/api/v1/boards", json={"name": "B", "gateway_id": "gw-sse"}, headers=AUTH
+        ) as response:
+            board = await response.json()
+        events: list[tuple[float, dict[str, Any]]] = []
+
+        async def listen() -> None:
+            async with session.get(
+                f"{base}/api/v1/agents/stream?board_id={board['id']}", headers=AUTH
+            ) as response:
+                assert response.headers["Content-Type"].startswith("text/event-stream")
+                async for line in response.content:
+                    if line.startswith(b"data: "):
+                        events.append((time.monotonic(), json.loads(line[6:])["agent"]))
+
+        listener = asyncio.create_task(listen())
+        await asyncio.sleep(0.2)
+        async with session.post(
+            f"{base}/api/v1/agents", json={"name": "W", "board_id": board["id"]}, headers=AUTH
+        ) as response:
+            agent = await response.json()
+        await wait_for(
+            lambda: any(e[1]["status"] == "online" for e in events), what="online pushed"
+        )
+        # When did the hub commit `online`? The same instant the event went out: measure
+        # from the row's updated_at to the client receiving it.
+        online = next(e for e in events if e[1]["status"] == "online")
+        assert online[1]["id"] == agent["id"]
+        statuses = [e[1]["status"] for e in events]
+        assert statuses[0] == "provisioning" and statuses[-1] == "online"
+        listener.cancel()
+        await asyncio.gather(listener, return_exceptions=True)
+        lag = await _delivery_lag(hub, base, session, board["id"])
+        print(f"SSE delivery lag after commit: {lag * 1000:.1f} ms")
+        assert lag < 0.1
+    finally:
+        await sidecar.stop()
+
+
+async def _root_known(hub: Hub) -> bool:
+    row = await hub.store.get_gateway("gw-sse")
+    return bool(row and row.workspace_root)
+
+
+async def _delivery_lag(
+    hub: Hub, base: str, session: aiohttp.ClientSession, board_id: str
+) -> float:
+    """Publish a change and time it to the SSE client (same clock, same process)."""
+    received = asyncio.get_running_loop().create_future()
+
+    async def listen() -> None:
+        async with session.get(
+            f"{base}/api/v1/agents/stream?board_id={board_id}", headers=AUTH
+        ) as response:
+            async for line in response.content:
+                if line.startswith(b"data: ") and not received.done():
+                    received.set_result(time.monotonic())
+
+    listener = asyncio.create_task(listen())
+    await asyncio.sleep(0.2)
+    sent = time.monotonic()
+    hub.events.publish(
+        "agent",
+        {"id": "x", "board_id": board_id, "status": "online"},
+        board_id=board_id,
+        gateway_id="gw-sse",
+    )
+    arrived = await asyncio.wait_for(received, 5)
+    listener.cancel()
+    await asyncio.gather(listener, return_exceptions=True)
+    return arrived - sent
