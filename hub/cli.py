@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import signal
 import sys
 
 from hub.config import ADMIN_TOKEN_ENV, HubConfig, add_serve_arguments, build_config
 from missioncontrol import log as logs
 from missioncontrol.settings import SettingsError
+from missioncontrol.signals import until_stopped
 from missioncontrol.version import VERSION
 
 
@@ -156,12 +156,8 @@ async def _serve(config: HubConfig) -> None:
         ),
         flush=True,
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     try:
-        await stop.wait()
+        await until_stopped()
     finally:
         await hub.stop()
 

@@ -11,12 +11,15 @@ from pathlib import Path
 
 from missioncontrol.netaddr import HostPort
 from missioncontrol.settings import (
+    LOG_OPTIONS,
     Option,
     SettingsError,
     add_options,
     config_path_from,
     expand_path,
     load_config_file,
+    non_negative_float,
+    positive_float,
     resolve,
 )
 
@@ -24,20 +27,6 @@ ENV_PREFIX = "MC_HUB_"
 ADMIN_TOKEN_ENV = "MC_ADMIN_TOKEN"
 ADMIN_TOKEN_FILE = "admin-token"
 MIN_ADMIN_TOKEN_CHARS = 50
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if value <= 0:
-        raise ValueError(f"{text} must be > 0")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    value = float(text)
-    if value < 0:
-        raise ValueError(f"{text} must be >= 0")
-    return value
 
 
 SERVE_OPTIONS = (
@@ -80,14 +69,14 @@ SERVE_OPTIONS = (
         "cert-lifetime-days",
         "lifetime of sidecar client certificates (renewed at a random 70-90 %)",
         30.0,
-        _positive_float,
+        positive_float,
         metavar="DAYS",
     ),
     Option(
         "checkin-deadline",
         "seconds an agent has to check in after a delivered wake (3 wakes, then offline)",
         30.0,
-        _positive_float,
+        positive_float,
         metavar="SECONDS",
     ),
     Option(
@@ -100,20 +89,17 @@ SERVE_OPTIONS = (
         "commit-interval",
         "seconds between group commits under load",
         1.0,
-        _positive_float,
+        positive_float,
         metavar="SECONDS",
     ),
     Option(
         "shutdown-grace",
         "seconds to drain open streams and requests on shutdown",
         5.0,
-        _non_negative_float,
+        non_negative_float,
         metavar="SECONDS",
     ),
-    Option("log-level", "debug, info, warning or error", "info", metavar="LEVEL"),
-    Option(
-        "log-format", "json, console, or auto (console on a terminal)", "auto", metavar="FORMAT"
-    ),
+    *LOG_OPTIONS,
 )
 
 

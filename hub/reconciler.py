@@ -550,33 +550,36 @@ class Reconciler:
                 await asyncio.wait_for(self._heap_changed.wait(), timeout)
 
     async def _deadlines_due(self, due: list[tuple[str, float, int]]) -> None:
+        def event(agent_id: str, suspect: bool) -> lc.Event:
+            at, generation = deadlines[agent_id]
+            return lc.DeadlineDue(deadline_at=at, generation=generation, gateway_suspect=suspect)
+
+        deadlines = {agent_id: (at, generation) for agent_id, at, generation in due}
+        try:
+            await self._judge(list(deadlines), event)
+        except Exception as exc:  # keep the loop alive; the rows still hold the deadlines
+            log.error("lifecycle.reconcile.failed", error=str(exc), agents=len(due))
+            for agent_id, at, generation in due:
+                self._schedule(agent_id, at + self.policy.checkin_deadline_s, generation)
+
+    async def _judge(self, agent_ids: list[str], event: Callable[[str, bool], lc.Event]) -> None:
+        """Step each agent with a verdict event that knows whether its gateway is suspect
+        (more than half of its agents missing at once: blame the gateway, not the agents)."""
+
         def op(conn: sqlite3.Connection, effects: _Effects) -> None:
             now = time.time()
             suspects: dict[str, bool] = {}
-            for agent_id, at, generation in due:
+            for agent_id in agent_ids:
                 row = load_agent(conn, agent_id)
                 if row is None:
                     continue
                 if row.gateway_id not in suspects:
                     suspects[row.gateway_id] = self._gateway_suspect(conn, row.gateway_id, now)
                 self._step_in(
-                    conn,
-                    agent_id,
-                    lc.DeadlineDue(
-                        deadline_at=at,
-                        generation=generation,
-                        gateway_suspect=suspects[row.gateway_id],
-                    ),
-                    now,
-                    effects,
+                    conn, agent_id, event(agent_id, suspects[row.gateway_id]), now, effects
                 )
 
-        try:
-            await self._write(op)
-        except Exception as exc:  # keep the loop alive; the rows still hold the deadlines
-            log.error("lifecycle.reconcile.failed", error=str(exc), agents=len(due))
-            for agent_id, at, generation in due:
-                self._schedule(agent_id, at + self.policy.checkin_deadline_s, generation)
+        await self._write(op)
 
     def _gateway_suspect(self, conn: sqlite3.Connection, gateway_id: str, now: float) -> bool:
         link_up = self._link_up_since.get(gateway_id)
@@ -615,26 +618,10 @@ class Reconciler:
                 ).fetchall()
             ]
         )
-        if not stale:
-            return
-
-        def op(conn: sqlite3.Connection, effects: _Effects) -> None:
-            suspects: dict[str, bool] = {}
-            for agent_id in stale:
-                row = load_agent(conn, agent_id)
-                if row is None:
-                    continue
-                if row.gateway_id not in suspects:
-                    suspects[row.gateway_id] = self._gateway_suspect(conn, row.gateway_id, now)
-                self._step_in(
-                    conn,
-                    agent_id,
-                    lc.PresenceTick(gateway_suspect=suspects[row.gateway_id]),
-                    time.time(),
-                    effects,
-                )
-
-        await self._write(op)
+        if stale:
+            await self._judge(
+                stale, lambda agent_id, suspect: lc.PresenceTick(gateway_suspect=suspect)
+            )
 
 
 def _require(conn: sqlite3.Connection, agent_id: str) -> AgentRow:

@@ -129,3 +129,26 @@ def config_path_from(args: argparse.Namespace, environ: Mapping[str, str], env: 
 
 def expand_path(text: str) -> Path:
     return Path(os.path.expandvars(text)).expanduser()
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise ValueError(f"{text} must be > 0")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise ValueError(f"{text} must be >= 0")
+    return value
+
+
+# Both programs log the same way.
+LOG_OPTIONS = (
+    Option("log-level", "debug, info, warning or error", "info", metavar="LEVEL"),
+    Option(
+        "log-format", "json, console, or auto (console on a terminal)", "auto", metavar="FORMAT"
+    ),
+)

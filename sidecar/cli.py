@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
 import sys
 
 from missioncontrol import log as logs
 from missioncontrol.settings import SettingsError
+from missioncontrol.signals import until_stopped
 from missioncontrol.version import VERSION
 from sidecar.config import SidecarConfig, add_run_arguments, build_config
 
@@ -101,12 +101,8 @@ async def _run(config: SidecarConfig) -> None:
 
     sidecar = Sidecar(config)
     await sidecar.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     try:
-        await stop.wait()
+        await until_stopped()
     finally:
         await sidecar.stop()
 

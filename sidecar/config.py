@@ -10,6 +10,7 @@ from pathlib import Path
 
 from missioncontrol.netaddr import HostPort
 from missioncontrol.settings import (
+    LOG_OPTIONS,
     Option,
     SettingsError,
     add_options,
@@ -70,10 +71,7 @@ RUN_OPTIONS = (
         True,
         switch=True,
     ),
-    Option("log-level", "debug, info, warning or error", "info", metavar="LEVEL"),
-    Option(
-        "log-format", "json, console, or auto (console on a terminal)", "auto", metavar="FORMAT"
-    ),
+    *LOG_OPTIONS,
 )
 
 

@@ -8,7 +8,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hub.config import HubConfig
 from missioncontrol.netaddr import HostPort
@@ -148,3 +148,24 @@ class RecordingGateway:
     async def wait_run(self, run_id: str, timeout_s: float) -> RunOutcome:
         await asyncio.sleep(0.01)
         return RunOutcome(run_id, self.run_outcome, self.run_message)
+
+
+if TYPE_CHECKING:
+    from hub.app import Hub
+
+
+async def api(hub: Hub, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+    """One admin REST call to a test hub: (status, JSON body)."""
+    import aiohttp
+
+    assert hub.addresses is not None
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session,
+        session.request(
+            method,
+            f"http://{hub.addresses.http}{path}",
+            json=body,
+            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+        ) as response,
+    ):
+        return response.status, await response.json()

@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import grpc
 import pytest
 
@@ -24,7 +23,7 @@ from sidecar.app import Sidecar
 from sidecar.backoff import Backoff
 from sidecar.enrollment import EnrollmentError, enroll, read_hub_link
 from sidecar.identity import load_identity, new_key_request, save_identity
-from tests.support import ADMIN_TOKEN, RecordingGateway, hub_config, sidecar_config, wait_for
+from tests.support import RecordingGateway, api, hub_config, sidecar_config, wait_for
 
 
 @pytest.fixture
@@ -34,20 +33,6 @@ async def tls_hub(tmp_path: Path) -> AsyncIterator[Hub]:
     await hub.start()
     yield hub
     await hub.stop()
-
-
-async def api(hub: Hub, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-    assert hub.addresses is not None
-    async with (
-        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session,
-        session.request(
-            method,
-            f"http://{hub.addresses.http}{path}",
-            json=body,
-            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
-        ) as response,
-    ):
-        return response.status, await response.json()
 
 
 async def new_gateway(hub: Hub, name: str = "host-1") -> dict[str, Any]:

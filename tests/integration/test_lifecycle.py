@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 
 from hub.app import Hub
@@ -17,7 +16,7 @@ from protos import link_pb2 as pb
 from protos.contract import timestamp
 from sidecar.app import Sidecar
 from sidecar.backoff import Backoff
-from tests.support import ADMIN_TOKEN, RecordingGateway, hub_config, sidecar_config, wait_for
+from tests.support import RecordingGateway, api, hub_config, sidecar_config, wait_for
 
 DEADLINE_S = 1.0
 
@@ -50,20 +49,6 @@ def make_sidecar(tmp_path: Path, hub: Hub, gateway: RecordingGateway) -> Sidecar
     sidecar = Sidecar(config, gateway=gateway)
     sidecar.link.backoff = Backoff(initial_s=0.05, max_s=0.3)
     return sidecar
-
-
-async def api(hub: Hub, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-    assert hub.addresses is not None
-    async with (
-        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session,
-        session.request(
-            method,
-            f"http://{hub.addresses.http}{path}",
-            json=body,
-            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
-        ) as response,
-    ):
-        return response.status, await response.json()
 
 
 async def provision(hub: Hub, every: str = "10m") -> dict[str, Any]:
