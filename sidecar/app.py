@@ -1,8 +1,11 @@
 """Composition root of mc-sidecar: builds the parts, starts them, stops them in order.
 
-Start: local state -> workspace writer -> gateway client -> config watcher ->
-command queue -> link. Stop in reverse: the link (no new commands), the command
-queue and run watchers, the config watcher, the gateway client, then the state.
+Start: local state and credential index -> agent API (bound first, so the Hello
+names its real port and a taken port fails before anything else starts) ->
+heartbeat relay -> gateway client -> config watcher -> command queue -> link.
+Stop: the agent API first (no new heartbeats), then the link (no new commands),
+the command queue and run watchers, the config watcher, the gateway client, then
+the relay writes unacknowledged heartbeats to the state, which closes last.
 """
 
 from __future__ import annotations
@@ -15,12 +18,15 @@ from missioncontrol.log import get_logger
 from missioncontrol.version import VERSION
 from protos import link_pb2 as pb
 from protos.contract import LINK_PROTOCOL, timestamp
+from sidecar.agent_api import AgentApi
 from sidecar.commands import CommandApplier, CommandQueue
 from sidecar.config import SidecarConfig
 from sidecar.config_watch import ConfigReport, ConfigWatcher
+from sidecar.credentials import CredentialIndex
 from sidecar.enrollment import CertificateRenewal
 from sidecar.gateway import GatewayClient, GatewayInfo
 from sidecar.gateway_client import OpenClawGatewayClient
+from sidecar.heartbeats import HeartbeatRelay
 from sidecar.identity import renewal_due_at
 from sidecar.link import LinkClient
 from sidecar.openclaw_config import DriftKind
@@ -45,6 +51,9 @@ class Sidecar:
             self.renewal = CertificateRenewal(config.state_dir, self._send)
             renewal_due_at(self.renewal.identity.certificate)  # fail now if already expired
             self.gateway_id = self.renewal.identity.gateway_id
+        self.credentials = CredentialIndex(self.state)
+        self.credentials.reload()
+        self.relay = HeartbeatRelay(self._send, self.state)
         self.writer = WorkspaceWriter(config.workspace_root)
         self.gateway: GatewayClient = gateway or OpenClawGatewayClient(config.openclaw_config)
         self.applier = CommandApplier(
@@ -67,13 +76,23 @@ class Sidecar:
             self.queue,
             credentials=self.renewal.credentials if self.renewal else None,
             on_renew=self.renewal.on_response if self.renewal else lambda response: None,
+            on_welcome=self.relay.on_welcome,
+            on_heartbeat_ack=self.relay.on_ack,
+        )
+        self.link.on_status(self.relay.on_link_status)
+        self.agent_api = AgentApi(
+            config.agent_api_listen,
+            self.credentials,
+            self.relay,
+            gateway_id=self.gateway_id,
+            hub_connected=lambda: self.link.status.connected,
         )
         self.gateway.on_info_change(self._on_gateway_info)
         self._tasks: list[asyncio.Task[None]] = []
 
     @property
     def agent_api_url(self) -> str:
-        return f"http://{self.config.agent_api_listen}"
+        return self.agent_api.url  # the bound address once started (port 0 allowed)
 
     def hello(self) -> pb.Hello:
         info = self.gateway.info
@@ -107,6 +126,9 @@ class Sidecar:
         return report is None or agent_id in report.present
 
     def _report_result(self, result: pb.CommandResult) -> None:
+        if result.outcome == pb.CommandResult.APPLIED and result.agent_id:
+            # An applied command may have replaced or removed this agent's token verifiers.
+            self.credentials.reload_agent(result.agent_id)
         if result.agent_id:
             self._touched_at[result.agent_id] = time.monotonic()
             self.watcher.set_managed(a.agent_id for a in self.state.agents())
@@ -162,6 +184,8 @@ class Sidecar:
         self.link.send(pb.SidecarMessage(gateway_state=state))
 
     async def start(self) -> None:
+        await self.agent_api.start()
+        await self.relay.start()
         await self.gateway.start()
         self.watcher.set_managed(a.agent_id for a in self.state.agents())
         await self.watcher.start()
@@ -177,14 +201,18 @@ class Sidecar:
             hub=str(self.config.hub),
             workspace_root=str(self.config.workspace_root),
             last_applied_sequence=self.state.last_applied_sequence,
+            agent_api=self.agent_api_url,
+            credentials=len(self.credentials),
         )
 
     async def stop(self) -> None:
+        await self.agent_api.stop()
         for task in reversed(self._tasks):
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
         await self.applier.close()
         await self.watcher.stop()
         await self.gateway.stop()
+        await self.relay.stop()
         self.state.close()
         log.info("sidecar.stopped", gateway_id=self.gateway_id)

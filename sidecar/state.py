@@ -32,6 +32,13 @@ SCHEMA = (
         not_after REAL
     )""",
     "CREATE INDEX IF NOT EXISTS credentials_agent ON credentials(agent_id)",
+    # Latest heartbeat per agent not yet acknowledged by the hub (written while it is away).
+    """CREATE TABLE IF NOT EXISTS pending_beats (
+        agent_id        TEXT PRIMARY KEY,
+        observed_at     REAL NOT NULL,
+        status          TEXT NOT NULL DEFAULT '',
+        current_task_id TEXT NOT NULL DEFAULT ''
+    )""",
 )
 
 
@@ -43,6 +50,16 @@ class Credential:
     agent_id: str
     sha256: bytes
     not_after: float | None = None  # end of a rotated token's grace window
+
+
+@dataclass(frozen=True)
+class PendingBeat:
+    """An agent's latest heartbeat as the sidecar received it (observed_at: Unix seconds)."""
+
+    agent_id: str
+    observed_at: float
+    status: str = ""
+    current_task_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -145,9 +162,40 @@ class LocalState:
             if sequence > self.last_applied_sequence:
                 self._set("last_applied_sequence", str(sequence))
 
-    def credentials(self) -> list[Credential]:
-        rows = self._conn.execute("SELECT * FROM credentials").fetchall()
+    def credentials(self, agent_id: str | None = None) -> list[Credential]:
+        """Every token verifier, or one agent's."""
+        rows = self._conn.execute(
+            "SELECT * FROM credentials WHERE ? IS NULL OR agent_id = ?", (agent_id, agent_id)
+        ).fetchall()
         return [Credential(r["token_id"], r["agent_id"], r["sha256"], r["not_after"]) for r in rows]
+
+    # ------------------------------------------------------------ heartbeats
+
+    def pending_beats(self) -> list[PendingBeat]:
+        rows = self._conn.execute("SELECT * FROM pending_beats ORDER BY agent_id").fetchall()
+        return [
+            PendingBeat(r["agent_id"], r["observed_at"], r["status"], r["current_task_id"])
+            for r in rows
+        ]
+
+    def save_pending_beats(self, beats: Iterable[PendingBeat]) -> None:
+        """Upsert beats in one transaction (one fsync for any number of agents)."""
+        with self._conn:
+            self._conn.execute("BEGIN IMMEDIATE")
+            self._conn.executemany(
+                "INSERT OR REPLACE INTO pending_beats "
+                "(agent_id, observed_at, status, current_task_id) VALUES (?, ?, ?, ?)",
+                [(b.agent_id, b.observed_at, b.status, b.current_task_id) for b in beats],
+            )
+
+    def drop_pending_beats(self, acked: Iterable[PendingBeat]) -> None:
+        """Forget persisted beats the hub acknowledged; a newer persisted beat stays."""
+        with self._conn:
+            self._conn.execute("BEGIN IMMEDIATE")
+            self._conn.executemany(
+                "DELETE FROM pending_beats WHERE agent_id = ? AND observed_at <= ?",
+                [(b.agent_id, b.observed_at) for b in acked],
+            )
 
 
 def _agent(row: sqlite3.Row) -> AgentState:

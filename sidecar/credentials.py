@@ -1,0 +1,144 @@
+"""Agent token verification on the sidecar: an in-memory index of token verifiers.
+
+The hub sends, per agent, the sha256 of each accepted raw token (AgentCredential);
+LocalState keeps them. This index holds them by the token's public id, so checking
+a call is one dict hit, one sha256 and one constant-time compare: microseconds, and
+bounded work for junk input because the shape is checked before anything else.
+
+Token shape (the hub mints them, hub/tokens.py): `<token_id>.<secret>`, where
+token_id is 12 characters of [a-z0-9] and secret 43 characters of unpadded
+URL-safe base64. tests/unit/test_credentials.py pins that both ends agree.
+
+Error messages never contain the token; a token id is public and may be logged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from sidecar.state import Credential
+
+TOKEN_ID_CHARS = 12
+SECRET_CHARS = 43
+TOKEN_CHARS = TOKEN_ID_CHARS + 1 + SECRET_CHARS
+_TOKEN_SHAPE = re.compile(rf"[a-z0-9]{{{TOKEN_ID_CHARS}}}\.[A-Za-z0-9_-]{{{SECRET_CHARS}}}")
+
+
+class CredentialError(Exception):
+    """A token that does not authenticate an agent. Every kind answers HTTP 401."""
+
+    reason = "invalid"
+
+
+class MalformedToken(CredentialError):
+    reason = "malformed"
+
+    def __init__(self) -> None:
+        super().__init__(
+            f"agent token is malformed: expected {TOKEN_ID_CHARS} lowercase letters or digits, "
+            f"'.', then {SECRET_CHARS} URL-safe base64 characters; send the whole content of "
+            "the agent's .mc-agent-token file"
+        )
+
+
+class UnknownToken(CredentialError):
+    reason = "unknown"
+
+    def __init__(self, token_id: str) -> None:
+        self.token_id = token_id
+        super().__init__(
+            f"agent token {token_id} is not valid on this gateway: it was never issued here, "
+            "was replaced, or its agent was removed; read the agent's .mc-agent-token again"
+        )
+
+
+class ExpiredToken(CredentialError):
+    reason = "expired"
+
+    def __init__(self, token_id: str, ago_s: float) -> None:
+        self.token_id = token_id
+        super().__init__(
+            f"agent token {token_id} was rotated and its grace window ended {ago_s:.0f} s ago; "
+            "read the agent's .mc-agent-token again for the current token"
+        )
+
+
+@dataclass(frozen=True)
+class _Verifier:
+    agent_id: str
+    sha256: bytes
+    not_after: float | None  # None: valid until replaced; set: end of a rotated token's grace
+
+
+def token_id_of(raw: str) -> str:
+    """The public id of a raw token; raises MalformedToken. O(1) for any input length."""
+    if len(raw) != TOKEN_CHARS or not _TOKEN_SHAPE.fullmatch(raw):
+        raise MalformedToken()
+    return raw[:TOKEN_ID_CHARS]
+
+
+class CredentialSource(Protocol):
+    """Where verifiers live (LocalState): all of them, or one agent's."""
+
+    def credentials(self, agent_id: str | None = None) -> list[Credential]: ...
+
+
+class CredentialIndex:
+    """token_id -> (agent_id, sha256 of the raw token, not_after), built from local state."""
+
+    def __init__(self, source: CredentialSource, *, clock: Callable[[], float] = time.time) -> None:
+        self._source = source
+        self._clock = clock
+        self._by_id: dict[str, _Verifier] = {}
+        self._ids_by_agent: dict[str, set[str]] = {}
+
+    def reload(self) -> int:
+        """Rebuild from local state (at start); returns the number of verifiers."""
+        by_id: dict[str, _Verifier] = {}
+        ids_by_agent: dict[str, set[str]] = {}
+        for c in self._source.credentials():
+            by_id[c.token_id] = _Verifier(c.agent_id, bytes(c.sha256), c.not_after)
+            ids_by_agent.setdefault(c.agent_id, set()).add(c.token_id)
+        # Swapped in whole: a request never sees a half-built index.
+        self._by_id, self._ids_by_agent = by_id, ids_by_agent
+        return len(by_id)
+
+    def reload_agent(self, agent_id: str) -> int:
+        """Re-read one agent's verifiers (after a command for it); returns how many it has.
+
+        A command replaces an agent's whole set (or removes it), so this is exact, and
+        costs one indexed query instead of re-reading every agent's."""
+        fresh = self._source.credentials(agent_id)
+        for token_id in self._ids_by_agent.pop(agent_id, set()):
+            self._by_id.pop(token_id, None)
+        for c in fresh:
+            self._by_id[c.token_id] = _Verifier(c.agent_id, bytes(c.sha256), c.not_after)
+        if fresh:
+            self._ids_by_agent[agent_id] = {c.token_id for c in fresh}
+        return len(fresh)
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    def agents(self) -> frozenset[str]:
+        return frozenset(self._ids_by_agent)
+
+    def verify(self, raw: str) -> str:
+        """The agent `raw` authenticates; raises MalformedToken, UnknownToken or ExpiredToken."""
+        token_id = token_id_of(raw)
+        verifier = self._by_id.get(token_id)
+        # Hash even for an unknown id, so timing does not tell which ids exist.
+        digest = hashlib.sha256(raw.encode("ascii")).digest()
+        if verifier is None or not hmac.compare_digest(digest, verifier.sha256):
+            raise UnknownToken(token_id)
+        if verifier.not_after is not None:
+            now = self._clock()
+            if now >= verifier.not_after:
+                raise ExpiredToken(token_id, now - verifier.not_after)
+        return verifier.agent_id

@@ -1,0 +1,263 @@
+"""Relaying agent heartbeats to the hub: coalesced, batched, acknowledged, durable.
+
+Agents may heartbeat as often as they like; the hub only needs the latest beat per
+agent. The relay keeps exactly that (one entry per agent, so memory is bounded by
+the number of agents), and sends it as one HeartbeatBatch at most once per flush
+interval (the hub's Welcome says how often; 1 s by default).
+
+A batch stays "in flight" until the hub's HeartbeatAck for its id: the hub acks
+only once the beats are committed. One batch is in flight at a time, so an agent
+has at most two entries (in flight and newer). On a disconnect, or when an ack is
+overdue, the in-flight beats go back to pending unless a newer beat replaced them,
+and are sent again after the next Welcome.
+
+While the hub is unreachable, pending beats are also written to local state, at
+most once per `persist_interval_s` and never per heartbeat, so a sidecar restart
+does not lose them; they are sent with their original observed_at. Stopping the
+relay writes every unacknowledged beat.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from missioncontrol.log import get_logger
+from protos import link_pb2 as pb
+from protos.contract import HEARTBEAT_FLUSH_MS, timestamp
+from sidecar.link import LinkStatus
+from sidecar.state import LocalState, PendingBeat
+
+log = get_logger("sidecar.heartbeats")
+
+DEFAULT_FLUSH_INTERVAL_S = HEARTBEAT_FLUSH_MS / 1000
+# A hub flushing faster than this would turn the relay into per-beat traffic.
+MIN_FLUSH_INTERVAL_S = 0.05
+PERSIST_INTERVAL_S = 1.0
+# The hub acks after its group commit (<= about a second); far beyond that the batch
+# (or its ack) was lost on a stream that still looks alive.
+ACK_TIMEOUT_S = 15.0
+
+
+# The part of the link the relay needs: queue one report for the hub (LinkClient.send).
+SendReport = Callable[[pb.SidecarMessage], None]
+
+
+@dataclass
+class RelayStats:
+    received: int = 0
+    batches_sent: int = 0
+    beats_sent: int = 0
+    batches_acked: int = 0
+    resent: int = 0  # beats put back to pending after a disconnect or an overdue ack
+    persisted_writes: int = 0
+
+
+@dataclass
+class _InFlight:
+    batch_id: int
+    beats: dict[str, PendingBeat]
+    sent_at: float  # monotonic
+
+
+class HeartbeatRelay:
+    def __init__(
+        self,
+        send: SendReport,
+        state: LocalState,
+        *,
+        flush_interval_s: float = DEFAULT_FLUSH_INTERVAL_S,
+        persist_interval_s: float = PERSIST_INTERVAL_S,
+        ack_timeout_s: float = ACK_TIMEOUT_S,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.send = send
+        self.state = state
+        self.flush_interval_s = flush_interval_s
+        self.persist_interval_s = persist_interval_s
+        self.ack_timeout_s = ack_timeout_s
+        self.clock = clock
+        self.stats = RelayStats()
+        self._pending: dict[str, PendingBeat] = {}
+        self._in_flight: _InFlight | None = None
+        # What local state holds: agent_id -> observed_at of its persisted beat.
+        self._persisted: dict[str, float] = {}
+        self._connected = False
+        self._unsaved = False
+        self._next_batch_id = 1
+        self._last_sent_at = -1e9  # monotonic
+        self._last_persist_at = -1e9  # monotonic
+        self._send_wakeup = asyncio.Event()
+        self._persist_wakeup = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # --------------------------------------------------------------- intake
+
+    def record(self, agent_id: str, status: str = "", current_task_id: str = "") -> PendingBeat:
+        """Take one heartbeat, received now; it replaces any pending beat of the agent."""
+        beat = PendingBeat(agent_id, self.clock(), status, current_task_id)
+        self._pending[agent_id] = beat
+        self.stats.received += 1
+        self._unsaved = True
+        self._send_wakeup.set()
+        self._persist_wakeup.set()
+        return beat
+
+    def unacked(self) -> dict[str, PendingBeat]:
+        """Latest not-yet-acknowledged beat per agent (pending wins over in flight)."""
+        beats = dict(self._in_flight.beats) if self._in_flight else {}
+        beats.update(self._pending)
+        return beats
+
+    # ---------------------------------------------------------- link events
+
+    def on_welcome(self, welcome: pb.Welcome) -> None:
+        if welcome.heartbeat_flush_ms:
+            self.flush_interval_s = max(MIN_FLUSH_INTERVAL_S, welcome.heartbeat_flush_ms / 1000)
+
+    def on_link_status(self, status: LinkStatus) -> None:
+        self._connected = status.connected
+        if not status.connected:
+            self._requeue("disconnected")
+        self._send_wakeup.set()
+        self._persist_wakeup.set()
+
+    def on_ack(self, batch_id: int) -> None:
+        flight = self._in_flight
+        if flight is None or flight.batch_id != batch_id:
+            # An ack for a batch already given up on: its beats were requeued, and are
+            # sent again; the hub keeps the newest observed_at, so a repeat is harmless.
+            log.debug("heartbeat.ack.stale", batch_id=batch_id)
+            return
+        self._in_flight = None
+        self.stats.batches_acked += 1
+        acked = [
+            b
+            for b in flight.beats.values()
+            if b.agent_id in self._persisted and self._persisted[b.agent_id] <= b.observed_at
+        ]
+        if acked:
+            try:
+                self.state.drop_pending_beats(acked)
+            except sqlite3.Error as exc:
+                # Harmless: the rows are re-sent after a restart and the hub keeps the newest.
+                log.warning("heartbeat.pending.drop_failed", agents=len(acked), error=str(exc))
+            else:
+                for beat in acked:
+                    del self._persisted[beat.agent_id]
+        self._send_wakeup.set()
+
+    # ---------------------------------------------------------------- tasks
+
+    async def start(self) -> None:
+        """Load beats a previous run could not deliver, then start relaying."""
+        for beat in self.state.pending_beats():
+            self._pending[beat.agent_id] = beat
+            self._persisted[beat.agent_id] = beat.observed_at
+        if self._pending:
+            log.info("heartbeat.pending.loaded", agents=len(self._pending))
+        self._tasks = [
+            asyncio.create_task(self._send_loop(), name="sidecar-heartbeat-send"),
+            asyncio.create_task(self._persist_loop(), name="sidecar-heartbeat-persist"),
+        ]
+
+    async def stop(self) -> None:
+        """Stop relaying and write every unacknowledged beat to local state."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        self._persist(self.unacked().values())
+
+    async def _send_loop(self) -> None:
+        while True:
+            await self._wait_sendable()
+            # Pace: at most one batch per flush interval, whatever the beat rate.
+            delay = self._last_sent_at + self.flush_interval_s - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if self._sendable():
+                self._send_batch()
+
+    async def _wait_sendable(self) -> None:
+        while not self._sendable():
+            self._send_wakeup.clear()
+            timeout = None
+            if self._in_flight is not None:
+                timeout = self._in_flight.sent_at + self.ack_timeout_s - time.monotonic()
+                if timeout <= 0:
+                    self._requeue("ack_timeout")
+                    continue
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
+            # that races with the event being set, and stop() would then hang.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self._send_wakeup.wait()
+
+    def _sendable(self) -> bool:
+        return self._connected and self._in_flight is None and bool(self._pending)
+
+    def _send_batch(self) -> None:
+        beats, self._pending = self._pending, {}
+        batch_id = self._next_batch_id
+        self._next_batch_id += 1
+        self._in_flight = _InFlight(batch_id, beats, time.monotonic())
+        self._last_sent_at = time.monotonic()
+        batch = pb.HeartbeatBatch(batch_id=batch_id)
+        for beat in beats.values():
+            batch.beats.add(
+                agent_id=beat.agent_id,
+                observed_at=timestamp(beat.observed_at),
+                status=beat.status,
+                current_task_id=beat.current_task_id,
+            )
+        self.send(pb.SidecarMessage(heartbeats=batch))
+        self.stats.batches_sent += 1
+        self.stats.beats_sent += len(beats)
+        log.debug("heartbeat.batch.sent", batch_id=batch_id, beats=len(beats))
+
+    def _requeue(self, why: str) -> None:
+        flight, self._in_flight = self._in_flight, None
+        if flight is None:
+            return
+        back = 0
+        for agent_id, beat in flight.beats.items():
+            if agent_id not in self._pending:  # a newer beat replaced it: that one goes
+                self._pending[agent_id] = beat
+                back += 1
+        self.stats.resent += back
+        self._unsaved = True
+        log.info("heartbeat.batch.requeued", batch_id=flight.batch_id, beats=back, reason=why)
+
+    async def _persist_loop(self) -> None:
+        while True:
+            while not (self._unsaved and not self._connected):
+                self._persist_wakeup.clear()
+                await self._persist_wakeup.wait()
+            # Bounded disk work while the hub is away: one transaction per interval.
+            delay = self._last_persist_at + self.persist_interval_s - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if self._unsaved and not self._connected:
+                self._unsaved = False
+                try:
+                    self._persist(self.unacked().values())
+                except sqlite3.Error as exc:
+                    # Keep relaying from memory; try again next interval.
+                    self._unsaved = True
+                    log.error("heartbeat.pending.persist_failed", error=str(exc))
+
+    def _persist(self, beats: Iterable[PendingBeat]) -> None:
+        changed = [b for b in beats if self._persisted.get(b.agent_id) != b.observed_at]
+        self._last_persist_at = time.monotonic()
+        if not changed:
+            return
+        self.state.save_pending_beats(changed)
+        for beat in changed:
+            self._persisted[beat.agent_id] = beat.observed_at
+        self.stats.persisted_writes += 1
+        log.info("heartbeat.pending.persisted", agents=len(changed), held=len(self._persisted))
