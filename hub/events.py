@@ -44,7 +44,8 @@ class Subscription:
     async def next(self, timeout_s: float) -> Event | None:
         """The next event, or None after `timeout_s` of quiet (time for a keep-alive)."""
         try:
-            event = await asyncio.wait_for(self.queue.get(), timeout_s)
+            async with asyncio.timeout(timeout_s):  # not wait_for: it can swallow a cancel
+                event = await self.queue.get()
         except TimeoutError:
             return None
         if event is None:

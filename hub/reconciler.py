@@ -546,8 +546,10 @@ class Reconciler:
                 await self._deadlines_due(due)
                 continue
             timeout = self._heap[0][0] - now if self._heap else None
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._heap_changed.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._heap_changed.wait()
 
     async def _deadlines_due(self, due: list[tuple[str, float, int]]) -> None:
         def event(agent_id: str, suspect: bool) -> lc.Event:

@@ -335,6 +335,8 @@ class CommandQueue:
                 if result.outcome != Outcome.FAILED:
                     break
                 self._gateway_changed.clear()
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._gateway_changed.wait(), delay)
+                    async with asyncio.timeout(delay):
+                        await self._gateway_changed.wait()
                 delay = min(delay * 2, self.retry_max_s)
