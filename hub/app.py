@@ -165,6 +165,7 @@ class Hub:
         self.registry.close_all("hub shutting down; reconnect later", grpc.StatusCode.UNAVAILABLE)
         if self._grpc is not None:
             await self._grpc.stop(self.config.shutdown_grace_s)
+        await self.link.wait_closed()
         self._link_serving = False
         if self._runner is not None:
             await self._runner.cleanup()

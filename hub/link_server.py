@@ -178,6 +178,7 @@ class LinkService(pb_grpc.LinkServicer):
         self.renewer = renewer
         self.on_link = on_link  # the gateway's stream opened (True) or closed (False)
         self.accepting = True
+        self._teardowns: set[asyncio.Task[None]] = set()
 
     async def Connect(
         self,
@@ -279,7 +280,15 @@ class LinkService(pb_grpc.LinkServicer):
         finally:
             # grpc may cancel this handler while it cleans up after an abort: the teardown
             # runs as its own shielded task so it always completes.
-            await _shielded(self._end_session(session, tasks))
+            teardown = asyncio.ensure_future(self._end_session(session, tasks))
+            self._teardowns.add(teardown)
+            teardown.add_done_callback(self._teardowns.discard)
+            await _shielded(teardown)
+
+    async def wait_closed(self) -> None:
+        """Wait for every ended stream's bookkeeping (before the store closes)."""
+        if self._teardowns:
+            await asyncio.gather(*self._teardowns, return_exceptions=True)
 
     async def _end_session(self, session: SidecarSession, tasks: list[asyncio.Task[None]]) -> None:
         for task in tasks:

@@ -278,7 +278,7 @@ class Store:
                     gateway_id=gateway_id,
                     agent_id=drift.agent_id,
                     at=at,
-                    kind=pb.Drift.Kind.Name(drift.kind),
+                    drift=pb.Drift.Kind.Name(drift.kind),
                     detail=drift.detail,
                 )
 

@@ -523,3 +523,18 @@ async def test_frozen_hub_is_noticed_by_the_sidecar_within_the_keepalive_window(
         os.kill(process.pid, signal.SIGCONT)
         process.terminate()
         await asyncio.wait_for(process.wait(), 10)
+
+
+async def test_gateway_state_with_drift_is_recorded(hub: Hub) -> None:
+    await hub.store.create_gateway("gw-drift", "drift")
+    state = pb.GatewayState(
+        reachable=True,
+        openclaw_version="2026.9.6",
+        config_valid=True,
+        drift=[pb.Drift(agent_id=AGENT, kind=pb.Drift.REMOVED, detail="entry removed by hand")],
+    )
+    await hub.store.record_gateway_state("gw-drift", state)
+    events = await hub.store.events("gw-drift", "gateway.drift")
+    assert [(e["agent_id"], e["detail"]["drift"]) for e in events] == [(AGENT, "REMOVED")]
+    row = await hub.store.get_gateway("gw-drift")
+    assert row is not None and row.openclaw_version == "2026.9.6" and row.reachable is True
