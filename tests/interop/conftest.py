@@ -4,6 +4,10 @@ The gateway comes from npm (`install_openclaw.sh`, cached under .cache/openclaw/
 `OPENCLAW_VERSION` picks the release (default 2026.9.6). Each module gets a fresh
 HOME, state dir, TMPDIR, free port and token, and the gateway is stopped by PID at the
 end (its whole process group, so the spawn broker goes too).
+
+`gateway` boots with the minimal config (no model provider); `gateway_with_model`
+boots with the scripted model (tests/interop/scripted_model.py) as its only provider,
+which the gateway then takes as every agent's model.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +32,7 @@ from typing import Any
 import pytest
 
 from sidecar.openclaw_config import write_atomic
+from tests.interop.scripted_model import provider_config
 
 log = logging.getLogger("interop")
 
@@ -197,8 +202,23 @@ def _stop(proc: subprocess.Popen[bytes], state_dir: Path) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
-@pytest.fixture(scope="module")
-def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
+def _merged(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    """`base` with `extra` merged in: nested objects merge, anything else replaces."""
+    out = dict(base)
+    for key, value in extra.items():
+        current = out.get(key)
+        if isinstance(current, Mapping) and isinstance(value, Mapping):
+            out[key] = _merged(current, value)
+        else:
+            out[key] = value
+    return out
+
+
+@contextlib.contextmanager
+def _booted(
+    tmp_path_factory: pytest.TempPathFactory, extra_config: Mapping[str, Any] | None = None
+) -> Iterator[RunningGateway]:
+    """Install, configure (base config plus `extra_config`), boot; stop by PID on exit."""
     version = os.environ.get("OPENCLAW_VERSION", DEFAULT_VERSION)
     launcher = _install(version)
     root = tmp_path_factory.mktemp("openclaw")
@@ -220,6 +240,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway
         },
         "update": {"checkOnStart": False},
     }
+    config = _merged(config, extra_config or {})
     write_atomic(config_path, json.dumps(config, indent=2) + "\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPENCLAW_")}
     env.update(
@@ -264,3 +285,29 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway
         )
     finally:
         _stop(proc, state_dir)
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
+    """A gateway with the minimal config: no model provider, so agent runs end in an error."""
+    with _booted(tmp_path_factory) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def scripted_model_port() -> int:
+    """The loopback port the scripted model (tests/interop/scripted_model.py) listens on.
+
+    Reserved before the gateway boots, because the provider's baseUrl must be in the
+    config the gateway starts with; each test then serves the model on it.
+    """
+    return _free_port()
+
+
+@pytest.fixture(scope="module")
+def gateway_with_model(
+    tmp_path_factory: pytest.TempPathFactory, scripted_model_port: int
+) -> Iterator[RunningGateway]:
+    """A gateway whose only model provider is the scripted one (`scripted/scripted-1`)."""
+    with _booted(tmp_path_factory, provider_config(scripted_model_port)) as running:
+        yield running

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from hub.app import Hub
+from hub.store import GatewayRow
 from protos import link_pb2 as pb
 from sidecar.app import Sidecar
 from sidecar.backoff import Backoff
@@ -44,6 +45,11 @@ async def chain(gateway: RunningGateway, tmp_path: Path) -> AsyncIterator[tuple[
         await hub.stop()
 
 
+async def _version_recorded(hub: Hub) -> GatewayRow | None:
+    row = await hub.store.get_gateway("gw-e2e")
+    return row if row is not None and row.openclaw_version else None
+
+
 async def _acked(hub: Hub, sequence: int) -> dict | None:
     row = await hub.store.command_status("gw-e2e", sequence)
     return row if row and row["acked_at"] else None
@@ -53,8 +59,12 @@ async def test_apply_agent_through_the_hub_reaches_the_real_gateway(
     chain: tuple[Hub, Sidecar], gateway: RunningGateway
 ) -> None:
     hub, _ = chain
-    listed = await hub.store.get_gateway("gw-e2e")
-    assert listed is not None and listed.openclaw_version == gateway.version
+    # The Hello may precede the sidecar's first gateway connection; the version then
+    # reaches the hub in the GatewayState report that follows it.
+    listed = await wait_for(
+        lambda: _version_recorded(hub), timeout_s=30, what="gateway version recorded"
+    )
+    assert listed.openclaw_version == gateway.version
     agent_id = f"mc-{uuid.uuid4()}"
     workspace = gateway.workspace_root / f"workspace-{agent_id}"
     queued_at = time.perf_counter()

@@ -1,0 +1,371 @@
+"""A real OpenClaw agent, driven by a scripted model, checks in with the hub end to end.
+
+hub (REST API, reconciler, link) -> in-process sidecar (real gateway client, local
+agent API) -> real OpenClaw gateway -> agent run -> scripted model on loopback.
+
+- Test A: the model answers the wake with text. The run reaching `final` is the
+  runtime check-in that brings the agent online; no heartbeat is sent.
+- Test B: the model does what the wake message tells it: it runs the check-in
+  `curl` through the gateway's exec tool, against the sidecar's local agent API,
+  with the token read from the workspace by the shell. The model's final answer
+  is held until the hub has seen the heartbeat, so the check-in the hub accepts is
+  the heartbeat's, not the run's.
+
+The scripted provider is the gateway's only one, so the gateway makes it the default
+model (`agents.defaults.model.primary`): agents run on `scripted/scripted-1` without
+the hub naming a model in ApplyAgent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import shlex
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from hub.app import Hub
+from protos import link_pb2 as pb
+from sidecar.app import Sidecar
+from sidecar.backoff import Backoff
+from sidecar.gateway_client import OpenClawGatewayClient
+from tests.interop.conftest import RunningGateway, record_timing
+from tests.interop.scripted_model import (
+    MODEL_ID,
+    MODEL_REF,
+    Behaviour,
+    ModelRequest,
+    ScriptedModel,
+)
+from tests.support import ADMIN_TOKEN, hub_config, sidecar_config, wait_for
+
+pytestmark = [pytest.mark.interop, pytest.mark.timeout(600)]
+
+GATEWAY_ID = "gw-agent-e2e"
+CHECKIN_DEADLINE_S = 30.0
+# The first run after a gateway boot takes 5-7 s, a fresh agent's first turn about 2 s.
+RUN_TIMEOUT_S = 90.0
+# Answers of the exec tool that mean it did not run the command at all.
+EXEC_REFUSALS = ("exec denied", "Headless runs cannot wait", "Cannot resolve sandbox")
+
+
+@dataclasses.dataclass
+class Stack:
+    hub: Hub
+    sidecar: Sidecar
+    model: ScriptedModel
+    gateway: RunningGateway
+
+
+@pytest.fixture
+async def model(scripted_model_port: int) -> AsyncIterator[ScriptedModel]:
+    async with ScriptedModel(scripted_model_port) as server:
+        yield server
+
+
+@pytest.fixture
+async def stack(
+    gateway_with_model: RunningGateway, model: ScriptedModel, tmp_path: Path
+) -> AsyncIterator[Stack]:
+    gateway = gateway_with_model
+    hub = Hub(
+        dataclasses.replace(hub_config(tmp_path / "hub"), checkin_deadline_s=CHECKIN_DEADLINE_S)
+    )
+    await hub.start()
+    assert hub.addresses is not None
+    config = dataclasses.replace(
+        sidecar_config(
+            tmp_path / "sc",
+            hub.addresses.link,
+            gateway_id=GATEWAY_ID,
+            workspace_root=gateway.workspace_root,
+        ),
+        openclaw_config=gateway.config_path,
+    )
+    sidecar = Sidecar(config)
+    assert isinstance(sidecar.gateway, OpenClawGatewayClient)  # the real client, not a fake
+    sidecar.link.backoff = Backoff(initial_s=0.05, max_s=0.5)
+    await sidecar.start()
+    try:
+        await wait_for(lambda: sidecar.gateway.info.reachable, timeout_s=30, what="gateway up")
+        await wait_for(lambda: _connected(hub), timeout_s=30, what="sidecar link up")
+        yield Stack(hub, sidecar, model, gateway)
+    finally:
+        await sidecar.stop()
+        # Let the hub record the disconnect before it closes its database.
+        with contextlib.suppress(AssertionError):
+            await wait_for(lambda: hub.registry.get(GATEWAY_ID) is None, what="link closed")
+        await hub.stop()
+
+
+async def _connected(hub: Hub) -> bool:
+    """Linked, and the hub knows the workspace root and agent API it renders files for."""
+    row = await hub.store.get_gateway(GATEWAY_ID)
+    return bool(hub.registry.get(GATEWAY_ID) and row and row.workspace_root and row.agent_api_url)
+
+
+# ------------------------------------------------------------------ hub REST API
+
+
+async def api(hub: Hub, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+    assert hub.addresses is not None
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session,
+        session.request(
+            method,
+            f"http://{hub.addresses.http}{path}",
+            json=body,
+            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+        ) as response,
+    ):
+        return response.status, await response.json()
+
+
+async def create_agent(hub: Hub, name: str) -> dict[str, Any]:
+    status, board = await api(
+        hub, "POST", "/api/v1/boards", {"name": f"{name} board", "gateway_id": GATEWAY_ID}
+    )
+    assert status == 201, board
+    status, agent = await api(
+        hub,
+        "POST",
+        "/api/v1/agents",
+        {"name": name, "board_id": board["id"], "heartbeat_config": {"every": "10m"}},
+    )
+    assert status == 201, agent
+    assert agent["status"] == "provisioning"
+    return agent
+
+
+async def agent_state(hub: Hub, agent_id: str) -> dict[str, Any]:
+    status, body = await api(hub, "GET", f"/api/v1/agents/{agent_id}")
+    assert status == 200, body
+    return body
+
+
+async def _field(hub: Hub, agent_id: str, name: str) -> Any:
+    return (await agent_state(hub, agent_id))[name]
+
+
+async def _online(hub: Hub, agent_id: str) -> dict[str, Any] | None:
+    state = await agent_state(hub, agent_id)
+    return state if state["status"] == "online" else None
+
+
+async def _last_seen(hub: Hub, gateway_agent_id: str) -> float | None:
+    row = await hub.db.read(
+        lambda conn: conn.execute(
+            "SELECT last_seen_at FROM agents WHERE gateway_id = ? AND gateway_agent_id = ?",
+            (GATEWAY_ID, gateway_agent_id),
+        ).fetchone()
+    )
+    return row[0] if row else None
+
+
+async def _wake_message(hub: Hub, gateway_agent_id: str) -> str:
+    """The wake message the hub queued in the agent's ApplyAgent command."""
+    payload = await hub.db.read(
+        lambda conn: conn.execute(
+            "SELECT payload FROM commands WHERE gateway_id = ? AND agent_id = ? "
+            "AND kind = 'apply_agent' ORDER BY sequence LIMIT 1",
+            (GATEWAY_ID, gateway_agent_id),
+        ).fetchone()[0]
+    )
+    message = pb.Command.FromString(payload).apply_agent.wake_message
+    assert message, "the hub queued the apply without a wake message"
+    return message
+
+
+async def _events(hub: Hub, kind: str, agent_id: str) -> list[dict[str, Any]]:
+    return [e for e in await hub.store.events(GATEWAY_ID, kind) if e["agent_id"] == agent_id]
+
+
+# ------------------------------------------------------------------ shared steps
+
+
+@dataclasses.dataclass
+class Provisioned:
+    agent: dict[str, Any]
+    workspace: Path
+    started: float  # perf_counter at the create call
+    files_s: float
+    wake_s: float
+
+    @property
+    def id(self) -> str:
+        return str(self.agent["id"])
+
+    @property
+    def gateway_agent_id(self) -> str:
+        return str(self.agent["gateway_agent_id"])
+
+
+async def provision_and_wake(stack: Stack, name: str) -> Provisioned:
+    """Create through the REST API; wait for files, the gateway entry and the delivered wake."""
+    started = time.perf_counter()
+    agent = await create_agent(stack.hub, name)
+    gw_agent = agent["gateway_agent_id"]
+    workspace = stack.gateway.workspace_root / f"workspace-{gw_agent}"
+    await wait_for(
+        lambda: (workspace / "AGENTS.md").exists() and (workspace / ".mc-agent-token").exists(),
+        timeout_s=60,
+        what="workspace files on disk",
+    )
+    files_s = time.perf_counter() - started
+    await wait_for(
+        lambda: _field(stack.hub, agent["id"], "last_wake_sent_at"),
+        timeout_s=60,
+        what="wake delivered",
+    )
+    wake_s = time.perf_counter() - started
+    entry = stack.gateway.roster().get(gw_agent)
+    assert entry is not None, "the agent has no entry in openclaw.json"
+    assert entry["workspace"] == str(workspace)
+    assert (workspace / ".mc-agent-token").stat().st_mode & 0o777 == 0o600
+    return Provisioned(agent, workspace, started, files_s, wake_s)
+
+
+async def agent_model(stack: Stack, gateway_agent_id: str) -> str | None:
+    """The model the gateway resolves for the agent (agents.list)."""
+    assert isinstance(stack.sidecar.gateway, OpenClawGatewayClient)
+    listed = await stack.sidecar.gateway.read("agents.list", {})
+    for agent in listed.get("agents", []):
+        if agent.get("id") == gateway_agent_id:
+            model = agent.get("model")
+            return model.get("primary") if isinstance(model, dict) else model
+    return None
+
+
+def report(name: str, p: Provisioned, online_s: float) -> None:
+    record_timing(f"{name}: create -> files on disk", p.files_s)
+    record_timing(f"{name}: create -> wake delivered", p.wake_s)
+    record_timing(f"{name}: create -> online", online_s)
+    print(
+        f"{name}: create -> files {p.files_s:.2f} s, -> wake delivered {p.wake_s:.2f} s, "
+        f"-> online {online_s:.2f} s"
+    )
+
+
+# ------------------------------------------------------------------------ tests
+
+
+async def test_a_wake_run_reaching_final_brings_the_agent_online(stack: Stack) -> None:
+    hub, model = stack.hub, stack.model
+    model.behaviour = Behaviour.REPLY
+    p = await provision_and_wake(stack, "Runtime Checker")
+    online = await wait_for(
+        lambda: _online(hub, p.id), timeout_s=RUN_TIMEOUT_S, what="online from the wake run"
+    )
+    online_s = time.perf_counter() - p.started
+    report("agent e2e A (run final)", p, online_s)
+
+    assert online["wake_attempts"] == 0
+    assert online["checkin_deadline_at"] is None
+    assert online["last_seen_at"] is not None
+    # The real run reached `final` because the scripted model answered it.
+    runs = await _events(hub, "agent.run.observed", p.gateway_agent_id)
+    assert [r["detail"]["outcome"] for r in runs] == ["FINAL"], runs
+    requests = model.for_agent(p.gateway_agent_id)
+    assert requests, "the gateway never asked the scripted model for this agent"
+    assert requests[0].body["model"] == MODEL_ID and requests[0].body["stream"] is True
+    assert await _wake_message(hub, p.gateway_agent_id) in requests[0].turn_text
+    # The workspace files the sidecar wrote are what the gateway put into the prompt.
+    agents_md = (p.workspace / "AGENTS.md").read_text()
+    assert agents_md.splitlines()[0] == "# AGENTS.md - Runtime Checker"
+    assert agents_md.strip() in requests[0].system_text
+    assert await agent_model(stack, p.gateway_agent_id) == MODEL_REF
+    # The runtime signal checked it in: no heartbeat was sent or accepted.
+    checkins = await _events(hub, "lifecycle.checkin.accepted", p.id)
+    assert [c["detail"]["source"] for c in checkins] == ["run_final"], checkins
+    assert stack.sidecar.relay.stats.received == 0
+    assert all(r.reply == "text" for r in requests)
+
+
+async def test_b_the_agent_checks_in_by_running_its_curl_through_exec(stack: Stack) -> None:
+    pytest.importorskip(
+        "sidecar.agent_api",
+        reason="the sidecar's local agent API (sidecar/agent_api.py) is not there yet",
+    )
+    hub, model, sidecar = stack.hub, stack.model, stack.sidecar
+    heartbeat_seen_by_hub: list[float] = []
+
+    async def hold_final_until_the_hub_saw_the_heartbeat(request: ModelRequest) -> None:
+        # The run's `final` is a check-in too; answering only after the hub stored the
+        # heartbeat keeps the two apart (a missing heartbeat fails the test below).
+        with contextlib.suppress(AssertionError):
+            await wait_for(
+                lambda: _last_seen(hub, request.agent_id or ""),
+                timeout_s=15,
+                what="heartbeat stored by the hub",
+            )
+            heartbeat_seen_by_hub.append(time.perf_counter())
+
+    model.behaviour = Behaviour.CHECK_IN
+    model.before_final = hold_final_until_the_hub_saw_the_heartbeat
+    p = await provision_and_wake(stack, "Curl Checker")
+    gw_agent = p.gateway_agent_id
+    online = await wait_for(lambda: _online(hub, p.id), timeout_s=RUN_TIMEOUT_S, what="online")
+    online_s = time.perf_counter() - p.started
+    await wait_for(
+        lambda: _events(hub, "agent.run.observed", gw_agent),
+        timeout_s=RUN_TIMEOUT_S,
+        what="the wake run's outcome",
+    )
+
+    requests = model.for_agent(gw_agent)
+    assert requests, "the gateway never asked the scripted model for this agent"
+    first = requests[0]
+    if "exec" not in first.tool_names:
+        pytest.skip(f"the gateway offered no exec tool to the agent: {first.tool_names}")
+    calls = [r for r in requests if r.reply == "tool_call"]
+    assert len(calls) == 1, f"expected one exec call; model saw: {[r.turn_text for r in requests]}"
+    results = [text for r in requests for text in r.tool_results]
+    assert results, "the exec tool call never came back with a result"
+    if any(refusal.lower() in results[0].lower() for refusal in EXEC_REFUSALS):
+        pytest.skip(f"the gateway's exec tool did not run curl: {results[0]}")
+
+    # The command is the one the wake message gives, pointing at this sidecar's agent
+    # API, with the token read from the workspace file by the shell at call time.
+    token_path = p.workspace / ".mc-agent-token"
+    command = calls[0].command or ""
+    wake_message = await _wake_message(hub, gw_agent)
+    assert wake_message in calls[0].turn_text and command in wake_message  # told by the wake...
+    assert command in calls[0].system_text  # ...and the same in AGENTS.md, in the prompt
+    assert command.startswith(f"curl -fsS -X POST {sidecar.agent_api.url}/api/v1/agent/heartbeat")
+    assert f"$(cat {shlex.quote(str(token_path))})" in command
+    token = token_path.read_text().strip()
+    assert token and all(token not in json.dumps(r.body) for r in requests), (
+        "the raw token reached the model"
+    )
+    # The sidecar answered 202 (curl -f prints the body only for a 2xx), for this agent.
+    accepted = json.loads(results[0])
+    assert accepted == {"ok": True, "agent_id": gw_agent, "relayed": "queued"}, results[0]
+    assert sidecar.relay.stats.received == 1
+
+    # The hub stored the heartbeat before the model answered, and the heartbeat is what
+    # answered the wake; the run's `final` came after it.
+    assert heartbeat_seen_by_hub, "the hub did not see the heartbeat within 15 s of the POST"
+    checkins = await _events(hub, "lifecycle.checkin.accepted", p.id)
+    assert [c["detail"]["source"] for c in checkins] == ["heartbeat"], checkins
+    assert checkins[0]["detail"]["answered_wake"] == 1
+    runs = await _events(hub, "agent.run.observed", gw_agent)
+    assert [r["detail"]["outcome"] for r in runs] == ["FINAL"], runs
+    assert runs[0]["id"] > checkins[0]["id"] and runs[0]["at"] >= checkins[0]["at"]
+    final_request = requests[-1]
+    assert final_request.reply == "text" and final_request.tool_results
+
+    assert online["wake_attempts"] == 0
+    assert online["checkin_deadline_at"] is None
+    assert online["last_seen_at"] is not None
+    post_s = calls[0].received_at - p.started  # the model asked for the exec; the POST follows
+    hub_s = heartbeat_seen_by_hub[0] - p.started
+    report("agent e2e B (curl)", p, online_s)
+    record_timing("agent e2e B (curl): create -> exec tool call", post_s)
+    record_timing("agent e2e B (curl): create -> heartbeat stored by hub", hub_s)
+    print(f"agent e2e B: create -> exec call {post_s:.2f} s, -> heartbeat at hub {hub_s:.2f} s")
