@@ -37,6 +37,7 @@ from missioncontrol.timefmt import iso
 from protos import link_pb2 as pb
 
 DEFAULT_HEARTBEAT = {"every": "10m", "target": "none"}
+MAX_HEARTBEAT_S = 7 * 24 * 3600
 _DURATION = re.compile(r"^\s*(\d+)\s*(s|m|h)?\s*$")
 
 
@@ -50,7 +51,10 @@ def parse_every(every: str) -> int:
     if not match:
         raise AgentError(f"heartbeat every {every!r} is not a duration like 30s, 10m or 1h")
     value, unit = int(match.group(1)), match.group(2) or "s"
-    return value * {"s": 1, "m": 60, "h": 3600}[unit]
+    seconds = value * {"s": 1, "m": 60, "h": 3600}[unit]
+    if seconds > MAX_HEARTBEAT_S:
+        raise AgentError(f"heartbeat every {every!r} is longer than 7 days")
+    return seconds
 
 
 def gateway_agent_id(kind: AgentKind, agent_id: str, board_id: str | None, gateway_id: str) -> str:

@@ -99,7 +99,7 @@ def register(api: Api) -> None:
             gateway_id=body.gateway_id,
             kind=kind,
             identity_profile=body.identity_profile,
-            heartbeat_config=body.heartbeat_config,
+            heartbeat_config=body.heartbeat_config.model_dump() if body.heartbeat_config else None,
         )
         try:
             agent = await deps(call.request).reconciler.create_agent(spec)

@@ -53,7 +53,7 @@ class Query(BaseModel):
 
 class Page(Query):
     limit: int = Field(MAX_PAGE, ge=1, le=MAX_PAGE)
-    offset: int = Field(0, ge=0)
+    offset: int = Field(0, ge=0, le=1_000_000_000)
 
 
 def error_response(request: web.Request, status: int, detail: Any) -> web.Response:

@@ -102,6 +102,14 @@ class BoardRead(BaseModel):
     updated_at: str | None
 
 
+class HeartbeatConfig(Strict):
+    """OpenClaw heartbeat settings of an agent."""
+
+    every: str = Field("10m", pattern=r"^\d{1,6}(s|m|h)?$", description="cadence, e.g. 10m")
+    target: str = Field("none", min_length=1, max_length=64)
+    includeReasoning: bool = False  # the key Mission Control uses
+
+
 class AgentCreate(Strict):
     name: str = Name
     board_id: str | None = Field(None, max_length=64)
@@ -109,7 +117,7 @@ class AgentCreate(Strict):
     is_board_lead: bool = False
     is_gateway_main: bool = False
     identity_profile: dict[str, str | list[str]] | None = None
-    heartbeat_config: dict[str, Any] | None = None
+    heartbeat_config: HeartbeatConfig | None = None
 
 
 class AgentUpdate(Strict):
