@@ -155,4 +155,94 @@ V3 = (
     "CREATE INDEX agent_tokens_agent ON agent_tokens(agent_id)",
 )
 
-MIGRATIONS: tuple[tuple[str, ...], ...] = (V1, V2, V3)
+# The REST API's resources: the local user (USER.md comes from it), board goals and rules,
+# tasks with comments, board webhooks with their stored payloads.
+V4 = (
+    """
+    CREATE TABLE users (
+        id             TEXT PRIMARY KEY,
+        name           TEXT NOT NULL,
+        preferred_name TEXT NOT NULL DEFAULT '',
+        pronouns       TEXT NOT NULL DEFAULT '',
+        timezone       TEXT NOT NULL DEFAULT '',
+        notes          TEXT NOT NULL DEFAULT '',
+        context        TEXT NOT NULL DEFAULT '',
+        created_at     REAL NOT NULL,
+        updated_at     REAL NOT NULL
+    )
+    """,
+    "ALTER TABLE boards ADD COLUMN board_type TEXT NOT NULL DEFAULT 'goal'",
+    "ALTER TABLE boards ADD COLUMN objective TEXT NOT NULL DEFAULT ''",
+    "ALTER TABLE boards ADD COLUMN success_metrics TEXT NOT NULL DEFAULT 'null'",
+    "ALTER TABLE boards ADD COLUMN target_date TEXT",
+    "ALTER TABLE boards ADD COLUMN goal_confirmed INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE boards ADD COLUMN require_approval_for_done INTEGER NOT NULL DEFAULT 1",
+    "ALTER TABLE boards ADD COLUMN require_review_before_done INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE boards ADD COLUMN comment_required_for_review INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE boards ADD COLUMN only_lead_can_change_status INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE boards ADD COLUMN max_agents INTEGER NOT NULL DEFAULT 1",
+    # 'deleting' while its agents are removed through their sidecars
+    "ALTER TABLE boards ADD COLUMN status TEXT NOT NULL DEFAULT 'active'",
+    """
+    CREATE TABLE tasks (
+        id                TEXT PRIMARY KEY,
+        board_id          TEXT NOT NULL REFERENCES boards(id) ON DELETE CASCADE,
+        title             TEXT NOT NULL,
+        description       TEXT NOT NULL DEFAULT '',
+        status            TEXT NOT NULL DEFAULT 'inbox'
+                          CHECK (status IN ('inbox', 'in_progress', 'review', 'done')),
+        priority          TEXT NOT NULL DEFAULT 'medium',
+        due_at            REAL,
+        assigned_agent_id TEXT REFERENCES agents(id) ON DELETE SET NULL,
+        in_progress_at    REAL,
+        created_by        TEXT NOT NULL DEFAULT '',
+        created_at        REAL NOT NULL,
+        updated_at        REAL NOT NULL
+    )
+    """,
+    "CREATE INDEX tasks_board ON tasks(board_id, status)",
+    "CREATE INDEX tasks_agent ON tasks(assigned_agent_id)",
+    """
+    CREATE TABLE task_comments (
+        id          TEXT PRIMARY KEY,
+        task_id     TEXT NOT NULL REFERENCES tasks(id) ON DELETE CASCADE,
+        author_kind TEXT NOT NULL CHECK (author_kind IN ('user', 'agent')),
+        author_id   TEXT NOT NULL,
+        body        TEXT NOT NULL,
+        created_at  REAL NOT NULL
+    )
+    """,
+    "CREATE INDEX task_comments_task ON task_comments(task_id, created_at)",
+    """
+    CREATE TABLE board_webhooks (
+        id               TEXT PRIMARY KEY,
+        board_id         TEXT NOT NULL REFERENCES boards(id) ON DELETE CASCADE,
+        agent_id         TEXT REFERENCES agents(id) ON DELETE SET NULL,
+        description      TEXT NOT NULL,
+        enabled          INTEGER NOT NULL DEFAULT 1,
+        secret_sealed    BLOB,
+        signature_header TEXT,
+        created_at       REAL NOT NULL,
+        updated_at       REAL NOT NULL
+    )
+    """,
+    """
+    CREATE TABLE webhook_payloads (
+        id                TEXT PRIMARY KEY,
+        webhook_id        TEXT NOT NULL REFERENCES board_webhooks(id) ON DELETE CASCADE,
+        board_id          TEXT NOT NULL,
+        payload           BLOB NOT NULL,
+        content_type      TEXT NOT NULL DEFAULT '',
+        headers           TEXT NOT NULL DEFAULT '{}',
+        received_at       REAL NOT NULL,
+        delivered_at      REAL,
+        delivery_attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at   REAL,
+        last_error        TEXT
+    )
+    """,
+    "CREATE INDEX webhook_payloads_due ON webhook_payloads(next_attempt_at) "
+    "WHERE delivered_at IS NULL",
+)
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (V1, V2, V3, V4)
