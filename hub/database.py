@@ -2,8 +2,9 @@
 
 Every write goes through `Database.write(fn)`: `fn(connection)` runs on the
 writer thread inside a transaction shared with whatever else is queued. The
-writer commits immediately when idle and at most once per `commit_interval_s`
-under load, so a burst of heartbeats, acks and API writes costs one fsync.
+writer commits immediately when idle and about once per `commit_interval_s`
+under load (a few back to back are allowed), so a burst of heartbeats, acks and
+API writes costs one fsync.
 Each job runs under its own savepoint: one failing job rolls back alone and its
 caller gets the exception; the others commit.
 """
@@ -28,6 +29,7 @@ T = TypeVar("T")
 log = get_logger("hub.database")
 
 BUSY_TIMEOUT_MS = 5_000
+COMMIT_BURST = 5  # commits allowed back to back before pacing sets in
 
 
 class DatabaseError(RuntimeError):
@@ -168,15 +170,22 @@ class Database:
     # ------------------------------------------------------------- writer
 
     def _run_writer(self, conn: sqlite3.Connection) -> None:
+        # Commits are paced by a token bucket: one per interval on average, with a small
+        # burst so a few interactive writes in a row are not each held for an interval.
+        # Under sustained load the bucket stays empty and batches grow instead.
+        tokens, refilled_at = float(COMMIT_BURST), time.monotonic()
         stopping = False
         while not stopping:
             first = self._jobs.get()
             if first is None:
                 break
-            # Under load, wait out the commit interval so the batch can grow.
-            wait = self.stats.last_commit_at + self.commit_interval_s - time.monotonic()
-            if wait > 0:
-                time.sleep(wait)
+            now = time.monotonic()
+            tokens = min(COMMIT_BURST, tokens + (now - refilled_at) / self.commit_interval_s)
+            refilled_at = now
+            if tokens < 1:
+                time.sleep((1 - tokens) * self.commit_interval_s)
+                tokens, refilled_at = 1.0, time.monotonic()
+            tokens -= 1
             batch = [first]
             while True:
                 try:

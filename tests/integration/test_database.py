@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from hub.database import Database, DatabaseError
+from hub.database import COMMIT_BURST, Database, DatabaseError
 from hub.migrations import MIGRATIONS
 
 
@@ -34,9 +34,38 @@ async def test_a_burst_of_writes_shares_few_commits(db: Database) -> None:
     commits_before = db.stats.commits
     results = await asyncio.gather(*(db.write(insert_gateway(f"gw-{i}")) for i in range(500)))
     assert results == [f"gw-{i}" for i in range(500)]
-    assert db.stats.commits - commits_before <= 2  # one per commit interval, not one per write
+    assert db.stats.commits - commits_before <= 2  # batched, not one commit per write
     count = await db.read(lambda conn: conn.execute("SELECT COUNT(*) FROM gateways").fetchone()[0])
     assert count == 501
+
+
+async def test_sustained_writes_commit_about_once_per_interval(db: Database) -> None:
+    """200 writes trickling in over ~1 s with a 0.2 s interval: a burst, then paced."""
+    commits_before = db.stats.commits
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    pending = []
+    for i in range(200):
+        pending.append(asyncio.ensure_future(db.write(insert_gateway(f"s-{i}"))))
+        await asyncio.sleep(0.005)
+    await asyncio.gather(*pending)
+    elapsed = loop.time() - started
+    commits = db.stats.commits - commits_before
+    assert commits <= COMMIT_BURST + elapsed / db.commit_interval_s + 1, commits
+    assert commits < 200 / 10
+
+
+async def test_a_few_interactive_writes_in_a_row_are_not_held(tmp_path: Path) -> None:
+    database = Database(tmp_path / "hub.sqlite3", commit_interval_s=5.0)
+    database.open()
+    try:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        for i in range(COMMIT_BURST):
+            await database.write(insert_gateway(f"i-{i}"))
+        assert loop.time() - started < 1.0  # not 5 s per write
+    finally:
+        await database.close()
 
 
 async def test_an_idle_write_commits_immediately(tmp_path: Path) -> None:
