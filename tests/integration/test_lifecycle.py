@@ -355,3 +355,25 @@ async def test_token_rotation_writes_a_new_token_and_keeps_the_old_for_the_grace
     graced = [c for c in sidecar.state.credentials() if c.not_after is not None]
     assert len(graced) == 1 and graced[0].token_id == old.split(".")[0]
     assert graced[0].not_after is not None and graced[0].not_after <= time.time() + 1.6
+
+
+async def test_online_agent_goes_offline_after_twice_its_heartbeat_interval(
+    hub: Hub, connected: tuple[Sidecar, RecordingGateway]
+) -> None:
+    sidecar, _ = connected
+    agent = await provision(hub, every="1s")
+    online = await wait_for(lambda: _status(hub, agent["id"], "online"), what="online")
+    assert online["heartbeat_config"]["every"] == "1s"
+    # Keep beating for a while: it stays online.
+    for _ in range(6):
+        beat(sidecar, agent["gateway_agent_id"])
+        silent_from = time.time()
+        await _sleep(0.5)
+        assert (await agent_state(hub, agent["id"]))["status"] == "online"
+    offline = await wait_for(
+        lambda: _status(hub, agent["id"], "offline"),
+        timeout_s=15,
+        what="offline after 2 x 1 s of silence",
+    )
+    assert time.time() - silent_from >= 2 * 1.0 - 0.2
+    assert offline["wake_attempts"] == 0  # presence, not the wake cycle
