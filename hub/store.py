@@ -8,10 +8,8 @@ log entry commit together).
 from __future__ import annotations
 
 import json
-import re
 import sqlite3
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -324,24 +322,6 @@ class Store:
 
         return await self.db.write(op)
 
-    # ------------------------------------------------------------- boards
-
-    async def create_board(self, gateway_id: str, name: str, description: str) -> dict[str, Any]:
-        def op(conn: sqlite3.Connection) -> dict[str, Any]:
-            now = time.time()
-            board_id = str(uuid.uuid4())
-            slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or board_id
-            conn.execute(
-                "INSERT INTO boards (id, gateway_id, name, slug, description, created_at, "
-                "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (board_id, gateway_id, name, slug, description, now, now),
-            )
-            add_event(conn, "board.created", gateway_id=gateway_id, at=now, board_id=board_id)
-            row = conn.execute("SELECT * FROM boards WHERE id = ?", (board_id,)).fetchone()
-            return dict(row)
-
-        return await self.db.write(op)
-
     # -------------------------------------------------------- enrollment
 
     async def add_join_token(self, record: JoinTokenRecord) -> None:
@@ -499,26 +479,6 @@ class Store:
         await self.db.write(op)
 
     # ------------------------------------------------------------ reports
-
-    async def record_heartbeats(self, gateway_id: str, beats: Sequence[pb.AgentHeartbeat]) -> int:
-        """Record the latest beat per agent; observed times are clamped to [previous, now]."""
-
-        def op(conn: sqlite3.Connection) -> int:
-            now = time.time()
-            rows = [
-                (min(epoch_s(b.observed_at), now), gateway_id, b.agent_id)
-                for b in beats
-                if b.agent_id
-            ]
-            cursor = conn.executemany(
-                """UPDATE agents SET last_seen_at = MAX(COALESCE(last_seen_at, 0), ?)
-                   WHERE gateway_id = ? AND gateway_agent_id = ?""",
-                rows,
-            )
-            conn.execute("UPDATE gateways SET last_seen_at = ? WHERE id = ?", (now, gateway_id))
-            return cursor.rowcount
-
-        return await self.db.write(op)
 
     async def record_run_observed(self, gateway_id: str, run: pb.RunObserved) -> None:
         def op(conn: sqlite3.Connection) -> None:
