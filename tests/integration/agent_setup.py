@@ -2,8 +2,8 @@
 
 Tokens are minted as the hub mints them; the sidecar learns the verifiers from an
 ApplyAgent command queued on the hub, exactly as in production. The hub's own
-agents rows are inserted by hand (the agent API of the hub is not under test), so
-`record_heartbeats` has rows to update.
+agents rows are inserted by hand (the hub's own agent API is not under test), so
+relayed heartbeats have rows to land on.
 """
 
 from __future__ import annotations
