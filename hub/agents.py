@@ -20,19 +20,21 @@ import sqlite3
 from dataclasses import dataclass, fields
 from typing import Any
 
+from hub.boards import board_profile
 from hub.lifecycle import AgentLifecycle, Phase, Status, WaitReason
 from hub.rendering import (
     AgentContext,
     AgentKind,
     ApplyAction,
-    BoardProfile,
     GatewayGeneration,
     IdentityProfile,
+    RenderError,
     render_file_set,
     render_wake_message,
 )
 from hub.store import StoreError, gateway_in
 from hub.tokens import StoredToken
+from hub.users import user_profile
 from missioncontrol.timefmt import iso
 from protos import link_pb2 as pb
 
@@ -43,6 +45,10 @@ _DURATION = re.compile(r"^\s*(\d+)\s*(s|m|h)?\s*$")
 
 class AgentError(StoreError):
     """An agent request that cannot be carried out; the message says why."""
+
+
+class AgentConflict(AgentError):
+    """The request clashes with an existing agent (one lead per board, one main agent)."""
 
 
 def parse_every(every: str) -> int:
@@ -189,26 +195,26 @@ def render_context(
             "API are unknown. Start its sidecar, then retry"
         )
     generation = GatewayGeneration(gateway.gateway_generation or GatewayGeneration.CURRENT)
-    board = None
-    if agent.board_id:
-        row = conn.execute("SELECT * FROM boards WHERE id = ?", (agent.board_id,)).fetchone()
-        if row is not None:
-            board = BoardProfile(id=row["id"], name=row["name"], description=row["description"])
+    board = board_profile(conn, agent.board_id) if agent.board_id else None
     session_key = f"agent:{agent.gateway_agent_id}:main"
     main_key = f"agent:mc-gateway-{gateway.id}:main"
-    context = AgentContext(
-        agent_name=agent.name,
-        agent_id=agent.gateway_agent_id,
-        session_key=session_key,
-        main_session_key=main_key,
-        kind=AgentKind(agent.kind),
-        base_url=gateway.agent_api_url,
-        workspace_root=gateway.workspace_root,
-        workspace_path=workspace_path(gateway.workspace_root, agent.gateway_agent_id),
-        heartbeat_interval_s=agent.heartbeat_interval_s,
-        identity=IdentityProfile.from_mapping(json.loads(agent.identity_profile)),
-        board=board,
-    )
+    try:
+        context = AgentContext(
+            agent_name=agent.name,
+            agent_id=agent.gateway_agent_id,
+            session_key=session_key,
+            main_session_key=main_key,
+            kind=AgentKind(agent.kind),
+            base_url=gateway.agent_api_url,
+            workspace_root=gateway.workspace_root,
+            workspace_path=workspace_path(gateway.workspace_root, agent.gateway_agent_id),
+            heartbeat_interval_s=agent.heartbeat_interval_s,
+            identity=IdentityProfile.from_mapping(json.loads(agent.identity_profile)),
+            user=user_profile(conn),
+            board=board,
+        )
+    except RenderError as exc:
+        raise AgentError(f"cannot render the agent's files: {exc}") from None
     return context, generation
 
 
@@ -225,15 +231,18 @@ def build_apply(
 ) -> pb.Command:
     """Render an agent's files and its ApplyAgent command (with a wake message if `wake`)."""
     context, gateway_generation = render_context(conn, agent)
-    rendered = render_file_set(
-        gateway_generation,
-        context,
-        action=action,
-        overwrite=overwrite,
-        token=token,
-        identity_template=agent.identity_template,
-        soul_template=agent.soul_template,
-    )
+    try:
+        rendered = render_file_set(
+            gateway_generation,
+            context,
+            action=action,
+            overwrite=overwrite,
+            token=token,
+            identity_template=agent.identity_template,
+            soul_template=agent.soul_template,
+        )
+    except RenderError as exc:
+        raise AgentError(f"cannot render the agent's files: {exc}") from None
     heartbeat = json.loads(agent.heartbeat_config) or DEFAULT_HEARTBEAT
     identity = IdentityProfile.from_mapping(json.loads(agent.identity_profile))
     apply = pb.ApplyAgent(

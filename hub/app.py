@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import grpc
 from aiohttp import web
 
+from hub.agent_calls import AgentCallForwarder
 from hub.api import HttpDeps, build_app
 from hub.ca import CertificateAuthority
 from hub.config import HubConfig
@@ -28,6 +29,7 @@ from hub.link_server import LinkService, SessionRegistry
 from hub.reconciler import Reconciler
 from hub.store import Store
 from hub.tokens import TokenKeyring
+from hub.webhooks import WebhookService
 from missioncontrol.log import get_logger
 from missioncontrol.netaddr import HostPort
 from missioncontrol.private_files import load_or_create_secret
@@ -71,6 +73,7 @@ class Hub:
             on_commands_queued=self.registry.notify_outbox,
             events=self.events,
         )
+        self.agent_calls = AgentCallForwarder()
         self.link = LinkService(
             self.store,
             self.registry,
@@ -79,6 +82,10 @@ class Hub:
             is_revoked=None if config.insecure_dev else self.revocations.is_revoked,
             renewer=self.issuer,
             on_link=self.reconciler.link_changed,
+            agent_calls=self.agent_calls,
+        )
+        self.webhooks = WebhookService.from_hub_key(
+            self.db, hub_key, on_commands_queued=self.registry.notify_outbox
         )
         self.gateways = GatewayService(self.store, self.registry, self.revocations, self.issuer)
         self._grpc: grpc.aio.Server | None = None
@@ -91,6 +98,7 @@ class Hub:
         await self.store.mark_all_disconnected()
         await self.revocations.load(self.store)
         await self.reconciler.start()
+        await self.webhooks.start()
 
         config = self.config
         self._grpc = grpc.aio.server(options=server_options())
@@ -128,6 +136,7 @@ class Hub:
             gateways=self.gateways,
             reconciler=self.reconciler,
             events=self.events,
+            webhooks=self.webhooks,
             enroll_address=str(enroll) if enroll else None,
             link_address=str(link),
         )
@@ -138,6 +147,9 @@ class Hub:
         http = config.http_listen
         await web.TCPSite(self._runner, http.host, http.port).start()
         http_port = self._runner.addresses[0][1]
+        # Forwarded agent calls replay on our own listener (a wildcard means loopback works).
+        local = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(http.host, http.host)
+        self.agent_calls.base_url = f"http://{HostPort(local, http_port)}"
         self.addresses = BoundAddresses(
             http=HostPort(http.host, http_port), link=link, enroll=enroll
         )
@@ -170,6 +182,8 @@ class Hub:
         if self._runner is not None:
             await self._runner.cleanup()
         await self.reconciler.stop()
+        await self.webhooks.stop()
+        await self.agent_calls.close()
         # 3. flush the store
         await self.db.close()
         log.info("hub.stopped")

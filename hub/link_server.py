@@ -152,6 +152,10 @@ class SessionRegistry:
             session.close(reason, code)
 
 
+class AgentCallHandler(Protocol):
+    async def handle(self, gateway_id: str, call: pb.AgentCall) -> pb.AgentCallResult: ...
+
+
 class CertificateRenewer(Protocol):
     async def renew(self, gateway_id: str, csr_pem: bytes) -> bytes: ...
 
@@ -167,6 +171,7 @@ class LinkService(pb_grpc.LinkServicer):
         is_revoked: Callable[[int], bool] | None = None,
         renewer: CertificateRenewer | None = None,
         on_link: Callable[[str, bool], Awaitable[None]] | None = None,
+        agent_calls: AgentCallHandler | None = None,
     ) -> None:
         """`is_revoked` set: mutual TLS, every stream needs a valid client certificate
         naming the gateway its Hello names."""
@@ -177,6 +182,7 @@ class LinkService(pb_grpc.LinkServicer):
         self.is_revoked = is_revoked
         self.renewer = renewer
         self.on_link = on_link  # the gateway's stream opened (True) or closed (False)
+        self.agent_calls = agent_calls
         self.accepting = True
         self._teardowns: set[asyncio.Task[None]] = set()
 
@@ -364,6 +370,8 @@ class LinkService(pb_grpc.LinkServicer):
                     spawn(self.reports.run_observed(session.gateway_id, message.run_observed), kind)
                 elif kind == "renew":
                     spawn(self._renew(session, message.renew), kind)
+                elif kind == "agent_call" and self.agent_calls is not None:
+                    spawn(self._agent_call(session, message.agent_call), kind)
                 elif kind == "gateway_state":
                     spawn(
                         self.reports.gateway_state(session.gateway_id, message.gateway_state), kind
@@ -379,6 +387,11 @@ class LinkService(pb_grpc.LinkServicer):
         if pending:
             await asyncio.gather(*pending, return_exceptions=True)
         session.close(reason)
+
+    async def _agent_call(self, session: SidecarSession, call: pb.AgentCall) -> None:
+        assert self.agent_calls is not None
+        result = await self.agent_calls.handle(session.gateway_id, call)
+        await session.outgoing.put(pb.HubMessage(agent_call_result=result))
 
     async def _renew(self, session: SidecarSession, request: pb.RenewRequest) -> None:
         response = pb.RenewResponse()

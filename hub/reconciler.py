@@ -26,6 +26,7 @@ from typing import Any
 from hub import lifecycle as lc
 from hub.agents import (
     DEFAULT_HEARTBEAT,
+    AgentConflict,
     AgentError,
     AgentRow,
     accepted_tokens,
@@ -40,10 +41,12 @@ from hub.agents import (
     parse_every,
     save_snapshot,
 )
+from hub.boards import finish_deleting, load_board
 from hub.database import Database
 from hub.events import EventBus
 from hub.rendering import AgentKind, ApplyAction, token_file
-from hub.store import Store, add_event, enqueue_command_in, gateway_in
+from hub.store import Store, UnknownGateway, add_event, enqueue_command_in, gateway_in
+from hub.tasks import unassign_agent_tasks
 from hub.tokens import DEFAULT_ROTATION_GRACE_S, TokenKeyring
 from missioncontrol.log import get_logger
 from protos import link_pb2 as pb
@@ -53,6 +56,7 @@ log = get_logger("hub.reconciler")
 Outcome = pb.CommandResult.Outcome
 PRESENCE_SWEEP_S = 5.0
 DEADLINE_BATCH = 1000
+DEADLINE_BATCHES_IN_FLIGHT = 4
 
 
 @dataclass(frozen=True)
@@ -138,16 +142,21 @@ class Reconciler:
             board_id = spec.board_id
             if board_id is not None:
                 board = conn.execute(
-                    "SELECT gateway_id FROM boards WHERE id = ?", (board_id,)
+                    "SELECT gateway_id, status FROM boards WHERE id = ?", (board_id,)
                 ).fetchone()
                 if board is None:
                     raise AgentError(f"board {board_id} does not exist")
+                if board["status"] == "deleting":
+                    raise AgentError(f"board {board_id} is being deleted")
                 gateway_id = board["gateway_id"]
             elif spec.kind is AgentKind.MAIN and spec.gateway_id:
                 gateway_id = spec.gateway_id
             else:
                 raise AgentError("an agent needs a board_id (or is a gateway's main agent)")
-            gateway_in(conn, gateway_id)
+            try:
+                gateway_in(conn, gateway_id)
+            except UnknownGateway:
+                raise AgentError(f"gateway {gateway_id} does not exist") from None
             heartbeat = {**DEFAULT_HEARTBEAT, **(spec.heartbeat_config or {})}
             interval_s = parse_every(heartbeat["every"])
             agent_id = str(uuid.uuid4())
@@ -174,7 +183,7 @@ class Reconciler:
                 )
             except sqlite3.IntegrityError:
                 what = "a lead" if spec.kind is AgentKind.LEAD else "a main agent"
-                raise AgentError(
+                raise AgentConflict(
                     f"this {'board' if board_id else 'gateway'} already has {what}"
                 ) from None
             conn.execute(
@@ -278,23 +287,46 @@ class Reconciler:
         """Mark `deleting` and queue RemoveAgent; never fails because a gateway is down."""
 
         def op(conn: sqlite3.Connection, effects: _Effects) -> None:
-            row = _require(conn, agent_id)
-            now = time.time()
-            self._step_in(conn, agent_id, lc.DeleteRequested(), now, effects)
-            enqueue_command_in(
-                conn,
-                row.gateway_id,
-                pb.Command(
-                    remove_agent=pb.RemoveAgent(
-                        agent_id=row.gateway_agent_id,
-                        generation=row.lifecycle_generation,
-                        delete_files=delete_files,
-                    )
-                ),
-            )
-            effects.queued_gateways.add(row.gateway_id)
+            self._delete_in(conn, _require(conn, agent_id), delete_files, effects)
 
         await self._write(op)
+
+    async def delete_board(self, board_id: str) -> bool:
+        """Remove the board's agents through their sidecars; the board goes with the last
+        one (at once if it has none). Returns True if the board is already gone."""
+
+        def op(conn: sqlite3.Connection, effects: _Effects) -> bool:
+            load_board(conn, board_id)
+            conn.execute(
+                "UPDATE boards SET status = 'deleting', updated_at = ? WHERE id = ?",
+                (time.time(), board_id),
+            )
+            rows = conn.execute(
+                "SELECT id FROM agents WHERE board_id = ? AND status != ?",
+                (board_id, lc.Status.DELETING.value),
+            ).fetchall()
+            for (agent_id,) in rows:
+                self._delete_in(conn, _require(conn, agent_id), True, effects)
+            return finish_deleting(conn, board_id)
+
+        return bool(await self._write(op))
+
+    def _delete_in(
+        self, conn: sqlite3.Connection, row: AgentRow, delete_files: bool, effects: _Effects
+    ) -> None:
+        self._step_in(conn, row.id, lc.DeleteRequested(), time.time(), effects)
+        enqueue_command_in(
+            conn,
+            row.gateway_id,
+            pb.Command(
+                remove_agent=pb.RemoveAgent(
+                    agent_id=row.gateway_agent_id,
+                    generation=row.lifecycle_generation,
+                    delete_files=delete_files,
+                )
+            ),
+        )
+        effects.queued_gateways.add(row.gateway_id)
 
     # ----------------------------------------------------------- report sink
 
@@ -311,19 +343,32 @@ class Reconciler:
     async def heartbeats(self, gateway_id: str, batch: pb.HeartbeatBatch) -> None:
         def op(conn: sqlite3.Connection, effects: _Effects) -> None:
             now = time.time()
-            for beat in batch.beats:
-                row = load_agent_by_gateway_id(conn, gateway_id, beat.agent_id)
-                if row is None:
-                    continue
-                seen = min(max(epoch_s(beat.observed_at), row.last_seen_at or 0.0), now)
-                if row.phase == lc.Phase.IDLE and row.status == lc.Status.ONLINE:
-                    # Steady state: only presence moves; no lifecycle decision to make.
-                    conn.execute("UPDATE agents SET last_seen_at = ? WHERE id = ?", (seen, row.id))
-                    continue
-                self._step_in(conn, row.id, lc.CheckIn(at=seen), now, effects)
+            seen = {b.agent_id: min(epoch_s(b.observed_at), now) for b in batch.beats}
+            # Steady state (online, nothing outstanding): only presence moves, in one
+            # statement for the whole batch; observed times never go backwards.
+            conn.executemany(
+                """UPDATE agents SET last_seen_at = MAX(COALESCE(last_seen_at, 0), ?)
+                   WHERE gateway_id = ? AND gateway_agent_id = ?
+                     AND status = 'online' AND phase = 'idle'""",
+                [(at, gateway_id, agent_id) for agent_id, at in seen.items()],
+            )
+            # Everyone else has a lifecycle decision waiting on this check-in.
+            ids = list(seen)
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                rows = conn.execute(
+                    f"""SELECT id, gateway_agent_id, last_seen_at FROM agents
+                        WHERE gateway_id = ? AND gateway_agent_id IN
+                        ({",".join("?" * len(chunk))})
+                        AND NOT (status = 'online' AND phase = 'idle')""",
+                    (gateway_id, *chunk),
+                ).fetchall()
+                for agent_id, gw_agent_id, last_seen in rows:
+                    at = max(seen[gw_agent_id], last_seen or 0.0)
+                    self._step_in(conn, agent_id, lc.CheckIn(at=at), now, effects)
             conn.execute("UPDATE gateways SET last_seen_at = ? WHERE id = ?", (now, gateway_id))
 
-        await self._write(op)
+        await self._write(op, urgent=False)  # bulk traffic: rides the paced group commit
 
     async def run_observed(self, gateway_id: str, run: pb.RunObserved) -> None:
         await self.store.record_run_observed(gateway_id, run)
@@ -387,9 +432,10 @@ class Reconciler:
                 result.outcome in (Outcome.APPLIED, Outcome.ALREADY_APPLIED)
                 and row.status == lc.Status.DELETING
             ):
-                conn.execute("UPDATE agents SET board_id = NULL WHERE id = ?", (row.id,))
+                unassign_agent_tasks(conn, row.id, now=now)
                 conn.execute("DELETE FROM agents WHERE id = ?", (row.id,))
                 add_event(conn, "agent.deleted", gateway_id=gateway_id, agent_id=row.id)
+                finish_deleting(conn, row.board_id)
                 effects.changed[row.id] = {**agent_json(row), "status": "deleted"}
                 effects.deadlines.append((row.id, None, 0))
             return
@@ -500,7 +546,9 @@ class Reconciler:
                     **action.as_dict(),
                 )
 
-    async def _write(self, op: Callable[[sqlite3.Connection, _Effects], Any]) -> Any:
+    async def _write(
+        self, op: Callable[[sqlite3.Connection, _Effects], Any], *, urgent: bool = True
+    ) -> Any:
         effects = _Effects.empty()
 
         def job(conn: sqlite3.Connection) -> Any:
@@ -510,7 +558,7 @@ class Reconciler:
             effects.changed.clear()
             return op(conn, effects)
 
-        result = await self.db.write(job)
+        result = await self.db.write(job, urgent=urgent)
         for agent_id, at, generation in effects.deadlines:
             self._schedule(agent_id, at, generation)
         for event, fields in effects.logs:
@@ -533,6 +581,16 @@ class Reconciler:
         self._heap_changed.set()
 
     async def _deadline_loop(self) -> None:
+        # Batches are judged concurrently so one batch's commit does not hold the next.
+        in_flight: set[asyncio.Task[None]] = set()
+        try:
+            await self._deadline_rounds(in_flight)
+        finally:
+            for task in in_flight:
+                task.cancel()
+            await asyncio.gather(*in_flight, return_exceptions=True)
+
+    async def _deadline_rounds(self, in_flight: set[asyncio.Task[None]]) -> None:
         while True:
             self._heap_changed.clear()
             now = time.time()
@@ -543,7 +601,11 @@ class Reconciler:
                     del self._scheduled[agent_id]
                     due.append((agent_id, at, generation))
             if due:
-                await self._deadlines_due(due)
+                if len(in_flight) >= DEADLINE_BATCHES_IN_FLIGHT:
+                    await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+                task = asyncio.create_task(self._deadlines_due(due))
+                in_flight.add(task)
+                task.add_done_callback(in_flight.discard)
                 continue
             timeout = self._heap[0][0] - now if self._heap else None
             # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation.
@@ -564,7 +626,9 @@ class Reconciler:
             for agent_id, at, generation in due:
                 self._schedule(agent_id, at + self.policy.checkin_deadline_s, generation)
 
-    async def _judge(self, agent_ids: list[str], event: Callable[[str, bool], lc.Event]) -> None:
+    async def _judge(
+        self, agent_ids: list[str], event: Callable[[str, bool], lc.Event], *, urgent: bool = True
+    ) -> None:
         """Step each agent with a verdict event that knows whether its gateway is suspect
         (more than half of its agents missing at once: blame the gateway, not the agents)."""
 
@@ -581,7 +645,7 @@ class Reconciler:
                     conn, agent_id, event(agent_id, suspects[row.gateway_id]), now, effects
                 )
 
-        await self._write(op)
+        await self._write(op, urgent=urgent)
 
     def _gateway_suspect(self, conn: sqlite3.Connection, gateway_id: str, now: float) -> bool:
         link_up = self._link_up_since.get(gateway_id)
@@ -622,7 +686,9 @@ class Reconciler:
         )
         if stale:
             await self._judge(
-                stale, lambda agent_id, suspect: lc.PresenceTick(gateway_suspect=suspect)
+                stale,
+                lambda agent_id, suspect: lc.PresenceTick(gateway_suspect=suspect),
+                urgent=False,
             )
 
 

@@ -8,6 +8,7 @@ Endpoints (the paths agents already use):
   POST /api/v1/agent/heartbeat         the calling agent's heartbeat
   POST /api/v1/agents/{id}/heartbeat   the same, naming the agent (must be the caller)
   GET  /api/v1/agent/healthz           token check and link state, for troubleshooting
+  *    /api/v1/agent/...               anything else: forwarded to the hub over the link
 
 Auth: `X-Agent-Token: <token>` or `Authorization: Bearer <token>`. Every response
 carries X-Request-Id; every error is {"detail", "request_id"}.
@@ -28,7 +29,9 @@ from aiohttp import web
 
 from missioncontrol.log import get_logger
 from missioncontrol.netaddr import HostPort
+from protos import link_pb2 as pb
 from sidecar.credentials import CredentialError, CredentialIndex
+from sidecar.hub_calls import HubCalls, HubUnavailable
 
 log = get_logger("sidecar.agent_api")
 
@@ -174,6 +177,7 @@ class _Deps:
     limiter: AgentRateLimiter
     gateway_id: str
     hub_connected: Callable[[], bool]
+    hub_calls: HubCalls | None = None
 
 
 DEPS = web.AppKey("deps", _Deps)
@@ -302,12 +306,51 @@ async def _healthz(request: web.Request) -> web.Response:
     )
 
 
+async def _forward(request: web.Request) -> web.Response:
+    """The hub's agent API, reached through the link (the token is checked here first)."""
+    if request.path in (HEARTBEAT_PATH, HEALTHZ_PATH):  # ours, with the wrong method
+        allowed = "POST" if request.path == HEARTBEAT_PATH else "GET"
+        raise web.HTTPMethodNotAllowed(request.method, [allowed])
+    _authenticate(request)
+    hub_calls = request.app[DEPS].hub_calls
+    if hub_calls is None:
+        raise ApiError(404, "not found")
+    call = pb.AgentCall(
+        method=request.method,
+        path=request.path,
+        query=request.query_string,
+        body=await _read_body(request),
+        agent_token=_raw_token(request),
+        content_type=request.headers.get("Content-Type", ""),
+    )
+    try:
+        result = await hub_calls.call(call)
+    except HubUnavailable as exc:
+        raise ApiError(503, str(exc), {"Retry-After": "5"}) from None
+    response = web.Response(
+        status=result.status,
+        body=result.body,
+        content_type=(result.content_type or "application/json").split(";")[0],
+    )
+    for name, value in result.headers.items():
+        response.headers[name] = value
+    return response
+
+
+def _raw_token(request: web.Request) -> str:
+    raw = request.headers.get(TOKEN_HEADER)
+    if raw is None:
+        raw = request.headers.get("Authorization", "").partition(" ")[2]
+    return raw.strip()
+
+
 def build_app(deps: _Deps, max_body_bytes: int) -> web.Application:
     app = web.Application(middlewares=[_request_context], client_max_size=max_body_bytes)
     app[DEPS] = deps
     app.router.add_post(HEARTBEAT_PATH, _heartbeat)
     app.router.add_post(NAMED_HEARTBEAT_PATH, _heartbeat)
     app.router.add_get(HEALTHZ_PATH, _healthz)
+    app.router.add_route("*", "/api/v1/agent/{tail:.+}", _forward)  # after the local ones
     return app
 
 
@@ -327,6 +370,7 @@ class AgentApi:
         gateway_id: str,
         hub_connected: Callable[[], bool],
         limits: AgentApiLimits | None = None,
+        hub_calls: HubCalls | None = None,
     ) -> None:
         self.listen = listen
         self.credentials = credentials
@@ -334,6 +378,7 @@ class AgentApi:
         self.gateway_id = gateway_id
         self.hub_connected = hub_connected
         self.limits = limits or AgentApiLimits()
+        self.hub_calls = hub_calls
         self.address: HostPort | None = None
         self._runner: web.AppRunner | None = None
 
@@ -353,6 +398,7 @@ class AgentApi:
             AgentRateLimiter(self.limits),
             self.gateway_id,
             self.hub_connected,
+            self.hub_calls,
         )
         runner = web.AppRunner(
             build_app(deps, self.limits.max_body_bytes), access_log=None, shutdown_timeout=2.0

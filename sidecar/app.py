@@ -27,6 +27,7 @@ from sidecar.enrollment import CertificateRenewal
 from sidecar.gateway import GatewayClient, GatewayInfo
 from sidecar.gateway_client import OpenClawGatewayClient
 from sidecar.heartbeats import HeartbeatRelay
+from sidecar.hub_calls import HubCalls
 from sidecar.identity import renewal_due_at
 from sidecar.link import LinkClient
 from sidecar.openclaw_config import DriftKind
@@ -78,14 +79,20 @@ class Sidecar:
             on_renew=self.renewal.on_response if self.renewal else lambda response: None,
             on_welcome=self.relay.on_welcome,
             on_heartbeat_ack=self.relay.on_ack,
+            on_agent_call_result=lambda result: self.hub_calls.on_result(result),
         )
         self.link.on_status(self.relay.on_link_status)
+        self.hub_calls = HubCalls(self._send, lambda: self.link.status.connected)
+        self.link.on_status(
+            lambda status: None if status.connected else self.hub_calls.on_link_down()
+        )
         self.agent_api = AgentApi(
             config.agent_api_listen,
             self.credentials,
             self.relay,
             gateway_id=self.gateway_id,
             hub_connected=lambda: self.link.status.connected,
+            hub_calls=self.hub_calls,
         )
         self.gateway.on_info_change(self._on_gateway_info)
         self._tasks: list[asyncio.Task[None]] = []

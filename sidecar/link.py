@@ -55,6 +55,7 @@ class LinkClient:
         on_welcome: Callable[[pb.Welcome], None] = lambda welcome: None,
         on_heartbeat_ack: Callable[[int], None] = lambda batch_id: None,
         on_renew: Callable[[pb.RenewResponse], None] = lambda response: None,
+        on_agent_call_result: Callable[[pb.AgentCallResult], None] = lambda result: None,
     ) -> None:
         self.target = target
         self.hello = hello
@@ -64,6 +65,7 @@ class LinkClient:
         self.on_welcome = on_welcome
         self.on_heartbeat_ack = on_heartbeat_ack
         self.on_renew = on_renew
+        self.on_agent_call_result = on_agent_call_result
         self.status = LinkStatus(connected=False, since=time.time())
         self.streams_opened = 0
         self._unsent: collections.deque[pb.SidecarMessage] = collections.deque(
@@ -163,6 +165,8 @@ class LinkClient:
                 self.on_heartbeat_ack(message.heartbeat_ack.batch_id)
             elif kind == "renew":
                 self.on_renew(message.renew)
+            elif kind == "agent_call_result":
+                self.on_agent_call_result(message.agent_call_result)
             else:
                 log.warning("link.message.ignored", kind=kind)
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from hub.api import agents, boards, gateways, health
+from hub.api import agent_facing, agents, boards, gateways, health, identity, tasks
+from hub.api import webhooks as board_webhooks
+from hub.api.agent_auth import AgentAuthenticator
 from hub.api.core import MAX_BODY_BYTES, Api, TokenBucket, request_context
 from hub.api.deps import DEPS, HttpDeps
 from missioncontrol.version import VERSION
@@ -17,8 +19,9 @@ AGENT_RATE = (10.0, 40)  # per agent token
 
 def build_api() -> Api:
     api = Api("Mission Control hub", VERSION)
-    for module in (health, gateways, boards, agents):
+    for module in (health, identity, gateways, boards, agents, tasks, agent_facing):
         module.register(api)
+    board_webhooks.register(api)
     return api
 
 
@@ -28,7 +31,7 @@ def build_app(deps: HttpDeps) -> web.Application:
     build_api().mount(
         app,
         admin_token=lambda: deps.admin_token,
-        agent_auth=None,
+        agent_auth=AgentAuthenticator(deps.db, deps.reconciler.keyring),
         admin_limit=TokenBucket(*ADMIN_RATE),
         agent_limit=TokenBucket(*AGENT_RATE),
     )

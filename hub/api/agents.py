@@ -9,7 +9,7 @@ from typing import Any
 
 from aiohttp import web
 
-from hub.agents import AgentError, AgentRow, agent_json, load_agent
+from hub.agents import AgentConflict, AgentError, AgentRow, agent_json, load_agent
 from hub.api.core import Api, ApiError, Call, Query
 from hub.api.deps import deps
 from hub.api.schemas import (
@@ -103,8 +103,10 @@ def register(api: Api) -> None:
         )
         try:
             agent = await deps(call.request).reconciler.create_agent(spec)
+        except AgentConflict as exc:
+            raise ApiError(409, str(exc)) from None
         except AgentError as exc:
-            raise ApiError(409 if "already has" in str(exc) else 422, str(exc)) from None
+            raise ApiError(422, str(exc)) from None
         return agent_read(agent)
 
     @api.route(

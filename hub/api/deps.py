@@ -13,6 +13,7 @@ from hub.gateways import GatewayService
 from hub.link_server import SessionRegistry
 from hub.reconciler import Reconciler
 from hub.store import Store
+from hub.webhooks import WebhookService
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,7 @@ class HttpDeps:
     events: EventBus
     enroll_address: str | None  # HOST:PORT sidecars enroll at; None in --insecure-dev mode
     link_address: str
+    webhooks: WebhookService | None = None  # board webhooks: CRUD, ingest, delivery
 
 
 DEPS = web.AppKey("deps", HttpDeps)

@@ -86,22 +86,6 @@ class Ok(BaseModel):
     ok: bool = True
 
 
-class BoardCreate(Strict):
-    name: str = Name
-    gateway_id: str = Field(min_length=1, max_length=64)
-    description: str = Field("", max_length=4000)
-
-
-class BoardRead(BaseModel):
-    id: str
-    gateway_id: str
-    name: str
-    slug: str
-    description: str
-    created_at: str | None
-    updated_at: str | None
-
-
 class HeartbeatConfig(Strict):
     """OpenClaw heartbeat settings of an agent."""
 

@@ -1,0 +1,225 @@
+"""Reconciler: time to process N due check-in deadlines, and deadline -> wake-queued delay.
+
+Real agent rows (woken 30 s ago, not checked in, sidecar connected), the real
+`Reconciler` (deadline heap, lifecycle step, WakeAgent into the outbox) on a real
+SQLite file at the hub's default commit interval. Two agents per gateway, so no
+gateway is blamed as a whole ("more than half missed") and every deadline ends in a wake.
+
+BASELINE: the same rows written by hand: read the agent, update it, take the gateway's
+next sequence, insert a prebuilt WakeAgent; 1,000 agents per transaction, back to back.
+Delay BASELINE: an asyncio timer per deadline that commits the same bare write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import tempfile
+import time
+from pathlib import Path
+
+from bench.harness import Figure, Section, Sizes, Target, percentile, wait_until
+from bench.hubproc import COMMIT_INTERVAL_S
+from bench.seed import SeededAgent, seed
+from hub.database import Database, connect
+from hub.lifecycle import Policy
+from hub.reconciler import DEADLINE_BATCH, Reconciler
+from hub.store import Store
+from hub.tokens import TokenKeyring
+from protos import link_pb2 as pb
+
+CHECKIN_DEADLINE_S = 30.0
+DELAY_LEAD_S = 3.0  # setup finishes before the first deadline
+DELAY_SPREAD_S = 2.0  # deadlines spread evenly over this window
+
+
+async def run(sizes: Sizes) -> Section:
+    section = Section("reconciler", "Reconciler")
+    count = sizes.reconciler_deadlines
+    throughput = Figure(
+        f"{count:,} due deadlines -> wakes queued",
+        "s",
+        [],
+        f"bare SQL, {DEADLINE_BATCH}/tx",
+    )
+    runs = 1 if count >= 50_000 else sizes.runs
+    with tempfile.TemporaryDirectory(prefix="bench-reconciler-") as tmp:
+        for i in range(runs):
+            path = Path(tmp) / f"throughput-{i}.sqlite3"
+            now = time.time()
+            agents = seed(
+                path, gateways=count // 2, agents_per_gateway=2, deadlines=[now - 1] * count
+            )
+            throughput.runs.append(await _process_all(path, agents))
+            bare_path = Path(tmp) / f"bare-{i}.sqlite3"
+            agents = seed(
+                bare_path, gateways=count // 2, agents_per_gateway=2, deadlines=[now - 1] * count
+            )
+            throughput.baseline_runs.append(_bare_process_all(bare_path, agents))
+        rate = Figure(
+            "deadlines processed",
+            "deadlines/s",
+            [count / s for s in throughput.runs],
+            "bare SQL",
+            [count / s for s in throughput.baseline_runs],
+        )
+        delay = Figure(
+            f"deadline -> wake queued (durable), p99 of {sizes.reconciler_spread:,} over "
+            f"{DELAY_SPREAD_S:g} s",
+            "ms",
+            [],
+            "asyncio timer + bare commit",
+            target=Target("<=", 100.0),
+        )
+        median_delay = Figure(
+            "deadline -> wake queued, p50", "ms", [], "asyncio timer + bare commit"
+        )
+        for i in range(sizes.runs):
+            delays = await _delays(Path(tmp) / f"delay-{i}.sqlite3", sizes.reconciler_spread)
+            bare = await _bare_delays(
+                Path(tmp) / f"delay-bare-{i}.sqlite3", sizes.reconciler_spread
+            )
+            delay.runs.append(percentile(delays, 99) * 1000)
+            delay.baseline_runs.append(percentile(bare, 99) * 1000)
+            median_delay.runs.append(percentile(delays, 50) * 1000)
+            median_delay.baseline_runs.append(percentile(bare, 50) * 1000)
+    section.figures += [throughput, rate, delay, median_delay]
+    if runs == 1:
+        section.notes.append(f"{count:,} deadlines: one run (it is the long one)")
+    section.notes.append(f"commit interval {COMMIT_INTERVAL_S:g} s (hub default)")
+    return section
+
+
+def _reconciler(path: Path, on_queued: object = None) -> tuple[Database, Reconciler]:
+    db = Database(path, COMMIT_INTERVAL_S)
+    db.open()
+    policy = Policy(
+        checkin_deadline_s=CHECKIN_DEADLINE_S,
+        restart_grace_windows=0.0,  # the hub started long ago; no restart grace in the way
+        hub_started_at=time.time() - 3600,
+    )
+    reconciler = Reconciler(
+        db,
+        Store(db),
+        TokenKeyring(os.urandom(32)),
+        policy,
+        on_commands_queued=on_queued if callable(on_queued) else (lambda gateway_id: None),
+    )
+    return db, reconciler
+
+
+async def _connect_all(reconciler: Reconciler, agents: list[SeededAgent]) -> None:
+    """Every sidecar's stream is up (the reconciler only wakes agents it can reach)."""
+    gateways = sorted({a.gateway_id for a in agents})
+    for start in range(0, len(gateways), 5_000):
+        await asyncio.gather(
+            *(reconciler.link_changed(g, True) for g in gateways[start : start + 5_000])
+        )
+
+
+def _wakes(path: Path) -> int:
+    conn = connect(path, readonly=True)
+    try:
+        return int(
+            conn.execute("SELECT COUNT(*) FROM commands WHERE kind = 'wake_agent'").fetchone()[0]
+        )
+    finally:
+        conn.close()
+
+
+async def _process_all(path: Path, agents: list[SeededAgent]) -> float:
+    db, reconciler = _reconciler(path)
+    try:
+        await _connect_all(reconciler, agents)
+        started = time.monotonic()
+        await reconciler.start()
+        await wait_until(lambda: _wakes(path) >= len(agents), 600.0, "all wakes queued")
+        return time.monotonic() - started
+    finally:
+        await reconciler.stop()
+        await db.close()
+
+
+def _wake_payload() -> bytes:
+    return pb.Command(
+        wake_agent=pb.WakeAgent(agent_id="mc-x", generation=1, message="x" * 400, attempt=2)
+    ).SerializeToString()
+
+
+def _bare_write(conn: sqlite3.Connection, agent: SeededAgent, now: float, payload: bytes) -> None:
+    conn.execute("SELECT * FROM agents WHERE id = ?", (agent.id,)).fetchone()
+    conn.execute(
+        "UPDATE agents SET phase = 'waking', wake_attempts = 2, checkin_deadline_at = ?, "
+        "updated_at = ? WHERE id = ?",
+        (now + CHECKIN_DEADLINE_S, now, agent.id),
+    )
+    sequence = conn.execute(
+        "UPDATE gateways SET next_sequence = next_sequence + 1 WHERE id = ? "
+        "RETURNING next_sequence - 1",
+        (agent.gateway_id,),
+    ).fetchone()[0]
+    conn.execute(
+        "INSERT INTO commands (gateway_id, sequence, kind, agent_id, generation, payload, "
+        "created_at) VALUES (?, ?, 'wake_agent', ?, 1, ?, ?)",
+        (agent.gateway_id, sequence, agent.gateway_agent_id, payload, now),
+    )
+
+
+def _bare_process_all(path: Path, agents: list[SeededAgent]) -> float:
+    conn = connect(path)
+    payload = _wake_payload()
+    started = time.monotonic()
+    try:
+        for start in range(0, len(agents), DEADLINE_BATCH):
+            now = time.time()
+            conn.execute("BEGIN IMMEDIATE")
+            for agent in agents[start : start + DEADLINE_BATCH]:
+                _bare_write(conn, agent, now, payload)
+            conn.execute("COMMIT")
+        return time.monotonic() - started
+    finally:
+        conn.close()
+
+
+def _spread(count: int) -> list[float]:
+    first = time.time() + DELAY_LEAD_S
+    return [first + DELAY_SPREAD_S * i / count for i in range(count)]
+
+
+async def _delays(path: Path, count: int) -> list[float]:
+    deadlines = _spread(count)
+    agents = seed(path, gateways=count, agents_per_gateway=1, deadlines=deadlines)
+    deadline_of = {a.gateway_id: at for a, at in zip(agents, deadlines, strict=True)}
+    delays: list[float] = []
+
+    def queued(gateway_id: str) -> None:
+        delays.append(time.time() - deadline_of[gateway_id])
+
+    db, reconciler = _reconciler(path, queued)
+    try:
+        await _connect_all(reconciler, agents)
+        await reconciler.start()
+        await wait_until(lambda: len(delays) >= count, 120.0, "all wakes queued")
+        return delays
+    finally:
+        await reconciler.stop()
+        await db.close()
+
+
+async def _bare_delays(path: Path, count: int) -> list[float]:
+    deadlines = _spread(count)
+    agents = seed(path, gateways=count, agents_per_gateway=1, deadlines=deadlines)
+    conn = connect(path)
+    payload = _wake_payload()
+    delays: list[float] = []
+    try:
+        for agent, at in zip(agents, deadlines, strict=True):
+            await asyncio.sleep(max(0.0, at - time.time()))
+            conn.execute("BEGIN IMMEDIATE")
+            _bare_write(conn, agent, time.time(), payload)
+            conn.execute("COMMIT")
+            delays.append(time.time() - at)
+        return delays
+    finally:
+        conn.close()

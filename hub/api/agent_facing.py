@@ -1,0 +1,477 @@
+"""The hub's agent-facing API (`/api/v1/agent/*`, X-Agent-Token): health, heartbeat,
+boards, and the board's tasks.
+
+An agent token grants only that agent's own rights. A board agent (lead or worker)
+reaches its own board; a gateway's main agent reads the boards of its own gateway and
+nothing else (the reference let main agents read any board of any tenant). Changing
+tasks belongs to the board's own agents. A board the agent may not reach is a 403,
+whether or not it exists, so the answer is no oracle for other tenants' board ids.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from hub.agents import load_agent
+from hub.api.agent_auth import AgentPrincipal
+from hub.api.agents import agent_read
+from hub.api.core import Api, ApiError, Auth, Call, Page, Strict
+from hub.api.deps import deps
+from hub.api.schemas import AgentRead
+from hub.api.tasks import (
+    MAX_ID_CHARS,
+    CommentCreate,
+    CommentPage,
+    CommentRead,
+    TaskFilter,
+    TaskPage,
+    TaskRead,
+    TaskStatus,
+    comment_page,
+    comment_read,
+    task_error,
+    task_page,
+    task_read,
+)
+from hub.tasks import (
+    CommentRow,
+    TaskError,
+    TaskRow,
+    add_comment,
+    get_task,
+    list_comments,
+    list_tasks,
+    update_task,
+)
+from missioncontrol.log import get_logger
+from missioncontrol.timefmt import iso
+from protos import link_pb2 as pb
+from protos.contract import timestamp
+
+log = get_logger("hub.api.agent")
+
+MAIN, LEAD, WORKER = "agent-main", "agent-lead", "agent-worker"
+EVERY_AGENT = (MAIN, LEAD, WORKER)
+BOARD_AGENTS = (LEAD, WORKER)
+MAX_STATUS_CHARS = 64  # as the sidecar's local agent API
+MAX_TASK_ID_CHARS = 128
+
+_BOARD_COLUMNS = (
+    "id, gateway_id, name, slug, description, board_type, objective, status, "
+    "require_approval_for_done, require_review_before_done, comment_required_for_review, "
+    "only_lead_can_change_status, max_agents, created_at, updated_at"
+)
+
+
+class AgentHealth(BaseModel):
+    ok: bool = True
+    agent_id: str
+    board_id: str | None
+    gateway_id: str
+    status: str
+    is_board_lead: bool
+
+
+class AgentHeartbeatBody(Strict):
+    status: str | None = Field(None, max_length=MAX_STATUS_CHARS)
+    current_task_id: str | None = Field(None, max_length=MAX_TASK_ID_CHARS)
+
+
+class AgentBoardRead(BaseModel):
+    """A board as its agents see it: what it is for and the rules its tasks follow."""
+
+    id: str
+    gateway_id: str
+    name: str
+    slug: str
+    description: str
+    board_type: str
+    objective: str
+    status: str
+    require_approval_for_done: bool
+    require_review_before_done: bool
+    comment_required_for_review: bool
+    only_lead_can_change_status: bool
+    max_agents: int
+    created_at: str | None
+    updated_at: str | None
+
+
+class AgentBoardPage(BaseModel):
+    items: list[AgentBoardRead]
+    total: int
+    limit: int
+    offset: int
+
+
+class AgentTaskUpdate(Strict):
+    """Workers move their own (or unassigned) tasks; the lead also assigns."""
+
+    status: TaskStatus | None = None
+    assigned_agent_id: str | None = Field(
+        None, min_length=1, max_length=MAX_ID_CHARS, description="lead only; null unassigns"
+    )
+    comment: str | None = Field(
+        None, min_length=1, max_length=20_000, description="added as the agent's comment"
+    )
+
+
+def principal(call: Call) -> AgentPrincipal:
+    assert isinstance(call.principal, AgentPrincipal)
+    return call.principal
+
+
+def may_reach(agent: AgentPrincipal, board_id: str, board_gateway_id: str) -> bool:
+    """The one access rule: a board agent its own board, a main agent its gateway's boards."""
+    if agent.board_id is not None:
+        return board_id == agent.board_id
+    return agent.is_gateway_main and board_gateway_id == agent.gateway_id
+
+
+def board_view(row: sqlite3.Row) -> AgentBoardRead:
+    values: dict[str, Any] = dict(row)
+    values["created_at"] = iso(values["created_at"])
+    values["updated_at"] = iso(values["updated_at"])
+    return AgentBoardRead.model_validate(values)
+
+
+def reachable_board(conn: sqlite3.Connection, agent: AgentPrincipal, board_id: str) -> sqlite3.Row:
+    """The board row, or 403 when the agent may not reach it (also when there is none)."""
+    row = None
+    if agent.board_id is None or agent.board_id == board_id:
+        row = conn.execute(
+            f"SELECT {_BOARD_COLUMNS} FROM boards WHERE id = ?", (board_id,)
+        ).fetchone()
+    if row is None or not may_reach(agent, row["id"], row["gateway_id"]):
+        raise ApiError(403, f"this agent may not access board {board_id}")
+    return row
+
+
+def require_board_agent(agent: AgentPrincipal) -> None:
+    if agent.board_id is None:
+        raise ApiError(
+            403,
+            "a gateway main agent reads its gateway's boards; tasks are changed by the "
+            "board's own agents (message the board lead instead)",
+        )
+
+
+def task_on_board(conn: sqlite3.Connection, board_id: str, task_id: str) -> TaskRow:
+    task = get_task(conn, board_id, task_id)
+    if task is None:
+        raise ApiError(404, "task not found on this board")
+    return task
+
+
+def reachable_task(
+    conn: sqlite3.Connection, agent: AgentPrincipal, board_id: str, task_id: str
+) -> tuple[sqlite3.Row, TaskRow]:
+    """The board and task a board agent may change, or 403/404. Writers call it on the
+    reader first (a refusal never waits for the group commit), then in their transaction."""
+    board = reachable_board(conn, agent, board_id)
+    require_board_agent(agent)
+    return board, task_on_board(conn, board_id, task_id)
+
+
+def agent_task_changes(
+    agent: AgentPrincipal, board: sqlite3.Row, task: TaskRow, body: AgentTaskUpdate
+) -> dict[str, Any]:
+    """The columns an agent's PATCH may change, under the board's rules; raises ApiError."""
+    sent = body.model_fields_set
+    is_lead = agent.is_board_lead
+    if not is_lead and task.assigned_agent_id not in (None, agent.id):
+        raise ApiError(
+            403, "this task is assigned to another agent; only the board lead may change it"
+        )
+    changes: dict[str, Any] = {}
+    if "assigned_agent_id" in sent:
+        if not is_lead:
+            raise ApiError(403, "only the board lead assigns tasks")
+        changes["assigned_agent_id"] = body.assigned_agent_id
+    if "status" in sent and body.status is None:
+        raise ApiError(
+            422, [{"loc": ["status"], "msg": "may be left out but not null", "type": "value_error"}]
+        )
+    if body.status is not None and body.status != task.status:
+        if board["only_lead_can_change_status"] and not is_lead:
+            raise ApiError(403, "on this board only the lead changes a task's status")
+        if (
+            body.status == "done"
+            and board["require_review_before_done"]
+            and task.status != "review"
+        ):
+            raise ApiError(
+                409, "this board requires review before done: move the task to review first"
+            )
+        if body.status == "review" and board["comment_required_for_review"] and not body.comment:
+            raise ApiError(
+                422,
+                [
+                    {
+                        "loc": ["comment"],
+                        "msg": "this board requires a comment when a task moves to review",
+                        "type": "missing",
+                    }
+                ],
+            )
+        changes["status"] = body.status
+        if (
+            body.status == "in_progress"
+            and task.assigned_agent_id is None
+            and "assigned_agent_id" not in changes
+        ):
+            changes["assigned_agent_id"] = agent.id  # taking up a task claims it
+    return changes
+
+
+def register(api: Api) -> None:
+    base = "/api/v1/agent"
+
+    @api.route(
+        "GET",
+        base + "/healthz",
+        summary="Check the agent's token and see who the hub thinks it is",
+        tags=EVERY_AGENT,
+        auth=Auth.AGENT,
+        response=AgentHealth,
+    )
+    async def agent_healthz(call: Call) -> AgentHealth:
+        agent = principal(call)
+        row = await deps(call.request).db.read(lambda conn: load_agent(conn, agent.id))
+        if row is None:
+            raise ApiError(401, "this agent no longer exists")
+        return AgentHealth(
+            agent_id=agent.id,
+            board_id=agent.board_id,
+            gateway_id=agent.gateway_id,
+            status=row.status,
+            is_board_lead=agent.is_board_lead,
+        )
+
+    @api.route(
+        "POST",
+        base + "/heartbeat",
+        summary="Heartbeat: check in and refresh presence",
+        tags=EVERY_AGENT,
+        auth=Auth.AGENT,
+        body=AgentHeartbeatBody,
+        response=AgentRead,
+    )
+    async def agent_heartbeat(call: Call) -> AgentRead:
+        agent = principal(call)
+        body: AgentHeartbeatBody = call.body
+        d = deps(call.request)
+        if body.current_task_id:
+            task_id = body.current_task_id
+
+            def reachable_task(conn: sqlite3.Connection) -> bool:
+                row = conn.execute(
+                    "SELECT t.board_id, b.gateway_id FROM tasks t "
+                    "JOIN boards b ON b.id = t.board_id WHERE t.id = ?",
+                    (task_id,),
+                ).fetchone()
+                return row is not None and may_reach(agent, row[0], row[1])
+
+            if not await d.db.read(reachable_task):
+                raise ApiError(
+                    422,
+                    [
+                        {
+                            "loc": ["current_task_id"],
+                            "msg": "no such task on a board this agent can reach",
+                            "type": "value_error",
+                        }
+                    ],
+                )
+        beat = pb.AgentHeartbeat(
+            agent_id=agent.gateway_agent_id,
+            observed_at=timestamp(),
+            status=body.status or "",
+            current_task_id=body.current_task_id or "",
+        )
+        await d.reconciler.heartbeats(agent.gateway_id, pb.HeartbeatBatch(beats=[beat]))
+        row = await d.db.read(lambda conn: load_agent(conn, agent.id))
+        if row is None:
+            raise ApiError(401, "this agent no longer exists")
+        return agent_read(row)
+
+    @api.route(
+        "GET",
+        base + "/boards",
+        summary="Boards this agent may reach: its own, or (main agent) its gateway's",
+        tags=EVERY_AGENT,
+        auth=Auth.AGENT,
+        query=Page,
+        response=AgentBoardPage,
+    )
+    async def agent_list_boards(call: Call) -> AgentBoardPage:
+        agent = principal(call)
+        q: Page = call.query
+        if agent.board_id is not None:
+            where, args = "WHERE id = ?", (agent.board_id,)
+        else:
+            where, args = "WHERE gateway_id = ?", (agent.gateway_id,)
+
+        def op(conn: sqlite3.Connection) -> tuple[list[sqlite3.Row], int]:
+            total = conn.execute(f"SELECT COUNT(*) FROM boards {where}", args).fetchone()[0]
+            rows = conn.execute(
+                f"SELECT {_BOARD_COLUMNS} FROM boards {where} "
+                "ORDER BY created_at, id LIMIT ? OFFSET ?",
+                (*args, q.limit, q.offset),
+            ).fetchall()
+            return rows, total
+
+        rows, total = await deps(call.request).db.read(op)
+        return AgentBoardPage(
+            items=[board_view(r) for r in rows], total=total, limit=q.limit, offset=q.offset
+        )
+
+    @api.route(
+        "GET",
+        base + "/boards/{board_id}",
+        summary="Read a board this agent may reach (403 for any other)",
+        tags=EVERY_AGENT,
+        auth=Auth.AGENT,
+        response=AgentBoardRead,
+    )
+    async def agent_get_board(call: Call) -> AgentBoardRead:
+        agent = principal(call)
+        board_id = call.request.match_info["board_id"]
+        row = await deps(call.request).db.read(lambda conn: reachable_board(conn, agent, board_id))
+        return board_view(row)
+
+    @api.route(
+        "GET",
+        base + "/boards/{board_id}/tasks",
+        summary="List the board's tasks (filter by status or assignee)",
+        tags=EVERY_AGENT,
+        auth=Auth.AGENT,
+        query=TaskFilter,
+        response=TaskPage,
+    )
+    async def agent_list_tasks(call: Call) -> TaskPage:
+        agent = principal(call)
+        board_id = call.request.match_info["board_id"]
+        q: TaskFilter = call.query
+
+        def op(conn: sqlite3.Connection) -> tuple[list[TaskRow], int]:
+            reachable_board(conn, agent, board_id)
+            return list_tasks(
+                conn,
+                board_id,
+                status=q.status,
+                assigned_agent_id=q.assigned_agent_id,
+                limit=q.limit,
+                offset=q.offset,
+            )
+
+        rows, total = await deps(call.request).db.read(op)
+        return task_page(rows, total, q)
+
+    @api.route(
+        "PATCH",
+        base + "/boards/{board_id}/tasks/{task_id}",
+        summary="Move a task (status), optionally with a comment; the lead also assigns",
+        tags=BOARD_AGENTS,
+        auth=Auth.AGENT,
+        body=AgentTaskUpdate,
+        response=TaskRead,
+    )
+    async def agent_update_task(call: Call) -> TaskRead:
+        agent = principal(call)
+        board_id = call.request.match_info["board_id"]
+        task_id = call.request.match_info["task_id"]
+        body: AgentTaskUpdate = call.body
+        d = deps(call.request)
+        await d.db.read(lambda conn: reachable_task(conn, agent, board_id, task_id))
+
+        def op(conn: sqlite3.Connection) -> tuple[TaskRow, TaskRow]:
+            board, before = reachable_task(conn, agent, board_id, task_id)
+            changes = agent_task_changes(agent, board, before, body)
+            now = time.time()
+            after = update_task(conn, before, changes, now=now)
+            if body.comment:
+                add_comment(
+                    conn,
+                    task_id,
+                    author_kind="agent",
+                    author_id=agent.id,
+                    body=body.comment,
+                    now=now,
+                )
+            return before, after
+
+        try:
+            before, task = await d.db.write(op)
+        except TaskError as exc:
+            raise task_error(exc) from None
+        log.info(
+            "agent.task.updated",
+            agent_id=agent.id,
+            board_id=board_id,
+            task_id=task_id,
+            status_from=before.status,
+            status_to=task.status,
+            commented=bool(body.comment),
+        )
+        return task_read(task)
+
+    @api.route(
+        "GET",
+        base + "/boards/{board_id}/tasks/{task_id}/comments",
+        summary="Read a task's comments, oldest first",
+        tags=EVERY_AGENT,
+        auth=Auth.AGENT,
+        query=Page,
+        response=CommentPage,
+    )
+    async def agent_list_comments(call: Call) -> CommentPage:
+        agent = principal(call)
+        board_id = call.request.match_info["board_id"]
+        task_id = call.request.match_info["task_id"]
+        q: Page = call.query
+
+        def op(conn: sqlite3.Connection) -> tuple[list[CommentRow], int]:
+            reachable_board(conn, agent, board_id)
+            task_on_board(conn, board_id, task_id)
+            return list_comments(conn, task_id, limit=q.limit, offset=q.offset)
+
+        rows, total = await deps(call.request).db.read(op)
+        return comment_page(rows, total, q)
+
+    @api.route(
+        "POST",
+        base + "/boards/{board_id}/tasks/{task_id}/comments",
+        summary="Comment on a task of the agent's board",
+        tags=BOARD_AGENTS,
+        auth=Auth.AGENT,
+        body=CommentCreate,
+        response=CommentRead,
+        status=201,
+    )
+    async def agent_comment_task(call: Call) -> CommentRead:
+        agent = principal(call)
+        board_id = call.request.match_info["board_id"]
+        task_id = call.request.match_info["task_id"]
+        message = call.body.message
+        d = deps(call.request)
+        await d.db.read(lambda conn: reachable_task(conn, agent, board_id, task_id))
+
+        def op(conn: sqlite3.Connection) -> CommentRow:
+            reachable_task(conn, agent, board_id, task_id)
+            return add_comment(
+                conn,
+                task_id,
+                author_kind="agent",
+                author_id=agent.id,
+                body=message,
+                now=time.time(),
+            )
+
+        comment = await d.db.write(op)
+        log.info("agent.task.commented", agent_id=agent.id, board_id=board_id, task_id=task_id)
+        return comment_read(comment)

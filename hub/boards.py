@@ -1,0 +1,116 @@
+"""Boards in the store: rows, their goal and rules, and deletion through the sidecars."""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+import time
+import uuid
+from typing import Any
+
+from hub.rendering import BoardProfile, BoardRules
+from hub.store import StoreError, add_event
+
+RULES = (
+    "require_approval_for_done",
+    "require_review_before_done",
+    "comment_required_for_review",
+    "only_lead_can_change_status",
+)
+EDITABLE = (
+    "name",
+    "description",
+    "board_type",
+    "objective",
+    "success_metrics",
+    "target_date",
+    "goal_confirmed",
+    "max_agents",
+    *RULES,
+)
+
+
+class BoardNotFound(StoreError):
+    pass
+
+
+def board_dict(row: sqlite3.Row) -> dict[str, Any]:
+    values = dict(row)
+    values["success_metrics"] = json.loads(values["success_metrics"])
+    for key in ("goal_confirmed", *RULES):
+        values[key] = bool(values[key])
+    return values
+
+
+def load_board(conn: sqlite3.Connection, board_id: str) -> dict[str, Any]:
+    row = conn.execute("SELECT * FROM boards WHERE id = ?", (board_id,)).fetchone()
+    if row is None:
+        raise BoardNotFound(f"board {board_id} does not exist")
+    return board_dict(row)
+
+
+def create_board(
+    conn: sqlite3.Connection, gateway_id: str, fields: dict[str, Any]
+) -> dict[str, Any]:
+    now = time.time()
+    board_id = str(uuid.uuid4())
+    name = fields["name"]
+    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or board_id
+    conn.execute(
+        "INSERT INTO boards (id, gateway_id, name, slug, created_at, updated_at) "
+        "VALUES (?, ?, ?, ?, ?, ?)",
+        (board_id, gateway_id, name, slug, now, now),
+    )
+    update_board(conn, board_id, {k: v for k, v in fields.items() if k != "name"}, now=now)
+    add_event(conn, "board.created", gateway_id=gateway_id, at=now, board_id=board_id)
+    return load_board(conn, board_id)
+
+
+def update_board(
+    conn: sqlite3.Connection, board_id: str, fields: dict[str, Any], *, now: float | None = None
+) -> dict[str, Any]:
+    load_board(conn, board_id)
+    changes = {k: v for k, v in fields.items() if k in EDITABLE}
+    if "success_metrics" in changes:
+        changes["success_metrics"] = json.dumps(changes["success_metrics"])
+    if changes:
+        assignments = ", ".join(f"{key} = ?" for key in changes)  # keys from EDITABLE only
+        conn.execute(
+            f"UPDATE boards SET {assignments}, updated_at = ? WHERE id = ?",
+            (*changes.values(), now or time.time(), board_id),
+        )
+    return load_board(conn, board_id)
+
+
+def board_profile(conn: sqlite3.Connection, board_id: str) -> BoardProfile | None:
+    """What the templates know about a board."""
+    try:
+        board = load_board(conn, board_id)
+    except BoardNotFound:
+        return None
+    return BoardProfile(
+        id=board["id"],
+        name=board["name"],
+        board_type=board["board_type"],
+        description=board["description"],
+        objective=board["objective"],
+        success_metrics=board["success_metrics"],
+        target_date=board["target_date"],
+        goal_confirmed=board["goal_confirmed"],
+        rules=BoardRules(**{k: board[k] for k in RULES}, max_agents=board["max_agents"]),
+    )
+
+
+def finish_deleting(conn: sqlite3.Connection, board_id: str | None) -> bool:
+    """Delete a board marked `deleting` once its last agent is gone; True if deleted."""
+    if board_id is None:
+        return False
+    row = conn.execute("SELECT status FROM boards WHERE id = ?", (board_id,)).fetchone()
+    if row is None or row[0] != "deleting":
+        return False
+    if conn.execute("SELECT 1 FROM agents WHERE board_id = ? LIMIT 1", (board_id,)).fetchone():
+        return False
+    conn.execute("DELETE FROM boards WHERE id = ?", (board_id,))
+    add_event(conn, "board.deleted", board_id=board_id)
+    return True

@@ -1,0 +1,227 @@
+"""Board tasks and their comments in the store.
+
+Every function takes the connection of a store transaction (`conn`), so callers put a
+task change in the same commit as whatever caused it (an agent's deletion, for one).
+Times are epoch seconds; the API renders them as ISO 8601 UTC.
+
+Rules kept here, once, for the admin and the agent-facing API alike:
+
+- a task is assigned only to an agent of its own board;
+- `in_progress_at` is set each time a task enters `in_progress`;
+- an agent's deletion unassigns its tasks and puts its `in_progress` ones back in `inbox`.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import uuid
+from dataclasses import dataclass, fields
+from typing import Any
+
+from hub.store import StoreError, add_event
+
+STATUSES = ("inbox", "in_progress", "review", "done")
+PRIORITIES = ("low", "medium", "high")
+
+
+class TaskError(StoreError):
+    """A task change the rules refuse; `field` names the input at fault, if one is."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+@dataclass(frozen=True)
+class TaskRow:
+    id: str
+    board_id: str
+    title: str
+    description: str
+    status: str
+    priority: str
+    due_at: float | None
+    assigned_agent_id: str | None
+    in_progress_at: float | None
+    created_by: str
+    created_at: float
+    updated_at: float
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> TaskRow:
+        return cls(**{f.name: row[f.name] for f in fields(cls)})
+
+
+@dataclass(frozen=True)
+class CommentRow:
+    id: str
+    task_id: str
+    author_kind: str
+    author_id: str
+    body: str
+    created_at: float
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> CommentRow:
+        return cls(**{f.name: row[f.name] for f in fields(cls)})
+
+
+def board_exists(conn: sqlite3.Connection, board_id: str) -> bool:
+    return conn.execute("SELECT 1 FROM boards WHERE id = ?", (board_id,)).fetchone() is not None
+
+
+def check_assignee(conn: sqlite3.Connection, board_id: str, agent_id: str) -> None:
+    """Raise TaskError unless `agent_id` is an agent of `board_id`."""
+    row = conn.execute("SELECT board_id FROM agents WHERE id = ?", (agent_id,)).fetchone()
+    if row is None:
+        raise TaskError(f"no agent {agent_id}", "assigned_agent_id")
+    if row["board_id"] != board_id:
+        raise TaskError(
+            f"agent {agent_id} is not on board {board_id}; assign an agent of this board",
+            "assigned_agent_id",
+        )
+
+
+def list_tasks(
+    conn: sqlite3.Connection,
+    board_id: str,
+    *,
+    status: str | None = None,
+    assigned_agent_id: str | None = None,
+    limit: int,
+    offset: int,
+) -> tuple[list[TaskRow], int]:
+    where = (
+        "WHERE board_id = ? AND (? IS NULL OR status = ?) AND (? IS NULL OR assigned_agent_id = ?)"
+    )
+    args = (board_id, status, status, assigned_agent_id, assigned_agent_id)
+    total = conn.execute(f"SELECT COUNT(*) FROM tasks {where}", args).fetchone()[0]
+    rows = conn.execute(
+        f"SELECT * FROM tasks {where} ORDER BY created_at, id LIMIT ? OFFSET ?",
+        (*args, limit, offset),
+    ).fetchall()
+    return [TaskRow.from_row(r) for r in rows], total
+
+
+def get_task(conn: sqlite3.Connection, board_id: str, task_id: str) -> TaskRow | None:
+    row = conn.execute(
+        "SELECT * FROM tasks WHERE id = ? AND board_id = ?", (task_id, board_id)
+    ).fetchone()
+    return TaskRow.from_row(row) if row else None
+
+
+def create_task(
+    conn: sqlite3.Connection,
+    board_id: str,
+    *,
+    title: str,
+    description: str = "",
+    status: str = "inbox",
+    priority: str = "medium",
+    due_at: float | None = None,
+    assigned_agent_id: str | None = None,
+    created_by: str,
+    now: float,
+) -> TaskRow:
+    if assigned_agent_id is not None:
+        check_assignee(conn, board_id, assigned_agent_id)
+    task_id = str(uuid.uuid4())
+    conn.execute(
+        """INSERT INTO tasks (id, board_id, title, description, status, priority, due_at,
+               assigned_agent_id, in_progress_at, created_by, created_at, updated_at)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+        (
+            task_id,
+            board_id,
+            title,
+            description,
+            status,
+            priority,
+            due_at,
+            assigned_agent_id,
+            now if status == "in_progress" else None,
+            created_by,
+            now,
+            now,
+        ),
+    )
+    task = get_task(conn, board_id, task_id)
+    assert task is not None
+    return task
+
+
+_UPDATABLE = ("title", "description", "status", "priority", "due_at", "assigned_agent_id")
+
+
+def update_task(
+    conn: sqlite3.Connection, task: TaskRow, changes: dict[str, Any], *, now: float
+) -> TaskRow:
+    """Apply `changes` (a subset of the updatable columns) to `task`; returns the new row."""
+    unknown = set(changes) - set(_UPDATABLE)
+    if unknown:
+        raise ValueError(f"not updatable: {sorted(unknown)}")
+    if changes.get("assigned_agent_id") is not None:
+        check_assignee(conn, task.board_id, changes["assigned_agent_id"])
+    values = dict(changes)
+    if values.get("status") == "in_progress" and task.status != "in_progress":
+        values["in_progress_at"] = now
+    if not values:
+        return task
+    values["updated_at"] = now
+    assignments = ", ".join(f"{column} = ?" for column in values)
+    conn.execute(f"UPDATE tasks SET {assignments} WHERE id = ?", (*values.values(), task.id))
+    updated = get_task(conn, task.board_id, task.id)
+    assert updated is not None
+    return updated
+
+
+def delete_task(conn: sqlite3.Connection, board_id: str, task_id: str) -> bool:
+    """Delete a task and (by cascade) its comments; False if there was none."""
+    cursor = conn.execute("DELETE FROM tasks WHERE id = ? AND board_id = ?", (task_id, board_id))
+    return cursor.rowcount > 0
+
+
+def list_comments(
+    conn: sqlite3.Connection, task_id: str, *, limit: int, offset: int
+) -> tuple[list[CommentRow], int]:
+    total = conn.execute(
+        "SELECT COUNT(*) FROM task_comments WHERE task_id = ?", (task_id,)
+    ).fetchone()[0]
+    rows = conn.execute(
+        "SELECT * FROM task_comments WHERE task_id = ? ORDER BY created_at, id LIMIT ? OFFSET ?",
+        (task_id, limit, offset),
+    ).fetchall()
+    return [CommentRow.from_row(r) for r in rows], total
+
+
+def add_comment(
+    conn: sqlite3.Connection,
+    task_id: str,
+    *,
+    author_kind: str,
+    author_id: str,
+    body: str,
+    now: float,
+) -> CommentRow:
+    comment_id = str(uuid.uuid4())
+    conn.execute(
+        "INSERT INTO task_comments (id, task_id, author_kind, author_id, body, created_at) "
+        "VALUES (?, ?, ?, ?, ?, ?)",
+        (comment_id, task_id, author_kind, author_id, body, now),
+    )
+    row = conn.execute("SELECT * FROM task_comments WHERE id = ?", (comment_id,)).fetchone()
+    return CommentRow.from_row(row)
+
+
+def unassign_agent_tasks(conn: sqlite3.Connection, agent_id: str, *, now: float) -> int:
+    """An agent is going away: unassign its tasks, and put its in-progress ones back in the
+    inbox so another agent picks them up. Returns how many tasks changed."""
+    cursor = conn.execute(
+        """UPDATE tasks SET assigned_agent_id = NULL, updated_at = ?,
+               status = CASE WHEN status = 'in_progress' THEN 'inbox' ELSE status END
+           WHERE assigned_agent_id = ?""",
+        (now, agent_id),
+    )
+    if cursor.rowcount:
+        add_event(conn, "agent.tasks.unassigned", agent_id=agent_id, at=now, tasks=cursor.rowcount)
+    return cursor.rowcount
