@@ -29,7 +29,7 @@ T = TypeVar("T")
 log = get_logger("hub.database")
 
 BUSY_TIMEOUT_MS = 5_000
-COMMIT_BURST = 5  # commits allowed back to back before pacing sets in
+COMMIT_BURST = 3  # commits allowed back to back before pacing sets in
 
 
 class DatabaseError(RuntimeError):

@@ -346,14 +346,14 @@ class Reconciler:
             seen = {b.agent_id: min(epoch_s(b.observed_at), now) for b in batch.beats}
             # Steady state (online, nothing outstanding): only presence moves, in one
             # statement for the whole batch; observed times never go backwards.
-            conn.executemany(
+            steady = conn.executemany(
                 """UPDATE agents SET last_seen_at = MAX(COALESCE(last_seen_at, 0), ?)
                    WHERE gateway_id = ? AND gateway_agent_id = ?
                      AND status = 'online' AND phase = 'idle'""",
                 [(at, gateway_id, agent_id) for agent_id, at in seen.items()],
-            )
+            ).rowcount
             # Everyone else has a lifecycle decision waiting on this check-in.
-            ids = list(seen)
+            ids = list(seen) if steady < len(seen) else []
             for start in range(0, len(ids), 500):
                 chunk = ids[start : start + 500]
                 rows = conn.execute(
