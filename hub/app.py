@@ -137,6 +137,7 @@ class Hub:
             reconciler=self.reconciler,
             events=self.events,
             webhooks=self.webhooks,
+            cors_origins=config.cors_origins,
             enroll_address=str(enroll) if enroll else None,
             link_address=str(link),
         )

@@ -73,6 +73,13 @@ SERVE_OPTIONS = (
         metavar="DAYS",
     ),
     Option(
+        "cors-origins",
+        "comma-separated browser origins allowed to call the API (e.g. a dashboard)",
+        "",
+        lambda text: tuple(o.strip() for o in text.split(",") if o.strip()),
+        metavar="ORIGINS",
+    ),
+    Option(
         "checkin-deadline",
         "seconds an agent has to check in after a delivered wake (3 wakes, then offline)",
         30.0,
@@ -118,6 +125,7 @@ class HubConfig:
     link_names: tuple[str, ...] = ()
     cert_lifetime_days: float = 30.0
     checkin_deadline_s: float = 30.0
+    cors_origins: tuple[str, ...] = ()
     admin_token_generated: bool = False
 
     @property
@@ -196,6 +204,7 @@ def build_config(args: argparse.Namespace, environ: Mapping[str, str] = os.envir
         link_names=values["link_names"],
         cert_lifetime_days=values["cert_lifetime_days"],
         checkin_deadline_s=values["checkin_deadline"],
+        cors_origins=values["cors_origins"],
     )
     config.validate()
     return config

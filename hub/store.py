@@ -135,6 +135,17 @@ class Store:
 
         return await self.db.write(op)
 
+    async def rename_gateway(self, gateway_id: str, name: str) -> GatewayRow:
+        def op(conn: sqlite3.Connection) -> GatewayRow:
+            gateway_in(conn, gateway_id)
+            conn.execute(
+                "UPDATE gateways SET name = ?, updated_at = ? WHERE id = ?",
+                (name, time.time(), gateway_id),
+            )
+            return gateway_in(conn, gateway_id)
+
+        return await self.db.write(op, urgent=True)
+
     async def get_gateway(self, gateway_id: str) -> GatewayRow | None:
         def op(conn: sqlite3.Connection) -> GatewayRow | None:
             row = conn.execute("SELECT * FROM gateways WHERE id = ?", (gateway_id,)).fetchone()

@@ -7,7 +7,7 @@ from aiohttp import web
 from hub.api import agent_facing, agents, boards, gateways, health, identity, tasks
 from hub.api import webhooks as board_webhooks
 from hub.api.agent_auth import AgentAuthenticator
-from hub.api.core import MAX_BODY_BYTES, Api, TokenBucket, request_context
+from hub.api.core import MAX_BODY_BYTES, Api, TokenBucket, cors, request_context
 from hub.api.deps import DEPS, HttpDeps
 from missioncontrol.version import VERSION
 
@@ -26,7 +26,9 @@ def build_api() -> Api:
 
 
 def build_app(deps: HttpDeps) -> web.Application:
-    app = web.Application(middlewares=[request_context], client_max_size=MAX_BODY_BYTES)
+    app = web.Application(
+        middlewares=[cors(deps.cors_origins), request_context], client_max_size=MAX_BODY_BYTES
+    )
     app[DEPS] = deps
     build_api().mount(
         app,

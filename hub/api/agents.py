@@ -14,6 +14,7 @@ from hub.api.core import Api, ApiError, Call, Query
 from hub.api.deps import deps
 from hub.api.schemas import (
     Accepted,
+    AdminHeartbeat,
     AgentCreate,
     AgentFilter,
     AgentPage,
@@ -25,6 +26,8 @@ from hub.api.schemas import (
 from hub.events import SubscriberTooSlow
 from hub.reconciler import AgentSpec
 from hub.rendering import AgentKind
+from protos import link_pb2 as pb
+from protos.contract import timestamp
 
 KEEPALIVE_S = 15.0
 
@@ -61,8 +64,8 @@ def register(api: Api) -> None:
         q = call.query
 
         def query(conn: Any) -> tuple[list[AgentRow], int]:
-            where = "WHERE (? IS NULL OR board_id = ?) AND (? IS NULL OR gateway_id = ?)"
-            args = (q.board_id, q.board_id, q.gateway_id, q.gateway_id)
+            where = "WHERE (? IS NULL OR board_id = ?) AND (? IS NULL OR gateway_id = ?) AND ?"
+            args = (q.board_id, q.board_id, q.gateway_id, q.gateway_id, q.is_mc_agent is not False)
             total = conn.execute(f"SELECT COUNT(*) FROM agents {where}", args).fetchone()[0]
             rows = conn.execute(
                 f"SELECT * FROM agents {where} ORDER BY created_at, id LIMIT ? OFFSET ?",
@@ -147,6 +150,31 @@ def register(api: Api) -> None:
         if call.query.force:
             agent = await deps(call.request).reconciler.reapply(agent.id)
         return agent_read(agent)
+
+    @api.route(
+        "POST",
+        "/api/v1/agents/{agent_id}/heartbeat",
+        summary="Record a heartbeat for an agent on its behalf (operators, scripts)",
+        tags=tags,
+        body=AdminHeartbeat,
+        response=AgentRead,
+    )
+    async def admin_heartbeat(call: Call) -> AgentRead:
+        agent = await agent_or_404(call)
+        d = deps(call.request)
+        await d.reconciler.heartbeats(
+            agent.gateway_id,
+            pb.HeartbeatBatch(
+                beats=[
+                    pb.AgentHeartbeat(
+                        agent_id=agent.gateway_agent_id,
+                        observed_at=timestamp(),
+                        status=call.body.status or "",
+                    )
+                ]
+            ),
+        )
+        return agent_read(await agent_or_404(call))
 
     @api.route(
         "DELETE",

@@ -90,6 +90,33 @@ async def request_context(
     return response
 
 
+def cors(origins: tuple[str, ...]) -> Callable[..., Awaitable[web.StreamResponse]]:
+    """Allow browser calls from the configured origins only (none by default)."""
+    allowed = set(origins)
+
+    @web.middleware
+    async def middleware(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        origin = request.headers.get("Origin")
+        if origin is None or origin not in allowed:
+            return await handler(request)
+        if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
+            response: web.StreamResponse = web.Response(status=204)
+            response.headers["Access-Control-Allow-Methods"] = "GET, POST, PATCH, DELETE"
+            response.headers["Access-Control-Allow-Headers"] = (
+                "Authorization, Content-Type, X-Agent-Token, X-Request-Id"
+            )
+            response.headers["Access-Control-Max-Age"] = "600"
+        else:
+            response = await handler(request)
+        response.headers["Access-Control-Allow-Origin"] = origin
+        response.headers["Vary"] = "Origin"
+        return response
+
+    return middleware
+
+
 class Auth(enum.Enum):
     NONE = "none"
     ADMIN = "admin"

@@ -28,6 +28,7 @@ class HttpDeps:
     events: EventBus
     enroll_address: str | None  # HOST:PORT sidecars enroll at; None in --insecure-dev mode
     link_address: str
+    cors_origins: tuple[str, ...] = ()  # browser origins allowed to call the API
     webhooks: WebhookService | None = None  # board webhooks: CRUD, ingest, delivery
 
 

@@ -9,6 +9,7 @@ from hub.api.schemas import (
     GatewayCreated,
     GatewayPage,
     GatewayRead,
+    GatewayUpdate,
     JoinToken,
     JoinTokenCreate,
     Ok,
@@ -121,6 +122,24 @@ def register(api: Api) -> None:
         row = await d.store.get_gateway(call.request.match_info["gateway_id"])
         if row is None:
             raise ApiError(404, "gateway not found")
+        return gateway_read(row, d.registry)
+
+    @api.route(
+        "PATCH",
+        "/api/v1/gateways/{gateway_id}",
+        summary="Rename a gateway",
+        tags=tags,
+        body=GatewayUpdate,
+        response=GatewayRead,
+    )
+    async def patch_gateway(call: Call) -> GatewayRead:
+        d = deps(call.request)
+        try:
+            row = await d.store.rename_gateway(
+                call.request.match_info["gateway_id"], call.body.name
+            )
+        except UnknownGateway:
+            raise ApiError(404, "gateway not found") from None
         return gateway_read(row, d.registry)
 
     @api.route(

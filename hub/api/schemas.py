@@ -111,6 +111,16 @@ class AgentUpdate(Strict):
 class AgentFilter(Page):
     board_id: str | None = None
     gateway_id: str | None = None
+    # Mission Control's filter; every agent the hub lists is one it manages.
+    is_mc_agent: bool | None = None
+
+
+class GatewayUpdate(Strict):
+    name: str = Field(min_length=1, max_length=200)
+
+
+class AdminHeartbeat(Strict):
+    status: str | None = Field(None, max_length=64)
 
 
 class ForceQuery(Query):

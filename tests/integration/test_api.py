@@ -207,3 +207,51 @@ async def _delivery_lag(
     listener.cancel()
     await asyncio.gather(listener, return_exceptions=True)
     return arrived - sent
+
+
+async def test_gateway_rename_and_agent_filters_and_admin_heartbeat(
+    hub: Hub, tmp_path: Path
+) -> None:
+    from tests.integration.board_setup import connected_sidecar
+    from tests.support import api
+
+    async with connected_sidecar(hub, tmp_path, "gw-x") as (_, gateway):
+        gateway.run_outcome = gateway.run_outcome.ERROR  # only a heartbeat checks in
+        status, renamed = await api(hub, "PATCH", "/api/v1/gateways/gw-x", {"name": "Rack 4"})
+        assert (status, renamed["name"]) == (200, "Rack 4")
+        status, _ = await api(hub, "PATCH", "/api/v1/gateways/nope", {"name": "x"})
+        assert status == 404
+        _, board = await api(hub, "POST", "/api/v1/boards", {"name": "B", "gateway_id": "gw-x"})
+        _, agent = await api(hub, "POST", "/api/v1/agents", {"name": "W", "board_id": board["id"]})
+        _, managed = await api(hub, "GET", "/api/v1/agents?is_mc_agent=true")
+        _, unmanaged = await api(hub, "GET", "/api/v1/agents?is_mc_agent=false")
+        assert [a["id"] for a in managed["items"]] == [agent["id"]] and unmanaged["total"] == 0
+        await wait_for(lambda: gateway.count("wake") == 1, what="woken")
+        status, after = await api(
+            hub, "POST", f"/api/v1/agents/{agent['id']}/heartbeat", {"status": "online"}
+        )
+        assert status == 200 and after["status"] == "online" and after["wake_attempts"] == 0
+
+
+async def test_cors_allows_only_configured_origins(tmp_path: Path) -> None:
+    import dataclasses
+
+    instance = Hub(
+        dataclasses.replace(hub_config(tmp_path / "hub"), cors_origins=("https://dash.example",))
+    )
+    await instance.start()
+    try:
+        assert instance.addresses is not None
+        url = f"http://{instance.addresses.http}/api/v1/gateways"
+        async with aiohttp.ClientSession() as session:
+            preflight = {"Origin": "https://dash.example", "Access-Control-Request-Method": "GET"}
+            async with session.options(url, headers=preflight) as response:
+                assert response.status == 204
+                assert response.headers["Access-Control-Allow-Origin"] == "https://dash.example"
+            async with session.get(
+                url, headers={**AUTH, "Origin": "https://evil.example"}
+            ) as response:
+                assert response.status == 200
+                assert "Access-Control-Allow-Origin" not in response.headers
+    finally:
+        await instance.stop()
