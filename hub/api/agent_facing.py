@@ -33,6 +33,7 @@ from hub.api.tasks import (
     TaskStatus,
     comment_page,
     comment_read,
+    filtered_tasks,
     task_error,
     task_page,
     task_read,
@@ -44,7 +45,6 @@ from hub.tasks import (
     add_comment,
     get_task,
     list_comments,
-    list_tasks,
     update_task,
 )
 from missioncontrol.log import get_logger
@@ -360,14 +360,7 @@ def register(api: Api) -> None:
 
         def op(conn: sqlite3.Connection) -> tuple[list[TaskRow], int]:
             reachable_board(conn, agent, board_id)
-            return list_tasks(
-                conn,
-                board_id,
-                status=q.status,
-                assigned_agent_id=q.assigned_agent_id,
-                limit=q.limit,
-                offset=q.offset,
-            )
+            return filtered_tasks(conn, board_id, q)
 
         rows, total = await deps(call.request).db.read(op)
         return task_page(rows, total, q)

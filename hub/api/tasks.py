@@ -107,6 +107,20 @@ class TaskFilter(Page):
     assigned_agent_id: str | None = Field(None, max_length=MAX_ID_CHARS)
 
 
+def filtered_tasks(
+    conn: sqlite3.Connection, board_id: str, query: TaskFilter
+) -> tuple[list[TaskRow], int]:
+    """One page of a board's tasks as a TaskFilter asks (admin and agent listings)."""
+    return list_tasks(
+        conn,
+        board_id,
+        status=query.status,
+        assigned_agent_id=query.assigned_agent_id,
+        limit=query.limit,
+        offset=query.offset,
+    )
+
+
 class TaskRead(BaseModel):
     id: str
     board_id: str
@@ -234,14 +248,7 @@ def register(api: Api) -> None:
 
         def op(conn: sqlite3.Connection) -> tuple[list[TaskRow], int]:
             _require_board(conn, board_id)
-            return list_tasks(
-                conn,
-                board_id,
-                status=q.status,
-                assigned_agent_id=q.assigned_agent_id,
-                limit=q.limit,
-                offset=q.offset,
-            )
+            return filtered_tasks(conn, board_id, q)
 
         rows, total = await deps(call.request).db.read(op)
         return task_page(rows, total, q)
