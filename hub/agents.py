@@ -227,6 +227,7 @@ def build_apply(
     action: ApplyAction,
     token: str | None = None,
     overwrite: bool = False,
+    force_bootstrap: bool = False,
     now: float,
 ) -> pb.Command:
     """Render an agent's files and its ApplyAgent command (with a wake message if `wake`)."""
@@ -237,6 +238,7 @@ def build_apply(
             context,
             action=action,
             overwrite=overwrite,
+            force_bootstrap=force_bootstrap,
             token=token,
             identity_template=agent.identity_template,
             soul_template=agent.soul_template,

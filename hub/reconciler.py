@@ -213,7 +213,9 @@ class Reconciler:
 
         return await self._write(op)
 
-    async def reapply(self, agent_id: str, *, overwrite: bool = False) -> AgentRow:
+    async def reapply(
+        self, agent_id: str, *, overwrite: bool = False, force_bootstrap: bool = False
+    ) -> AgentRow:
         """Re-render and re-apply (PATCH ?force, template sync): a new generation, same token."""
 
         def op(conn: sqlite3.Connection, effects: _Effects) -> AgentRow:
@@ -225,6 +227,7 @@ class Reconciler:
                 time.time(),
                 effects,
                 overwrite=overwrite,
+                force_bootstrap=force_bootstrap,
             )
             return _require(conn, agent_id)
 
@@ -482,6 +485,7 @@ class Reconciler:
         *,
         token: str | None = None,
         overwrite: bool = False,
+        force_bootstrap: bool = False,
     ) -> None:
         row = load_agent(conn, agent_id)
         if row is None:
@@ -501,6 +505,7 @@ class Reconciler:
                     action=ApplyAction.PROVISION if token else ApplyAction.UPDATE,
                     token=token,
                     overwrite=overwrite,
+                    force_bootstrap=force_bootstrap,
                     now=now,
                 )
                 enqueue_command_in(conn, row.gateway_id, command)

@@ -4,11 +4,21 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from hub.api import agent_facing, agents, boards, gateways, health, identity, tasks
+from hub.api import (
+    agent_facing,
+    agents,
+    boards,
+    gateways,
+    health,
+    identity,
+    tasks,
+    template_sync,
+)
 from hub.api import webhooks as board_webhooks
 from hub.api.agent_auth import AgentAuthenticator
 from hub.api.core import MAX_BODY_BYTES, Api, TokenBucket, cors, request_context
 from hub.api.deps import DEPS, HttpDeps
+from hub.template_sync import TemplateSync
 from missioncontrol.version import VERSION
 
 __all__ = ["HttpDeps", "build_api", "build_app"]
@@ -19,7 +29,7 @@ AGENT_RATE = (10.0, 40)  # per agent token
 
 def build_api() -> Api:
     api = Api("Mission Control hub", VERSION)
-    for module in (health, identity, gateways, boards, agents, tasks, agent_facing):
+    for module in (health, identity, gateways, template_sync, boards, agents, tasks, agent_facing):
         module.register(api)
     board_webhooks.register(api)
     return api
@@ -30,6 +40,12 @@ def build_app(deps: HttpDeps) -> web.Application:
         middlewares=[cors(deps.cors_origins), request_context], client_max_size=MAX_BODY_BYTES
     )
     app[DEPS] = deps
+    app[template_sync.SYNC] = TemplateSync(deps.db, deps.reconciler)
+
+    async def stop_sync(app: web.Application) -> None:
+        await app[template_sync.SYNC].stop()
+
+    app.on_cleanup.append(stop_sync)
     build_api().mount(
         app,
         admin_token=lambda: deps.admin_token,

@@ -1,0 +1,73 @@
+"""Template sync as a job: 202 with a job id, then progress and per-agent results."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from hub.api.core import Api, ApiError, Call, Query
+from hub.api.deps import deps
+from hub.template_sync import SyncOptions, TemplateSync
+
+SYNC = web.AppKey("template_sync", TemplateSync)
+
+
+class SyncQuery(Query):
+    include_main: bool = True
+    lead_only: bool = False
+    reset_sessions: bool = False
+    rotate_tokens: bool = False
+    force_bootstrap: bool = False
+    overwrite: bool = False
+    board_id: str | None = None
+
+
+def register(api: Api) -> None:
+    tags = ("gateways",)
+    path = "/api/v1/gateways/{gateway_id}/templates/sync"
+
+    @api.route(
+        "POST",
+        path,
+        summary="Re-render and re-apply the gateway's agents as a job "
+        "(202 with a job id; never blocks)",
+        tags=tags,
+        query=SyncQuery,
+        status=202,
+    )
+    async def start_template_sync(call: Call) -> dict[str, Any]:
+        d = deps(call.request)
+        gateway_id = call.request.match_info["gateway_id"]
+        if await d.store.get_gateway(gateway_id) is None:
+            raise ApiError(404, "gateway not found")
+        q: SyncQuery = call.query
+        sync = call.request.app[SYNC]
+        job = await sync.start_job(
+            gateway_id,
+            SyncOptions(
+                include_main=q.include_main,
+                lead_only=q.lead_only,
+                rotate_tokens=q.rotate_tokens,
+                force_bootstrap=q.force_bootstrap,
+                overwrite=q.overwrite,
+                board_id=q.board_id,
+            ),
+        )
+        result = await sync.status(job)
+        if q.reset_sessions:
+            result["warnings"] = ["reset_sessions is not supported yet; sessions were kept"]
+        return result
+
+    @api.route(
+        "GET",
+        path + "/{job_id}",
+        summary="A template sync job's progress and per-agent results",
+        tags=tags,
+    )
+    async def get_template_sync(call: Call) -> dict[str, Any]:
+        sync = call.request.app[SYNC]
+        job = sync.jobs.get(call.request.match_info["job_id"])
+        if job is None or job.gateway_id != call.request.match_info["gateway_id"]:
+            raise ApiError(404, "sync job not found (jobs are kept in memory)")
+        return await sync.status(job)
