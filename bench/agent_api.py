@@ -33,7 +33,8 @@ from bench.harness import (
     quiet_logs,
     report_errors,
 )
-from hub.tokens import TokenKeyring, sidecar_verifier
+from hub.tokens import TokenKeyring
+from missioncontrol.agent_token import sidecar_verifier
 
 CONCURRENCY = 64
 BODY = b'{"status": "working"}'

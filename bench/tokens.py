@@ -18,7 +18,8 @@ from collections.abc import Callable
 from typing import Any, cast
 
 from bench.harness import Figure, Section, Sizes, Target, per_op_ns
-from hub.tokens import AgentTokens, MintedToken, TokenKeyring, sidecar_verifier
+from hub.tokens import AgentTokens, MintedToken, TokenKeyring
+from missioncontrol.agent_token import sidecar_verifier
 
 PBKDF2_ITERATIONS = 200_000
 # Cost at the largest N over cost at the smallest. An O(N) scan would grow 10,000-fold;

@@ -51,7 +51,7 @@ import jinja2
 from jinja2 import nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from hub.tokens import parse_token_id
+from missioncontrol.agent_token import parse_token_id
 
 TOKEN_FILE_NAME = ".mc-agent-token"  # sidecar/workspace.py writes it; the names must agree
 TOKEN_HEADER = "X-Agent-Token"

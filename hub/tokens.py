@@ -25,31 +25,27 @@ Times are Unix seconds, as in the store.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import hmac
-import re
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
+from missioncontrol.agent_token import (  # the format, shared with the sidecar
+    TOKEN_ID_CHARS,
+    MalformedTokenError,
+    parse_token_id,
+    sidecar_verifier,
+)
 from missioncontrol.private_files import load_or_create_secret
 
-TOKEN_ID_CHARS = 12
 TOKEN_ID_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
 SECRET_BYTES = 32
-SECRET_CHARS = 43  # unpadded base64 of 32 bytes
-TOKEN_CHARS = TOKEN_ID_CHARS + 1 + SECRET_CHARS
 HUB_KEY_BYTES = 32
 DEFAULT_ROTATION_GRACE_S = 10 * 60
 
-_TOKEN_SHAPE = re.compile(rf"[a-z0-9]{{{TOKEN_ID_CHARS}}}\.[A-Za-z0-9_-]{{{SECRET_CHARS}}}")
 # Domain separation: the hub key also keys join tokens (hub/join_tokens.py); an
 # agent token digest must never be valid as anything else.
 _TOKEN_KEY_LABEL = b"mission-control agent token v1"
-
-
-class MalformedTokenError(ValueError):
-    """Not an agent token. The message never echoes the input (it may be a secret)."""
 
 
 @dataclass(frozen=True)
@@ -173,24 +169,3 @@ class TokenKeyring:
         if token is None or not self.verify(raw, token.digest):
             return None
         return token
-
-
-def parse_token_id(raw: str) -> str:
-    """The public id of a raw agent token; raises MalformedTokenError.
-
-    The length is checked first and the shape with an anchored regex over a fixed
-    length, so hostile input costs O(1) before it is rejected.
-    """
-    if not isinstance(raw, str) or len(raw) != TOKEN_CHARS or not _TOKEN_SHAPE.fullmatch(raw):
-        raise MalformedTokenError(
-            f"agent token is malformed: expected {TOKEN_ID_CHARS} lowercase letters or digits, "
-            f"'.', then {SECRET_CHARS} URL-safe base64 characters; send the whole content of "
-            "the agent's .mc-agent-token file"
-        )
-    return raw[:TOKEN_ID_CHARS]
-
-
-def sidecar_verifier(raw: str) -> bytes:
-    """sha256 of the raw token: what the sidecar checks agent calls against locally."""
-    parse_token_id(raw)
-    return hashlib.sha256(raw.encode("ascii")).digest()

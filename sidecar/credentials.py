@@ -16,18 +16,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from missioncontrol.agent_token import MALFORMED, MalformedTokenError, parse_token_id
 from sidecar.state import Credential
-
-TOKEN_ID_CHARS = 12
-SECRET_CHARS = 43
-TOKEN_CHARS = TOKEN_ID_CHARS + 1 + SECRET_CHARS
-_TOKEN_SHAPE = re.compile(rf"[a-z0-9]{{{TOKEN_ID_CHARS}}}\.[A-Za-z0-9_-]{{{SECRET_CHARS}}}")
 
 
 class CredentialError(Exception):
@@ -40,11 +35,7 @@ class MalformedToken(CredentialError):
     reason = "malformed"
 
     def __init__(self) -> None:
-        super().__init__(
-            f"agent token is malformed: expected {TOKEN_ID_CHARS} lowercase letters or digits, "
-            f"'.', then {SECRET_CHARS} URL-safe base64 characters; send the whole content of "
-            "the agent's .mc-agent-token file"
-        )
+        super().__init__(MALFORMED)
 
 
 class UnknownToken(CredentialError):
@@ -78,9 +69,10 @@ class _Verifier:
 
 def token_id_of(raw: str) -> str:
     """The public id of a raw token; raises MalformedToken. O(1) for any input length."""
-    if len(raw) != TOKEN_CHARS or not _TOKEN_SHAPE.fullmatch(raw):
-        raise MalformedToken()
-    return raw[:TOKEN_ID_CHARS]
+    try:
+        return parse_token_id(raw)
+    except MalformedTokenError:
+        raise MalformedToken() from None
 
 
 class CredentialSource(Protocol):

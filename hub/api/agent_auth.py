@@ -22,7 +22,8 @@ from aiohttp import web
 from hub.agent_calls import VIA_GATEWAY_HEADER
 from hub.api.core import REQUEST_ID, ApiError
 from hub.database import Database
-from hub.tokens import MalformedTokenError, TokenKeyring
+from hub.tokens import TokenKeyring
+from missioncontrol.agent_token import MalformedTokenError
 from missioncontrol.log import get_logger
 
 log = get_logger("hub.agent_auth")

@@ -11,7 +11,7 @@ from pathlib import Path
 import structlog
 
 from hub.app import Hub
-from hub.tokens import sidecar_verifier
+from missioncontrol.agent_token import sidecar_verifier
 from protos import link_pb2 as pb
 from protos.contract import timestamp
 from sidecar.agent_api import AgentApiLimits

@@ -6,9 +6,9 @@ import hashlib
 
 import pytest
 
-from hub.tokens import TokenKeyring, parse_token_id, sidecar_verifier
+from hub.tokens import TokenKeyring
+from missioncontrol.agent_token import TOKEN_CHARS, parse_token_id, sidecar_verifier
 from sidecar.credentials import (
-    TOKEN_CHARS,
     CredentialIndex,
     ExpiredToken,
     MalformedToken,

@@ -13,15 +13,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hub.tokens import (
-    DEFAULT_ROTATION_GRACE_S,
-    HUB_KEY_BYTES,
+from hub.tokens import DEFAULT_ROTATION_GRACE_S, HUB_KEY_BYTES, AgentTokens, TokenKeyring
+from missioncontrol.agent_token import (
     SECRET_CHARS,
     TOKEN_CHARS,
     TOKEN_ID_CHARS,
-    AgentTokens,
     MalformedTokenError,
-    TokenKeyring,
     parse_token_id,
     sidecar_verifier,
 )
