@@ -173,42 +173,22 @@ def test_readme_enrollment_steps_connect_a_sidecar_over_mutual_tls(tmp_path: Pat
         with urllib.request.urlopen(request, timeout=10) as response:
             created = json.loads(response.read())
         state = tmp_path / "sidecar-state"
-        done = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "sidecar.cli",
-                "enroll",
-                "--hub",
-                enroll,
-                "--token",
-                created["join_token"],
-                "--state-dir",
-                str(state),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        enroll_cmd = [
+            sys.executable,
+            "-m",
+            "sidecar.cli",
+            "enroll",
+            "--hub",
+            enroll,
+            "--token",
+            created["join_token"],
+            "--state-dir",
+            str(state),
+        ]
+        done = subprocess.run(enroll_cmd, capture_output=True, text=True, timeout=60)
         assert done.returncode == 0, done.stderr
         assert f"enrolled as gateway {created['id']}" in done.stdout
-        again = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "sidecar.cli",
-                "enroll",
-                "--hub",
-                enroll,
-                "--token",
-                created["join_token"],
-                "--state-dir",
-                str(state),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        again = subprocess.run(enroll_cmd, capture_output=True, text=True, timeout=60)
         assert again.returncode == 1 and "already enrolled" in again.stderr
         sidecar = subprocess.Popen(
             [
