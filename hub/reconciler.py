@@ -45,7 +45,15 @@ from hub.boards import finish_deleting, load_board
 from hub.database import Database
 from hub.events import EventBus
 from hub.rendering import AgentKind, ApplyAction, token_file
-from hub.store import Store, UnknownGateway, add_event, enqueue_command_in, gateway_in
+from hub.store import (
+    Store,
+    UnknownGateway,
+    add_event,
+    enqueue_command_in,
+    gateway_in,
+    record_command_results_in,
+    record_run_observed_in,
+)
 from hub.tasks import unassign_agent_tasks
 from hub.tokens import DEFAULT_ROTATION_GRACE_S, TokenKeyring
 from missioncontrol.log import get_logger
@@ -334,9 +342,8 @@ class Reconciler:
     # ----------------------------------------------------------- report sink
 
     async def command_results(self, gateway_id: str, results: list[pb.CommandResult]) -> None:
-        await self.store.record_command_results(gateway_id, results)
-
         def op(conn: sqlite3.Connection, effects: _Effects) -> None:
+            record_command_results_in(conn, gateway_id, results)  # the ack and its effects
             now = time.time()
             for result in results:
                 self._on_result(conn, gateway_id, result, now, effects)
@@ -374,9 +381,8 @@ class Reconciler:
         await self._write(op, urgent=False)  # bulk traffic: rides the paced group commit
 
     async def run_observed(self, gateway_id: str, run: pb.RunObserved) -> None:
-        await self.store.record_run_observed(gateway_id, run)
-
         def op(conn: sqlite3.Connection, effects: _Effects) -> None:
+            record_run_observed_in(conn, gateway_id, run)
             row = load_agent_by_gateway_id(conn, gateway_id, run.agent_id)
             if row is None:
                 return

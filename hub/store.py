@@ -449,62 +449,7 @@ class Store:
 
         return await self.db.read(op)
 
-    async def record_command_results(
-        self, gateway_id: str, results: Sequence[pb.CommandResult]
-    ) -> None:
-        """Persist acks. A result for an unknown sequence is ignored (logged by the caller)."""
-
-        def op(conn: sqlite3.Connection) -> None:
-            for result in results:
-                at = epoch_s(result.observed_at) if result.HasField("observed_at") else time.time()
-                updated = conn.execute(
-                    """UPDATE commands SET acked_at = ?, outcome = ?, error_code = ?, error = ?,
-                           run_id = ?
-                       WHERE gateway_id = ? AND sequence = ?""",
-                    (
-                        min(at, time.time()),
-                        pb.CommandResult.Outcome.Name(result.outcome),
-                        result.error_code or None,
-                        result.error or None,
-                        result.run_id or None,
-                        gateway_id,
-                        result.sequence,
-                    ),
-                ).rowcount
-                if updated:
-                    conn.execute(
-                        """UPDATE gateways SET acked_sequence = MAX(acked_sequence, ?),
-                               last_seen_at = ? WHERE id = ?""",
-                        (result.sequence, time.time(), gateway_id),
-                    )
-                    add_event(
-                        conn,
-                        "command.acked",
-                        gateway_id=gateway_id,
-                        agent_id=result.agent_id or None,
-                        sequence=result.sequence,
-                        outcome=pb.CommandResult.Outcome.Name(result.outcome),
-                        error=result.error or None,
-                    )
-
-        await self.db.write(op)
-
     # ------------------------------------------------------------ reports
-
-    async def record_run_observed(self, gateway_id: str, run: pb.RunObserved) -> None:
-        def op(conn: sqlite3.Connection) -> None:
-            add_event(
-                conn,
-                "agent.run.observed",
-                gateway_id=gateway_id,
-                agent_id=run.agent_id,
-                run_id=run.run_id,
-                outcome=pb.RunObserved.Outcome.Name(run.outcome),
-                message=run.message,
-                generation=run.generation,
-            )
-
-        await self.db.write(op)
 
     async def command_status(self, gateway_id: str, sequence: int) -> dict[str, Any] | None:
         def op(conn: sqlite3.Connection) -> dict[str, Any] | None:
@@ -604,3 +549,53 @@ def gateway_in(conn: sqlite3.Connection, gateway_id: str) -> GatewayRow:
     if row is None:
         raise UnknownGateway(f"gateway {gateway_id} does not exist")
     return GatewayRow.from_row(row)
+
+
+def record_command_results_in(
+    conn: sqlite3.Connection, gateway_id: str, results: Sequence[pb.CommandResult]
+) -> None:
+    """Persist acks inside the caller's transaction; an unknown sequence is ignored."""
+    for result in results:
+        at = epoch_s(result.observed_at) if result.HasField("observed_at") else time.time()
+        updated = conn.execute(
+            """UPDATE commands SET acked_at = ?, outcome = ?, error_code = ?, error = ?,
+                   run_id = ?
+               WHERE gateway_id = ? AND sequence = ?""",
+            (
+                min(at, time.time()),
+                pb.CommandResult.Outcome.Name(result.outcome),
+                result.error_code or None,
+                result.error or None,
+                result.run_id or None,
+                gateway_id,
+                result.sequence,
+            ),
+        ).rowcount
+        if updated:
+            conn.execute(
+                "UPDATE gateways SET acked_sequence = MAX(acked_sequence, ?), last_seen_at = ? "
+                "WHERE id = ?",
+                (result.sequence, time.time(), gateway_id),
+            )
+            add_event(
+                conn,
+                "command.acked",
+                gateway_id=gateway_id,
+                agent_id=result.agent_id or None,
+                sequence=result.sequence,
+                outcome=pb.CommandResult.Outcome.Name(result.outcome),
+                error=result.error or None,
+            )
+
+
+def record_run_observed_in(conn: sqlite3.Connection, gateway_id: str, run: pb.RunObserved) -> None:
+    add_event(
+        conn,
+        "agent.run.observed",
+        gateway_id=gateway_id,
+        agent_id=run.agent_id,
+        run_id=run.run_id,
+        outcome=pb.RunObserved.Outcome.Name(run.outcome),
+        message=run.message,
+        generation=run.generation,
+    )
