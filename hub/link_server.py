@@ -195,7 +195,8 @@ class LinkService(pb_grpc.LinkServicer):
             await context.abort(grpc.StatusCode.UNAVAILABLE, "hub is shutting down; retry later")
         messages = aiter(request_iterator)
         try:
-            first = await asyncio.wait_for(anext(messages), HELLO_TIMEOUT_S)
+            async with asyncio.timeout(HELLO_TIMEOUT_S):
+                first = await anext(messages)
         except TimeoutError:
             await context.abort(
                 grpc.StatusCode.DEADLINE_EXCEEDED, f"no Hello within {HELLO_TIMEOUT_S:.0f} s"

@@ -106,7 +106,8 @@ class ConfigWatcher:
         self._armed.clear()
         self._task = asyncio.create_task(self._watch(), name="config-watch")
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._armed.wait(), 5.0)
+            async with asyncio.timeout(5.0):
+                await self._armed.wait()
         return await self.check()
 
     async def stop(self) -> None:
@@ -114,10 +115,14 @@ class ConfigWatcher:
         tasks = [t for t in (self._task, *self._side_tasks) if t is not None]
         for task in tasks:
             task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await asyncio.gather(*tasks, return_exceptions=True)
         self._task = None
+
+    async def _pause(self) -> None:
+        """Wait one poll interval, or less if stopping."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._missing_dir_poll_s):
+                await self._stop.wait()
 
     async def _watch(self) -> None:
         directory = self._path.parent
@@ -125,15 +130,13 @@ class ConfigWatcher:
             if not directory.is_dir():
                 # Nothing to watch until the gateway (or operator) creates its state dir.
                 self._armed.set()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), self._missing_dir_poll_s)
+                await self._pause()
                 continue
             try:
                 await self._watch_directory(directory)
             except Exception:
                 log.exception("config.watch.failed", path=str(self._path))
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), self._missing_dir_poll_s)
+                await self._pause()
 
     async def _watch_directory(self, directory: Path) -> None:
         name = self._path.name

@@ -162,6 +162,7 @@ class CertificateRenewal:
             self._renewed.clear()
             self.send(pb.SidecarMessage(renew=pb.RenewRequest(csr_pem=request.csr_pem)))
             try:
-                await asyncio.wait_for(self._renewed.wait(), 300)
+                async with asyncio.timeout(300):
+                    await self._renewed.wait()
             except TimeoutError:
                 log.warning("link.certificate.renew_timeout")

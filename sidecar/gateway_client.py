@@ -264,9 +264,8 @@ class OpenClawGatewayClient:
                 break
             self._wake_up.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    self._wake_up.wait(), 0.0 if quick_retry else backoff.next_delay()
-                )
+                async with asyncio.timeout(0.0 if quick_retry else backoff.next_delay()):
+                    await self._wake_up.wait()
 
     async def _open(self) -> _Connection:
         """Read the config, open the socket and run the handshake."""
@@ -287,10 +286,8 @@ class OpenClawGatewayClient:
             timeout=aiohttp.ClientWSTimeout(ws_close=5.0),
         )
         try:
-            hello = await asyncio.wait_for(
-                self._handshake(ws, config.token, str(config.path)),
-                self._policy.connect_timeout_s,
-            )
+            async with asyncio.timeout(self._policy.connect_timeout_s):
+                hello = await self._handshake(ws, config.token, str(config.path))
         except TimeoutError:
             await ws.close()
             raise GatewayHandshakeError(
@@ -505,7 +502,8 @@ class OpenClawGatewayClient:
             while len(replies) < answers:
                 remaining = deadline - time.monotonic()
                 try:
-                    answer = await asyncio.wait_for(pending.answers.get(), max(remaining, 0.001))
+                    async with asyncio.timeout(max(remaining, 0.001)):
+                        answer = await pending.answers.get()
                 except TimeoutError:
                     raise GatewayTimeout(
                         f"{method}: no answer from the gateway within {timeout:.0f} s"
@@ -761,7 +759,8 @@ class OpenClawGatewayClient:
         future: asyncio.Future[RunOutcome] = asyncio.get_running_loop().create_future()
         self._run_waiters.setdefault(run_id, []).append(future)
         try:
-            return await asyncio.wait_for(future, timeout_s)
+            async with asyncio.timeout(timeout_s):
+                return await future
         except TimeoutError:
             return RunOutcome(
                 run_id, RunState.ABORTED, f"no end of the run seen within {timeout_s:.0f} s"

@@ -115,7 +115,8 @@ class LinkClient:
             try:
                 hello = self.hello()
                 await call.write(pb.SidecarMessage(hello=hello))
-                first = await asyncio.wait_for(call.read(), WELCOME_TIMEOUT_S)
+                async with asyncio.timeout(WELCOME_TIMEOUT_S):
+                    first = await call.read()
                 if first is grpc.aio.EOF:
                     await call.wait_for_connection()
                     raise ConnectionError("hub closed the stream before Welcome")

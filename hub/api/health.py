@@ -40,7 +40,8 @@ def register(api: Api) -> None:
         d = deps(call.request)
         failing: list[ReadyCheck] = []
         try:
-            await asyncio.wait_for(asyncio.to_thread(d.db.probe_writable, 1.0), timeout=2.0)
+            async with asyncio.timeout(2.0):
+                await asyncio.to_thread(d.db.probe_writable, 1.0)
         except TimeoutError:
             failing.append(ReadyCheck(check="database", detail="write probe timed out after 2 s"))
         except Exception as exc:

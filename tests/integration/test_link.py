@@ -127,6 +127,30 @@ async def test_sidecar_connects_and_hub_lists_it_with_versions(
     assert gone["disconnected_at"] is not None
 
 
+async def test_sidecar_stops_promptly_at_any_point_of_the_handshake(
+    hub: Hub, tmp_path: Path
+) -> None:
+    """A stop that lands while the Welcome arrives still ends the link.
+
+    Python 3.11's asyncio.wait_for returned the result instead of raising when the
+    cancellation and the result met in one loop step, leaving the link running after stop.
+    """
+    for step in range(16):
+        sidecar = make_sidecar(tmp_path, hub, RecordingGateway())
+        await sidecar.start()
+        if step == 0:
+            await wait_for(lambda: hub.registry.get("gw-test"), what="session registered")
+        else:
+            await asyncio.sleep(step * 0.003)
+        async with asyncio.timeout(5):
+            await sidecar.stop()
+        await wait_for(
+            lambda: hub.registry.get("gw-test") is None,
+            timeout_s=5,
+            what=f"link ended after stop at step {step}",
+        )
+
+
 async def _connected(http: Callable[..., Any], gateway_id: str, expected: bool) -> Any:
     listed = await gateway_listing(http, gateway_id)
     return listed if listed is not None and listed["connected"] is expected else None
