@@ -228,6 +228,7 @@ def build_apply(
     token: str | None = None,
     overwrite: bool = False,
     force_bootstrap: bool = False,
+    reset_session: bool = False,
     now: float,
 ) -> pb.Command:
     """Render an agent's files and its ApplyAgent command (with a wake message if `wake`)."""
@@ -269,6 +270,7 @@ def build_apply(
         ),
         credentials=credentials_for(accepted_tokens(conn, agent.id, now)),
         rendered_for=int(gateway_generation),  # type: ignore[arg-type]
+        reset_session=reset_session,
     )
     if wake:
         apply.wake_message = render_wake_message(gateway_generation, context, action=action)

@@ -23,6 +23,7 @@ from hub.config import HubConfig
 from hub.database import Database
 from hub.enrollment import CertificateIssuer, EnrollmentService, Revocations
 from hub.events import EventBus
+from hub.gateway_queries import GatewayQueries
 from hub.gateways import GatewayService
 from hub.lifecycle import Policy
 from hub.link_server import LinkService, SessionRegistry
@@ -74,6 +75,7 @@ class Hub:
             events=self.events,
         )
         self.agent_calls = AgentCallForwarder()
+        self.queries = GatewayQueries(self.registry)
         self.link = LinkService(
             self.store,
             self.registry,
@@ -83,6 +85,7 @@ class Hub:
             renewer=self.issuer,
             on_link=self.reconciler.link_changed,
             agent_calls=self.agent_calls,
+            queries=self.queries,
         )
         self.webhooks = WebhookService.from_hub_key(
             self.db, hub_key, on_commands_queued=self.registry.notify_outbox
@@ -136,6 +139,7 @@ class Hub:
             gateways=self.gateways,
             reconciler=self.reconciler,
             events=self.events,
+            queries=self.queries,
             webhooks=self.webhooks,
             cors_origins=config.cors_origins,
             enroll_address=str(enroll) if enroll else None,

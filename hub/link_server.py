@@ -156,6 +156,12 @@ class AgentCallHandler(Protocol):
     async def handle(self, gateway_id: str, call: pb.AgentCall) -> pb.AgentCallResult: ...
 
 
+class QueryAnswers(Protocol):
+    def answer(self, gateway_id: str, result: pb.GatewayQueryResult) -> None: ...
+
+    def link_closed(self, gateway_id: str) -> None: ...
+
+
 class CertificateRenewer(Protocol):
     async def renew(self, gateway_id: str, csr_pem: bytes) -> bytes: ...
 
@@ -172,6 +178,7 @@ class LinkService(pb_grpc.LinkServicer):
         renewer: CertificateRenewer | None = None,
         on_link: Callable[[str, bool], Awaitable[None]] | None = None,
         agent_calls: AgentCallHandler | None = None,
+        queries: QueryAnswers | None = None,
     ) -> None:
         """`is_revoked` set: mutual TLS, every stream needs a valid client certificate
         naming the gateway its Hello names."""
@@ -183,6 +190,7 @@ class LinkService(pb_grpc.LinkServicer):
         self.renewer = renewer
         self.on_link = on_link  # the gateway's stream opened (True) or closed (False)
         self.agent_calls = agent_calls
+        self.queries = queries
         self.accepting = True
         self._teardowns: set[asyncio.Task[None]] = set()
 
@@ -310,6 +318,8 @@ class LinkService(pb_grpc.LinkServicer):
             )
             if self.on_link is not None:
                 await self.on_link(session.gateway_id, False)
+            if self.queries is not None:
+                self.queries.link_closed(session.gateway_id)
         self.registry.detach(session)
         log.info(
             "link.stream.closed",
@@ -359,6 +369,9 @@ class LinkService(pb_grpc.LinkServicer):
             async for message in messages:
                 session.last_message_at = time.time()
                 kind = message.WhichOneof("body")
+                if kind == "gateway_query_result" and self.queries is not None:
+                    self.queries.answer(session.gateway_id, message.gateway_query_result)
+                    continue
                 await writes.acquire()
                 if kind == "command_result":
                     spawn(

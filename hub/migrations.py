@@ -245,4 +245,18 @@ V4 = (
     "WHERE delivered_at IS NULL",
 )
 
-MIGRATIONS: tuple[tuple[str, ...], ...] = (V1, V2, V3, V4)
+# Template sync jobs survive a hub restart: the admin polling one still gets its results.
+V5 = (
+    """
+    CREATE TABLE template_sync_jobs (
+        id          TEXT PRIMARY KEY,
+        gateway_id  TEXT NOT NULL,
+        options     TEXT NOT NULL,  -- JSON: the sync's query options
+        items       TEXT NOT NULL,  -- JSON: per agent, the generation queued or the error
+        created_at  REAL NOT NULL
+    )
+    """,
+    "CREATE INDEX template_sync_jobs_created ON template_sync_jobs(created_at)",
+)
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (V1, V2, V3, V4, V5)

@@ -222,9 +222,15 @@ class Reconciler:
         return await self._write(op)
 
     async def reapply(
-        self, agent_id: str, *, overwrite: bool = False, force_bootstrap: bool = False
+        self,
+        agent_id: str,
+        *,
+        overwrite: bool = False,
+        force_bootstrap: bool = False,
+        reset_session: bool = False,
     ) -> AgentRow:
-        """Re-render and re-apply (PATCH ?force, template sync): a new generation, same token."""
+        """Re-render and re-apply (PATCH ?force, template sync): a new generation, same token;
+        `reset_session` starts the agent's main session afresh once the files are in place."""
 
         def op(conn: sqlite3.Connection, effects: _Effects) -> AgentRow:
             row = _require(conn, agent_id)
@@ -236,6 +242,7 @@ class Reconciler:
                 effects,
                 overwrite=overwrite,
                 force_bootstrap=force_bootstrap,
+                reset_session=reset_session,
             )
             return _require(conn, agent_id)
 
@@ -492,6 +499,7 @@ class Reconciler:
         token: str | None = None,
         overwrite: bool = False,
         force_bootstrap: bool = False,
+        reset_session: bool = False,
     ) -> None:
         row = load_agent(conn, agent_id)
         if row is None:
@@ -512,6 +520,7 @@ class Reconciler:
                     token=token,
                     overwrite=overwrite,
                     force_bootstrap=force_bootstrap,
+                    reset_session=reset_session,
                     now=now,
                 )
                 enqueue_command_in(conn, row.gateway_id, command)

@@ -2,14 +2,16 @@
 
 A request never waits for the gateway: the job queues one ApplyAgent per agent
 (a new generation, same token unless rotation is asked for) and returns at once;
-its progress and per-agent results are read from the outbox acknowledgements,
-so they need no extra bookkeeping. Jobs live in memory (a restarted hub forgets
-them; the queued commands themselves are durable).
+its progress and per-agent results are read from the outbox acknowledgements.
+Jobs are rows, so an admin polling one across a hub restart still gets its
+results; a job the restart cut short says which agents it never queued.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 import sqlite3
 import time
 import uuid
@@ -22,13 +24,15 @@ from hub.reconciler import Reconciler
 from missioncontrol.log import get_logger
 
 log = get_logger("hub.template_sync")
-MAX_JOBS = 1000
+KEEP_JOBS_S = 7 * 24 * 3600
+INTERRUPTED = "the hub stopped before this agent was queued; run the sync again"
 
 
 @dataclass(frozen=True)
 class SyncOptions:
     include_main: bool = True
     lead_only: bool = False
+    reset_sessions: bool = False
     rotate_tokens: bool = False
     force_bootstrap: bool = False
     overwrite: bool = False
@@ -51,14 +55,13 @@ class SyncJob:
     options: SyncOptions
     created_at: float = field(default_factory=time.time)
     items: list[SyncItem] = field(default_factory=list)
-    queued_all: bool = False
 
 
 class TemplateSync:
     def __init__(self, db: Database, reconciler: Reconciler) -> None:
         self.db = db
         self.reconciler = reconciler
-        self.jobs: dict[str, SyncJob] = {}
+        self._running: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def start_job(self, gateway_id: str, options: SyncOptions) -> SyncJob:
@@ -69,9 +72,26 @@ class TemplateSync:
             options,
             items=[SyncItem(a.id, a.name, a.gateway_agent_id) for a in agents],
         )
-        self.jobs[job.id] = job
-        while len(self.jobs) > MAX_JOBS:  # forget the oldest
-            self.jobs.pop(next(iter(self.jobs)))
+
+        def insert(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "DELETE FROM template_sync_jobs WHERE created_at < ?",
+                (job.created_at - KEEP_JOBS_S,),
+            )
+            conn.execute(
+                "INSERT INTO template_sync_jobs (id, gateway_id, options, items, created_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (
+                    job.id,
+                    gateway_id,
+                    json.dumps(dataclasses.asdict(options)),
+                    _items_json(job),
+                    job.created_at,
+                ),
+            )
+
+        await self.db.write(insert)
+        self._running.add(job.id)
         task = asyncio.create_task(self._run(job))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -80,25 +100,52 @@ class TemplateSync:
         )
         return job
 
+    async def job(self, job_id: str) -> SyncJob | None:
+        row = await self.db.read(
+            lambda conn: conn.execute(
+                "SELECT * FROM template_sync_jobs WHERE id = ?", (job_id,)
+            ).fetchone()
+        )
+        if row is None:
+            return None
+        return SyncJob(
+            row["id"],
+            row["gateway_id"],
+            SyncOptions(**json.loads(row["options"])),
+            created_at=row["created_at"],
+            items=[SyncItem(**item) for item in json.loads(row["items"])],
+        )
+
     async def _run(self, job: SyncJob) -> None:
-        for item in job.items:
-            try:
-                if job.options.rotate_tokens:
-                    await self.reconciler.rotate_token(item.agent_id)
-                row = await self.reconciler.reapply(
-                    item.agent_id,
-                    overwrite=job.options.overwrite,
-                    force_bootstrap=job.options.force_bootstrap,
-                )
-                item.generation = row.lifecycle_generation
-            except AgentError as exc:
-                item.error = str(exc)
-        job.queued_all = True
+        try:
+            for item in job.items:
+                try:
+                    if job.options.rotate_tokens:
+                        await self.reconciler.rotate_token(item.agent_id)
+                    row = await self.reconciler.reapply(
+                        item.agent_id,
+                        overwrite=job.options.overwrite,
+                        force_bootstrap=job.options.force_bootstrap,
+                        reset_session=job.options.reset_sessions,
+                    )
+                    item.generation = row.lifecycle_generation
+                except AgentError as exc:
+                    item.error = str(exc)
+                await self._save(job)
+        finally:
+            self._running.discard(job.id)
         log.info(
             "templates.sync.queued",
             gateway_id=job.gateway_id,
             job_id=job.id,
             errors=sum(1 for i in job.items if i.error),
+        )
+
+    async def _save(self, job: SyncJob) -> None:
+        await self.db.write(
+            lambda conn: conn.execute(
+                "UPDATE template_sync_jobs SET items = ? WHERE id = ?", (_items_json(job), job.id)
+            )
         )
 
     async def status(self, job: SyncJob) -> dict[str, Any]:
@@ -122,6 +169,8 @@ class TemplateSync:
             ack = acks.get(item.agent_id, {})
             if item.error:
                 state, message = "failed", item.error
+            elif not item.generation and job.id not in self._running:
+                state, message = "failed", INTERRUPTED
             elif not item.generation:
                 state, message = "pending", None
             elif not ack.get("acked_at"):
@@ -139,12 +188,12 @@ class TemplateSync:
                     "message": message,
                 }
             )
-        done = job.queued_all and all(i["state"] in ("applied", "failed") for i in items)
+        done = all(i["state"] in ("applied", "failed") for i in items)
         return {
             "job_id": job.id,
             "gateway_id": job.gateway_id,
             "status": "done" if done else "running",
-            "options": job.options.__dict__,
+            "options": dataclasses.asdict(job.options),
             "total": len(items),
             "applied": sum(1 for i in items if i["state"] == "applied"),
             "failed": sum(1 for i in items if i["state"] == "failed"),
@@ -155,6 +204,10 @@ class TemplateSync:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def _items_json(job: SyncJob) -> str:
+    return json.dumps([dataclasses.asdict(item) for item in job.items])
 
 
 def _select(conn: sqlite3.Connection, gateway_id: str, options: SyncOptions) -> list[AgentRow]:

@@ -27,6 +27,11 @@ HELLO_TIMEOUT_S = 10.0
 # Sidecars relay coalesced heartbeats at most this often.
 HEARTBEAT_FLUSH_MS = 1_000
 
+# A gateway query (live status, sessions) is answered within this, or the hub gives up;
+# the sidecar bounds its own gateway calls below it so it can still say why.
+GATEWAY_QUERY_TIMEOUT_S = 10.0
+MAX_QUERY_SESSIONS = 200
+
 
 def channel_options() -> list[tuple[str, int]]:
     """gRPC client channel options for the sidecar's link."""

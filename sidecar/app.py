@@ -26,6 +26,7 @@ from sidecar.credentials import CredentialIndex
 from sidecar.enrollment import CertificateRenewal
 from sidecar.gateway import GatewayClient, GatewayInfo
 from sidecar.gateway_client import OpenClawGatewayClient
+from sidecar.gateway_queries import GatewayQueries
 from sidecar.heartbeats import HeartbeatRelay
 from sidecar.hub_calls import HubCalls
 from sidecar.identity import renewal_due_at
@@ -71,6 +72,7 @@ class Sidecar:
         self.config_report: ConfigReport | None = None
         # Agents the sidecar itself just changed: their CHANGED drift is our own doing.
         self._touched_at: dict[str, float] = {}
+        self.queries = GatewayQueries(self.gateway, self._gateway_state, self._send)
         self.link = LinkClient(
             str(config.hub),
             self.hello,
@@ -80,6 +82,7 @@ class Sidecar:
             on_welcome=self.relay.on_welcome,
             on_heartbeat_ack=self.relay.on_ack,
             on_agent_call_result=lambda result: self.hub_calls.on_result(result),
+            on_gateway_query=self.queries.submit,
         )
         self.link.on_status(self.relay.on_link_status)
         self.hub_calls = HubCalls(self._send, lambda: self.link.status.connected)
@@ -173,9 +176,15 @@ class Sidecar:
         self._report_gateway(drift)
 
     def _report_gateway(self, drift: list | None = None) -> None:
+        state = self._gateway_state()
+        for item in drift or ():
+            state.drift.add(agent_id=item.agent_id, kind=int(item.kind), detail=item.detail)
+        self.link.send(pb.SidecarMessage(gateway_state=state))
+
+    def _gateway_state(self) -> pb.GatewayState:
         info = self.gateway.info
         report = self.config_report
-        state = pb.GatewayState(
+        return pb.GatewayState(
             reachable=info.reachable,
             unreachable_reason=info.unreachable_reason,
             openclaw_version=info.version,
@@ -186,9 +195,6 @@ class Sidecar:
             last_touched_version=report.last_touched_version if report else "",
             observed_at=timestamp(),
         )
-        for item in drift or ():
-            state.drift.add(agent_id=item.agent_id, kind=int(item.kind), detail=item.detail)
-        self.link.send(pb.SidecarMessage(gateway_state=state))
 
     async def start(self) -> None:
         await self.agent_api.start()
@@ -217,6 +223,7 @@ class Sidecar:
         for task in reversed(self._tasks):
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+        await self.queries.stop()
         await self.applier.close()
         await self.watcher.stop()
         await self.gateway.stop()

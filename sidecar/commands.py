@@ -188,6 +188,8 @@ class CommandApplier:
         )
         if spec.HasField("heartbeat"):
             await self.gateway.set_heartbeat(spec.agent_id, _heartbeat(spec.heartbeat))
+        if spec.reset_session:
+            await self.gateway.reset_session(spec.agent_id)
         done = _Done(
             upsert=AgentState(spec.agent_id, spec.generation, str(workspace), hashes),
             credentials={spec.agent_id: _credentials(spec.agent_id, list(spec.credentials))},

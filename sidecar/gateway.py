@@ -65,6 +65,43 @@ class RunOutcome:
     message: str = ""
 
 
+@dataclass(frozen=True)
+class AgentRuntime:
+    agent_id: str
+    heartbeat_enabled: bool
+    heartbeat_every_s: int = 0
+
+
+@dataclass(frozen=True)
+class GatewayRuntime:
+    """A live status read of the gateway."""
+
+    sessions_count: int
+    agents: tuple[AgentRuntime, ...] = ()
+    pid: int = 0
+    rss_bytes: int = 0
+
+
+@dataclass(frozen=True)
+class SessionInfo:
+    key: str
+    agent_id: str
+    kind: str = ""
+    is_main: bool = False
+    status: str = ""
+    has_active_run: bool = False
+    updated_at_ms: int = 0
+    last_run_error: str = ""
+    model: str = ""
+    total_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class SessionPage:
+    sessions: tuple[SessionInfo, ...]
+    total: int
+
+
 class GatewayError(Exception):
     """A gateway call failed. `code` is stable and machine-readable; the message says the fix."""
 
@@ -114,6 +151,15 @@ class GatewayClient(Protocol):
     async def wait_run(self, run_id: str, timeout_s: float) -> RunOutcome:
         """Wait for a run started by `wake` to end (final, error or aborted)."""
 
+    async def reset_session(self, agent_id: str) -> None:
+        """Start the agent's main session afresh (the next run reads its files anew)."""
+
+    async def runtime_status(self) -> GatewayRuntime:
+        """The gateway's live status: version, per-agent heartbeat, session count."""
+
+    async def list_sessions(self, agent_id: str = "", limit: int = 100) -> SessionPage:
+        """Sessions, most recently updated first; only `agent_id`'s when given."""
+
 
 class NoGateway:
     """A GatewayClient for a sidecar not (yet) attached to a gateway: every call is refused."""
@@ -150,4 +196,13 @@ class NoGateway:
         raise self._refuse()
 
     async def wait_run(self, run_id: str, timeout_s: float) -> RunOutcome:
+        raise self._refuse()
+
+    async def reset_session(self, agent_id: str) -> None:
+        raise self._refuse()
+
+    async def runtime_status(self) -> GatewayRuntime:
+        raise self._refuse()
+
+    async def list_sessions(self, agent_id: str = "", limit: int = 100) -> SessionPage:
         raise self._refuse()

@@ -31,10 +31,12 @@ from sidecar.gateway import (
     GatewayError,
     GatewayGeneration,
     GatewayInfo,
+    GatewayRuntime,
     GatewayUnavailable,
     HeartbeatSpec,
     RunOutcome,
     RunState,
+    SessionPage,
 )
 from sidecar.gateway_protocol import (
     ClientIdentity,
@@ -730,7 +732,7 @@ class OpenClawGatewayClient:
             payload = await self.call(
                 "chat.send",
                 {
-                    "sessionKey": f"agent:{agent_id}:main",
+                    "sessionKey": proto.main_session_key(agent_id),
                     "message": message,
                     "idempotencyKey": idempotency_key,
                 },
@@ -769,6 +771,23 @@ class OpenClawGatewayClient:
             waiters = self._run_waiters.get(run_id)
             if waiters and future in waiters:
                 waiters.remove(future)
+
+    # ------------------------------------------------------------ sessions and status
+
+    async def reset_session(self, agent_id: str) -> None:
+        # The gateway answers ok for any key (an absent session is created empty).
+        await self.call("sessions.reset", {"key": proto.main_session_key(agent_id)})
+        log.info("gateway.session.reset", agent_id=agent_id)
+
+    async def runtime_status(self) -> GatewayRuntime:
+        # `status` is live; `health` is a cached snapshot that lags behind config changes.
+        return proto.parse_status(await self.read("status", {}))
+
+    async def list_sessions(self, agent_id: str = "", limit: int = 100) -> SessionPage:
+        params: dict[str, Any] = {"limit": max(1, limit)}
+        if agent_id:
+            params["agentId"] = agent_id
+        return proto.parse_sessions(await self.read("sessions.list", params))
 
     def _track_run(self, payload: Mapping[str, Any]) -> None:
         run_id = payload.get("runId")

@@ -14,11 +14,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sidecar.gateway import (
+    AgentRuntime,
     GatewayError,
     GatewayGeneration,
+    GatewayRuntime,
     GatewayUnavailable,
     RunOutcome,
     RunState,
+    SessionInfo,
+    SessionPage,
 )
 
 # Protocol 4 is current; 2026.3 gateways speak only 3. Both accept a 3..4 offer and
@@ -309,6 +313,72 @@ def heartbeat_every(every_s: int) -> str:
     if every_s % 60 == 0:
         return f"{every_s // 60}m"
     return f"{every_s}s"
+
+
+def main_session_key(agent_id: str) -> str:
+    return f"agent:{agent_id}:main"
+
+
+# ---------------------------------------------------------------- status and sessions
+# Both payloads are large and grow with each release; read only the fields the hub
+# shows, and tolerate any of them missing (2026.3 has fewer).
+
+
+def parse_status(payload: Mapping[str, Any]) -> GatewayRuntime:
+    """The `status` method's payload as a GatewayRuntime."""
+    heartbeat = _mapping(payload.get("heartbeat"))
+    agents = tuple(
+        AgentRuntime(
+            agent_id=str(a["agentId"]),
+            heartbeat_enabled=bool(a.get("enabled")),
+            heartbeat_every_s=_int(a.get("everyMs")) // 1000,
+        )
+        for a in _list(heartbeat.get("agents"))
+        if isinstance(a, Mapping) and a.get("agentId")
+    )
+    return GatewayRuntime(
+        sessions_count=_int(_mapping(payload.get("sessions")).get("count")),
+        agents=agents,
+        pid=_int(payload.get("pid")),
+        rss_bytes=_int(_mapping(payload.get("processMemory")).get("rssBytes")),
+    )
+
+
+def parse_sessions(payload: Mapping[str, Any]) -> SessionPage:
+    """The `sessions.list` payload, most recently updated first."""
+    sessions = [
+        SessionInfo(
+            key=str(row["key"]),
+            agent_id=str(row.get("agentId") or _agent_of_key(str(row["key"]))),
+            kind=str(row.get("kind") or ""),
+            is_main=bool(row.get("isMain", str(row["key"]).endswith(":main"))),
+            status=str(row.get("status") or ""),
+            has_active_run=bool(row.get("hasActiveRun")),
+            updated_at_ms=_int(row.get("updatedAt")),
+            last_run_error=str(row.get("lastRunError") or ""),
+            model=str(row.get("model") or ""),
+            total_tokens=_int(row.get("totalTokens")),
+        )
+        for row in _list(payload.get("sessions"))
+        if isinstance(row, Mapping) and row.get("key")
+    ]
+    sessions.sort(key=lambda s: s.updated_at_ms, reverse=True)
+    total = _int(payload.get("totalCount", payload.get("count", len(sessions))))
+    return SessionPage(tuple(sessions), max(total, len(sessions)))
+
+
+def _agent_of_key(key: str) -> str:
+    """ "agent:<id>:<name>" -> "<id>" (older rows carry no agentId)."""
+    parts = key.split(":")
+    return parts[1] if len(parts) >= 3 and parts[0] == "agent" else ""
+
+
+def _int(value: Any) -> int:
+    return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
 
 
 # ---------------------------------------------------------------- runs

@@ -56,6 +56,7 @@ class LinkClient:
         on_heartbeat_ack: Callable[[int], None] = lambda batch_id: None,
         on_renew: Callable[[pb.RenewResponse], None] = lambda response: None,
         on_agent_call_result: Callable[[pb.AgentCallResult], None] = lambda result: None,
+        on_gateway_query: Callable[[pb.GatewayQuery], None] = lambda query: None,
     ) -> None:
         self.target = target
         self.hello = hello
@@ -66,6 +67,7 @@ class LinkClient:
         self.on_heartbeat_ack = on_heartbeat_ack
         self.on_renew = on_renew
         self.on_agent_call_result = on_agent_call_result
+        self.on_gateway_query = on_gateway_query
         self.status = LinkStatus(connected=False, since=time.time())
         self.streams_opened = 0
         self._unsent: collections.deque[pb.SidecarMessage] = collections.deque(
@@ -168,6 +170,8 @@ class LinkClient:
                 self.on_renew(message.renew)
             elif kind == "agent_call_result":
                 self.on_agent_call_result(message.agent_call_result)
+            elif kind == "gateway_query":
+                self.on_gateway_query(message.gateway_query)
             else:
                 log.warning("link.message.ignored", kind=kind)
 

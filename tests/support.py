@@ -15,12 +15,16 @@ from missioncontrol.netaddr import HostPort
 from sidecar.config import SidecarConfig
 from sidecar.gateway import (
     AgentEntry,
+    AgentRuntime,
     GatewayGeneration,
     GatewayInfo,
+    GatewayRuntime,
     GatewayUnavailable,
     HeartbeatSpec,
     RunOutcome,
     RunState,
+    SessionInfo,
+    SessionPage,
 )
 
 ADMIN_TOKEN = "test-admin-token-" + "x" * 48
@@ -95,6 +99,7 @@ class RecordingGateway:
     runs: dict[str, str] = field(default_factory=dict)
     run_outcome: RunState = RunState.FINAL
     run_message: str = ""
+    query_delay_s: float = 0.0  # how long status and session reads take
     _listeners: list[Callable[[GatewayInfo], None]] = field(default_factory=list)
 
     @property
@@ -148,6 +153,47 @@ class RecordingGateway:
     async def wait_run(self, run_id: str, timeout_s: float) -> RunOutcome:
         await asyncio.sleep(0.01)
         return RunOutcome(run_id, self.run_outcome, self.run_message)
+
+    async def reset_session(self, agent_id: str) -> None:
+        self._check()
+        self.calls.append(("reset_session", agent_id))
+
+    def _sessions(self) -> list[SessionInfo]:
+        # Like the gateway: a woken agent has a main session, newest first.
+        woken: dict[str, int] = {}
+        for index, call in enumerate(self.calls):
+            if call[0] == "wake":
+                woken[call[1]] = index
+        return [
+            SessionInfo(
+                key=f"agent:{agent_id}:main",
+                agent_id=agent_id,
+                kind="direct",
+                is_main=True,
+                status="failed" if self.run_outcome is RunState.ERROR else "done",
+                updated_at_ms=1_795_000_000_000 + index,
+                last_run_error=self.run_message,
+                model="scripted/test",
+            )
+            for agent_id, index in sorted(woken.items(), key=lambda kv: -kv[1])
+        ]
+
+    async def runtime_status(self) -> GatewayRuntime:
+        self._check()
+        await asyncio.sleep(self.query_delay_s)
+        ensured = dict.fromkeys(c[1] for c in self.calls if c[0] == "ensure_agent")
+        return GatewayRuntime(
+            sessions_count=len(self._sessions()),
+            agents=tuple(AgentRuntime(a, True, 600) for a in ensured),
+            pid=4242,
+            rss_bytes=64 << 20,
+        )
+
+    async def list_sessions(self, agent_id: str = "", limit: int = 100) -> SessionPage:
+        self._check()
+        await asyncio.sleep(self.query_delay_s)
+        every = [s for s in self._sessions() if not agent_id or s.agent_id == agent_id]
+        return SessionPage(tuple(every[:limit]), len(every))
 
 
 if TYPE_CHECKING:

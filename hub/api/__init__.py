@@ -8,6 +8,7 @@ from hub.api import (
     agent_facing,
     agents,
     boards,
+    gateway_live,
     gateways,
     health,
     identity,
@@ -29,7 +30,17 @@ AGENT_RATE = (10.0, 40)  # per agent token
 
 def build_api() -> Api:
     api = Api("Mission Control hub", VERSION)
-    for module in (health, identity, gateways, template_sync, boards, agents, tasks, agent_facing):
+    for module in (
+        health,
+        identity,
+        gateways,
+        gateway_live,
+        template_sync,
+        boards,
+        agents,
+        tasks,
+        agent_facing,
+    ):
         module.register(api)
     board_webhooks.register(api)
     return api

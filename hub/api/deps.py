@@ -9,6 +9,7 @@ from aiohttp import web
 
 from hub.database import Database
 from hub.events import EventBus
+from hub.gateway_queries import GatewayQueries
 from hub.gateways import GatewayService
 from hub.link_server import SessionRegistry
 from hub.reconciler import Reconciler
@@ -26,6 +27,7 @@ class HttpDeps:
     gateways: GatewayService
     reconciler: Reconciler
     events: EventBus
+    queries: GatewayQueries  # live reads of a gateway through its sidecar
     enroll_address: str | None  # HOST:PORT sidecars enroll at; None in --insecure-dev mode
     link_address: str
     cors_origins: tuple[str, ...] = ()  # browser origins allowed to call the API

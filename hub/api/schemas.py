@@ -67,6 +67,60 @@ class GatewayRead(BaseModel):
     updated_at: str | None
 
 
+class GatewaySessionRead(BaseModel):
+    key: str
+    gateway_agent_id: str
+    agent_id: str | None  # the hub's agent id, when Mission Control manages the agent
+    board_id: str | None
+    kind: str | None
+    is_main: bool
+    status: str | None  # the last run's status as the gateway reports it
+    has_active_run: bool
+    updated_at: str | None
+    last_run_error: str | None
+    model: str | None
+    total_tokens: int
+
+
+class GatewayAgentRuntime(BaseModel):
+    gateway_agent_id: str
+    agent_id: str | None
+    heartbeat_enabled: bool
+    heartbeat_every_s: int | None
+
+
+class GatewayStatusRead(BaseModel):
+    gateway_id: str
+    gateway_name: str
+    connected: bool  # the sidecar is connected and reaches its gateway
+    sidecar_connected: bool
+    gateway_reachable: bool | None
+    gateway_unreachable_reason: str | None
+    sidecar_version: str | None
+    openclaw_version: str | None
+    openclaw_protocol: int | None
+    gateway_generation: str | None
+    config_valid: bool | None
+    config_error: str | None
+    pid: int | None
+    rss_bytes: int | None
+    agents: list[GatewayAgentRuntime]
+    sessions_count: int | None
+    sessions: list[GatewaySessionRead]
+    main_session: GatewaySessionRead | None
+    main_session_error: str | None
+    error: str | None  # why the live part is missing, with the fix
+    error_code: str | None
+    observed_at: str | None  # when the sidecar answered; null: stored values only
+
+
+class GatewaySessionsRead(BaseModel):
+    gateway_id: str
+    sessions: list[GatewaySessionRead]
+    total: int  # sessions the gateway has (sessions may list fewer: limit, board filter)
+    main_session: GatewaySessionRead | None
+
+
 class GatewayCreated(GatewayRead):
     join_token: str | None = None
     token_id: str | None = None

@@ -48,16 +48,14 @@ def register(api: Api) -> None:
             SyncOptions(
                 include_main=q.include_main,
                 lead_only=q.lead_only,
+                reset_sessions=q.reset_sessions,
                 rotate_tokens=q.rotate_tokens,
                 force_bootstrap=q.force_bootstrap,
                 overwrite=q.overwrite,
                 board_id=q.board_id,
             ),
         )
-        result = await sync.status(job)
-        if q.reset_sessions:
-            result["warnings"] = ["reset_sessions is not supported yet; sessions were kept"]
-        return result
+        return await sync.status(job)
 
     @api.route(
         "GET",
@@ -67,7 +65,7 @@ def register(api: Api) -> None:
     )
     async def get_template_sync(call: Call) -> dict[str, Any]:
         sync = call.request.app[SYNC]
-        job = sync.jobs.get(call.request.match_info["job_id"])
+        job = await sync.job(call.request.match_info["job_id"])
         if job is None or job.gateway_id != call.request.match_info["gateway_id"]:
-            raise ApiError(404, "sync job not found (jobs are kept in memory)")
+            raise ApiError(404, "sync job not found (jobs are kept for 7 days)")
         return await sync.status(job)

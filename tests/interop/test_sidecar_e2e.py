@@ -15,8 +15,8 @@ from hub.store import GatewayRow
 from protos import link_pb2 as pb
 from sidecar.app import Sidecar
 from sidecar.backoff import Backoff
-from tests.interop.conftest import RunningGateway
-from tests.support import hub_config, sidecar_config, wait_for
+from tests.interop.conftest import RunningGateway, record_timing
+from tests.support import api, hub_config, sidecar_config, wait_for
 
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(600)]
 
@@ -117,3 +117,59 @@ async def test_apply_agent_through_the_hub_reaches_the_real_gateway(
     entries = config["agents"].get("entries") or {a["id"]: a for a in config["agents"]["list"]}
     assert agent_id not in entries
     assert (workspace / "AGENTS.md").exists()  # deleteFiles false: the workspace stays
+
+
+async def test_live_status_sessions_and_session_reset_through_the_sidecar(
+    chain: tuple[Hub, Sidecar], gateway: RunningGateway
+) -> None:
+    hub, _ = chain
+    agent_id = f"mc-{uuid.uuid4()}"
+
+    def apply(generation: int, **extra: object) -> pb.Command:
+        return pb.Command(
+            apply_agent=pb.ApplyAgent(
+                agent_id=agent_id,
+                generation=generation,
+                display_name="Live Reads",
+                workspace_path=str(gateway.workspace_root / f"workspace-{agent_id}"),
+                files=[pb.WorkspaceFile(name="AGENTS.md", content=b"# Live\n")],
+                heartbeat=pb.HeartbeatSettings(every_s=600, checklist="- check in\n"),
+                **extra,  # type: ignore[arg-type]
+            )
+        )
+
+    first = await hub.store.enqueue_command("gw-e2e", apply(1, wake_message="Check in."))
+    row = await wait_for(lambda: _acked(hub, first), timeout_s=120, what="apply acked")
+    assert row["outcome"] == "APPLIED", row
+
+    async def main_session() -> dict | None:
+        status, body = await api(hub, "GET", "/api/v1/gateway/sessions?gateway_id=gw-e2e")
+        assert status == 200, body
+        return next((s for s in body["sessions"] if s["gateway_agent_id"] == agent_id), None)
+
+    await wait_for(
+        lambda: hub.store.events("gw-e2e", "agent.run.observed"), timeout_s=120, what="run ended"
+    )
+    before = await wait_for(main_session, timeout_s=60, what="the woken agent's session listed")
+    assert before["key"] == f"agent:{agent_id}:main" and before["is_main"]
+    assert before["agent_id"] is None  # the hub has no agents row for it in this test
+
+    started = time.perf_counter()
+    status, read = await api(hub, "GET", "/api/v1/gateway/status?gateway_id=gw-e2e")
+    record_timing("gateway status through the sidecar", time.perf_counter() - started)
+    assert status == 200 and read["connected"] and read["error"] is None, read
+    assert read["openclaw_version"] == gateway.version
+    runtime = {a["gateway_agent_id"]: a for a in read["agents"]}
+    assert runtime[agent_id]["heartbeat_enabled"] and runtime[agent_id]["heartbeat_every_s"] == 600
+    assert "main" in runtime  # the gateway's own agent is shown too
+    assert read["sessions_count"] >= 1
+    assert agent_id in {s["gateway_agent_id"] for s in read["sessions"]}
+
+    second = await hub.store.enqueue_command("gw-e2e", apply(2, reset_session=True))
+    row = await wait_for(lambda: _acked(hub, second), timeout_s=120, what="reset acked")
+    assert row["outcome"] == "APPLIED", row
+    after = await main_session()
+    assert after is not None and after["updated_at"] > before["updated_at"]
+    if not gateway.generation_is_legacy:
+        # The woken run failed (no model): a reset session carries no run status.
+        assert before["status"] == "failed" and after["status"] is None

@@ -16,7 +16,10 @@ from sidecar.gateway_protocol import (
     detect_generation,
     handshake_error,
     heartbeat_every,
+    main_session_key,
     parse_hello,
+    parse_sessions,
+    parse_status,
     run_outcome,
 )
 
@@ -170,3 +173,78 @@ def test_chat_events_map_to_run_outcomes(
     event: dict[str, object], outcome: RunOutcome | None
 ) -> None:
     assert run_outcome({"runId": "r", **event}) == outcome
+
+
+# ---------------------------------------------------------------- status and sessions
+# Shapes as observed from 2026.9.6 (trimmed); 2026.3 rows lack most optional fields.
+
+STATUS_PAYLOAD = {
+    "runtimeVersion": "2026.9.6",
+    "heartbeat": {
+        "defaultAgentId": "main",
+        "agents": [
+            {"agentId": "main", "enabled": True, "every": "30m", "everyMs": 1800000},
+            {"agentId": "mc-1", "enabled": False, "every": "disabled", "everyMs": None},
+            {"enabled": True},  # no id: skipped
+        ],
+    },
+    "sessions": {"count": 2, "byAgent": {}},
+    "pid": 16670,
+    "processMemory": {"rssBytes": 931622912},
+}
+
+
+def test_status_payload_keeps_heartbeats_pid_memory_and_session_count() -> None:
+    runtime = parse_status(STATUS_PAYLOAD)
+    assert runtime.sessions_count == 2 and runtime.pid == 16670
+    assert runtime.rss_bytes == 931622912
+    assert [(a.agent_id, a.heartbeat_enabled, a.heartbeat_every_s) for a in runtime.agents] == [
+        ("main", True, 1800),
+        ("mc-1", False, 0),
+    ]
+
+
+def test_status_payload_with_missing_or_odd_fields_reads_as_zeros() -> None:
+    runtime = parse_status({"sessions": "n/a", "pid": True, "heartbeat": {"agents": "x"}})
+    assert (runtime.sessions_count, runtime.pid, runtime.rss_bytes, runtime.agents) == (0, 0, 0, ())
+
+
+def test_sessions_payload_is_sorted_newest_first_and_tolerates_old_rows() -> None:
+    page = parse_sessions(
+        {
+            "count": 3,
+            "totalCount": 5,
+            "sessions": [
+                {
+                    "key": "agent:mc-1:main",
+                    "agentId": "mc-1",
+                    "kind": "direct",
+                    "isMain": True,
+                    "status": "failed",
+                    "hasActiveRun": False,
+                    "updatedAt": 1795270747788,
+                    "lastRunError": "No route-compatible authentication source",
+                    "model": "gpt-6-astra",
+                    "totalTokens": 12,
+                },
+                {"key": "agent:mc-2:main", "updatedAt": 1795270750000, "hasActiveRun": True},
+                {"key": "agent:mc-3:side-chat"},
+                {"agentId": "no-key"},  # no key: skipped
+            ],
+        }
+    )
+    assert page.total == 5
+    assert [s.key for s in page.sessions] == [
+        "agent:mc-2:main",
+        "agent:mc-1:main",
+        "agent:mc-3:side-chat",
+    ]
+    newest, failed, side = page.sessions
+    assert newest.agent_id == "mc-2" and newest.is_main and newest.has_active_run
+    assert failed.status == "failed" and failed.last_run_error.startswith("No route")
+    assert failed.total_tokens == 12 and failed.model == "gpt-6-astra"
+    assert side.agent_id == "mc-3" and not side.is_main and side.updated_at_ms == 0
+
+
+def test_main_session_key_is_the_one_wakes_use() -> None:
+    assert main_session_key("mc-1") == "agent:mc-1:main"

@@ -1,0 +1,80 @@
+"""Live reads of a gateway, asked through its sidecar's stream.
+
+The hub holds no live view of a gateway's sessions or runtime; an admin's
+`GET /api/v1/gateway/status` or `/gateway/sessions` becomes a GatewayQuery on
+the gateway's current stream and waits (bounded) for the matching result.
+Queries are not queued: with no connected sidecar the caller learns so at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+
+from hub.link_server import SessionRegistry
+from missioncontrol.log import get_logger
+from protos import link_pb2 as pb
+from protos.contract import GATEWAY_QUERY_TIMEOUT_S, MAX_QUERY_SESSIONS
+
+log = get_logger("hub.gateway_queries")
+
+
+class QueryFailed(Exception):
+    """The sidecar could not be asked, or did not answer; `code` names which."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class GatewayQueries:
+    def __init__(self, registry: SessionRegistry, timeout_s: float = GATEWAY_QUERY_TIMEOUT_S):
+        self.registry = registry
+        self.timeout_s = timeout_s
+        self._ids = itertools.count(1)
+        self._pending: dict[int, tuple[str, asyncio.Future[pb.GatewayQueryResult]]] = {}
+
+    async def ask(
+        self,
+        gateway_id: str,
+        kind: pb.GatewayQuery.Kind.ValueType,
+        *,
+        agent_id: str = "",
+        limit: int = MAX_QUERY_SESSIONS,
+    ) -> pb.GatewayQueryResult:
+        session = self.registry.get(gateway_id)
+        if session is None or session.closed:
+            raise QueryFailed("sidecar_disconnected", "the gateway's sidecar is not connected")
+        query = pb.GatewayQuery(query_id=next(self._ids), kind=kind, agent_id=agent_id, limit=limit)
+        future: asyncio.Future[pb.GatewayQueryResult] = asyncio.get_running_loop().create_future()
+        self._pending[query.query_id] = (gateway_id, future)
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                await session.outgoing.put(pb.HubMessage(gateway_query=query))
+                return await future
+        except TimeoutError:
+            raise QueryFailed(
+                "sidecar_timeout", f"the sidecar did not answer within {self.timeout_s:g} s"
+            ) from None
+        finally:
+            self._pending.pop(query.query_id, None)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._pending)
+
+    def answer(self, gateway_id: str, result: pb.GatewayQueryResult) -> None:
+        pending = self._pending.get(result.query_id)
+        # Only the gateway that was asked may answer (ids are hub-wide).
+        if pending is None or pending[0] != gateway_id or pending[1].done():
+            log.debug("gateway.query.stale", gateway_id=gateway_id, query_id=result.query_id)
+            return
+        pending[1].set_result(result)
+
+    def link_closed(self, gateway_id: str) -> None:
+        """The stream ended: answers to it will never come."""
+        for owner, future in self._pending.values():
+            if owner == gateway_id and not future.done():
+                future.set_exception(
+                    QueryFailed("sidecar_disconnected", "the sidecar disconnected before answering")
+                )

@@ -1,0 +1,126 @@
+"""Live reads of the gateway asked by the hub (GatewayQuery), each answered once.
+
+An admin's `GET /api/v1/gateway/status` or `/gateway/sessions` arrives here as a
+GatewayQuery on the link. The answer always carries what the sidecar knows of its
+gateway; the gateway's own reads (`status`, `sessions.list`) are added when it
+answers within the budget, otherwise the error says why. Nothing is queued or
+retried: the admin asked now, and asks again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from missioncontrol.log import get_logger
+from protos import link_pb2 as pb
+from protos.contract import GATEWAY_QUERY_TIMEOUT_S, MAX_QUERY_SESSIONS, timestamp
+from sidecar.gateway import GatewayClient, GatewayError, SessionInfo
+
+log = get_logger("sidecar.gateway_queries")
+
+MAX_IN_FLIGHT = 4
+# Answer (with the reason) before the hub stops waiting.
+CALL_BUDGET_S = GATEWAY_QUERY_TIMEOUT_S * 0.8
+
+
+class GatewayQueries:
+    def __init__(
+        self,
+        gateway: GatewayClient,
+        state: Callable[[], pb.GatewayState],
+        send: Callable[[pb.SidecarMessage], None],
+    ) -> None:
+        self._gateway = gateway
+        self._state = state
+        self._send = send
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def submit(self, query: pb.GatewayQuery) -> None:
+        if len(self._tasks) >= MAX_IN_FLIGHT:
+            result = self._result(query)
+            result.error_code = "busy"
+            result.error = f"{MAX_IN_FLIGHT} gateway queries are already running; ask again"
+            self._send(pb.SidecarMessage(gateway_query_result=result))
+            return
+        task = asyncio.create_task(self._answer(query), name="gateway-query")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _result(self, query: pb.GatewayQuery) -> pb.GatewayQueryResult:
+        return pb.GatewayQueryResult(query_id=query.query_id, state=self._state())
+
+    async def _answer(self, query: pb.GatewayQuery) -> None:
+        result = self._result(query)
+        info = self._gateway.info
+        try:
+            if not info.reachable:
+                raise GatewayError(info.unreachable_reason, code="gateway_unreachable")
+            async with asyncio.timeout(CALL_BUDGET_S):
+                await self._read(query, result)
+        except TimeoutError:
+            result.error_code = "gateway_timeout"
+            result.error = f"the gateway did not answer within {CALL_BUDGET_S:g} s"
+        except GatewayError as exc:
+            result.error_code = exc.code
+            result.error = str(exc)
+        if result.error_code:
+            log.info(
+                "gateway.query.failed",
+                kind=pb.GatewayQuery.Kind.Name(query.kind),
+                error_code=result.error_code,
+                error=result.error,
+            )
+        self._send(pb.SidecarMessage(gateway_query_result=result))
+
+    async def _read(self, query: pb.GatewayQuery, result: pb.GatewayQueryResult) -> None:
+        limit = min(query.limit or MAX_QUERY_SESSIONS, MAX_QUERY_SESSIONS)
+        if query.kind == pb.GatewayQuery.STATUS:
+            runtime, page = await asyncio.gather(
+                self._gateway.runtime_status(), self._gateway.list_sessions(limit=limit)
+            )
+            result.runtime.CopyFrom(
+                pb.GatewayRuntime(
+                    pid=runtime.pid,
+                    rss_bytes=runtime.rss_bytes,
+                    agents=[
+                        pb.AgentRuntime(
+                            agent_id=a.agent_id,
+                            heartbeat_enabled=a.heartbeat_enabled,
+                            heartbeat_every_s=a.heartbeat_every_s,
+                        )
+                        for a in runtime.agents
+                    ],
+                )
+            )
+            total = max(page.total, runtime.sessions_count)
+        elif query.kind == pb.GatewayQuery.SESSIONS:
+            page = await self._gateway.list_sessions(query.agent_id, limit)
+            total = page.total
+        else:
+            raise GatewayError(
+                f"query kind {query.kind} is not known to this sidecar; upgrade it",
+                code="unsupported",
+            )
+        result.sessions.extend(_session(s) for s in page.sessions[:limit])
+        result.sessions_total = total
+
+
+def _session(info: SessionInfo) -> pb.GatewaySession:
+    return pb.GatewaySession(
+        key=info.key,
+        agent_id=info.agent_id,
+        kind=info.kind,
+        is_main=info.is_main,
+        status=info.status,
+        has_active_run=info.has_active_run,
+        updated_at=timestamp(info.updated_at_ms / 1000) if info.updated_at_ms else None,
+        last_run_error=info.last_run_error,
+        model=info.model,
+        total_tokens=info.total_tokens,
+    )
