@@ -145,10 +145,29 @@ def non_negative_float(text: str) -> float:
     return value
 
 
+def one_of(*choices: str) -> Callable[[str], str]:
+    def convert(text: str) -> str:
+        if text.lower() not in choices:
+            raise ValueError(f"{text!r}: use {', '.join(choices[:-1])} or {choices[-1]}")
+        return text.lower()
+
+    return convert
+
+
 # Both programs log the same way.
 LOG_OPTIONS = (
-    Option("log-level", "debug, info, warning or error", "info", metavar="LEVEL"),
     Option(
-        "log-format", "json, console, or auto (console on a terminal)", "auto", metavar="FORMAT"
+        "log-level",
+        "debug, info, warning or error",
+        "info",
+        convert=one_of("debug", "info", "warning", "error"),
+        metavar="LEVEL",
+    ),
+    Option(
+        "log-format",
+        "json, console, or auto (console on a terminal)",
+        "auto",
+        convert=one_of("json", "console", "auto"),
+        metavar="FORMAT",
     ),
 )

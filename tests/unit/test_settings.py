@@ -98,3 +98,19 @@ def test_sidecar_agent_api_must_be_loopback() -> None:
     )
     with pytest.raises(SettingsError, match="loopback"):
         sidecar_config.build_config(args, {})
+
+
+def test_both_programs_refuse_an_unknown_log_level_or_format_naming_the_choices() -> None:
+    parser = argparse.ArgumentParser()
+    sidecar_config.add_run_arguments(parser)
+    args = parser.parse_args(["--hub", "127.0.0.1:7443", "--log-format", "xml"])
+    with pytest.raises(SettingsError, match="--log-format: 'xml': use json, console or auto"):
+        sidecar_config.build_config(args, {})
+    with pytest.raises(SettingsError, match="MC_HUB_LOG_LEVEL: 'loud': use debug, info"):
+        hub_config.build_config(
+            hub_args(), {"MC_ADMIN_TOKEN": "t" * 60, "MC_HUB_LOG_LEVEL": "loud"}
+        )
+    config = hub_config.build_config(
+        hub_args("--log-level", "WARNING"), {"MC_ADMIN_TOKEN": "t" * 60}
+    )
+    assert config.log_level == "warning"
