@@ -27,6 +27,7 @@ from bench.harness import (
     Section,
     Sizes,
     Target,
+    child,
     free_port,
     percentile,
     pin_to,
@@ -72,7 +73,9 @@ def run(sizes: Sizes) -> Section:
             server.recv(60.0)
             for agents in sizes.api_agents:
                 tokens = [m.raw for m in minted[:agents]]
-                with _load(port, tokens) as load:
+                with child(
+                    _client_main, port, tokens, name="bench-api-load", ready_timeout_s=60.0
+                ) as load:
                     runs = results[kind].setdefault(agents, [])
                     for _ in range(sizes.runs):
                         runs.append(load.ask(("run", sizes.api_duration_s), 120.0))
@@ -112,22 +115,6 @@ def run(sizes: Sizes) -> Section:
         "(10/s by default) raised so every request is accepted"
     )
     return section
-
-
-class _load:
-    def __init__(self, port: int, tokens: list[str]) -> None:
-        self.child = Child(_client_main, port, tokens, name="bench-api-load")
-
-    def __enter__(self) -> Child:
-        try:
-            self.child.recv(60.0)
-        except BaseException:
-            self.child.stop()
-            raise
-        return self.child
-
-    def __exit__(self, *exc: object) -> None:
-        self.child.stop()
 
 
 # ------------------------------------------------------------------- server

@@ -312,12 +312,31 @@ class Child:
 
 
 @contextlib.contextmanager
-def child(target: Callable[..., None], *args: Any, name: str) -> Iterator[Child]:
+def child(
+    target: Callable[..., None], *args: Any, name: str, ready_timeout_s: float | None = None
+) -> Iterator[Child]:
+    """A Child for the `with` block; with `ready_timeout_s`, once it sent its first message."""
     proc = Child(target, *args, name=name)
     try:
+        if ready_timeout_s is not None:
+            proc.recv(ready_timeout_s)
         yield proc
     finally:
         proc.stop()
+
+
+def pipe_inbox(conn: mpc.Connection) -> asyncio.Queue[Any]:
+    """In a child's event loop: the parent's messages as a queue (None once the pipe closes)."""
+    inbox: asyncio.Queue[Any] = asyncio.Queue()
+
+    def readable() -> None:
+        try:
+            inbox.put_nowait(conn.recv())
+        except (EOFError, OSError):
+            inbox.put_nowait(None)
+
+    asyncio.get_running_loop().add_reader(conn.fileno(), readable)
+    return inbox
 
 
 def report_errors(conn: mpc.Connection, main: Callable[[], None]) -> None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.harness import SERVER_CORE, Child, pin_to, quiet_logs, report_errors
+from bench.harness import SERVER_CORE, Child, pin_to, pipe_inbox, quiet_logs, report_errors
 
 ADMIN_TOKEN = "bench-admin-token-" + "x" * 48
 COMMIT_INTERVAL_S = 1.0  # the hub's default (--commit-interval)
@@ -66,16 +66,7 @@ async def _serve(conn: mpc.Connection, data_dir: Path, link_port: int, http_port
     hub = Hub(config)
     await hub.start()
     conn.send({"ready": True, "started_at": time.time()})
-    inbox: asyncio.Queue[Any] = asyncio.Queue()
-    loop = asyncio.get_running_loop()
-
-    def readable() -> None:
-        try:
-            inbox.put_nowait(conn.recv())
-        except (EOFError, OSError):
-            inbox.put_nowait(None)
-
-    loop.add_reader(conn.fileno(), readable)
+    inbox = pipe_inbox(conn)
     try:
         while (request := await inbox.get()) is not None:
             if request == "stats":
@@ -87,6 +78,6 @@ async def _serve(conn: mpc.Connection, data_dir: Path, link_port: int, http_port
                     }
                 )
     finally:
-        loop.remove_reader(conn.fileno())
+        asyncio.get_running_loop().remove_reader(conn.fileno())
         await hub.stop()
     conn.send({"stopped": True})

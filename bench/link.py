@@ -16,10 +16,10 @@ import grpc
 
 from bench.harness import (
     LOAD_CORE,
-    Child,
     Figure,
     Section,
     Sizes,
+    child,
     free_port,
     pin_to,
     quiet_logs,
@@ -47,7 +47,9 @@ def run(sizes: Sizes) -> Section:
         server = start_link_server(kind, port)
         try:
             for label, streams, messages in shapes:
-                with _client(port, streams) as client:
+                with child(
+                    _client_main, port, streams, name="bench-link-client", ready_timeout_s=120.0
+                ) as client:
                     rates = measured.setdefault(label, {}).setdefault(kind, [])
                     for _ in range(sizes.runs):
                         rates.append(client.ask(("run", messages), 300.0)["rate"])
@@ -68,22 +70,6 @@ def run(sizes: Sizes) -> Section:
         "the hub's reports go to a sink that keeps nothing (ingest is measured apart)"
     )
     return section
-
-
-class _client:
-    def __init__(self, port: int, streams: int) -> None:
-        self.child = Child(_client_main, port, streams, name="bench-link-client")
-
-    def __enter__(self) -> Child:
-        try:
-            self.child.recv(120.0)
-        except BaseException:
-            self.child.stop()
-            raise
-        return self.child
-
-    def __exit__(self, *exc: object) -> None:
-        self.child.stop()
 
 
 def _client_main(conn: mpc.Connection, port: int, streams: int) -> None:

@@ -18,7 +18,15 @@ import time
 from pathlib import Path
 from typing import Any, cast
 
-from bench.harness import LOAD_CORE, percentile, pin_to, quiet_logs, raise_fd_limit, report_errors
+from bench.harness import (
+    LOAD_CORE,
+    percentile,
+    pin_to,
+    pipe_inbox,
+    quiet_logs,
+    raise_fd_limit,
+    report_errors,
+)
 from missioncontrol.version import VERSION
 from protos import link_pb2 as pb
 from protos.contract import HEARTBEAT_FLUSH_MS, LINK_PROTOCOL, epoch_s, timestamp
@@ -179,16 +187,7 @@ async def _fleet(
     tasks = [asyncio.create_task(s.client.run()) for s in sidecars]
     tasks.append(asyncio.create_task(_relay_ticks(sidecars, interval_s)))
     conn.send({"ready": True})
-    inbox: asyncio.Queue[Any] = asyncio.Queue()
-    loop = asyncio.get_running_loop()
-
-    def readable() -> None:
-        try:
-            inbox.put_nowait(conn.recv())
-        except (EOFError, OSError):
-            inbox.put_nowait(None)
-
-    loop.add_reader(conn.fileno(), readable)
+    inbox = pipe_inbox(conn)
     try:
         while (request := await inbox.get()) is not None:
             if request == "status":
@@ -205,7 +204,7 @@ async def _fleet(
                 latencies.clear()
                 conn.send({"ok": True})
     finally:
-        loop.remove_reader(conn.fileno())
+        asyncio.get_running_loop().remove_reader(conn.fileno())
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

@@ -35,6 +35,7 @@ from hub.api.tasks import (
     comment_read,
     filtered_tasks,
     task_error,
+    task_on_board,
     task_page,
     task_read,
 )
@@ -43,7 +44,6 @@ from hub.tasks import (
     TaskError,
     TaskRow,
     add_comment,
-    get_task,
     list_comments,
     update_task,
 )
@@ -158,13 +158,6 @@ def require_board_agent(agent: AgentPrincipal) -> None:
             "a gateway main agent reads its gateway's boards; tasks are changed by the "
             "board's own agents (message the board lead instead)",
         )
-
-
-def task_on_board(conn: sqlite3.Connection, board_id: str, task_id: str) -> TaskRow:
-    task = get_task(conn, board_id, task_id)
-    if task is None:
-        raise ApiError(404, "task not found on this board")
-    return task
 
 
 def reachable_task(

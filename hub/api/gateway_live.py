@@ -66,7 +66,7 @@ async def resolve(d: HttpDeps, q: GatewayTarget) -> Target:
     if not (q.gateway_id or q.board_id or q.agent_id):
         raise ApiError(422, "name the gateway: gateway_id, board_id or agent_id")
 
-    def op(conn: sqlite3.Connection) -> tuple[str, str]:
+    def op(conn: sqlite3.Connection) -> Target:
         gateway_id, gateway_agent_id = q.gateway_id or "", ""
         if q.board_id:
             board = conn.execute(
@@ -89,20 +89,19 @@ async def resolve(d: HttpDeps, q: GatewayTarget) -> Target:
             if q.board_id and agent["board_id"] != q.board_id:
                 raise ApiError(422, "the agent is not on that board")
             gateway_id, gateway_agent_id = agent["gateway_id"], agent["gateway_agent_id"]
-        return gateway_id, gateway_agent_id
-
-    gateway_id, gateway_agent_id = await d.db.read(op)
-    gateway = await d.store.get_gateway(gateway_id)
-    if gateway is None:
-        raise ApiError(404, "gateway not found")
-    rows = await d.db.read(
-        lambda conn: conn.execute(
+        gateway = conn.execute("SELECT * FROM gateways WHERE id = ?", (gateway_id,)).fetchone()
+        if gateway is None:
+            raise ApiError(404, "gateway not found")
+        rows = conn.execute(
             "SELECT id, gateway_agent_id, board_id, kind FROM agents WHERE gateway_id = ?",
             (gateway_id,),
-        ).fetchall()
-    )
-    agents = {r["gateway_agent_id"]: ManagedAgent(r["id"], r["board_id"], r["kind"]) for r in rows}
-    return Target(gateway, agents, q.board_id, gateway_agent_id)
+        )
+        agents = {
+            r["gateway_agent_id"]: ManagedAgent(r["id"], r["board_id"], r["kind"]) for r in rows
+        }
+        return Target(GatewayRow.from_row(gateway), agents, q.board_id, gateway_agent_id)
+
+    return await d.db.read(op)
 
 
 def session_read(session: pb.GatewaySession, target: Target) -> GatewaySessionRead:

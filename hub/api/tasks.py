@@ -220,14 +220,18 @@ def _require_board(conn: sqlite3.Connection, board_id: str) -> None:
         raise ApiError(404, "board not found")
 
 
-def _require_task(conn: sqlite3.Connection, board_id: str, task_id: str) -> TaskRow:
-    """The task, or 404. Writers check on the reader first (a 404 never waits for the
-    group commit), then again inside their transaction."""
-    _require_board(conn, board_id)
+def task_on_board(conn: sqlite3.Connection, board_id: str, task_id: str) -> TaskRow:
     task = get_task(conn, board_id, task_id)
     if task is None:
         raise ApiError(404, "task not found on this board")
     return task
+
+
+def _require_task(conn: sqlite3.Connection, board_id: str, task_id: str) -> TaskRow:
+    """The task, or 404. Writers check on the reader first (a 404 never waits for the
+    group commit), then again inside their transaction."""
+    _require_board(conn, board_id)
+    return task_on_board(conn, board_id, task_id)
 
 
 def register(api: Api) -> None:

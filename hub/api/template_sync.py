@@ -14,6 +14,8 @@ SYNC = web.AppKey("template_sync", TemplateSync)
 
 
 class SyncQuery(Query):
+    """The HTTP face of SyncOptions (same fields)."""
+
     include_main: bool = True
     lead_only: bool = False
     reset_sessions: bool = False
@@ -41,20 +43,8 @@ def register(api: Api) -> None:
         gateway_id = call.request.match_info["gateway_id"]
         if await d.store.get_gateway(gateway_id) is None:
             raise ApiError(404, "gateway not found")
-        q: SyncQuery = call.query
         sync = call.request.app[SYNC]
-        job = await sync.start_job(
-            gateway_id,
-            SyncOptions(
-                include_main=q.include_main,
-                lead_only=q.lead_only,
-                reset_sessions=q.reset_sessions,
-                rotate_tokens=q.rotate_tokens,
-                force_bootstrap=q.force_bootstrap,
-                overwrite=q.overwrite,
-                board_id=q.board_id,
-            ),
-        )
+        job = await sync.start_job(gateway_id, SyncOptions(**call.query.model_dump()))
         return await sync.status(job)
 
     @api.route(

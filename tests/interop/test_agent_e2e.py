@@ -27,7 +27,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 
 from hub.app import Hub
@@ -43,7 +42,7 @@ from tests.interop.scripted_model import (
     ModelRequest,
     ScriptedModel,
 )
-from tests.support import ADMIN_TOKEN, hub_config, sidecar_config, wait_for
+from tests.support import api, hub_config, sidecar_config, wait_for
 
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(600)]
 
@@ -111,20 +110,6 @@ async def _connected(hub: Hub) -> bool:
 
 
 # ------------------------------------------------------------------ hub REST API
-
-
-async def api(hub: Hub, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-    assert hub.addresses is not None
-    async with (
-        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session,
-        session.request(
-            method,
-            f"http://{hub.addresses.http}{path}",
-            json=body,
-            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
-        ) as response,
-    ):
-        return response.status, await response.json()
 
 
 async def create_agent(hub: Hub, name: str) -> dict[str, Any]:
