@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import aiohttp
 
+from missioncontrol.agent_api import AGENT_API_PREFIX, TOKEN_HEADER
 from missioncontrol.log import get_logger
 from protos import link_pb2 as pb
 
 log = get_logger("hub.agent_calls")
 
-AGENT_PREFIX = "/api/v1/agent/"
 VIA_GATEWAY_HEADER = "X-MC-Via-Gateway"
 MAX_RESULT_BYTES = 2 * 1024 * 1024
 FORWARDED_HEADERS = ("Retry-After", "X-Request-Id")
@@ -31,14 +31,18 @@ class AgentCallForwarder:
 
     async def handle(self, gateway_id: str, call: pb.AgentCall) -> pb.AgentCallResult:
         result = pb.AgentCallResult(call_id=call.call_id, content_type="application/json")
-        if not call.path.startswith(AGENT_PREFIX) or ".." in call.path or self.base_url is None:
+        if (
+            not call.path.startswith(AGENT_API_PREFIX + "/")
+            or ".." in call.path
+            or self.base_url is None
+        ):
             result.status = 404
             result.body = b'{"detail": "only the agent API can be reached through the link"}'
             return result
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
         url = f"{self.base_url}{call.path}" + (f"?{call.query}" if call.query else "")
-        headers = {"X-Agent-Token": call.agent_token, VIA_GATEWAY_HEADER: gateway_id}
+        headers = {TOKEN_HEADER: call.agent_token, VIA_GATEWAY_HEADER: gateway_id}
         if call.content_type:
             headers["Content-Type"] = call.content_type
         try:

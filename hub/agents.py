@@ -26,7 +26,6 @@ from hub.rendering import (
     AgentContext,
     AgentKind,
     ApplyAction,
-    GatewayGeneration,
     IdentityProfile,
     RenderError,
     render_file_set,
@@ -37,6 +36,7 @@ from hub.tokens import StoredToken
 from hub.users import user_profile
 from missioncontrol.timefmt import iso
 from protos import link_pb2 as pb
+from protos.contract import GatewayGeneration
 
 DEFAULT_HEARTBEAT = {"every": "10m", "target": "none"}
 MAX_HEARTBEAT_S = 7 * 24 * 3600
@@ -194,7 +194,9 @@ def render_context(
             f"gateway {gateway.id} has not connected yet: its workspace root and local agent "
             "API are unknown. Start its sidecar, then retry"
         )
-    generation = GatewayGeneration(gateway.gateway_generation or GatewayGeneration.CURRENT)
+    generation = GatewayGeneration.of(gateway.gateway_generation)
+    if generation is GatewayGeneration.UNKNOWN:
+        generation = GatewayGeneration.CURRENT
     board = board_profile(conn, agent.board_id) if agent.board_id else None
     session_key = f"agent:{agent.gateway_agent_id}:main"
     main_key = f"agent:mc-gateway-{gateway.id}:main"
@@ -269,7 +271,7 @@ def build_apply(
             checklist=rendered.heartbeat_checklist,
         ),
         credentials=credentials_for(accepted_tokens(conn, agent.id, now)),
-        rendered_for=int(gateway_generation),  # type: ignore[arg-type]
+        rendered_for=gateway_generation.proto,
         reset_session=reset_session,
     )
     if wake:

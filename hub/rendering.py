@@ -51,13 +51,15 @@ import jinja2
 from jinja2 import nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from missioncontrol.agent_api import (
+    AGENT_API_PREFIX,
+    API_SPEC_PATH,
+    HEARTBEAT_PATH,
+    TOKEN_FILE_NAME,
+    TOKEN_HEADER,
+)
 from missioncontrol.agent_token import parse_token_id
-
-TOKEN_FILE_NAME = ".mc-agent-token"  # sidecar/workspace.py writes it; the names must agree
-TOKEN_HEADER = "X-Agent-Token"
-AGENT_API_PREFIX = "/api/v1/agent"
-HEARTBEAT_PATH = f"{AGENT_API_PREFIX}/heartbeat"
-API_SPEC_PATH = f"{AGENT_API_PREFIX}/openapi.json"
+from protos.contract import GatewayGeneration
 
 MAX_FILE_CHARS = 20_000  # the gateway's injection cap per file
 MAX_USER_FILE_CHARS = 4_000  # the gateway's injection cap for USER.md
@@ -116,17 +118,6 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029]")
 
 class RenderError(ValueError):
     """A file set cannot be rendered; the message names the file or input and the fix."""
-
-
-class GatewayGeneration(enum.IntEnum):
-    """Gateway generation a file set is rendered for (values of the proto enum)."""
-
-    LEGACY_2026_3 = 1
-    CURRENT = 2
-
-    @property
-    def template_dir(self) -> str:
-        return "legacy-2026.3" if self is GatewayGeneration.LEGACY_2026_3 else "current"
 
 
 class ApplyAction(enum.StrEnum):
@@ -564,13 +555,13 @@ _OVERRIDE_NODES = (
 
 
 def _generation(value: int) -> GatewayGeneration:
-    try:
-        return GatewayGeneration(value)
-    except ValueError:
+    generation = GatewayGeneration.of(value)
+    if generation.template_dir is None:
         raise RenderError(
             f"gateway generation {value} is unknown (the sidecar has not reached its gateway "
             "yet); render once the gateway's generation is reported"
-        ) from None
+        )
+    return generation
 
 
 def _render_named(generation: GatewayGeneration, name: str, variables: dict[str, Any]) -> str:

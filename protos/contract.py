@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import enum
 import time
+from typing import cast
 
 from google.protobuf.timestamp_pb2 import Timestamp
+
+from protos import link_pb2 as pb
 
 # Version of the Link contract. Bump only for changes an older peer cannot ignore.
 LINK_PROTOCOL = 1
@@ -31,6 +35,42 @@ HEARTBEAT_FLUSH_MS = 1_000
 # the sidecar bounds its own gateway calls below it so it can still say why.
 GATEWAY_QUERY_TIMEOUT_S = 10.0
 MAX_QUERY_SESSIONS = 200
+
+
+class GatewayGeneration(enum.IntEnum):
+    """Which file set and roster shape a gateway takes; the values are the proto enum's."""
+
+    UNKNOWN = pb.GATEWAY_GENERATION_UNSPECIFIED  # the gateway was never reached
+    LEGACY_2026_3 = pb.GATEWAY_GENERATION_LEGACY_2026_3  # protocol 3, agents.list, TOOLS.md
+    CURRENT = pb.GATEWAY_GENERATION_CURRENT  # protocol 4, agents.entries, cron scratch
+
+    @classmethod
+    def of(cls, value: int) -> GatewayGeneration:
+        """The generation a wire value names; one this build does not know is UNKNOWN."""
+        try:
+            return cls(value)
+        except ValueError:
+            return cls.UNKNOWN
+
+    @property
+    def template_dir(self) -> str | None:
+        """The directory under templates/ its files are rendered from (None: unknown)."""
+        return _TEMPLATE_DIRS.get(self)
+
+    @property
+    def label(self) -> str | None:
+        """How the API names it: its template directory."""
+        return self.template_dir
+
+    @property
+    def proto(self) -> pb.GatewayGeneration:
+        return cast(pb.GatewayGeneration, int(self))
+
+
+_TEMPLATE_DIRS = {
+    GatewayGeneration.LEGACY_2026_3: "legacy-2026.3",
+    GatewayGeneration.CURRENT: "current",
+}
 
 
 def channel_options() -> list[tuple[str, int]]:

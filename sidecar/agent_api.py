@@ -17,16 +17,25 @@ carries X-Request-Id; every error is {"detail", "request_id"}.
 from __future__ import annotations
 
 import json
-import math
-import re
 import time
-import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from aiohttp import web
 
+from missioncontrol import http
+from missioncontrol.agent_api import (
+    AGENT_API_PREFIX,
+    HEALTHZ_PATH,
+    HEARTBEAT_FIELDS,
+    HEARTBEAT_PATH,
+    NAMED_HEARTBEAT_PATH,
+    TOKEN_FILE_NAME,
+    TOKEN_HEADER,
+    token_from_headers,
+)
+from missioncontrol.http import REQUEST_ID, ApiError, RateLimiter
 from missioncontrol.log import get_logger
 from missioncontrol.netaddr import HostPort
 from protos import link_pb2 as pb
@@ -35,17 +44,7 @@ from sidecar.hub_calls import HubCalls, HubUnavailable
 
 log = get_logger("sidecar.agent_api")
 
-AGENT_PREFIX = "/api/v1/agent"
-HEARTBEAT_PATH = f"{AGENT_PREFIX}/heartbeat"
-NAMED_HEARTBEAT_PATH = "/api/v1/agents/{agent_id}/heartbeat"
-HEALTHZ_PATH = f"{AGENT_PREFIX}/healthz"
-TOKEN_HEADER = "X-Agent-Token"
 MAX_BODY_BYTES = 16 * 1024
-MAX_STATUS_CHARS = 64
-MAX_TASK_ID_CHARS = 128
-_REQUEST_ID_SHAPE = re.compile(r"[A-Za-z0-9._:-]{1,64}")
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class HeartbeatSink(Protocol):
@@ -62,16 +61,6 @@ class AgentApiLimits:
     max_tracked_agents: int = 10_000  # idle buckets are dropped beyond this
 
 
-class ApiError(Exception):
-    """An error answered as {"detail", "request_id"} with its HTTP status."""
-
-    def __init__(self, status: int, detail: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.detail = detail
-        self.headers = headers or {}
-
-
 class InvalidBody(ValueError):
     """A heartbeat body that is not what the API takes; the message names the field."""
 
@@ -80,9 +69,6 @@ class InvalidBody(ValueError):
 class HeartbeatBody:
     status: str = ""
     current_task_id: str = ""
-
-
-_BODY_FIELDS = {"status": MAX_STATUS_CHARS, "current_task_id": MAX_TASK_ID_CHARS}
 
 
 def parse_heartbeat_body(body: bytes) -> HeartbeatBody:
@@ -97,13 +83,13 @@ def parse_heartbeat_body(body: bytes) -> HeartbeatBody:
         raise InvalidBody(
             f'body must be a JSON object like {{"status": "working"}}, not {type(data).__name__}'
         )
-    unknown = sorted(set(data) - set(_BODY_FIELDS))
+    unknown = sorted(set(data) - set(HEARTBEAT_FIELDS))
     if unknown:
         raise InvalidBody(
-            f"unknown field {unknown[0]!r}; a heartbeat takes only: {', '.join(_BODY_FIELDS)}"
+            f"unknown field {unknown[0]!r}; a heartbeat takes only: {', '.join(HEARTBEAT_FIELDS)}"
         )
     values: dict[str, str] = {}
-    for name, max_chars in _BODY_FIELDS.items():
+    for name, max_chars in HEARTBEAT_FIELDS.items():
         value = data.get(name)
         if value is None:  # absent or null: not reported
             continue
@@ -125,49 +111,14 @@ def _json_error(exc: Exception) -> str:
     return "not UTF-8"
 
 
-class TokenBucket:
-    """Classic token bucket: `burst` tokens, refilled at `rate_per_s`."""
-
-    __slots__ = ("burst", "rate_per_s", "tokens", "updated_at")
-
-    def __init__(self, rate_per_s: float, burst: float, now: float) -> None:
-        self.rate_per_s = rate_per_s
-        self.burst = burst
-        self.tokens = burst
-        self.updated_at = now
-
-    def take(self, now: float) -> float:
-        """0.0 if a request may pass now (and count it); else seconds until one may."""
-        self.tokens = min(self.burst, self.tokens + (now - self.updated_at) * self.rate_per_s)
-        self.updated_at = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
-            return 0.0
-        return (1.0 - self.tokens) / self.rate_per_s
-
-    def full_at(self, now: float) -> bool:
-        return self.tokens + (now - self.updated_at) * self.rate_per_s >= self.burst
-
-
-class AgentRateLimiter:
+class AgentRateLimiter(RateLimiter):
     """One token bucket per agent (never per IP: every agent on a host shares 127.0.0.1)."""
 
     def __init__(self, limits: AgentApiLimits, clock: Callable[[], float] = time.monotonic):
+        super().__init__(
+            limits.rate_per_s, limits.burst, max_keys=limits.max_tracked_agents, clock=clock
+        )
         self.limits = limits
-        self.clock = clock
-        self._buckets: dict[str, TokenBucket] = {}
-
-    def retry_after_s(self, agent_id: str) -> float:
-        """0.0 if the agent's request may pass now; else how long it must wait."""
-        now = self.clock()
-        bucket = self._buckets.get(agent_id)
-        if bucket is None:
-            if len(self._buckets) >= self.limits.max_tracked_agents:
-                # A full bucket is the same as a new one: forgetting idle agents is free.
-                self._buckets = {a: b for a, b in self._buckets.items() if not b.full_at(now)}
-            bucket = TokenBucket(self.limits.rate_per_s, self.limits.burst, now)
-            self._buckets[agent_id] = bucket
-        return bucket.take(now)
 
 
 @dataclass(frozen=True)
@@ -181,36 +132,7 @@ class _Deps:
 
 
 DEPS = web.AppKey("deps", _Deps)
-REQUEST_ID = web.RequestKey("request_id", str)
 AGENT_ID = web.RequestKey("agent_id", str)
-
-
-def _error(request: web.Request, status: int, detail: str) -> web.Response:
-    return web.json_response(
-        {"detail": detail, "request_id": request.get(REQUEST_ID)}, status=status
-    )
-
-
-@web.middleware
-async def _request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Give every request an id, and every error the {"detail", "request_id"} shape."""
-    offered = request.headers.get("X-Request-Id", "")
-    request[REQUEST_ID] = offered if _REQUEST_ID_SHAPE.fullmatch(offered) else uuid.uuid4().hex
-    try:
-        response = await handler(request)
-    except ApiError as exc:
-        response = _error(request, exc.status, exc.detail)
-        response.headers.update(exc.headers)
-        _log_rejection(request, exc)
-    except web.HTTPException as exc:  # aiohttp's own: unknown route, wrong method
-        response = _error(request, exc.status, exc.reason)
-        if "Allow" in exc.headers:
-            response.headers["Allow"] = exc.headers["Allow"]
-    except Exception:
-        log.exception("agent_api.request.failed", path=request.path, request_id=request[REQUEST_ID])
-        response = _error(request, 500, "internal error; see the sidecar log")
-    response.headers["X-Request-Id"] = request[REQUEST_ID]
-    return response
 
 
 def _log_rejection(request: web.Request, exc: ApiError) -> None:
@@ -235,34 +157,31 @@ def _log_rejection(request: web.Request, exc: ApiError) -> None:
         log.info(event, **fields)
 
 
+_request_context = http.request_context(
+    log,
+    failure_event="agent_api.request.failed",
+    failure_detail="internal error; see the sidecar log",
+    on_api_error=_log_rejection,
+)
+
+
 def _authenticate(request: web.Request) -> str:
     """The calling agent's id, from X-Agent-Token or Authorization: Bearer."""
-    raw = request.headers.get(TOKEN_HEADER)
+    raw = token_from_headers(request.headers)
     if raw is None:
-        scheme, _, value = request.headers.get("Authorization", "").partition(" ")
-        raw = value if scheme.lower() == "bearer" else None
-    if not raw or not raw.strip():
         raise ApiError(
             401,
             f"missing agent token: send {TOKEN_HEADER}: <content of the agent's "
-            ".mc-agent-token file> (or Authorization: Bearer <token>)",
+            f"{TOKEN_FILE_NAME} file> (or Authorization: Bearer <token>)",
             {"WWW-Authenticate": "Bearer"},
         )
     deps = request.app[DEPS]
     try:
-        agent_id = deps.credentials.verify(raw.strip())
+        agent_id = deps.credentials.verify(raw)
     except CredentialError as exc:
         raise ApiError(401, str(exc), {"WWW-Authenticate": "Bearer"}) from None
     request[AGENT_ID] = agent_id
-    retry_after_s = deps.limiter.retry_after_s(agent_id)
-    if retry_after_s > 0:
-        raise ApiError(
-            429,
-            f"agent {agent_id} is over its rate limit of {deps.limiter.limits.rate_per_s:g} "
-            f"requests/s (burst {deps.limiter.limits.burst:g}); retry after "
-            f"{retry_after_s:.2f} s",
-            {"Retry-After": str(max(1, math.ceil(retry_after_s)))},
-        )
+    deps.limiter.check(agent_id, f"agent {agent_id}")
     return agent_id
 
 
@@ -320,7 +239,7 @@ async def _forward(request: web.Request) -> web.Response:
         path=request.path,
         query=request.query_string,
         body=await _read_body(request),
-        agent_token=_raw_token(request),
+        agent_token=token_from_headers(request.headers) or "",
         content_type=request.headers.get("Content-Type", ""),
     )
     try:
@@ -337,20 +256,13 @@ async def _forward(request: web.Request) -> web.Response:
     return response
 
 
-def _raw_token(request: web.Request) -> str:
-    raw = request.headers.get(TOKEN_HEADER)
-    if raw is None:
-        raw = request.headers.get("Authorization", "").partition(" ")[2]
-    return raw.strip()
-
-
 def build_app(deps: _Deps, max_body_bytes: int) -> web.Application:
     app = web.Application(middlewares=[_request_context], client_max_size=max_body_bytes)
     app[DEPS] = deps
     app.router.add_post(HEARTBEAT_PATH, _heartbeat)
     app.router.add_post(NAMED_HEARTBEAT_PATH, _heartbeat)
     app.router.add_get(HEALTHZ_PATH, _healthz)
-    app.router.add_route("*", "/api/v1/agent/{tail:.+}", _forward)  # after the local ones
+    app.router.add_route("*", AGENT_API_PREFIX + "/{tail:.+}", _forward)  # after the local ones
     return app
 
 

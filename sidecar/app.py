@@ -112,7 +112,7 @@ class Sidecar:
             sidecar_version=VERSION,
             openclaw_version=info.version,
             openclaw_protocol=info.protocol,
-            gateway_generation=int(info.generation),  # type: ignore[arg-type]
+            gateway_generation=info.generation.proto,
             workspace_root=str(self.config.workspace_root),
             agent_api_url=self.agent_api_url,
             last_applied_sequence=self.state.last_applied_sequence,
@@ -189,7 +189,7 @@ class Sidecar:
             unreachable_reason=info.unreachable_reason,
             openclaw_version=info.version,
             openclaw_protocol=info.protocol,
-            generation=int(info.generation),  # type: ignore[arg-type]
+            generation=info.generation.proto,
             config_valid=report.valid if report else True,
             config_error=report.error if report else "",
             last_touched_version=report.last_touched_version if report else "",

@@ -14,13 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-
-class GatewayGeneration(enum.IntEnum):
-    """Which file set and roster shape a gateway takes (values match the proto enum)."""
-
-    UNKNOWN = 0
-    LEGACY_2026_3 = 1  # protocol 3, agents.list array, TOOLS.md / HEARTBEAT.md / BOOTSTRAP.md
-    CURRENT = 2  # protocol 4, keyed agents.entries, heartbeat checklist in the cron scratch
+from protos.contract import GatewayGeneration
 
 
 @dataclass(frozen=True)

@@ -24,12 +24,12 @@ import aiohttp
 
 from missioncontrol.log import get_logger
 from missioncontrol.version import VERSION as SIDECAR_VERSION
+from protos.contract import GatewayGeneration
 from sidecar import gateway_protocol as proto
 from sidecar.backoff import Backoff
 from sidecar.gateway import (
     AgentEntry,
     GatewayError,
-    GatewayGeneration,
     GatewayInfo,
     GatewayRuntime,
     GatewayUnavailable,

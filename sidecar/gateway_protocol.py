@@ -13,10 +13,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from protos.contract import GatewayGeneration
 from sidecar.gateway import (
     AgentRuntime,
     GatewayError,
-    GatewayGeneration,
     GatewayRuntime,
     GatewayUnavailable,
     RunOutcome,

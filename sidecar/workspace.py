@@ -16,8 +16,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-# The one file that holds an agent's raw token (mode 0600, never prompt-injected).
-TOKEN_FILE = ".mc-agent-token"
+from missioncontrol.agent_api import TOKEN_FILE_NAME
+
 # Every file name a command may write; anything else is refused.
 ALLOWED_FILES = frozenset(
     {
@@ -29,7 +29,7 @@ ALLOWED_FILES = frozenset(
         "TOOLS.md",
         "HEARTBEAT.md",
         "BOOTSTRAP.md",
-        TOKEN_FILE,
+        TOKEN_FILE_NAME,
     }
 )
 MAX_FILE_BYTES = 256 * 1024
@@ -140,8 +140,8 @@ class WorkspaceWriter:
                 raise FileTooLarge(
                     f"{file.name} is {len(file.content)} bytes; at most {MAX_FILE_BYTES}"
                 )
-            if file.name == TOKEN_FILE and not file.secret:
-                raise WorkspaceError(f"{TOKEN_FILE} must be written as a secret file")
+            if file.name == TOKEN_FILE_NAME and not file.secret:
+                raise WorkspaceError(f"{TOKEN_FILE_NAME} must be written as a secret file")
         return self.resolve(workspace_path)
 
     def write(self, workspace_path: str, files: Sequence[FileToWrite]) -> dict[str, str]:

@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING, Any
 
 from hub.config import HubConfig
 from missioncontrol.netaddr import HostPort
+from protos.contract import GatewayGeneration
 from sidecar.config import SidecarConfig
 from sidecar.gateway import (
     AgentEntry,
     AgentRuntime,
-    GatewayGeneration,
     GatewayInfo,
     GatewayRuntime,
     GatewayUnavailable,

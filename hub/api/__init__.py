@@ -17,9 +17,10 @@ from hub.api import (
 )
 from hub.api import webhooks as board_webhooks
 from hub.api.agent_auth import AgentAuthenticator
-from hub.api.core import MAX_BODY_BYTES, Api, TokenBucket, cors, request_context
+from hub.api.core import MAX_BODY_BYTES, Api, cors, request_context
 from hub.api.deps import DEPS, HttpDeps
 from hub.template_sync import TemplateSync
+from missioncontrol.http import RateLimiter
 from missioncontrol.version import VERSION
 
 __all__ = ["HttpDeps", "build_api", "build_app"]
@@ -61,7 +62,7 @@ def build_app(deps: HttpDeps) -> web.Application:
         app,
         admin_token=lambda: deps.admin_token,
         agent_auth=AgentAuthenticator(deps.db, deps.reconciler.keyring),
-        admin_limit=TokenBucket(*ADMIN_RATE),
-        agent_limit=TokenBucket(*AGENT_RATE),
+        admin_limit=RateLimiter(*ADMIN_RATE),
+        agent_limit=RateLimiter(*AGENT_RATE),
     )
     return app

@@ -20,19 +20,20 @@ from typing import NoReturn
 from aiohttp import web
 
 from hub.agent_calls import VIA_GATEWAY_HEADER
-from hub.api.core import REQUEST_ID, ApiError
 from hub.database import Database
 from hub.tokens import TokenKeyring
+from missioncontrol.agent_api import TOKEN_FILE_NAME, TOKEN_HEADER, token_from_headers
 from missioncontrol.agent_token import MalformedTokenError
+from missioncontrol.http import REQUEST_ID, ApiError
 from missioncontrol.log import get_logger
 
 log = get_logger("hub.agent_auth")
 
 CHALLENGE = {"WWW-Authenticate": 'Bearer realm="agent"'}
 MISSING = (
-    "missing agent token: send X-Agent-Token: <the content of the agent's .mc-agent-token file>"
+    f"missing agent token: send {TOKEN_HEADER}: <the content of the agent's {TOKEN_FILE_NAME} file>"
 )
-INVALID = "invalid agent token: send the current content of the agent's .mc-agent-token file"
+INVALID = f"invalid agent token: send the current content of the agent's {TOKEN_FILE_NAME} file"
 
 
 @dataclass(frozen=True)
@@ -54,17 +55,6 @@ class AgentPrincipal:
         return self.kind == "main"
 
 
-def raw_token(request: web.Request) -> str | None:
-    """The token a request carries: X-Agent-Token first, else a bearer token."""
-    token = request.headers.get("X-Agent-Token", "").strip()
-    if token:
-        return token
-    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and value.strip():
-        return value.strip()
-    return None
-
-
 def _lookup(conn: sqlite3.Connection, token_id: str) -> sqlite3.Row | None:
     return conn.execute(
         """SELECT t.digest, t.not_after, a.id, a.gateway_id, a.board_id, a.kind,
@@ -83,7 +73,7 @@ class AgentAuthenticator:
         self.keyring = keyring
 
     async def __call__(self, request: web.Request) -> AgentPrincipal:
-        raw = raw_token(request)
+        raw = token_from_headers(request.headers)
         if raw is None:
             raise ApiError(401, MISSING, CHALLENGE)
         try:

@@ -19,7 +19,7 @@ from pydantic import BaseModel, Field
 from hub.agents import load_agent
 from hub.api.agent_auth import AgentPrincipal
 from hub.api.agents import agent_read
-from hub.api.core import Api, ApiError, Auth, Call, Page, Strict
+from hub.api.core import Api, Auth, Call, Page, Strict
 from hub.api.deps import deps
 from hub.api.schemas import AgentRead
 from hub.api.tasks import (
@@ -47,6 +47,8 @@ from hub.tasks import (
     list_comments,
     update_task,
 )
+from missioncontrol.agent_api import AGENT_API_PREFIX, MAX_STATUS_CHARS, MAX_TASK_ID_CHARS
+from missioncontrol.http import ApiError
 from missioncontrol.log import get_logger
 from missioncontrol.timefmt import iso
 from protos import link_pb2 as pb
@@ -57,8 +59,6 @@ log = get_logger("hub.api.agent")
 MAIN, LEAD, WORKER = "agent-main", "agent-lead", "agent-worker"
 EVERY_AGENT = (MAIN, LEAD, WORKER)
 BOARD_AGENTS = (LEAD, WORKER)
-MAX_STATUS_CHARS = 64  # as the sidecar's local agent API
-MAX_TASK_ID_CHARS = 128
 
 _BOARD_COLUMNS = (
     "id, gateway_id, name, slug, description, board_type, objective, status, "
@@ -222,7 +222,7 @@ def agent_task_changes(
 
 
 def register(api: Api) -> None:
-    base = "/api/v1/agent"
+    base = AGENT_API_PREFIX
 
     @api.route(
         "GET",

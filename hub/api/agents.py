@@ -10,7 +10,7 @@ from typing import Any
 from aiohttp import web
 
 from hub.agents import AgentConflict, AgentError, AgentRow, agent_json, load_agent
-from hub.api.core import Api, ApiError, Call, Query
+from hub.api.core import Api, Call, Query
 from hub.api.deps import deps
 from hub.api.schemas import (
     Accepted,
@@ -26,6 +26,7 @@ from hub.api.schemas import (
 from hub.events import SubscriberTooSlow
 from hub.reconciler import AgentSpec
 from hub.rendering import AgentKind
+from missioncontrol.http import ApiError
 from protos import link_pb2 as pb
 from protos.contract import timestamp
 

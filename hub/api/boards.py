@@ -7,9 +7,10 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from hub.api.core import Api, ApiError, Call, Page, Strict
+from hub.api.core import Api, Call, Page, Strict
 from hub.api.deps import deps
 from hub.boards import BoardNotFound, create_board, load_board, update_board
+from missioncontrol.http import ApiError
 from missioncontrol.timefmt import iso
 
 Metrics = dict[str, Any] | list[Any] | str | None

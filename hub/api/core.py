@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import enum
 import hmac
-import time
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,23 +18,15 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from missioncontrol import http
+from missioncontrol.agent_api import TOKEN_HEADER
+from missioncontrol.http import ApiError, RateLimiter
 from missioncontrol.log import get_logger
 
 log = get_logger("hub.http")
 
-REQUEST_ID = web.RequestKey("request_id", str)
 MAX_BODY_BYTES = 1024 * 1024
 MAX_PAGE = 200
-
-
-class ApiError(Exception):
-    """An error answered as {"detail", "request_id"} with its HTTP status."""
-
-    def __init__(self, status: int, detail: Any, headers: dict[str, str] | None = None) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.detail = detail
-        self.headers = headers or {}
 
 
 class Strict(BaseModel):
@@ -56,38 +46,13 @@ class Page(Query):
     offset: int = Field(0, ge=0, le=1_000_000_000)
 
 
-def error_response(request: web.Request, status: int, detail: Any) -> web.Response:
-    return web.json_response(
-        {"detail": detail, "request_id": request.get(REQUEST_ID)}, status=status
-    )
-
-
 def validation_detail(exc: ValidationError) -> list[dict[str, Any]]:
     return [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
 
 
-@web.middleware
-async def request_context(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
-    """Give every request an id, and every error the {"detail", "request_id"} shape."""
-    request[REQUEST_ID] = request.headers.get("X-Request-Id", "")[:64] or uuid.uuid4().hex
-    try:
-        response = await handler(request)
-    except ApiError as exc:
-        response = error_response(request, exc.status, exc.detail)
-        response.headers.update(exc.headers)
-    except web.HTTPException as exc:  # aiohttp's own: unknown route, wrong method, too large
-        response = error_response(request, exc.status, exc.reason)
-        for header in ("Allow", "Retry-After"):
-            if header in exc.headers:
-                response.headers[header] = exc.headers[header]
-    except Exception:
-        log.exception("http.request.failed", path=request.path, request_id=request[REQUEST_ID])
-        response = error_response(request, 500, "internal error; see the hub log")
-    if not response.prepared:
-        response.headers["X-Request-Id"] = request[REQUEST_ID]
-    return response
+request_context = http.request_context(
+    log, failure_event="http.request.failed", failure_detail="internal error; see the hub log"
+)
 
 
 def cors(origins: tuple[str, ...]) -> Callable[..., Awaitable[web.StreamResponse]]:
@@ -105,7 +70,7 @@ def cors(origins: tuple[str, ...]) -> Callable[..., Awaitable[web.StreamResponse
             response: web.StreamResponse = web.Response(status=204)
             response.headers["Access-Control-Allow-Methods"] = "GET, POST, PATCH, DELETE"
             response.headers["Access-Control-Allow-Headers"] = (
-                "Authorization, Content-Type, X-Agent-Token, X-Request-Id"
+                f"Authorization, Content-Type, {TOKEN_HEADER}, X-Request-Id"
             )
             response.headers["Access-Control-Max-Age"] = "600"
         else:
@@ -121,28 +86,6 @@ class Auth(enum.Enum):
     NONE = "none"
     ADMIN = "admin"
     AGENT = "agent"
-
-
-class TokenBucket:
-    """Per-key rate limiting (admin token, agent): `rate` per second, bursts of `burst`."""
-
-    def __init__(self, rate: float, burst: int) -> None:
-        self.rate = rate
-        self.burst = burst
-        self._state: dict[str, tuple[float, float]] = {}
-
-    def take(self, key: str, now: float | None = None) -> float:
-        """0 if allowed, else the seconds until a request would be."""
-        now = time.monotonic() if now is None else now
-        tokens, last = self._state.get(key, (float(self.burst), now))
-        tokens = min(self.burst, tokens + (now - last) * self.rate)
-        if tokens >= 1:
-            self._state[key] = (tokens - 1, now)
-            return 0.0
-        self._state[key] = (tokens, now)
-        if len(self._state) > 100_000:  # bounded memory: forget idle keys
-            self._state = {k: v for k, v in self._state.items() if now - v[1] < 60}
-        return (1 - tokens) / self.rate
 
 
 @dataclass
@@ -214,8 +157,8 @@ class Api:
         *,
         admin_token: Callable[[], str],
         agent_auth: AgentAuthenticator | None,
-        admin_limit: TokenBucket,
-        agent_limit: TokenBucket,
+        admin_limit: RateLimiter,
+        agent_limit: RateLimiter,
     ) -> None:
         for route in self.routes:
             app.router.add_route(
@@ -229,19 +172,20 @@ class Api:
         route: Route,
         admin_token: Callable[[], str],
         agent_auth: AgentAuthenticator | None,
-        admin_limit: TokenBucket,
-        agent_limit: TokenBucket,
+        admin_limit: RateLimiter,
+        agent_limit: RateLimiter,
     ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
         async def handle(request: web.Request) -> web.StreamResponse:
             call = Call(request)
             if route.auth is Auth.ADMIN:
                 token = require_admin(request, admin_token())
-                _limit(admin_limit, "admin:" + token[:16])
+                admin_limit.check("admin:" + token[:16], "this admin token")
             elif route.auth is Auth.AGENT:
                 if agent_auth is None:
                     raise ApiError(503, "agent authentication is not available")
                 call.principal = await agent_auth(request)
-                _limit(agent_limit, "agent:" + str(getattr(call.principal, "id", call.principal)))
+                agent = str(getattr(call.principal, "id", call.principal))
+                agent_limit.check("agent:" + agent, f"agent {agent}")
             if route.query is not None:
                 try:
                     call.query = route.query.model_validate(dict(request.query))
@@ -333,7 +277,7 @@ class Api:
                 "schemas": schemas,
                 "securitySchemes": {
                     "admin": {"type": "http", "scheme": "bearer"},
-                    "agent": {"type": "apiKey", "in": "header", "name": "X-Agent-Token"},
+                    "agent": {"type": "apiKey", "in": "header", "name": TOKEN_HEADER},
                 },
             },
         }
@@ -341,16 +285,6 @@ class Api:
 
 def _path_params(path: str) -> list[str]:
     return [part[1:-1].split(":")[0] for part in path.split("/") if part.startswith("{")]
-
-
-def _limit(bucket: TokenBucket, key: str) -> None:
-    wait = bucket.take(key)
-    if wait:
-        raise ApiError(
-            429,
-            f"rate limit exceeded; retry in {wait:.1f} s",
-            {"Retry-After": str(max(1, int(wait + 0.999)))},
-        )
 
 
 def require_admin(request: web.Request, expected: str) -> str:

@@ -14,9 +14,8 @@ from dataclasses import dataclass
 
 from pydantic import Field
 
-from hub.api.core import Api, ApiError, Call, Query
+from hub.api.core import Api, Call, Query
 from hub.api.deps import HttpDeps, deps
-from hub.api.gateways import GENERATIONS
 from hub.api.schemas import (
     GatewayAgentRuntime,
     GatewaySessionRead,
@@ -25,9 +24,10 @@ from hub.api.schemas import (
 )
 from hub.gateway_queries import QueryFailed
 from hub.store import GatewayRow
+from missioncontrol.http import ApiError
 from missioncontrol.timefmt import iso
 from protos import link_pb2 as pb
-from protos.contract import MAX_QUERY_SESSIONS, epoch_s
+from protos.contract import MAX_QUERY_SESSIONS, GatewayGeneration, epoch_s
 
 # How each failure reads over HTTP: the sidecar is away or busy (503, retry), it did not
 # answer in time (504), or the gateway behind it failed (502).
@@ -160,7 +160,7 @@ def register(api: Api) -> None:
             sidecar_version=row.sidecar_version,
             openclaw_version=row.openclaw_version,
             openclaw_protocol=row.openclaw_protocol,
-            gateway_generation=GENERATIONS.get(row.gateway_generation),
+            gateway_generation=GatewayGeneration.of(row.gateway_generation).label,
             config_valid=row.config_valid,
             config_error=row.config_error,
             pid=None,
@@ -185,7 +185,9 @@ def register(api: Api) -> None:
         read.gateway_unreachable_reason = state.unreachable_reason or None
         read.openclaw_version = state.openclaw_version or read.openclaw_version
         read.openclaw_protocol = state.openclaw_protocol or read.openclaw_protocol
-        read.gateway_generation = GENERATIONS.get(state.generation, read.gateway_generation)
+        read.gateway_generation = (
+            GatewayGeneration.of(state.generation).label or read.gateway_generation
+        )
         read.config_valid = state.config_valid
         read.config_error = state.config_error or None
         read.observed_at = iso(epoch_s(state.observed_at))

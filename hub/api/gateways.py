@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hub.api.core import Api, ApiError, Call
+from hub.api.core import Api, Call
 from hub.api.deps import HttpDeps, deps
 from hub.api.schemas import (
     GatewayCreate,
@@ -19,9 +19,9 @@ from hub.enrollment import IssuedToken
 from hub.gateways import EnrollmentUnavailable
 from hub.link_server import SessionRegistry
 from hub.store import GatewayInUse, GatewayRow, UnknownGateway
+from missioncontrol.http import ApiError
 from missioncontrol.timefmt import iso
-
-GENERATIONS = {0: None, 1: "legacy-2026.3", 2: "current"}
+from protos.contract import GatewayGeneration
 
 
 def gateway_read(row: GatewayRow, registry: SessionRegistry) -> GatewayRead:
@@ -33,7 +33,7 @@ def gateway_read(row: GatewayRow, registry: SessionRegistry) -> GatewayRead:
         sidecar_version=row.sidecar_version,
         openclaw_version=row.openclaw_version,
         openclaw_protocol=row.openclaw_protocol,
-        gateway_generation=GENERATIONS.get(row.gateway_generation),
+        gateway_generation=GatewayGeneration.of(row.gateway_generation).label,
         gateway_reachable=row.reachable,
         gateway_unreachable_reason=row.unreachable_reason,
         config_valid=row.config_valid,

@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
 
-from hub.api.core import Api, ApiError, Call, Page, Strict
+from hub.api.core import Api, Call, Page, Strict
 from hub.api.deps import deps
 from hub.api.schemas import Ok
 from hub.tasks import (
@@ -25,6 +25,7 @@ from hub.tasks import (
     list_tasks,
     update_task,
 )
+from missioncontrol.http import ApiError
 from missioncontrol.log import get_logger
 from missioncontrol.timefmt import iso
 

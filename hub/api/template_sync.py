@@ -6,9 +6,10 @@ from typing import Any
 
 from aiohttp import web
 
-from hub.api.core import Api, ApiError, Call, Query
+from hub.api.core import Api, Call, Query
 from hub.api.deps import deps
 from hub.template_sync import SyncOptions, TemplateSync
+from missioncontrol.http import ApiError
 
 SYNC = web.AppKey("template_sync", TemplateSync)
 

@@ -16,7 +16,7 @@ from typing import Any, Self, TypeVar
 from aiohttp import web
 from pydantic import BaseModel, Field, model_validator
 
-from hub.api.core import Api, ApiError, Auth, Call, Page, Strict, TokenBucket
+from hub.api.core import Api, Auth, Call, Page, Strict
 from hub.api.deps import deps
 from hub.webhooks import (
     HEADER_TOKEN,
@@ -28,6 +28,7 @@ from hub.webhooks import (
     WebhookRow,
     WebhookService,
 )
+from missioncontrol.http import ApiError, RateLimiter
 
 T = TypeVar("T")
 
@@ -179,7 +180,7 @@ def register(api: Api) -> None:
     tags = ("webhooks",)
     base = "/api/v1/boards/{board_id}/webhooks"
     one = base + "/{webhook_id}"
-    ingest_limit = TokenBucket(*INGEST_RATE)  # one per mounted app: per-hub state
+    ingest_limit = RateLimiter(*INGEST_RATE)  # one per mounted app: per-hub state
 
     def ids(call: Call) -> tuple[str, str]:
         return call.request.match_info["board_id"], call.request.match_info["webhook_id"]
@@ -312,13 +313,7 @@ def register(api: Api) -> None:
                 "by the webhook's secret, in "
                 + (webhook.signature_header or "X-Hub-Signature-256 or X-Webhook-Signature"),
             )
-        wait_s = ingest_limit.take(webhook.id)
-        if wait_s:
-            raise ApiError(
-                429,
-                f"this webhook's rate limit is exceeded; retry in {wait_s:.1f} s",
-                {"Retry-After": str(max(1, int(wait_s + 0.999)))},
-            )
+        ingest_limit.check(webhook.id, "this webhook")
         payload_id, duplicate = await guarded(
             webhooks.store_payload(
                 webhook, body, request.headers.get("Content-Type", ""), request.headers

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.gateway import AgentEntry, GatewayGeneration, GatewayInfo, HeartbeatSpec, RunState
+from protos.contract import GatewayGeneration
+from sidecar.gateway import AgentEntry, GatewayInfo, HeartbeatSpec, RunState
 from sidecar.gateway_client import ClientPolicy, OpenClawGatewayClient
 from sidecar.gateway_protocol import (
     ClientIdentity,

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
+from missioncontrol.http import TokenBucket
 from sidecar.agent_api import (
     AgentApiLimits,
     AgentRateLimiter,
     HeartbeatBody,
     InvalidBody,
-    TokenBucket,
     parse_heartbeat_body,
 )
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from sidecar.gateway import GatewayGeneration, GatewayUnavailable, RunOutcome, RunState
+from protos.contract import GatewayGeneration
+from sidecar.gateway import GatewayUnavailable, RunOutcome, RunState
 from sidecar.gateway_protocol import (
     ClientIdentity,
     GatewayHandshakeError,

@@ -22,7 +22,6 @@ from hub.rendering import (
     ApplyAction,
     BoardProfile,
     BoardRules,
-    GatewayGeneration,
     IdentityProfile,
     RenderedFiles,
     RenderError,
@@ -34,6 +33,7 @@ from hub.rendering import (
 )
 from hub.tokens import TokenKeyring
 from protos import link_pb2
+from protos.contract import GatewayGeneration
 from sidecar import workspace as sidecar_workspace
 
 CURRENT = GatewayGeneration.CURRENT
@@ -102,7 +102,7 @@ def test_generation_values_match_the_link_contract() -> None:
 
 @pytest.mark.parametrize("generation", BOTH)
 def test_every_file_name_is_one_the_sidecar_accepts(generation: GatewayGeneration) -> None:
-    assert TOKEN_FILE_NAME == sidecar_workspace.TOKEN_FILE
+    assert TOKEN_FILE_NAME in sidecar_workspace.ALLOWED_FILES
     assert workspace_file_names(generation) <= sidecar_workspace.ALLOWED_FILES
 
 

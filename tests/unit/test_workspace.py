@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
+from missioncontrol.agent_api import TOKEN_FILE_NAME as TOKEN_FILE
 from sidecar.workspace import (
     MAX_FILE_BYTES,
-    TOKEN_FILE,
     FileTooLarge,
     FileToWrite,
     InvalidFileName,
