@@ -18,7 +18,7 @@ help:
 	@echo "make test       lint, then the whole test suite (unit, integration, interop)"
 	@echo "make interop    only the tests against a real OpenClaw gateway"
 	@echo "make bench      benchmarks (figures and ratios against the raw stack)"
-	@echo "make lint       ruff check and format check"
+	@echo "make lint       ruff check, format check, mypy"
 	@echo "make proto      regenerate the gRPC modules from protos/*.proto"
 
 $(BIN)/python:
@@ -46,6 +46,7 @@ run: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 fmt: install
 	$(BIN)/ruff format .

@@ -32,7 +32,7 @@ import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, cast
 
 import grpc
 from cryptography import x509
@@ -346,8 +346,10 @@ class CertificateAuthority:
             )
             return configuration(latest)
 
+        # grpc takes None from `fetch` as "unchanged"; its type stub does not say so.
+        fetch_typed = cast(Callable[[], grpc.ServerCertificateConfiguration], fetch)
         return grpc.dynamic_ssl_server_credentials(
-            configuration(served[0]), fetch, require_client_authentication=require_client_auth
+            configuration(served[0]), fetch_typed, require_client_authentication=require_client_auth
         )
 
     def _leaf_builder(

@@ -37,7 +37,7 @@ class GatewayQueries:
     async def ask(
         self,
         gateway_id: str,
-        kind: pb.GatewayQuery.Kind.ValueType,
+        kind: pb.GatewayQuery.Kind,
         *,
         agent_id: str = "",
         limit: int = MAX_QUERY_SESSIONS,

@@ -40,7 +40,7 @@ def peer_identity(context: grpc.aio.ServicerContext) -> CertIdentity | None:
     None means the connection carried no client certificate (an insecure or
     server-only TLS port) or one outside the Mission Control identity scheme.
     """
-    pems = context.auth_context().get("x509_pem_cert")
+    pems = list(context.auth_context().get("x509_pem_cert") or ())
     if not pems:
         return None
     try:

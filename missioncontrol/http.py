@@ -17,6 +17,7 @@ from typing import Any
 
 import structlog
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 REQUEST_ID = web.RequestKey("request_id", str)
 REQUEST_ID_HEADER = "X-Request-Id"
@@ -54,7 +55,7 @@ def request_context(
     failure_event: str,
     failure_detail: str,
     on_api_error: Callable[[web.Request, ApiError], None] | None = None,
-) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+) -> Middleware:
     """Middleware: a request id for every request, the error shape for every error.
 
     An unexpected exception is logged as `failure_event` and answered 500 with

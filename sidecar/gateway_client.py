@@ -445,7 +445,7 @@ class OpenClawGatewayClient:
             pending.answers.put_nowait(frame)
             pending.expected -= 1
             if pending.expected <= 0:
-                conn.pending.pop(request_id, None)
+                conn.pending.pop(str(request_id), None)
         elif kind == "event":
             event = frame.get("event")
             if isinstance(event, str):
@@ -810,7 +810,9 @@ def _agent_update(entry: AgentEntry, listed: Mapping[str, Any]) -> dict[str, Any
     rewrite IDENTITY.md in the workspace.
     """
     changes: dict[str, Any] = {}
-    identity = listed.get("identity") if isinstance(listed.get("identity"), Mapping) else {}
+    identity = listed.get("identity")
+    if not isinstance(identity, Mapping):
+        identity = {}
     if entry.name and listed.get("name") != entry.name:
         changes["name"] = entry.name
     if entry.emoji and identity.get("emoji") != entry.emoji:
@@ -828,8 +830,10 @@ def _legacy_heartbeat_patch(
     config: Mapping[str, Any], agent_id: str, block: Mapping[str, Any]
 ) -> Mapping[str, Any]:
     """2026.3 keeps the roster in an array, which a merge patch replaces whole."""
-    agents = config.get("agents") if isinstance(config.get("agents"), Mapping) else {}
-    roster = agents.get("list") if isinstance(agents.get("list"), list) else []
+    agents = config.get("agents")
+    roster = agents.get("list") if isinstance(agents, Mapping) else None
+    if not isinstance(roster, list):
+        roster = []
     updated = []
     found = False
     for item in roster:

@@ -161,6 +161,7 @@ class LinkClient:
             message = await call.read()
             if message is grpc.aio.EOF:
                 return
+            assert isinstance(message, pb.HubMessage)
             kind = message.WhichOneof("body")
             if kind == "command":
                 self.commands.submit(message.command)

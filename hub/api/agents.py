@@ -228,8 +228,8 @@ async def _stream(call: Call) -> web.StreamResponse:
     await response.prepare(call.request)
     try:
         if since is not None:
-            for event in d.events.since(since, call.query.board_id):
-                await response.write(_frame(event.id, event.data))
+            for missed in d.events.since(since, call.query.board_id):
+                await response.write(_frame(missed.id, missed.data))
         while True:
             try:
                 event = await subscription.next(KEEPALIVE_S)
