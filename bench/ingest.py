@@ -37,7 +37,6 @@ from hub.database import Database, connect
 from hub.lifecycle import Policy
 from hub.reconciler import Reconciler
 from hub.store import Store
-from hub.tokens import TokenKeyring
 from protos import link_pb2 as pb
 from protos.contract import timestamp
 
@@ -89,9 +88,7 @@ async def _real_ingest(
 ) -> tuple[float, float, int]:
     db = Database(path, COMMIT_INTERVAL_S)
     db.open()
-    reconciler = Reconciler(
-        db, Store(db), TokenKeyring(os.urandom(32)), Policy(hub_started_at=time.time())
-    )
+    reconciler = Reconciler(db, Store(db), Policy(hub_started_at=time.time()))
     done = 0
     stop_at = 0.0
 

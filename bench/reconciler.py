@@ -13,7 +13,6 @@ Delay BASELINE: an asyncio timer per deadline that commits the same bare write.
 from __future__ import annotations
 
 import asyncio
-import os
 import sqlite3
 import tempfile
 import time
@@ -25,8 +24,7 @@ from bench.seed import SeededAgent, seed
 from hub.database import Database, connect
 from hub.lifecycle import Policy
 from hub.reconciler import DEADLINE_BATCH, Reconciler
-from hub.store import Store
-from hub.tokens import TokenKeyring
+from hub.store import OUTBOX, Store
 from protos import link_pb2 as pb
 
 CHECKIN_DEADLINE_S = 30.0
@@ -99,14 +97,9 @@ def _reconciler(path: Path, on_queued: object = None) -> tuple[Database, Reconci
         restart_grace_windows=0.0,  # the hub started long ago; no restart grace in the way
         hub_started_at=time.time() - 3600,
     )
-    reconciler = Reconciler(
-        db,
-        Store(db),
-        TokenKeyring(os.urandom(32)),
-        policy,
-        on_commands_queued=on_queued if callable(on_queued) else (lambda gateway_id: None),
-    )
-    return db, reconciler
+    if callable(on_queued):
+        db.listen(OUTBOX, on_queued)
+    return db, Reconciler(db, Store(db), policy)
 
 
 async def _connect_all(reconciler: Reconciler, agents: list[SeededAgent]) -> None:

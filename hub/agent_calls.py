@@ -21,8 +21,8 @@ FORWARDED_HEADERS = ("Retry-After", "X-Request-Id")
 
 
 class AgentCallForwarder:
-    def __init__(self) -> None:
-        self.base_url: str | None = None  # set once the HTTP listener is bound
+    def __init__(self, base_url: str) -> None:
+        self.base_url = base_url  # the hub's own HTTP listener, on loopback
         self._session: aiohttp.ClientSession | None = None
 
     async def close(self) -> None:
@@ -31,11 +31,7 @@ class AgentCallForwarder:
 
     async def handle(self, gateway_id: str, call: pb.AgentCall) -> pb.AgentCallResult:
         result = pb.AgentCallResult(call_id=call.call_id, content_type="application/json")
-        if (
-            not call.path.startswith(AGENT_API_PREFIX + "/")
-            or ".." in call.path
-            or self.base_url is None
-        ):
+        if not call.path.startswith(AGENT_API_PREFIX + "/") or ".." in call.path:
             result.status = 404
             result.body = b'{"detail": "only the agent API can be reached through the link"}'
             return result

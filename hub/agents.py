@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from hub.boards import board_profile
@@ -130,6 +130,13 @@ def load_agent(conn: sqlite3.Connection, agent_id: str) -> AgentRow | None:
     return AgentRow.from_row(row) if row else None
 
 
+def require_agent(conn: sqlite3.Connection, agent_id: str) -> AgentRow:
+    row = load_agent(conn, agent_id)
+    if row is None:
+        raise AgentError(f"agent {agent_id} does not exist")
+    return row
+
+
 def load_agent_by_gateway_id(
     conn: sqlite3.Connection, gateway_id: str, gateway_agent_id: str
 ) -> AgentRow | None:
@@ -220,6 +227,16 @@ def render_context(
     return context, generation
 
 
+@dataclass(frozen=True)
+class RenderOptions:
+    """How an apply renders the agent's files (template sync and PATCH ?force choose)."""
+
+    token: str | None = field(default=None, repr=False)  # a just-minted raw token: its file
+    overwrite: bool = False  # rewrite USER.md / MEMORY.md too
+    force_bootstrap: bool = False  # BOOTSTRAP.md again (2026.3-era gateways)
+    reset_session: bool = False  # start the main session afresh once the files are in place
+
+
 def build_apply(
     conn: sqlite3.Connection,
     agent: AgentRow,
@@ -227,10 +244,7 @@ def build_apply(
     *,
     wake: bool,
     action: ApplyAction,
-    token: str | None = None,
-    overwrite: bool = False,
-    force_bootstrap: bool = False,
-    reset_session: bool = False,
+    render: RenderOptions,
     now: float,
 ) -> pb.Command:
     """Render an agent's files and its ApplyAgent command (with a wake message if `wake`)."""
@@ -240,9 +254,9 @@ def build_apply(
             gateway_generation,
             context,
             action=action,
-            overwrite=overwrite,
-            force_bootstrap=force_bootstrap,
-            token=token,
+            overwrite=render.overwrite,
+            force_bootstrap=render.force_bootstrap,
+            token=render.token,
             identity_template=agent.identity_template,
             soul_template=agent.soul_template,
         )
@@ -272,7 +286,7 @@ def build_apply(
         ),
         credentials=credentials_for(accepted_tokens(conn, agent.id, now)),
         rendered_for=gateway_generation.proto,
-        reset_session=reset_session,
+        reset_session=render.reset_session,
     )
     if wake:
         apply.wake_message = render_wake_message(gateway_generation, context, action=action)

@@ -10,7 +10,9 @@ Stop, in this order so nothing is lost:
 from __future__ import annotations
 
 import datetime as dt
+import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import grpc
@@ -27,10 +29,13 @@ from hub.gateway_queries import GatewayQueries
 from hub.gateways import GatewayService
 from hub.lifecycle import Policy
 from hub.link_server import LinkService, SessionRegistry
+from hub.provisioning import Provisioning
 from hub.reconciler import Reconciler
-from hub.store import Store
+from hub.store import OUTBOX, Store
+from hub.template_sync import TemplateSync
 from hub.tokens import TokenKeyring
-from hub.webhooks import WebhookService
+from hub.webhooks.rules import RetryPolicy
+from hub.webhooks.service import WebhookService
 from missioncontrol.log import get_logger
 from missioncontrol.netaddr import HostPort
 from missioncontrol.private_files import load_or_create_secret
@@ -48,16 +53,26 @@ class BoundAddresses:
 
 
 class Hub:
-    def __init__(self, config: HubConfig) -> None:
+    """The hub's parts, built here and nowhere else. `clock` and `webhook_retry` are
+    seams for tests (time that moves on demand, fast retries)."""
+
+    def __init__(
+        self,
+        config: HubConfig,
+        *,
+        clock: Callable[[], float] = time.time,
+        webhook_retry: RetryPolicy | None = None,
+    ) -> None:
         self.config = config
         self.db = Database(config.database_path, config.commit_interval_s)
         self.store = Store(self.db)
         self.registry = SessionRegistry()
-        self.store.on_command_queued(self.registry.notify_outbox)
+        self.db.listen(OUTBOX, self.registry.notify_outbox)
         self.revocations = Revocations()
         self.ca: CertificateAuthority | None = None
         self.issuer: CertificateIssuer | None = None
         hub_key = load_or_create_secret(config.data_dir / "hub.key")
+        self.keyring = TokenKeyring(hub_key)
         if not config.insecure_dev:
             self.ca = CertificateAuthority.load_or_create(
                 config.data_dir / "ca", revocations=self.revocations
@@ -69,28 +84,20 @@ class Hub:
         self.reconciler = Reconciler(
             self.db,
             self.store,
-            TokenKeyring(hub_key),
-            Policy(checkin_deadline_s=config.checkin_deadline_s, hub_started_at=time.time()),
-            on_commands_queued=self.registry.notify_outbox,
+            Policy(checkin_deadline_s=config.checkin_deadline_s, hub_started_at=clock()),
             events=self.events,
+            clock=clock,
         )
-        self.agent_calls = AgentCallForwarder()
+        self.provisioning = Provisioning(self.reconciler, self.keyring)
+        self.template_sync = TemplateSync(self.db, self.provisioning)
         self.queries = GatewayQueries(self.registry)
-        self.link = LinkService(
-            self.store,
-            self.registry,
-            self.reconciler,
-            auto_register=config.insecure_dev,
-            is_revoked=None if config.insecure_dev else self.revocations.is_revoked,
-            renewer=self.issuer,
-            on_link=self.reconciler.link_changed,
-            agent_calls=self.agent_calls,
-            queries=self.queries,
-        )
         self.webhooks = WebhookService.from_hub_key(
-            self.db, hub_key, on_commands_queued=self.registry.notify_outbox
+            self.db, hub_key, retry=webhook_retry, clock=clock
         )
         self.gateways = GatewayService(self.store, self.registry, self.revocations, self.issuer)
+        # Built once the HTTP port is bound: forwarded agent calls replay on it.
+        self.agent_calls: AgentCallForwarder | None = None
+        self.link: LinkService | None = None
         self._grpc: grpc.aio.Server | None = None
         self._runner: web.AppRunner | None = None
         self._link_serving = False
@@ -104,6 +111,22 @@ class Hub:
         await self.webhooks.start()
 
         config = self.config
+        http_socket = _bind(config.http_listen)
+        http = HostPort(config.http_listen.host, http_socket.getsockname()[1])
+        # A wildcard listener is reachable on loopback.
+        local = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(http.host, http.host)
+        self.agent_calls = AgentCallForwarder(f"http://{HostPort(local, http.port)}")
+        self.link = LinkService(
+            self.store,
+            self.registry,
+            self.reconciler,
+            auto_register=config.insecure_dev,
+            is_revoked=None if config.insecure_dev else self.revocations.is_revoked,
+            renewer=self.issuer,
+            on_link=self.reconciler.link_changed,
+            agent_calls=self.agent_calls,
+            queries=self.queries,
+        )
         self._grpc = grpc.aio.server(options=server_options())
         pb_grpc.add_LinkServicer_to_server(self.link, self._grpc)
         enroll: HostPort | None = None
@@ -138,6 +161,9 @@ class Hub:
             link_serving=lambda: self._link_serving,
             gateways=self.gateways,
             reconciler=self.reconciler,
+            provisioning=self.provisioning,
+            template_sync=self.template_sync,
+            keyring=self.keyring,
             events=self.events,
             queries=self.queries,
             webhooks=self.webhooks,
@@ -149,15 +175,8 @@ class Hub:
             build_app(deps), access_log=None, shutdown_timeout=config.shutdown_grace_s
         )
         await self._runner.setup()
-        http = config.http_listen
-        await web.TCPSite(self._runner, http.host, http.port).start()
-        http_port = self._runner.addresses[0][1]
-        # Forwarded agent calls replay on our own listener (a wildcard means loopback works).
-        local = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(http.host, http.host)
-        self.agent_calls.base_url = f"http://{HostPort(local, http_port)}"
-        self.addresses = BoundAddresses(
-            http=HostPort(http.host, http_port), link=link, enroll=enroll
-        )
+        await web.SockSite(self._runner, http_socket).start()
+        self.addresses = BoundAddresses(http=http, link=link, enroll=enroll)
         log.info(
             "hub.started",
             http=str(self.addresses.http),
@@ -177,18 +196,27 @@ class Hub:
     async def stop(self) -> None:
         log.info("hub.stopping", streams=len(self.registry))
         # 1. stop accepting
-        self.link.accepting = False
+        if self.link is not None:
+            self.link.accepting = False
         # 2. drain streams: sessions end cleanly, then gRPC finishes in-flight work
         self.registry.close_all("hub shutting down; reconnect later", grpc.StatusCode.UNAVAILABLE)
         if self._grpc is not None:
             await self._grpc.stop(self.config.shutdown_grace_s)
-        await self.link.wait_closed()
+        if self.link is not None:
+            await self.link.wait_closed()
         self._link_serving = False
         if self._runner is not None:
             await self._runner.cleanup()
+        await self.template_sync.stop()
         await self.reconciler.stop()
         await self.webhooks.stop()
-        await self.agent_calls.close()
+        if self.agent_calls is not None:
+            await self.agent_calls.close()
         # 3. flush the store
         await self.db.close()
         log.info("hub.stopped")
+
+
+def _bind(address: HostPort) -> socket.socket:
+    """A listening TCP socket for the HTTP API (bound here, so its port is known early)."""
+    return socket.create_server((address.host, address.port), backlog=128)

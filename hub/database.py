@@ -7,11 +7,18 @@ under load (a few back to back are allowed), so a burst of heartbeats, acks and
 API writes costs one fsync.
 Each job runs under its own savepoint: one failing job rolls back alone and its
 caller gets the exception; the others commit.
+
+A job may leave notices on its connection (`conn.notify(channel, payload)`,
+`conn.after_commit(fn)`), as PostgreSQL's NOTIFY does: they are delivered on the
+event loop once the commit is durable, before the job's caller resumes, and
+dropped with the job if it rolls back. That is how a queued command reaches its
+gateway's stream: whoever queues it needs to know nothing about streams.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import queue
 import sqlite3
 import threading
@@ -26,6 +33,7 @@ from hub.migrations import MIGRATIONS
 from missioncontrol.log import get_logger
 
 T = TypeVar("T")
+C = TypeVar("C")
 log = get_logger("hub.database")
 
 BUSY_TIMEOUT_MS = 5_000
@@ -40,9 +48,31 @@ class DatabaseClosed(DatabaseError):
     """A write was submitted after the database was closed."""
 
 
+Notice = tuple[str | None, Any]  # (channel, payload); channel None: payload is a callable
+
+
+class Connection(sqlite3.Connection):
+    """A hub database connection. On the writer, jobs leave notices for after their commit."""
+
+    notices: list[Notice] | None = None  # None: not inside a write job (a reader)
+
+    def notify(self, channel: str, payload: Any) -> None:
+        """Deliver `payload` to the channel's listeners once this job's commit is durable."""
+        self._notices().append((channel, payload))
+
+    def after_commit(self, fn: Callable[[], None]) -> None:
+        """Call `fn` on the event loop once this job's commit is durable."""
+        self._notices().append((None, fn))
+
+    def _notices(self) -> list[Notice]:
+        if self.notices is None:
+            raise DatabaseError("notices can only be left by a write job (Database.write)")
+        return self.notices
+
+
 @dataclass
 class _Job:
-    fn: Callable[[sqlite3.Connection], Any]
+    fn: Callable[[Connection], Any]
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[Any]
     urgent: bool = False
@@ -58,9 +88,11 @@ class WriterStats:
     batch_sizes: list[int] = field(default_factory=list)
 
 
-def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
+def connect(path: Path, *, readonly: bool = False) -> Connection:
     uri = f"file:{path}{'?mode=ro' if readonly else ''}"
-    conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+    conn = sqlite3.connect(
+        uri, uri=True, isolation_level=None, check_same_thread=False, factory=Connection
+    )
     conn.row_factory = sqlite3.Row
     conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
     conn.execute("PRAGMA foreign_keys = ON")
@@ -112,7 +144,12 @@ class Database:
         self._writer: threading.Thread | None = None
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hub-db-read")
         self._reader_local = threading.local()
+        self._listeners: dict[str, list[Callable[[Any], None]]] = {}
         self._closed = False
+
+    def listen(self, channel: str, listener: Callable[[Any], None]) -> None:
+        """Call `listener(payload)` for every notice on `channel`, after its commit."""
+        self._listeners.setdefault(channel, []).append(listener)
 
     def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -126,7 +163,7 @@ class Database:
         )
         self._writer.start()
 
-    async def write(self, fn: Callable[[sqlite3.Connection], T], *, urgent: bool = False) -> T:
+    async def write(self, fn: Callable[[Connection], T], *, urgent: bool = False) -> T:
         """Run `fn` in the next group commit; return its result once it is durable.
 
         `urgent` writes (a due deadline, an admin's request) commit without waiting
@@ -140,12 +177,24 @@ class Database:
         self._jobs.put(_Job(fn, loop, future, urgent))
         return await future
 
-    async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    async def write_checked(
+        self,
+        check: Callable[[Connection], C],
+        op: Callable[[Connection, C], T],
+        *,
+        urgent: bool = False,
+    ) -> T:
+        """Run `check` on the reader first, so a refusal never waits for a group commit;
+        then `check` again and `op(conn, checked)` in one write, where the answer counts."""
+        await self.read(check)
+        return await self.write(lambda conn: op(conn, check(conn)), urgent=urgent)
+
+    async def read(self, fn: Callable[[Connection], T]) -> T:
         """Run a read-only query on the reader thread (WAL: never blocked by the writer)."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._reader, self._read_job, fn)
 
-    def _read_job(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    def _read_job(self, fn: Callable[[Connection], T]) -> T:
         conn = getattr(self._reader_local, "conn", None)
         if conn is None:
             conn = connect(self.path)
@@ -175,7 +224,7 @@ class Database:
 
     # ------------------------------------------------------------- writer
 
-    def _run_writer(self, conn: sqlite3.Connection) -> None:
+    def _run_writer(self, conn: Connection) -> None:
         # Commits are paced by a token bucket: one per interval on average, with a small
         # burst so a few interactive writes in a row are not each held for an interval.
         # Under sustained load the bucket stays empty and batches grow instead.
@@ -220,21 +269,24 @@ class Database:
             self._commit_batch(conn, batch)
         conn.close()
 
-    def _commit_batch(self, conn: sqlite3.Connection, batch: list[_Job]) -> None:
-        outcomes: list[tuple[_Job, Any, BaseException | None]] = []
+    def _commit_batch(self, conn: Connection, batch: list[_Job]) -> None:
+        outcomes: list[tuple[_Job, Any, BaseException | None, list[Notice]]] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
             for job in batch:
                 conn.execute("SAVEPOINT job")
+                conn.notices = []
                 try:
                     result = job.fn(conn)
                 except Exception as exc:
                     conn.execute("ROLLBACK TO job")
                     conn.execute("RELEASE job")
-                    outcomes.append((job, None, exc))
+                    outcomes.append((job, None, exc, []))
                 else:
                     conn.execute("RELEASE job")
-                    outcomes.append((job, result, None))
+                    outcomes.append((job, result, None, conn.notices))
+                finally:
+                    conn.notices = None
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             if conn.in_transaction:
@@ -243,7 +295,7 @@ class Database:
             self.stats.last_error_at = time.monotonic()
             log.error("database.commit.failed", error=str(exc), jobs=len(batch))
             failure = DatabaseError(f"database write failed: {exc}")
-            outcomes = [(job, None, failure) for job in batch]
+            outcomes = [(job, None, failure, []) for job in batch]
         else:
             self.stats.commits += 1
             self.stats.jobs += len(batch)
@@ -251,8 +303,24 @@ class Database:
             self.stats.batch_sizes.append(len(batch))
             del self.stats.batch_sizes[:-64]
         self.stats.last_commit_at = time.monotonic()
-        for job, result, error in outcomes:
+        for job, result, error, notices in outcomes:
+            # FIFO on the loop: notices are delivered before the caller resumes.
+            if notices:
+                job.loop.call_soon_threadsafe(self._deliver, notices)
             job.loop.call_soon_threadsafe(_settle, job.future, result, error)
+
+    def _deliver(self, notices: list[Notice]) -> None:
+        for channel, payload in notices:
+            calls: list[Callable[[], None]] = (
+                [payload]
+                if channel is None
+                else [functools.partial(f, payload) for f in self._listeners.get(channel, ())]
+            )
+            for call in calls:
+                try:
+                    call()
+                except Exception:  # one listener's bug must not cost the others their notice
+                    log.exception("database.notice.failed", channel=channel)
 
 
 def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:

@@ -362,7 +362,7 @@ def is_missing(snapshot: AgentLifecycle, policy: Policy, now: float) -> bool:
             snapshot, snapshot.last_seen_at
         )
     if snapshot.status is Status.ONLINE and snapshot.phase is Phase.IDLE:
-        return _presence_expired(snapshot, policy, now)
+        return presence_expired(snapshot, policy, now)
     return False
 
 
@@ -604,7 +604,7 @@ def _on_presence_tick(
 ) -> AgentLifecycle:
     if s.status is not Status.ONLINE or s.phase is not Phase.IDLE or s.last_seen_at is None:
         return s
-    if not _presence_expired(s, policy, now) or e.gateway_suspect:
+    if not presence_expired(s, policy, now) or e.gateway_suspect:
         return s
     if s.link_up_since is None or now < verdicts_not_before(s, policy):
         return s
@@ -730,7 +730,7 @@ def _settle(s: AgentLifecycle, policy: Policy, now: float) -> AgentLifecycle:
     if s.last_seen_at is None:
         status = Status.OFFLINE  # only reachable through a refused apply: say so, don't wait
     elif (
-        _presence_expired(s, policy, now)
+        presence_expired(s, policy, now)
         and s.link_up_since is not None
         and now >= verdicts_not_before(s, policy)
     ):
@@ -742,7 +742,9 @@ def _settle(s: AgentLifecycle, policy: Policy, now: float) -> AgentLifecycle:
     )
 
 
-def _presence_expired(s: AgentLifecycle, policy: Policy, now: float) -> bool:
+def presence_expired(s: AgentLifecycle, policy: Policy, now: float) -> bool:
+    """The agent heartbeats, and has been silent longer than its presence allows
+    (hub/presence.py asks the store the same question in SQL)."""
     offline_after = policy.offline_after_s(s.heartbeat_interval_s)
     return (
         offline_after is not None

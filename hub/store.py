@@ -10,14 +10,17 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from hub.database import Database
+from hub.database import Connection, Database
 from hub.join_tokens import JoinTokenRecord, JoinTokenUsedError
 from protos import link_pb2 as pb
 from protos.contract import MAX_COMMAND_BYTES, epoch_s, timestamp
+
+# Notice channel: payload is the id of a gateway whose outbox grew.
+OUTBOX = "outbox"
 
 
 class StoreError(Exception):
@@ -115,11 +118,6 @@ _COMMAND_KINDS = {
 class Store:
     def __init__(self, db: Database) -> None:
         self.db = db
-        self._command_listeners: list[Callable[[str], None]] = []
-
-    def on_command_queued(self, listener: Callable[[str], None]) -> None:
-        """Call `listener(gateway_id)` after a command for that gateway is durable."""
-        self._command_listeners.append(listener)
 
     # ----------------------------------------------------------- gateways
 
@@ -431,10 +429,7 @@ class Store:
 
     async def enqueue_command(self, gateway_id: str, command: pb.Command) -> int:
         """Append a command to the gateway's outbox; return its sequence once durable."""
-        seq = await self.db.write(lambda conn: enqueue_command_in(conn, gateway_id, command))
-        for listener in self._command_listeners:
-            listener(gateway_id)
-        return seq
+        return await self.db.write(lambda conn: enqueue_command_in(conn, gateway_id, command))
 
     async def commands_after(
         self, gateway_id: str, after_sequence: int, limit: int = 100
@@ -476,7 +471,7 @@ class Store:
         return await self.db.read(op)
 
 
-def enqueue_command_in(conn: sqlite3.Connection, gateway_id: str, command: pb.Command) -> int:
+def enqueue_command_in(conn: Connection, gateway_id: str, command: pb.Command) -> int:
     """Append `command` to the outbox inside the caller's transaction (same commit as the
     row change that caused it); return its sequence."""
     row = conn.execute("SELECT next_sequence FROM gateways WHERE id = ?", (gateway_id,)).fetchone()
@@ -510,6 +505,7 @@ def enqueue_command_in(conn: sqlite3.Connection, gateway_id: str, command: pb.Co
         ),
     )
     conn.execute("UPDATE gateways SET next_sequence = ? WHERE id = ?", (sequence + 1, gateway_id))
+    conn.notify(OUTBOX, gateway_id)  # the gateway's stream, if any, sends it after the commit
     add_event(
         conn,
         "command.queued",

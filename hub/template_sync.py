@@ -20,7 +20,7 @@ from typing import Any
 
 from hub.agents import AgentError, AgentRow
 from hub.database import Database
-from hub.reconciler import Reconciler
+from hub.provisioning import Provisioning
 from missioncontrol.log import get_logger
 
 log = get_logger("hub.template_sync")
@@ -58,9 +58,9 @@ class SyncJob:
 
 
 class TemplateSync:
-    def __init__(self, db: Database, reconciler: Reconciler) -> None:
+    def __init__(self, db: Database, provisioning: Provisioning) -> None:
         self.db = db
-        self.reconciler = reconciler
+        self.provisioning = provisioning
         self._running: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -121,8 +121,8 @@ class TemplateSync:
             for item in job.items:
                 try:
                     if job.options.rotate_tokens:
-                        await self.reconciler.rotate_token(item.agent_id)
-                    row = await self.reconciler.reapply(
+                        await self.provisioning.rotate_token(item.agent_id)
+                    row = await self.provisioning.reapply(
                         item.agent_id,
                         overwrite=job.options.overwrite,
                         force_bootstrap=job.options.force_bootstrap,

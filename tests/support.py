@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -45,6 +46,19 @@ def hub_config(data_dir: Path, *, link_port: int = 0, http_port: int = 0) -> Hub
     )
 
 
+@asynccontextmanager
+async def running_hub(data_dir: Path, **options: Any) -> AsyncIterator[Hub]:
+    """A real hub on loopback (see hub_config), started and stopped around the block."""
+    from hub.app import Hub
+
+    hub = Hub(hub_config(data_dir), **options)
+    await hub.start()
+    try:
+        yield hub
+    finally:
+        await hub.stop()
+
+
 def sidecar_config(
     state_dir: Path,
     hub: HostPort,
@@ -64,6 +78,20 @@ def sidecar_config(
         log_level="warning",
         log_format="json",
     )
+
+
+class JumpClock:
+    """Real time that a test can move forward at once: the hub's injected clock, so a
+    test skips ahead to a deadline instead of sleeping until it."""
+
+    def __init__(self) -> None:
+        self.offset_s = 0.0
+
+    def __call__(self) -> float:
+        return time.time() + self.offset_s
+
+    def advance(self, seconds: float) -> None:
+        self.offset_s += seconds
 
 
 async def wait_for(

@@ -19,7 +19,6 @@ from hub.api import webhooks as board_webhooks
 from hub.api.agent_auth import AgentAuthenticator
 from hub.api.core import MAX_BODY_BYTES, Api, cors, request_context
 from hub.api.deps import DEPS, HttpDeps
-from hub.template_sync import TemplateSync
 from missioncontrol.http import RateLimiter
 from missioncontrol.version import VERSION
 
@@ -52,16 +51,10 @@ def build_app(deps: HttpDeps) -> web.Application:
         middlewares=[cors(deps.cors_origins), request_context], client_max_size=MAX_BODY_BYTES
     )
     app[DEPS] = deps
-    app[template_sync.SYNC] = TemplateSync(deps.db, deps.reconciler)
-
-    async def stop_sync(app: web.Application) -> None:
-        await app[template_sync.SYNC].stop()
-
-    app.on_cleanup.append(stop_sync)
     build_api().mount(
         app,
         admin_token=lambda: deps.admin_token,
-        agent_auth=AgentAuthenticator(deps.db, deps.reconciler.keyring),
+        agent_auth=AgentAuthenticator(deps.db, deps.keyring),
         admin_limit=RateLimiter(*ADMIN_RATE),
         agent_limit=RateLimiter(*AGENT_RATE),
     )

@@ -24,7 +24,7 @@ from hub.api.schemas import (
     TokenRotate,
 )
 from hub.events import SubscriberTooSlow
-from hub.reconciler import AgentSpec
+from hub.provisioning import AgentSpec
 from hub.rendering import AgentKind
 from missioncontrol.http import ApiError
 from protos import link_pb2 as pb
@@ -106,7 +106,7 @@ def register(api: Api) -> None:
             heartbeat_config=body.heartbeat_config.model_dump() if body.heartbeat_config else None,
         )
         try:
-            agent = await deps(call.request).reconciler.create_agent(spec)
+            agent = await deps(call.request).provisioning.create_agent(spec)
         except AgentConflict as exc:
             raise ApiError(409, str(exc)) from None
         except AgentError as exc:
@@ -149,7 +149,7 @@ def register(api: Api) -> None:
                 403, "status is controlled by the lifecycle (heartbeats, wakes); it cannot be set"
             )
         if call.query.force:
-            agent = await deps(call.request).reconciler.reapply(agent.id)
+            agent = await deps(call.request).provisioning.reapply(agent.id)
         return agent_read(agent)
 
     @api.route(
@@ -187,7 +187,7 @@ def register(api: Api) -> None:
     )
     async def delete_agent(call: Call) -> Accepted:
         agent = await agent_or_404(call)
-        await deps(call.request).reconciler.delete_agent(agent.id)
+        await deps(call.request).provisioning.delete_agent(agent.id)
         return Accepted(status="deleting")
 
     @api.route(
@@ -202,7 +202,7 @@ def register(api: Api) -> None:
     async def rotate_agent_token(call: Call) -> Accepted:
         agent = await agent_or_404(call)
         try:
-            await deps(call.request).reconciler.rotate_token(agent.id, grace_s=call.body.grace_s)
+            await deps(call.request).provisioning.rotate_token(agent.id, grace_s=call.body.grace_s)
         except AgentError as exc:
             raise ApiError(422, str(exc)) from None
         return Accepted(status="rotating")

@@ -188,7 +188,7 @@ def register(api: Api) -> None:
     )
     async def delete_board(call: Call) -> BoardDeleted:
         try:
-            gone = await deps(call.request).reconciler.delete_board(
+            gone = await deps(call.request).provisioning.delete_board(
                 call.request.match_info["board_id"]
             )
         except BoardNotFound:

@@ -12,9 +12,12 @@ from hub.events import EventBus
 from hub.gateway_queries import GatewayQueries
 from hub.gateways import GatewayService
 from hub.link_server import SessionRegistry
+from hub.provisioning import Provisioning
 from hub.reconciler import Reconciler
 from hub.store import Store
-from hub.webhooks import WebhookService
+from hub.template_sync import TemplateSync
+from hub.tokens import TokenKeyring
+from hub.webhooks.service import WebhookService
 
 
 @dataclass(frozen=True)
@@ -25,7 +28,10 @@ class HttpDeps:
     admin_token: str
     link_serving: Callable[[], bool]
     gateways: GatewayService
-    reconciler: Reconciler
+    reconciler: Reconciler  # the link's report sink, which heartbeats also reach through
+    provisioning: Provisioning
+    template_sync: TemplateSync
+    keyring: TokenKeyring  # checks agent tokens
     events: EventBus
     queries: GatewayQueries  # live reads of a gateway through its sidecar
     enroll_address: str | None  # HOST:PORT sidecars enroll at; None in --insecure-dev mode

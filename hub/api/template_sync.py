@@ -4,14 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from aiohttp import web
-
 from hub.api.core import Api, Call, Query
 from hub.api.deps import deps
-from hub.template_sync import SyncOptions, TemplateSync
+from hub.template_sync import SyncOptions
 from missioncontrol.http import ApiError
-
-SYNC = web.AppKey("template_sync", TemplateSync)
 
 
 class SyncQuery(Query):
@@ -44,7 +40,7 @@ def register(api: Api) -> None:
         gateway_id = call.request.match_info["gateway_id"]
         if await d.store.get_gateway(gateway_id) is None:
             raise ApiError(404, "gateway not found")
-        sync = call.request.app[SYNC]
+        sync = deps(call.request).template_sync
         job = await sync.start_job(gateway_id, SyncOptions(**call.query.model_dump()))
         return await sync.status(job)
 
@@ -55,7 +51,7 @@ def register(api: Api) -> None:
         tags=tags,
     )
     async def get_template_sync(call: Call) -> dict[str, Any]:
-        sync = call.request.app[SYNC]
+        sync = deps(call.request).template_sync
         job = await sync.job(call.request.match_info["job_id"])
         if job is None or job.gateway_id != call.request.match_info["gateway_id"]:
             raise ApiError(404, "sync job not found (jobs are kept for 7 days)")

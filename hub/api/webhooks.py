@@ -18,16 +18,9 @@ from pydantic import BaseModel, Field, model_validator
 
 from hub.api.core import Api, Auth, Call, Page, Strict
 from hub.api.deps import deps
-from hub.webhooks import (
-    HEADER_TOKEN,
-    MAX_PAYLOAD_BYTES,
-    Conflict,
-    InvalidWebhook,
-    NotFound,
-    SecretUnreadable,
-    WebhookRow,
-    WebhookService,
-)
+from hub.webhooks.rules import HEADER_TOKEN, MAX_PAYLOAD_BYTES
+from hub.webhooks.service import WebhookService
+from hub.webhooks.store import Conflict, InvalidWebhook, NotFound, SecretUnreadable, WebhookRow
 from missioncontrol.http import ApiError, RateLimiter
 
 T = TypeVar("T")

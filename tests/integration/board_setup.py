@@ -86,7 +86,7 @@ async def add_agent(
         "lead": f"lead-{board_id}",
         "main": f"mc-gateway-{gateway_id}",
     }[kind]
-    minted = hub.reconciler.keyring.mint()
+    minted = hub.keyring.mint()
     now = time.time()
 
     def op(conn: Any) -> None:

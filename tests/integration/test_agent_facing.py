@@ -75,7 +75,7 @@ async def test_missing_malformed_unknown_and_wrong_tokens_are_401_without_the_to
     agent = await add_agent(hub, gateway_id=gateway, board_id=await add_board(hub, gateway))
     token_id, secret = agent.token.split(".")
     forged_secret = ("A" if secret[0] != "A" else "B") + secret[1:]
-    unknown = hub.reconciler.keyring.mint().raw  # well formed, never stored
+    unknown = hub.keyring.mint().raw  # well formed, never stored
     attempts = [
         {},
         {"X-Agent-Token": ""},
@@ -115,7 +115,7 @@ async def test_rotation_through_the_admin_api_keeps_the_old_token_for_the_grace(
 ) -> None:
     gateway = await add_gateway(hub)
     agent = await add_agent(hub, gateway_id=gateway, board_id=await add_board(hub, gateway))
-    await hub.reconciler.rotate_token(agent.id, grace_s=0.5)
+    await hub.provisioning.rotate_token(agent.id, grace_s=0.5)
     status, _ = await as_agent(hub, agent, "GET", "/healthz")
     assert status == 200
 

@@ -16,23 +16,33 @@ from protos import link_pb2 as pb
 from protos.contract import timestamp
 from sidecar.app import Sidecar
 from sidecar.backoff import Backoff
-from tests.support import RecordingGateway, api, hub_config, sidecar_config, wait_for
+from tests.support import (
+    JumpClock,
+    RecordingGateway,
+    api,
+    hub_config,
+    sidecar_config,
+    wait_for,
+)
 
 DEADLINE_S = 1.0
 
 
-def lifecycle_hub(tmp_path: Path, **overrides: Any) -> Hub:
+def lifecycle_hub(tmp_path: Path, clock: JumpClock | None = None, **overrides: Any) -> Hub:
     config = dataclasses.replace(
         hub_config(tmp_path / "hub"), checkin_deadline_s=DEADLINE_S, **overrides
     )
-    hub = Hub(config)
-    hub.reconciler.presence_sweep_s = 0.2
-    return hub
+    return Hub(config, clock=clock or JumpClock())
 
 
 @pytest.fixture
-async def hub(tmp_path: Path) -> AsyncIterator[Hub]:
-    instance = lifecycle_hub(tmp_path)
+def clock() -> JumpClock:
+    return JumpClock()
+
+
+@pytest.fixture
+async def hub(tmp_path: Path, clock: JumpClock) -> AsyncIterator[Hub]:
+    instance = lifecycle_hub(tmp_path, clock)
     await instance.start()
     yield instance
     await instance.stop()
@@ -181,7 +191,7 @@ async def test_a_run_that_reaches_final_is_a_runtime_checkin(
 
 
 async def test_wakes_are_not_counted_while_the_sidecar_is_disconnected(
-    hub: Hub, tmp_path: Path
+    hub: Hub, tmp_path: Path, clock: JumpClock
 ) -> None:
     gateway = RecordingGateway()
     gateway.run_outcome = gateway.run_outcome.ERROR
@@ -195,7 +205,9 @@ async def test_wakes_are_not_counted_while_the_sidecar_is_disconnected(
         lambda: _reason(hub, agent["id"], "sidecar_disconnected"), what="reason shown"
     )
     assert waiting["wake_attempts"] == 0
-    await _sleep(DEADLINE_S * 4)
+    clock.advance(DEADLINE_S * 4)  # four check-in windows pass, and every verdict is asked for
+    await hub.reconciler.reconcile_due()
+    await hub.reconciler.sweep_presence()
     still = await agent_state(hub, agent["id"])
     assert still["wake_attempts"] == 0 and still["status"] != "offline"
     assert gateway.count("wake") == 0
@@ -317,15 +329,13 @@ async def _reason(hub: Hub, agent_id: str, reason: str) -> dict[str, Any] | None
     return state if state["status_reason"] == reason else None
 
 
+async def _changed(hub: Hub, agent_id: str, name: str, before: Any) -> bool:
+    return await _field(hub, agent_id, name) != before
+
+
 async def _gone(hub: Hub, agent_id: str) -> bool:
     status, _ = await api(hub, "GET", f"/api/v1/agents/{agent_id}")
     return status == 404
-
-
-async def _sleep(seconds: float) -> None:
-    import asyncio
-
-    await asyncio.sleep(seconds)
 
 
 async def test_token_rotation_writes_a_new_token_and_keeps_the_old_for_the_grace_window(
@@ -358,22 +368,23 @@ async def test_token_rotation_writes_a_new_token_and_keeps_the_old_for_the_grace
 
 
 async def test_online_agent_goes_offline_after_twice_its_heartbeat_interval(
-    hub: Hub, connected: tuple[Sidecar, RecordingGateway]
+    hub: Hub, connected: tuple[Sidecar, RecordingGateway], clock: JumpClock
 ) -> None:
     sidecar, _ = connected
     agent = await provision(hub, every="1s")
     online = await wait_for(lambda: _status(hub, agent["id"], "online"), what="online")
     assert online["heartbeat_config"]["every"] == "1s"
-    # Keep beating for a while: it stays online.
-    for _ in range(6):
-        beat(sidecar, agent["gateway_agent_id"])
-        silent_from = time.time()
-        await _sleep(0.5)
-        assert (await agent_state(hub, agent["id"]))["status"] == "online"
-    offline = await wait_for(
-        lambda: _status(hub, agent["id"], "offline"),
-        timeout_s=15,
-        what="offline after 2 x 1 s of silence",
+    before = online["last_seen_at"]
+    beat(sidecar, agent["gateway_agent_id"])
+    await wait_for(
+        lambda: _changed(hub, agent["id"], "last_seen_at", before), what="the beat recorded"
     )
-    assert time.time() - silent_from >= 2 * 1.0 - 0.2
+    # Silent for less than twice the interval: still online.
+    clock.advance(1.5)
+    await hub.reconciler.sweep_presence()
+    assert (await agent_state(hub, agent["id"]))["status"] == "online"
+    clock.advance(1.0)  # 2.5 s of silence in all
+    await hub.reconciler.sweep_presence()
+    offline = await agent_state(hub, agent["id"])
+    assert offline["status"] == "offline"
     assert offline["wake_attempts"] == 0  # presence, not the wake cycle

@@ -21,10 +21,17 @@ import aiohttp
 import pytest
 
 from hub.app import Hub
-from hub.webhooks import RetryPolicy
+from hub.webhooks.rules import RetryPolicy
 from sidecar.app import Sidecar
 from sidecar.backoff import Backoff
-from tests.support import ADMIN_TOKEN, RecordingGateway, api, sidecar_config, wait_for
+from tests.support import (
+    ADMIN_TOKEN,
+    RecordingGateway,
+    api,
+    running_hub,
+    sidecar_config,
+    wait_for,
+)
 
 GATEWAY_ID = "gw-hooks"
 SECRET = "s3cret-webhook-key"
@@ -47,10 +54,9 @@ class MessageGateway(RecordingGateway):
 
 
 @pytest.fixture
-async def hub(hub: Hub) -> Hub:
-    assert hub.webhooks is not None
-    hub.webhooks.retry = FAST_RETRY
-    return hub
+async def hub(tmp_path: Path) -> AsyncIterator[Hub]:
+    async with running_hub(tmp_path / "hub", webhook_retry=FAST_RETRY) as instance:
+        yield instance
 
 
 @pytest.fixture
@@ -445,11 +451,13 @@ async def test_delivery_is_retried_until_the_board_has_a_lead(
     assert agent == lead["gateway_agent_id"]
 
 
-async def test_delivery_gives_up_after_bounded_attempts_and_says_why(
-    hub: Hub, board_id: str
-) -> None:
-    assert hub.webhooks is not None
-    hub.webhooks.retry = RetryPolicy(initial_s=0.02, max_s=0.05, max_attempts=3)
+async def test_delivery_gives_up_after_bounded_attempts_and_says_why(tmp_path: Path) -> None:
+    retry = RetryPolicy(initial_s=0.02, max_s=0.05, max_attempts=3)
+    async with running_hub(tmp_path / "bounded", webhook_retry=retry) as hub:
+        await _gives_up_after_bounded_attempts(hub, await add_board(hub))
+
+
+async def _gives_up_after_bounded_attempts(hub: Hub, board_id: str) -> None:
     webhook = await create_webhook(hub, board_id)
     status, _, answer = await post(hub, webhook["endpoint_path"])
     assert status == 202

@@ -8,7 +8,7 @@ import hmac
 import pytest
 
 from hub.secrets_box import SecretBox, SecretBoxError
-from hub.webhooks import (
+from hub.webhooks.rules import (
     PREVIEW_BYTES,
     ReplayGuard,
     RetryPolicy,
