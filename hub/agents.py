@@ -130,6 +130,27 @@ def load_agent(conn: sqlite3.Connection, agent_id: str) -> AgentRow | None:
     return AgentRow.from_row(row) if row else None
 
 
+def list_agents_in(
+    conn: sqlite3.Connection,
+    *,
+    board_id: str | None,
+    gateway_id: str | None,
+    managed: bool,
+    limit: int,
+    offset: int,
+) -> tuple[list[AgentRow], int]:
+    """One page of agents, oldest first. Every agent the hub holds is one it manages, so
+    `managed=False` (Mission Control's is_mc_agent=false) lists none."""
+    where = "WHERE (? IS NULL OR board_id = ?) AND (? IS NULL OR gateway_id = ?) AND ?"
+    args = (board_id, board_id, gateway_id, gateway_id, managed)
+    total = conn.execute(f"SELECT COUNT(*) FROM agents {where}", args).fetchone()[0]
+    rows = conn.execute(
+        f"SELECT * FROM agents {where} ORDER BY created_at, id LIMIT ? OFFSET ?",
+        (*args, limit, offset),
+    ).fetchall()
+    return [AgentRow.from_row(r) for r in rows], total
+
+
 def require_agent(conn: sqlite3.Connection, agent_id: str) -> AgentRow:
     row = load_agent(conn, agent_id)
     if row is None:

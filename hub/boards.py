@@ -7,10 +7,10 @@ import re
 import sqlite3
 import time
 import uuid
-from typing import Any
+from typing import Any, Protocol
 
 from hub.rendering import BoardProfile, BoardRules
-from hub.store import StoreError, add_event
+from hub.store import Refusal, StoreError, add_event
 
 RULES = (
     "require_approval_for_done",
@@ -31,8 +31,98 @@ EDITABLE = (
 )
 
 
+# What a board's own agents read of it.
+AGENT_BOARD_COLUMNS = (
+    "id, gateway_id, name, slug, description, board_type, objective, status, "
+    "require_approval_for_done, require_review_before_done, comment_required_for_review, "
+    "only_lead_can_change_status, max_agents, created_at, updated_at"
+)
+
+
 class BoardNotFound(StoreError):
-    pass
+    refusal = Refusal.NOT_FOUND
+
+
+class BoardForbidden(StoreError):
+    """An agent asked for a board it may not reach (whether or not the board exists)."""
+
+    refusal = Refusal.FORBIDDEN
+
+
+class BoardAgent(Protocol):
+    """The agent a request acts as, as far as board rules care."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def gateway_id(self) -> str: ...
+
+    @property
+    def board_id(self) -> str | None: ...
+
+    @property
+    def is_board_lead(self) -> bool: ...
+
+    @property
+    def is_gateway_main(self) -> bool: ...
+
+
+def may_reach(agent: BoardAgent, board_id: str, board_gateway_id: str) -> bool:
+    """The one access rule: a board agent its own board, a main agent its gateway's boards."""
+    if agent.board_id is not None:
+        return board_id == agent.board_id
+    return agent.is_gateway_main and board_gateway_id == agent.gateway_id
+
+
+def reachable_board_in(conn: sqlite3.Connection, agent: BoardAgent, board_id: str) -> sqlite3.Row:
+    """The board row as agents see it; BoardForbidden when the agent may not reach it, also
+    when there is none, so the answer is no oracle for other tenants' board ids."""
+    row = None
+    if agent.board_id is None or agent.board_id == board_id:
+        row = conn.execute(
+            f"SELECT {AGENT_BOARD_COLUMNS} FROM boards WHERE id = ?", (board_id,)
+        ).fetchone()
+    if row is None or not may_reach(agent, row["id"], row["gateway_id"]):
+        raise BoardForbidden(f"this agent may not access board {board_id}")
+    return row
+
+
+def agent_boards_in(
+    conn: sqlite3.Connection, agent: BoardAgent, limit: int, offset: int
+) -> tuple[list[sqlite3.Row], int]:
+    """The boards an agent may reach: its own, or (main agent) its gateway's."""
+    if agent.board_id is not None:
+        where, args = "WHERE id = ?", (agent.board_id,)
+    else:
+        where, args = "WHERE gateway_id = ?", (agent.gateway_id,)
+    total = conn.execute(f"SELECT COUNT(*) FROM boards {where}", args).fetchone()[0]
+    rows = conn.execute(
+        f"SELECT {AGENT_BOARD_COLUMNS} FROM boards {where} "
+        "ORDER BY created_at, id LIMIT ? OFFSET ?",
+        (*args, limit, offset),
+    ).fetchall()
+    return rows, total
+
+
+def list_boards_in(
+    conn: sqlite3.Connection, gateway_id: str | None, limit: int, offset: int
+) -> tuple[list[dict[str, Any]], int]:
+    where, args = "WHERE (? IS NULL OR gateway_id = ?)", (gateway_id, gateway_id)
+    total = conn.execute(f"SELECT COUNT(*) FROM boards {where}", args).fetchone()[0]
+    rows = conn.execute(
+        f"SELECT * FROM boards {where} ORDER BY created_at, id LIMIT ? OFFSET ?",
+        (*args, limit, offset),
+    ).fetchall()
+    return [board_dict(r) for r in rows], total
+
+
+def board_gateway_in(conn: sqlite3.Connection, board_id: str) -> str:
+    """The gateway a board is on; BoardNotFound if there is no such board."""
+    row = conn.execute("SELECT gateway_id FROM boards WHERE id = ?", (board_id,)).fetchone()
+    if row is None:
+        raise BoardNotFound("board not found")
+    return str(row["gateway_id"])
 
 
 def board_dict(row: sqlite3.Row) -> dict[str, Any]:

@@ -6,7 +6,8 @@ One EC P-256 CA per hub, created on first start in the hub's CA directory:
     ca.crt           CA certificate: what sidecars trust and pin (see `ca_fingerprint`)
     link-server.key  key of the link listener's certificate, 0600
     link-server.crt  link listener certificate, issued by the CA
-    revoked.json     revoked client certificate serials (default `RevocationList`)
+
+Revoked serials are the store's (the hub's `Revocations`); the CA only asks them.
 
 The directory is kept at 0700 (tightened if looser); a key file that group or others
 can read is refused rather than used, because it must be assumed copied.
@@ -27,7 +28,6 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import json
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -43,7 +43,6 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from missioncontrol.log import get_logger
 from missioncontrol.pki import (
-    CertIdentity,
     canonical_host,
     certificate_host_names,
     certificate_pem,
@@ -62,7 +61,6 @@ CA_KEY_FILE = "ca.key"
 CA_CERT_FILE = "ca.crt"
 SERVER_KEY_FILE = "link-server.key"
 SERVER_CERT_FILE = "link-server.crt"
-REVOKED_FILE = "revoked.json"
 
 CA_LIFETIME = dt.timedelta(days=3650)
 DEFAULT_CLIENT_CERT_LIFETIME = dt.timedelta(days=30)
@@ -93,52 +91,9 @@ class CSRRejectedError(CAError):
 
 
 class RevocationList(Protocol):
-    """Answers whether a client certificate serial was revoked. The hub store may implement it."""
+    """Answers whether a client certificate serial was revoked (the hub's store does)."""
 
     def is_revoked(self, serial: int) -> bool: ...
-
-
-class FileRevocationList:
-    """Revoked serials in a small JSON file; entries drop out once their certificate expired.
-
-    Lookups are an in-memory set. Expired certificates are refused by TLS anyway,
-    so the list only ever holds certificates that could still be presented.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self._path = path
-        self._lock = threading.Lock()
-        self._entries: dict[int, dict[str, str]] = {}
-        if path.exists():
-            try:
-                document = json.loads(path.read_text())
-                for entry in document["revoked"]:
-                    self._entries[int(entry["serial"], 16)] = entry
-            except (ValueError, KeyError, TypeError) as exc:
-                raise CAStateError(
-                    f"{path} is not a valid revocation list ({exc}); restore it from backup, "
-                    "or delete it and revoke the affected gateways' certificates again"
-                ) from None
-
-    def is_revoked(self, serial: int) -> bool:
-        return serial in self._entries
-
-    def revoke(self, identity: CertIdentity, *, now: dt.datetime | None = None) -> None:
-        now = now or _utcnow()
-        with self._lock:
-            self._entries = {
-                serial: entry
-                for serial, entry in self._entries.items()
-                if dt.datetime.fromisoformat(entry["not_after"]) > now
-            }
-            self._entries[identity.serial] = {
-                "serial": format(identity.serial, "x"),
-                "gateway_id": identity.gateway_id,
-                "not_after": identity.not_after.isoformat(),
-                "revoked_at": now.isoformat(),
-            }
-            document = {"revoked": sorted(self._entries.values(), key=lambda e: e["revoked_at"])}
-            write_file_atomic(self._path, json.dumps(document, indent=1).encode())
 
 
 @dataclass(frozen=True)
@@ -175,7 +130,7 @@ class CertificateAuthority:
         cls,
         directory: Path,
         *,
-        revocations: RevocationList | None = None,
+        revocations: RevocationList,
         now: dt.datetime | None = None,
     ) -> CertificateAuthority:
         """Load the CA from `directory`, creating key and certificate on first start."""
@@ -206,8 +161,6 @@ class CertificateAuthority:
             write_file_atomic(key_path, _private_key_pem(key))
             cert = _self_signed_ca(key, now or _utcnow())
             write_file_atomic(cert_path, certificate_pem(cert), PUBLIC_FILE_MODE)
-        if revocations is None:
-            revocations = FileRevocationList(directory / REVOKED_FILE)
         return cls(directory, key, cert, revocations)
 
     def ca_fingerprint(self) -> str:

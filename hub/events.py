@@ -77,6 +77,10 @@ class EventBus:
                 subscriber.queue.get_nowait()
                 subscriber.queue.put_nowait(None)
 
+    def __len__(self) -> int:
+        """How many subscribers listen now."""
+        return len(self._subscribers)
+
     def subscribe(self, board_id: str | None) -> Subscription:
         subscription = Subscription(self, board_id)
         self._subscribers.add(subscription)

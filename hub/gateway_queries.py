@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import sqlite3
+from dataclasses import dataclass
 
 from hub.link_server import SessionRegistry
+from hub.store import GatewayRow, Refusal, StoreError
 from missioncontrol.log import get_logger
 from protos import link_pb2 as pb
 from protos.contract import GATEWAY_QUERY_TIMEOUT_S, MAX_QUERY_SESSIONS
@@ -78,3 +81,70 @@ class GatewayQueries:
                 future.set_exception(
                     QueryFailed("sidecar_disconnected", "the sidecar disconnected before answering")
                 )
+
+
+class TargetError(StoreError):
+    """A live read names a gateway, board or agent that is not there, or that disagree."""
+
+    def __init__(self, message: str, refusal: Refusal = Refusal.INVALID) -> None:
+        super().__init__(message)
+        self.refusal = refusal
+
+
+@dataclass(frozen=True)
+class ManagedAgent:
+    id: str
+    board_id: str | None
+    kind: str
+
+
+@dataclass(frozen=True)
+class Target:
+    """The gateway a live read asks, and what narrows its answer."""
+
+    gateway: GatewayRow
+    agents: dict[str, ManagedAgent]  # gateway agent id -> the hub's agent
+    board_id: str | None
+    gateway_agent_id: str  # empty: every agent's sessions
+
+    def main_agent_id(self) -> str | None:
+        return next((g for g, a in self.agents.items() if a.kind == "main"), None)
+
+
+def live_target_in(
+    conn: sqlite3.Connection,
+    *,
+    gateway_id: str | None,
+    board_id: str | None,
+    agent_id: str | None,
+) -> Target:
+    """The gateway a read names by `gateway_id`, `board_id` (its board's gateway; sessions
+    narrowed to the board's agents) or `agent_id` (that agent's sessions)."""
+    gateway_agent_id = ""
+    if board_id:
+        board = conn.execute("SELECT gateway_id FROM boards WHERE id = ?", (board_id,)).fetchone()
+        if board is None:
+            raise TargetError("board not found", Refusal.NOT_FOUND)
+        if gateway_id and board["gateway_id"] != gateway_id:
+            raise TargetError(f"the board is not on gateway {gateway_id}")
+        gateway_id = board["gateway_id"]
+    if agent_id:
+        agent = conn.execute(
+            "SELECT gateway_id, board_id, gateway_agent_id FROM agents WHERE id = ?", (agent_id,)
+        ).fetchone()
+        if agent is None:
+            raise TargetError("agent not found", Refusal.NOT_FOUND)
+        if gateway_id and agent["gateway_id"] != gateway_id:
+            raise TargetError("the agent is not on that gateway or board")
+        if board_id and agent["board_id"] != board_id:
+            raise TargetError("the agent is not on that board")
+        gateway_id, gateway_agent_id = agent["gateway_id"], agent["gateway_agent_id"]
+    gateway = conn.execute("SELECT * FROM gateways WHERE id = ?", (gateway_id or "",)).fetchone()
+    if gateway is None:
+        raise TargetError("gateway not found", Refusal.NOT_FOUND)
+    rows = conn.execute(
+        "SELECT id, gateway_agent_id, board_id, kind FROM agents WHERE gateway_id = ?",
+        (gateway["id"],),
+    )
+    agents = {r["gateway_agent_id"]: ManagedAgent(r["id"], r["board_id"], r["kind"]) for r in rows}
+    return Target(GatewayRow.from_row(gateway), agents, board_id, gateway_agent_id)

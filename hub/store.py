@@ -1,12 +1,15 @@
 """The hub's data operations: gateways, the per-gateway command outbox, events.
 
-All SQL lives here. Writes go through `Database.write` and so share group
-commits; each public coroutine is one logical change (its rows and its event
-log entry commit together).
+The SQL for gateways and their outbox lives here; each other part of the hub keeps
+its own tables' SQL beside its rules (boards.py, tasks.py, agents.py, webhooks/),
+in `*_in(conn)` functions that run inside a caller's transaction. Writes go through
+`Database.write` and so share group commits; each public coroutine here is one
+logical change (its rows and its event log entry commit together).
 """
 
 from __future__ import annotations
 
+import enum
 import json
 import sqlite3
 import time
@@ -23,12 +26,23 @@ from protos.contract import MAX_COMMAND_BYTES, epoch_s, timestamp
 OUTBOX = "outbox"
 
 
+class Refusal(enum.StrEnum):
+    """Why the store refused a request; the API answers each with its own status."""
+
+    INVALID = "invalid"  # the input is wrong (422, naming the field when there is one)
+    NOT_FOUND = "not_found"  # what it names does not exist (404)
+    FORBIDDEN = "forbidden"  # the caller may not do this (403)
+    CONFLICT = "conflict"  # the current state does not allow it (409)
+
+
 class StoreError(Exception):
-    """A requested change is invalid; the message says why."""
+    """A requested change is refused; the message says why and `refusal` what kind."""
+
+    refusal = Refusal.INVALID
 
 
 class UnknownGateway(StoreError):
-    pass
+    refusal = Refusal.NOT_FOUND
 
 
 class CommandTooLarge(StoreError):
@@ -37,6 +51,8 @@ class CommandTooLarge(StoreError):
 
 class GatewayInUse(StoreError):
     """The gateway still has boards; they must go first."""
+
+    refusal = Refusal.CONFLICT
 
 
 @dataclass(frozen=True)

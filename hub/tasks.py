@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import sqlite3
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
-from hub.store import StoreError, add_event
+from hub.boards import BoardAgent, BoardNotFound, may_reach, reachable_board_in
+from hub.store import Refusal, StoreError, add_event
 
 STATUSES = ("inbox", "in_progress", "review", "done")
 PRIORITIES = ("low", "medium", "high")
@@ -27,9 +29,18 @@ PRIORITIES = ("low", "medium", "high")
 class TaskError(StoreError):
     """A task change the rules refuse; `field` names the input at fault, if one is."""
 
-    def __init__(self, message: str, field: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        field: str | None = None,
+        *,
+        refusal: Refusal = Refusal.INVALID,
+        error_type: str = "value_error",
+    ) -> None:
         super().__init__(message)
         self.field = field
+        self.refusal = refusal
+        self.error_type = error_type
 
 
 @dataclass(frozen=True)
@@ -66,8 +77,9 @@ class CommentRow:
         return cls(**{f.name: row[f.name] for f in fields(cls)})
 
 
-def board_exists(conn: sqlite3.Connection, board_id: str) -> bool:
-    return conn.execute("SELECT 1 FROM boards WHERE id = ?", (board_id,)).fetchone() is not None
+def require_board_in(conn: sqlite3.Connection, board_id: str) -> None:
+    if conn.execute("SELECT 1 FROM boards WHERE id = ?", (board_id,)).fetchone() is None:
+        raise BoardNotFound("board not found")
 
 
 def check_assignee(conn: sqlite3.Connection, board_id: str, agent_id: str) -> None:
@@ -225,3 +237,86 @@ def unassign_agent_tasks(conn: sqlite3.Connection, agent_id: str, *, now: float)
     if cursor.rowcount:
         add_event(conn, "agent.tasks.unassigned", agent_id=agent_id, at=now, tasks=cursor.rowcount)
     return cursor.rowcount
+
+
+def task_on_board_in(conn: sqlite3.Connection, board_id: str, task_id: str) -> TaskRow:
+    task = get_task(conn, board_id, task_id)
+    if task is None:
+        raise TaskError("task not found on this board", refusal=Refusal.NOT_FOUND)
+    return task
+
+
+def require_task_in(conn: sqlite3.Connection, board_id: str, task_id: str) -> TaskRow:
+    """The task on its board; BoardNotFound or TaskError (not found) otherwise."""
+    require_board_in(conn, board_id)
+    return task_on_board_in(conn, board_id, task_id)
+
+
+# ------------------------------------------------------------ agents' own rules
+
+
+def reachable_task_in(
+    conn: sqlite3.Connection, agent: BoardAgent, board_id: str, task_id: str
+) -> tuple[sqlite3.Row, TaskRow]:
+    """The board and task a board agent may change; BoardForbidden or TaskError otherwise."""
+    board = reachable_board_in(conn, agent, board_id)
+    if agent.board_id is None:
+        raise TaskError(
+            "a gateway main agent reads its gateway's boards; tasks are changed by the "
+            "board's own agents (message the board lead instead)",
+            refusal=Refusal.FORBIDDEN,
+        )
+    return board, task_on_board_in(conn, board_id, task_id)
+
+
+def task_reachable_by(conn: sqlite3.Connection, agent: BoardAgent, task_id: str) -> bool:
+    """Whether the task lies on a board the agent may reach (a heartbeat's current task)."""
+    row = conn.execute(
+        "SELECT t.board_id, b.gateway_id FROM tasks t JOIN boards b ON b.id = t.board_id "
+        "WHERE t.id = ?",
+        (task_id,),
+    ).fetchone()
+    return row is not None and may_reach(agent, row[0], row[1])
+
+
+def agent_task_changes(
+    agent: BoardAgent, board: sqlite3.Row, task: TaskRow, sent: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The columns an agent's change to `task` may set, under its board's rules.
+
+    `sent` holds only what the agent sent: `status`, `assigned_agent_id`, `comment`.
+    Workers move their own (or unassigned) tasks; the lead also assigns. Raises
+    TaskError saying which rule refused.
+    """
+    is_lead = agent.is_board_lead
+    if not is_lead and task.assigned_agent_id not in (None, agent.id):
+        raise TaskError(
+            "this task is assigned to another agent; only the board lead may change it",
+            refusal=Refusal.FORBIDDEN,
+        )
+    changes: dict[str, Any] = {}
+    if "assigned_agent_id" in sent:
+        if not is_lead:
+            raise TaskError("only the board lead assigns tasks", refusal=Refusal.FORBIDDEN)
+        changes["assigned_agent_id"] = sent["assigned_agent_id"]
+    status = sent.get("status")
+    if status is not None and status != task.status:
+        if board["only_lead_can_change_status"] and not is_lead:
+            raise TaskError(
+                "on this board only the lead changes a task's status", refusal=Refusal.FORBIDDEN
+            )
+        if status == "done" and board["require_review_before_done"] and task.status != "review":
+            raise TaskError(
+                "this board requires review before done: move the task to review first",
+                refusal=Refusal.CONFLICT,
+            )
+        if status == "review" and board["comment_required_for_review"] and not sent.get("comment"):
+            raise TaskError(
+                "this board requires a comment when a task moves to review",
+                "comment",
+                error_type="missing",
+            )
+        changes["status"] = status
+        if status == "in_progress" and task.assigned_agent_id is None:
+            changes.setdefault("assigned_agent_id", agent.id)  # taking up a task claims it
+    return changes

@@ -10,8 +10,8 @@ whether or not it exists, so the answer is no oracle for other tenants' board id
 
 from __future__ import annotations
 
-import sqlite3
 import time
+from sqlite3 import Row
 from typing import Any
 
 from pydantic import BaseModel, Field
@@ -34,17 +34,20 @@ from hub.api.tasks import (
     comment_page,
     comment_read,
     filtered_tasks,
-    task_error,
-    task_on_board,
     task_page,
     task_read,
 )
+from hub.boards import agent_boards_in, reachable_board_in
+from hub.database import Connection
 from hub.tasks import (
     CommentRow,
-    TaskError,
     TaskRow,
     add_comment,
+    agent_task_changes,
     list_comments,
+    reachable_task_in,
+    task_on_board_in,
+    task_reachable_by,
     update_task,
 )
 from missioncontrol.agent_api import AGENT_API_PREFIX, MAX_STATUS_CHARS, MAX_TASK_ID_CHARS
@@ -59,12 +62,6 @@ log = get_logger("hub.api.agent")
 MAIN, LEAD, WORKER = "agent-main", "agent-lead", "agent-worker"
 EVERY_AGENT = (MAIN, LEAD, WORKER)
 BOARD_AGENTS = (LEAD, WORKER)
-
-_BOARD_COLUMNS = (
-    "id, gateway_id, name, slug, description, board_type, objective, status, "
-    "require_approval_for_done, require_review_before_done, comment_required_for_review, "
-    "only_lead_can_change_status, max_agents, created_at, updated_at"
-)
 
 
 class AgentHealth(BaseModel):
@@ -125,100 +122,11 @@ def principal(call: Call) -> AgentPrincipal:
     return call.principal
 
 
-def may_reach(agent: AgentPrincipal, board_id: str, board_gateway_id: str) -> bool:
-    """The one access rule: a board agent its own board, a main agent its gateway's boards."""
-    if agent.board_id is not None:
-        return board_id == agent.board_id
-    return agent.is_gateway_main and board_gateway_id == agent.gateway_id
-
-
-def board_view(row: sqlite3.Row) -> AgentBoardRead:
+def board_view(row: Row) -> AgentBoardRead:
     values: dict[str, Any] = dict(row)
     values["created_at"] = iso(values["created_at"])
     values["updated_at"] = iso(values["updated_at"])
     return AgentBoardRead.model_validate(values)
-
-
-def reachable_board(conn: sqlite3.Connection, agent: AgentPrincipal, board_id: str) -> sqlite3.Row:
-    """The board row, or 403 when the agent may not reach it (also when there is none)."""
-    row = None
-    if agent.board_id is None or agent.board_id == board_id:
-        row = conn.execute(
-            f"SELECT {_BOARD_COLUMNS} FROM boards WHERE id = ?", (board_id,)
-        ).fetchone()
-    if row is None or not may_reach(agent, row["id"], row["gateway_id"]):
-        raise ApiError(403, f"this agent may not access board {board_id}")
-    return row
-
-
-def require_board_agent(agent: AgentPrincipal) -> None:
-    if agent.board_id is None:
-        raise ApiError(
-            403,
-            "a gateway main agent reads its gateway's boards; tasks are changed by the "
-            "board's own agents (message the board lead instead)",
-        )
-
-
-def reachable_task(
-    conn: sqlite3.Connection, agent: AgentPrincipal, board_id: str, task_id: str
-) -> tuple[sqlite3.Row, TaskRow]:
-    """The board and task a board agent may change, or 403/404. Writers call it on the
-    reader first (a refusal never waits for the group commit), then in their transaction."""
-    board = reachable_board(conn, agent, board_id)
-    require_board_agent(agent)
-    return board, task_on_board(conn, board_id, task_id)
-
-
-def agent_task_changes(
-    agent: AgentPrincipal, board: sqlite3.Row, task: TaskRow, body: AgentTaskUpdate
-) -> dict[str, Any]:
-    """The columns an agent's PATCH may change, under the board's rules; raises ApiError."""
-    sent = body.model_fields_set
-    is_lead = agent.is_board_lead
-    if not is_lead and task.assigned_agent_id not in (None, agent.id):
-        raise ApiError(
-            403, "this task is assigned to another agent; only the board lead may change it"
-        )
-    changes: dict[str, Any] = {}
-    if "assigned_agent_id" in sent:
-        if not is_lead:
-            raise ApiError(403, "only the board lead assigns tasks")
-        changes["assigned_agent_id"] = body.assigned_agent_id
-    if "status" in sent and body.status is None:
-        raise ApiError(
-            422, [{"loc": ["status"], "msg": "may be left out but not null", "type": "value_error"}]
-        )
-    if body.status is not None and body.status != task.status:
-        if board["only_lead_can_change_status"] and not is_lead:
-            raise ApiError(403, "on this board only the lead changes a task's status")
-        if (
-            body.status == "done"
-            and board["require_review_before_done"]
-            and task.status != "review"
-        ):
-            raise ApiError(
-                409, "this board requires review before done: move the task to review first"
-            )
-        if body.status == "review" and board["comment_required_for_review"] and not body.comment:
-            raise ApiError(
-                422,
-                [
-                    {
-                        "loc": ["comment"],
-                        "msg": "this board requires a comment when a task moves to review",
-                        "type": "missing",
-                    }
-                ],
-            )
-        changes["status"] = body.status
-        if (
-            body.status == "in_progress"
-            and task.assigned_agent_id is None
-            and "assigned_agent_id" not in changes
-        ):
-            changes["assigned_agent_id"] = agent.id  # taking up a task claims it
-    return changes
 
 
 def register(api: Api) -> None:
@@ -258,28 +166,18 @@ def register(api: Api) -> None:
         agent = principal(call)
         body: AgentHeartbeatBody = call.body
         d = deps(call.request)
-        if body.current_task_id:
-            task_id = body.current_task_id
-
-            def reachable_task(conn: sqlite3.Connection) -> bool:
-                row = conn.execute(
-                    "SELECT t.board_id, b.gateway_id FROM tasks t "
-                    "JOIN boards b ON b.id = t.board_id WHERE t.id = ?",
-                    (task_id,),
-                ).fetchone()
-                return row is not None and may_reach(agent, row[0], row[1])
-
-            if not await d.db.read(reachable_task):
-                raise ApiError(
-                    422,
-                    [
-                        {
-                            "loc": ["current_task_id"],
-                            "msg": "no such task on a board this agent can reach",
-                            "type": "value_error",
-                        }
-                    ],
-                )
+        task_id = body.current_task_id
+        if task_id and not await d.db.read(lambda conn: task_reachable_by(conn, agent, task_id)):
+            raise ApiError(
+                422,
+                [
+                    {
+                        "loc": ["current_task_id"],
+                        "msg": "no such task on a board this agent can reach",
+                        "type": "value_error",
+                    }
+                ],
+            )
         beat = pb.AgentHeartbeat(
             agent_id=agent.gateway_agent_id,
             observed_at=timestamp(),
@@ -304,21 +202,9 @@ def register(api: Api) -> None:
     async def agent_list_boards(call: Call) -> AgentBoardPage:
         agent = principal(call)
         q: Page = call.query
-        if agent.board_id is not None:
-            where, args = "WHERE id = ?", (agent.board_id,)
-        else:
-            where, args = "WHERE gateway_id = ?", (agent.gateway_id,)
-
-        def op(conn: sqlite3.Connection) -> tuple[list[sqlite3.Row], int]:
-            total = conn.execute(f"SELECT COUNT(*) FROM boards {where}", args).fetchone()[0]
-            rows = conn.execute(
-                f"SELECT {_BOARD_COLUMNS} FROM boards {where} "
-                "ORDER BY created_at, id LIMIT ? OFFSET ?",
-                (*args, q.limit, q.offset),
-            ).fetchall()
-            return rows, total
-
-        rows, total = await deps(call.request).db.read(op)
+        rows, total = await deps(call.request).db.read(
+            lambda conn: agent_boards_in(conn, agent, q.limit, q.offset)
+        )
         return AgentBoardPage(
             items=[board_view(r) for r in rows], total=total, limit=q.limit, offset=q.offset
         )
@@ -334,7 +220,9 @@ def register(api: Api) -> None:
     async def agent_get_board(call: Call) -> AgentBoardRead:
         agent = principal(call)
         board_id = call.request.match_info["board_id"]
-        row = await deps(call.request).db.read(lambda conn: reachable_board(conn, agent, board_id))
+        row = await deps(call.request).db.read(
+            lambda conn: reachable_board_in(conn, agent, board_id)
+        )
         return board_view(row)
 
     @api.route(
@@ -351,8 +239,8 @@ def register(api: Api) -> None:
         board_id = call.request.match_info["board_id"]
         q: TaskFilter = call.query
 
-        def op(conn: sqlite3.Connection) -> tuple[list[TaskRow], int]:
-            reachable_board(conn, agent, board_id)
+        def op(conn: Connection) -> tuple[list[TaskRow], int]:
+            reachable_board_in(conn, agent, board_id)
             return filtered_tasks(conn, board_id, q)
 
         rows, total = await deps(call.request).db.read(op)
@@ -372,12 +260,16 @@ def register(api: Api) -> None:
         board_id = call.request.match_info["board_id"]
         task_id = call.request.match_info["task_id"]
         body: AgentTaskUpdate = call.body
-        d = deps(call.request)
-        await d.db.read(lambda conn: reachable_task(conn, agent, board_id, task_id))
+        if "status" in body.model_fields_set and body.status is None:
+            raise ApiError(
+                422,
+                [{"loc": ["status"], "msg": "may be left out but not null", "type": "value_error"}],
+            )
+        sent = {name: getattr(body, name) for name in body.model_fields_set}
 
-        def op(conn: sqlite3.Connection) -> tuple[TaskRow, TaskRow]:
-            board, before = reachable_task(conn, agent, board_id, task_id)
-            changes = agent_task_changes(agent, board, before, body)
+        def op(conn: Connection, found: tuple[Row, TaskRow]) -> tuple[TaskRow, TaskRow]:
+            board, before = found
+            changes = agent_task_changes(agent, board, before, sent)
             now = time.time()
             after = update_task(conn, before, changes, now=now)
             if body.comment:
@@ -391,10 +283,9 @@ def register(api: Api) -> None:
                 )
             return before, after
 
-        try:
-            before, task = await d.db.write(op)
-        except TaskError as exc:
-            raise task_error(exc) from None
+        before, task = await deps(call.request).db.write_checked(
+            lambda conn: reachable_task_in(conn, agent, board_id, task_id), op
+        )
         log.info(
             "agent.task.updated",
             agent_id=agent.id,
@@ -421,9 +312,9 @@ def register(api: Api) -> None:
         task_id = call.request.match_info["task_id"]
         q: Page = call.query
 
-        def op(conn: sqlite3.Connection) -> tuple[list[CommentRow], int]:
-            reachable_board(conn, agent, board_id)
-            task_on_board(conn, board_id, task_id)
+        def op(conn: Connection) -> tuple[list[CommentRow], int]:
+            reachable_board_in(conn, agent, board_id)
+            task_on_board_in(conn, board_id, task_id)
             return list_comments(conn, task_id, limit=q.limit, offset=q.offset)
 
         rows, total = await deps(call.request).db.read(op)
@@ -444,11 +335,8 @@ def register(api: Api) -> None:
         board_id = call.request.match_info["board_id"]
         task_id = call.request.match_info["task_id"]
         message = call.body.message
-        d = deps(call.request)
-        await d.db.read(lambda conn: reachable_task(conn, agent, board_id, task_id))
 
-        def op(conn: sqlite3.Connection) -> CommentRow:
-            reachable_task(conn, agent, board_id, task_id)
+        def op(conn: Connection, _: object) -> CommentRow:
             return add_comment(
                 conn,
                 task_id,
@@ -458,6 +346,8 @@ def register(api: Api) -> None:
                 now=time.time(),
             )
 
-        comment = await d.db.write(op)
+        comment = await deps(call.request).db.write_checked(
+            lambda conn: reachable_task_in(conn, agent, board_id, task_id), op
+        )
         log.info("agent.task.commented", agent_id=agent.id, board_id=board_id, task_id=task_id)
         return comment_read(comment)

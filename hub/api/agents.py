@@ -9,7 +9,7 @@ from typing import Any
 
 from aiohttp import web
 
-from hub.agents import AgentConflict, AgentError, AgentRow, agent_json, load_agent
+from hub.agents import AgentConflict, AgentError, AgentRow, agent_json, list_agents_in, load_agent
 from hub.api.core import Api, Call, Query
 from hub.api.deps import deps
 from hub.api.schemas import (
@@ -63,18 +63,16 @@ def register(api: Api) -> None:
     )
     async def list_agents(call: Call) -> AgentPage:
         q = call.query
-
-        def query(conn: Any) -> tuple[list[AgentRow], int]:
-            where = "WHERE (? IS NULL OR board_id = ?) AND (? IS NULL OR gateway_id = ?) AND ?"
-            args = (q.board_id, q.board_id, q.gateway_id, q.gateway_id, q.is_mc_agent is not False)
-            total = conn.execute(f"SELECT COUNT(*) FROM agents {where}", args).fetchone()[0]
-            rows = conn.execute(
-                f"SELECT * FROM agents {where} ORDER BY created_at, id LIMIT ? OFFSET ?",
-                (*args, q.limit, q.offset),
-            ).fetchall()
-            return [AgentRow.from_row(r) for r in rows], total
-
-        agents, total = await deps(call.request).db.read(query)
+        agents, total = await deps(call.request).db.read(
+            lambda conn: list_agents_in(
+                conn,
+                board_id=q.board_id,
+                gateway_id=q.gateway_id,
+                managed=q.is_mc_agent is not False,
+                limit=q.limit,
+                offset=q.offset,
+            )
+        )
         return AgentPage(
             items=[agent_read(a) for a in agents], total=total, limit=q.limit, offset=q.offset
         )

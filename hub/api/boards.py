@@ -9,7 +9,7 @@ from pydantic import BaseModel, Field
 
 from hub.api.core import Api, Call, Page, Strict
 from hub.api.deps import deps
-from hub.boards import BoardNotFound, create_board, load_board, update_board
+from hub.boards import BoardNotFound, create_board, list_boards_in, load_board, update_board
 from missioncontrol.http import ApiError
 from missioncontrol.timefmt import iso
 
@@ -113,17 +113,9 @@ def register(api: Api) -> None:
     )
     async def list_boards(call: Call) -> BoardPage:
         q = call.query
-
-        def query(conn: Any) -> tuple[list[dict[str, Any]], int]:
-            where, args = "WHERE (? IS NULL OR gateway_id = ?)", (q.gateway_id, q.gateway_id)
-            total = conn.execute(f"SELECT COUNT(*) FROM boards {where}", args).fetchone()[0]
-            rows = conn.execute(
-                f"SELECT id FROM boards {where} ORDER BY created_at, id LIMIT ? OFFSET ?",
-                (*args, q.limit, q.offset),
-            ).fetchall()
-            return [load_board(conn, r[0]) for r in rows], total
-
-        boards, total = await deps(call.request).db.read(query)
+        boards, total = await deps(call.request).db.read(
+            lambda conn: list_boards_in(conn, q.gateway_id, q.limit, q.offset)
+        )
         return BoardPage(
             items=[board_read(b) for b in boards], total=total, limit=q.limit, offset=q.offset
         )

@@ -18,6 +18,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from hub.store import Refusal, StoreError
 from missioncontrol import http
 from missioncontrol.agent_api import TOKEN_HEADER
 from missioncontrol.http import ApiError, RateLimiter
@@ -44,6 +45,25 @@ class Query(BaseModel):
 class Page(Query):
     limit: int = Field(MAX_PAGE, ge=1, le=MAX_PAGE)
     offset: int = Field(0, ge=0, le=1_000_000_000)
+
+
+REFUSAL_STATUS = {
+    Refusal.INVALID: 422,
+    Refusal.NOT_FOUND: 404,
+    Refusal.FORBIDDEN: 403,
+    Refusal.CONFLICT: 409,
+}
+
+
+def refused(exc: StoreError) -> ApiError:
+    """A refusal from the store as its HTTP answer; an invalid field is named like a
+    validation error."""
+    status = REFUSAL_STATUS[exc.refusal]
+    field = getattr(exc, "field", None)
+    if status == 422 and field is not None:
+        kind = getattr(exc, "error_type", "value_error")
+        return ApiError(422, [{"loc": [field], "msg": str(exc), "type": kind}])
+    return ApiError(status, str(exc))
 
 
 def validation_detail(exc: ValidationError) -> list[dict[str, Any]]:
@@ -193,7 +213,10 @@ class Api:
                     raise ApiError(422, validation_detail(exc)) from None
             if route.body is not None:
                 call.body = await read_body(request, route.body)
-            result = await route.handler(call)
+            try:
+                result = await route.handler(call)
+            except StoreError as exc:
+                raise refused(exc) from None
             if isinstance(result, web.StreamResponse):
                 return result
             if isinstance(result, BaseModel):

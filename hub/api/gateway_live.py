@@ -9,9 +9,6 @@ agents) or `agent_id` (that agent's sessions).
 
 from __future__ import annotations
 
-import sqlite3
-from dataclasses import dataclass
-
 from pydantic import Field
 
 from hub.api.core import Api, Call, Query
@@ -22,7 +19,7 @@ from hub.api.schemas import (
     GatewaySessionsRead,
     GatewayStatusRead,
 )
-from hub.gateway_queries import QueryFailed
+from hub.gateway_queries import QueryFailed, Target, live_target_in
 from hub.store import GatewayRow
 from missioncontrol.http import ApiError
 from missioncontrol.timefmt import iso
@@ -44,64 +41,14 @@ class SessionsQuery(GatewayTarget):
     limit: int = Field(100, ge=1, le=MAX_QUERY_SESSIONS)
 
 
-@dataclass(frozen=True)
-class ManagedAgent:
-    id: str
-    board_id: str | None
-    kind: str
-
-
-@dataclass(frozen=True)
-class Target:
-    gateway: GatewayRow
-    agents: dict[str, ManagedAgent]  # gateway agent id -> the hub's agent
-    board_id: str | None
-    gateway_agent_id: str  # empty: every agent's sessions
-
-    def main_agent_id(self) -> str | None:
-        return next((g for g, a in self.agents.items() if a.kind == "main"), None)
-
-
 async def resolve(d: HttpDeps, q: GatewayTarget) -> Target:
     if not (q.gateway_id or q.board_id or q.agent_id):
         raise ApiError(422, "name the gateway: gateway_id, board_id or agent_id")
-
-    def op(conn: sqlite3.Connection) -> Target:
-        gateway_id, gateway_agent_id = q.gateway_id or "", ""
-        if q.board_id:
-            board = conn.execute(
-                "SELECT gateway_id FROM boards WHERE id = ?", (q.board_id,)
-            ).fetchone()
-            if board is None:
-                raise ApiError(404, "board not found")
-            if gateway_id and board["gateway_id"] != gateway_id:
-                raise ApiError(422, f"the board is not on gateway {gateway_id}")
-            gateway_id = board["gateway_id"]
-        if q.agent_id:
-            agent = conn.execute(
-                "SELECT gateway_id, board_id, gateway_agent_id FROM agents WHERE id = ?",
-                (q.agent_id,),
-            ).fetchone()
-            if agent is None:
-                raise ApiError(404, "agent not found")
-            if gateway_id and agent["gateway_id"] != gateway_id:
-                raise ApiError(422, "the agent is not on that gateway or board")
-            if q.board_id and agent["board_id"] != q.board_id:
-                raise ApiError(422, "the agent is not on that board")
-            gateway_id, gateway_agent_id = agent["gateway_id"], agent["gateway_agent_id"]
-        gateway = conn.execute("SELECT * FROM gateways WHERE id = ?", (gateway_id,)).fetchone()
-        if gateway is None:
-            raise ApiError(404, "gateway not found")
-        rows = conn.execute(
-            "SELECT id, gateway_agent_id, board_id, kind FROM agents WHERE gateway_id = ?",
-            (gateway_id,),
+    return await d.db.read(
+        lambda conn: live_target_in(
+            conn, gateway_id=q.gateway_id, board_id=q.board_id, agent_id=q.agent_id
         )
-        agents = {
-            r["gateway_agent_id"]: ManagedAgent(r["id"], r["board_id"], r["kind"]) for r in rows
-        }
-        return Target(GatewayRow.from_row(gateway), agents, q.board_id, gateway_agent_id)
-
-    return await d.db.read(op)
+    )
 
 
 def session_read(session: pb.GatewaySession, target: Target) -> GatewaySessionRead:

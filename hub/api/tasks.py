@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -12,20 +11,19 @@ from pydantic import BaseModel, Field, field_validator
 from hub.api.core import Api, Call, Page, Strict
 from hub.api.deps import deps
 from hub.api.schemas import Ok
+from hub.database import Connection
 from hub.tasks import (
     CommentRow,
-    TaskError,
     TaskRow,
     add_comment,
-    board_exists,
     create_task,
     delete_task,
-    get_task,
     list_comments,
     list_tasks,
+    require_board_in,
+    require_task_in,
     update_task,
 )
-from missioncontrol.http import ApiError
 from missioncontrol.log import get_logger
 from missioncontrol.timefmt import iso
 
@@ -108,9 +106,7 @@ class TaskFilter(Page):
     assigned_agent_id: str | None = Field(None, max_length=MAX_ID_CHARS)
 
 
-def filtered_tasks(
-    conn: sqlite3.Connection, board_id: str, query: TaskFilter
-) -> tuple[list[TaskRow], int]:
+def filtered_tasks(conn: Connection, board_id: str, query: TaskFilter) -> tuple[list[TaskRow], int]:
     """One page of a board's tasks as a TaskFilter asks (admin and agent listings)."""
     return list_tasks(
         conn,
@@ -204,35 +200,9 @@ def comment_page(rows: list[CommentRow], total: int, page: Page) -> CommentPage:
     )
 
 
-def task_error(exc: TaskError) -> ApiError:
-    """A refused task change as a 422 naming the field, like a validation error."""
-    if exc.field is None:
-        return ApiError(422, str(exc))
-    return ApiError(422, [{"loc": [exc.field], "msg": str(exc), "type": "value_error"}])
-
-
 def _ids(call: Call) -> tuple[str, str]:
     info = call.request.match_info
     return info["board_id"], info.get("task_id", "")
-
-
-def _require_board(conn: sqlite3.Connection, board_id: str) -> None:
-    if not board_exists(conn, board_id):
-        raise ApiError(404, "board not found")
-
-
-def task_on_board(conn: sqlite3.Connection, board_id: str, task_id: str) -> TaskRow:
-    task = get_task(conn, board_id, task_id)
-    if task is None:
-        raise ApiError(404, "task not found on this board")
-    return task
-
-
-def _require_task(conn: sqlite3.Connection, board_id: str, task_id: str) -> TaskRow:
-    """The task, or 404. Writers check on the reader first (a 404 never waits for the
-    group commit), then again inside their transaction."""
-    _require_board(conn, board_id)
-    return task_on_board(conn, board_id, task_id)
 
 
 def register(api: Api) -> None:
@@ -251,8 +221,8 @@ def register(api: Api) -> None:
         board_id, _ = _ids(call)
         q = call.query
 
-        def op(conn: sqlite3.Connection) -> tuple[list[TaskRow], int]:
-            _require_board(conn, board_id)
+        def op(conn: Connection) -> tuple[list[TaskRow], int]:
+            require_board_in(conn, board_id)
             return filtered_tasks(conn, board_id, q)
 
         rows, total = await deps(call.request).db.read(op)
@@ -270,11 +240,8 @@ def register(api: Api) -> None:
     async def create_board_task(call: Call) -> TaskRead:
         board_id, _ = _ids(call)
         body: TaskCreate = call.body
-        d = deps(call.request)
-        await d.db.read(lambda conn: _require_board(conn, board_id))
 
-        def op(conn: sqlite3.Connection) -> TaskRow:
-            _require_board(conn, board_id)
+        def op(conn: Connection, _: None) -> TaskRow:
             return create_task(
                 conn,
                 board_id,
@@ -288,17 +255,18 @@ def register(api: Api) -> None:
                 now=time.time(),
             )
 
-        try:
-            task = await d.db.write(op)
-        except TaskError as exc:
-            raise task_error(exc) from None
+        task = await deps(call.request).db.write_checked(
+            lambda conn: require_board_in(conn, board_id), op
+        )
         log.info("task.created", board_id=board_id, task_id=task.id, status=task.status)
         return task_read(task)
 
     @api.route("GET", base + "/{task_id}", summary="Read a task", tags=tags, response=TaskRead)
     async def get_board_task(call: Call) -> TaskRead:
         board_id, task_id = _ids(call)
-        task = await deps(call.request).db.read(lambda conn: _require_task(conn, board_id, task_id))
+        task = await deps(call.request).db.read(
+            lambda conn: require_task_in(conn, board_id, task_id)
+        )
         return task_read(task)
 
     @api.route(
@@ -312,17 +280,13 @@ def register(api: Api) -> None:
     async def patch_board_task(call: Call) -> TaskRead:
         board_id, task_id = _ids(call)
         changes = call.body.changes()
-        d = deps(call.request)
-        await d.db.read(lambda conn: _require_task(conn, board_id, task_id))
 
-        def op(conn: sqlite3.Connection) -> tuple[TaskRow, TaskRow]:
-            before = _require_task(conn, board_id, task_id)
+        def op(conn: Connection, before: TaskRow) -> tuple[TaskRow, TaskRow]:
             return before, update_task(conn, before, changes, now=time.time())
 
-        try:
-            before, task = await d.db.write(op)
-        except TaskError as exc:
-            raise task_error(exc) from None
+        before, task = await deps(call.request).db.write_checked(
+            lambda conn: require_task_in(conn, board_id, task_id), op
+        )
         log.info(
             "task.updated",
             board_id=board_id,
@@ -342,14 +306,10 @@ def register(api: Api) -> None:
     )
     async def delete_board_task(call: Call) -> Ok:
         board_id, task_id = _ids(call)
-        d = deps(call.request)
-        await d.db.read(lambda conn: _require_task(conn, board_id, task_id))
-
-        def op(conn: sqlite3.Connection) -> None:
-            _require_task(conn, board_id, task_id)
-            delete_task(conn, board_id, task_id)
-
-        await d.db.write(op)
+        await deps(call.request).db.write_checked(
+            lambda conn: require_task_in(conn, board_id, task_id),
+            lambda conn, _: delete_task(conn, board_id, task_id),
+        )
         log.info("task.deleted", board_id=board_id, task_id=task_id)
         return Ok()
 
@@ -365,8 +325,8 @@ def register(api: Api) -> None:
         board_id, task_id = _ids(call)
         q = call.query
 
-        def op(conn: sqlite3.Connection) -> tuple[list[CommentRow], int]:
-            _require_task(conn, board_id, task_id)
+        def op(conn: Connection) -> tuple[list[CommentRow], int]:
+            require_task_in(conn, board_id, task_id)
             return list_comments(conn, task_id, limit=q.limit, offset=q.offset)
 
         rows, total = await deps(call.request).db.read(op)
@@ -384,11 +344,8 @@ def register(api: Api) -> None:
     async def create_task_comment(call: Call) -> CommentRead:
         board_id, task_id = _ids(call)
         message = call.body.message
-        d = deps(call.request)
-        await d.db.read(lambda conn: _require_task(conn, board_id, task_id))
 
-        def op(conn: sqlite3.Connection) -> CommentRow:
-            _require_task(conn, board_id, task_id)
+        def op(conn: Connection, _: TaskRow) -> CommentRow:
             return add_comment(
                 conn,
                 task_id,
@@ -398,6 +355,8 @@ def register(api: Api) -> None:
                 now=time.time(),
             )
 
-        comment = await d.db.write(op)
+        comment = await deps(call.request).db.write_checked(
+            lambda conn: require_task_in(conn, board_id, task_id), op
+        )
         log.info("task.comment.created", board_id=board_id, task_id=task_id, author_kind="user")
         return comment_read(comment)

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from hub.store import StoreError
+from hub.store import Refusal, StoreError
 from missioncontrol.timefmt import iso
 
 
@@ -23,6 +23,8 @@ class WebhookError(StoreError):
 class NotFound(WebhookError):
     """The board, webhook or payload does not exist (or not under that board)."""
 
+    refusal = Refusal.NOT_FOUND
+
 
 class InvalidWebhook(WebhookError):
     """The request names something that cannot be used (an agent of another board)."""
@@ -30,6 +32,8 @@ class InvalidWebhook(WebhookError):
 
 class Conflict(WebhookError):
     """The same request is being handled right now."""
+
+    refusal = Refusal.CONFLICT
 
 
 class SecretUnreadable(WebhookError):

@@ -236,9 +236,10 @@ def test_sidecar_offline_past_certificate_expiry_is_told_to_re_enroll(tmp_path: 
     import datetime as dt
 
     from hub.ca import CertificateAuthority
+    from hub.enrollment import Revocations
     from sidecar.identity import new_key_request, save_identity
 
-    ca = CertificateAuthority.load_or_create(tmp_path / "ca")
+    ca = CertificateAuthority.load_or_create(tmp_path / "ca", revocations=Revocations())
     request = new_key_request("t")
     expired = ca.sign_client_csr(
         request.csr_pem,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from hub.database import COMMIT_BURST, Database, DatabaseError
+from hub.database import COMMIT_BURST, Connection, Database, DatabaseError
 from hub.migrations import MIGRATIONS
 
 
@@ -146,3 +146,63 @@ def test_database_enforces_one_lead_per_board_and_one_main_per_gateway(tmp_path:
         agent("lead-2", "lead", "b")
     with pytest.raises(sqlite3.IntegrityError):
         agent("main-2", "main", None)
+
+
+async def test_notices_arrive_after_the_commit_and_before_the_writer_resumes(
+    db: Database,
+) -> None:
+    heard: list[tuple[str, bool]] = []
+
+    def committed(gateway_id: str) -> bool:
+        conn = sqlite3.connect(db.path)  # another connection sees only committed rows
+        try:
+            found = conn.execute("SELECT 1 FROM gateways WHERE id = ?", (gateway_id,)).fetchone()
+        finally:
+            conn.close()
+        return found is not None
+
+    db.listen("outbox", lambda gateway_id: heard.append((gateway_id, committed(gateway_id))))
+
+    def op(conn: Connection) -> None:
+        insert_gateway("gw-notice")(conn)
+        conn.notify("outbox", "gw-notice")
+        assert heard == []  # not inside the transaction
+
+    await db.write(op)
+    assert heard == [("gw-notice", True)]
+
+
+async def test_a_job_that_fails_leaves_no_notice_and_others_keep_theirs(db: Database) -> None:
+    heard: list[str] = []
+    db.listen("outbox", heard.append)
+    after: list[str] = []
+
+    def failing(conn: Connection) -> None:
+        conn.notify("outbox", "rolled-back")
+        conn.after_commit(lambda: after.append("rolled-back"))
+        raise ValueError("refused")
+
+    def fine(conn: Connection) -> None:
+        conn.notify("outbox", "kept")
+        conn.after_commit(lambda: after.append("kept"))
+
+    results = await asyncio.gather(db.write(failing), db.write(fine), return_exceptions=True)
+    assert isinstance(results[0], ValueError) and results[1] is None
+    assert heard == ["kept"] and after == ["kept"]
+
+
+async def test_a_failing_listener_does_not_cost_the_others_their_notice(db: Database) -> None:
+    heard: list[str] = []
+
+    def broken(payload: str) -> None:
+        raise RuntimeError("listener bug")
+
+    db.listen("outbox", broken)
+    db.listen("outbox", heard.append)
+    await db.write(lambda conn: conn.notify("outbox", "gw"))
+    assert heard == ["gw"]
+
+
+async def test_notices_cannot_be_left_by_a_read(db: Database) -> None:
+    with pytest.raises(DatabaseError, match="write job"):
+        await db.read(lambda conn: conn.notify("outbox", "gw"))

@@ -15,6 +15,7 @@ import pytest
 
 from hub.app import Hub
 from hub.ca import CertificateAuthority
+from hub.enrollment import Revocations
 from missioncontrol.version import VERSION
 from protos import link_pb2 as pb
 from protos import link_pb2_grpc as pb_grpc
@@ -193,7 +194,9 @@ async def test_certificates_the_hub_did_not_issue_or_that_expired_cannot_connect
     a = await new_gateway(tls_hub, "a")
     request = new_key_request("test")
     if case == "other_ca":
-        other = CertificateAuthority.load_or_create(tmp_path / "other-ca")
+        other = CertificateAuthority.load_or_create(
+            tmp_path / "other-ca", revocations=Revocations()
+        )
         cert = other.sign_client_csr(request.csr_pem, a["id"])
     elif case == "expired":
         assert tls_hub.ca is not None
@@ -293,7 +296,7 @@ async def _acked(hub: Hub, gateway_id: str, sequence: int) -> bool:
 
 def test_saved_identity_files_are_private(tmp_path: Path) -> None:
     request = new_key_request("t")
-    other = CertificateAuthority.load_or_create(tmp_path / "ca")
+    other = CertificateAuthority.load_or_create(tmp_path / "ca", revocations=Revocations())
     cert = other.sign_client_csr(request.csr_pem, "gw-1")
     save_identity(tmp_path / "state", request.key_pem, cert, other.certificate_pem)
     assert (tmp_path / "state" / "link-identity.pem").stat().st_mode & 0o777 == 0o600

@@ -7,7 +7,6 @@ in-memory RecordingGateway (tests/interop/ runs the same reads against OpenClaw)
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
 from typing import Any
 
@@ -156,23 +155,20 @@ async def test_a_slow_sidecar_times_out_and_a_vanishing_one_fails_fast(
     hub.queries.timeout_s = 0.5
     async with connected_sidecar(hub, tmp_path, GW) as (sidecar, gateway):
         gateway.query_delay_s = 3.0
-        started = time.monotonic()
         status, body = await api(hub, "GET", f"/api/v1/gateway/sessions?gateway_id={GW}")
         assert status == 504 and "within 0.5 s" in body["detail"]
-        assert time.monotonic() - started < 2.0
 
         # The sidecar going away mid-query answers at once, not at the deadline.
         hub.queries.timeout_s = 30.0
         request = api(hub, "GET", f"/api/v1/gateway/sessions?gateway_id={GW}")
         pending = asyncio.ensure_future(request)
         await wait_for(lambda: hub.queries.in_flight, what="query in flight")
-        started = time.monotonic()
         session = hub.registry.get(GW)
         assert session is not None
         session.close("test: stream dropped")
-        status, body = await pending
+        async with asyncio.timeout(10):  # far short of the 30 s query deadline
+            status, body = await pending
         assert status == 503 and "disconnected before answering" in body["detail"]
-        assert time.monotonic() - started < 5.0
         await wait_for(lambda: hub.registry.get(GW), what="sidecar reconnected")
         assert sidecar.link.streams_opened >= 2
 

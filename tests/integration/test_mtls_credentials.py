@@ -23,7 +23,8 @@ import grpc
 import pytest
 
 from hub import join_tokens
-from hub.ca import CertificateAuthority, FileRevocationList
+from hub.ca import CertificateAuthority
+from hub.enrollment import Revocations
 from hub.join_tokens import JoinTokenError, JoinTokenRecord
 from hub.peer import PeerRejectedError, authorize_peer, peer_identity
 from missioncontrol.netaddr import HostPort
@@ -71,7 +72,7 @@ async def start_hub(
     cert_host: str = "127.0.0.1",
     clock: Callable[[], dt.datetime] | None = None,
 ) -> FakeHub:
-    ca = CertificateAuthority.load_or_create(ca_dir)
+    ca = CertificateAuthority.load_or_create(ca_dir, revocations=Revocations())
     server = grpc.aio.server()
     started: FakeHub
 
@@ -180,7 +181,9 @@ async def test_client_without_a_certificate_is_refused(fake_hub: FakeHub):
 async def test_client_with_a_certificate_from_another_ca_is_refused(
     fake_hub: FakeHub, tmp_path: Path
 ):
-    stranger = CertificateAuthority.load_or_create(tmp_path / "stranger-ca")
+    stranger = CertificateAuthority.load_or_create(
+        tmp_path / "stranger-ca", revocations=Revocations()
+    )
     request = new_key_request()
     cert = stranger.sign_client_csr(request.csr_pem, "gw-1")
     credentials = grpc.ssl_channel_credentials(
@@ -214,8 +217,8 @@ async def test_hello_for_another_gateway_is_refused(fake_hub: FakeHub, identity:
 
 
 async def test_revoked_certificate_is_refused_at_hello(fake_hub: FakeHub, identity: Identity):
-    assert isinstance(fake_hub.ca.revocations, FileRevocationList)
-    fake_hub.ca.revocations.revoke(certificate_identity(identity.certificate))
+    assert isinstance(fake_hub.ca.revocations, Revocations)
+    fake_hub.ca.revocations.add([certificate_identity(identity.certificate).serial])
     code = await refused_code(fake_hub.link, identity.channel_credentials(), b"gw-1")
     assert code == grpc.StatusCode.UNAUTHENTICATED
 
@@ -234,7 +237,9 @@ async def test_link_served_on_the_enrollment_port_sees_no_identity(
 
 
 async def test_hub_certificate_is_checked_by_the_client(fake_hub: FakeHub, tmp_path: Path):
-    stranger = CertificateAuthority.load_or_create(tmp_path / "stranger-ca")
+    stranger = CertificateAuthority.load_or_create(
+        tmp_path / "stranger-ca", revocations=Revocations()
+    )
     trusting_another_hub = grpc.ssl_channel_credentials(root_certificates=stranger.certificate_pem)
     assert (
         await refused_code(fake_hub.enrollment, trusting_another_hub) == grpc.StatusCode.UNAVAILABLE
@@ -277,7 +282,9 @@ async def test_join_token_is_single_use_over_the_wire(fake_hub: FakeHub):
 
 
 async def test_wrong_pin_is_refused_before_the_token_is_sent(fake_hub: FakeHub, tmp_path: Path):
-    other_hub = CertificateAuthority.load_or_create(tmp_path / "other-hub-ca")
+    other_hub = CertificateAuthority.load_or_create(
+        tmp_path / "other-hub-ca", revocations=Revocations()
+    )
     with pytest.raises(HubPinError, match="presented no certificate with fingerprint"):
         await enroll_channel_credentials(fake_hub.enrollment, other_hub.ca_fingerprint())
     assert fake_hub.enroll_calls == 0

@@ -17,14 +17,13 @@ from hub.ca import (
     CA_CERT_FILE,
     CA_KEY_FILE,
     DEFAULT_CLIENT_CERT_LIFETIME,
-    REVOKED_FILE,
     SERVER_CERT_FILE,
     SERVER_KEY_FILE,
     CAStateError,
     CertificateAuthority,
     CSRRejectedError,
-    FileRevocationList,
 )
+from hub.enrollment import Revocations
 from missioncontrol.pki import (
     CertificateIdentityError,
     certificate_identity,
@@ -32,6 +31,8 @@ from missioncontrol.pki import (
     load_certificate,
 )
 from missioncontrol.private_files import InsecurePermissionsError
+
+NO_REVOCATIONS = Revocations()
 
 NOW = dt.datetime(2026, 5, 1, 12, 0, tzinfo=dt.UTC)
 
@@ -66,7 +67,7 @@ def ca_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def ca(ca_dir: Path) -> CertificateAuthority:
-    return CertificateAuthority.load_or_create(ca_dir)
+    return CertificateAuthority.load_or_create(ca_dir, revocations=NO_REVOCATIONS)
 
 
 # ------------------------------------------------------------ files and permissions
@@ -94,14 +95,14 @@ def test_fingerprint_is_sha256_of_der_and_stable_across_restarts(
 ):
     der = ca.certificate.public_bytes(serialization.Encoding.DER)
     assert ca.ca_fingerprint() == hashlib.sha256(der).hexdigest()
-    reloaded = CertificateAuthority.load_or_create(ca_dir)
+    reloaded = CertificateAuthority.load_or_create(ca_dir, revocations=NO_REVOCATIONS)
     assert reloaded.ca_fingerprint() == ca.ca_fingerprint()
     assert reloaded.certificate_pem == ca.certificate_pem
 
 
 def test_loading_tightens_a_loose_directory(ca: CertificateAuthority, ca_dir: Path):
     ca_dir.chmod(0o755)
-    CertificateAuthority.load_or_create(ca_dir)
+    CertificateAuthority.load_or_create(ca_dir, revocations=NO_REVOCATIONS)
     assert mode_of(ca_dir) == 0o700
 
 
@@ -109,7 +110,7 @@ def test_loading_tightens_a_loose_directory(ca: CertificateAuthority, ca_dir: Pa
 def test_refuses_a_key_file_others_can_read(ca: CertificateAuthority, ca_dir: Path, mode: int):
     (ca_dir / CA_KEY_FILE).chmod(mode)
     with pytest.raises(InsecurePermissionsError) as refused:
-        CertificateAuthority.load_or_create(ca_dir)
+        CertificateAuthority.load_or_create(ca_dir, revocations=NO_REVOCATIONS)
     message = str(refused.value)
     assert f"mode {mode:04o}" in message
     assert f"chmod 600 {ca_dir / CA_KEY_FILE}" in message
@@ -120,21 +121,21 @@ def test_certificate_without_its_key_is_an_error_not_a_new_ca(
 ):
     (ca_dir / CA_KEY_FILE).unlink()
     with pytest.raises(CAStateError, match="restore the key from backup"):
-        CertificateAuthority.load_or_create(ca_dir)
+        CertificateAuthority.load_or_create(ca_dir, revocations=NO_REVOCATIONS)
 
 
 def test_key_without_certificate_gets_a_certificate(ca: CertificateAuthority, ca_dir: Path):
     (ca_dir / CA_CERT_FILE).unlink()
-    reloaded = CertificateAuthority.load_or_create(ca_dir)
+    reloaded = CertificateAuthority.load_or_create(ca_dir, revocations=NO_REVOCATIONS)
     assert reloaded.certificate.public_key() == ca.certificate.public_key()
 
 
 def test_certificate_of_another_key_is_refused(ca_dir: Path, tmp_path: Path):
-    CertificateAuthority.load_or_create(ca_dir)
-    other = CertificateAuthority.load_or_create(tmp_path / "other")
+    CertificateAuthority.load_or_create(ca_dir, revocations=NO_REVOCATIONS)
+    other = CertificateAuthority.load_or_create(tmp_path / "other", revocations=NO_REVOCATIONS)
     (ca_dir / CA_CERT_FILE).write_bytes(other.certificate_pem)
     with pytest.raises(CAStateError, match="does not belong to"):
-        CertificateAuthority.load_or_create(ca_dir)
+        CertificateAuthority.load_or_create(ca_dir, revocations=NO_REVOCATIONS)
 
 
 # ------------------------------------------------------------- client certificates
@@ -250,9 +251,9 @@ def test_wildcard_listen_host_is_not_a_name(ca: CertificateAuthority):
 def test_server_certificate_is_kept_until_names_change(ca: CertificateAuthority, ca_dir: Path):
     first = ca.server_certificate("127.0.0.1", ["hub.example.com"], now=NOW)
     again = ca.server_certificate("127.0.0.1", ["HUB.example.com"], now=NOW)
-    after_restart = CertificateAuthority.load_or_create(ca_dir).server_certificate(
-        "127.0.0.1", ["hub.example.com"], now=NOW
-    )
+    after_restart = CertificateAuthority.load_or_create(
+        ca_dir, revocations=NO_REVOCATIONS
+    ).server_certificate("127.0.0.1", ["hub.example.com"], now=NOW)
     renamed = ca.server_certificate("127.0.0.1", ["hub2.example.com"], now=NOW)
     assert again == first
     assert after_restart.certificate_pem == first.certificate_pem
@@ -269,46 +270,16 @@ def test_server_certificate_is_reissued_when_thirty_days_remain(ca: CertificateA
 
 
 def test_server_certificate_from_a_previous_ca_is_replaced(ca_dir: Path, tmp_path: Path):
-    old = CertificateAuthority.load_or_create(ca_dir)
+    old = CertificateAuthority.load_or_create(ca_dir, revocations=NO_REVOCATIONS)
     old.server_certificate("127.0.0.1")
     (ca_dir / CA_KEY_FILE).unlink()
     (ca_dir / CA_CERT_FILE).unlink()
-    new = CertificateAuthority.load_or_create(ca_dir)
+    new = CertificateAuthority.load_or_create(ca_dir, revocations=NO_REVOCATIONS)
     cert = load_certificate(new.server_certificate("127.0.0.1").certificate_pem)
     cert.verify_directly_issued_by(new.certificate)
 
 
 # ---------------------------------------------------------------------- revocation
-
-
-def test_revoked_serial_is_reported_and_survives_a_restart(ca: CertificateAuthority, ca_dir: Path):
-    identity = certificate_identity(ca.sign_client_csr(make_csr(), "gw-1"))
-    other = certificate_identity(ca.sign_client_csr(make_csr(), "gw-1"))
-    assert isinstance(ca.revocations, FileRevocationList)
-    ca.revocations.revoke(identity)
-    assert ca.is_revoked(identity.serial)
-    assert not ca.is_revoked(other.serial)
-    assert mode_of(ca_dir / REVOKED_FILE) == 0o600
-    assert CertificateAuthority.load_or_create(ca_dir).is_revoked(identity.serial)
-
-
-def test_revocation_list_forgets_certificates_that_expired(ca: CertificateAuthority, ca_dir: Path):
-    old = certificate_identity(
-        ca.sign_client_csr(make_csr(), "gw-1", dt.timedelta(hours=1), now=NOW)
-    )
-    fresh = certificate_identity(ca.sign_client_csr(make_csr(), "gw-2", now=NOW))
-    revocations = FileRevocationList(ca_dir / REVOKED_FILE)
-    revocations.revoke(old, now=NOW)
-    revocations.revoke(fresh, now=NOW + dt.timedelta(hours=2))
-    assert not revocations.is_revoked(old.serial)
-    assert revocations.is_revoked(fresh.serial)
-
-
-def test_damaged_revocation_list_is_an_error(ca_dir: Path):
-    ca_dir.mkdir(mode=0o700)
-    (ca_dir / REVOKED_FILE).write_text("{not json")
-    with pytest.raises(CAStateError, match="not a valid revocation list"):
-        CertificateAuthority.load_or_create(ca_dir)
 
 
 def test_the_store_can_back_revocation(ca_dir: Path):
@@ -324,7 +295,6 @@ def test_the_store_can_back_revocation(ca_dir: Path):
     identity = certificate_identity(ca.sign_client_csr(make_csr(), "gw-1"))
     store.revoked.add(identity.serial)
     assert ca.is_revoked(identity.serial)
-    assert not (ca_dir / REVOKED_FILE).exists()
 
 
 def test_fingerprint_helper_agrees_with_the_ca(ca: CertificateAuthority):

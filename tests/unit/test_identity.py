@@ -11,6 +11,7 @@ import pytest
 from cryptography import x509
 
 from hub.ca import CertificateAuthority
+from hub.enrollment import Revocations
 from missioncontrol.private_files import InsecurePermissionsError
 from sidecar.identity import (
     CA_FILE,
@@ -36,7 +37,7 @@ def mode_of(path: Path) -> int:
 
 @pytest.fixture
 def ca(tmp_path: Path) -> CertificateAuthority:
-    return CertificateAuthority.load_or_create(tmp_path / "hub-ca")
+    return CertificateAuthority.load_or_create(tmp_path / "hub-ca", revocations=Revocations())
 
 
 @pytest.fixture
@@ -106,7 +107,7 @@ def test_certificate_for_another_key_is_refused(ca: CertificateAuthority, state_
 def test_certificate_from_another_ca_is_refused(
     ca: CertificateAuthority, state_dir: Path, tmp_path: Path
 ):
-    other = CertificateAuthority.load_or_create(tmp_path / "other-ca")
+    other = CertificateAuthority.load_or_create(tmp_path / "other-ca", revocations=Revocations())
     request = new_key_request()
     cert = other.sign_client_csr(request.csr_pem, "gw-1")
     with pytest.raises(InvalidIdentityError, match="not issued by the hub CA"):

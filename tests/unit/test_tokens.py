@@ -6,14 +6,15 @@ import base64
 import hashlib
 import hmac
 import stat
-import timeit
 from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from hub import tokens as hub_tokens
 from hub.tokens import DEFAULT_ROTATION_GRACE_S, HUB_KEY_BYTES, AgentTokens, TokenKeyring
+from missioncontrol import agent_token
 from missioncontrol.agent_token import (
     SECRET_CHARS,
     TOKEN_CHARS,
@@ -119,10 +120,22 @@ def test_parse_returns_the_id(keyring: TokenKeyring) -> None:
     assert keyring.parse(token.raw) == parse_token_id(token.raw) == token.token_id
 
 
-def test_parse_of_huge_input_costs_nothing() -> None:
-    huge = "a" * 1_000_000
-    seconds = timeit.timeit(lambda: _rejects(huge), number=1000)
-    assert seconds < 0.05  # rejected on length, before any scan
+def test_huge_input_is_rejected_on_its_length_before_any_scan(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    scanned: list[int] = []
+
+    class SpyShape:
+        def fullmatch(self, text: str) -> object:
+            scanned.append(len(text))
+            return None
+
+    monkeypatch.setattr(agent_token, "_TOKEN_SHAPE", SpyShape())
+    _rejects("a" * 1_000_000)
+    _rejects("a" * (agent_token.TOKEN_CHARS + 1))
+    assert scanned == []  # the length check refused both: the pattern never ran
+    _rejects("a" * agent_token.TOKEN_CHARS)
+    assert scanned == [agent_token.TOKEN_CHARS]  # only a right-length input is scanned
 
 
 def _rejects(raw: str) -> None:
@@ -153,10 +166,25 @@ def test_short_hub_key_is_refused() -> None:
         TokenKeyring(b"short")
 
 
-def test_verification_costs_microseconds(keyring: TokenKeyring) -> None:
+def test_verification_is_one_hmac_and_no_key_stretching(
+    keyring: TokenKeyring, monkeypatch: pytest.MonkeyPatch
+) -> None:
     token = keyring.mint()
-    seconds = timeit.timeit(lambda: keyring.verify(token.raw, token.digest), number=2000)
-    assert seconds / 2000 < 200e-6  # no slow KDF on the request path
+    digests: list[str] = []
+    real_digest = hmac.digest
+
+    def counting_digest(key: bytes, message: bytes, digest: str) -> bytes:
+        digests.append(digest)
+        return real_digest(key, message, digest)
+
+    def refuse(*args: object, **kwargs: object) -> bytes:
+        raise AssertionError("a slow KDF on the request path")
+
+    monkeypatch.setattr(hub_tokens.hmac, "digest", counting_digest)
+    for slow in ("pbkdf2_hmac", "scrypt"):
+        monkeypatch.setattr(hashlib, slow, refuse)
+    assert keyring.verify(token.raw, token.digest)
+    assert digests == ["sha256"]  # one HMAC-SHA256, whatever the fleet size (see make bench)
 
 
 # ------------------------------------------------------------------- rotation
