@@ -34,7 +34,7 @@ from bench.harness import (
     quiet_logs,
     report_errors,
 )
-from hub.tokens import TokenKeyring
+from hub.provisioning.agent_tokens import TokenKeyring
 from missioncontrol.agent_token import sidecar_verifier
 
 CONCURRENCY = 64

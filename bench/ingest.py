@@ -33,10 +33,10 @@ from bench.harness import (
 from bench.hubproc import COMMIT_INTERVAL_S, HubAddress, start_hub
 from bench.seed import SeededAgent, seed
 from bench.sidecars import RelaySidecar
-from hub.database import Database, connect
-from hub.lifecycle import Policy
-from hub.reconciler import Reconciler
-from hub.store import Store
+from hub.lifecycle.decisions import Policy
+from hub.lifecycle.reconciler import Reconciler
+from hub.store.database import Database, connect
+from hub.store.gateways import GatewayStore
 from protos import link_pb2 as pb
 from protos.contract import timestamp
 
@@ -88,7 +88,7 @@ async def _real_ingest(
 ) -> tuple[float, float, int]:
     db = Database(path, COMMIT_INTERVAL_S)
     db.open()
-    reconciler = Reconciler(db, Store(db), Policy(hub_started_at=time.time()))
+    reconciler = Reconciler(db, GatewayStore(db), Policy(hub_started_at=time.time()))
     done = 0
     stop_at = 0.0
 

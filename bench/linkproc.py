@@ -18,9 +18,9 @@ from pathlib import Path
 import grpc
 
 from bench.harness import SERVER_CORE, Child, pin_to, quiet_logs, report_errors
-from hub.database import Database
-from hub.link_server import LinkService, SessionRegistry
-from hub.store import Store
+from hub.link.server import LinkService, SessionRegistry
+from hub.store.database import Database
+from hub.store.gateways import GatewayStore
 from protos import link_pb2 as pb
 from protos import link_pb2_grpc as pb_grpc
 from protos.contract import HEARTBEAT_FLUSH_MS, LINK_PROTOCOL, server_options
@@ -88,7 +88,7 @@ async def _serve(conn: mpc.Connection, kind: str, port: int) -> None:
             db = Database(Path(tmp) / "hub.sqlite3")
             db.open()
             service: pb_grpc.LinkServicer = LinkService(
-                Store(db), SessionRegistry(), DiscardReports(), auto_register=True
+                GatewayStore(db), SessionRegistry(), DiscardReports(), auto_register=True
             )
         else:
             service = BareLink()

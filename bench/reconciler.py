@@ -21,10 +21,11 @@ from pathlib import Path
 from bench.harness import Figure, Section, Sizes, Target, percentile, wait_until
 from bench.hubproc import COMMIT_INTERVAL_S
 from bench.seed import SeededAgent, seed
-from hub.database import Database, connect
-from hub.lifecycle import Policy
-from hub.reconciler import DEADLINE_BATCH, Reconciler
-from hub.store import OUTBOX, Store
+from hub.lifecycle.decisions import Policy
+from hub.lifecycle.reconciler import DEADLINE_BATCH, Reconciler
+from hub.store.database import Database, connect
+from hub.store.gateways import GatewayStore
+from hub.store.outbox import OUTBOX
 from protos import link_pb2 as pb
 
 CHECKIN_DEADLINE_S = 30.0
@@ -99,7 +100,7 @@ def _reconciler(path: Path, on_queued: object = None) -> tuple[Database, Reconci
     )
     if callable(on_queued):
         db.listen(OUTBOX, on_queued)
-    return db, Reconciler(db, Store(db), policy)
+    return db, Reconciler(db, GatewayStore(db), policy)
 
 
 async def _connect_all(reconciler: Reconciler, agents: list[SeededAgent]) -> None:

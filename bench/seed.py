@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from hub.database import connect, migrate
+from hub.store.database import connect, migrate
 
 
 @dataclass(frozen=True)

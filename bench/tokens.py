@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any, cast
 
 from bench.harness import Figure, Section, Sizes, Target, per_op_ns
-from hub.tokens import AgentTokens, MintedToken, TokenKeyring
+from hub.provisioning.agent_tokens import AgentTokens, MintedToken, TokenKeyring
 from missioncontrol.agent_token import sidecar_verifier
 
 PBKDF2_ITERATIONS = 200_000

@@ -18,22 +18,23 @@ from dataclasses import dataclass
 import grpc
 from aiohttp import web
 
-from hub.agent_calls import AgentCallForwarder
 from hub.api import HttpDeps, build_app
-from hub.ca import CertificateAuthority
 from hub.config import HubConfig
-from hub.database import Database
-from hub.enrollment import CertificateIssuer, EnrollmentService, Revocations
 from hub.events import EventBus
-from hub.gateway_queries import GatewayQueries
 from hub.gateways import GatewayService
-from hub.lifecycle import Policy
-from hub.link_server import LinkService, SessionRegistry
-from hub.provisioning import Provisioning
-from hub.reconciler import Reconciler
-from hub.store import OUTBOX, Store
-from hub.template_sync import TemplateSync
-from hub.tokens import TokenKeyring
+from hub.lifecycle.decisions import Policy
+from hub.lifecycle.reconciler import Reconciler
+from hub.link.agent_calls import AgentCallForwarder
+from hub.link.queries import GatewayQueries
+from hub.link.server import LinkService, SessionRegistry
+from hub.pki.ca import CertificateAuthority
+from hub.pki.enrollment import CertificateIssuer, EnrollmentService, Revocations
+from hub.provisioning.agent_tokens import TokenKeyring
+from hub.provisioning.service import Provisioning
+from hub.provisioning.template_sync import TemplateSync
+from hub.store.database import Database
+from hub.store.gateways import GatewayStore
+from hub.store.outbox import OUTBOX
 from hub.webhooks.rules import RetryPolicy
 from hub.webhooks.service import WebhookService
 from missioncontrol.log import get_logger
@@ -65,7 +66,7 @@ class Hub:
     ) -> None:
         self.config = config
         self.db = Database(config.database_path, config.commit_interval_s)
-        self.store = Store(self.db)
+        self.store = GatewayStore(self.db)
         self.registry = SessionRegistry()
         self.db.listen(OUTBOX, self.registry.notify_outbox)
         self.revocations = Revocations()

@@ -9,8 +9,9 @@ import time
 import uuid
 from typing import Any, Protocol
 
-from hub.rendering import BoardProfile, BoardRules
-from hub.store import Refusal, StoreError, add_event
+from hub.provisioning.rendering import BoardProfile, BoardRules
+from hub.store.errors import Refusal, StoreError
+from hub.store.event_log import add_event
 
 RULES = (
     "require_approval_for_done",

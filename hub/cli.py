@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
 async def _join_token(args: argparse.Namespace) -> int:
     from hub.app import Hub
     from hub.config import SERVE_OPTIONS
-    from hub.store import StoreError
+    from hub.store.errors import StoreError
     from missioncontrol.settings import expand_path
 
     data_dir = expand_path(args.data_dir or os.environ.get("MC_HUB_DATA_DIR", "var/hub"))

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 
 import grpc
 
-from hub.enrollment import CertificateIssuer, IssuedToken, Revocations
-from hub.link_server import SessionRegistry
-from hub.store import GatewayRow, Store
+from hub.link.server import SessionRegistry
+from hub.pki.enrollment import CertificateIssuer, IssuedToken, Revocations
+from hub.store.gateways import GatewayRow, GatewayStore
 from missioncontrol.log import get_logger
 
 log = get_logger("hub.gateways")
@@ -28,7 +28,7 @@ class CreatedGateway:
 class GatewayService:
     def __init__(
         self,
-        store: Store,
+        store: GatewayStore,
         registry: SessionRegistry,
         revocations: Revocations,
         issuer: CertificateIssuer | None,

@@ -20,7 +20,8 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from hub.boards import BoardAgent, BoardNotFound, may_reach, reachable_board_in
-from hub.store import Refusal, StoreError, add_event
+from hub.store.errors import Refusal, StoreError
+from hub.store.event_log import add_event
 
 STATUSES = ("inbox", "in_progress", "review", "done")
 PRIORITIES = ("low", "medium", "high")

@@ -6,7 +6,7 @@ import sqlite3
 import time
 from typing import Any
 
-from hub.rendering import UserProfile
+from hub.provisioning.rendering import UserProfile
 
 LOCAL_USER_ID = "local"
 FIELDS = ("name", "preferred_name", "pronouns", "timezone", "notes", "context")

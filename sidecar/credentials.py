@@ -5,7 +5,7 @@ LocalState keeps them. This index holds them by the token's public id, so checki
 a call is one dict hit, one sha256 and one constant-time compare: microseconds, and
 bounded work for junk input because the shape is checked before anything else.
 
-Token shape (the hub mints them, hub/tokens.py): `<token_id>.<secret>`, where
+Token shape (the hub mints them, hub/provisioning/agent_tokens.py): `<token_id>.<secret>`, where
 token_id is 12 characters of [a-z0-9] and secret 43 characters of unpadded
 URL-safe base64. tests/unit/test_credentials.py pins that both ends agree.
 

@@ -19,15 +19,15 @@ from typing import NoReturn
 
 from aiohttp import web
 
-from hub.agent_calls import VIA_GATEWAY_HEADER
-from hub.database import Database
-from hub.tokens import TokenKeyring
+from hub.link.agent_calls import VIA_GATEWAY_HEADER
+from hub.provisioning.agent_tokens import TokenKeyring
+from hub.store.database import Database
 from missioncontrol.agent_api import TOKEN_FILE_NAME, TOKEN_HEADER, token_from_headers
 from missioncontrol.agent_token import MalformedTokenError
 from missioncontrol.http import REQUEST_ID, ApiError
 from missioncontrol.log import get_logger
 
-log = get_logger("hub.agent_auth")
+log = get_logger("hub.api.agent_auth")
 
 CHALLENGE = {"WWW-Authenticate": 'Bearer realm="agent"'}
 MISSING = (

@@ -16,7 +16,6 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from hub.agents import load_agent
 from hub.api.agent_auth import AgentPrincipal
 from hub.api.agents import agent_read
 from hub.api.core import Api, Auth, Call, Page, Strict
@@ -38,7 +37,8 @@ from hub.api.tasks import (
     task_read,
 )
 from hub.boards import agent_boards_in, reachable_board_in
-from hub.database import Connection
+from hub.provisioning.agents import load_agent
+from hub.store.database import Connection
 from hub.tasks import (
     CommentRow,
     TaskRow,

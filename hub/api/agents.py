@@ -9,7 +9,6 @@ from typing import Any
 
 from aiohttp import web
 
-from hub.agents import AgentConflict, AgentError, AgentRow, agent_json, list_agents_in, load_agent
 from hub.api.core import Api, Call, Query
 from hub.api.deps import deps
 from hub.api.schemas import (
@@ -24,8 +23,16 @@ from hub.api.schemas import (
     TokenRotate,
 )
 from hub.events import SubscriberTooSlow
-from hub.provisioning import AgentSpec
-from hub.rendering import AgentKind
+from hub.provisioning.agents import (
+    AgentConflict,
+    AgentError,
+    AgentRow,
+    agent_json,
+    list_agents_in,
+    load_agent,
+)
+from hub.provisioning.rendering import AgentKind
+from hub.provisioning.service import AgentSpec
 from missioncontrol.http import ApiError
 from protos import link_pb2 as pb
 from protos.contract import timestamp

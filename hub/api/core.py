@@ -18,13 +18,13 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from hub.store import Refusal, StoreError
+from hub.store.errors import Refusal, StoreError
 from missioncontrol import http
 from missioncontrol.agent_api import TOKEN_HEADER
 from missioncontrol.http import ApiError, RateLimiter
 from missioncontrol.log import get_logger
 
-log = get_logger("hub.http")
+log = get_logger("hub.api")
 
 MAX_BODY_BYTES = 1024 * 1024
 MAX_PAGE = 200

@@ -7,22 +7,22 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from hub.database import Database
 from hub.events import EventBus
-from hub.gateway_queries import GatewayQueries
 from hub.gateways import GatewayService
-from hub.link_server import SessionRegistry
-from hub.provisioning import Provisioning
-from hub.reconciler import Reconciler
-from hub.store import Store
-from hub.template_sync import TemplateSync
-from hub.tokens import TokenKeyring
+from hub.lifecycle.reconciler import Reconciler
+from hub.link.queries import GatewayQueries
+from hub.link.server import SessionRegistry
+from hub.provisioning.agent_tokens import TokenKeyring
+from hub.provisioning.service import Provisioning
+from hub.provisioning.template_sync import TemplateSync
+from hub.store.database import Database
+from hub.store.gateways import GatewayStore
 from hub.webhooks.service import WebhookService
 
 
 @dataclass(frozen=True)
 class HttpDeps:
-    store: Store
+    store: GatewayStore
     db: Database
     registry: SessionRegistry
     admin_token: str

@@ -19,8 +19,8 @@ from hub.api.schemas import (
     GatewaySessionsRead,
     GatewayStatusRead,
 )
-from hub.gateway_queries import QueryFailed, Target, live_target_in
-from hub.store import GatewayRow
+from hub.link.queries import QueryFailed, Target, live_target_in
+from hub.store.gateways import GatewayRow
 from missioncontrol.http import ApiError
 from missioncontrol.timefmt import iso
 from protos import link_pb2 as pb

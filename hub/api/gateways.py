@@ -15,10 +15,11 @@ from hub.api.schemas import (
     Ok,
     Page,
 )
-from hub.enrollment import IssuedToken
 from hub.gateways import EnrollmentUnavailable
-from hub.link_server import SessionRegistry
-from hub.store import GatewayInUse, GatewayRow, UnknownGateway
+from hub.link.server import SessionRegistry
+from hub.pki.enrollment import IssuedToken
+from hub.store.errors import UnknownGateway
+from hub.store.gateways import GatewayInUse, GatewayRow
 from missioncontrol.http import ApiError
 from missioncontrol.timefmt import iso
 from protos.contract import GatewayGeneration

@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field, field_validator
 from hub.api.core import Api, Call, Page, Strict
 from hub.api.deps import deps
 from hub.api.schemas import Ok
-from hub.database import Connection
+from hub.store.database import Connection
 from hub.tasks import (
     CommentRow,
     TaskRow,

@@ -6,7 +6,7 @@ from typing import Any
 
 from hub.api.core import Api, Call, Query
 from hub.api.deps import deps
-from hub.template_sync import SyncOptions
+from hub.provisioning.template_sync import SyncOptions
 from missioncontrol.http import ApiError
 
 

@@ -5,7 +5,7 @@ size (413), streamed size (413), HMAC signature when the webhook has a secret (4
 then the webhook's own rate limit (429 with Retry-After; per webhook, not per
 address). Only then is the payload stored and answered 202 (a replayed signed body:
 202 with the first payload's id and `duplicate: true`, nothing stored). Delivery to
-the agent is the delivery worker's job (hub/webhooks.py).
+the agent is the delivery worker's job (hub/webhooks/delivery.py).
 """
 
 from __future__ import annotations

@@ -23,8 +23,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from hub.database import Connection, Database
-from hub.store import StoreError, add_event, enqueue_command_in
+from hub.store.database import Connection, Database
+from hub.store.errors import StoreError
+from hub.store.event_log import add_event
+from hub.store.outbox import enqueue_command_in
 from hub.webhooks.rules import PREVIEW_BYTES, RetryPolicy, delivery_message
 from hub.webhooks.store import (
     due_payloads_in,

@@ -4,7 +4,7 @@ An outside system POSTs to a webhook's ingest URL. The payload is stored first
 (bytes, content type, a few captured headers) and answered 202; delivery is the
 worker's job (hub/webhooks/delivery.py) and is retried.
 
-Secrets are sealed at rest (hub/secrets_box.py), bound to the webhook's id. For a
+Secrets are sealed at rest (hub/pki/secrets_box.py), bound to the webhook's id. For a
 webhook with a secret, an identical signed body received again within a day is a
 replay: it is answered with the first payload's id and not stored or delivered again.
 """
@@ -16,8 +16,8 @@ import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from hub.database import Connection, Database
-from hub.secrets_box import SecretBox, SecretBoxError
+from hub.pki.secrets_box import SecretBox, SecretBoxError
+from hub.store.database import Connection, Database
 from hub.webhooks.delivery import DeliveryWorker
 from hub.webhooks.rules import (
     HEADER_TOKEN,

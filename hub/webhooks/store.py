@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from hub.store import Refusal, StoreError
+from hub.store.errors import Refusal, StoreError
 from missioncontrol.timefmt import iso
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import aiohttp
 
 from hub.app import Hub
-from hub.tokens import TokenKeyring
+from hub.provisioning.agent_tokens import TokenKeyring
 from protos import link_pb2 as pb
 from sidecar.agent_api import AgentApiLimits
 from sidecar.app import Sidecar

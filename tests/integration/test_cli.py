@@ -235,8 +235,8 @@ def test_readme_enrollment_steps_connect_a_sidecar_over_mutual_tls(tmp_path: Pat
 def test_sidecar_offline_past_certificate_expiry_is_told_to_re_enroll(tmp_path: Path) -> None:
     import datetime as dt
 
-    from hub.ca import CertificateAuthority
-    from hub.enrollment import Revocations
+    from hub.pki.ca import CertificateAuthority
+    from hub.pki.enrollment import Revocations
     from sidecar.identity import new_key_request, save_identity
 
     ca = CertificateAuthority.load_or_create(tmp_path / "ca", revocations=Revocations())

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from hub.database import COMMIT_BURST, Connection, Database, DatabaseError
-from hub.migrations import MIGRATIONS
+from hub.store.database import COMMIT_BURST, Connection, Database, DatabaseError
+from hub.store.migrations import MIGRATIONS
 
 
 @pytest.fixture

@@ -14,8 +14,8 @@ import grpc
 import pytest
 
 from hub.app import Hub
-from hub.ca import CertificateAuthority
-from hub.enrollment import Revocations
+from hub.pki.ca import CertificateAuthority
+from hub.pki.enrollment import Revocations
 from missioncontrol.version import VERSION
 from protos import link_pb2 as pb
 from protos import link_pb2_grpc as pb_grpc

@@ -444,7 +444,7 @@ async def test_oversized_message_is_refused_and_other_streams_survive(
 
 
 async def test_hub_refuses_to_queue_a_command_larger_than_the_link_carries(hub: Hub) -> None:
-    from hub.store import CommandTooLarge
+    from hub.store.outbox import CommandTooLarge
 
     await hub.store.create_gateway("gw-test", "test gateway")
     huge = pb.Command(

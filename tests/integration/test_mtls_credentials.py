@@ -22,11 +22,11 @@ from pathlib import Path
 import grpc
 import pytest
 
-from hub import join_tokens
-from hub.ca import CertificateAuthority
-from hub.enrollment import Revocations
-from hub.join_tokens import JoinTokenError, JoinTokenRecord
-from hub.peer import PeerRejectedError, authorize_peer, peer_identity
+from hub.link.peer import PeerRejectedError, authorize_peer, peer_identity
+from hub.pki import join_tokens as join_tokens
+from hub.pki.ca import CertificateAuthority
+from hub.pki.enrollment import Revocations
+from hub.pki.join_tokens import JoinTokenError, JoinTokenRecord
 from missioncontrol.netaddr import HostPort
 from missioncontrol.pki import JoinString, certificate_identity, load_certificate
 from sidecar.identity import (

@@ -6,10 +6,10 @@ import itertools
 import time
 from pathlib import Path
 
-from hub import lifecycle as lc
-from hub.agents import AgentRow
-from hub.database import Connection, Database
-from hub.presence import silent_agents_in
+from hub.lifecycle import decisions as lc
+from hub.lifecycle.presence import silent_agents_in
+from hub.provisioning.agents import AgentRow
+from hub.store.database import Connection, Database
 
 NOW = 1_800_000_000.0
 STATUSES = ("online", "offline", "provisioning", "updating")

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from hub.app import Hub
-from hub.store import GatewayRow
+from hub.store.gateways import GatewayRow
 from protos import link_pb2 as pb
 from sidecar.app import Sidecar
 from sidecar.backoff import Backoff

@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from hub.ca import (
+from hub.pki.ca import (
     CA_CERT_FILE,
     CA_KEY_FILE,
     DEFAULT_CLIENT_CERT_LIFETIME,
@@ -23,7 +23,7 @@ from hub.ca import (
     CertificateAuthority,
     CSRRejectedError,
 )
-from hub.enrollment import Revocations
+from hub.pki.enrollment import Revocations
 from missioncontrol.pki import (
     CertificateIdentityError,
     certificate_identity,

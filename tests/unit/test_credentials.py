@@ -6,7 +6,7 @@ import hashlib
 
 import pytest
 
-from hub.tokens import TokenKeyring
+from hub.provisioning.agent_tokens import TokenKeyring
 from missioncontrol.agent_token import TOKEN_CHARS, parse_token_id, sidecar_verifier
 from sidecar.credentials import (
     CredentialIndex,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from hub.deadlines import DeadlineSchedule, Due
+from hub.lifecycle.deadlines import DeadlineSchedule, Due
 
 
 def test_due_deadlines_come_out_earliest_first_and_leave_the_schedule() -> None:

@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from hub.gateway_queries import GatewayQueries, QueryFailed
-from hub.link_server import SessionRegistry, SidecarSession
+from hub.link.queries import GatewayQueries, QueryFailed
+from hub.link.server import SessionRegistry, SidecarSession
 from protos import link_pb2 as pb
 
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from hub.ca import CertificateAuthority
-from hub.enrollment import Revocations
+from hub.pki.ca import CertificateAuthority
+from hub.pki.enrollment import Revocations
 from missioncontrol.private_files import InsecurePermissionsError
 from sidecar.identity import (
     CA_FILE,

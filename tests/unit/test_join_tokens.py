@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from hub import join_tokens
-from hub.join_tokens import (
+from hub.pki import join_tokens as join_tokens
+from hub.pki.join_tokens import (
     DEFAULT_TTL_S,
     JoinTokenExpiredError,
     JoinTokenMalformedError,

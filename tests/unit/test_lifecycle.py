@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from hub.lifecycle import (
+from hub.lifecycle.decisions import (
     Action,
     AgentLifecycle,
     ApplyConfirmed,

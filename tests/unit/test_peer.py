@@ -7,7 +7,7 @@ import datetime as dt
 import grpc
 import pytest
 
-from hub.peer import PeerRejectedError, authorize_peer
+from hub.link.peer import PeerRejectedError, authorize_peer
 from missioncontrol.pki import CertIdentity
 
 NOW = dt.datetime(2026, 5, 1, 12, 0, tzinfo=dt.UTC)

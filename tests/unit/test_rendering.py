@@ -10,13 +10,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hub.rendering import (
+from hub.provisioning.agent_tokens import TokenKeyring
+from hub.provisioning.rendering import (
     FIELD_LIMITS,
     MAX_FILE_CHARS,
     MAX_INJECTED_TOTAL_CHARS,
     MAX_OVERRIDE_TEMPLATE_CHARS,
     MAX_USER_FILE_CHARS,
-    TOKEN_FILE_NAME,
     AgentContext,
     AgentKind,
     ApplyAction,
@@ -31,7 +31,7 @@ from hub.rendering import (
     render_wake_message,
     workspace_file_names,
 )
-from hub.tokens import TokenKeyring
+from missioncontrol.agent_api import TOKEN_FILE_NAME
 from protos import link_pb2
 from protos.contract import GatewayGeneration
 from sidecar import workspace as sidecar_workspace

@@ -12,8 +12,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hub import tokens as hub_tokens
-from hub.tokens import DEFAULT_ROTATION_GRACE_S, HUB_KEY_BYTES, AgentTokens, TokenKeyring
+from hub.provisioning import agent_tokens as hub_tokens
+from hub.provisioning.agent_tokens import (
+    DEFAULT_ROTATION_GRACE_S,
+    HUB_KEY_BYTES,
+    AgentTokens,
+    TokenKeyring,
+)
 from missioncontrol import agent_token
 from missioncontrol.agent_token import (
     SECRET_CHARS,

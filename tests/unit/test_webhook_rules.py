@@ -7,7 +7,7 @@ import hmac
 
 import pytest
 
-from hub.secrets_box import SecretBox, SecretBoxError
+from hub.pki.secrets_box import SecretBox, SecretBoxError
 from hub.webhooks.rules import (
     PREVIEW_BYTES,
     ReplayGuard,

@@ -29,12 +29,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from hub.migrations import MIGRATIONS
+from hub.store.migrations import MIGRATIONS
 from missioncontrol.log import get_logger
 
 T = TypeVar("T")
 C = TypeVar("C")
-log = get_logger("hub.database")
+log = get_logger("hub.store")
 
 BUSY_TIMEOUT_MS = 5_000
 COMMIT_BURST = 3  # commits allowed back to back before pacing sets in

@@ -21,8 +21,9 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from hub.boards import board_profile
-from hub.lifecycle import AgentLifecycle, Phase, Status, WaitReason
-from hub.rendering import (
+from hub.lifecycle.decisions import AgentLifecycle, Phase, Status, WaitReason
+from hub.provisioning.agent_tokens import StoredToken
+from hub.provisioning.rendering import (
     AgentContext,
     AgentKind,
     ApplyAction,
@@ -31,8 +32,8 @@ from hub.rendering import (
     render_file_set,
     render_wake_message,
 )
-from hub.store import StoreError, gateway_in
-from hub.tokens import StoredToken
+from hub.store.errors import StoreError
+from hub.store.gateways import gateway_in
 from hub.users import user_profile
 from missioncontrol.timefmt import iso
 from protos import link_pb2 as pb

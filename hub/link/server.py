@@ -18,9 +18,10 @@ from typing import Protocol
 
 import grpc
 
-from hub.ca import CAError
-from hub.peer import PeerRejectedError, authorize_peer, peer_identity
-from hub.store import Store, UnknownGateway
+from hub.link.peer import PeerRejectedError, authorize_peer, peer_identity
+from hub.pki.ca import CAError
+from hub.store.errors import UnknownGateway
+from hub.store.gateways import GatewayStore
 from missioncontrol.log import get_logger
 from missioncontrol.pki import certificate_identity, validate_gateway_id
 from missioncontrol.version import VERSION, VersionSkewError, check_sidecar_version
@@ -169,7 +170,7 @@ class CertificateRenewer(Protocol):
 class LinkService(pb_grpc.LinkServicer):
     def __init__(
         self,
-        store: Store,
+        store: GatewayStore,
         registry: SessionRegistry,
         reports: ReportSink,
         *,

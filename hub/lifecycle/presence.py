@@ -8,8 +8,8 @@ tests/integration/test_presence.py checks the two agree.
 
 from __future__ import annotations
 
-from hub.database import Connection
-from hub.lifecycle import Phase, Policy, Status
+from hub.lifecycle.decisions import Phase, Policy, Status
+from hub.store.database import Connection
 
 
 def silent_agents_in(conn: Connection, now: float, policy: Policy) -> list[str]:

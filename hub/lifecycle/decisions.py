@@ -744,7 +744,7 @@ def _settle(s: AgentLifecycle, policy: Policy, now: float) -> AgentLifecycle:
 
 def presence_expired(s: AgentLifecycle, policy: Policy, now: float) -> bool:
     """The agent heartbeats, and has been silent longer than its presence allows
-    (hub/presence.py asks the store the same question in SQL)."""
+    (hub/lifecycle/presence.py asks the store the same question in SQL)."""
     offline_after = policy.offline_after_s(s.heartbeat_interval_s)
     return (
         offline_after is not None

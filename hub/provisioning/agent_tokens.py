@@ -43,7 +43,7 @@ SECRET_BYTES = 32
 HUB_KEY_BYTES = 32
 DEFAULT_ROTATION_GRACE_S = 10 * 60
 
-# Domain separation: the hub key also keys join tokens (hub/join_tokens.py); an
+# Domain separation: the hub key also keys join tokens (hub/pki/join_tokens.py); an
 # agent token digest must never be valid as anything else.
 _TOKEN_KEY_LABEL = b"mission-control agent token v1"
 

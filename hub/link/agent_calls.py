@@ -13,7 +13,7 @@ from missioncontrol.agent_api import AGENT_API_PREFIX, TOKEN_HEADER
 from missioncontrol.log import get_logger
 from protos import link_pb2 as pb
 
-log = get_logger("hub.agent_calls")
+log = get_logger("hub.link.agent_calls")
 
 VIA_GATEWAY_HEADER = "X-MC-Via-Gateway"
 MAX_RESULT_BYTES = 2 * 1024 * 1024

@@ -14,8 +14,11 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from hub import lifecycle as lc
-from hub.agents import (
+from hub.boards import finish_deleting, load_board
+from hub.lifecycle import decisions as lc
+from hub.lifecycle.reconciler import Reconciler, Transition
+from hub.provisioning.agent_tokens import DEFAULT_ROTATION_GRACE_S, TokenKeyring
+from hub.provisioning.agents import (
     DEFAULT_HEARTBEAT,
     AgentConflict,
     AgentError,
@@ -27,11 +30,11 @@ from hub.agents import (
     parse_every,
     require_agent,
 )
-from hub.boards import finish_deleting, load_board
-from hub.reconciler import Reconciler, Transition
-from hub.rendering import AgentKind, token_file
-from hub.store import UnknownGateway, add_event, enqueue_command_in, gateway_in
-from hub.tokens import DEFAULT_ROTATION_GRACE_S, TokenKeyring
+from hub.provisioning.rendering import AgentKind, token_file
+from hub.store.errors import UnknownGateway
+from hub.store.event_log import add_event
+from hub.store.gateways import gateway_in
+from hub.store.outbox import enqueue_command_in
 from protos import link_pb2 as pb
 
 MAX_ROTATION_GRACE_S = 24 * 3600

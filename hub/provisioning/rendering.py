@@ -578,7 +578,7 @@ def _render_override(name: str, source: str, variables: dict[str, Any]) -> str:
         return _ENV.from_string(source).render(variables)
     except jinja2.UndefinedError as exc:
         raise RenderError(
-            f"{name} template: {exc.message}; see hub/rendering.py for the variables"
+            f"{name} template: {exc.message}; see hub/provisioning/rendering.py for the variables"
         ) from None
     except jinja2.TemplateError as exc:
         raise RenderError(f"{name} template: {exc}") from None

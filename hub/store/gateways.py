@@ -1,52 +1,31 @@
-"""The hub's data operations: gateways, the per-gateway command outbox, events.
+"""Gateways in the store: their rows, links, enrollment records, and their outbox's face.
 
-The SQL for gateways and their outbox lives here; each other part of the hub keeps
-its own tables' SQL beside its rules (boards.py, tasks.py, agents.py, webhooks/),
-in `*_in(conn)` functions that run inside a caller's transaction. Writes go through
-`Database.write` and so share group commits; each public coroutine here is one
-logical change (its rows and its event log entry commit together).
+`GatewayStore` is what the link, enrollment and gateway administration call; each
+coroutine is one logical change (its rows and its event log entry commit together).
+Other parts keep their own tables' SQL beside their rules (boards.py, tasks.py,
+provisioning/agents.py, webhooks/store.py) in `*_in(conn)` functions that run inside
+a caller's transaction.
 """
 
 from __future__ import annotations
 
-import enum
-import json
 import sqlite3
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from hub.database import Connection, Database
-from hub.join_tokens import JoinTokenRecord, JoinTokenUsedError
+from hub.pki.join_tokens import JoinTokenRecord, JoinTokenUsedError
+from hub.store.database import Database
+from hub.store.errors import Refusal, StoreError, UnknownGateway
+from hub.store.event_log import add_event, events_in
+from hub.store.outbox import (
+    QueuedCommand,
+    command_status_in,
+    commands_after_in,
+    confirm_through_in,
+    enqueue_command_in,
+)
 from protos import link_pb2 as pb
-from protos.contract import MAX_COMMAND_BYTES, epoch_s, timestamp
-
-# Notice channel: payload is the id of a gateway whose outbox grew.
-OUTBOX = "outbox"
-
-
-class Refusal(enum.StrEnum):
-    """Why the store refused a request; the API answers each with its own status."""
-
-    INVALID = "invalid"  # the input is wrong (422, naming the field when there is one)
-    NOT_FOUND = "not_found"  # what it names does not exist (404)
-    FORBIDDEN = "forbidden"  # the caller may not do this (403)
-    CONFLICT = "conflict"  # the current state does not allow it (409)
-
-
-class StoreError(Exception):
-    """A requested change is refused; the message says why and `refusal` what kind."""
-
-    refusal = Refusal.INVALID
-
-
-class UnknownGateway(StoreError):
-    refusal = Refusal.NOT_FOUND
-
-
-class CommandTooLarge(StoreError):
-    pass
 
 
 class GatewayInUse(StoreError):
@@ -95,43 +74,7 @@ class Welcome:
     last_sequence: int
 
 
-@dataclass(frozen=True)
-class QueuedCommand:
-    sequence: int
-    payload: bytes
-
-
-def add_event(
-    conn: sqlite3.Connection,
-    kind: str,
-    *,
-    gateway_id: str | None = None,
-    agent_id: str | None = None,
-    at: float | None = None,
-    **detail: Any,
-) -> None:
-    conn.execute(
-        "INSERT INTO events (at, kind, gateway_id, agent_id, detail) VALUES (?, ?, ?, ?, ?)",
-        (
-            time.time() if at is None else at,
-            kind,
-            gateway_id,
-            agent_id,
-            json.dumps(detail, separators=(",", ":")),
-        ),
-    )
-
-
-_COMMAND_KINDS = {
-    "apply_agent": "apply_agent",
-    "remove_agent": "remove_agent",
-    "wake_agent": "wake_agent",
-    "set_heartbeat": "set_heartbeat",
-    "set_credentials": "set_credentials",
-}
-
-
-class Store:
+class GatewayStore:
     def __init__(self, db: Database) -> None:
         self.db = db
 
@@ -226,7 +169,7 @@ class Store:
                     hello.gateway_id,
                 ),
             )
-            _confirm_through(conn, hello.gateway_id, hello.last_applied_sequence, at)
+            confirm_through_in(conn, hello.gateway_id, hello.last_applied_sequence, at)
             add_event(
                 conn,
                 "gateway.connected",
@@ -450,101 +393,17 @@ class Store:
     async def commands_after(
         self, gateway_id: str, after_sequence: int, limit: int = 100
     ) -> list[QueuedCommand]:
-        def op(conn: sqlite3.Connection) -> list[QueuedCommand]:
-            rows = conn.execute(
-                """SELECT sequence, payload FROM commands
-                   WHERE gateway_id = ? AND sequence > ? ORDER BY sequence LIMIT ?""",
-                (gateway_id, after_sequence, limit),
-            ).fetchall()
-            return [QueuedCommand(r["sequence"], r["payload"]) for r in rows]
-
-        return await self.db.read(op)
-
-    # ------------------------------------------------------------ reports
+        return await self.db.read(
+            lambda conn: commands_after_in(conn, gateway_id, after_sequence, limit)
+        )
 
     async def command_status(self, gateway_id: str, sequence: int) -> dict[str, Any] | None:
-        def op(conn: sqlite3.Connection) -> dict[str, Any] | None:
-            row = conn.execute(
-                """SELECT sequence, kind, agent_id, generation, created_at, acked_at, outcome,
-                          error_code, error, run_id
-                   FROM commands WHERE gateway_id = ? AND sequence = ?""",
-                (gateway_id, sequence),
-            ).fetchone()
-            return dict(row) if row else None
+        return await self.db.read(lambda conn: command_status_in(conn, gateway_id, sequence))
 
-        return await self.db.read(op)
-
-    async def events(self, gateway_id: str | None = None, kind: str | None = None) -> list[dict]:
-        def op(conn: sqlite3.Connection) -> list[dict]:
-            rows = conn.execute(
-                """SELECT * FROM events
-                   WHERE (? IS NULL OR gateway_id = ?) AND (? IS NULL OR kind = ?)
-                   ORDER BY id""",
-                (gateway_id, gateway_id, kind, kind),
-            ).fetchall()
-            return [{**dict(r), "detail": json.loads(r["detail"])} for r in rows]
-
-        return await self.db.read(op)
-
-
-def enqueue_command_in(conn: Connection, gateway_id: str, command: pb.Command) -> int:
-    """Append `command` to the outbox inside the caller's transaction (same commit as the
-    row change that caused it); return its sequence."""
-    row = conn.execute("SELECT next_sequence FROM gateways WHERE id = ?", (gateway_id,)).fetchone()
-    if row is None:
-        raise UnknownGateway(f"gateway {gateway_id} does not exist")
-    sequence = row[0]
-    command.sequence = sequence
-    if not command.HasField("issued_at"):
-        command.issued_at.CopyFrom(timestamp())
-    payload = command.SerializeToString()
-    if len(payload) > MAX_COMMAND_BYTES:
-        raise CommandTooLarge(
-            f"command is {len(payload)} bytes; the link carries at most {MAX_COMMAND_BYTES} "
-            "(reduce workspace file sizes)"
-        )
-    kind = command.WhichOneof("action")
-    if kind not in _COMMAND_KINDS:
-        raise StoreError("command has no action")
-    action = getattr(command, kind)
-    conn.execute(
-        """INSERT INTO commands (gateway_id, sequence, kind, agent_id, generation, payload,
-               created_at) VALUES (?, ?, ?, ?, ?, ?, ?)""",
-        (
-            gateway_id,
-            sequence,
-            kind,
-            getattr(action, "agent_id", None) or None,
-            getattr(action, "generation", 0),
-            payload,
-            time.time(),
-        ),
-    )
-    conn.execute("UPDATE gateways SET next_sequence = ? WHERE id = ?", (sequence + 1, gateway_id))
-    conn.notify(OUTBOX, gateway_id)  # the gateway's stream, if any, sends it after the commit
-    add_event(
-        conn,
-        "command.queued",
-        gateway_id=gateway_id,
-        agent_id=getattr(action, "agent_id", None),
-        sequence=sequence,
-        command=kind,
-    )
-    return sequence
-
-
-def _confirm_through(conn: sqlite3.Connection, gateway_id: str, sequence: int, at: float) -> None:
-    """The sidecar says it applied everything up to `sequence`: record acks we missed."""
-    conn.execute(
-        """UPDATE commands SET acked_at = ?, outcome = 'CONFIRMED_BY_HELLO'
-           WHERE gateway_id = ? AND sequence <= ? AND acked_at IS NULL""",
-        (at, gateway_id, sequence),
-    )
-    conn.execute(
-        "UPDATE gateways SET acked_sequence = MAX(acked_sequence, MIN(?, next_sequence - 1)) "
-        "WHERE id = ?",
-        (sequence, gateway_id),
-    )
+    async def events(
+        self, gateway_id: str | None = None, kind: str | None = None
+    ) -> list[dict[str, Any]]:
+        return await self.db.read(lambda conn: events_in(conn, gateway_id, kind))
 
 
 def _record_certificate(
@@ -561,53 +420,3 @@ def gateway_in(conn: sqlite3.Connection, gateway_id: str) -> GatewayRow:
     if row is None:
         raise UnknownGateway(f"gateway {gateway_id} does not exist")
     return GatewayRow.from_row(row)
-
-
-def record_command_results_in(
-    conn: sqlite3.Connection, gateway_id: str, results: Sequence[pb.CommandResult]
-) -> None:
-    """Persist acks inside the caller's transaction; an unknown sequence is ignored."""
-    for result in results:
-        at = epoch_s(result.observed_at) if result.HasField("observed_at") else time.time()
-        updated = conn.execute(
-            """UPDATE commands SET acked_at = ?, outcome = ?, error_code = ?, error = ?,
-                   run_id = ?
-               WHERE gateway_id = ? AND sequence = ?""",
-            (
-                min(at, time.time()),
-                pb.CommandResult.Outcome.Name(result.outcome),
-                result.error_code or None,
-                result.error or None,
-                result.run_id or None,
-                gateway_id,
-                result.sequence,
-            ),
-        ).rowcount
-        if updated:
-            conn.execute(
-                "UPDATE gateways SET acked_sequence = MAX(acked_sequence, ?), last_seen_at = ? "
-                "WHERE id = ?",
-                (result.sequence, time.time(), gateway_id),
-            )
-            add_event(
-                conn,
-                "command.acked",
-                gateway_id=gateway_id,
-                agent_id=result.agent_id or None,
-                sequence=result.sequence,
-                outcome=pb.CommandResult.Outcome.Name(result.outcome),
-                error=result.error or None,
-            )
-
-
-def record_run_observed_in(conn: sqlite3.Connection, gateway_id: str, run: pb.RunObserved) -> None:
-    add_event(
-        conn,
-        "agent.run.observed",
-        gateway_id=gateway_id,
-        agent_id=run.agent_id,
-        run_id=run.run_id,
-        outcome=pb.RunObserved.Outcome.Name(run.outcome),
-        message=run.message,
-        generation=run.generation,
-    )

@@ -18,12 +18,12 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from hub.agents import AgentError, AgentRow
-from hub.database import Database
-from hub.provisioning import Provisioning
+from hub.provisioning.agents import AgentError, AgentRow
+from hub.provisioning.service import Provisioning
+from hub.store.database import Database
 from missioncontrol.log import get_logger
 
-log = get_logger("hub.template_sync")
+log = get_logger("hub.provisioning.template_sync")
 KEEP_JOBS_S = 7 * 24 * 3600
 INTERRUPTED = "the hub stopped before this agent was queued; run the sync again"
 

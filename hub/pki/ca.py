@@ -71,7 +71,7 @@ SERVER_CERT_RENEW_BEFORE = dt.timedelta(days=30)
 BACKDATE = dt.timedelta(minutes=5)
 MAX_CSR_BYTES = 16 * 1024
 
-_log = get_logger("hub.ca")
+_log = get_logger("hub.pki.ca")
 
 # Listen hosts that mean "every interface": they name no host a client could dial.
 _WILDCARD_HOSTS = frozenset({"", "*", "0.0.0.0", "::"})

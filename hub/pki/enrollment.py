@@ -17,15 +17,16 @@ from dataclasses import dataclass
 
 import grpc
 
-from hub import join_tokens
-from hub.ca import CertificateAuthority, CSRRejectedError
-from hub.store import Store, StoreError
+from hub.pki import join_tokens as join_tokens
+from hub.pki.ca import CertificateAuthority, CSRRejectedError
+from hub.store.errors import StoreError
+from hub.store.gateways import GatewayStore
 from missioncontrol.log import get_logger
 from missioncontrol.pki import certificate_identity
 from protos import link_pb2 as pb
 from protos import link_pb2_grpc as pb_grpc
 
-log = get_logger("hub.enrollment")
+log = get_logger("hub.pki.enrollment")
 
 
 class Revocations:
@@ -34,7 +35,7 @@ class Revocations:
     def __init__(self) -> None:
         self._serials: set[int] = set()
 
-    async def load(self, store: Store) -> None:
+    async def load(self, store: GatewayStore) -> None:
         self._serials = await store.revoked_serials()
 
     def is_revoked(self, serial: int) -> bool:
@@ -56,7 +57,7 @@ class CertificateIssuer:
     """Signs sidecar CSRs and records what it issued."""
 
     def __init__(
-        self, store: Store, ca: CertificateAuthority, hub_key: bytes, lifetime: dt.timedelta
+        self, store: GatewayStore, ca: CertificateAuthority, hub_key: bytes, lifetime: dt.timedelta
     ) -> None:
         self.store = store
         self.ca = ca

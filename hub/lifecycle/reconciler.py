@@ -1,4 +1,4 @@
-"""The reconciler: feeds lifecycle events to `hub.lifecycle.step` and carries out its actions.
+"""The reconciler: feeds lifecycle events to `decisions.step` and carries out its actions.
 
 Each event is one store write: load the agent's row, step, save the snapshot and
 queue the commands it asked for, in one transaction (shared with whatever else
@@ -22,8 +22,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from hub import lifecycle as lc
-from hub.agents import (
+from hub.boards import finish_deleting
+from hub.events import EventBus
+from hub.lifecycle import decisions as lc
+from hub.lifecycle.deadlines import DeadlineSchedule, Due
+from hub.lifecycle.presence import silent_agents_in
+from hub.provisioning.agents import (
     AgentRow,
     RenderOptions,
     agent_json,
@@ -35,26 +39,18 @@ from hub.agents import (
     require_agent,
     save_snapshot,
 )
-from hub.boards import finish_deleting
-from hub.database import Connection, Database
-from hub.deadlines import DeadlineSchedule, Due
-from hub.events import EventBus
-from hub.presence import silent_agents_in
-from hub.rendering import ApplyAction
-from hub.store import (
-    Store,
-    add_event,
-    enqueue_command_in,
-    record_command_results_in,
-    record_run_observed_in,
-)
+from hub.provisioning.rendering import ApplyAction
+from hub.store.database import Connection, Database
+from hub.store.event_log import add_event, record_run_observed_in
+from hub.store.gateways import GatewayStore
+from hub.store.outbox import enqueue_command_in, record_command_results_in
 from hub.tasks import unassign_agent_tasks
 from missioncontrol.log import get_logger
 from protos import link_pb2 as pb
 from protos.contract import epoch_s
 
 T = TypeVar("T")
-log = get_logger("hub.reconciler")
+log = get_logger("hub.lifecycle")
 Outcome = pb.CommandResult.Outcome
 PRESENCE_SWEEP_S = 5.0
 DEADLINE_BATCH = 1000
@@ -92,7 +88,7 @@ class Reconciler:
     def __init__(
         self,
         db: Database,
-        store: Store,
+        store: GatewayStore,
         policy: lc.Policy,
         *,
         events: EventBus | None = None,

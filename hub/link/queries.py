@@ -13,13 +13,14 @@ import itertools
 import sqlite3
 from dataclasses import dataclass
 
-from hub.link_server import SessionRegistry
-from hub.store import GatewayRow, Refusal, StoreError
+from hub.link.server import SessionRegistry
+from hub.store.errors import Refusal, StoreError
+from hub.store.gateways import GatewayRow
 from missioncontrol.log import get_logger
 from protos import link_pb2 as pb
 from protos.contract import GATEWAY_QUERY_TIMEOUT_S, MAX_QUERY_SESSIONS
 
-log = get_logger("hub.gateway_queries")
+log = get_logger("hub.link.queries")
 
 
 class QueryFailed(Exception):

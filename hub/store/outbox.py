@@ -1,0 +1,162 @@
+"""Each gateway's outbox: numbered commands, persisted until the sidecar acknowledges them.
+
+A command is queued inside the transaction of the change that caused it and gets the
+gateway's next sequence number; after the commit the gateway's stream is told (the
+OUTBOX notice), and the stream replays everything after what the sidecar applied.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from hub.store.database import Connection
+from hub.store.errors import StoreError, UnknownGateway
+from hub.store.event_log import add_event
+from protos import link_pb2 as pb
+from protos.contract import MAX_COMMAND_BYTES, epoch_s, timestamp
+
+# Notice channel: payload is the id of a gateway whose outbox grew.
+OUTBOX = "outbox"
+
+
+class CommandTooLarge(StoreError):
+    pass
+
+
+@dataclass(frozen=True)
+class QueuedCommand:
+    sequence: int
+    payload: bytes
+
+
+_COMMAND_KINDS = {
+    "apply_agent": "apply_agent",
+    "remove_agent": "remove_agent",
+    "wake_agent": "wake_agent",
+    "set_heartbeat": "set_heartbeat",
+    "set_credentials": "set_credentials",
+}
+
+
+def enqueue_command_in(conn: Connection, gateway_id: str, command: pb.Command) -> int:
+    """Append `command` to the outbox inside the caller's transaction (same commit as the
+    row change that caused it); return its sequence."""
+    row = conn.execute("SELECT next_sequence FROM gateways WHERE id = ?", (gateway_id,)).fetchone()
+    if row is None:
+        raise UnknownGateway(f"gateway {gateway_id} does not exist")
+    sequence = row[0]
+    command.sequence = sequence
+    if not command.HasField("issued_at"):
+        command.issued_at.CopyFrom(timestamp())
+    payload = command.SerializeToString()
+    if len(payload) > MAX_COMMAND_BYTES:
+        raise CommandTooLarge(
+            f"command is {len(payload)} bytes; the link carries at most {MAX_COMMAND_BYTES} "
+            "(reduce workspace file sizes)"
+        )
+    kind = command.WhichOneof("action")
+    if kind not in _COMMAND_KINDS:
+        raise StoreError("command has no action")
+    action = getattr(command, kind)
+    conn.execute(
+        """INSERT INTO commands (gateway_id, sequence, kind, agent_id, generation, payload,
+               created_at) VALUES (?, ?, ?, ?, ?, ?, ?)""",
+        (
+            gateway_id,
+            sequence,
+            kind,
+            getattr(action, "agent_id", None) or None,
+            getattr(action, "generation", 0),
+            payload,
+            time.time(),
+        ),
+    )
+    conn.execute("UPDATE gateways SET next_sequence = ? WHERE id = ?", (sequence + 1, gateway_id))
+    conn.notify(OUTBOX, gateway_id)  # the gateway's stream, if any, sends it after the commit
+    add_event(
+        conn,
+        "command.queued",
+        gateway_id=gateway_id,
+        agent_id=getattr(action, "agent_id", None),
+        sequence=sequence,
+        command=kind,
+    )
+    return sequence
+
+
+def confirm_through_in(conn: sqlite3.Connection, gateway_id: str, sequence: int, at: float) -> None:
+    """The sidecar says it applied everything up to `sequence`: record acks we missed."""
+    conn.execute(
+        """UPDATE commands SET acked_at = ?, outcome = 'CONFIRMED_BY_HELLO'
+           WHERE gateway_id = ? AND sequence <= ? AND acked_at IS NULL""",
+        (at, gateway_id, sequence),
+    )
+    conn.execute(
+        "UPDATE gateways SET acked_sequence = MAX(acked_sequence, MIN(?, next_sequence - 1)) "
+        "WHERE id = ?",
+        (sequence, gateway_id),
+    )
+
+
+def record_command_results_in(
+    conn: sqlite3.Connection, gateway_id: str, results: Sequence[pb.CommandResult]
+) -> None:
+    """Persist acks inside the caller's transaction; an unknown sequence is ignored."""
+    for result in results:
+        at = epoch_s(result.observed_at) if result.HasField("observed_at") else time.time()
+        updated = conn.execute(
+            """UPDATE commands SET acked_at = ?, outcome = ?, error_code = ?, error = ?,
+                   run_id = ?
+               WHERE gateway_id = ? AND sequence = ?""",
+            (
+                min(at, time.time()),
+                pb.CommandResult.Outcome.Name(result.outcome),
+                result.error_code or None,
+                result.error or None,
+                result.run_id or None,
+                gateway_id,
+                result.sequence,
+            ),
+        ).rowcount
+        if updated:
+            conn.execute(
+                "UPDATE gateways SET acked_sequence = MAX(acked_sequence, ?), last_seen_at = ? "
+                "WHERE id = ?",
+                (result.sequence, time.time(), gateway_id),
+            )
+            add_event(
+                conn,
+                "command.acked",
+                gateway_id=gateway_id,
+                agent_id=result.agent_id or None,
+                sequence=result.sequence,
+                outcome=pb.CommandResult.Outcome.Name(result.outcome),
+                error=result.error or None,
+            )
+
+
+def commands_after_in(
+    conn: sqlite3.Connection, gateway_id: str, after_sequence: int, limit: int
+) -> list[QueuedCommand]:
+    rows = conn.execute(
+        """SELECT sequence, payload FROM commands
+           WHERE gateway_id = ? AND sequence > ? ORDER BY sequence LIMIT ?""",
+        (gateway_id, after_sequence, limit),
+    ).fetchall()
+    return [QueuedCommand(r["sequence"], r["payload"]) for r in rows]
+
+
+def command_status_in(
+    conn: sqlite3.Connection, gateway_id: str, sequence: int
+) -> dict[str, Any] | None:
+    row = conn.execute(
+        """SELECT sequence, kind, agent_id, generation, created_at, acked_at, outcome,
+                  error_code, error, run_id
+           FROM commands WHERE gateway_id = ? AND sequence = ?""",
+        (gateway_id, sequence),
+    ).fetchone()
+    return dict(row) if row else None
