@@ -9,6 +9,7 @@ import sys
 
 from hub.config import ADMIN_TOKEN_ENV, HubConfig, add_serve_arguments, build_config
 from missioncontrol import log as logs
+from missioncontrol.sd_notify import supervised
 from missioncontrol.settings import SettingsError
 from missioncontrol.signals import until_stopped
 from missioncontrol.version import VERSION
@@ -156,8 +157,13 @@ async def _serve(config: HubConfig) -> None:
         ),
         flush=True,
     )
+    status = f"API http://{addresses.http}, link {addresses.link}"
+    if addresses.enroll:
+        status += f", enroll {addresses.enroll}"
     try:
-        await until_stopped()
+        # Ports bound and database open: READY=1 now, STOPPING=1 before the stop begins.
+        async with supervised(status):
+            await until_stopped()
     finally:
         await hub.stop()
 

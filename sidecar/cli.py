@@ -7,6 +7,7 @@ import asyncio
 import sys
 
 from missioncontrol import log as logs
+from missioncontrol.sd_notify import supervised
 from missioncontrol.settings import SettingsError
 from missioncontrol.signals import until_stopped
 from missioncontrol.version import VERSION
@@ -102,7 +103,10 @@ async def _run(config: SidecarConfig) -> None:
     sidecar = Sidecar(config)
     await sidecar.start()
     try:
-        await until_stopped()
+        await asyncio.sleep(0)  # let the link task take its first step before READY
+        # The agent API listens and the link runs: READY=1 now, STOPPING=1 before the stop.
+        async with supervised(f"agent API {sidecar.agent_api_url}, link to {config.hub}"):
+            await until_stopped()
     finally:
         await sidecar.stop()
 
