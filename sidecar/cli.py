@@ -12,6 +12,8 @@ from missioncontrol.settings import SettingsError
 from missioncontrol.signals import until_stopped
 from missioncontrol.version import VERSION
 from sidecar.config import SidecarConfig, add_run_arguments, build_config
+from sidecar.service import COMMANDS as SERVICE_COMMANDS
+from sidecar.service import add_service_parsers, service_main
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="with a fleet token: the gateway to enroll as (default: a new one)",
     )
     enroll.add_argument("--force", action="store_true", help="replace an existing identity")
+    add_service_parsers(commands)
     return parser
 
 
@@ -116,6 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "enroll":
         logs.configure("warning", "auto")
         return _enroll(args)
+    if args.command in SERVICE_COMMANDS:
+        logs.configure("warning", "auto")
+        return service_main(args)
     try:
         config = build_config(args)
     except SettingsError as exc:
