@@ -45,6 +45,7 @@ from missioncontrol.service import (
     start_from_installed_config,
     toml_text,
     uninstall,
+    unreachable_command,
 )
 from missioncontrol.settings import SettingsError, config_path_from, load_config_file, resolve
 
@@ -142,10 +143,9 @@ def default_data_dir(manager: Manager, scope: Scope) -> Path:
     return Path("/var/lib") / PROGRAM
 
 
-def _target(args: argparse.Namespace, account: Account | None = None) -> Target:
-    manager, scope = chosen_manager(args), chosen_scope(args)
-    if account is None:  # enough to find the files (uninstall)
-        account = Account.current()
+def _located(manager: Manager, scope: Scope) -> Target:
+    """Enough of a target to find its files (they do not depend on the service's account)."""
+    account = Account.current()
     return Target(PROGRAM, manager, scope, account, config_home(account))
 
 
@@ -154,8 +154,7 @@ def _install(args: argparse.Namespace) -> int:
     staging = args.root is not None
     if scope is Scope.SYSTEM and os.geteuid() != 0 and not (args.dry_run or staging):
         raise ServiceError("a system service is installed as root: run it with sudo")
-    probe = _target(args)
-    start_from_installed_config(args, probe, args.root, ENV_PREFIX + "CONFIG")
+    start_from_installed_config(args, _located(manager, scope), args.root, ENV_PREFIX + "CONFIG")
     environ = dict(os.environ)
     environ[ADMIN_TOKEN_ENV] = _TOKEN_PLACEHOLDER
     file_path = config_path_from(args, environ, ENV_PREFIX + "CONFIG")
@@ -183,6 +182,9 @@ def _install(args: argparse.Namespace) -> int:
         read_write_paths=(data_dir,),
         create_account=account.uid is None,
     )
+    problem = None if staging else unreachable_command(account, spec.command)
+    if problem and not args.dry_run:
+        raise ServiceError(problem)
     plan = plan_install(spec)
     if args.dry_run:
         describe(plan, sys.stdout)
@@ -211,7 +213,7 @@ def _install(args: argparse.Namespace) -> int:
 
 
 def _uninstall(args: argparse.Namespace) -> int:
-    target = _target(args)
+    target = _located(chosen_manager(args, installing=False), chosen_scope(args))
     if target.scope is Scope.SYSTEM and os.geteuid() != 0 and not (args.dry_run or args.root):
         raise ServiceError("a system service is removed as root: run it with sudo")
     plan = plan_uninstall(target)

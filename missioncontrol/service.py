@@ -79,6 +79,7 @@ class Account:
     group: str
     home: Path
     uid: int | None  # None: does not exist yet (a system account the install creates)
+    gid: int | None = None
 
     @classmethod
     def lookup(cls, name: str) -> Account:
@@ -90,7 +91,16 @@ class Account:
             group = grp.getgrgid(entry.pw_gid).gr_name
         except KeyError:
             group = str(entry.pw_gid)
-        return cls(name, group, Path(entry.pw_dir), entry.pw_uid)
+        return cls(name, group, Path(entry.pw_dir), entry.pw_uid, entry.pw_gid)
+
+    def can_enter(self, directory: Path) -> bool:
+        """Whether this account may search `directory` (the execute bit that applies)."""
+        info = directory.stat()
+        if self.uid is not None and info.st_uid == self.uid:
+            return bool(info.st_mode & 0o100)
+        if self.gid is not None and info.st_gid == self.gid:
+            return bool(info.st_mode & 0o010)
+        return bool(info.st_mode & 0o001)
 
     @classmethod
     def current(cls) -> Account:
@@ -209,11 +219,37 @@ def installed_command(program: str) -> Path:
     )
 
 
+def manager_running(manager: Manager, platform: str = sys.platform) -> bool:
+    if manager is Manager.LAUNCHD:
+        return platform == "darwin"
+    return Path("/run/systemd/system").is_dir()  # sd_booted(): systemd is PID 1
+
+
+def unreachable_command(account: Account, command: Path) -> str | None:
+    """Why `account` cannot run the service's command (or its Python), or None if it can.
+
+    A venv made from a Python under /root (pyenv, say) works for root and fails for
+    the service's account with 203/EXEC at every start; say so at install time.
+    """
+    if account.uid == os.geteuid():
+        return None
+    for path in (command, Path(os.path.realpath(sys.executable))):
+        for directory in Path(os.path.realpath(path)).parents:
+            if not account.can_enter(directory):
+                return (
+                    f"{account.name} cannot enter {directory}, so the service cannot run "
+                    f"{path}; install the package with a Python outside it (e.g. "
+                    "packaging/install.sh --python /usr/bin/python3) and run install-service "
+                    "with that installation's command"
+                )
+    return None
+
+
 def detect_manager(*, writing_only: bool, platform: str = sys.platform) -> Manager:
     """The service manager of this host; `writing_only` when nothing is started now."""
     if platform == "darwin":
         return Manager.LAUNCHD
-    if Path("/run/systemd/system").is_dir():  # sd_booted(): systemd is PID 1
+    if manager_running(Manager.SYSTEMD):
         return Manager.SYSTEMD
     if shutil.which("systemctl") and writing_only:
         return Manager.SYSTEMD
@@ -550,6 +586,9 @@ def describe(plan: InstallPlan, out: TextIO) -> None:
         print(f"  run    {command}", file=out)
     if plan.restart != plan.start:
         print(f"         (or, if no file changed: {'; '.join(map(str, plan.start))})", file=out)
+    problem = unreachable_command(spec.target.account, spec.command)
+    if problem:
+        print(f"  but the service would not start: {problem}", file=out)
 
 
 def describe_uninstall(plan: UninstallPlan, out: TextIO) -> None:
@@ -625,14 +664,18 @@ def uninstall(
             file=out,
         )
         return False
-    if root is None and stop:
+    running = manager_running(plan.target.manager)
+    if root is None and stop and not running:
+        print(f"  {plan.target.manager} is not running here: nothing to stop", file=out)
+    stop = root is None and stop and running
+    if stop:
         for command in plan.deactivate:
             _run(command, out)
     for path in present:
         under(root, path).unlink()
         print(f"  removed {under(root, path)}", file=out)
         log.info("service.file.removed", path=str(under(root, path)))
-    if root is None and stop:
+    if stop:
         for command in plan.reload:
             _run(command, out)
     return True
@@ -718,10 +761,12 @@ def add_service_arguments(parser: argparse.ArgumentParser, *, installing: bool) 
     )
 
 
-def chosen_manager(args: argparse.Namespace) -> Manager:
+def chosen_manager(args: argparse.Namespace, *, installing: bool = True) -> Manager:
     if args.manager:
         return Manager(args.manager)
-    return detect_manager(writing_only=args.dry_run or args.root is not None or not args.manage)
+    # Removing needs only the kind of manager: uninstall() stops nothing if it is not running.
+    quiet = args.dry_run or args.root is not None or not args.manage or not installing
+    return detect_manager(writing_only=quiet)
 
 
 def chosen_scope(args: argparse.Namespace) -> Scope:

@@ -37,6 +37,7 @@ from missioncontrol.service import (
     start_from_installed_config,
     toml_text,
     uninstall,
+    unreachable_command,
 )
 from missioncontrol.settings import SettingsError, config_path_from, load_config_file, resolve
 from sidecar.config import ENV_PREFIX, RUN_OPTIONS, add_run_arguments, build_config
@@ -154,6 +155,9 @@ def _install(args: argparse.Namespace) -> int:
         ),
         read_write_paths=tuple(dict.fromkeys(writable)),  # in order, without repeats
     )
+    problem = None if staging else unreachable_command(account, spec.command)
+    if problem and not args.dry_run:
+        raise ServiceError(problem)
     plan = plan_install(spec)
     if args.dry_run:
         describe(plan, sys.stdout)
@@ -165,7 +169,7 @@ def _install(args: argparse.Namespace) -> int:
 
 
 def _uninstall(args: argparse.Namespace) -> int:
-    manager, scope = chosen_manager(args), chosen_scope(args)
+    manager, scope = chosen_manager(args, installing=False), chosen_scope(args)
     if scope is Scope.SYSTEM and os.geteuid() != 0 and not (args.dry_run or args.root):
         raise ServiceError("a system service is removed as root: run it with sudo")
     account = Account.current()

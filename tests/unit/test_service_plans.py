@@ -179,3 +179,17 @@ def test_templates_in_the_checkout_are_the_ones_rendered() -> None:
         "systemd/user/mc-hub.service.in",
         "systemd/user/mc-sidecar.service.in",
     ]
+
+
+def test_an_account_enters_a_directory_only_through_the_execute_bit_that_applies(
+    tmp_path: Path,
+) -> None:
+    stranger = Account("stranger", "strangers", Path("/nonexistent"), uid=54321, gid=54321)
+    directory = tmp_path / "venv"
+    directory.mkdir(mode=0o700)
+    assert not stranger.can_enter(directory)
+    directory.chmod(0o701)
+    assert stranger.can_enter(directory)
+    owner = Account("owner", "owners", Path("/nonexistent"), uid=directory.stat().st_uid)
+    directory.chmod(0o007)  # the owner's own bits apply to the owner, not the others'
+    assert not owner.can_enter(directory)
