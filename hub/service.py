@@ -207,7 +207,7 @@ def _install(args: argparse.Namespace) -> int:
         return lines
 
     print(f"{PROGRAM}: {manager} {scope} service, runs as {account.name}", flush=True)
-    install(plan, sys.stdout, root=args.root, start=args.manage, prepare=admin_token)
+    install(plan, sys.stdout, root=args.root, start=args.manage, before_start=admin_token)
     print(target.status_hint())
     return 0
 

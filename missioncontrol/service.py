@@ -608,13 +608,13 @@ def install(
     *,
     root: Path | None = None,
     start: bool = True,
-    prepare: Callable[[], Iterable[str]] | None = None,
+    before_start: Callable[[], Iterable[str]] | None = None,
 ) -> bool:
     """Write the plan's files and start the service; True if a file changed.
 
     With `root`, files and directories go below it (an image being built) and neither
-    accounts, ownership nor the service manager are touched. `prepare` runs after the
-    files are written and before the service starts; it returns lines to print.
+    accounts, ownership nor the service manager are touched. `before_start` runs once
+    the files are written, before the service starts; it returns lines to print.
     """
     spec, target = plan.spec, plan.spec.target
     staging = root is not None
@@ -633,7 +633,7 @@ def install(
         log.info("service.file.written" if wrote else "service.file.unchanged", path=str(path))
     if target.log_file is not None:
         _ensure_directory(under(root, target.log_file.parent), account, chown=not staging)
-    for line in prepare() if prepare else ():
+    for line in before_start() if before_start else ():
         print(f"  {line}", file=out)
     if staging or not start:
         print("  not started; to start it:", file=out)
@@ -682,7 +682,7 @@ def uninstall(
 
 
 def _refresh(account: Account) -> Account:
-    """The account as it is now (an account made by `prepare` has a uid only now)."""
+    """The account as it is now (one the plan's `prepare` created has a uid only now)."""
     try:
         return Account.lookup(account.name)
     except ServiceError:
