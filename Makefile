@@ -11,7 +11,7 @@ LINK_LISTEN ?= 127.0.0.1:7443
 ENROLL_LISTEN ?= 127.0.0.1:7444
 PYTEST_ARGS ?=
 
-.PHONY: help install proto run test unit integration interop bench bench-quick lint fmt clean
+.PHONY: help install proto run test unit integration interop bench bench-quick lint fmt wheel clean
 
 help:
 	@echo "make run        start the hub with embedded SQLite under ./var/"
@@ -20,6 +20,7 @@ help:
 	@echo "make bench      benchmarks (figures and ratios against the raw stack)"
 	@echo "make lint       ruff check, format check, mypy"
 	@echo "make proto      regenerate the gRPC modules from protos/*.proto"
+	@echo "make wheel      build dist/*.whl (what packaging/install.sh --from installs)"
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
@@ -70,5 +71,8 @@ bench: install
 bench-quick: install
 	$(BIN)/python -m bench --quick $(BENCH_ARGS)
 
+wheel: install
+	$(BIN)/python -m pip wheel --quiet --no-deps --no-build-isolation -w dist .
+
 clean:
-	rm -rf $(VENV) build *.egg-info protos/*_pb2*.py protos/*_pb2*.pyi .pytest_cache .ruff_cache
+	rm -rf $(VENV) build dist *.egg-info protos/*_pb2*.py protos/*_pb2*.pyi .pytest_cache .ruff_cache

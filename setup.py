@@ -17,6 +17,8 @@ PACKAGES = [
     *find_packages(include=[pattern for name in CODE for pattern in (name, f"{name}.*")]),
     "hub.templates",
     *(f"hub.templates.{name}" for name in find_namespace_packages(where=str(ROOT / "templates"))),
+    # packaging/ (units, plists, install.sh) ships as data inside missioncontrol.packaging.
+    "missioncontrol.packaging",
 ]
 
 

@@ -8,7 +8,11 @@ import os
 import sys
 
 from hub.config import ADMIN_TOKEN_ENV, HubConfig, add_serve_arguments, build_config
+from hub.service import COMMANDS as SERVICE_COMMANDS
+from hub.service import add_service_parsers, service_main
 from missioncontrol import log as logs
+from missioncontrol.sd_notify import supervised
+from missioncontrol.service import started_by_service_manager
 from missioncontrol.settings import SettingsError
 from missioncontrol.signals import until_stopped
 from missioncontrol.version import VERSION
@@ -58,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help="address sidecars enroll at, for the printed command",
     )
+    add_service_parsers(commands)
     return parser
 
 
@@ -101,9 +106,13 @@ async def _join_token(args: argparse.Namespace) -> int:
     return 0
 
 
-def banner(config: HubConfig, http: str, link: str, enroll: str | None) -> str:
+def banner(
+    config: HubConfig, http: str, link: str, enroll: str | None, *, show_token: bool = True
+) -> str:
     token_file = config.data_dir / "admin-token"
-    if config.admin_token_generated:
+    if not show_token:  # a service's output is kept in a log: name the file, not the secret
+        token_line = f"admin token: in {token_file}"
+    elif config.admin_token_generated:
         token_line = f"admin token (generated, saved in {token_file}):\n    {config.admin_token}"
     elif os.environ.get(ADMIN_TOKEN_ENV):
         token_line = f"admin token: from ${ADMIN_TOKEN_ENV}"
@@ -153,11 +162,17 @@ async def _serve(config: HubConfig) -> None:
             str(addresses.http),
             str(addresses.link),
             str(addresses.enroll) if addresses.enroll else None,
+            show_token=not started_by_service_manager("mc-hub"),
         ),
         flush=True,
     )
+    status = f"API http://{addresses.http}, link {addresses.link}"
+    if addresses.enroll:
+        status += f", enroll {addresses.enroll}"
     try:
-        await until_stopped()
+        # Ports bound and database open: READY=1 now, STOPPING=1 before the stop begins.
+        async with supervised(status):
+            await until_stopped()
     finally:
         await hub.stop()
 
@@ -167,6 +182,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "gateway":
         logs.configure("warning", "auto")
         return asyncio.run(_join_token(args))
+    if args.command in SERVICE_COMMANDS:
+        logs.configure("warning", "auto")
+        return service_main(args)
     try:
         config = build_config(args)
     except SettingsError as exc:

@@ -7,10 +7,13 @@ import asyncio
 import sys
 
 from missioncontrol import log as logs
+from missioncontrol.sd_notify import supervised
 from missioncontrol.settings import SettingsError
 from missioncontrol.signals import until_stopped
 from missioncontrol.version import VERSION
 from sidecar.config import SidecarConfig, add_run_arguments, build_config
+from sidecar.service import COMMANDS as SERVICE_COMMANDS
+from sidecar.service import add_service_parsers, service_main
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="with a fleet token: the gateway to enroll as (default: a new one)",
     )
     enroll.add_argument("--force", action="store_true", help="replace an existing identity")
+    add_service_parsers(commands)
     return parser
 
 
@@ -102,7 +106,10 @@ async def _run(config: SidecarConfig) -> None:
     sidecar = Sidecar(config)
     await sidecar.start()
     try:
-        await until_stopped()
+        await asyncio.sleep(0)  # let the link task take its first step before READY
+        # The agent API listens and the link runs: READY=1 now, STOPPING=1 before the stop.
+        async with supervised(f"agent API {sidecar.agent_api_url}, link to {config.hub}"):
+            await until_stopped()
     finally:
         await sidecar.stop()
 
@@ -112,6 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "enroll":
         logs.configure("warning", "auto")
         return _enroll(args)
+    if args.command in SERVICE_COMMANDS:
+        logs.configure("warning", "auto")
+        return service_main(args)
     try:
         config = build_config(args)
     except SettingsError as exc:
