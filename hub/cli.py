@@ -8,13 +8,13 @@ import os
 import sys
 
 from hub.config import ADMIN_TOKEN_ENV, HubConfig, add_serve_arguments, build_config
-from hub.service import COMMANDS as SERVICE_COMMANDS
-from hub.service import add_service_parsers, service_main
+from hub.system_service import COMMANDS as SERVICE_COMMANDS
+from hub.system_service import add_service_parsers, service_main
 from missioncontrol import log as logs
 from missioncontrol.sd_notify import supervised
-from missioncontrol.service import started_by_service_manager
 from missioncontrol.settings import SettingsError
 from missioncontrol.signals import until_stopped
+from missioncontrol.system_service import started_by_service_manager
 from missioncontrol.version import VERSION
 
 

@@ -12,8 +12,8 @@ from missioncontrol.settings import SettingsError
 from missioncontrol.signals import until_stopped
 from missioncontrol.version import VERSION
 from sidecar.config import SidecarConfig, add_run_arguments, build_config
-from sidecar.service import COMMANDS as SERVICE_COMMANDS
-from sidecar.service import add_service_parsers, service_main
+from sidecar.system_service import COMMANDS as SERVICE_COMMANDS
+from sidecar.system_service import add_service_parsers, service_main
 
 
 def build_parser() -> argparse.ArgumentParser:

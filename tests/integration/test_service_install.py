@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from missioncontrol.service import (
+from missioncontrol.system_service import (
     Account,
     Manager,
     Scope,

@@ -11,7 +11,8 @@ import pytest
 from hub.config import ENV_PREFIX as HUB_PREFIX
 from hub.config import SERVE_OPTIONS
 from missioncontrol.sd_notify import socket_address, watchdog_interval_s
-from missioncontrol.service import (
+from missioncontrol.settings import resolve
+from missioncontrol.system_service import (
     Account,
     Manager,
     Scope,
@@ -28,7 +29,6 @@ from missioncontrol.service import (
     systemd_quote,
     toml_text,
 )
-from missioncontrol.settings import resolve
 
 ALICE = Account("alice", "staff", Path("/home/alice"), uid=1000)
 

@@ -4,7 +4,7 @@ The unit files and plists are the templates in packaging/ (shipped in the wheel 
 missioncontrol/packaging); this module fills them in for one install (`render_*`),
 decides what to write and which service-manager commands to run (`plan_install`,
 `plan_uninstall`: pure), and carries a plan out (`install`, `uninstall`). Each
-program's own module (hub/service.py, sidecar/service.py) turns its settings into a
+program's own module (hub/system_service.py, sidecar/system_service.py) turns its settings into a
 `ServiceSpec`: who the service runs as, its config file, the paths it may write.
 
 The service always runs `COMMAND run|serve --config FILE`: install-service writes the

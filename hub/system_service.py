@@ -23,7 +23,8 @@ from hub.config import (
     build_config,
     load_admin_token,
 )
-from missioncontrol.service import (
+from missioncontrol.settings import SettingsError, config_path_from, load_config_file, resolve
+from missioncontrol.system_service import (
     Account,
     Manager,
     Scope,
@@ -47,7 +48,6 @@ from missioncontrol.service import (
     uninstall,
     unreachable_command,
 )
-from missioncontrol.settings import SettingsError, config_path_from, load_config_file, resolve
 
 PROGRAM = "mc-hub"
 SYSTEM_ACCOUNT = "mc-hub"

@@ -15,7 +15,8 @@ import argparse
 import os
 import sys
 
-from missioncontrol.service import (
+from missioncontrol.settings import SettingsError, config_path_from, load_config_file, resolve
+from missioncontrol.system_service import (
     Account,
     Manager,
     Scope,
@@ -39,7 +40,6 @@ from missioncontrol.service import (
     uninstall,
     unreachable_command,
 )
-from missioncontrol.settings import SettingsError, config_path_from, load_config_file, resolve
 from sidecar.config import ENV_PREFIX, RUN_OPTIONS, add_run_arguments, build_config
 from sidecar.identity import is_enrolled
 
