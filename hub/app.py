@@ -10,6 +10,7 @@ Stop, in this order so nothing is lost:
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import socket
 import time
 from collections.abc import Callable
@@ -32,7 +33,7 @@ from hub.pki.enrollment import CertificateIssuer, EnrollmentService, Revocations
 from hub.provisioning.agent_tokens import TokenKeyring
 from hub.provisioning.service import Provisioning
 from hub.provisioning.template_sync import TemplateSync
-from hub.store.database import Database
+from hub.store.database import Database, DatabaseError
 from hub.store.gateways import GatewayStore
 from hub.store.outbox import OUTBOX
 from hub.webhooks.rules import RetryPolicy
@@ -101,18 +102,36 @@ class Hub:
         self.link: LinkService | None = None
         self._grpc: grpc.aio.Server | None = None
         self._runner: web.AppRunner | None = None
+        self._http_socket: socket.socket | None = None
         self._link_serving = False
         self.addresses: BoundAddresses | None = None
 
     async def start(self) -> BoundAddresses:
-        self.db.open()
+        """Open the store, bind every port, start serving. On any failure what was started
+        is stopped again, and a taken port or an unusable database is a HubStartError."""
+        try:
+            return await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self) -> BoundAddresses:
+        config = self.config
+        # Refuse a taken port before anything else starts (and before grpc logs about it).
+        _check_free(config.http_listen, "--http-listen")
+        _check_free(config.link_listen, "--link-listen")
+        if not config.insecure_dev:
+            _check_free(config.enroll_listen, "--enroll-listen")
+        try:
+            self.db.open()
+        except DatabaseError as exc:
+            raise HubStartError(str(exc)) from exc
         await self.store.mark_all_disconnected()
         await self.revocations.load(self.store)
         await self.reconciler.start()
         await self.webhooks.start()
 
-        config = self.config
-        http_socket = _bind(config.http_listen)
+        http_socket = self._http_socket = _bind(config.http_listen, "--http-listen")
         http = HostPort(config.http_listen.host, http_socket.getsockname()[1])
         # A wildcard listener is reachable on loopback.
         local = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(http.host, http.host)
@@ -206,8 +225,11 @@ class Hub:
         if self.link is not None:
             await self.link.wait_closed()
         self._link_serving = False
+        self.events.close()  # live streams end now rather than at the shutdown timeout
         if self._runner is not None:
             await self._runner.cleanup()
+        elif self._http_socket is not None:  # the start failed before serving
+            self._http_socket.close()
         await self.template_sync.stop()
         await self.reconciler.stop()
         await self.webhooks.stop()
@@ -218,6 +240,31 @@ class Hub:
         log.info("hub.stopped")
 
 
-def _bind(address: HostPort) -> socket.socket:
+class HubStartError(Exception):
+    """The hub cannot start; the message names the cause and the fix."""
+
+
+def _bind(address: HostPort, flag: str) -> socket.socket:
     """A listening TCP socket for the HTTP API (bound here, so its port is known early)."""
-    return socket.create_server((address.host, address.port), backlog=128)
+    try:
+        return socket.create_server((address.host, address.port), backlog=128)
+    except OSError as exc:
+        raise HubStartError(_bind_failure(address, flag, exc)) from None
+
+
+def _check_free(address: HostPort, flag: str) -> None:
+    """Refuse an address another process listens on (port 0 always has room)."""
+    if address.port == 0:
+        return
+    _bind(address, flag).close()
+
+
+def _bind_failure(address: HostPort, flag: str, exc: OSError) -> str:
+    cause = exc.strerror or str(exc)
+    fix = (
+        "another mc-hub or another program listens there: stop it, or choose another "
+        f"address with {flag}"
+        if exc.errno == errno.EADDRINUSE
+        else f"choose an address this host has with {flag}"
+    )
+    return f"cannot listen on {address} ({flag}): {cause}; {fix}"

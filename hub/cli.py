@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shlex
+import shutil
 import sys
+from pathlib import Path
 
 from hub.config import ADMIN_TOKEN_ENV, HubConfig, add_serve_arguments, build_config
 from hub.system_service import COMMANDS as SERVICE_COMMANDS
@@ -106,32 +109,50 @@ async def _join_token(args: argparse.Namespace) -> int:
     return 0
 
 
+def sibling_command(name: str) -> str:
+    """How to run another of this package's commands from here: its bare name when it is
+    on PATH, else its path beside the running command (e.g. `.venv/bin/mc-sidecar`)."""
+    if shutil.which(name):
+        return name
+    beside = Path(sys.argv[0]).resolve().parent / name
+    if not beside.exists():
+        return name
+    try:
+        return str(beside.relative_to(Path.cwd()))
+    except ValueError:
+        return str(beside)
+
+
 def banner(
     config: HubConfig, http: str, link: str, enroll: str | None, *, show_token: bool = True
 ) -> str:
     token_file = config.data_dir / "admin-token"
-    if not show_token:  # a service's output is kept in a log: name the file, not the secret
-        token_line = f"admin token: in {token_file}"
-    elif config.admin_token_generated:
-        token_line = f"admin token (generated, saved in {token_file}):\n    {config.admin_token}"
-    elif os.environ.get(ADMIN_TOKEN_ENV):
+    from_env = bool(os.environ.get(ADMIN_TOKEN_ENV))
+    if from_env:
         token_line = f"admin token: from ${ADMIN_TOKEN_ENV}"
+        bearer = f"Authorization: Bearer ${ADMIN_TOKEN_ENV}"
+    elif config.admin_token_generated and show_token:
+        # Shown this once, when it is made; later starts name the file, never the secret.
+        token_line = f"admin token (generated, saved in {token_file}):\n    {config.admin_token}"
+        bearer = f"Authorization: Bearer $(cat {shlex.quote(str(token_file))})"
     else:
-        token_line = f"admin token: {config.admin_token}  (from {token_file})"
+        token_line = f"admin token: in {token_file}"
+        bearer = f"Authorization: Bearer $(cat {shlex.quote(str(token_file))})"
+    sidecar = sibling_command("mc-sidecar")
     if enroll:
         connect = [
             f"  enroll:    {enroll}   (mutual TLS; sidecars need a join token)",
             "  connect a sidecar:",
             "    1. create the gateway; the answer has a one-time join token and the command:",
-            "       curl -X POST -H 'Authorization: Bearer <admin token>' "
+            f'       curl -X POST -H "{bearer}" '
             f'-d \'{{"name": "host-1"}}\' http://{http}/api/v1/gateways',
-            f"    2. on the gateway host: mc-sidecar enroll --hub {enroll} --token '<join token>'",
-            "    3. then:               mc-sidecar run --openclaw-config ~/.openclaw/openclaw.json",
+            f"    2. on the gateway host: {sidecar} enroll --hub {enroll} --token '<join token>'",
+            f"    3. then:               {sidecar} run --openclaw-config ~/.openclaw/openclaw.json",
         ]
     else:
         connect = [
             "  connect a sidecar on this host (development, no TLS):",
-            f"    mc-sidecar run --hub {link} --insecure-dev \\",
+            f"    {sidecar} run --hub {link} --insecure-dev \\",
             "      --state-dir ~/.mc-sidecar --openclaw-config ~/.openclaw/openclaw.json",
         ]
     insecure = "  [insecure-dev: no TLS, loopback only]" if config.insecure_dev else ""
@@ -143,7 +164,7 @@ def banner(
             f"  database:  {config.database_path}",
             f"  {token_line}",
             "",
-            f"  try:       curl -H 'Authorization: Bearer <admin token>' http://{http}/api/v1/gateways",
+            f'  try:       curl -H "{bearer}" http://{http}/api/v1/gateways',
             *connect,
             "  Ctrl-C stops the hub.",
             "",
@@ -191,7 +212,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mc-hub: {exc}", file=sys.stderr)
         return 2
     logs.configure(config.log_level, config.log_format)
-    asyncio.run(_serve(config))
+    from hub.app import HubStartError
+    from hub.pki.ca import CAError
+    from missioncontrol.private_files import InsecurePermissionsError
+
+    try:
+        asyncio.run(_serve(config))
+    except (HubStartError, CAError, InsecurePermissionsError) as exc:
+        # The cause and the fix in one line; a traceback would only bury them.
+        print(f"mc-hub: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from missioncontrol.netaddr import HostPort
+from missioncontrol.private_files import InsecurePermissionsError, read_private_file
 from missioncontrol.settings import (
     LOG_OPTIONS,
     Option,
@@ -170,8 +171,12 @@ def load_admin_token(data_dir: Path, environ: Mapping[str, str]) -> tuple[str, b
     if from_env:
         return from_env, False
     path = data_dir / ADMIN_TOKEN_FILE
-    if path.exists():
-        return path.read_text().strip(), False
+    if os.path.lexists(path):
+        try:
+            # A secret others could read is treated as leaked, like the hub's key files.
+            return read_private_file(path).decode("utf-8").strip(), False
+        except (InsecurePermissionsError, UnicodeDecodeError) as exc:
+            raise SettingsError(f"admin token file: {exc}") from None
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     token = secrets.token_urlsafe(48)  # 64 characters, 384 bits
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

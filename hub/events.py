@@ -28,15 +28,28 @@ class Event:
     data: dict[str, Any]
 
 
-class SubscriberTooSlow(Exception):
+class StreamEnded(Exception):
+    """A subscription is over; the message says why and what the client should do."""
+
+
+class SubscriberTooSlow(StreamEnded):
     pass
+
+
+class BusClosed(StreamEnded):
+    pass
+
+
+# What ends a subscription, in its queue: the exception its reader raises.
+_TOO_SLOW = SubscriberTooSlow("event stream fell behind; reconnect with ?since=")
+_CLOSED = BusClosed("the hub is shutting down; reconnect in a few seconds")
 
 
 class Subscription:
     def __init__(self, bus: EventBus, board_id: str | None) -> None:
         self.bus = bus
         self.board_id = board_id
-        self.queue: asyncio.Queue[Event | None] = asyncio.Queue(maxsize=SUBSCRIBER_QUEUE)
+        self.queue: asyncio.Queue[Event | StreamEnded] = asyncio.Queue(maxsize=SUBSCRIBER_QUEUE)
 
     def wants(self, event: Event) -> bool:
         return self.board_id is None or event.board_id == self.board_id
@@ -48,9 +61,16 @@ class Subscription:
                 event = await self.queue.get()
         except TimeoutError:
             return None
-        if event is None:
-            raise SubscriberTooSlow("event stream fell behind; reconnect with ?since=")
+        if isinstance(event, StreamEnded):
+            raise event
         return event
+
+    def end(self, why: StreamEnded) -> None:
+        """Stop delivering; the reader gets `why` next (its queue makes room for it)."""
+        self.close()
+        if self.queue.full():
+            self.queue.get_nowait()
+        self.queue.put_nowait(why)
 
     def close(self) -> None:
         self.bus._subscribers.discard(self)
@@ -61,6 +81,7 @@ class EventBus:
         self._ids = itertools.count(1)
         self._ring: collections.deque[Event] = collections.deque(maxlen=RING_SIZE)
         self._subscribers: set[Subscription] = set()
+        self._closed = False
 
     def publish(
         self, kind: str, data: dict[str, Any], *, board_id: str | None, gateway_id: str | None
@@ -73,9 +94,14 @@ class EventBus:
             try:
                 subscriber.queue.put_nowait(event)
             except asyncio.QueueFull:
-                subscriber.close()
-                subscriber.queue.get_nowait()
-                subscriber.queue.put_nowait(None)
+                subscriber.end(_TOO_SLOW)
+
+    def close(self) -> None:
+        """End every subscription now, and any made later (hub shutdown): streams finish
+        at once instead of holding the HTTP server's stop."""
+        self._closed = True
+        for subscriber in list(self._subscribers):
+            subscriber.end(_CLOSED)
 
     def __len__(self) -> int:
         """How many subscribers listen now."""
@@ -84,6 +110,8 @@ class EventBus:
     def subscribe(self, board_id: str | None) -> Subscription:
         subscription = Subscription(self, board_id)
         self._subscribers.add(subscription)
+        if self._closed:
+            subscription.end(_CLOSED)
         return subscription
 
     def since(self, at: float, board_id: str | None) -> list[Event]:

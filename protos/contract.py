@@ -102,6 +102,9 @@ def server_options() -> list[tuple[str, int]]:
         ("grpc.http2.max_pings_without_data", 0),
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        # Never share a port: with SO_REUSEPORT a second hub binds the same link port
+        # and reconnecting sidecars land on either one.
+        ("grpc.so_reuseport", 0),
     ]
 
 

@@ -22,7 +22,7 @@ from hub.api.schemas import (
     ForceQuery,
     TokenRotate,
 )
-from hub.events import SubscriberTooSlow
+from hub.events import StreamEnded
 from hub.provisioning.agents import (
     AgentConflict,
     AgentError,
@@ -238,7 +238,7 @@ async def _stream(call: Call) -> web.StreamResponse:
         while True:
             try:
                 event = await subscription.next(KEEPALIVE_S)
-            except SubscriberTooSlow as exc:
+            except StreamEnded as exc:
                 await response.write(f": {exc}\n\n".encode())
                 break
             if event is None:

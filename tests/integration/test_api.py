@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
 from collections.abc import AsyncIterator
@@ -254,3 +255,23 @@ async def test_cors_allows_only_configured_origins(tmp_path: Path) -> None:
                 assert "Access-Control-Allow-Origin" not in response.headers
     finally:
         await instance.stop()
+
+
+async def test_a_connected_event_stream_does_not_hold_the_hub_stop(tmp_path: Path) -> None:
+    config = dataclasses.replace(hub_config(tmp_path / "hub"), shutdown_grace_s=60.0)
+    hub = Hub(config)
+    await hub.start()
+    assert hub.addresses is not None
+    said: list[bytes] = []
+    async with aiohttp.ClientSession() as session:
+        response = await session.get(
+            f"http://{hub.addresses.http}/api/v1/agents/stream", headers=AUTH
+        )
+        await wait_for(lambda: len(hub.events) == 1, what="the stream subscribed")
+        # Far less than the 60 s the HTTP server would otherwise wait for the handler.
+        async with asyncio.timeout(20):
+            await hub.stop()
+            async for line in response.content:
+                said.append(line)
+        response.release()
+    assert any(b"shutting down" in line for line in said)

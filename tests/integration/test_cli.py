@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -274,3 +275,34 @@ def test_sidecar_offline_past_certificate_expiry_is_told_to_re_enroll(tmp_path: 
     )
     assert done.returncode == 2
     assert "expired" in done.stderr and "--force" in done.stderr
+
+
+@pytest.mark.parametrize("taken", ["--http-listen", "--link-listen", "--enroll-listen"])
+def test_a_port_that_is_taken_is_one_clear_line_at_start(tmp_path: Path, taken: str) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        busy = f"127.0.0.1:{holder.getsockname()[1]}"
+        ports = {flag: "127.0.0.1:0" for flag in ("--http-listen", "--link-listen")}
+        ports["--enroll-listen"] = "127.0.0.1:0"
+        ports[taken] = busy
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "hub.cli",
+                "serve",
+                "--data-dir",
+                str(tmp_path / "hub"),
+                *(part for flag, value in ports.items() for part in (flag, value)),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "MC_ADMIN_TOKEN": "t" * 64},
+        )
+    assert result.returncode == 1
+    said = [line for line in result.stderr.splitlines() if not line.startswith("{")]  # not logs
+    assert len(said) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert said[0].startswith(f"mc-hub: cannot listen on {busy} ({taken})")
+    assert "choose another address" in said[0]

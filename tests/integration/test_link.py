@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import signal
 import sys
@@ -22,7 +23,14 @@ from protos import link_pb2_grpc as pb_grpc
 from protos.contract import LINK_PROTOCOL
 from sidecar.app import Sidecar
 from sidecar.backoff import Backoff
-from tests.support import ADMIN_TOKEN, RecordingGateway, hub_config, sidecar_config, wait_for
+from tests.support import (
+    ADMIN_TOKEN,
+    RecordingGateway,
+    hub_config,
+    running_hub,
+    sidecar_config,
+    wait_for,
+)
 
 AGENT = "mc-11111111-2222-3333-4444-555555555555"
 
@@ -553,3 +561,17 @@ async def test_gateway_state_with_drift_is_recorded(hub: Hub) -> None:
     assert [(e["agent_id"], e["detail"]["drift"]) for e in events] == [(AGENT, "REMOVED")]
     row = await hub.store.get_gateway("gw-drift")
     assert row is not None and row.openclaw_version == "2026.9.6" and row.reachable is True
+
+
+async def test_a_second_hub_cannot_share_the_link_port(tmp_path: Path) -> None:
+    from hub.app import HubStartError
+
+    async with running_hub(tmp_path / "first") as first:
+        assert first.addresses is not None
+        config = dataclasses.replace(
+            hub_config(tmp_path / "second"), link_listen=first.addresses.link
+        )
+        second = Hub(config)
+        with pytest.raises(HubStartError, match=r"--link-listen.*choose another address"):
+            await second.start()
+        assert second.addresses is None

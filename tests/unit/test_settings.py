@@ -114,3 +114,13 @@ def test_both_programs_refuse_an_unknown_log_level_or_format_naming_the_choices(
         hub_args("--log-level", "WARNING"), {"MC_ADMIN_TOKEN": "t" * 60}
     )
     assert config.log_level == "warning"
+
+
+def test_an_admin_token_file_others_can_read_is_refused_with_the_fix(tmp_path: Path) -> None:
+    token = tmp_path / "admin-token"
+    token.write_text("t" * 64 + "\n")
+    token.chmod(0o644)
+    with pytest.raises(SettingsError, match=r"mode 0644.*chmod 600"):
+        hub_config.load_admin_token(tmp_path, {})
+    token.chmod(0o600)
+    assert hub_config.load_admin_token(tmp_path, {}) == ("t" * 64, False)
