@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field
 
 from hub.api.agent_auth import AgentPrincipal
 from hub.api.agents import agent_read
-from hub.api.core import Api, Auth, Call, Page, Strict
+from hub.api.core import MULTILINE, Api, Auth, Call, Page, Strict
 from hub.api.deps import deps
 from hub.api.schemas import AgentRead
 from hub.api.tasks import (
@@ -113,7 +113,11 @@ class AgentTaskUpdate(Strict):
         None, min_length=1, max_length=MAX_ID_CHARS, description="lead only; null unassigns"
     )
     comment: str | None = Field(
-        None, min_length=1, max_length=20_000, description="added as the agent's comment"
+        None,
+        min_length=1,
+        max_length=20_000,
+        description="added as the agent's comment",
+        json_schema_extra=MULTILINE,
     )
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from hub.api.core import Api, Call, Page, Strict
+from hub.api.core import MULTILINE, Api, Call, Page, Strict
 from hub.api.deps import deps
 from hub.boards import BoardNotFound, create_board, list_boards_in, load_board, update_board
 from missioncontrol.http import ApiError
@@ -17,10 +17,10 @@ Metrics = dict[str, Any] | list[Any] | str | None
 
 
 class BoardFields(Strict):
-    description: str = Field("", max_length=4000)
+    description: str = Field("", max_length=4000, json_schema_extra=MULTILINE)
     board_type: str = Field("goal", min_length=1, max_length=32)
-    objective: str = Field("", max_length=4000)
-    success_metrics: Metrics = None
+    objective: str = Field("", max_length=4000, json_schema_extra=MULTILINE)
+    success_metrics: Metrics = Field(None, json_schema_extra=MULTILINE)
     target_date: date | None = None
     goal_confirmed: bool = False
     require_approval_for_done: bool = True
@@ -37,10 +37,10 @@ class BoardCreate(BoardFields):
 
 class BoardUpdate(Strict):
     name: str | None = Field(None, min_length=1, max_length=200)
-    description: str | None = Field(None, max_length=4000)
+    description: str | None = Field(None, max_length=4000, json_schema_extra=MULTILINE)
     board_type: str | None = Field(None, min_length=1, max_length=32)
-    objective: str | None = Field(None, max_length=4000)
-    success_metrics: Metrics = None
+    objective: str | None = Field(None, max_length=4000, json_schema_extra=MULTILINE)
+    success_metrics: Metrics = Field(None, json_schema_extra=MULTILINE)
     target_date: date | None = None
     goal_confirmed: bool | None = None
     require_approval_for_done: bool | None = None

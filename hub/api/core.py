@@ -16,13 +16,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from hub.store.errors import Refusal, StoreError
 from missioncontrol import http
 from missioncontrol.agent_api import TOKEN_HEADER
 from missioncontrol.http import ApiError, RateLimiter
 from missioncontrol.log import get_logger
+from missioncontrol.text import TextError, check_name, check_text, is_encodable
 
 log = get_logger("hub.api")
 
@@ -30,13 +31,57 @@ MAX_BODY_BYTES = 1024 * 1024
 MAX_PAGE = 200
 
 
-class Strict(BaseModel):
-    """Request models: unknown fields are refused, not ignored."""
+# How a request field's text is checked (missioncontrol/text.py): every string is one
+# line of printable text unless its Field says otherwise with one of these.
+MULTILINE: dict[str, Any] = {"x-text": "multiline"}  # line breaks and tabs allowed
+OPAQUE: dict[str, Any] = {"x-text": "opaque"}  # a secret: any valid Unicode
+
+
+def _checked_strings(value: Any, kind: str | None) -> Any:
+    if isinstance(value, str):
+        if kind == "opaque":
+            if not is_encodable(value):
+                raise ValueError("is not valid UTF-8; send UTF-8 text")
+            return value
+        check = check_text if kind == "multiline" else check_name
+        try:
+            check(value)  # lengths are the Field's to bound
+        except TextError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+    if isinstance(value, dict):
+        return {_checked_strings(k, None): _checked_strings(v, kind) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_checked_strings(item, kind) for item in value)
+    return value
+
+
+class _CheckedText(BaseModel):
+    """Every string a request carries is valid UTF-8 without control characters, and a
+    name (any string not marked MULTILINE or OPAQUE) is one line: such text reaches
+    prompt files, logs and the dashboard."""
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _text(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is None or info.field_name is None:
+            return value
+        extra = cls.model_fields[info.field_name].json_schema_extra
+        kind = extra.get("x-text") if isinstance(extra, dict) else None
+        if kind == "multiline" and isinstance(value, str) and not value.strip():
+            return value  # empty text is allowed where the Field allows it
+        if kind is None and isinstance(value, str) and not value:
+            return value  # an empty name is the Field's min_length to refuse
+        return _checked_strings(value, kind if isinstance(kind, str) else None)
+
+
+class Strict(_CheckedText):
+    """Request models: unknown fields are refused, not ignored; text is checked."""
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
 
-class Query(BaseModel):
+class Query(_CheckedText):
     """Query strings: values are validated, unknown parameters ignored (cache busters)."""
 
     model_config = ConfigDict(extra="ignore", str_strip_whitespace=True)
@@ -320,7 +365,8 @@ def require_admin(request: web.Request, expected: str) -> str:
             "missing admin token: send Authorization: Bearer <token>",
             {"WWW-Authenticate": "Bearer"},
         )
-    if not hmac.compare_digest(token.encode(), expected.encode()):
+    # A header with bytes that are not ASCII cannot be the token (and must not be a 500).
+    if not token.isascii() or not hmac.compare_digest(token.encode(), expected.encode()):
         raise ApiError(401, "invalid admin token", {"WWW-Authenticate": "Bearer"})
     return token
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field, field_validator
 
-from hub.api.core import Api, Call, Strict
+from hub.api.core import MULTILINE, Api, Call, Strict
 from hub.api.deps import deps
 from hub.users import LOCAL_USER_ID, read_user, update_user
 from missioncontrol.timefmt import iso
@@ -33,8 +33,8 @@ class UserUpdate(Strict):
     preferred_name: str | None = Field(None, max_length=200)
     pronouns: str | None = Field(None, max_length=64)
     timezone: str | None = Field(None, max_length=64)
-    notes: str | None = Field(None, max_length=4000)
-    context: str | None = Field(None, max_length=4000)
+    notes: str | None = Field(None, max_length=4000, json_schema_extra=MULTILINE)
+    context: str | None = Field(None, max_length=4000, json_schema_extra=MULTILINE)
 
     @field_validator("timezone")
     @classmethod

@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from hub.api.core import Page, Query, Strict
+from hub.api.core import MULTILINE, Page, Query, Strict
 
 Name = Field(min_length=1, max_length=200)
 
@@ -154,7 +154,7 @@ class AgentCreate(Strict):
     gateway_id: str | None = Field(None, max_length=64)
     is_board_lead: bool = False
     is_gateway_main: bool = False
-    identity_profile: dict[str, str | list[str]] | None = None
+    identity_profile: dict[str, str | list[str]] | None = Field(None, json_schema_extra=MULTILINE)
     heartbeat_config: HeartbeatConfig | None = None
 
 

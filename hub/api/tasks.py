@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
 
-from hub.api.core import Api, Call, Page, Strict
+from hub.api.core import MULTILINE, Api, Call, Page, Strict
 from hub.api.deps import deps
 from hub.api.schemas import Ok
 from hub.store.database import Connection
@@ -57,7 +57,7 @@ def due_timestamp(value: datetime | None) -> float | None:
 
 class TaskCreate(Strict):
     title: str = Field(min_length=1, max_length=MAX_TITLE_CHARS)
-    description: str = Field("", max_length=MAX_TEXT_CHARS)
+    description: str = Field("", max_length=MAX_TEXT_CHARS, json_schema_extra=MULTILINE)
     status: TaskStatus = "inbox"
     priority: TaskPriority = "medium"
     due_at: datetime | None = Field(None, description="ISO 8601; without an offset it is UTC")
@@ -74,7 +74,7 @@ class TaskUpdate(Strict):
     """Only the fields sent change; `due_at` and `assigned_agent_id` may be set to null."""
 
     title: str | None = Field(None, min_length=1, max_length=MAX_TITLE_CHARS)
-    description: str | None = Field(None, max_length=MAX_TEXT_CHARS)
+    description: str | None = Field(None, max_length=MAX_TEXT_CHARS, json_schema_extra=MULTILINE)
     status: TaskStatus | None = None
     priority: TaskPriority | None = None
     due_at: datetime | None = Field(None, description="ISO 8601; null clears it")
@@ -141,7 +141,7 @@ class TaskPage(BaseModel):
 
 
 class CommentCreate(Strict):
-    message: str = Field(min_length=1, max_length=MAX_TEXT_CHARS)
+    message: str = Field(min_length=1, max_length=MAX_TEXT_CHARS, json_schema_extra=MULTILINE)
 
 
 class CommentRead(BaseModel):

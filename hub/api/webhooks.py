@@ -16,7 +16,7 @@ from typing import Any, Self, TypeVar
 from aiohttp import web
 from pydantic import BaseModel, Field, model_validator
 
-from hub.api.core import Api, Auth, Call, Page, Strict
+from hub.api.core import MULTILINE, OPAQUE, Api, Auth, Call, Page, Strict
 from hub.api.deps import deps
 from hub.webhooks.rules import HEADER_TOKEN, MAX_PAYLOAD_BYTES
 from hub.webhooks.service import WebhookService
@@ -26,7 +26,12 @@ from missioncontrol.http import ApiError, RateLimiter
 T = TypeVar("T")
 
 INGEST_RATE = (1.0, 60)  # payloads per second, burst, per webhook
-Description = Field(min_length=1, max_length=4000, description="the instruction shown to the agent")
+Description = Field(
+    min_length=1,
+    max_length=4000,
+    description="the instruction shown to the agent",
+    json_schema_extra=MULTILINE,
+)
 SignatureHeader = Field(
     None,
     max_length=100,
@@ -39,6 +44,7 @@ Secret = Field(
     min_length=8,
     max_length=512,
     description="HMAC-SHA256 key for signed payloads; write-only, never returned",
+    json_schema_extra=OPAQUE,
 )
 
 
@@ -55,7 +61,9 @@ class WebhookCreate(Strict):
 class WebhookUpdate(Strict):
     """Only the fields sent change; null clears agent_id, secret and signature_header."""
 
-    description: str | None = Field(None, min_length=1, max_length=4000)
+    description: str | None = Field(
+        None, min_length=1, max_length=4000, json_schema_extra=MULTILINE
+    )
     enabled: bool | None = None
     agent_id: str | None = Field(None, max_length=64)
     secret: str | None = Secret

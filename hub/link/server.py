@@ -18,6 +18,7 @@ from typing import Protocol
 
 import grpc
 
+from hub.link.bounds import bound
 from hub.link.peer import PeerRejectedError, authorize_peer, peer_identity
 from hub.pki.ca import CAError
 from hub.store.errors import UnknownGateway
@@ -217,7 +218,7 @@ class LinkService(pb_grpc.LinkServicer):
                 grpc.StatusCode.INVALID_ARGUMENT,
                 "the first message on Link.Connect must be a Hello",
             )
-        hello = first.hello
+        hello = bound(first.hello)
         not_after: dt.datetime | None = None
         try:
             check_hello(hello)
@@ -370,6 +371,8 @@ class LinkService(pb_grpc.LinkServicer):
             async for message in messages:
                 session.last_message_at = time.time()
                 kind = message.WhichOneof("body")
+                if kind != "heartbeats":  # the hub keeps no text of a beat; the rest it keeps
+                    bound(message)
                 if kind == "gateway_query_result" and self.queries is not None:
                     self.queries.answer(session.gateway_id, message.gateway_query_result)
                     continue

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import grpc
 
+from hub.link.bounds import bound
 from hub.pki import join_tokens as join_tokens
 from hub.pki.ca import CertificateAuthority, CSRRejectedError
 from hub.store.errors import StoreError
@@ -138,6 +139,7 @@ class EnrollmentService(pb_grpc.EnrollmentServicer):
     async def Enroll(  # gRPC method name
         self, request: pb.EnrollRequest, context: grpc.aio.ServicerContext
     ) -> pb.EnrollResponse:
+        bound(request)  # the host name becomes the new gateway's name
         try:
             gateway_id, certificate = await self.issuer.enroll(request)
         except join_tokens.JoinTokenError as exc:

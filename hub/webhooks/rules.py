@@ -13,6 +13,7 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from missioncontrol.text import displayable
 from missioncontrol.timefmt import iso
 
 MAX_PAYLOAD_BYTES = 1024 * 1024
@@ -74,7 +75,8 @@ def capture_headers(headers: Mapping[str, str], signature_header: str | None) ->
         )
         if not wanted:
             continue
-        captured[lower] = value[:MAX_HEADER_VALUE_CHARS]
+        # Headers arrive as Latin-1 or undecodable bytes too: keep them showable.
+        captured[lower] = displayable(value, max_chars=MAX_HEADER_VALUE_CHARS)
         if len(captured) >= MAX_CAPTURED_HEADERS:
             break
     return captured

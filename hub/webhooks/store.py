@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hub.store.errors import Refusal, StoreError
+from missioncontrol.text import displayable
 from missioncontrol.timefmt import iso
 
 
@@ -273,7 +274,7 @@ def insert_payload_in(
             (
                 payload_id,
                 body,
-                content_type[:200],
+                displayable(content_type, max_chars=200),
                 json.dumps(dict(captured_headers)),
                 now,
                 now,

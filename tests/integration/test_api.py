@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import re
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,9 +16,17 @@ import pytest
 
 import hub.api as hub_api
 from hub.app import Hub
+from missioncontrol.netaddr import HostPort
 from sidecar.app import Sidecar
 from sidecar.backoff import Backoff
-from tests.support import ADMIN_TOKEN, RecordingGateway, hub_config, sidecar_config, wait_for
+from tests.support import (
+    ADMIN_TOKEN,
+    RecordingGateway,
+    api,
+    hub_config,
+    sidecar_config,
+    wait_for,
+)
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
@@ -275,3 +284,61 @@ async def test_a_connected_event_stream_does_not_hold_the_hub_stop(tmp_path: Pat
                 said.append(line)
         response.release()
     assert any(b"shutting down" in line for line in said)
+
+
+async def _raw_request(address: HostPort, request: bytes) -> tuple[int, bytes]:
+    """One HTTP/1.1 exchange with bytes no client library would send."""
+    reader, writer = await asyncio.open_connection(address.host, address.port)
+    try:
+        writer.write(request)
+        await writer.drain()
+        head = await reader.readuntil(b"\r\n\r\n")
+        status = int(head.split(b" ", 2)[1])
+        length = re.search(rb"(?i)content-length: (\d+)", head)
+        body = await reader.readexactly(int(length.group(1))) if length else b""
+        return status, body
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        b"Authorization: Bearer \xff\xfe" + b"x" * 60,
+        b"Authorization: \xff",
+        b"X-Agent-Token: \xff" + b"a" * 55,
+        b"X-Request-Id: \xff\xfe",
+        b"Origin: http://\xff.example",
+        b"Content-Type: application/\xff",
+        b"X-MC-Via-Gateway: \xff",
+        b"X-Hub-Signature-256: sha256=\xff",
+        b"X-Custom: \xff\x1b[2J",
+    ],
+)
+async def test_undecodable_bytes_in_any_header_are_never_a_500(hub: Hub, header: bytes) -> None:
+    assert hub.addresses is not None
+    await hub.store.create_gateway("gw-bytes", "gw-bytes")
+    status, board = await api(
+        hub, "POST", "/api/v1/boards", {"name": "B", "gateway_id": "gw-bytes"}
+    )
+    assert status == 201, board
+    status, webhook = await api(
+        hub, "POST", f"/api/v1/boards/{board['id']}/webhooks", {"description": "triage"}
+    )
+    assert status == 201, webhook
+    targets = [
+        (b"GET", b"/api/v1/gateways", b""),
+        (b"GET", b"/api/v1/agent/healthz", b""),
+        (b"POST", b"/api/v1/agent/heartbeat", b"{}"),
+        (b"POST", b"/api/v1/boards", b'{"name": "b", "gateway_id": "x"}'),
+        (b"POST", webhook["endpoint_path"].encode(), b'{"event": "opened"}'),
+    ]
+    for method, path, body in targets:
+        request = (
+            method + b" " + path + b" HTTP/1.1\r\nHost: " + str(hub.addresses.http).encode()
+            + b"\r\n" + header + b"\r\nContent-Length: " + str(len(body)).encode()
+            + b"\r\nConnection: close\r\n\r\n" + body
+        )  # fmt: skip
+        status, answer = await _raw_request(hub.addresses.http, request)
+        assert status < 500, (path, status, answer)
