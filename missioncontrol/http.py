@@ -110,6 +110,11 @@ class TokenBucket:
     def full_at(self, now: float) -> bool:
         return self.tokens + (now - self.updated_at) * self.rate_per_s >= self.burst
 
+    def wait_s(self, now: float) -> float:
+        """Seconds until a token is there (0.0: now), without taking it."""
+        tokens = min(self.burst, self.tokens + (now - self.updated_at) * self.rate_per_s)
+        return 0.0 if tokens >= 1.0 else (1.0 - tokens) / self.rate_per_s
+
 
 class RateLimiter:
     """One token bucket per key, with bounded memory: idle keys are forgotten."""
@@ -140,6 +145,11 @@ class RateLimiter:
             self._buckets[key] = bucket
         return bucket.take(now)
 
+    def wait_s(self, key: str) -> float:
+        """How long `key` must wait before its next request would pass (0.0: now)."""
+        bucket = self._buckets.get(key)
+        return 0.0 if bucket is None else bucket.wait_s(self.clock())
+
     def check(self, key: str, what: str) -> None:
         """Raise ApiError 429 with Retry-After when `key` is over its limit."""
         wait_s = self.retry_after_s(key)
@@ -150,3 +160,37 @@ class RateLimiter:
                 f"(burst {self.burst:g}); retry in {wait_s:.2f} s",
                 {"Retry-After": str(max(1, int(wait_s + 0.999)))},
             )
+
+
+class FailedAuthLimiter:
+    """Failed credential checks, per caller: a few a second, then refused before any check.
+
+    Guessing a token costs the guesser, not the service: once a caller's failures pass
+    `rate_per_s` (bursts of `burst`), its next attempts are answered 429 without being
+    checked and without a log line each, until the bucket refills. Only failures fill
+    it, so a caller that sends the right token is never counted. Who "the caller" is
+    (an address, a gateway, a token id) is the key the API chooses.
+    """
+
+    def __init__(
+        self,
+        rate_per_s: float = 2.0,
+        burst: float = 20.0,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._failures = RateLimiter(rate_per_s, burst, max_keys=10_000, clock=clock)
+
+    def before_check(self, caller: str) -> None:
+        """Raise 429 when `caller` has failed too often to be checked again yet."""
+        wait_s = self._failures.wait_s(caller)
+        if wait_s > 0:
+            raise ApiError(
+                429,
+                f"too many failed credential checks from this caller; retry in {wait_s:.1f} s "
+                "with the right token",
+                {"Retry-After": str(max(1, int(wait_s + 0.999)))},
+            )
+
+    def failed(self, caller: str) -> None:
+        self._failures.retry_after_s(caller)

@@ -17,9 +17,9 @@ from hub.api import (
 )
 from hub.api import webhooks as board_webhooks
 from hub.api.agent_auth import AgentAuthenticator
-from hub.api.core import MAX_BODY_BYTES, Api, cors, request_context
+from hub.api.core import MAX_BODY_BYTES, Api, Guards, cors, request_context
 from hub.api.deps import DEPS, HttpDeps
-from missioncontrol.http import RateLimiter
+from missioncontrol.http import FailedAuthLimiter, RateLimiter
 from missioncontrol.version import VERSION
 
 __all__ = ["HttpDeps", "build_api", "build_app"]
@@ -53,9 +53,12 @@ def build_app(deps: HttpDeps) -> web.Application:
     app[DEPS] = deps
     build_api().mount(
         app,
-        admin_token=lambda: deps.admin_token,
-        agent_auth=AgentAuthenticator(deps.db, deps.keyring),
-        admin_limit=RateLimiter(*ADMIN_RATE),
-        agent_limit=RateLimiter(*AGENT_RATE),
+        Guards(
+            admin_token=lambda: deps.admin_token,
+            agent_auth=AgentAuthenticator(deps.db, deps.keyring),
+            admin_limit=RateLimiter(*ADMIN_RATE),
+            agent_limit=RateLimiter(*AGENT_RATE),
+            failed_auth=FailedAuthLimiter(),
+        ),
     )
     return app

@@ -18,12 +18,14 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
+from hub.link.agent_calls import VIA_GATEWAY_HEADER
 from hub.store.errors import Refusal, StoreError
 from missioncontrol import http
 from missioncontrol.agent_api import TOKEN_HEADER
-from missioncontrol.http import ApiError, RateLimiter
+from missioncontrol.http import ApiError, FailedAuthLimiter, RateLimiter
 from missioncontrol.log import get_logger
-from missioncontrol.text import TextError, check_name, check_text, is_encodable
+from missioncontrol.netaddr import is_loopback_host
+from missioncontrol.text import TextError, check_name, check_text, displayable, is_encodable
 
 log = get_logger("hub.api")
 
@@ -184,6 +186,51 @@ class Route:
 AgentAuthenticator = Callable[[web.Request], Awaitable[Any]]
 
 
+@dataclass(frozen=True)
+class Guards:
+    """Who may call a route, and how often: credentials first, then rate limits.
+
+    A caller whose credential checks keep failing is refused before its next check
+    (`failed_auth`); valid credentials are limited per admin token and per agent.
+    """
+
+    admin_token: Callable[[], str]
+    agent_auth: AgentAuthenticator
+    admin_limit: RateLimiter
+    agent_limit: RateLimiter
+    failed_auth: FailedAuthLimiter
+
+    async def authenticate(self, request: web.Request, auth: Auth) -> Any:
+        """The route's principal: the admin token, or the agent the request acts as."""
+        caller = caller_of(request)
+        self.failed_auth.before_check(caller)
+        try:
+            if auth is Auth.ADMIN:
+                principal: Any = require_admin(request, self.admin_token())
+            else:
+                principal = await self.agent_auth(request)
+        except ApiError as exc:
+            if exc.status == 401:
+                self.failed_auth.failed(caller)
+            raise
+        if auth is Auth.ADMIN:
+            self.admin_limit.check("admin:" + principal[:16], "this admin token")
+        else:
+            agent = str(getattr(principal, "id", principal))
+            self.agent_limit.check("agent:" + agent, f"agent {agent}")
+        return principal
+
+
+def caller_of(request: web.Request) -> str:
+    """Whose failures these are: the peer's address, or for a call a sidecar forwarded
+    (the hub's own loopback forwarder), the gateway it came through."""
+    remote = request.remote or "unknown"
+    via = request.headers.get(VIA_GATEWAY_HEADER)
+    if via and is_loopback_host(remote):
+        return f"gateway {displayable(via, max_chars=64)}"
+    return remote
+
+
 class Api:
     """Route registry: mounts routes on an aiohttp app and renders their OpenAPI document."""
 
@@ -216,41 +263,17 @@ class Api:
 
         return register
 
-    def mount(
-        self,
-        app: web.Application,
-        *,
-        admin_token: Callable[[], str],
-        agent_auth: AgentAuthenticator | None,
-        admin_limit: RateLimiter,
-        agent_limit: RateLimiter,
-    ) -> None:
+    def mount(self, app: web.Application, guards: Guards) -> None:
         for route in self.routes:
-            app.router.add_route(
-                route.method,
-                route.path,
-                self._wrap(route, admin_token, agent_auth, admin_limit, agent_limit),
-            )
+            app.router.add_route(route.method, route.path, self._wrap(route, guards))
 
     def _wrap(
-        self,
-        route: Route,
-        admin_token: Callable[[], str],
-        agent_auth: AgentAuthenticator | None,
-        admin_limit: RateLimiter,
-        agent_limit: RateLimiter,
+        self, route: Route, guards: Guards
     ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
         async def handle(request: web.Request) -> web.StreamResponse:
             call = Call(request)
-            if route.auth is Auth.ADMIN:
-                token = require_admin(request, admin_token())
-                admin_limit.check("admin:" + token[:16], "this admin token")
-            elif route.auth is Auth.AGENT:
-                if agent_auth is None:
-                    raise ApiError(503, "agent authentication is not available")
-                call.principal = await agent_auth(request)
-                agent = str(getattr(call.principal, "id", call.principal))
-                agent_limit.check("agent:" + agent, f"agent {agent}")
+            if route.auth is not Auth.NONE:
+                call.principal = await guards.authenticate(request, route.auth)
             if route.query is not None:
                 try:
                     call.query = route.query.model_validate(dict(request.query))

@@ -76,7 +76,9 @@ def capture_headers(headers: Mapping[str, str], signature_header: str | None) ->
         if not wanted:
             continue
         # Headers arrive as Latin-1 or undecodable bytes too: keep them showable.
-        captured[lower] = displayable(value, max_chars=MAX_HEADER_VALUE_CHARS)
+        captured[lower] = displayable(
+            value[:MAX_HEADER_VALUE_CHARS], max_chars=MAX_HEADER_VALUE_CHARS
+        )
         if len(captured) >= MAX_CAPTURED_HEADERS:
             break
     return captured

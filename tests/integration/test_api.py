@@ -342,3 +342,20 @@ async def test_undecodable_bytes_in_any_header_are_never_a_500(hub: Hub, header:
         )  # fmt: skip
         status, answer = await _raw_request(hub.addresses.http, request)
         assert status < 500, (path, status, answer)
+
+
+async def test_guessing_the_admin_token_is_rate_limited_per_caller(hub: Hub) -> None:
+    assert hub.addresses is not None
+    url = f"http://{hub.addresses.http}/api/v1/gateways"
+    statuses: list[int] = []
+    async with aiohttp.ClientSession() as session:
+        for attempt in range(60):
+            wrong = {"Authorization": f"Bearer wrong-{attempt:03d}" + "x" * 50}
+            async with session.get(url, headers=wrong) as response:
+                statuses.append(response.status)
+                if response.status == 429:
+                    assert int(response.headers["Retry-After"]) >= 1
+                    assert "failed credential checks" in (await response.json())["detail"]
+                    break
+    assert statuses[0] == 401 and statuses[-1] == 429
+    assert 10 <= len(statuses) - 1 <= 45  # a burst of failures is checked, then refused
