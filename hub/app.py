@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import grpc
 from aiohttp import web
 
-from hub.api import HttpDeps, build_app
+from hub.api import HttpDeps, build_api, build_app
 from hub.config import HubConfig
 from hub.events import EventBus
 from hub.gateways import GatewayService
@@ -97,6 +97,7 @@ class Hub:
             self.db, hub_key, retry=webhook_retry, clock=clock
         )
         self.gateways = GatewayService(self.store, self.registry, self.revocations, self.issuer)
+        self.api = build_api()
         # Built once the HTTP port is bound: forwarded agent calls replay on it.
         self.agent_calls: AgentCallForwarder | None = None
         self.link: LinkService | None = None
@@ -135,7 +136,9 @@ class Hub:
         http = HostPort(config.http_listen.host, http_socket.getsockname()[1])
         # A wildcard listener is reachable on loopback.
         local = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(http.host, http.host)
-        self.agent_calls = AgentCallForwarder(f"http://{HostPort(local, http.port)}")
+        self.agent_calls = AgentCallForwarder(
+            f"http://{HostPort(local, http.port)}", self.api.is_agent_route
+        )
         self.link = LinkService(
             self.store,
             self.registry,
@@ -192,7 +195,7 @@ class Hub:
             link_address=str(link),
         )
         self._runner = web.AppRunner(
-            build_app(deps), access_log=None, shutdown_timeout=config.shutdown_grace_s
+            build_app(deps, self.api), access_log=None, shutdown_timeout=config.shutdown_grace_s
         )
         await self._runner.setup()
         await web.SockSite(self._runner, http_socket).start()

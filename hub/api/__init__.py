@@ -46,12 +46,12 @@ def build_api() -> Api:
     return api
 
 
-def build_app(deps: HttpDeps) -> web.Application:
+def build_app(deps: HttpDeps, api: Api) -> web.Application:
     app = web.Application(
         middlewares=[cors(deps.cors_origins), request_context], client_max_size=MAX_BODY_BYTES
     )
     app[DEPS] = deps
-    build_api().mount(
+    api.mount(
         app,
         Guards(
             admin_token=lambda: deps.admin_token,

@@ -10,7 +10,9 @@ and every response carries `X-Request-Id`.
 from __future__ import annotations
 
 import enum
+import functools
 import hmac
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -263,6 +265,15 @@ class Api:
 
         return register
 
+    def is_agent_route(self, method: str, path: str) -> bool:
+        """Whether (method, path) is a route that declares agents its callers."""
+        return any(
+            route.auth is Auth.AGENT
+            and route.method == method
+            and _route_pattern(route.path).fullmatch(path) is not None
+            for route in self.routes
+        )
+
     def mount(self, app: web.Application, guards: Guards) -> None:
         for route in self.routes:
             app.router.add_route(route.method, route.path, self._wrap(route, guards))
@@ -372,6 +383,13 @@ class Api:
                 },
             },
         }
+
+
+@functools.cache
+def _route_pattern(path: str) -> re.Pattern[str]:
+    """A route's path template ("/boards/{board_id}") as a pattern of plain segments."""
+    parts = ["[^/]+" if part.startswith("{") else re.escape(part) for part in path.split("/")]
+    return re.compile("/".join(parts))
 
 
 def _path_params(path: str) -> list[str]:

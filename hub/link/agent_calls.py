@@ -3,11 +3,19 @@
 The call is replayed against the hub's HTTP listener on loopback, so it gets
 exactly the validation, token check, rate limits and errors of a direct call; the
 hub also checks that the calling agent belongs to the forwarding gateway.
+
+Only routes that declare themselves agent routes are reached, and only by a plain
+path: no percent-escapes, dot segments, empty segments or backslashes, so no
+decoding or normalising on the way can turn it into another route.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
+
 import aiohttp
+import yarl
 
 from missioncontrol.agent_api import AGENT_API_PREFIX, TOKEN_HEADER
 from missioncontrol.log import get_logger
@@ -21,8 +29,9 @@ FORWARDED_HEADERS = ("Retry-After", "X-Request-Id")
 
 
 class AgentCallForwarder:
-    def __init__(self, base_url: str) -> None:
-        self.base_url = base_url  # the hub's own HTTP listener, on loopback
+    def __init__(self, base_url: str, is_agent_route: Callable[[str, str], bool]) -> None:
+        self.base_url = yarl.URL(base_url)  # the hub's own HTTP listener, on loopback
+        self.is_agent_route = is_agent_route  # (method, path) -> whether agents may call it
         self._session: aiohttp.ClientSession | None = None
 
     async def close(self) -> None:
@@ -31,19 +40,26 @@ class AgentCallForwarder:
 
     async def handle(self, gateway_id: str, call: pb.AgentCall) -> pb.AgentCallResult:
         result = pb.AgentCallResult(call_id=call.call_id, content_type="application/json")
-        if not call.path.startswith(AGENT_API_PREFIX + "/") or ".." in call.path:
+        method = call.method.upper()
+        if not plain_agent_path(call.path) or not self.is_agent_route(method, call.path):
+            log.warning(
+                "agent_call.refused", gateway_id=gateway_id, method=method, path=call.path[:200]
+            )
             result.status = 404
-            result.body = b'{"detail": "only the agent API can be reached through the link"}'
+            result.body = (
+                b'{"detail": "only the agent API can be reached through the link: '
+                b'no such agent route"}'
+            )
             return result
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
-        url = f"{self.base_url}{call.path}" + (f"?{call.query}" if call.query else "")
+        url = self.base_url.with_path(call.path, encoded=True).with_query(call.query or None)
         headers = {TOKEN_HEADER: call.agent_token, VIA_GATEWAY_HEADER: gateway_id}
         if call.content_type:
             headers["Content-Type"] = call.content_type
         try:
             async with self._session.request(
-                call.method, url, data=call.body or None, headers=headers
+                method, url, data=call.body or None, headers=headers
             ) as response:
                 body = await response.content.read(MAX_RESULT_BYTES + 1)
                 if len(body) > MAX_RESULT_BYTES:
@@ -61,3 +77,16 @@ class AgentCallForwarder:
             result.status = 502
             result.body = b'{"detail": "the hub could not answer this call; retry"}'
         return result
+
+
+_PLAIN_SEGMENT = re.compile(r"[A-Za-z0-9_~:@!$&'()*+,;=-][A-Za-z0-9._~:@!$&'()*+,;=-]*")
+
+
+def plain_agent_path(path: str) -> bool:
+    """A path under the agent API made only of plain segments: nothing a decoder or a
+    normaliser could read as something else ('%', '.', '..', '//', '\\')."""
+    prefix = AGENT_API_PREFIX + "/"
+    if not path.startswith(prefix) or len(path) > 2048:
+        return False
+    segments = path[len(AGENT_API_PREFIX) + 1 :].split("/")
+    return all(_PLAIN_SEGMENT.fullmatch(segment) for segment in segments)
