@@ -20,7 +20,7 @@ from hub.api.core import MULTILINE, OPAQUE, Api, Auth, Call, Page, Strict
 from hub.api.deps import deps
 from hub.webhooks.rules import HEADER_TOKEN, MAX_PAYLOAD_BYTES
 from hub.webhooks.service import WebhookService
-from hub.webhooks.store import Conflict, InvalidWebhook, NotFound, SecretUnreadable, WebhookRow
+from hub.webhooks.store import InvalidWebhook, NotFound, SecretUnreadable, WebhookRow
 from missioncontrol.http import ApiError, RateLimiter
 
 T = TypeVar("T")
@@ -156,8 +156,6 @@ async def guarded(work: Awaitable[T]) -> T:
         raise ApiError(404, str(exc)) from None
     except InvalidWebhook as exc:
         raise ApiError(422, str(exc)) from None
-    except Conflict as exc:
-        raise ApiError(409, str(exc), {"Retry-After": "1"}) from None
     except SecretUnreadable as exc:
         raise ApiError(503, str(exc)) from None
 

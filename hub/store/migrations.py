@@ -259,4 +259,12 @@ V5 = (
     "CREATE INDEX template_sync_jobs_created ON template_sync_jobs(created_at)",
 )
 
-MIGRATIONS: tuple[tuple[str, ...], ...] = (V1, V2, V3, V4, V5)
+# Replay protection that survives a restart: a signed payload keeps its body's digest,
+# and a repeat within the window is found by it in the transaction that would store it.
+V6 = (
+    "ALTER TABLE webhook_payloads ADD COLUMN body_sha256 BLOB",
+    "CREATE INDEX webhook_payloads_digest ON webhook_payloads(webhook_id, body_sha256) "
+    "WHERE body_sha256 IS NOT NULL",
+)
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (V1, V2, V3, V4, V5, V6)

@@ -1,5 +1,5 @@
-"""Board webhook rules as pure functions: signatures, captured headers, retries, replays,
-and the wake message a payload becomes.
+"""Board webhook rules as pure functions: signatures, captured headers, retries, and the
+wake message a payload becomes.
 
 Nothing here touches the store or a clock; times are passed in.
 """
@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
-from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -22,7 +21,6 @@ DEFAULT_SIGNATURE_HEADERS = ("X-Hub-Signature-256", "X-Webhook-Signature")
 MAX_CAPTURED_HEADERS = 50
 MAX_HEADER_VALUE_CHARS = 1024
 REPLAY_WINDOW_S = 24 * 3600
-REPLAY_MEMORY_PER_WEBHOOK = 2048
 
 # RFC 7230 `token`: the characters a header field name may use.
 HEADER_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
@@ -118,47 +116,3 @@ def delivery_message(
         f"{truncated}\n"
         f"<<<BEGIN {fence}>>>\n{text}\n<<<END {fence}>>>"
     )
-
-
-class ReplayGuard:
-    """Signed bodies seen recently, per webhook, so a captured request cannot be replayed.
-
-    A signature covers only the body, so an identical signed body within the window is
-    a replay (or the sender's own retry): it is answered with the first payload's id
-    and neither stored nor delivered again. Bounded per webhook; held in memory, so a
-    hub restart forgets it.
-    """
-
-    def __init__(
-        self, window_s: float = REPLAY_WINDOW_S, per_webhook: int = REPLAY_MEMORY_PER_WEBHOOK
-    ) -> None:
-        self.window_s = window_s
-        self.per_webhook = per_webhook
-        self._seen: dict[str, OrderedDict[bytes, tuple[float, str | None]]] = {}
-
-    def claim(self, webhook_id: str, body: bytes, now: float) -> tuple[bool, str | None]:
-        """(True, None) for a new body, now reserved; (False, first payload id) for a replay."""
-        digest = hashlib.sha256(body).digest()
-        seen = self._seen.setdefault(webhook_id, OrderedDict())
-        while seen and next(iter(seen.values()))[0] < now - self.window_s:
-            seen.popitem(last=False)
-        if digest in seen:
-            return False, seen[digest][1]
-        seen[digest] = (now, None)
-        if len(seen) > self.per_webhook:
-            seen.popitem(last=False)
-        return True, None
-
-    def settle(self, webhook_id: str, body: bytes, payload_id: str | None) -> None:
-        """Record the stored payload's id, or release the claim if it was not stored."""
-        digest = hashlib.sha256(body).digest()
-        seen = self._seen.get(webhook_id)
-        if seen is None or digest not in seen:
-            return
-        if payload_id is None:
-            del seen[digest]
-        else:
-            seen[digest] = (seen[digest][0], payload_id)
-
-    def forget(self, webhook_id: str) -> None:
-        self._seen.pop(webhook_id, None)

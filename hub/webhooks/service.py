@@ -11,6 +11,7 @@ replay: it is answered with the first payload's id and not stored or delivered a
 
 from __future__ import annotations
 
+import hashlib
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -21,14 +22,13 @@ from hub.store.database import Connection, Database
 from hub.webhooks.delivery import DeliveryWorker
 from hub.webhooks.rules import (
     HEADER_TOKEN,
-    ReplayGuard,
+    REPLAY_WINDOW_S,
     RetryPolicy,
     capture_headers,
     signature_headers,
     signature_valid,
 )
 from hub.webhooks.store import (
-    Conflict,
     InvalidWebhook,
     NotFound,
     SecretUnreadable,
@@ -40,6 +40,7 @@ from hub.webhooks.store import (
     insert_webhook_in,
     list_payloads_in,
     list_webhooks_in,
+    replayed_payload_in,
     require_board_in,
     require_webhook_in,
     update_webhook_in,
@@ -66,7 +67,6 @@ class WebhookService:
         self.db = db
         self.box = box
         self.clock = clock
-        self.replays = ReplayGuard()
         self.worker = DeliveryWorker(db, retry or RetryPolicy(), clock=clock)
 
     @classmethod
@@ -164,7 +164,6 @@ class WebhookService:
             lambda conn: require_webhook_in(conn, board_id, webhook_id),
             lambda conn, _: delete_webhook_in(conn, board_id, webhook_id),
         )
-        self.replays.forget(webhook_id)
         log.info("webhook.deleted", board_id=board_id, webhook_id=webhook_id, payloads=payloads)
         return payloads
 
@@ -207,40 +206,36 @@ class WebhookService:
         self, webhook: WebhookRow, body: bytes, content_type: str, headers: Mapping[str, str]
     ) -> tuple[str, bool]:
         """Store an accepted payload, due for delivery now, and wake the worker; return its
-        id and False. A signed body already received within the replay window is not
-        stored again: return the first one's id and True."""
-        if webhook.has_secret:
-            fresh, first_id = self.replays.claim(webhook.id, body, self.clock())
-            if not fresh:
-                log.warning(
-                    "webhook.payload.replayed",
-                    board_id=webhook.board_id,
-                    webhook_id=webhook.id,
-                    payload_id=first_id,
-                )
-                if first_id is None:  # the first copy is being stored right now
-                    raise Conflict("an identical signed payload is being received; retry later")
-                return first_id, True
-        try:
-            payload_id = await self._insert_payload(webhook, body, content_type, headers)
-        except BaseException:
-            self.replays.settle(webhook.id, body, None)
-            raise
-        self.replays.settle(webhook.id, body, payload_id)
-        return payload_id, False
-
-    async def _insert_payload(
-        self, webhook: WebhookRow, body: bytes, content_type: str, headers: Mapping[str, str]
-    ) -> str:
+        id and False. A signed body already received within the replay window (a replay,
+        or the sender's own retry) is not stored again: return the first one's id and True.
+        The check and the insert are one transaction, and the digest is kept with the
+        payload, so this holds across a hub restart."""
         payload_id = str(uuid.uuid4())
         captured = capture_headers(headers, webhook.signature_header)
-        stored = await self.db.write(
-            lambda conn: insert_payload_in(
-                conn, webhook, payload_id, body, content_type, captured, self.clock()
+        digest = hashlib.sha256(body).digest() if webhook.has_secret else None
+
+        def op(conn: Connection) -> tuple[str | None, bool]:
+            now = self.clock()
+            if digest is not None:
+                first = replayed_payload_in(conn, webhook.id, digest, now - REPLAY_WINDOW_S)
+                if first is not None:
+                    return first, True
+            stored = insert_payload_in(
+                conn, webhook, payload_id, body, content_type, captured, now, body_sha256=digest
             )
-        )
-        if not stored:  # deleted since it was looked up
+            return (payload_id if stored else None), False
+
+        stored_id, duplicate = await self.db.write(op, urgent=True)
+        if stored_id is None:  # deleted since it was looked up
             raise NotFound(f"webhook {webhook.id} not found on board {webhook.board_id}")
+        if duplicate:
+            log.warning(
+                "webhook.payload.replayed",
+                board_id=webhook.board_id,
+                webhook_id=webhook.id,
+                payload_id=stored_id,
+            )
+            return stored_id, True
         log.info(
             "webhook.payload.received",
             board_id=webhook.board_id,
@@ -249,7 +244,7 @@ class WebhookService:
             size_bytes=len(body),
         )
         self.worker.nudge()
-        return payload_id
+        return payload_id, False
 
     def _seal(self, webhook_id: str, secret: str | None) -> bytes | None:
         if secret is None:

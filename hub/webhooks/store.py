@@ -31,12 +31,6 @@ class InvalidWebhook(WebhookError):
     """The request names something that cannot be used (an agent of another board)."""
 
 
-class Conflict(WebhookError):
-    """The same request is being handled right now."""
-
-    refusal = Refusal.CONFLICT
-
-
 class SecretUnreadable(WebhookError):
     """The webhook's sealed secret does not open with this hub's key."""
 
@@ -255,6 +249,19 @@ def get_payload_in(
     return payload_json(row, with_body=True)
 
 
+def replayed_payload_in(
+    conn: sqlite3.Connection, webhook_id: str, body_sha256: bytes, since: float
+) -> str | None:
+    """The id of a payload with this body received by the webhook since `since`, if any."""
+    row = conn.execute(
+        """SELECT id FROM webhook_payloads
+           WHERE webhook_id = ? AND body_sha256 = ? AND received_at >= ?
+           ORDER BY received_at LIMIT 1""",
+        (webhook_id, body_sha256, since),
+    ).fetchone()
+    return None if row is None else str(row["id"])
+
+
 def insert_payload_in(
     conn: sqlite3.Connection,
     webhook: WebhookRow,
@@ -263,13 +270,16 @@ def insert_payload_in(
     content_type: str,
     captured_headers: Mapping[str, str],
     now: float,
+    *,
+    body_sha256: bytes | None = None,
 ) -> bool:
-    """Store a payload due for delivery now; False if the webhook was deleted meanwhile."""
+    """Store a payload due for delivery now; False if the webhook was deleted meanwhile.
+    `body_sha256` (signed webhooks) lets a replay of the same body be recognised."""
     return bool(
         conn.execute(
             """INSERT INTO webhook_payloads (id, webhook_id, board_id, payload, content_type,
-                   headers, received_at, next_attempt_at)
-               SELECT ?, id, board_id, ?, ?, ?, ?, ? FROM board_webhooks
+                   headers, received_at, next_attempt_at, body_sha256)
+               SELECT ?, id, board_id, ?, ?, ?, ?, ?, ? FROM board_webhooks
                WHERE id = ? AND board_id = ?""",
             (
                 payload_id,
@@ -278,6 +288,7 @@ def insert_payload_in(
                 json.dumps(dict(captured_headers)),
                 now,
                 now,
+                body_sha256,
                 webhook.id,
                 webhook.board_id,
             ),

@@ -370,6 +370,21 @@ async def test_a_replayed_signed_payload_is_not_stored_or_delivered_twice(
     assert page["total"] == 1
 
 
+async def test_a_replay_after_a_hub_restart_is_still_recognised(tmp_path: Path) -> None:
+    body = b'{"delivery": "after-restart"}'
+    headers = {"X-Hub-Signature-256": "sha256=" + sign(body)}
+    async with running_hub(tmp_path / "hub", webhook_retry=FAST_RETRY) as hub:
+        webhook = await create_webhook(hub, await add_board(hub), secret=SECRET)
+        status, _, first = await post(hub, webhook["endpoint_path"], body, headers)
+        assert status == 202 and first["duplicate"] is False
+    async with running_hub(tmp_path / "hub", webhook_retry=FAST_RETRY) as hub:
+        status, _, again = await post(hub, webhook["endpoint_path"], body, headers)
+        assert status == 202 and again["duplicate"] is True
+        assert again["payload_id"] == first["payload_id"]
+        status, page = await api(hub, "GET", f"{webhook['endpoint_path']}/payloads")
+        assert page["total"] == 1
+
+
 async def test_unknown_board_or_webhook_is_404_and_disabled_is_410(hub: Hub, board_id: str) -> None:
     webhook = await create_webhook(hub, board_id)
     other_board = await add_board(hub, "Other")

@@ -10,7 +10,6 @@ import pytest
 from hub.pki.secrets_box import SecretBox, SecretBoxError
 from hub.webhooks.rules import (
     PREVIEW_BYTES,
-    ReplayGuard,
     RetryPolicy,
     capture_headers,
     delivery_message,
@@ -97,20 +96,6 @@ def test_wake_message_puts_the_instruction_first_and_fences_the_payload() -> Non
 def test_retry_delay_grows_and_is_capped() -> None:
     policy = RetryPolicy(initial_s=5, factor=2, max_s=60, max_attempts=10)
     assert [policy.delay_s(n) for n in range(1, 7)] == [5, 10, 20, 40, 60, 60]
-
-
-def test_replay_guard_answers_a_repeat_with_the_first_payload() -> None:
-    guard = ReplayGuard(window_s=10, per_webhook=2)
-    assert guard.claim("w", b"a", now=0) == (True, None)
-    assert guard.claim("w", b"a", now=1) == (False, None)  # first still being stored
-    guard.settle("w", b"a", "p1")
-    assert guard.claim("w", b"a", now=2) == (False, "p1")
-    assert guard.claim("other", b"a", now=2) == (True, None)  # per webhook
-    assert guard.claim("w", b"a", now=20) == (True, None)  # outside the window
-    guard.settle("w", b"b", None)  # unknown: nothing happens
-    assert guard.claim("w", b"b", now=21) == (True, None)
-    guard.settle("w", b"b", None)  # not stored: released
-    assert guard.claim("w", b"b", now=22) == (True, None)
 
 
 def test_secret_box_seals_per_context_and_per_hub_key() -> None:
