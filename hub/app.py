@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import errno
 import socket
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -52,6 +53,11 @@ class BoundAddresses:
     http: HostPort
     link: HostPort
     enroll: HostPort | None  # None in --insecure-dev mode
+    http_tls: bool = False
+
+    @property
+    def http_url(self) -> str:
+        return f"{'https' if self.http_tls else 'http'}://{self.http}"
 
 
 class Hub:
@@ -136,8 +142,9 @@ class Hub:
         http = HostPort(config.http_listen.host, http_socket.getsockname()[1])
         # A wildcard listener is reachable on loopback.
         local = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(http.host, http.host)
+        scheme = "https" if config.http_uses_tls else "http"
         self.agent_calls = AgentCallForwarder(
-            f"http://{HostPort(local, http.port)}", self.api.is_agent_route
+            f"{scheme}://{HostPort(local, http.port)}", self.api.is_agent_route
         )
         self.link = LinkService(
             self.store,
@@ -198,8 +205,10 @@ class Hub:
             build_app(deps, self.api), access_log=None, shutdown_timeout=config.shutdown_grace_s
         )
         await self._runner.setup()
-        await web.SockSite(self._runner, http_socket).start()
-        self.addresses = BoundAddresses(http=http, link=link, enroll=enroll)
+        await web.SockSite(self._runner, http_socket, ssl_context=self._http_tls()).start()
+        self.addresses = BoundAddresses(
+            http=http, link=link, enroll=enroll, http_tls=config.http_uses_tls
+        )
         log.info(
             "hub.started",
             http=str(self.addresses.http),
@@ -215,6 +224,28 @@ class Hub:
                 "any local process can act as any gateway; loopback only, for development",
             )
         return self.addresses
+
+    def _http_tls(self) -> ssl.SSLContext | None:
+        """TLS for the REST API when it is served beyond loopback (or asked for): the
+        operator's certificate, else the hub CA's server certificate for its names."""
+        config = self.config
+        if not config.http_uses_tls:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            if config.http_tls_cert is not None and config.http_tls_key is not None:
+                context.load_cert_chain(config.http_tls_cert, config.http_tls_key)
+            else:
+                assert self.ca is not None  # config.validate: TLS without a CA needs a cert
+                self.ca.server_certificate(config.http_listen.host, config.link_names)
+                cert, key = self.ca.server_certificate_files()
+                context.load_cert_chain(cert, key)
+        except (OSError, ssl.SSLError) as exc:
+            raise HubStartError(
+                f"cannot load the REST API's TLS certificate: {exc}; check --http-tls-cert "
+                "and --http-tls-key (PEM files, the key unencrypted)"
+            ) from exc
+        return context
 
     async def stop(self) -> None:
         log.info("hub.stopping", streams=len(self.registry))

@@ -139,13 +139,21 @@ def banner(
         token_line = f"admin token: in {token_file}"
         bearer = f"Authorization: Bearer $(cat {shlex.quote(str(token_file))})"
     sidecar = sibling_command("mc-sidecar")
+    # The hub CA's own certificate: curl must be told to trust it.
+    ca_cert = config.data_dir / "ca" / "ca.crt"
+    own_cert = config.http_tls_cert is not None
+    cacert = (
+        f" --cacert {shlex.quote(str(ca_cert))}"
+        if http.startswith("https") and not own_cert
+        else ""
+    )
     if enroll:
         connect = [
             f"  enroll:    {enroll}   (mutual TLS; sidecars need a join token)",
             "  connect a sidecar:",
             "    1. create the gateway; the answer has a one-time join token and the command:",
-            f'       curl -X POST -H "{bearer}" '
-            f'-d \'{{"name": "host-1"}}\' http://{http}/api/v1/gateways',
+            f'       curl{cacert} -X POST -H "{bearer}" '
+            f'-d \'{{"name": "host-1"}}\' {http}/api/v1/gateways',
             f"    2. on the gateway host: {sidecar} enroll --hub {enroll} --token '<join token>'",
             f"    3. then:               {sidecar} run --openclaw-config ~/.openclaw/openclaw.json",
         ]
@@ -159,12 +167,12 @@ def banner(
     return "\n".join(
         [
             f"mc-hub {VERSION} is running",
-            f"  REST API:  http://{http}/api/v1   (health: http://{http}/healthz)",
+            f"  REST API:  {http}/api/v1   (health: {http}/healthz)",
             f"  link:      {link}{insecure}",
             f"  database:  {config.database_path}",
             f"  {token_line}",
             "",
-            f'  try:       curl -H "{bearer}" http://{http}/api/v1/gateways',
+            f'  try:       curl{cacert} -H "{bearer}" {http}/api/v1/gateways',
             *connect,
             "  Ctrl-C stops the hub.",
             "",
@@ -180,14 +188,14 @@ async def _serve(config: HubConfig) -> None:
     print(
         banner(
             config,
-            str(addresses.http),
+            addresses.http_url,
             str(addresses.link),
             str(addresses.enroll) if addresses.enroll else None,
             show_token=not started_by_service_manager("mc-hub"),
         ),
         flush=True,
     )
-    status = f"API http://{addresses.http}, link {addresses.link}"
+    status = f"API {addresses.http_url}, link {addresses.link}"
     if addresses.enroll:
         status += f", enroll {addresses.enroll}"
     try:

@@ -20,6 +20,7 @@ from missioncontrol.settings import (
     expand_path,
     load_config_file,
     non_negative_float,
+    one_of,
     positive_float,
     resolve,
 )
@@ -72,6 +73,29 @@ SERVE_OPTIONS = (
         30.0,
         positive_float,
         metavar="DAYS",
+    ),
+    Option(
+        "http-tls",
+        "TLS on the REST API: auto (on when it listens beyond loopback, with a certificate "
+        "from the hub's CA or --http-tls-cert), on, off (loopback only), or proxy (plain HTTP "
+        "beyond loopback, for a TLS-terminating proxy in front)",
+        "auto",
+        one_of("auto", "on", "off", "proxy"),
+        metavar="MODE",
+    ),
+    Option(
+        "http-tls-cert",
+        "certificate chain (PEM) for the REST API instead of one from the hub's CA",
+        None,
+        expand_path,
+        metavar="FILE",
+    ),
+    Option(
+        "http-tls-key",
+        "private key (PEM) of --http-tls-cert",
+        None,
+        expand_path,
+        metavar="FILE",
     ),
     Option(
         "cors-origins",
@@ -128,6 +152,16 @@ class HubConfig:
     checkin_deadline_s: float = 30.0
     cors_origins: tuple[str, ...] = ()
     admin_token_generated: bool = False
+    http_tls: str = "auto"
+    http_tls_cert: Path | None = None
+    http_tls_key: Path | None = None
+
+    @property
+    def http_uses_tls(self) -> bool:
+        """Whether the REST API is served over TLS (see --http-tls)."""
+        if self.http_tls == "on" or self.http_tls_cert is not None:
+            return True
+        return self.http_tls == "auto" and not self.http_listen.is_loopback
 
     @property
     def database_path(self) -> Path:
@@ -147,6 +181,26 @@ class HubConfig:
             raise SettingsError(
                 "--enroll-listen and --link-listen must differ: enrollment is server-only TLS, "
                 "the link requires a client certificate"
+            )
+        if (self.http_tls_cert is None) != (self.http_tls_key is None):
+            raise SettingsError("--http-tls-cert and --http-tls-key go together: give both")
+        if self.http_tls_cert is not None and self.http_tls in ("off", "proxy"):
+            raise SettingsError(
+                f"--http-tls {self.http_tls} with --http-tls-cert: drop the certificate, or use "
+                "--http-tls on"
+            )
+        if self.http_tls == "off" and not self.http_listen.is_loopback:
+            raise SettingsError(
+                f"--http-tls off refuses to serve the REST API on {self.http_listen} in plain "
+                "HTTP: admin and agent tokens would cross the network readable. Use --http-tls "
+                "auto (TLS from the hub's CA, or --http-tls-cert), or --http-tls proxy when a "
+                "TLS-terminating proxy stands in front"
+            )
+        if self.http_uses_tls and self.insecure_dev and self.http_tls_cert is None:
+            raise SettingsError(
+                f"the REST API on {self.http_listen} needs TLS, and --insecure-dev has no CA to "
+                "issue a certificate: listen on loopback, give --http-tls-cert/--http-tls-key, "
+                "or use --http-tls proxy behind a TLS proxy"
             )
         if len(self.admin_token) < MIN_ADMIN_TOKEN_CHARS:
             raise SettingsError(
@@ -208,6 +262,9 @@ def build_config(args: argparse.Namespace, environ: Mapping[str, str] = os.envir
         cert_lifetime_days=values["cert_lifetime_days"],
         checkin_deadline_s=values["checkin_deadline"],
         cors_origins=values["cors_origins"],
+        http_tls=values["http_tls"],
+        http_tls_cert=values["http_tls_cert"],
+        http_tls_key=values["http_tls_key"],
     )
     config.validate()
     return config

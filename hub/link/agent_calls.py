@@ -58,8 +58,14 @@ class AgentCallForwarder:
         if call.content_type:
             headers["Content-Type"] = call.content_type
         try:
+            # The hub's own listener on loopback: over TLS its certificate names the hub, not
+            # necessarily 127.0.0.1, and nothing else can sit on the port we bound.
             async with self._session.request(
-                method, url, data=call.body or None, headers=headers
+                method,
+                url,
+                data=call.body or None,
+                headers=headers,
+                ssl=self.base_url.scheme != "https",
             ) as response:
                 body = await response.content.read(MAX_RESULT_BYTES + 1)
                 if len(body) > MAX_RESULT_BYTES:

@@ -230,6 +230,10 @@ class CertificateAuthority:
             self._server = self._issue_server_certificate(wanted, now)
             return self._server
 
+    def server_certificate_files(self) -> tuple[Path, Path]:
+        """Where the current server certificate and its key are (after server_certificate)."""
+        return self.directory / SERVER_CERT_FILE, self.directory / SERVER_KEY_FILE
+
     def link_server_credentials(
         self,
         listen_host: str,

@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import json
 import re
+import ssl
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -17,6 +18,7 @@ import pytest
 import hub.api as hub_api
 from hub.app import Hub
 from missioncontrol.netaddr import HostPort
+from protos import link_pb2 as pb
 from sidecar.app import Sidecar
 from sidecar.backoff import Backoff
 from tests.support import (
@@ -359,3 +361,30 @@ async def test_guessing_the_admin_token_is_rate_limited_per_caller(hub: Hub) -> 
                     break
     assert statuses[0] == 401 and statuses[-1] == 429
     assert 10 <= len(statuses) - 1 <= 45  # a burst of failures is checked, then refused
+
+
+async def test_the_rest_api_over_tls_is_served_with_the_hub_ca_certificate(
+    tmp_path: Path,
+) -> None:
+    config = dataclasses.replace(hub_config(tmp_path / "hub"), insecure_dev=False, http_tls="on")
+    hub = Hub(config)
+    await hub.start()
+    try:
+        assert hub.addresses is not None and hub.addresses.http_url.startswith("https://")
+        pinned = ssl.create_default_context(cafile=str(tmp_path / "hub" / "ca" / "ca.crt"))
+        async with aiohttp.ClientSession() as session:
+            async with session.get(
+                f"{hub.addresses.http_url}/api/v1/gateways", headers=AUTH, ssl=pinned
+            ) as response:
+                assert response.status == 200
+            with pytest.raises(aiohttp.ClientError):  # plain HTTP is not served there
+                async with session.get(f"http://{hub.addresses.http}/healthz") as response:
+                    await response.read()
+        # Agent calls a sidecar forwards reach the API over the same TLS listener.
+        assert hub.agent_calls is not None
+        forwarded = await hub.agent_calls.handle(
+            "gw-tls", pb.AgentCall(method="GET", path="/api/v1/agent/healthz", agent_token="x")
+        )
+        assert forwarded.status == 401  # answered by the API, not a 502 from the forwarder
+    finally:
+        await hub.stop()

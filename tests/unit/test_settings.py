@@ -124,3 +124,24 @@ def test_an_admin_token_file_others_can_read_is_refused_with_the_fix(tmp_path: P
         hub_config.load_admin_token(tmp_path, {})
     token.chmod(0o600)
     assert hub_config.load_admin_token(tmp_path, {}) == ("t" * 64, False)
+
+
+def _serve_config(tmp_path: Path, *flags: str) -> hub_config.HubConfig:
+    parser = argparse.ArgumentParser()
+    hub_config.add_serve_arguments(parser)
+    args = parser.parse_args(["--data-dir", str(tmp_path), *flags])
+    return hub_config.build_config(args, {"MC_ADMIN_TOKEN": "t" * 64})
+
+
+def test_the_rest_api_beyond_loopback_is_tls_unless_a_proxy_is_named(tmp_path: Path) -> None:
+    assert not _serve_config(tmp_path).http_uses_tls  # loopback: plain HTTP
+    assert _serve_config(tmp_path, "--http-listen", "10.0.0.5:8000").http_uses_tls
+    assert _serve_config(tmp_path, "--http-tls", "on").http_uses_tls
+    behind = _serve_config(tmp_path, "--http-listen", "10.0.0.5:8000", "--http-tls", "proxy")
+    assert not behind.http_uses_tls
+    with pytest.raises(SettingsError, match=r"readable.*--http-tls proxy"):
+        _serve_config(tmp_path, "--http-listen", "10.0.0.5:8000", "--http-tls", "off")
+    with pytest.raises(SettingsError, match="no CA"):
+        _serve_config(tmp_path, "--http-listen", "10.0.0.5:8000", "--insecure-dev")
+    with pytest.raises(SettingsError, match="go together"):
+        _serve_config(tmp_path, "--http-tls-cert", str(tmp_path / "cert.pem"))
