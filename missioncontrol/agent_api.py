@@ -10,6 +10,7 @@ them read these definitions: keep every such literal here.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 
 TOKEN_FILE_NAME = ".mc-agent-token"  # mode 0600 in the workspace; never prompt-injected
@@ -40,3 +41,17 @@ def token_from_headers(headers: Mapping[str, str]) -> str | None:
     if scheme.lower() == "bearer" and value.strip():
         return value.strip()
     return None
+
+
+_PLAIN_SEGMENT = re.compile(r"[A-Za-z0-9_~:@!$&'()*+,;=-][A-Za-z0-9._~:@!$&'()*+,;=-]*")
+MAX_PATH_CHARS = 2048
+
+
+def plain_agent_path(path: str) -> bool:
+    """A path under the agent API made only of plain segments: nothing a decoder or a
+    normaliser could read as another path (no '%', '.', '..', empty segments, '\\').
+    The sidecar forwards only such paths, and the hub answers only such paths."""
+    if not path.startswith(AGENT_API_PREFIX + "/") or len(path) > MAX_PATH_CHARS:
+        return False
+    segments = path[len(AGENT_API_PREFIX) + 1 :].split("/")
+    return all(_PLAIN_SEGMENT.fullmatch(segment) for segment in segments)

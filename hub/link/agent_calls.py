@@ -11,13 +11,12 @@ decoding or normalising on the way can turn it into another route.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 
 import aiohttp
 import yarl
 
-from missioncontrol.agent_api import AGENT_API_PREFIX, TOKEN_HEADER
+from missioncontrol.agent_api import TOKEN_HEADER, plain_agent_path
 from missioncontrol.log import get_logger
 from protos import link_pb2 as pb
 
@@ -83,16 +82,3 @@ class AgentCallForwarder:
             result.status = 502
             result.body = b'{"detail": "the hub could not answer this call; retry"}'
         return result
-
-
-_PLAIN_SEGMENT = re.compile(r"[A-Za-z0-9_~:@!$&'()*+,;=-][A-Za-z0-9._~:@!$&'()*+,;=-]*")
-
-
-def plain_agent_path(path: str) -> bool:
-    """A path under the agent API made only of plain segments: nothing a decoder or a
-    normaliser could read as something else ('%', '.', '..', '//', '\\')."""
-    prefix = AGENT_API_PREFIX + "/"
-    if not path.startswith(prefix) or len(path) > 2048:
-        return False
-    segments = path[len(AGENT_API_PREFIX) + 1 :].split("/")
-    return all(_PLAIN_SEGMENT.fullmatch(segment) for segment in segments)

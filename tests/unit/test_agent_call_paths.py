@@ -8,7 +8,8 @@ from __future__ import annotations
 import pytest
 
 from hub.api import build_api
-from hub.link.agent_calls import AgentCallForwarder, plain_agent_path
+from hub.link.agent_calls import AgentCallForwarder
+from missioncontrol.agent_api import plain_agent_path
 from protos import link_pb2 as pb
 
 API = build_api()
