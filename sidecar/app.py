@@ -23,14 +23,14 @@ from sidecar.commands import CommandApplier, CommandQueue
 from sidecar.config import SidecarConfig
 from sidecar.config_watch import ConfigReport, ConfigWatcher
 from sidecar.credentials import CredentialIndex
-from sidecar.enrollment import CertificateRenewal
 from sidecar.gateway import GatewayClient, GatewayInfo
-from sidecar.gateway_client import OpenClawGatewayClient
-from sidecar.gateway_queries import GatewayQueries
-from sidecar.heartbeats import HeartbeatRelay
-from sidecar.hub_calls import HubCalls
-from sidecar.identity import renewal_due_at
-from sidecar.link import LinkClient
+from sidecar.gateway.openclaw import OpenClawGatewayClient
+from sidecar.gateway.queries import GatewayQueries
+from sidecar.link.client import LinkClient
+from sidecar.link.enrollment import CertificateRenewal
+from sidecar.link.heartbeats import HeartbeatRelay
+from sidecar.link.hub_calls import HubCalls
+from sidecar.link.identity import renewal_due_at
 from sidecar.openclaw_config import DriftKind
 from sidecar.state import LocalState
 from sidecar.workspace import WorkspaceWriter

@@ -22,7 +22,7 @@ from hub.provisioning.agent_tokens import TokenKeyring
 from protos import link_pb2 as pb
 from sidecar.agent_api import AgentApiLimits
 from sidecar.app import Sidecar
-from sidecar.backoff import Backoff
+from sidecar.link.backoff import Backoff
 from tests.support import RecordingGateway, sidecar_config, wait_for
 
 GATEWAY = "gw-agents"

@@ -19,7 +19,7 @@ import aiohttp
 
 from hub.app import Hub
 from sidecar.app import Sidecar
-from sidecar.backoff import Backoff
+from sidecar.link.backoff import Backoff
 from tests.support import RecordingGateway, sidecar_config, wait_for
 
 

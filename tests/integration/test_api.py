@@ -18,7 +18,7 @@ import hub.api as hub_api
 from hub.app import Hub
 from missioncontrol.netaddr import HostPort
 from sidecar.app import Sidecar
-from sidecar.backoff import Backoff
+from sidecar.link.backoff import Backoff
 from tests.support import (
     ADMIN_TOKEN,
     RecordingGateway,

@@ -9,7 +9,7 @@ import pytest
 
 from hub.app import Hub
 from sidecar.app import Sidecar
-from sidecar.backoff import Backoff
+from sidecar.link.backoff import Backoff
 from tests.support import RecordingGateway, api, sidecar_config, wait_for
 
 

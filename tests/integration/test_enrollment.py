@@ -21,9 +21,9 @@ from protos import link_pb2 as pb
 from protos import link_pb2_grpc as pb_grpc
 from protos.contract import LINK_PROTOCOL
 from sidecar.app import Sidecar
-from sidecar.backoff import Backoff
-from sidecar.enrollment import EnrollmentError, enroll, read_hub_link
-from sidecar.identity import load_identity, new_key_request, save_identity
+from sidecar.link.backoff import Backoff
+from sidecar.link.enrollment import EnrollmentError, enroll, read_hub_link
+from sidecar.link.identity import load_identity, new_key_request, save_identity
 from tests.support import RecordingGateway, api, hub_config, sidecar_config, wait_for
 
 

@@ -14,8 +14,8 @@ import pytest
 
 from hub.app import Hub
 from protos import link_pb2 as pb
-from sidecar.heartbeats import HeartbeatRelay
-from sidecar.link import LinkStatus
+from sidecar.link.client import LinkStatus
+from sidecar.link.heartbeats import HeartbeatRelay
 from sidecar.state import LocalState, PendingBeat
 from tests.integration.agent_setup import (
     agent_env,

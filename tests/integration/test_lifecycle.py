@@ -15,7 +15,7 @@ from hub.app import Hub
 from protos import link_pb2 as pb
 from protos.contract import timestamp
 from sidecar.app import Sidecar
-from sidecar.backoff import Backoff
+from sidecar.link.backoff import Backoff
 from tests.support import (
     JumpClock,
     RecordingGateway,

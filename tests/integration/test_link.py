@@ -22,7 +22,7 @@ from protos import link_pb2 as pb
 from protos import link_pb2_grpc as pb_grpc
 from protos.contract import LINK_PROTOCOL
 from sidecar.app import Sidecar
-from sidecar.backoff import Backoff
+from sidecar.link.backoff import Backoff
 from tests.support import (
     ADMIN_TOKEN,
     RecordingGateway,

@@ -23,7 +23,7 @@ import pytest
 from hub.app import Hub
 from hub.webhooks.rules import RetryPolicy
 from sidecar.app import Sidecar
-from sidecar.backoff import Backoff
+from sidecar.link.backoff import Backoff
 from tests.support import (
     ADMIN_TOKEN,
     RecordingGateway,

@@ -32,8 +32,8 @@ import pytest
 from hub.app import Hub
 from protos import link_pb2 as pb
 from sidecar.app import Sidecar
-from sidecar.backoff import Backoff
-from sidecar.gateway_client import OpenClawGatewayClient
+from sidecar.gateway.openclaw import OpenClawGatewayClient
+from sidecar.link.backoff import Backoff
 from tests.interop.conftest import RunningGateway, record_timing
 from tests.interop.scripted_model import (
     MODEL_ID,

@@ -14,7 +14,7 @@ from hub.app import Hub
 from hub.store.gateways import GatewayRow
 from protos import link_pb2 as pb
 from sidecar.app import Sidecar
-from sidecar.backoff import Backoff
+from sidecar.link.backoff import Backoff
 from tests.interop.conftest import RunningGateway, record_timing
 from tests.support import api, hub_config, sidecar_config, wait_for
 

@@ -25,8 +25,6 @@ import aiohttp
 from missioncontrol.log import get_logger
 from missioncontrol.version import VERSION as SIDECAR_VERSION
 from protos.contract import GatewayGeneration
-from sidecar import gateway_protocol as proto
-from sidecar.backoff import Backoff
 from sidecar.gateway import (
     AgentEntry,
     GatewayError,
@@ -38,7 +36,8 @@ from sidecar.gateway import (
     RunState,
     SessionPage,
 )
-from sidecar.gateway_protocol import (
+from sidecar.gateway import protocol as proto
+from sidecar.gateway.protocol import (
     ClientIdentity,
     GatewayConnectRefused,
     GatewayHandshakeError,
@@ -46,6 +45,7 @@ from sidecar.gateway_protocol import (
     GatewayTimeout,
     Hello,
 )
+from sidecar.link.backoff import Backoff
 from sidecar.openclaw_config import ConfigInvalid, read_config
 
 log = get_logger("gateway")
@@ -62,7 +62,7 @@ class ClientPolicy:
     ready_wait_s: float = 5.0  # how long a call waits for a connection before refusing
     agent_visible_timeout_s: float = 20.0  # create -> listed in agents.list
     poll_interval_s: float = 0.1
-    reconnect_first_s: float = 0.5  # x1.6 per failure, +-20 % jitter (sidecar.backoff)
+    reconnect_first_s: float = 0.5  # x1.6 per failure, +-20 % jitter (sidecar.link.backoff)
     reconnect_max_s: float = 30.0
     conflict_retries: int = 5  # config.patch baseHash / cron scratch revision conflicts
     read_retries: int = 4  # idempotent reads on UNAVAILABLE: 0.1 + 0.2 + 0.4 + 0.8 s

@@ -2,7 +2,7 @@
 
 Command handlers and the link talk to the gateway only through `GatewayClient`.
 The real implementation speaks the gateway's loopback WebSocket protocol
-(`sidecar/gateway_client.py`); tests of pure sidecar logic may pass a simple
+(`sidecar/gateway/openclaw.py`); tests of pure sidecar logic may pass a simple
 in-memory one.
 """
 
