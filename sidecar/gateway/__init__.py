@@ -1,9 +1,13 @@
 """The sidecar's view of its OpenClaw gateway: a small interface and its types.
 
 Command handlers and the link talk to the gateway only through `GatewayClient`.
-The real implementation speaks the gateway's loopback WebSocket protocol
-(`sidecar/gateway/openclaw.py`); tests of pure sidecar logic may pass a simple
-in-memory one.
+The real implementation speaks the gateway's loopback WebSocket protocol; tests of
+pure sidecar logic may pass a simple in-memory one. The package:
+
+protocol.py    the WebSocket protocol's frames, hello and errors (pure)
+connection.py  one live connection: handshake, requests by id, events, reconnect
+openclaw.py    `OpenClawGatewayClient`, the operations written over the connection
+queries.py     the hub's live reads of the gateway (GatewayQuery), answered once
 """
 
 from __future__ import annotations
