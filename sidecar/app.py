@@ -15,7 +15,7 @@ from collections.abc import Iterable
 
 from missioncontrol.log import get_logger
 from protos import link_pb2 as pb
-from sidecar.agent_api import AgentApi
+from sidecar.agent_api import AgentApi, AgentApiLimits
 from sidecar.commands import CommandApplier, CommandQueue
 from sidecar.config import SidecarConfig
 from sidecar.config_watch import ConfigReport, ConfigWatcher
@@ -23,6 +23,7 @@ from sidecar.credentials import CredentialIndex
 from sidecar.gateway import GatewayClient, GatewayInfo
 from sidecar.gateway.openclaw import OpenClawGatewayClient
 from sidecar.gateway.queries import GatewayQueries
+from sidecar.link.backoff import Backoff
 from sidecar.link.client import LinkClient
 from sidecar.link.enrollment import CertificateRenewal
 from sidecar.link.heartbeats import HeartbeatRelay
@@ -37,7 +38,14 @@ log = get_logger("sidecar.app")
 
 
 class Sidecar:
-    def __init__(self, config: SidecarConfig, gateway: GatewayClient | None = None) -> None:
+    def __init__(
+        self,
+        config: SidecarConfig,
+        gateway: GatewayClient | None = None,
+        *,
+        link_backoff: Backoff | None = None,
+        agent_api_limits: AgentApiLimits | None = None,
+    ) -> None:
         self.config = config
         config.workspace_root.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.state = LocalState(config.state_db)
@@ -65,6 +73,18 @@ class Sidecar:
         self.watcher = ConfigWatcher(
             config.openclaw_config, self._on_config, restore_removed=config.restore_removed_entries
         )
+        # The link is built last: it takes the other parts' handlers. Parts that talk to
+        # the hub get `_send` and `_hub_connected`, which reach it once it exists.
+        self.hub_calls = HubCalls(self._send, self._hub_connected)
+        self.agent_api = AgentApi(
+            config.agent_api_listen,
+            self.credentials,
+            self.relay,
+            gateway_id=self.gateway_id,
+            limits=agent_api_limits,
+            hub_connected=self._hub_connected,
+            hub_calls=self.hub_calls,
+        )
         self.own_changes = OwnChanges()
         self.reports = Reports(
             gateway_id=self.gateway_id,
@@ -80,24 +100,16 @@ class Sidecar:
             self.reports.hello,
             self.queue,
             credentials=self.renewal.credentials if self.renewal else None,
+            backoff=link_backoff,
             on_renew=self.renewal.on_response if self.renewal else lambda response: None,
             on_welcome=self.relay.on_welcome,
             on_heartbeat_ack=self.relay.on_ack,
-            on_agent_call_result=lambda result: self.hub_calls.on_result(result),
+            on_agent_call_result=self.hub_calls.on_result,
             on_gateway_query=self.queries.submit,
         )
         self.link.on_status(self.relay.on_link_status)
-        self.hub_calls = HubCalls(self._send, lambda: self.link.status.connected)
         self.link.on_status(
             lambda status: None if status.connected else self.hub_calls.on_link_down()
-        )
-        self.agent_api = AgentApi(
-            config.agent_api_listen,
-            self.credentials,
-            self.relay,
-            gateway_id=self.gateway_id,
-            hub_connected=lambda: self.link.status.connected,
-            hub_calls=self.hub_calls,
         )
         self.gateway.on_info_change(self._on_gateway_info)
         self._tasks: list[asyncio.Task[None]] = []
@@ -108,6 +120,9 @@ class Sidecar:
 
     def _send(self, message: pb.SidecarMessage) -> None:
         self.link.send(message)
+
+    def _hub_connected(self) -> bool:
+        return self.link.status.connected
 
     def _report_result(self, result: pb.CommandResult) -> None:
         if result.outcome == pb.CommandResult.APPLIED and result.agent_id:
