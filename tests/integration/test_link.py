@@ -27,6 +27,7 @@ from tests.support import (
     ADMIN_TOKEN,
     RecordingGateway,
     hub_config,
+    make_sidecar,
     running_hub,
     sidecar_config,
     wait_for,
@@ -60,26 +61,6 @@ def apply_command(
             wake_message="Your workspace is ready. Check in." if wake else "",
         )
     )
-
-
-def make_sidecar(
-    tmp_path: Path,
-    hub: Hub,
-    gateway: RecordingGateway,
-    *,
-    gateway_id: str = "gw-test",
-    name: str = "sidecar",
-) -> Sidecar:
-    assert hub.addresses is not None
-    config = sidecar_config(
-        tmp_path / name,
-        hub.addresses.link,
-        gateway_id=gateway_id,
-        workspace_root=tmp_path / "workspaces",
-    )
-    sidecar = Sidecar(config, gateway=gateway)
-    sidecar.link.backoff = Backoff(initial_s=0.05, max_s=0.3)
-    return sidecar
 
 
 @pytest.fixture
@@ -527,8 +508,9 @@ async def test_frozen_hub_is_noticed_by_the_sidecar_within_the_keepalive_window(
         stderr=asyncio.subprocess.DEVNULL,
     )
     config = sidecar_config(tmp_path / "sc", HostPort("127.0.0.1", link_port), gateway_id="gw-test")
-    sidecar = Sidecar(config, gateway=RecordingGateway())
-    sidecar.link.backoff = Backoff(initial_s=0.1, max_s=0.5)
+    sidecar = Sidecar(
+        config, gateway=RecordingGateway(), link_backoff=Backoff(initial_s=0.1, max_s=0.5)
+    )
     await sidecar.start()
     try:
         await wait_for(lambda: sidecar.link.status.connected, timeout_s=20, what="connected")
