@@ -38,7 +38,7 @@ from sidecar.gateway.protocol import (
 from sidecar.link.backoff import Backoff
 from sidecar.openclaw_config import ConfigInvalid, read_config
 
-log = get_logger("gateway")
+log = get_logger("sidecar.gateway")
 
 EventCallback = Callable[[str, Any], None]
 

@@ -35,7 +35,7 @@ from sidecar.gateway import protocol as proto
 from sidecar.gateway.connection import ConnectionPolicy, GatewayConnection
 from sidecar.gateway.protocol import ClientIdentity, GatewayRequestError, GatewayTimeout
 
-log = get_logger("gateway")
+log = get_logger("sidecar.gateway")
 
 
 @dataclass(frozen=True)
