@@ -272,7 +272,12 @@ async def test_sidecar_restart_after_apply_but_before_ack_applies_once(
     try:
         row = await wait_for(lambda: acked(hub, "gw-test", sequence), what="confirmed by Hello")
         assert row["outcome"] == "CONFIRMED_BY_HELLO"
-        await asyncio.sleep(0.2)  # give a wrong replay the chance to happen
+        # Commands are delivered and applied in order: once a later one is acked, a wrong
+        # replay of the first would already have happened.
+        later = await hub.store.enqueue_command(
+            "gw-test", pb.Command(set_credentials=pb.SetAgentCredentials(agent_id=AGENT))
+        )
+        await wait_for(lambda: acked(hub, "gw-test", later), what="a later command acked")
         assert gateway.count("ensure_agent") == 1
         assert gateway.count("wake") == 1
         assert {p.name: p.read_bytes() for p in workspace.iterdir()} == before
