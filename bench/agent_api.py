@@ -47,7 +47,7 @@ def missing_reason() -> str | None:
     try:
         import sidecar.agent_api
         import sidecar.credentials
-        import sidecar.heartbeats  # noqa: F401
+        import sidecar.link.heartbeats  # noqa: F401
     except ImportError as exc:
         return f"sidecar agent API not importable yet ({exc})"
     return None
@@ -169,8 +169,8 @@ async def _start_sidecar_api(
     from protos import link_pb2 as pb
     from sidecar.agent_api import AgentApi, AgentApiLimits
     from sidecar.credentials import CredentialIndex
-    from sidecar.heartbeats import HeartbeatRelay
-    from sidecar.link import LinkStatus
+    from sidecar.link.client import LinkStatus
+    from sidecar.link.heartbeats import HeartbeatRelay
     from sidecar.state import Credential, LocalState
 
     loop = asyncio.get_running_loop()

@@ -31,8 +31,8 @@ from missioncontrol.version import VERSION
 from protos import link_pb2 as pb
 from protos.contract import HEARTBEAT_FLUSH_MS, LINK_PROTOCOL, epoch_s, timestamp
 from sidecar.commands import CommandQueue
-from sidecar.heartbeats import HeartbeatRelay
-from sidecar.link import LinkClient, LinkStatus
+from sidecar.link.client import LinkClient, LinkStatus
+from sidecar.link.heartbeats import HeartbeatRelay
 from sidecar.state import Credential, LocalState
 
 

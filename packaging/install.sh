@@ -205,7 +205,7 @@ enrolled_check='
 import sys
 from missioncontrol.settings import expand_path
 from sidecar.config import RUN_OPTIONS
-from sidecar.identity import is_enrolled
+from sidecar.link.identity import is_enrolled
 default = next(o.default for o in RUN_OPTIONS if o.key == "state_dir")
 sys.exit(0 if is_enrolled(expand_path(sys.argv[1] or default)) else 1)
 '

@@ -2,7 +2,7 @@
 
 Agents heartbeat here instead of to the hub: the sidecar checks the token locally
 (sidecar/credentials.py), rate-limits per agent, and hands the beat to the relay
-(sidecar/heartbeats.py), which coalesces it; no disk write, no hub round trip.
+(sidecar/link/heartbeats.py), which coalesces it; no disk write, no hub round trip.
 
 Endpoints (the paths agents already use):
   POST /api/v1/agent/heartbeat         the calling agent's heartbeat
@@ -40,7 +40,7 @@ from missioncontrol.log import get_logger
 from missioncontrol.netaddr import HostPort
 from protos import link_pb2 as pb
 from sidecar.credentials import CredentialError, CredentialIndex
-from sidecar.hub_calls import HubCalls, HubUnavailable
+from sidecar.link.hub_calls import HubCalls, HubUnavailable
 
 log = get_logger("sidecar.agent_api")
 

@@ -11,37 +11,41 @@ the relay writes unacknowledged heartbeats to the state, which closes last.
 from __future__ import annotations
 
 import asyncio
-import socket
-import time
+from collections.abc import Iterable
 
 from missioncontrol.log import get_logger
-from missioncontrol.version import VERSION
 from protos import link_pb2 as pb
-from protos.contract import LINK_PROTOCOL, timestamp
-from sidecar.agent_api import AgentApi
+from sidecar.agent_api import AgentApi, AgentApiLimits
 from sidecar.commands import CommandApplier, CommandQueue
 from sidecar.config import SidecarConfig
 from sidecar.config_watch import ConfigReport, ConfigWatcher
 from sidecar.credentials import CredentialIndex
-from sidecar.enrollment import CertificateRenewal
 from sidecar.gateway import GatewayClient, GatewayInfo
-from sidecar.gateway_client import OpenClawGatewayClient
-from sidecar.gateway_queries import GatewayQueries
-from sidecar.heartbeats import HeartbeatRelay
-from sidecar.hub_calls import HubCalls
-from sidecar.identity import renewal_due_at
-from sidecar.link import LinkClient
-from sidecar.openclaw_config import DriftKind
+from sidecar.gateway.openclaw import OpenClawGatewayClient
+from sidecar.gateway.queries import GatewayQueries
+from sidecar.link.backoff import Backoff
+from sidecar.link.client import LinkClient
+from sidecar.link.enrollment import CertificateRenewal
+from sidecar.link.heartbeats import HeartbeatRelay
+from sidecar.link.hub_calls import HubCalls
+from sidecar.link.identity import renewal_due_at
+from sidecar.openclaw_config import Drift, DriftKind
+from sidecar.reports import OwnChanges, Reports
 from sidecar.state import LocalState
 from sidecar.workspace import WorkspaceWriter
 
 log = get_logger("sidecar.app")
 
-OWN_CHANGE_WINDOW_S = 5.0
-
 
 class Sidecar:
-    def __init__(self, config: SidecarConfig, gateway: GatewayClient | None = None) -> None:
+    def __init__(
+        self,
+        config: SidecarConfig,
+        gateway: GatewayClient | None = None,
+        *,
+        link_backoff: Backoff | None = None,
+        agent_api_limits: AgentApiLimits | None = None,
+    ) -> None:
         self.config = config
         config.workspace_root.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.state = LocalState(config.state_db)
@@ -69,33 +73,43 @@ class Sidecar:
         self.watcher = ConfigWatcher(
             config.openclaw_config, self._on_config, restore_removed=config.restore_removed_entries
         )
-        self.config_report: ConfigReport | None = None
-        # Agents the sidecar itself just changed: their CHANGED drift is our own doing.
-        self._touched_at: dict[str, float] = {}
-        self.queries = GatewayQueries(self.gateway, self._gateway_state, self._send)
-        self.link = LinkClient(
-            str(config.hub),
-            self.hello,
-            self.queue,
-            credentials=self.renewal.credentials if self.renewal else None,
-            on_renew=self.renewal.on_response if self.renewal else lambda response: None,
-            on_welcome=self.relay.on_welcome,
-            on_heartbeat_ack=self.relay.on_ack,
-            on_agent_call_result=lambda result: self.hub_calls.on_result(result),
-            on_gateway_query=self.queries.submit,
-        )
-        self.link.on_status(self.relay.on_link_status)
-        self.hub_calls = HubCalls(self._send, lambda: self.link.status.connected)
-        self.link.on_status(
-            lambda status: None if status.connected else self.hub_calls.on_link_down()
-        )
+        # The link is built last: it takes the other parts' handlers. Parts that talk to
+        # the hub get `_send` and `_hub_connected`, which reach it once it exists.
+        self.hub_calls = HubCalls(self._send, self._hub_connected)
         self.agent_api = AgentApi(
             config.agent_api_listen,
             self.credentials,
             self.relay,
             gateway_id=self.gateway_id,
-            hub_connected=lambda: self.link.status.connected,
+            limits=agent_api_limits,
+            hub_connected=self._hub_connected,
             hub_calls=self.hub_calls,
+        )
+        self.own_changes = OwnChanges()
+        self.reports = Reports(
+            gateway_id=self.gateway_id,
+            workspace_root=config.workspace_root,
+            state=self.state,
+            writer=self.writer,
+            gateway=self.gateway,
+            agent_api_url=lambda: self.agent_api_url,
+        )
+        self.queries = GatewayQueries(self.gateway, self.reports.gateway_state, self._send)
+        self.link = LinkClient(
+            str(config.hub),
+            self.reports.hello,
+            self.queue,
+            credentials=self.renewal.credentials if self.renewal else None,
+            backoff=link_backoff,
+            on_renew=self.renewal.on_response if self.renewal else lambda response: None,
+            on_welcome=self.relay.on_welcome,
+            on_heartbeat_ack=self.relay.on_ack,
+            on_agent_call_result=self.hub_calls.on_result,
+            on_gateway_query=self.queries.submit,
+        )
+        self.link.on_status(self.relay.on_link_status)
+        self.link.on_status(
+            lambda status: None if status.connected else self.hub_calls.on_link_down()
         )
         self.gateway.on_info_change(self._on_gateway_info)
         self._tasks: list[asyncio.Task[None]] = []
@@ -104,43 +118,18 @@ class Sidecar:
     def agent_api_url(self) -> str:
         return self.agent_api.url  # the bound address once started (port 0 allowed)
 
-    def hello(self) -> pb.Hello:
-        info = self.gateway.info
-        return pb.Hello(
-            gateway_id=self.gateway_id,
-            link_protocol=LINK_PROTOCOL,
-            sidecar_version=VERSION,
-            openclaw_version=info.version,
-            openclaw_protocol=info.protocol,
-            gateway_generation=info.generation.proto,
-            workspace_root=str(self.config.workspace_root),
-            agent_api_url=self.agent_api_url,
-            last_applied_sequence=self.state.last_applied_sequence,
-            inventory=[
-                pb.ManagedAgent(
-                    agent_id=a.agent_id,
-                    applied_generation=a.generation,
-                    present_in_config=self._present(a.agent_id),
-                    file_sha256=self.writer.hashes(a.workspace),
-                )
-                for a in self.state.agents()
-            ],
-            hostname=socket.gethostname(),
-        )
-
     def _send(self, message: pb.SidecarMessage) -> None:
         self.link.send(message)
 
-    def _present(self, agent_id: str) -> bool:
-        report = self.config_report
-        return report is None or agent_id in report.present
+    def _hub_connected(self) -> bool:
+        return self.link.status.connected
 
     def _report_result(self, result: pb.CommandResult) -> None:
         if result.outcome == pb.CommandResult.APPLIED and result.agent_id:
             # An applied command may have replaced or removed this agent's token verifiers.
             self.credentials.reload_agent(result.agent_id)
         if result.agent_id:
-            self._touched_at[result.agent_id] = time.monotonic()
+            self.own_changes.changed(result.agent_id)
             self.watcher.set_managed(a.agent_id for a in self.state.agents())
         self.link.send(pb.SidecarMessage(command_result=result))
 
@@ -156,16 +145,8 @@ class Sidecar:
         self._report_gateway()
 
     def _on_config(self, report: ConfigReport) -> None:
-        self.config_report = report
-        now = time.monotonic()
-        drift = [
-            d
-            for d in report.drift
-            if not (
-                d.kind == DriftKind.CHANGED
-                and now - self._touched_at.get(d.agent_id, -1e9) < OWN_CHANGE_WINDOW_S
-            )
-        ]
+        self.reports.config = report
+        drift = self.own_changes.reportable(report.drift)
         for item in drift:
             log.info(
                 "gateway.config.drift",
@@ -175,26 +156,8 @@ class Sidecar:
             )
         self._report_gateway(drift)
 
-    def _report_gateway(self, drift: list | None = None) -> None:
-        state = self._gateway_state()
-        for item in drift or ():
-            state.drift.add(agent_id=item.agent_id, kind=int(item.kind), detail=item.detail)
-        self.link.send(pb.SidecarMessage(gateway_state=state))
-
-    def _gateway_state(self) -> pb.GatewayState:
-        info = self.gateway.info
-        report = self.config_report
-        return pb.GatewayState(
-            reachable=info.reachable,
-            unreachable_reason=info.unreachable_reason,
-            openclaw_version=info.version,
-            openclaw_protocol=info.protocol,
-            generation=info.generation.proto,
-            config_valid=report.valid if report else True,
-            config_error=report.error if report else "",
-            last_touched_version=report.last_touched_version if report else "",
-            observed_at=timestamp(),
-        )
+    def _report_gateway(self, drift: Iterable[Drift] = ()) -> None:
+        self.link.send(pb.SidecarMessage(gateway_state=self.reports.gateway_state(drift)))
 
     async def start(self) -> None:
         await self.agent_api.start()

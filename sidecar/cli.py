@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _enroll(args: argparse.Namespace) -> int:
     from missioncontrol.netaddr import HostPort
     from missioncontrol.settings import expand_path
-    from sidecar.enrollment import EnrollmentError, enroll
+    from sidecar.link.enrollment import EnrollmentError, enroll
 
     state_dir = expand_path(args.state_dir).absolute()
     try:
@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mc-sidecar: {exc}", file=sys.stderr)
         return 2
     logs.configure(config.log_level, config.log_format)
-    from sidecar.identity import IdentityError
+    from sidecar.link.identity import IdentityError
 
     try:
         asyncio.run(_run(config))

@@ -31,7 +31,7 @@ from sidecar.openclaw_config import (
     restore_entries,
 )
 
-log = get_logger("config_watch")
+log = get_logger("sidecar.config_watch")
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,7 @@ from missioncontrol.system_service import (
     unreachable_command,
 )
 from sidecar.config import ENV_PREFIX, RUN_OPTIONS, add_run_arguments, build_config
-from sidecar.identity import is_enrolled
+from sidecar.link.identity import is_enrolled
 
 PROGRAM = "mc-sidecar"
 COMMANDS = ("install-service", "uninstall-service")

@@ -1,4 +1,5 @@
-"""Helpers shared by the tests: config builders, bounded waiting, a recording gateway."""
+"""Helpers shared by the tests: config builders, bounded waiting, a recording gateway,
+sidecars linked to a test hub."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 from hub.config import HubConfig
 from missioncontrol.netaddr import HostPort
 from protos.contract import GatewayGeneration
+from sidecar.agent_api import AgentApiLimits
+from sidecar.app import Sidecar
 from sidecar.config import SidecarConfig
 from sidecar.gateway import (
     AgentEntry,
@@ -27,6 +30,7 @@ from sidecar.gateway import (
     SessionInfo,
     SessionPage,
 )
+from sidecar.link.backoff import Backoff
 
 ADMIN_TOKEN = "test-admin-token-" + "x" * 48
 
@@ -222,6 +226,69 @@ class RecordingGateway:
         await asyncio.sleep(self.query_delay_s)
         every = [s for s in self._sessions() if not agent_id or s.agent_id == agent_id]
         return SessionPage(tuple(every[:limit]), len(every))
+
+
+def fast_backoff() -> Backoff:
+    """Link reconnect pacing for tests: a dropped sidecar is back within a fraction of a second."""
+    return Backoff(initial_s=0.05, max_s=0.3)
+
+
+def make_sidecar(
+    tmp_path: Path,
+    hub: Hub,
+    gateway: RecordingGateway | None = None,
+    *,
+    gateway_id: str = "gw-test",
+    name: str = "sidecar",
+    workspaces: str = "workspaces",
+    limits: AgentApiLimits | None = None,
+) -> Sidecar:
+    """A sidecar (not started) for `hub`: state in tmp_path/name, workspaces in
+    tmp_path/workspaces, an in-memory gateway unless one is given."""
+    assert hub.addresses is not None
+    config = sidecar_config(
+        tmp_path / name,
+        hub.addresses.link,
+        gateway_id=gateway_id,
+        workspace_root=tmp_path / workspaces,
+    )
+    return Sidecar(
+        config,
+        gateway=gateway or RecordingGateway(),
+        link_backoff=fast_backoff(),
+        agent_api_limits=limits,
+    )
+
+
+async def sidecar_connected(hub: Hub, gateway_id: str) -> bool:
+    """The hub holds the gateway's stream and knows its workspace root (from the Hello)."""
+    row = await hub.store.get_gateway(gateway_id)
+    return bool(row and row.workspace_root and hub.registry.get(gateway_id))
+
+
+@asynccontextmanager
+async def connected_sidecar(
+    hub: Hub,
+    tmp_path: Path,
+    gateway_id: str,
+    gateway: RecordingGateway | None = None,
+    *,
+    workspaces: str = "ws",
+) -> AsyncIterator[tuple[Sidecar, RecordingGateway]]:
+    """A started sidecar connected to `hub` over the link, stopped on exit."""
+    gateway = gateway or RecordingGateway()
+    sidecar = make_sidecar(
+        tmp_path, hub, gateway, gateway_id=gateway_id, name="sc", workspaces=workspaces
+    )
+    await sidecar.start()
+    try:
+        await wait_for(
+            lambda: sidecar_connected(hub, gateway_id),
+            what="sidecar connected with its workspace root",
+        )
+        yield sidecar, gateway
+    finally:
+        await sidecar.stop()
 
 
 if TYPE_CHECKING:

@@ -22,8 +22,7 @@ from hub.provisioning.agent_tokens import TokenKeyring
 from protos import link_pb2 as pb
 from sidecar.agent_api import AgentApiLimits
 from sidecar.app import Sidecar
-from sidecar.backoff import Backoff
-from tests.support import RecordingGateway, sidecar_config, wait_for
+from tests.support import make_sidecar, wait_for
 
 GATEWAY = "gw-agents"
 KEYRING = TokenKeyring(b"test-hub-key-" + b"k" * 32)
@@ -92,21 +91,6 @@ async def all_commands_acked(hub: Hub) -> bool:
     return last == 0
 
 
-def make_sidecar(tmp_path: Path, hub: Hub, *, limits: AgentApiLimits | None = None) -> Sidecar:
-    assert hub.addresses is not None
-    config = sidecar_config(
-        tmp_path / "sidecar",
-        hub.addresses.link,
-        gateway_id=GATEWAY,
-        workspace_root=tmp_path / "workspaces",
-    )
-    sidecar = Sidecar(config, gateway=RecordingGateway())
-    sidecar.link.backoff = Backoff(initial_s=0.05, max_s=0.3)
-    if limits is not None:
-        sidecar.agent_api.limits = limits
-    return sidecar
-
-
 @dataclass
 class AgentEnv:
     hub: Hub
@@ -134,7 +118,7 @@ async def agent_env(
 ) -> AsyncIterator[AgentEnv]:
     """A real sidecar connected to `hub`, holding credentials for `agents` fresh agents."""
     tokens = await provision(hub, tmp_path / "workspaces", agents)
-    sidecar = make_sidecar(tmp_path, hub, limits=limits)
+    sidecar = make_sidecar(tmp_path, hub, gateway_id=GATEWAY, limits=limits)
     await sidecar.start()
     try:
         await wait_for(lambda: all_commands_acked(hub), timeout_s=20, what="credentials applied")

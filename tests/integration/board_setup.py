@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,9 +17,6 @@ from typing import Any
 import aiohttp
 
 from hub.app import Hub
-from sidecar.app import Sidecar
-from sidecar.backoff import Backoff
-from tests.support import RecordingGateway, sidecar_config, wait_for
 
 
 @dataclass(frozen=True)
@@ -123,31 +119,6 @@ async def call(
         ) as response,
     ):
         return response.status, await response.json(), response.headers.copy()
-
-
-@asynccontextmanager
-async def connected_sidecar(
-    hub: Hub, tmp_path: Path, gateway_id: str
-) -> AsyncIterator[tuple[Sidecar, RecordingGateway]]:
-    """A real sidecar (with an in-memory gateway) connected to `hub` over the link."""
-    assert hub.addresses is not None
-    gateway = RecordingGateway()
-    config = sidecar_config(
-        tmp_path / "sc", hub.addresses.link, gateway_id=gateway_id, workspace_root=tmp_path / "ws"
-    )
-    sidecar = Sidecar(config, gateway=gateway)
-    sidecar.link.backoff = Backoff(initial_s=0.05, max_s=0.3)
-    await sidecar.start()
-    try:
-
-        async def ready() -> bool:
-            row = await hub.store.get_gateway(gateway_id)
-            return bool(row and row.workspace_root and hub.registry.get(gateway_id))
-
-        await wait_for(ready, what="sidecar connected with its workspace root")
-        yield sidecar, gateway
-    finally:
-        await sidecar.stop()
 
 
 def token_file(tmp_path: Path, gateway_agent_id: str) -> Path:

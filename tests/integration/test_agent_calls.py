@@ -9,8 +9,8 @@ import aiohttp
 
 from hub.app import Hub
 from protos import link_pb2 as pb
-from tests.integration.board_setup import add_agent, add_board, add_gateway, connected_sidecar
-from tests.support import api, wait_for
+from tests.integration.board_setup import add_agent, add_board, add_gateway
+from tests.support import api, connected_sidecar, wait_for
 
 
 async def test_agent_lists_its_board_through_its_sidecar(hub: Hub, tmp_path: Path) -> None:

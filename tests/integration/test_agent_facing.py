@@ -19,10 +19,9 @@ from tests.integration.board_setup import (
     add_board,
     add_gateway,
     call,
-    connected_sidecar,
     token_file,
 )
-from tests.support import api, hub_config, wait_for
+from tests.support import api, connected_sidecar, hub_config, wait_for
 
 AGENT = "/api/v1/agent"
 

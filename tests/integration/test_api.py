@@ -20,11 +20,11 @@ from hub.app import Hub
 from missioncontrol.netaddr import HostPort
 from protos import link_pb2 as pb
 from sidecar.app import Sidecar
-from sidecar.backoff import Backoff
 from tests.support import (
     ADMIN_TOKEN,
     RecordingGateway,
     api,
+    fast_backoff,
     hub_config,
     sidecar_config,
     wait_for,
@@ -142,8 +142,7 @@ async def test_agent_status_change_reaches_an_sse_client_within_100_ms(
     config = sidecar_config(
         tmp_path / "sc", hub.addresses.link, gateway_id="gw-sse", workspace_root=tmp_path / "ws"
     )
-    sidecar = Sidecar(config, gateway=gateway)
-    sidecar.link.backoff = Backoff(initial_s=0.05, max_s=0.3)
+    sidecar = Sidecar(config, gateway=gateway, link_backoff=fast_backoff())
     await sidecar.start()
     try:
         await wait_for(lambda: hub.registry.get("gw-sse"), what="connected")
@@ -223,8 +222,7 @@ async def _published_change_arrives(
 async def test_gateway_rename_and_agent_filters_and_admin_heartbeat(
     hub: Hub, tmp_path: Path
 ) -> None:
-    from tests.integration.board_setup import connected_sidecar
-    from tests.support import api
+    from tests.support import api, connected_sidecar
 
     async with connected_sidecar(hub, tmp_path, "gw-x") as (_, gateway):
         gateway.run_outcome = gateway.run_outcome.ERROR  # only a heartbeat checks in

@@ -9,8 +9,7 @@ import pytest
 
 from hub.app import Hub
 from sidecar.app import Sidecar
-from sidecar.backoff import Backoff
-from tests.support import RecordingGateway, api, sidecar_config, wait_for
+from tests.support import RecordingGateway, api, fast_backoff, sidecar_config, wait_for
 
 
 @pytest.fixture
@@ -20,8 +19,7 @@ async def connected(hub: Hub, tmp_path: Path) -> AsyncIterator[tuple[Sidecar, Re
     config = sidecar_config(
         tmp_path / "sc", hub.addresses.link, gateway_id="gw-b", workspace_root=tmp_path / "ws"
     )
-    sidecar = Sidecar(config, gateway=gateway)
-    sidecar.link.backoff = Backoff(initial_s=0.05, max_s=0.3)
+    sidecar = Sidecar(config, gateway=gateway, link_backoff=fast_backoff())
     await sidecar.start()
     await wait_for(lambda: _root(hub), what="connected with a workspace root")
     yield sidecar, gateway

@@ -238,7 +238,7 @@ def test_sidecar_offline_past_certificate_expiry_is_told_to_re_enroll(tmp_path: 
 
     from hub.pki.ca import CertificateAuthority
     from hub.pki.enrollment import Revocations
-    from sidecar.identity import new_key_request, save_identity
+    from sidecar.link.identity import new_key_request, save_identity
 
     ca = CertificateAuthority.load_or_create(tmp_path / "ca", revocations=Revocations())
     request = new_key_request("t")

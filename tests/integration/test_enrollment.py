@@ -21,10 +21,9 @@ from protos import link_pb2 as pb
 from protos import link_pb2_grpc as pb_grpc
 from protos.contract import LINK_PROTOCOL
 from sidecar.app import Sidecar
-from sidecar.backoff import Backoff
-from sidecar.enrollment import EnrollmentError, enroll, read_hub_link
-from sidecar.identity import load_identity, new_key_request, save_identity
-from tests.support import RecordingGateway, api, hub_config, sidecar_config, wait_for
+from sidecar.link.enrollment import EnrollmentError, enroll, read_hub_link
+from sidecar.link.identity import load_identity, new_key_request, save_identity
+from tests.support import RecordingGateway, api, fast_backoff, hub_config, sidecar_config, wait_for
 
 
 @pytest.fixture
@@ -55,8 +54,7 @@ def tls_sidecar(tmp_path: Path, state_dir: Path, gateway: RecordingGateway) -> S
     config = dataclasses.replace(
         sidecar_config(state_dir, link), insecure_dev=False, workspace_root=tmp_path / "workspaces"
     )
-    sidecar = Sidecar(config, gateway=gateway)
-    sidecar.link.backoff = Backoff(initial_s=0.05, max_s=0.3)
+    sidecar = Sidecar(config, gateway=gateway, link_backoff=fast_backoff())
     return sidecar
 
 

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from hub.app import Hub
-from tests.integration.board_setup import call, connected_sidecar
-from tests.support import ADMIN_TOKEN, api, wait_for
+from tests.integration.board_setup import call
+from tests.support import ADMIN_TOKEN, api, connected_sidecar, wait_for
 
 GW = "gw-live"
 

@@ -14,17 +14,17 @@ import pytest
 
 from hub.app import Hub
 from protos import link_pb2 as pb
-from sidecar.heartbeats import HeartbeatRelay
-from sidecar.link import LinkStatus
+from sidecar.link.client import LinkStatus
+from sidecar.link.heartbeats import HeartbeatRelay
 from sidecar.state import LocalState, PendingBeat
 from tests.integration.agent_setup import (
+    GATEWAY,
     agent_env,
     all_commands_acked,
     last_seen,
-    make_sidecar,
     provision,
 )
-from tests.support import hub_config, wait_for
+from tests.support import hub_config, make_sidecar, wait_for
 
 
 def persisted_beats(state_db: Path) -> dict[str, float]:
@@ -115,7 +115,7 @@ async def test_sidecar_restart_while_hub_is_down_delivers_persisted_beats(
     await hub.start()
     try:
         tokens = await provision(hub, tmp_path / "workspaces", 2)
-        first = make_sidecar(tmp_path, hub)
+        first = make_sidecar(tmp_path, hub, gateway_id=GATEWAY)
         await first.start()
         try:
             await wait_for(lambda: all_commands_acked(hub), what="credentials applied")
@@ -135,7 +135,7 @@ async def test_sidecar_restart_while_hub_is_down_delivers_persisted_beats(
         finally:
             await first.stop()
 
-        second = make_sidecar(tmp_path, hub)  # same state directory
+        second = make_sidecar(tmp_path, hub, gateway_id=GATEWAY)  # same state directory
         await second.start()
         try:
             assert {a: b.observed_at for a, b in second.relay.unacked().items()} == latest

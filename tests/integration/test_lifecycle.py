@@ -15,15 +15,8 @@ from hub.app import Hub
 from protos import link_pb2 as pb
 from protos.contract import timestamp
 from sidecar.app import Sidecar
-from sidecar.backoff import Backoff
-from tests.support import (
-    JumpClock,
-    RecordingGateway,
-    api,
-    hub_config,
-    sidecar_config,
-    wait_for,
-)
+from tests import support
+from tests.support import JumpClock, RecordingGateway, api, hub_config, wait_for
 
 DEADLINE_S = 1.0
 
@@ -49,16 +42,7 @@ async def hub(tmp_path: Path, clock: JumpClock) -> AsyncIterator[Hub]:
 
 
 def make_sidecar(tmp_path: Path, hub: Hub, gateway: RecordingGateway) -> Sidecar:
-    assert hub.addresses is not None
-    config = sidecar_config(
-        tmp_path / "sc",
-        hub.addresses.link,
-        gateway_id="gw-life",
-        workspace_root=tmp_path / "workspaces",
-    )
-    sidecar = Sidecar(config, gateway=gateway)
-    sidecar.link.backoff = Backoff(initial_s=0.05, max_s=0.3)
-    return sidecar
+    return support.make_sidecar(tmp_path, hub, gateway, gateway_id="gw-life", name="sc")
 
 
 async def provision(hub: Hub, every: str = "10m") -> dict[str, Any]:

@@ -22,11 +22,12 @@ from protos import link_pb2 as pb
 from protos import link_pb2_grpc as pb_grpc
 from protos.contract import LINK_PROTOCOL
 from sidecar.app import Sidecar
-from sidecar.backoff import Backoff
+from sidecar.link.backoff import Backoff
 from tests.support import (
     ADMIN_TOKEN,
     RecordingGateway,
     hub_config,
+    make_sidecar,
     running_hub,
     sidecar_config,
     wait_for,
@@ -60,26 +61,6 @@ def apply_command(
             wake_message="Your workspace is ready. Check in." if wake else "",
         )
     )
-
-
-def make_sidecar(
-    tmp_path: Path,
-    hub: Hub,
-    gateway: RecordingGateway,
-    *,
-    gateway_id: str = "gw-test",
-    name: str = "sidecar",
-) -> Sidecar:
-    assert hub.addresses is not None
-    config = sidecar_config(
-        tmp_path / name,
-        hub.addresses.link,
-        gateway_id=gateway_id,
-        workspace_root=tmp_path / "workspaces",
-    )
-    sidecar = Sidecar(config, gateway=gateway)
-    sidecar.link.backoff = Backoff(initial_s=0.05, max_s=0.3)
-    return sidecar
 
 
 @pytest.fixture
@@ -291,7 +272,12 @@ async def test_sidecar_restart_after_apply_but_before_ack_applies_once(
     try:
         row = await wait_for(lambda: acked(hub, "gw-test", sequence), what="confirmed by Hello")
         assert row["outcome"] == "CONFIRMED_BY_HELLO"
-        await asyncio.sleep(0.2)  # give a wrong replay the chance to happen
+        # Commands are delivered and applied in order: once a later one is acked, a wrong
+        # replay of the first would already have happened.
+        later = await hub.store.enqueue_command(
+            "gw-test", pb.Command(set_credentials=pb.SetAgentCredentials(agent_id=AGENT))
+        )
+        await wait_for(lambda: acked(hub, "gw-test", later), what="a later command acked")
         assert gateway.count("ensure_agent") == 1
         assert gateway.count("wake") == 1
         assert {p.name: p.read_bytes() for p in workspace.iterdir()} == before
@@ -527,8 +513,9 @@ async def test_frozen_hub_is_noticed_by_the_sidecar_within_the_keepalive_window(
         stderr=asyncio.subprocess.DEVNULL,
     )
     config = sidecar_config(tmp_path / "sc", HostPort("127.0.0.1", link_port), gateway_id="gw-test")
-    sidecar = Sidecar(config, gateway=RecordingGateway())
-    sidecar.link.backoff = Backoff(initial_s=0.1, max_s=0.5)
+    sidecar = Sidecar(
+        config, gateway=RecordingGateway(), link_backoff=Backoff(initial_s=0.1, max_s=0.5)
+    )
     await sidecar.start()
     try:
         await wait_for(lambda: sidecar.link.status.connected, timeout_s=20, what="connected")

@@ -29,7 +29,7 @@ from hub.pki.enrollment import Revocations
 from hub.pki.join_tokens import JoinTokenError, JoinTokenRecord
 from missioncontrol.netaddr import HostPort
 from missioncontrol.pki import JoinString, certificate_identity, load_certificate
-from sidecar.identity import (
+from sidecar.link.identity import (
     HubPinError,
     HubUnreachableError,
     Identity,

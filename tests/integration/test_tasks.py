@@ -14,9 +14,8 @@ from tests.integration.board_setup import (
     add_board,
     add_gateway,
     call,
-    connected_sidecar,
 )
-from tests.support import api, wait_for
+from tests.support import api, connected_sidecar, wait_for
 
 
 def tasks_path(board_id: str, suffix: str = "") -> str:

@@ -6,8 +6,7 @@ import json
 from pathlib import Path
 
 from hub.app import Hub
-from tests.integration.board_setup import connected_sidecar
-from tests.support import api, hub_config, wait_for
+from tests.support import api, connected_sidecar, hub_config, wait_for
 
 
 async def test_sync_job_reapplies_every_agent_without_rotating_tokens(

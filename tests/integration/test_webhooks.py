@@ -23,11 +23,11 @@ import pytest
 from hub.app import Hub
 from hub.webhooks.rules import RetryPolicy
 from sidecar.app import Sidecar
-from sidecar.backoff import Backoff
 from tests.support import (
     ADMIN_TOKEN,
     RecordingGateway,
     api,
+    fast_backoff,
     running_hub,
     sidecar_config,
     wait_for,
@@ -71,8 +71,7 @@ async def connected(hub: Hub, tmp_path: Path) -> AsyncIterator[MessageGateway]:
     config = sidecar_config(
         tmp_path / "sc", hub.addresses.link, gateway_id=GATEWAY_ID, workspace_root=tmp_path / "ws"
     )
-    sidecar = Sidecar(config, gateway=gateway)
-    sidecar.link.backoff = Backoff(initial_s=0.05, max_s=0.3)
+    sidecar = Sidecar(config, gateway=gateway, link_backoff=fast_backoff())
     await sidecar.start()
     await wait_for(lambda: _sidecar_ready(hub), what="sidecar connected")
     yield gateway

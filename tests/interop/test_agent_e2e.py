@@ -32,8 +32,7 @@ import pytest
 from hub.app import Hub
 from protos import link_pb2 as pb
 from sidecar.app import Sidecar
-from sidecar.backoff import Backoff
-from sidecar.gateway_client import OpenClawGatewayClient
+from sidecar.gateway.openclaw import OpenClawGatewayClient
 from tests.interop.conftest import RunningGateway, record_timing
 from tests.interop.scripted_model import (
     MODEL_ID,
@@ -42,7 +41,7 @@ from tests.interop.scripted_model import (
     ModelRequest,
     ScriptedModel,
 )
-from tests.support import api, hub_config, sidecar_config, wait_for
+from tests.support import api, fast_backoff, hub_config, sidecar_config, wait_for
 
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(600)]
 
@@ -87,9 +86,8 @@ async def stack(
         ),
         openclaw_config=gateway.config_path,
     )
-    sidecar = Sidecar(config)
+    sidecar = Sidecar(config, link_backoff=fast_backoff())
     assert isinstance(sidecar.gateway, OpenClawGatewayClient)  # the real client, not a fake
-    sidecar.link.backoff = Backoff(initial_s=0.05, max_s=0.5)
     await sidecar.start()
     try:
         await wait_for(lambda: sidecar.gateway.info.reachable, timeout_s=30, what="gateway up")

@@ -12,7 +12,7 @@ import pytest
 
 from sidecar.config_watch import ConfigReport, ConfigWatcher
 from sidecar.gateway import AgentEntry
-from sidecar.gateway_client import OpenClawGatewayClient
+from sidecar.gateway.openclaw import OpenClawGatewayClient
 from sidecar.openclaw_config import DriftKind
 from tests.interop.conftest import RunningGateway, record_timing
 

@@ -13,8 +13,8 @@ import pytest
 
 from protos.contract import GatewayGeneration
 from sidecar.gateway import AgentEntry, GatewayInfo, HeartbeatSpec, RunState
-from sidecar.gateway_client import ClientPolicy, OpenClawGatewayClient
-from sidecar.gateway_protocol import (
+from sidecar.gateway.openclaw import ClientPolicy, OpenClawGatewayClient
+from sidecar.gateway.protocol import (
     ClientIdentity,
     GatewayScopesCleared,
     GatewayTokenMismatch,

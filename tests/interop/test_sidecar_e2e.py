@@ -14,9 +14,8 @@ from hub.app import Hub
 from hub.store.gateways import GatewayRow
 from protos import link_pb2 as pb
 from sidecar.app import Sidecar
-from sidecar.backoff import Backoff
 from tests.interop.conftest import RunningGateway, record_timing
-from tests.support import api, hub_config, sidecar_config, wait_for
+from tests.support import api, fast_backoff, hub_config, sidecar_config, wait_for
 
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(600)]
 
@@ -33,8 +32,7 @@ async def chain(gateway: RunningGateway, tmp_path: Path) -> AsyncIterator[tuple[
         workspace_root=gateway.workspace_root,
     )
     config = type(config)(**{**config.__dict__, "openclaw_config": gateway.config_path})
-    sidecar = Sidecar(config)
-    sidecar.link.backoff = Backoff(initial_s=0.05, max_s=0.5)
+    sidecar = Sidecar(config, link_backoff=fast_backoff())
     await sidecar.start()
     try:
         await wait_for(lambda: hub.registry.get("gw-e2e"), timeout_s=30, what="link up")

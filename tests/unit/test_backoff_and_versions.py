@@ -6,7 +6,7 @@ import pytest
 
 from missioncontrol.netaddr import HostPort
 from missioncontrol.version import VersionSkewError, check_sidecar_version
-from sidecar.backoff import Backoff
+from sidecar.link.backoff import Backoff
 
 
 def test_backoff_follows_the_grpc_policy_with_a_random_first_delay() -> None:

@@ -138,7 +138,14 @@ async def test_invalid_file_is_reported_and_left_alone_then_recovers(config: Pat
         await watcher.stop()
 
 
+def watch_tasks() -> list[asyncio.Task[object]]:
+    return [t for t in asyncio.all_tasks() if t.get_name() == "config-watch"]
+
+
 async def test_stop_ends_the_watch_task(config: Path) -> None:
     watcher, _ = await start(config)
+    [watch] = watch_tasks()
+    assert not watch.done()
     await asyncio.wait_for(watcher.stop(), 5)
+    assert watch.done() and watch_tasks() == []
     await asyncio.wait_for(watcher.stop(), 5)  # stopping twice is harmless

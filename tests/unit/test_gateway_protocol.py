@@ -6,7 +6,7 @@ import pytest
 
 from protos.contract import GatewayGeneration
 from sidecar.gateway import GatewayUnavailable, RunOutcome, RunState
-from sidecar.gateway_protocol import (
+from sidecar.gateway.protocol import (
     ClientIdentity,
     GatewayHandshakeError,
     GatewayNotPaired,

@@ -13,7 +13,7 @@ from cryptography import x509
 from hub.pki.ca import CertificateAuthority
 from hub.pki.enrollment import Revocations
 from missioncontrol.private_files import InsecurePermissionsError
-from sidecar.identity import (
+from sidecar.link.identity import (
     CA_FILE,
     IDENTITY_FILE,
     AlreadyEnrolledError,

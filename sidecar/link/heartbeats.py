@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from missioncontrol.log import get_logger
 from protos import link_pb2 as pb
 from protos.contract import HEARTBEAT_FLUSH_MS, timestamp
-from sidecar.link import LinkStatus
+from sidecar.link.client import LinkStatus
 from sidecar.state import LocalState, PendingBeat
 
 log = get_logger("sidecar.heartbeats")

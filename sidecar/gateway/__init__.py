@@ -1,9 +1,13 @@
 """The sidecar's view of its OpenClaw gateway: a small interface and its types.
 
 Command handlers and the link talk to the gateway only through `GatewayClient`.
-The real implementation speaks the gateway's loopback WebSocket protocol
-(`sidecar/gateway_client.py`); tests of pure sidecar logic may pass a simple
-in-memory one.
+The real implementation speaks the gateway's loopback WebSocket protocol; tests of
+pure sidecar logic may pass a simple in-memory one. The package:
+
+protocol.py    the WebSocket protocol's frames, hello and errors (pure)
+connection.py  one live connection: handshake, requests by id, events, reconnect
+openclaw.py    `OpenClawGatewayClient`, the operations written over the connection
+queries.py     the hub's live reads of the gateway (GatewayQuery), answered once
 """
 
 from __future__ import annotations
@@ -153,50 +157,3 @@ class GatewayClient(Protocol):
 
     async def list_sessions(self, agent_id: str = "", limit: int = 100) -> SessionPage:
         """Sessions, most recently updated first; only `agent_id`'s when given."""
-
-
-class NoGateway:
-    """A GatewayClient for a sidecar not (yet) attached to a gateway: every call is refused."""
-
-    def __init__(self, reason: str = "no gateway client is configured") -> None:
-        self._info = GatewayInfo(reachable=False, unreachable_reason=reason)
-
-    @property
-    def info(self) -> GatewayInfo:
-        return self._info
-
-    async def start(self) -> None:
-        return None
-
-    async def stop(self) -> None:
-        return None
-
-    def on_info_change(self, callback: Callable[[GatewayInfo], None]) -> None:
-        return None
-
-    def _refuse(self) -> GatewayUnavailable:
-        return GatewayUnavailable(self._info.unreachable_reason)
-
-    async def ensure_agent(self, entry: AgentEntry) -> None:
-        raise self._refuse()
-
-    async def remove_agent(self, agent_id: str, *, delete_files: bool) -> None:
-        raise self._refuse()
-
-    async def set_heartbeat(self, agent_id: str, heartbeat: HeartbeatSpec) -> None:
-        raise self._refuse()
-
-    async def wake(self, agent_id: str, message: str, idempotency_key: str) -> str:
-        raise self._refuse()
-
-    async def wait_run(self, run_id: str, timeout_s: float) -> RunOutcome:
-        raise self._refuse()
-
-    async def reset_session(self, agent_id: str) -> None:
-        raise self._refuse()
-
-    async def runtime_status(self) -> GatewayRuntime:
-        raise self._refuse()
-
-    async def list_sessions(self, agent_id: str = "", limit: int = 100) -> SessionPage:
-        raise self._refuse()

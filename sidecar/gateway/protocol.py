@@ -1,6 +1,6 @@
 """The OpenClaw gateway's WebSocket protocol: frames, the hello, and errors.
 
-Pure functions and types only; `sidecar/gateway_client.py` does the I/O. Keeping the
+Pure functions and types only; `sidecar/gateway/openclaw.py` does the I/O. Keeping the
 decisions here (which generation is this? what does this error mean and how is it
 fixed?) lets them be tested without a gateway.
 """

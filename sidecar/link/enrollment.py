@@ -29,7 +29,7 @@ from missioncontrol.pki import JoinString
 from missioncontrol.private_files import write_file_atomic
 from protos import link_pb2 as pb
 from protos import link_pb2_grpc as pb_grpc
-from sidecar.identity import (
+from sidecar.link.identity import (
     Identity,
     IdentityError,
     check_can_enroll,

@@ -1,7 +1,9 @@
-"""`OpenClawGatewayClient`: the `GatewayClient` over the gateway's loopback WebSocket.
+"""`GatewayConnection`: one live WebSocket to the OpenClaw gateway on loopback.
 
-One persistent connection, requests multiplexed by id (answers may come out of order;
-the `agent` method answers twice under one id), events fanned out to subscribers. The
+The transport under `OpenClawGatewayClient` (sidecar/gateway/openclaw.py): the socket
+and its handshake, requests multiplexed by id (answers may come out of order; the
+`agent` method answers twice under one id), brief retries of reads, events fanned out
+to subscribers, and a reconnect loop with backoff. It knows frames, not agents. The
 address and token are read from openclaw.json on every (re)connect, so a rotated token
 (the gateway closes with 4001) is picked up by simply reconnecting.
 """
@@ -14,7 +16,6 @@ import json
 import sys
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -24,21 +25,9 @@ import aiohttp
 
 from missioncontrol.log import get_logger
 from missioncontrol.version import VERSION as SIDECAR_VERSION
-from protos.contract import GatewayGeneration
-from sidecar import gateway_protocol as proto
-from sidecar.backoff import Backoff
-from sidecar.gateway import (
-    AgentEntry,
-    GatewayError,
-    GatewayInfo,
-    GatewayRuntime,
-    GatewayUnavailable,
-    HeartbeatSpec,
-    RunOutcome,
-    RunState,
-    SessionPage,
-)
-from sidecar.gateway_protocol import (
+from sidecar.gateway import GatewayInfo, GatewayUnavailable
+from sidecar.gateway import protocol as proto
+from sidecar.gateway.protocol import (
     ClientIdentity,
     GatewayConnectRefused,
     GatewayHandshakeError,
@@ -46,27 +35,25 @@ from sidecar.gateway_protocol import (
     GatewayTimeout,
     Hello,
 )
+from sidecar.link.backoff import Backoff
 from sidecar.openclaw_config import ConfigInvalid, read_config
 
-log = get_logger("gateway")
+log = get_logger("sidecar.gateway")
 
 EventCallback = Callable[[str, Any], None]
 
 
 @dataclass(frozen=True)
-class ClientPolicy:
-    """Bounds and pacing. Defaults suit a gateway on the same host."""
+class ConnectionPolicy:
+    """Bounds and pacing of the connection. Defaults suit a gateway on the same host."""
 
     connect_timeout_s: float = 10.0
     request_timeout_s: float = 30.0
     ready_wait_s: float = 5.0  # how long a call waits for a connection before refusing
-    agent_visible_timeout_s: float = 20.0  # create -> listed in agents.list
-    poll_interval_s: float = 0.1
-    reconnect_first_s: float = 0.5  # x1.6 per failure, +-20 % jitter (sidecar.backoff)
+    poll_interval_s: float = 0.1  # the first read retry's delay (then doubling)
+    reconnect_first_s: float = 0.5  # x1.6 per failure, +-20 % jitter (sidecar.link.backoff)
     reconnect_max_s: float = 30.0
-    conflict_retries: int = 5  # config.patch baseHash / cron scratch revision conflicts
     read_retries: int = 4  # idempotent reads on UNAVAILABLE: 0.1 + 0.2 + 0.4 + 0.8 s
-    finished_runs_kept: int = 512  # run outcomes remembered for late wait_run calls
 
 
 @dataclass(frozen=True)
@@ -91,7 +78,7 @@ class _Pending:
         self.answers: asyncio.Queue[Mapping[str, Any] | BaseException] = asyncio.Queue()
 
 
-class _Connection:
+class _Socket:
     """One open, handshaken socket."""
 
     def __init__(self, ws: aiohttp.ClientWebSocketResponse, hello: Hello) -> None:
@@ -100,23 +87,25 @@ class _Connection:
         self.pending: dict[str, _Pending] = {}
 
 
-class OpenClawGatewayClient:
+class GatewayConnection:
+    """The connection to one gateway, kept up in the background from `start()` to `stop()`."""
+
     def __init__(
         self,
         config_path: Path,
+        policy: ConnectionPolicy,
         *,
-        policy: ClientPolicy | None = None,
         identity: ClientIdentity | None = None,
         client_version: str = SIDECAR_VERSION,
     ) -> None:
         self._config_path = config_path
-        self._policy = policy or ClientPolicy()
+        self._policy = policy
         self._identity = identity or ClientIdentity()
         self._client_version = client_version
         self._info = GatewayInfo(reachable=False, unreachable_reason="not connected yet")
         self._info_callbacks: list[Callable[[GatewayInfo], None]] = []
         self._subscribers: list[tuple[str | None, EventCallback]] = []
-        self._conn: _Connection | None = None
+        self._socket: _Socket | None = None
         self._connected = asyncio.Event()
         self._last_error: GatewayUnavailable | None = None
         self._task: asyncio.Task[None] | None = None
@@ -124,8 +113,6 @@ class OpenClawGatewayClient:
         self._stopping = False
         self._wake_up = asyncio.Event()  # cut a reconnect delay short
         self._attempted = asyncio.Event()  # a connection attempt just ended
-        self._run_waiters: dict[str, list[asyncio.Future[RunOutcome]]] = {}
-        self._finished_runs: OrderedDict[str, RunOutcome] = OrderedDict()
 
     # ------------------------------------------------------------ lifecycle
 
@@ -138,9 +125,9 @@ class OpenClawGatewayClient:
     async def stop(self) -> None:
         self._stopping = True
         self._wake_up.set()
-        conn = self._conn
-        if conn is not None:
-            await conn.ws.close()
+        sock = self._socket
+        if sock is not None:
+            await sock.ws.close()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -150,13 +137,6 @@ class OpenClawGatewayClient:
             await self._session.close()
             self._session = None
         self._set_info(GatewayInfo(reachable=False, unreachable_reason="sidecar stopped"))
-
-    async def __aenter__(self) -> OpenClawGatewayClient:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
 
     async def wait_ready(self, timeout_s: float) -> GatewayInfo:
         """Wait for a working connection; raise why there is none on timeout, or at once
@@ -190,8 +170,8 @@ class OpenClawGatewayClient:
 
     @property
     def hello(self) -> Hello | None:
-        conn = self._conn
-        return conn.hello if conn else None
+        sock = self._socket
+        return sock.hello if sock else None
 
     def on_info_change(self, callback: Callable[[GatewayInfo], None]) -> None:
         self._info_callbacks.append(callback)
@@ -233,7 +213,7 @@ class OpenClawGatewayClient:
             quick_retry = False
             previous = self._info.unreachable_reason
             try:
-                conn = await self._open()
+                sock = await self._open()
             except GatewayUnavailable as exc:
                 self._last_error = exc
                 reason = str(exc)
@@ -255,7 +235,7 @@ class OpenClawGatewayClient:
             else:
                 self._last_error = None
                 backoff.reset()
-                close_code, reason = await self._serve(conn)
+                close_code, reason = await self._serve(sock)
                 # After a token rotation the new token is already in the file: go again now.
                 quick_retry = close_code == proto.CLOSE_TOKEN_ROTATED
                 if quick_retry:
@@ -269,7 +249,7 @@ class OpenClawGatewayClient:
                 async with asyncio.timeout(0.0 if quick_retry else backoff.next_delay()):
                     await self._wake_up.wait()
 
-    async def _open(self) -> _Connection:
+    async def _open(self) -> _Socket:
         """Read the config, open the socket and run the handshake."""
         config = await asyncio.to_thread(read_config, self._config_path)
         if isinstance(config, ConfigInvalid):
@@ -299,8 +279,8 @@ class OpenClawGatewayClient:
         except BaseException:
             await ws.close()
             raise
-        conn = _Connection(ws, hello)
-        self._conn = conn
+        sock = _Socket(ws, hello)
+        self._socket = sock
         self._connected.set()
         log.info(
             "gateway.connected",
@@ -318,7 +298,7 @@ class OpenClawGatewayClient:
                 generation=hello.generation,
             )
         )
-        return conn
+        return sock
 
     async def _handshake(
         self, ws: aiohttp.ClientWebSocketResponse, token: str, config_path: str
@@ -390,44 +370,44 @@ class OpenClawGatewayClient:
             )
         raise GatewayHandshakeError(f"unexpected WebSocket message {msg.type.name}")
 
-    async def _serve(self, conn: _Connection) -> tuple[int | None, str]:
+    async def _serve(self, sock: _Socket) -> tuple[int | None, str]:
         """Read frames until the socket ends; return its close code and why it ended."""
         # The gateway ticks every tickIntervalMs; twice that in silence is a dead socket.
-        silence_s = 2 * conn.hello.tick_interval_ms / 1000
+        silence_s = 2 * sock.hello.tick_interval_ms / 1000
         reason = "connection closed"
         try:
             while True:
                 try:
-                    msg = await conn.ws.receive(timeout=silence_s)
+                    msg = await sock.ws.receive(timeout=silence_s)
                 except TimeoutError:
                     reason = f"no frame from the gateway for {silence_s:.0f} s (dead socket)"
                     log.warning("gateway.connection.stale", silence_s=silence_s)
-                    await conn.ws.close()
+                    await sock.ws.close()
                     break
                 if msg.type == aiohttp.WSMsgType.TEXT:
-                    self._dispatch(conn, msg.data)
+                    self._dispatch(sock, msg.data)
                 elif msg.type in (
                     aiohttp.WSMsgType.CLOSE,
                     aiohttp.WSMsgType.CLOSING,
                     aiohttp.WSMsgType.CLOSED,
                     aiohttp.WSMsgType.ERROR,
                 ):
-                    reason = f"gateway closed the connection (code {conn.ws.close_code})"
+                    reason = f"gateway closed the connection (code {sock.ws.close_code})"
                     break
         finally:
-            self._conn = None
+            self._socket = None
             self._connected.clear()
-            close_code = conn.ws.close_code
-            if not conn.ws.closed:
-                await conn.ws.close()
+            close_code = sock.ws.close_code
+            if not sock.ws.closed:
+                await sock.ws.close()
             lost = GatewayUnavailable(f"gateway connection lost: {reason}")
-            for pending in conn.pending.values():
+            for pending in sock.pending.values():
                 pending.answers.put_nowait(lost)
-            conn.pending.clear()
+            sock.pending.clear()
             log.info("gateway.disconnected", close_code=close_code, reason=reason)
         return close_code, reason
 
-    def _dispatch(self, conn: _Connection, data: str) -> None:
+    def _dispatch(self, sock: _Socket, data: str) -> None:
         try:
             frame = json.loads(data)
         except ValueError:
@@ -438,22 +418,20 @@ class OpenClawGatewayClient:
         kind = frame.get("type")
         if kind == "res":
             request_id = frame.get("id")
-            pending = conn.pending.get(request_id) if isinstance(request_id, str) else None
+            pending = sock.pending.get(request_id) if isinstance(request_id, str) else None
             if pending is None:
                 log.debug("gateway.response.unmatched", id=request_id)
                 return
             pending.answers.put_nowait(frame)
             pending.expected -= 1
             if pending.expected <= 0:
-                conn.pending.pop(str(request_id), None)
+                sock.pending.pop(str(request_id), None)
         elif kind == "event":
             event = frame.get("event")
             if isinstance(event, str):
                 self._on_event(event, frame.get("payload"))
 
     def _on_event(self, event: str, payload: Any) -> None:
-        if event == "chat" and isinstance(payload, Mapping):
-            self._track_run(payload)
         for name, callback in list(self._subscribers):
             if name is None or name == event:
                 try:
@@ -486,16 +464,16 @@ class OpenClawGatewayClient:
 
         `agent` answers twice (accepted, then the run's end); either may be an error.
         """
-        conn = await self._connection()
+        sock = await self._ready_socket()
         request_id = str(uuid.uuid4())
         # Register before sending: the answer can arrive before send_str returns.
         pending = _Pending(method, answers)
-        conn.pending[request_id] = pending
+        sock.pending[request_id] = pending
         timeout = timeout_s if timeout_s is not None else self._policy.request_timeout_s
         deadline = time.monotonic() + timeout
         try:
             try:
-                await conn.ws.send_str(proto.request_frame(request_id, method, params))
+                await sock.ws.send_str(proto.request_frame(request_id, method, params))
             except (aiohttp.ClientError, ConnectionError) as exc:
                 raise GatewayUnavailable(
                     f"gateway connection lost while sending {method}: {exc}"
@@ -520,7 +498,7 @@ class OpenClawGatewayClient:
                     )
             return replies
         finally:
-            conn.pending.pop(request_id, None)
+            sock.pending.pop(request_id, None)
 
     async def read(self, method: str, params: Mapping[str, Any] | None = None) -> Any:
         """A read-only call, retried briefly on errors the gateway calls passing
@@ -537,315 +515,18 @@ class OpenClawGatewayClient:
             delay_s *= 2
         raise AssertionError("unreachable")
 
-    async def _connection(self) -> _Connection:
-        conn = self._conn
-        if conn is not None:
-            return conn
+    async def _ready_socket(self) -> _Socket:
+        sock = self._socket
+        if sock is not None:
+            return sock
         if self._task is None:
             raise GatewayUnavailable("gateway client is not started")
         await self.wait_ready(self._policy.ready_wait_s)
-        conn = self._conn
-        if conn is None:
+        sock = self._socket
+        if sock is None:
             raise self._unavailable()
-        return conn
+        return sock
 
-    async def _generation(self) -> GatewayGeneration:
-        """The connected gateway's generation (waits briefly for a connection)."""
-        return (await self._connection()).hello.generation
-
-    # ------------------------------------------------------------ agents
-
-    async def list_agent_ids(self) -> set[str]:
-        payload = await self.read("agents.list", {})
-        return {a["id"] for a in payload.get("agents", []) if isinstance(a, Mapping) and "id" in a}
-
-    async def _listed_agent(self, agent_id: str) -> Mapping[str, Any] | None:
-        payload = await self.read("agents.list", {})
-        for agent in payload.get("agents", []):
-            if isinstance(agent, Mapping) and agent.get("id") == agent_id:
-                return agent
-        return None
-
-    async def _wait_listed(self, agent_id: str, *, present: bool) -> Mapping[str, Any] | None:
-        """Poll agents.list until the id is (or is no longer) listed, within a bound."""
-        deadline = time.monotonic() + self._policy.agent_visible_timeout_s
-        while True:
-            agent = await self._listed_agent(agent_id)
-            if (agent is not None) == present:
-                return agent
-            if time.monotonic() >= deadline:
-                state = "listed" if present else "gone"
-                raise GatewayTimeout(
-                    f"agent {agent_id} was not {state} in agents.list within "
-                    f"{self._policy.agent_visible_timeout_s:.0f} s"
-                )
-            await asyncio.sleep(self._policy.poll_interval_s)
-
-    async def ensure_agent(self, entry: AgentEntry) -> None:
-        if not entry.workspace.is_absolute():
-            # The gateway resolves relative paths against its own cwd.
-            raise GatewayError(
-                f"workspace for {entry.agent_id} must be absolute, got {entry.workspace}",
-                code="invalid_workspace",
-                retryable=False,
-            )
-        started = time.monotonic()
-        listed = await self._listed_agent(entry.agent_id)
-        created = False
-        if listed is None:
-            created = await self._create_agent(entry)
-            listed = await self._wait_listed(entry.agent_id, present=True)
-        assert listed is not None
-        accepted = proto.agent_fields("agents.update", await self._generation())
-        changes = {k: v for k, v in _agent_update(entry, listed).items() if k in accepted}
-        if changes:
-            await self.call("agents.update", {"agentId": entry.agent_id, **changes})
-        log.info(
-            "gateway.agent.ensured",
-            agent_id=entry.agent_id,
-            created=created,
-            updated=sorted(changes),
-            elapsed_ms=round((time.monotonic() - started) * 1000, 1),
-        )
-
-    async def _create_agent(self, entry: AgentEntry) -> bool:
-        """agents.create with the id as name (ids derive from names); False if it existed."""
-        wanted = {
-            "name": entry.agent_id,
-            "workspace": str(entry.workspace),
-            "model": entry.model,
-            "emoji": entry.emoji,
-        }
-        accepted = proto.agent_fields("agents.create", await self._generation())
-        # What create cannot take here (model on 2026.3) the update after it sets.
-        params = {k: v for k, v in wanted.items() if v and k in accepted}
-        try:
-            payload = await self.call("agents.create", params)
-        except GatewayRequestError as exc:
-            if proto.is_already_exists(exc):
-                return False  # in the config but not yet loaded; the poll below waits
-            raise
-        agent_id = payload.get("agentId") if isinstance(payload, Mapping) else None
-        if agent_id is not None and agent_id != entry.agent_id:
-            raise GatewayError(
-                f"gateway created agent {agent_id!r} for requested id {entry.agent_id!r}: ids "
-                "must be lowercase [a-z0-9_-], at most 64 characters",
-                code="invalid_agent_id",
-                retryable=False,
-            )
-        return True
-
-    async def remove_agent(self, agent_id: str, *, delete_files: bool) -> None:
-        try:
-            await self.call("agents.delete", {"agentId": agent_id, "deleteFiles": delete_files})
-        except GatewayRequestError as exc:
-            if not proto.is_not_found(exc):
-                raise
-            log.info("gateway.agent.already_absent", agent_id=agent_id)
-            return
-        await self._wait_listed(agent_id, present=False)
-        log.info("gateway.agent.removed", agent_id=agent_id, delete_files=delete_files)
-
-    # ------------------------------------------------------------ heartbeat
-
-    async def set_heartbeat(self, agent_id: str, heartbeat: HeartbeatSpec) -> None:
-        block = {
-            "every": proto.heartbeat_every(heartbeat.every_s),
-            "target": heartbeat.target or "none",
-        }
-        generation = await self._generation()
-        if generation is GatewayGeneration.LEGACY_2026_3:
-            # The hub renders HEARTBEAT.md for this generation; only the cadence goes here.
-            await self._patch_config(lambda cfg: _legacy_heartbeat_patch(cfg, agent_id, block))
-        else:
-            patch = {"agents": {"entries": {agent_id: {"heartbeat": block}}}}
-            await self._patch_config(lambda _cfg: patch)
-            await self._set_checklist(agent_id, heartbeat.checklist)
-        log.info("gateway.heartbeat.set", agent_id=agent_id, **block)
-
-    async def _patch_config(
-        self, build: Callable[[Mapping[str, Any]], Mapping[str, Any]]
-    ) -> Mapping[str, Any]:
-        """config.patch guarded by baseHash; on a concurrent write re-read and retry."""
-        for attempt in range(self._policy.conflict_retries + 1):
-            current = await self.read("config.get", {})
-            parsed = current.get("parsed") or current.get("config") or {}
-            params = {"raw": json.dumps(build(parsed)), "baseHash": current.get("hash")}
-            try:
-                return await self.call("config.patch", params)
-            except GatewayRequestError as exc:
-                if not proto.is_config_conflict(exc) or attempt == self._policy.conflict_retries:
-                    raise
-                log.info("gateway.config_patch.conflict", attempt=attempt + 1)
-        raise AssertionError("unreachable")
-
-    async def _set_checklist(self, agent_id: str, checklist: str) -> None:
-        """Put the checklist in the monitor scratch of the agent's heartbeat cron job."""
-        job_id = await self._heartbeat_job(agent_id)
-        if job_id is None:
-            if checklist:
-                raise GatewayError(
-                    f"no heartbeat:{agent_id} cron job appeared after setting the heartbeat, "
-                    "so the checklist has nowhere to go",
-                    code="heartbeat_job_missing",
-                )
-            return
-        for _attempt in range(self._policy.conflict_retries + 1):
-            current = await self.read("cron.scratch.get", {"jobId": job_id})
-            scratch = current.get("scratch") or {}
-            if (scratch.get("content") or "") == checklist:
-                return
-            revision = current.get("currentRevision", 0)
-            result = await self.call(
-                "cron.scratch.set",
-                {"jobId": job_id, "content": checklist, "expectedRevision": revision},
-            )
-            if result.get("ok"):
-                return
-            if result.get("reason") != "revision-conflict":
-                raise GatewayError(f"cron.scratch.set refused: {result.get('reason')}")
-            log.info("gateway.scratch.conflict", agent_id=agent_id)
-        raise GatewayError(
-            f"heartbeat checklist for {agent_id}: scratch kept changing under us; retry later"
-        )
-
-    async def _heartbeat_job(self, agent_id: str) -> str | None:
-        """The id of cron job `heartbeat:<id>`; it appears shortly after the patch."""
-        key = f"heartbeat:{agent_id}"
-        deadline = time.monotonic() + self._policy.agent_visible_timeout_s
-        while True:
-            payload = await self.read("cron.list", {"agentId": agent_id, "includeDisabled": True})
-            for job in payload.get("jobs", []):
-                if isinstance(job, Mapping) and job.get("declarationKey") == key:
-                    return str(job["id"])
-            if time.monotonic() >= deadline:
-                return None
-            await asyncio.sleep(self._policy.poll_interval_s)
-
-    # ------------------------------------------------------------ runs
-
-    async def wake(self, agent_id: str, message: str, idempotency_key: str) -> str:
-        # Every terminal chat event is recorded as it arrives (bounded, see _track_run),
-        # so a run that ends before this ack, or before wait_run is called, is not missed.
-        started = time.monotonic()
-        try:
-            payload = await self.call(
-                "chat.send",
-                {
-                    "sessionKey": proto.main_session_key(agent_id),
-                    "message": message,
-                    "idempotencyKey": idempotency_key,
-                },
-            )
-        except GatewayRequestError:
-            # A repeated key whose run already failed is answered with that run's error;
-            # it is the same run, and its outcome is known.
-            if idempotency_key in self._finished_runs:
-                log.info("gateway.wake.duplicate", agent_id=agent_id, run_id=idempotency_key)
-                return idempotency_key
-            raise
-        run_id = str(payload.get("runId") or idempotency_key)
-        log.info(
-            "gateway.wake.sent",
-            agent_id=agent_id,
-            run_id=run_id,
-            status=payload.get("status"),
-            ack_ms=round((time.monotonic() - started) * 1000, 1),
-        )
-        return run_id
-
-    async def wait_run(self, run_id: str, timeout_s: float) -> RunOutcome:
-        finished = self._finished_runs.get(run_id)
-        if finished is not None:
-            return finished
-        future: asyncio.Future[RunOutcome] = asyncio.get_running_loop().create_future()
-        self._run_waiters.setdefault(run_id, []).append(future)
-        try:
-            async with asyncio.timeout(timeout_s):
-                return await future
-        except TimeoutError:
-            return RunOutcome(
-                run_id, RunState.ABORTED, f"no end of the run seen within {timeout_s:.0f} s"
-            )
-        finally:
-            waiters = self._run_waiters.get(run_id)
-            if waiters and future in waiters:
-                waiters.remove(future)
-
-    # ------------------------------------------------------------ sessions and status
-
-    async def reset_session(self, agent_id: str) -> None:
-        # The gateway answers ok for any key (an absent session is created empty).
-        await self.call("sessions.reset", {"key": proto.main_session_key(agent_id)})
-        log.info("gateway.session.reset", agent_id=agent_id)
-
-    async def runtime_status(self) -> GatewayRuntime:
-        # `status` is live; `health` is a cached snapshot that lags behind config changes.
-        return proto.parse_status(await self.read("status", {}))
-
-    async def list_sessions(self, agent_id: str = "", limit: int = 100) -> SessionPage:
-        params: dict[str, Any] = {"limit": max(1, limit)}
-        if agent_id:
-            params["agentId"] = agent_id
-        return proto.parse_sessions(await self.read("sessions.list", params))
-
-    def _track_run(self, payload: Mapping[str, Any]) -> None:
-        run_id = payload.get("runId")
-        outcome = proto.run_outcome(payload)
-        if not isinstance(run_id, str) or outcome is None:
-            return
-        self._finished_runs[run_id] = outcome
-        while len(self._finished_runs) > self._policy.finished_runs_kept:
-            self._finished_runs.popitem(last=False)
-        for future in self._run_waiters.pop(run_id, []):
-            if not future.done():
-                future.set_result(outcome)
-        log.info("gateway.run.ended", run_id=run_id, state=outcome.state.value)
-
-
-def _agent_update(entry: AgentEntry, listed: Mapping[str, Any]) -> dict[str, Any]:
-    """The agents.update fields that differ from what agents.list shows.
-
-    Only differences are sent: every update with a name or emoji makes the gateway
-    rewrite IDENTITY.md in the workspace.
-    """
-    changes: dict[str, Any] = {}
-    identity = listed.get("identity")
-    if not isinstance(identity, Mapping):
-        identity = {}
-    if entry.name and listed.get("name") != entry.name:
-        changes["name"] = entry.name
-    if entry.emoji and identity.get("emoji") != entry.emoji:
-        changes["emoji"] = entry.emoji
-    model = listed.get("model")
-    current_model = model.get("primary") if isinstance(model, Mapping) else model
-    if entry.model and current_model != entry.model:
-        changes["model"] = entry.model
-    if listed.get("workspace") and Path(str(listed["workspace"])) != entry.workspace:
-        changes["workspace"] = str(entry.workspace)
-    return changes
-
-
-def _legacy_heartbeat_patch(
-    config: Mapping[str, Any], agent_id: str, block: Mapping[str, Any]
-) -> Mapping[str, Any]:
-    """2026.3 keeps the roster in an array, which a merge patch replaces whole."""
-    agents = config.get("agents")
-    roster = agents.get("list") if isinstance(agents, Mapping) else None
-    if not isinstance(roster, list):
-        roster = []
-    updated = []
-    found = False
-    for item in roster:
-        if isinstance(item, Mapping) and item.get("id") == agent_id:
-            heartbeat = dict(item.get("heartbeat") or {})
-            heartbeat.update(block)
-            item = {**item, "heartbeat": heartbeat}
-            found = True
-        updated.append(item)
-    if not found:
-        raise GatewayError(
-            f"agent {agent_id} is not in agents.list of openclaw.json; ensure it first",
-            code="agent_missing",
-        )
-    return {"agents": {"list": updated}}
+    async def ready_hello(self) -> Hello:
+        """The connected gateway's hello (waits briefly for a connection)."""
+        return (await self._ready_socket()).hello

@@ -20,8 +20,8 @@ from missioncontrol.log import get_logger
 from protos import link_pb2 as pb
 from protos import link_pb2_grpc as pb_grpc
 from protos.contract import channel_options
-from sidecar.backoff import Backoff
 from sidecar.commands import CommandQueue
+from sidecar.link.backoff import Backoff
 
 log = get_logger("sidecar.link")
 
