@@ -76,9 +76,8 @@ SERVE_OPTIONS = (
     ),
     Option(
         "http-tls",
-        "TLS on the REST API: auto (on when it listens beyond loopback, with a certificate "
-        "from the hub's CA or --http-tls-cert), on, off (loopback only), or proxy (plain HTTP "
-        "beyond loopback, for a TLS-terminating proxy in front)",
+        "REST API TLS: auto (on beyond loopback, certificate from the hub's CA), on, off "
+        "(loopback only), proxy (plain, behind a TLS proxy)",
         "auto",
         one_of("auto", "on", "off", "proxy"),
         metavar="MODE",
