@@ -23,7 +23,7 @@ from hub.config import (
     build_config,
     load_admin_token,
 )
-from missioncontrol.settings import SettingsError, config_path_from, load_config_file, resolve
+from missioncontrol.settings import config_path_from, load_config_file, resolve
 from missioncontrol.system_service import (
     Account,
     Manager,
@@ -42,6 +42,7 @@ from missioncontrol.system_service import (
     installed_command,
     plan_install,
     plan_uninstall,
+    run_service_command,
     settings_to_write,
     start_from_installed_config,
     toml_text,
@@ -85,16 +86,7 @@ def add_service_parsers(commands: argparse._SubParsersAction) -> None:
 
 
 def service_main(args: argparse.Namespace) -> int:
-    try:
-        if args.command == "install-service":
-            return _install(args)
-        return _uninstall(args)
-    except SettingsError as exc:
-        print(f"mc-hub {args.command}: {exc}", file=sys.stderr)
-        return 2
-    except (ServiceError, OSError) as exc:
-        print(f"mc-hub {args.command}: {exc}", file=sys.stderr)
-        return 1
+    return run_service_command("mc-hub", args, install=_install, uninstall=_uninstall)
 
 
 def _account(args: argparse.Namespace, manager: Manager, scope: Scope, data_dir: Path) -> Account:

@@ -34,7 +34,7 @@ from xml.sax.saxutils import escape as xml_escape
 
 from missioncontrol.log import get_logger
 from missioncontrol.private_files import PRIVATE_DIR_MODE, PUBLIC_FILE_MODE, write_file_atomic
-from missioncontrol.settings import Option, resolve
+from missioncontrol.settings import Option, SettingsError, resolve
 
 log = get_logger("service.install")
 
@@ -773,3 +773,22 @@ def chosen_scope(args: argparse.Namespace) -> Scope:
     if args.scope is not None:
         return Scope(args.scope)
     return Scope.SYSTEM if os.geteuid() == 0 else Scope.USER
+
+
+def run_service_command(
+    program: str,
+    args: argparse.Namespace,
+    *,
+    install: Callable[[argparse.Namespace], int],
+    uninstall: Callable[[argparse.Namespace], int],
+) -> int:
+    """`install-service` / `uninstall-service`: their errors as one line and an exit code
+    (2: a setting is wrong, 1: the service could not be installed or removed)."""
+    try:
+        return install(args) if args.command == "install-service" else uninstall(args)
+    except SettingsError as exc:
+        print(f"{program} {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except (ServiceError, OSError) as exc:
+        print(f"{program} {args.command}: {exc}", file=sys.stderr)
+        return 1

@@ -15,7 +15,7 @@ import argparse
 import os
 import sys
 
-from missioncontrol.settings import SettingsError, config_path_from, load_config_file, resolve
+from missioncontrol.settings import config_path_from, load_config_file, resolve
 from missioncontrol.system_service import (
     Account,
     Manager,
@@ -34,6 +34,7 @@ from missioncontrol.system_service import (
     installed_command,
     plan_install,
     plan_uninstall,
+    run_service_command,
     settings_to_write,
     start_from_installed_config,
     toml_text,
@@ -77,16 +78,7 @@ def add_service_parsers(commands: argparse._SubParsersAction) -> None:
 
 
 def service_main(args: argparse.Namespace) -> int:
-    try:
-        if args.command == "install-service":
-            return _install(args)
-        return _uninstall(args)
-    except SettingsError as exc:
-        print(f"mc-sidecar {args.command}: {exc}", file=sys.stderr)
-        return 2
-    except (ServiceError, OSError) as exc:
-        print(f"mc-sidecar {args.command}: {exc}", file=sys.stderr)
-        return 1
+    return run_service_command("mc-sidecar", args, install=_install, uninstall=_uninstall)
 
 
 NOT_ROOT = (
