@@ -102,6 +102,12 @@ class AgentRow:
     heartbeat_interval_s: int
     identity_template: str | None
     soul_template: str | None
+    work_state: str | None = None  # what the agent last said it is doing (active, idle, ...)
+    reported_status: str | None = None  # the status word it sent, as sent
+    current_task_id: str | None = None
+    work_state_at: float | None = None
+    workspace_path: str | None = None  # set for an adopted agent; else derived from the root
+    adopted: bool = False  # found in openclaw.json and adopted: its files are its own
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> AgentRow:

@@ -58,10 +58,17 @@ class GatewayRow:
     last_touched_version: str | None
     next_sequence: int
     acked_sequence: int
+    declared_workspace_root: str | None = None  # the operator's, at create or PATCH
+    reported_workspace_root: str | None = None  # the sidecar's, from its last Hello
+    follows_hub_workspace_root: bool = False  # the sidecar writes under the declared root
+    unmanaged_agents: str = "[]"  # JSON: openclaw.json entries the hub does not manage
+    files_stale: bool = False  # rendered with a root or API address the sidecar contradicts
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> GatewayRow:
         values = dict(row)
+        for key in ("follows_hub_workspace_root", "files_stale"):
+            values[key] = bool(values.get(key))
         for key in ("connected", "reachable", "config_valid"):
             if values[key] is not None:
                 values[key] = bool(values[key])
