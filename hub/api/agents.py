@@ -20,11 +20,11 @@ from hub.api.schemas import (
     AgentRead,
     AgentUpdate,
     ForceQuery,
+    HeartbeatConfig,
     TokenRotate,
 )
 from hub.events import StreamEnded
 from hub.provisioning.agents import (
-    AgentConflict,
     AgentError,
     AgentRow,
     agent_json,
@@ -43,6 +43,33 @@ KEEPALIVE_S = 15.0
 class StreamQuery(Query):
     board_id: str | None = None
     since: str | None = None
+
+
+STATUS_OWNED = (
+    "status is controlled by the lifecycle (heartbeats, wakes); it cannot be set. An agent "
+    "reports what it is doing with its heartbeat's status (work_state)"
+)
+
+
+def agent_spec(body: AgentCreate, *, created_by_lead: str | None = None) -> AgentSpec:
+    kind = (
+        AgentKind.MAIN
+        if body.is_gateway_main
+        else AgentKind.LEAD
+        if body.is_board_lead
+        else AgentKind.WORKER
+    )
+    return AgentSpec(
+        name=body.name,
+        board_id=body.board_id,
+        gateway_id=body.gateway_id,
+        kind=kind,
+        identity_profile=body.identity_profile,
+        heartbeat_config=body.heartbeat_config.config() if body.heartbeat_config else None,
+        identity_template=body.identity_template,
+        soul_template=body.soul_template,
+        created_by_lead=created_by_lead,
+    )
 
 
 def agent_read(agent: AgentRow) -> AgentRead:
@@ -94,28 +121,10 @@ def register(api: Api) -> None:
         status=201,
     )
     async def create_agent(call: Call) -> AgentRead:
-        body = call.body
-        kind = (
-            AgentKind.MAIN
-            if body.is_gateway_main
-            else AgentKind.LEAD
-            if body.is_board_lead
-            else AgentKind.WORKER
-        )
-        spec = AgentSpec(
-            name=body.name,
-            board_id=body.board_id,
-            gateway_id=body.gateway_id,
-            kind=kind,
-            identity_profile=body.identity_profile,
-            heartbeat_config=body.heartbeat_config.model_dump() if body.heartbeat_config else None,
-        )
-        try:
-            agent = await deps(call.request).provisioning.create_agent(spec)
-        except AgentConflict as exc:
-            raise ApiError(409, str(exc)) from None
-        except AgentError as exc:
-            raise ApiError(422, str(exc)) from None
+        body: AgentCreate = call.body
+        if body.status not in (None, "provisioning"):
+            raise ApiError(403, STATUS_OWNED)
+        agent = await deps(call.request).provisioning.create_agent(agent_spec(body))
         return agent_read(agent)
 
     @api.route(
@@ -149,12 +158,15 @@ def register(api: Api) -> None:
     )
     async def patch_agent(call: Call) -> AgentRead:
         agent = await agent_or_404(call)
-        if call.body.status is not None:
-            raise ApiError(
-                403, "status is controlled by the lifecycle (heartbeats, wakes); it cannot be set"
-            )
-        if call.query.force:
-            agent = await deps(call.request).provisioning.reapply(agent.id)
+        body: AgentUpdate = call.body
+        if "status" in body.model_fields_set:
+            raise ApiError(403, STATUS_OWNED)
+        changes = {name: getattr(body, name) for name in body.model_fields_set}
+        if isinstance(body.heartbeat_config, HeartbeatConfig):
+            changes["heartbeat_config"] = body.heartbeat_config.config()
+        agent = await deps(call.request).provisioning.update_agent(
+            agent.id, changes, force=call.query.force
+        )
         return agent_read(agent)
 
     @api.route(

@@ -17,22 +17,24 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 from hub.boards import board_profile
 from hub.lifecycle.decisions import AgentLifecycle, Phase, Status, WaitReason
-from hub.provisioning.agent_tokens import StoredToken
+from hub.provisioning.agent_tokens import MintedToken, StoredToken
 from hub.provisioning.rendering import (
     AgentContext,
     AgentKind,
     ApplyAction,
     IdentityProfile,
     RenderError,
+    check_override_template,
     render_file_set,
     render_wake_message,
 )
-from hub.store.errors import StoreError
+from hub.store.errors import Refusal, StoreError
 from hub.store.gateways import gateway_in
 from hub.users import user_profile
 from missioncontrol.timefmt import iso
@@ -49,7 +51,10 @@ class AgentError(StoreError):
 
 
 class AgentConflict(AgentError):
-    """The request clashes with an existing agent (one lead per board, one main agent)."""
+    """The request clashes with an existing agent (one lead per board, one main agent, a
+    name taken on the board, the board's worker cap)."""
+
+    refusal = Refusal.CONFLICT
 
 
 def parse_every(every: str) -> int:
@@ -62,6 +67,51 @@ def parse_every(every: str) -> int:
     if seconds > MAX_HEARTBEAT_S:
         raise AgentError(f"heartbeat every {every!r} is longer than 7 days")
     return seconds
+
+
+def heartbeat_settings(config: Mapping[str, Any] | None) -> tuple[dict[str, Any], int]:
+    """A heartbeat_config in either shape people send, as the stored config and its
+    interval in seconds (0: no heartbeat job).
+
+    Mission Control's `{enabled, intervalSeconds}` and OpenClaw's `{every, target,
+    includeReasoning}` both work, mixed too; `enabled: false` switches the heartbeat off
+    whatever the cadence. The stored config carries both shapes, so a client of either
+    reads back what it understands. Raises AgentError naming the field at fault.
+    """
+    given = dict(config or {})
+    every = given.get("every")
+    interval = given.get("intervalSeconds")
+    if every is not None and interval is not None and parse_every(every) != interval:
+        raise AgentError(
+            f"heartbeat_config: every {every!r} and intervalSeconds {interval} disagree; "
+            "send one of them"
+        )
+    if interval is not None:
+        if not 0 <= int(interval) <= MAX_HEARTBEAT_S:
+            raise AgentError(f"heartbeat_config: intervalSeconds must be 0 to {MAX_HEARTBEAT_S}")
+        seconds = int(interval)
+    else:
+        seconds = parse_every(every if every is not None else DEFAULT_HEARTBEAT["every"])
+    enabled = given.get("enabled", True) is not False and seconds > 0
+    seconds = seconds if enabled else 0
+    stored = {
+        "every": every_text(seconds),
+        "target": given.get("target") or DEFAULT_HEARTBEAT["target"],
+        "includeReasoning": bool(given.get("includeReasoning", False)),
+        "enabled": enabled,
+        "intervalSeconds": seconds,
+    }
+    return stored, seconds
+
+
+def every_text(seconds: int) -> str:
+    """OpenClaw's cadence text for `seconds` ("0m": off)."""
+    if seconds <= 0:
+        return "0m"
+    for unit, size in (("h", 3600), ("m", 60)):
+        if seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
 
 
 def gateway_agent_id(kind: AgentKind, agent_id: str, board_id: str | None, gateway_id: str) -> str:
@@ -130,6 +180,196 @@ class AgentRow:
             delivery_failures=self.delivery_failures,
             link_up_since=link_up_since,
         )
+
+
+def check_override(name: str, template: str) -> None:
+    """Refuse an IDENTITY.md / SOUL.md override the hub would not render."""
+    field_name = "identity_template" if name == "IDENTITY.md" else "soul_template"
+    try:
+        check_override_template(name, template)
+    except RenderError as exc:
+        raise AgentError(f"{field_name}: {exc}") from None
+
+
+def check_name_free_in(
+    conn: sqlite3.Connection,
+    gateway_id: str,
+    board_id: str | None,
+    name: str,
+    *,
+    exclude: str | None = None,
+) -> None:
+    """Names are unique per board (a gateway's main agent: among its board-less agents),
+    whatever the case; AgentConflict naming the agent that holds the name otherwise."""
+    wanted = name.casefold()
+    rows = conn.execute(
+        "SELECT id, name FROM agents WHERE gateway_id = ? AND board_id IS ? "
+        "AND status != 'deleting'",
+        (gateway_id, board_id),
+    ).fetchall()
+    for row in rows:
+        if row["id"] != exclude and row["name"].casefold() == wanted:
+            where = f"board {board_id}" if board_id else f"gateway {gateway_id}"
+            raise AgentConflict(
+                f"{where} already has an agent named {row['name']!r} (agent {row['id']}); "
+                f"choose another name, or change that agent with PATCH /api/v1/agents/{row['id']}"
+            )
+
+
+def check_worker_cap_in(conn: sqlite3.Connection, board_id: str, max_agents: int) -> None:
+    """The board rule `max_agents`: how many workers its lead may have (the lead excluded)."""
+    workers = conn.execute(
+        "SELECT COUNT(*) FROM agents WHERE board_id = ? AND kind = 'worker' "
+        "AND status != 'deleting'",
+        (board_id,),
+    ).fetchone()[0]
+    if workers >= max_agents:
+        raise AgentConflict(
+            f"board {board_id} allows {max_agents} worker agent(s) (its max_agents rule) and "
+            f"has {workers}; delete a worker first, or ask an admin to raise max_agents "
+            f"(PATCH /api/v1/boards/{board_id})"
+        )
+
+
+def _holder_in(
+    conn: sqlite3.Connection, kind: AgentKind, board_id: str | None, gateway_id: str
+) -> sqlite3.Row | None:
+    if kind is AgentKind.LEAD:
+        return conn.execute(
+            "SELECT id, name FROM agents WHERE board_id = ? AND kind = 'lead'", (board_id,)
+        ).fetchone()
+    if kind is AgentKind.MAIN:
+        return conn.execute(
+            "SELECT id, name FROM agents WHERE gateway_id = ? AND kind = 'main'", (gateway_id,)
+        ).fetchone()
+    return None
+
+
+def insert_agent_in(
+    conn: sqlite3.Connection,
+    *,
+    agent_id: str,
+    gateway_id: str,
+    board_id: str | None,
+    kind: AgentKind,
+    gateway_agent_id: str,
+    name: str,
+    heartbeat: Mapping[str, Any],
+    interval_s: int,
+    identity_profile: Mapping[str, Any] | None,
+    identity_template: str | None = None,
+    soul_template: str | None = None,
+    workspace_path: str | None = None,
+    adopted: bool = False,
+    now: float,
+) -> None:
+    """Insert an agent row; AgentConflict naming the holder when the board already has a
+    lead, or the gateway a main agent (database constraints, too) or that gateway id."""
+    holder = _holder_in(conn, kind, board_id, gateway_id)
+    if holder is not None:
+        what = "a lead" if kind is AgentKind.LEAD else "a main agent"
+        where = f"board {board_id}" if kind is AgentKind.LEAD else f"gateway {gateway_id}"
+        raise AgentConflict(
+            f"{where} already has {what}: {holder['name']!r} (agent {holder['id']}); change "
+            f"that one with PATCH /api/v1/agents/{holder['id']}, or delete it first"
+        )
+    try:
+        conn.execute(
+            """INSERT INTO agents (id, gateway_id, board_id, kind, gateway_agent_id, name,
+                   heartbeat_config, identity_profile, heartbeat_interval_s, identity_template,
+                   soul_template, workspace_path, adopted, created_at, updated_at)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+            (
+                agent_id,
+                gateway_id,
+                board_id,
+                kind.value,
+                gateway_agent_id,
+                name,
+                json.dumps(dict(heartbeat)),
+                json.dumps(dict(identity_profile or {})),
+                interval_s,
+                identity_template,
+                soul_template,
+                workspace_path,
+                int(adopted),
+                now,
+                now,
+            ),
+        )
+    except sqlite3.IntegrityError:
+        raise AgentConflict(
+            f"gateway {gateway_id} already has an agent with the gateway id {gateway_agent_id}"
+        ) from None
+
+
+_UPDATABLE_COLUMNS = frozenset(
+    {
+        "name",
+        "board_id",
+        "identity_profile",
+        "heartbeat_config",
+        "heartbeat_interval_s",
+        "identity_template",
+        "soul_template",
+    }
+)
+
+
+def update_agent_in(
+    conn: sqlite3.Connection, agent_id: str, values: Mapping[str, Any], now: float
+) -> None:
+    """Write changed columns of an agent's row (JSON columns given as text)."""
+    unknown = set(values) - _UPDATABLE_COLUMNS
+    if unknown:
+        raise ValueError(f"not updatable: {sorted(unknown)}")
+    if not values:
+        return
+    assignments = ", ".join(f"{column} = ?" for column in values)  # whitelisted above
+    conn.execute(
+        f"UPDATE agents SET {assignments}, updated_at = ? WHERE id = ?",
+        (*values.values(), now, agent_id),
+    )
+
+
+def move_target_in(conn: sqlite3.Connection, agent: AgentRow, board_id: str | None) -> str:
+    """The board a worker may move to (same gateway, not being deleted); AgentError saying
+    why not otherwise."""
+    if agent.kind != AgentKind.WORKER:
+        identity = "lead-<board>" if agent.kind == AgentKind.LEAD else "mc-gateway-<gateway>"
+        raise AgentError(
+            f"board_id: a {agent.kind} agent cannot change boards (its gateway identity is "
+            f"{identity}); create a {agent.kind} for the other board instead"
+        )
+    if board_id is None:
+        raise AgentError(
+            "board_id: a worker belongs to a board; a gateway has one main agent, created "
+            'with {"gateway_id": ..., "board_id": null}'
+        )
+    board = conn.execute(
+        "SELECT gateway_id, status FROM boards WHERE id = ?", (board_id,)
+    ).fetchone()
+    if board is None:
+        raise AgentError(f"board_id: board {board_id} does not exist")
+    if board["status"] == "deleting":
+        raise AgentError(f"board_id: board {board_id} is being deleted")
+    if board["gateway_id"] != agent.gateway_id:
+        raise AgentError(
+            f"board_id: board {board_id} is on gateway {board['gateway_id']}, and an agent "
+            f"stays on its gateway ({agent.gateway_id}); create an agent on that board and "
+            "delete this one"
+        )
+    return board_id
+
+
+def insert_token_in(
+    conn: sqlite3.Connection, agent_id: str, minted: MintedToken, now: float
+) -> None:
+    conn.execute(
+        "INSERT INTO agent_tokens (token_id, agent_id, digest, sidecar_sha256, created_at) "
+        "VALUES (?, ?, ?, ?, ?)",
+        (minted.token_id, agent_id, minted.digest, minted.sidecar_sha256, now),
+    )
 
 
 def load_agent(conn: sqlite3.Connection, agent_id: str) -> AgentRow | None:
@@ -366,6 +606,13 @@ def agent_json(agent: AgentRow) -> dict[str, Any]:
         "last_provision_error": agent.last_provision_error,
         "heartbeat_config": json.loads(agent.heartbeat_config) or DEFAULT_HEARTBEAT,
         "identity_profile": json.loads(agent.identity_profile),
+        "identity_template": agent.identity_template,
+        "soul_template": agent.soul_template,
+        "work_state": agent.work_state,
+        "reported_status": agent.reported_status,
+        "current_task_id": agent.current_task_id,
+        "work_state_at": iso(agent.work_state_at),
+        "adopted": bool(agent.adopted),
         "created_at": iso(agent.created_at),
         "updated_at": iso(agent.updated_at),
     }

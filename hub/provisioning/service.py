@@ -9,8 +9,8 @@ Deletes go through the sidecar and never fail because a gateway is down.
 from __future__ import annotations
 
 import json
-import sqlite3
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,22 +19,29 @@ from hub.lifecycle import decisions as lc
 from hub.lifecycle.reconciler import Reconciler, Transition
 from hub.provisioning.agent_tokens import DEFAULT_ROTATION_GRACE_S, TokenKeyring
 from hub.provisioning.agents import (
-    DEFAULT_HEARTBEAT,
     AgentConflict,
     AgentError,
     AgentRow,
     RenderOptions,
     accepted_tokens,
+    check_name_free_in,
+    check_override,
+    check_worker_cap_in,
     credentials_for,
     gateway_agent_id,
-    parse_every,
+    heartbeat_settings,
+    insert_agent_in,
+    insert_token_in,
+    move_target_in,
     require_agent,
+    update_agent_in,
 )
 from hub.provisioning.rendering import AgentKind, token_file
 from hub.store.errors import UnknownGateway
 from hub.store.event_log import add_event
 from hub.store.gateways import gateway_in
 from hub.store.outbox import enqueue_command_in
+from hub.tasks import unassign_agent_tasks
 from protos import link_pb2 as pb
 
 MAX_ROTATION_GRACE_S = 24 * 3600
@@ -50,6 +57,9 @@ class AgentSpec:
     kind: AgentKind = AgentKind.WORKER
     identity_profile: dict[str, Any] | None = None
     heartbeat_config: dict[str, Any] | None = None
+    identity_template: str | None = None
+    soul_template: str | None = None
+    created_by_lead: str | None = None  # the lead agent asking: max_agents applies
 
 
 class Provisioning:
@@ -58,74 +68,152 @@ class Provisioning:
         self.keyring = keyring
 
     async def create_agent(self, spec: AgentSpec) -> AgentRow:
+        """Write the agent's row and token and queue its ApplyAgent, in one transaction.
+        Before the gateway's sidecar ever connected (a declared workspace root) the
+        command waits in the outbox: the agent shows `sidecar_disconnected`."""
         minted = self.keyring.mint()
+        for name, template in (
+            ("IDENTITY.md", spec.identity_template),
+            ("SOUL.md", spec.soul_template),
+        ):
+            if template is not None:
+                check_override(name, template)
+        heartbeat, interval_s = heartbeat_settings(spec.heartbeat_config)
 
         def op(tx: Transition) -> AgentRow:
             conn, now = tx.conn, tx.now
             board_id = spec.board_id
+            kind = spec.kind
             if board_id is not None:
+                if kind is AgentKind.MAIN:
+                    raise AgentError(
+                        "a gateway's main agent has no board: send board_id null and the gateway_id"
+                    )
                 board = conn.execute(
-                    "SELECT gateway_id, status FROM boards WHERE id = ?", (board_id,)
+                    "SELECT gateway_id, status, max_agents FROM boards WHERE id = ?", (board_id,)
                 ).fetchone()
                 if board is None:
                     raise AgentError(f"board {board_id} does not exist")
                 if board["status"] == "deleting":
                     raise AgentError(f"board {board_id} is being deleted")
                 gateway_id = board["gateway_id"]
-            elif spec.kind is AgentKind.MAIN and spec.gateway_id:
+                if spec.created_by_lead is not None:
+                    check_worker_cap_in(conn, board_id, board["max_agents"])
+            elif spec.gateway_id:
+                kind = AgentKind.MAIN  # Mission Control's {"gateway_id", "board_id": null}
                 gateway_id = spec.gateway_id
             else:
-                raise AgentError("an agent needs a board_id (or is a gateway's main agent)")
+                raise AgentError(
+                    "an agent needs a board_id, or a gateway_id with board_id null for the "
+                    "gateway's main agent"
+                )
             try:
                 gateway_in(conn, gateway_id)
             except UnknownGateway:
                 raise AgentError(f"gateway {gateway_id} does not exist") from None
-            heartbeat = {**DEFAULT_HEARTBEAT, **(spec.heartbeat_config or {})}
-            interval_s = parse_every(heartbeat["every"])
+            check_name_free_in(conn, gateway_id, board_id, spec.name)
             agent_id = str(uuid.uuid4())
-            gw_agent_id = gateway_agent_id(spec.kind, agent_id, board_id, gateway_id)
-            try:
-                conn.execute(
-                    """INSERT INTO agents (id, gateway_id, board_id, kind, gateway_agent_id, name,
-                           heartbeat_config, identity_profile, heartbeat_interval_s,
-                           created_at, updated_at)
-                       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-                    (
-                        agent_id,
-                        gateway_id,
-                        board_id,
-                        spec.kind.value,
-                        gw_agent_id,
-                        spec.name,
-                        json.dumps(heartbeat),
-                        json.dumps(spec.identity_profile or {}),
-                        interval_s,
-                        now,
-                        now,
-                    ),
-                )
-            except sqlite3.IntegrityError:
-                what = "a lead" if spec.kind is AgentKind.LEAD else "a main agent"
-                raise AgentConflict(
-                    f"this {'board' if board_id else 'gateway'} already has {what}"
-                ) from None
-            conn.execute(
-                "INSERT INTO agent_tokens (token_id, agent_id, digest, sidecar_sha256, "
-                "created_at) VALUES (?, ?, ?, ?, ?)",
-                (minted.token_id, agent_id, minted.digest, minted.sidecar_sha256, now),
+            insert_agent_in(
+                conn,
+                agent_id=agent_id,
+                gateway_id=gateway_id,
+                board_id=board_id,
+                kind=kind,
+                gateway_agent_id=gateway_agent_id(kind, agent_id, board_id, gateway_id),
+                name=spec.name,
+                heartbeat=heartbeat,
+                interval_s=interval_s,
+                identity_profile=spec.identity_profile,
+                identity_template=spec.identity_template,
+                soul_template=spec.soul_template,
+                now=now,
             )
+            insert_token_in(conn, agent_id, minted, now)
             add_event(
                 conn,
                 "agent.created",
                 gateway_id=gateway_id,
                 agent_id=agent_id,
                 at=now,
-                agent_kind=spec.kind.value,
+                agent_kind=kind.value,
+                name=spec.name,
+                created_by=spec.created_by_lead or "admin",
             )
             tx.step(
                 agent_id,
                 lc.ApplyRequested(generation=1, wake=True),
                 RenderOptions(token=minted.raw),
+            )
+            return require_agent(conn, agent_id)
+
+        return await self.reconciler.write(op)
+
+    async def update_agent(
+        self, agent_id: str, changes: Mapping[str, Any], *, force: bool = False
+    ) -> AgentRow:
+        """Change what Mission Control lets an admin change (name, board of a worker,
+        identity, heartbeat, template overrides), render the files again and reapply the
+        agent (a new generation, same token, no wake), in the same transaction as the row.
+        Nothing changed: nothing happens, unless `force`."""
+        changes = dict(changes)
+        for name, key in (("IDENTITY.md", "identity_template"), ("SOUL.md", "soul_template")):
+            if changes.get(key) is not None:
+                check_override(name, changes[key])
+        heartbeat = (
+            heartbeat_settings(changes["heartbeat_config"])
+            if "heartbeat_config" in changes
+            else None
+        )
+
+        def op(tx: Transition) -> AgentRow:
+            conn = tx.conn
+            row = require_agent(conn, agent_id)
+            if row.status == lc.Status.DELETING:
+                raise AgentConflict(f"agent {agent_id} is being deleted")
+            main = row.kind == AgentKind.MAIN
+            if changes.get("is_gateway_main") not in (None, main):
+                raise AgentError(
+                    "is_gateway_main: an agent's kind cannot change (its gateway identity "
+                    "follows it); create an agent of the other kind and delete this one"
+                )
+            values: dict[str, Any] = {}
+            if "board_id" in changes and changes["board_id"] != row.board_id:
+                values["board_id"] = move_target_in(conn, row, changes["board_id"])
+            if changes.get("name") is not None and changes["name"] != row.name:
+                values["name"] = changes["name"]
+            if "name" in values or "board_id" in values:
+                check_name_free_in(
+                    conn,
+                    row.gateway_id,
+                    values.get("board_id", row.board_id),
+                    values.get("name", row.name),
+                    exclude=row.id,
+                )
+            profile = changes.get("identity_profile")
+            if profile is not None and profile != json.loads(row.identity_profile):
+                values["identity_profile"] = json.dumps(profile)
+            if heartbeat is not None and heartbeat[0] != json.loads(row.heartbeat_config):
+                values["heartbeat_config"] = json.dumps(heartbeat[0])
+                values["heartbeat_interval_s"] = heartbeat[1]
+            for key in ("identity_template", "soul_template"):
+                if key in changes and changes[key] != getattr(row, key):
+                    values[key] = changes[key]
+            if not values and not force:
+                return row
+            update_agent_in(conn, agent_id, values, tx.now)
+            if "board_id" in values:
+                unassign_agent_tasks(conn, agent_id, now=tx.now)
+            add_event(
+                conn,
+                "agent.updated",
+                gateway_id=row.gateway_id,
+                agent_id=agent_id,
+                at=tx.now,
+                fields=sorted(values),
+                force=force,
+            )
+            tx.step(
+                agent_id, lc.ApplyRequested(generation=row.lifecycle_generation + 1, wake=False)
             )
             return require_agent(conn, agent_id)
 
