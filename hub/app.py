@@ -153,7 +153,7 @@ class Hub:
             auto_register=config.insecure_dev,
             is_revoked=None if config.insecure_dev else self.revocations.is_revoked,
             renewer=self.issuer,
-            on_link=self.reconciler.link_changed,
+            on_link=self._link_changed,
             agent_calls=self.agent_calls,
             queries=self.queries,
         )
@@ -224,6 +224,18 @@ class Hub:
                 "any local process can act as any gateway; loopback only, for development",
             )
         return self.addresses
+
+    async def _link_changed(self, gateway_id: str, up: bool) -> None:
+        """A sidecar's stream opened or closed: the lifecycle hears of it first; then the
+        agents' files are rendered again if the Hello contradicted what they name."""
+        await self.reconciler.link_changed(gateway_id, up)
+        if up:
+            try:
+                await self.provisioning.rerender_stale(gateway_id)
+            except Exception as exc:  # the stream must not end over it; the mark stays
+                log.error(
+                    "provisioning.gateway.rerender_failed", gateway_id=gateway_id, error=str(exc)
+                )
 
     def _http_tls(self) -> ssl.SSLContext | None:
         """TLS for the REST API when it is served beyond loopback (or asked for): the

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
+from pathlib import Path
 
 from missioncontrol.log import get_logger
 from protos import link_pb2 as pb
@@ -32,9 +33,19 @@ from sidecar.link.identity import renewal_due_at
 from sidecar.openclaw_config import Drift, DriftKind
 from sidecar.reports import OwnChanges, Reports
 from sidecar.state import LocalState
-from sidecar.workspace import WorkspaceWriter
+from sidecar.workspace import WorkspaceWriter, atomic_write
 
 log = get_logger("sidecar.app")
+
+HUB_ROOT_FILE = "hub-workspace-root"  # in the state directory: the root the hub declared
+
+
+def _saved_hub_root(state_dir: Path) -> Path | None:
+    try:
+        text = (state_dir / HUB_ROOT_FILE).read_text().strip()
+    except OSError:
+        return None
+    return Path(text) if text.startswith("/") else None
 
 
 class Sidecar:
@@ -47,7 +58,12 @@ class Sidecar:
         agent_api_limits: AgentApiLimits | None = None,
     ) -> None:
         self.config = config
-        config.workspace_root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # Without --workspace-root the sidecar writes where the hub declares (saved here once
+        # learnt, so a restart's first Hello already names it); else where it was told.
+        self.workspace_root = (
+            _saved_hub_root(config.state_dir) if config.follows_hub_workspace_root else None
+        ) or config.workspace_root
+        self.workspace_root.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.state = LocalState(config.state_db)
         # mTLS: the certificate names the gateway; insecure-dev: a flag or a generated id.
         self.renewal: CertificateRenewal | None = None
@@ -60,7 +76,7 @@ class Sidecar:
         self.credentials = CredentialIndex(self.state)
         self.credentials.reload()
         self.relay = HeartbeatRelay(self._send, self.state)
-        self.writer = WorkspaceWriter(config.workspace_root)
+        self.writer = WorkspaceWriter(self.workspace_root)
         self.gateway: GatewayClient = gateway or OpenClawGatewayClient(config.openclaw_config)
         self.applier = CommandApplier(
             self.state,
@@ -88,11 +104,12 @@ class Sidecar:
         self.own_changes = OwnChanges()
         self.reports = Reports(
             gateway_id=self.gateway_id,
-            workspace_root=config.workspace_root,
+            workspace_root=self.workspace_root,
             state=self.state,
             writer=self.writer,
             gateway=self.gateway,
             agent_api_url=lambda: self.agent_api_url,
+            follows_hub_workspace_root=config.follows_hub_workspace_root,
         )
         self.queries = GatewayQueries(self.gateway, self.reports.gateway_state, self._send)
         self.link = LinkClient(
@@ -102,7 +119,7 @@ class Sidecar:
             credentials=self.renewal.credentials if self.renewal else None,
             backoff=link_backoff,
             on_renew=self.renewal.on_response if self.renewal else lambda response: None,
-            on_welcome=self.relay.on_welcome,
+            on_welcome=self._on_welcome,
             on_heartbeat_ack=self.relay.on_ack,
             on_agent_call_result=self.hub_calls.on_result,
             on_gateway_query=self.queries.submit,
@@ -117,6 +134,36 @@ class Sidecar:
     @property
     def agent_api_url(self) -> str:
         return self.agent_api.url  # the bound address once started (port 0 allowed)
+
+    def _on_welcome(self, welcome: pb.Welcome) -> None:
+        self.relay.on_welcome(welcome)
+        declared = welcome.workspace_root
+        if not declared or Path(declared) == self.workspace_root:
+            return
+        if not self.config.follows_hub_workspace_root:
+            log.warning(
+                "sidecar.workspace_root.mismatch",
+                workspace_root=str(self.workspace_root),
+                hub_workspace_root=declared,
+                fix=f"run with --workspace-root {declared}, or without --workspace-root",
+            )
+            return
+        root = Path(declared)
+        try:
+            if not root.is_absolute():
+                raise OSError(f"{declared!r} is not absolute")
+            root.mkdir(parents=True, exist_ok=True, mode=0o700)
+            atomic_write(self.config.state_dir / HUB_ROOT_FILE, declared.encode(), 0o600)
+        except OSError as exc:
+            log.error(
+                "sidecar.workspace_root.unusable",
+                hub_workspace_root=declared,
+                error=str(exc),
+                fix="make the directory writable for this user, or run with --workspace-root",
+            )
+            return
+        self.workspace_root = self.writer.root = self.reports.workspace_root = root
+        log.info("sidecar.workspace_root.adopted", workspace_root=declared)
 
     def _send(self, message: pb.SidecarMessage) -> None:
         self.link.send(message)
@@ -175,7 +222,7 @@ class Sidecar:
             "sidecar.started",
             gateway_id=self.gateway_id,
             hub=str(self.config.hub),
-            workspace_root=str(self.config.workspace_root),
+            workspace_root=str(self.workspace_root),
             last_applied_sequence=self.state.last_applied_sequence,
             agent_api=self.agent_api_url,
             credentials=len(self.credentials),

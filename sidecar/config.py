@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from missioncontrol.agent_api import DEFAULT_AGENT_API_LISTEN
 from missioncontrol.netaddr import HostPort
 from missioncontrol.settings import (
     LOG_OPTIONS,
@@ -48,7 +49,7 @@ RUN_OPTIONS = (
     Option(
         "agent-api-listen",
         "loopback address of the local agent API",
-        "127.0.0.1:18790",
+        DEFAULT_AGENT_API_LISTEN,
         HostPort.parse,
         metavar="HOST:PORT",
     ),
@@ -87,6 +88,8 @@ class SidecarConfig:
     restore_removed_entries: bool
     log_level: str
     log_format: str
+    # No --workspace-root was given: use the root the hub declares for this gateway.
+    follows_hub_workspace_root: bool = False
 
     @property
     def state_db(self) -> Path:
@@ -143,6 +146,7 @@ def build_config(
         restore_removed_entries=values["restore_removed_entries"],
         log_level=values["log_level"],
         log_format=values["log_format"],
+        follows_hub_workspace_root=values["workspace_root"] is None,
     )
     config.validate()
     return config

@@ -63,13 +63,14 @@ class Reports:
     """Builds the Hello and the GatewayState from the sidecar's parts, as they are now."""
 
     gateway_id: str
-    workspace_root: Path
+    workspace_root: Path  # may change once: a following sidecar takes the hub's declared root
     state: LocalState
     writer: WorkspaceWriter
     gateway: GatewayClient
     agent_api_url: Callable[[], str]  # known once the API is bound (port 0 allowed)
     # openclaw.json as the config watcher last reported it; None before its first pass.
     config: ConfigReport | None = None
+    follows_hub_workspace_root: bool = False  # no --workspace-root: the hub's root is used
 
     def hello(self) -> pb.Hello:
         info = self.gateway.info
@@ -93,6 +94,7 @@ class Reports:
                 for a in self.state.agents()
             ],
             hostname=socket.gethostname(),
+            follows_hub_workspace_root=self.follows_hub_workspace_root,
         )
 
     def gateway_state(self, drift: Iterable[Drift] = ()) -> pb.GatewayState:

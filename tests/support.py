@@ -4,6 +4,7 @@ sidecars linked to a test hub."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -242,9 +243,11 @@ def make_sidecar(
     name: str = "sidecar",
     workspaces: str = "workspaces",
     limits: AgentApiLimits | None = None,
+    follows_hub: bool = False,
 ) -> Sidecar:
     """A sidecar (not started) for `hub`: state in tmp_path/name, workspaces in
-    tmp_path/workspaces, an in-memory gateway unless one is given."""
+    tmp_path/workspaces, an in-memory gateway unless one is given. `follows_hub`: started
+    without --workspace-root, it writes under the root the hub declares instead."""
     assert hub.addresses is not None
     config = sidecar_config(
         tmp_path / name,
@@ -252,6 +255,7 @@ def make_sidecar(
         gateway_id=gateway_id,
         workspace_root=tmp_path / workspaces,
     )
+    config = dataclasses.replace(config, follows_hub_workspace_root=follows_hub)
     return Sidecar(
         config,
         gateway=gateway or RecordingGateway(),

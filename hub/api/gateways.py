@@ -20,6 +20,7 @@ from hub.link.server import SessionRegistry
 from hub.pki.enrollment import IssuedToken
 from hub.store.errors import UnknownGateway
 from hub.store.gateways import GatewayInUse, GatewayRow
+from hub.workspace_root import workspace_root_problem
 from missioncontrol.http import ApiError
 from missioncontrol.timefmt import iso
 from protos.contract import GatewayGeneration
@@ -40,6 +41,13 @@ def gateway_read(row: GatewayRow, registry: SessionRegistry) -> GatewayRead:
         config_valid=row.config_valid,
         config_error=row.config_error,
         workspace_root=row.workspace_root,
+        workspace_root_reported=row.reported_workspace_root,
+        workspace_root_problem=workspace_root_problem(
+            row.declared_workspace_root,
+            row.reported_workspace_root,
+            row.follows_hub_workspace_root,
+            connected_once=row.connected_at is not None,
+        ),
         agent_api_url=row.agent_api_url,
         hostname=row.hostname,
         last_seen_at=iso(session.last_message_at if session else row.last_seen_at),
@@ -99,7 +107,7 @@ def register(api: Api) -> None:
     )
     async def create_gateway(call: Call) -> GatewayCreated:
         d = deps(call.request)
-        created = await d.gateways.create(call.body.name)
+        created = await d.gateways.create(call.body.name, workspace_root=call.body.workspace_root)
         result = GatewayCreated(**gateway_read(created.gateway, d.registry).model_dump())
         if created.token is not None:
             for key, value in join_token(created.token, d).model_dump().items():
@@ -128,7 +136,7 @@ def register(api: Api) -> None:
     @api.route(
         "PATCH",
         "/api/v1/gateways/{gateway_id}",
-        summary="Rename a gateway",
+        summary="Rename a gateway, or declare its workspace root (before agents were applied)",
         tags=tags,
         body=GatewayUpdate,
         response=GatewayRead,
@@ -136,8 +144,10 @@ def register(api: Api) -> None:
     async def patch_gateway(call: Call) -> GatewayRead:
         d = deps(call.request)
         try:
-            row = await d.store.rename_gateway(
-                call.request.match_info["gateway_id"], call.body.name
+            row = await d.provisioning.update_gateway(
+                call.request.match_info["gateway_id"],
+                name=call.body.name,
+                workspace_root=call.body.workspace_root,
             )
         except UnknownGateway:
             raise ApiError(404, "gateway not found") from None

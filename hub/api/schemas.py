@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, ValidationInfo, field_validator
 
 from hub.api.core import MULTILINE, Page, Query, Strict
 from hub.provisioning.agents import MAX_HEARTBEAT_S
 from hub.provisioning.rendering import MAX_OVERRIDE_TEMPLATE_CHARS
+from hub.workspace_root import MAX_WORKSPACE_ROOT_CHARS, normalize_workspace_root
 
 Name = Field(min_length=1, max_length=200)
 
@@ -28,7 +29,62 @@ class Ready(BaseModel):
     failing: list[ReadyCheck]
 
 
-class GatewayCreate(Strict):
+_REFUSED_GATEWAY_FIELDS = {
+    "url": "the hub never dials a gateway: the sidecar beside it dials out to the hub. "
+    "Leave url out and enroll that sidecar with the join token this call returns "
+    "(`mc-sidecar enroll --token ...`)",
+    "token": "the gateway's token never leaves its host: the sidecar reads it from "
+    "openclaw.json there. Leave token out",
+    "allow_insecure_tls": "the sidecar reaches its gateway on loopback, and the hub link is "
+    "mutual TLS. Leave allow_insecure_tls out",
+    "disable_device_pairing": "the sidecar connects to its gateway as the local backend "
+    "client, which needs no device pairing. Leave disable_device_pairing out",
+}
+
+
+def _refused(name: str, max_length: int | None = None) -> Any:
+    return Field(
+        None,
+        max_length=max_length,
+        description=f"Mission Control's field, refused (422): {_REFUSED_GATEWAY_FIELDS[name]}",
+        json_schema_extra={"deprecated": True},
+    )
+
+
+def _workspace_root(value: str | None) -> str | None:
+    return None if value is None else normalize_workspace_root(value)
+
+
+class _GatewayFields(Strict):
+    workspace_root: str | None = Field(
+        None,
+        max_length=MAX_WORKSPACE_ROOT_CHARS,
+        description="absolute directory on the gateway host under which agent workspaces "
+        "live; with it, boards and agents can be created before the sidecar first connects",
+        examples=["/srv/openclaw"],
+    )
+    url: str | None = _refused("url", 4096)
+    token: str | None = _refused("token", 4096)
+    allow_insecure_tls: bool | None = _refused("allow_insecure_tls")
+    disable_device_pairing: bool | None = _refused("disable_device_pairing")
+
+    @field_validator("url", "token", "allow_insecure_tls", "disable_device_pairing")
+    @classmethod
+    def _refuse(cls, value: Any, info: ValidationInfo) -> Any:
+        if value in (None, "", False):
+            return value  # an empty value asks for nothing
+        raise ValueError(
+            f"{info.field_name} has no meaning here: "
+            + _REFUSED_GATEWAY_FIELDS[str(info.field_name)]
+        )
+
+    @field_validator("workspace_root")
+    @classmethod
+    def _root(cls, value: str | None) -> str | None:
+        return _workspace_root(value)
+
+
+class GatewayCreate(_GatewayFields):
     name: str = Name
 
 
@@ -57,7 +113,9 @@ class GatewayRead(BaseModel):
     gateway_unreachable_reason: str | None
     config_valid: bool | None
     config_error: str | None
-    workspace_root: str | None
+    workspace_root: str | None  # where the hub renders workspace paths: declared, else reported
+    workspace_root_reported: str | None  # the sidecar's, from its last Hello
+    workspace_root_problem: str | None  # why the sidecar cannot write there, with the fix
     agent_api_url: str | None
     hostname: str | None
     last_seen_at: str | None
@@ -239,8 +297,8 @@ class AgentFilter(Page):
     is_mc_agent: bool | None = None
 
 
-class GatewayUpdate(Strict):
-    name: str = Field(min_length=1, max_length=200)
+class GatewayUpdate(_GatewayFields):
+    name: str | None = Field(None, min_length=1, max_length=200)
 
 
 class AdminHeartbeat(Strict):

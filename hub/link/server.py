@@ -284,6 +284,7 @@ class LinkService(pb_grpc.LinkServicer):
                     server_time=timestamp(),
                     heartbeat_flush_ms=HEARTBEAT_FLUSH_MS,
                     gateway_name=welcome.gateway_name,
+                    workspace_root=welcome.workspace_root,
                 )
             )
             while True:

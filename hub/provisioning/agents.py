@@ -37,6 +37,7 @@ from hub.provisioning.rendering import (
 from hub.store.errors import Refusal, StoreError
 from hub.store.gateways import gateway_in
 from hub.users import user_profile
+from missioncontrol.agent_api import DEFAULT_AGENT_API_URL
 from missioncontrol.timefmt import iso
 from protos import link_pb2 as pb
 from protos.contract import GatewayGeneration
@@ -405,6 +406,16 @@ def require_agent(conn: sqlite3.Connection, agent_id: str) -> AgentRow:
     return row
 
 
+def agents_of_gateway_in(conn: sqlite3.Connection, gateway_id: str) -> list[AgentRow]:
+    """The gateway's agents that are not being deleted, oldest first."""
+    rows = conn.execute(
+        "SELECT * FROM agents WHERE gateway_id = ? AND status != 'deleting' "
+        "ORDER BY created_at, id",
+        (gateway_id,),
+    ).fetchall()
+    return [AgentRow.from_row(r) for r in rows]
+
+
 def load_agent_by_gateway_id(
     conn: sqlite3.Connection, gateway_id: str, gateway_agent_id: str
 ) -> AgentRow | None:
@@ -464,11 +475,15 @@ def render_context(
 ) -> tuple[AgentContext, GatewayGeneration]:
     """The template context for an agent, from its gateway, board and profile."""
     gateway = gateway_in(conn, agent.gateway_id)
-    if not gateway.workspace_root or not gateway.agent_api_url:
+    if not gateway.workspace_root:
         raise AgentError(
-            f"gateway {gateway.id} has not connected yet: its workspace root and local agent "
-            "API are unknown. Start its sidecar, then retry"
+            f"gateway {gateway.id} has no workspace root yet: declare one "
+            f'(PATCH /api/v1/gateways/{gateway.id} with {{"workspace_root": "/srv/openclaw"}}) '
+            "or start its sidecar, then retry"
         )
+    # Before the sidecar says where it listens, its default address; a Hello naming
+    # another one renders the files again (Provisioning.rerender_stale).
+    base_url = gateway.agent_api_url or DEFAULT_AGENT_API_URL
     generation = GatewayGeneration.of(gateway.gateway_generation)
     if generation is GatewayGeneration.UNKNOWN:
         generation = GatewayGeneration.CURRENT
@@ -482,9 +497,10 @@ def render_context(
             session_key=session_key,
             main_session_key=main_key,
             kind=AgentKind(agent.kind),
-            base_url=gateway.agent_api_url,
+            base_url=base_url,
             workspace_root=gateway.workspace_root,
-            workspace_path=workspace_path(gateway.workspace_root, agent.gateway_agent_id),
+            workspace_path=agent.workspace_path
+            or workspace_path(gateway.workspace_root, agent.gateway_agent_id),
             heartbeat_interval_s=agent.heartbeat_interval_s,
             identity=IdentityProfile.from_mapping(json.loads(agent.identity_profile)),
             user=user_profile(conn),

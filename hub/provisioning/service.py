@@ -24,6 +24,7 @@ from hub.provisioning.agents import (
     AgentRow,
     RenderOptions,
     accepted_tokens,
+    agents_of_gateway_in,
     check_name_free_in,
     check_override,
     check_worker_cap_in,
@@ -37,19 +38,27 @@ from hub.provisioning.agents import (
     update_agent_in,
 )
 from hub.provisioning.rendering import AgentKind, token_file
+from hub.store.database import Connection
 from hub.store.errors import UnknownGateway
 from hub.store.event_log import add_event
-from hub.store.gateways import gateway_in
+from hub.store.gateways import (
+    GatewayRow,
+    gateway_in,
+    take_stale_files_in,
+    update_gateway_in,
+)
 from hub.store.outbox import enqueue_command_in
 from hub.tasks import unassign_agent_tasks
+from missioncontrol.log import get_logger
 from protos import link_pb2 as pb
 
+log = get_logger("hub.provisioning")
 MAX_ROTATION_GRACE_S = 24 * 3600
 
 
 @dataclass(frozen=True)
 class AgentSpec:
-    """What an admin asks for when creating an agent."""
+    """What an admin (or a board lead) asks for when creating an agent."""
 
     name: str
     board_id: str | None = None
@@ -241,6 +250,41 @@ class Provisioning:
 
         return await self.reconciler.write(op)
 
+    async def update_gateway(
+        self, gateway_id: str, *, name: str | None = None, workspace_root: str | None = None
+    ) -> GatewayRow:
+        """Rename a gateway or declare its workspace root; a new root renders its agents'
+        files again (their workspace paths change), in the same transaction."""
+
+        def op(tx: Transition) -> GatewayRow:
+            row, moved = update_gateway_in(
+                tx.conn, gateway_id, name=name, workspace_root=workspace_root, now=tx.now
+            )
+            if moved:
+                _reapply_gateway_in(tx, gateway_id)
+            return row
+
+        return await self.reconciler.write(op)
+
+    async def rerender_stale(self, gateway_id: str) -> int:
+        """The sidecar's Hello named another workspace root or agent-API address than the
+        agents' files were rendered with: render and apply them again. Returns how many."""
+
+        def op(tx: Transition) -> int:
+            if not take_stale_files_in(tx.conn, gateway_id):
+                return 0
+            return _reapply_gateway_in(tx, gateway_id)
+
+        def stale(conn: Connection) -> bool:
+            return gateway_in(conn, gateway_id).files_stale
+
+        if not await self.reconciler.db.read(stale):  # every Hello asks: keep it a read
+            return 0
+        count = await self.reconciler.write(op)
+        if count:
+            log.info("provisioning.gateway.rerendered", gateway_id=gateway_id, agents=count)
+        return count
+
     async def rotate_token(
         self, agent_id: str, *, grace_s: float = DEFAULT_ROTATION_GRACE_S
     ) -> AgentRow:
@@ -319,6 +363,30 @@ class Provisioning:
             return finish_deleting(conn, board_id)
 
         return bool(await self.reconciler.write(op))
+
+
+def _reapply_gateway_in(tx: Transition, gateway_id: str) -> int:
+    """A new generation for every agent of the gateway (files rendered afresh, no wake).
+    An agent whose files cannot be rendered keeps its state (logged); the others go on."""
+    applied = 0
+    for row in agents_of_gateway_in(tx.conn, gateway_id):
+        tx.conn.execute("SAVEPOINT reapply_agent")
+        try:
+            tx.step(row.id, lc.ApplyRequested(generation=row.lifecycle_generation + 1, wake=False))
+        except AgentError as exc:
+            tx.conn.execute("ROLLBACK TO reapply_agent")
+            tx.changed.pop(row.id, None)
+            log.warning(
+                "provisioning.agent.reapply_failed",
+                agent_id=row.id,
+                gateway_id=gateway_id,
+                error=str(exc),
+            )
+        else:
+            applied += 1
+        finally:
+            tx.conn.execute("RELEASE reapply_agent")
+    return applied
 
 
 def _delete_in(tx: Transition, row: AgentRow, delete_files: bool) -> None:

@@ -25,6 +25,8 @@ from hub.store.outbox import (
     confirm_through_in,
     enqueue_command_in,
 )
+from hub.workspace_root import effective_workspace_root, workspace_root_problem
+from missioncontrol.agent_api import DEFAULT_AGENT_API_URL
 from protos import link_pb2 as pb
 
 
@@ -79,6 +81,7 @@ class GatewayRow:
 class Welcome:
     gateway_name: str
     last_sequence: int
+    workspace_root: str = ""  # the declared root a following sidecar writes under
 
 
 class GatewayStore:
@@ -87,28 +90,30 @@ class GatewayStore:
 
     # ----------------------------------------------------------- gateways
 
-    async def create_gateway(self, gateway_id: str, name: str) -> GatewayRow:
+    async def create_gateway(
+        self, gateway_id: str, name: str, *, workspace_root: str | None = None
+    ) -> GatewayRow:
+        """A new gateway; with a declared `workspace_root` its agents can be created before
+        its sidecar first connects."""
+
         def op(conn: sqlite3.Connection) -> GatewayRow:
             now = time.time()
             conn.execute(
-                "INSERT INTO gateways (id, name, created_at, updated_at) VALUES (?, ?, ?, ?)",
-                (gateway_id, name, now, now),
+                "INSERT INTO gateways (id, name, created_at, updated_at, workspace_root, "
+                "declared_workspace_root) VALUES (?, ?, ?, ?, ?, ?)",
+                (gateway_id, name, now, now, workspace_root, workspace_root),
             )
-            add_event(conn, "gateway.created", gateway_id=gateway_id, at=now, name=name)
+            add_event(
+                conn,
+                "gateway.created",
+                gateway_id=gateway_id,
+                at=now,
+                name=name,
+                workspace_root=workspace_root,
+            )
             return gateway_in(conn, gateway_id)
 
         return await self.db.write(op)
-
-    async def rename_gateway(self, gateway_id: str, name: str) -> GatewayRow:
-        def op(conn: sqlite3.Connection) -> GatewayRow:
-            gateway_in(conn, gateway_id)
-            conn.execute(
-                "UPDATE gateways SET name = ?, updated_at = ? WHERE id = ?",
-                (name, time.time(), gateway_id),
-            )
-            return gateway_in(conn, gateway_id)
-
-        return await self.db.write(op, urgent=True)
 
     async def get_gateway(self, gateway_id: str) -> GatewayRow | None:
         def op(conn: sqlite3.Connection) -> GatewayRow | None:
@@ -156,11 +161,18 @@ class GatewayStore:
                     at=at,
                     via="insecure_dev_hello",
                 )
+            before = gateway_in(conn, hello.gateway_id)
+            reported = hello.workspace_root or None
+            if hello.follows_hub_workspace_root and before.declared_workspace_root:
+                reported = before.declared_workspace_root  # where it writes from the Welcome on
+            root = effective_workspace_root(before.declared_workspace_root, reported)
+            stale = _files_stale_in(conn, before, root, hello.agent_api_url or None)
             conn.execute(
                 """UPDATE gateways SET connected = 1, connected_at = ?, last_seen_at = ?,
                        updated_at = ?, sidecar_version = ?, openclaw_version = ?,
                        openclaw_protocol = ?, gateway_generation = ?, workspace_root = ?,
-                       agent_api_url = ?, hostname = ?
+                       agent_api_url = ?, hostname = ?, reported_workspace_root = ?,
+                       follows_hub_workspace_root = ?, files_stale = files_stale OR ?
                    WHERE id = ?""",
                 (
                     at,
@@ -170,12 +182,31 @@ class GatewayStore:
                     hello.openclaw_version or None,
                     hello.openclaw_protocol or None,
                     int(hello.gateway_generation),
-                    hello.workspace_root or None,
+                    root,
                     hello.agent_api_url or None,
                     hello.hostname or None,
+                    reported,
+                    hello.follows_hub_workspace_root,
+                    stale,
                     hello.gateway_id,
                 ),
             )
+            problem = workspace_root_problem(
+                before.declared_workspace_root,
+                reported,
+                hello.follows_hub_workspace_root,
+                connected_once=True,
+            )
+            if problem is not None:
+                add_event(
+                    conn,
+                    "gateway.workspace_root.mismatch",
+                    gateway_id=hello.gateway_id,
+                    at=at,
+                    declared=before.declared_workspace_root,
+                    reported=reported,
+                    detail=problem,
+                )
             confirm_through_in(conn, hello.gateway_id, hello.last_applied_sequence, at)
             add_event(
                 conn,
@@ -186,7 +217,11 @@ class GatewayStore:
                 last_applied_sequence=hello.last_applied_sequence,
             )
             gateway = gateway_in(conn, hello.gateway_id)
-            return Welcome(gateway_name=gateway.name, last_sequence=gateway.next_sequence - 1)
+            return Welcome(
+                gateway_name=gateway.name,
+                last_sequence=gateway.next_sequence - 1,
+                workspace_root=gateway.declared_workspace_root or "",
+            )
 
         return await self.db.write(op)
 
@@ -419,6 +454,83 @@ def _record_certificate(
     conn.execute(
         "INSERT INTO certificates (serial, gateway_id, issued_at, not_after) VALUES (?, ?, ?, ?)",
         (f"{serial:x}", gateway_id, now, not_after),
+    )
+
+
+class GatewayConflict(StoreError):
+    """The gateway's current state does not allow the change; the message says why."""
+
+    refusal = Refusal.CONFLICT
+
+
+def _files_stale_in(
+    conn: sqlite3.Connection, before: GatewayRow, root: str | None, api_url: str | None
+) -> bool:
+    """Whether the agents' files, rendered with the row's root and agent-API address
+    (the default address before any Hello), contradict what this Hello says."""
+    rendered_url = before.agent_api_url or DEFAULT_AGENT_API_URL
+    changed = (before.workspace_root is not None and root != before.workspace_root) or (
+        (api_url or DEFAULT_AGENT_API_URL) != rendered_url
+    )
+    return changed and has_agents_in(conn, before.id)
+
+
+def has_agents_in(conn: sqlite3.Connection, gateway_id: str, *, applied: bool = False) -> bool:
+    """Whether the gateway has agents (only those a sidecar has applied, if `applied`)."""
+    row = conn.execute(
+        "SELECT 1 FROM agents WHERE gateway_id = ? AND status != 'deleting' "
+        "AND (NOT ? OR applied_generation > 0) LIMIT 1",
+        (gateway_id, applied),
+    ).fetchone()
+    return row is not None
+
+
+def update_gateway_in(
+    conn: sqlite3.Connection,
+    gateway_id: str,
+    *,
+    name: str | None = None,
+    workspace_root: str | None = None,
+    now: float,
+) -> tuple[GatewayRow, bool]:
+    """Rename a gateway or declare its workspace root; returns the row and whether the
+    agents' files must be rendered again (the root changed)."""
+    before = gateway_in(conn, gateway_id)
+    if name is not None:
+        conn.execute(
+            "UPDATE gateways SET name = ?, updated_at = ? WHERE id = ?", (name, now, gateway_id)
+        )
+    moved = workspace_root is not None and workspace_root != before.workspace_root
+    if workspace_root is not None and workspace_root != before.declared_workspace_root:
+        if moved and has_agents_in(conn, gateway_id, applied=True):
+            raise GatewayConflict(
+                f"gateway {gateway_id} already has agents whose workspaces its sidecar wrote "
+                f"under {before.workspace_root}; a new workspace_root would leave them behind. "
+                "Keep the root, or delete those agents and create them again after the change"
+            )
+        conn.execute(
+            "UPDATE gateways SET declared_workspace_root = ?, workspace_root = ?, "
+            "updated_at = ? WHERE id = ?",
+            (workspace_root, workspace_root, now, gateway_id),
+        )
+        add_event(
+            conn,
+            "gateway.workspace_root.declared",
+            gateway_id=gateway_id,
+            at=now,
+            workspace_root=workspace_root,
+            previous=before.workspace_root,
+        )
+    return gateway_in(conn, gateway_id), moved
+
+
+def take_stale_files_in(conn: sqlite3.Connection, gateway_id: str) -> bool:
+    """Clear the gateway's stale-files mark; True if it was set (render its agents again)."""
+    return (
+        conn.execute(
+            "UPDATE gateways SET files_stale = 0 WHERE id = ? AND files_stale = 1", (gateway_id,)
+        ).rowcount
+        > 0
     )
 
 

@@ -169,8 +169,8 @@ async def test_a_slow_sidecar_times_out_and_a_vanishing_one_fails_fast(
         async with asyncio.timeout(10):  # far short of the 30 s query deadline
             status, body = await pending
         assert status == 503 and "disconnected before answering" in body["detail"]
-        await wait_for(lambda: hub.registry.get(GW), what="sidecar reconnected")
-        assert sidecar.link.streams_opened >= 2
+        # The old session stays registered while it ends: wait for the sidecar's count.
+        await wait_for(lambda: sidecar.link.streams_opened >= 2, what="sidecar reconnected")
 
 
 async def test_the_sidecar_runs_at_most_four_queries_and_refuses_the_rest_at_once(
