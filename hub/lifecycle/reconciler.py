@@ -45,6 +45,7 @@ from hub.store.event_log import add_event, record_run_observed_in
 from hub.store.gateways import GatewayStore
 from hub.store.outbox import enqueue_command_in, record_command_results_in
 from hub.tasks import unassign_agent_tasks
+from hub.work_state import record_work_states_in
 from missioncontrol.log import get_logger
 from protos import link_pb2 as pb
 from protos.contract import epoch_s
@@ -175,6 +176,7 @@ class Reconciler:
                     at = max(seen[gw_agent_id], last_seen or 0.0)
                     tx.step(agent_id, lc.CheckIn(at=at))
             conn.execute("UPDATE gateways SET last_seen_at = ? WHERE id = ?", (now, gateway_id))
+            record_work_states_in(conn, gateway_id, batch.beats, seen)  # what agents say they do
 
         await self.write(op, urgent=False)  # bulk traffic: rides the paced group commit
 
