@@ -23,6 +23,7 @@ from aiohttp import web
 from hub.api import HttpDeps, build_api, build_app
 from hub.config import HubConfig
 from hub.events import EventBus
+from hub.feeds import Feed
 from hub.gateways import GatewayService
 from hub.lifecycle.decisions import Policy
 from hub.lifecycle.reconciler import Reconciler
@@ -35,6 +36,7 @@ from hub.provisioning.agent_tokens import TokenKeyring
 from hub.provisioning.service import Provisioning
 from hub.provisioning.template_sync import TemplateSync
 from hub.store.database import Database, DatabaseError
+from hub.store.event_log import ACTIVITY
 from hub.store.gateways import GatewayStore
 from hub.store.outbox import OUTBOX
 from hub.webhooks.rules import RetryPolicy
@@ -88,7 +90,9 @@ class Hub:
             self.issuer = CertificateIssuer(
                 self.store, self.ca, hub_key, dt.timedelta(days=config.cert_lifetime_days)
             )
-        self.events = EventBus()
+        self.events = EventBus(started_at=clock())
+        self.activity = Feed("activity")  # committed events, to the live activity streams
+        self.db.listen(ACTIVITY, self.activity.publish)
         self.reconciler = Reconciler(
             self.db,
             self.store,
@@ -197,6 +201,7 @@ class Hub:
             events=self.events,
             queries=self.queries,
             webhooks=self.webhooks,
+            activity=self.activity,
             cors_origins=config.cors_origins,
             enroll_address=str(enroll) if enroll else None,
             link_address=str(link),
@@ -272,6 +277,7 @@ class Hub:
             await self.link.wait_closed()
         self._link_serving = False
         self.events.close()  # live streams end now rather than at the shutdown timeout
+        self.activity.close()
         if self._runner is not None:
             await self._runner.cleanup()
         elif self._http_socket is not None:  # the start failed before serving

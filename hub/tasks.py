@@ -160,6 +160,9 @@ def create_task(
     )
     task = get_task(conn, board_id, task_id)
     assert task is not None
+    add_event(
+        conn, "task.created", board_id=board_id, at=now, task_id=task_id, title=title, by=created_by
+    )
     return task
 
 
@@ -167,9 +170,15 @@ _UPDATABLE = ("title", "description", "status", "priority", "due_at", "assigned_
 
 
 def update_task(
-    conn: sqlite3.Connection, task: TaskRow, changes: dict[str, Any], *, now: float
+    conn: sqlite3.Connection,
+    task: TaskRow,
+    changes: dict[str, Any],
+    *,
+    now: float,
+    by: str = "admin",
 ) -> TaskRow:
-    """Apply `changes` (a subset of the updatable columns) to `task`; returns the new row."""
+    """Apply `changes` (a subset of the updatable columns) to `task`; returns the new row.
+    A status change is a `task.moved` event (the activity trail), `by` who moved it."""
     unknown = set(changes) - set(_UPDATABLE)
     if unknown:
         raise ValueError(f"not updatable: {sorted(unknown)}")
@@ -185,6 +194,18 @@ def update_task(
     conn.execute(f"UPDATE tasks SET {assignments} WHERE id = ?", (*values.values(), task.id))
     updated = get_task(conn, task.board_id, task.id)
     assert updated is not None
+    if updated.status != task.status:
+        add_event(
+            conn,
+            "task.moved",
+            board_id=task.board_id,
+            agent_id=by if by != "admin" else None,
+            at=now,
+            task_id=task.id,
+            title=task.title,
+            by=by,
+            **{"from": task.status, "to": updated.status},
+        )
     return updated
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from hub.api import (
+    activity,
     agent_facing,
     agents,
     boards,
@@ -40,6 +41,7 @@ def build_api() -> Api:
         agents,
         tasks,
         agent_facing,
+        activity,
     ):
         module.register(api)
     board_webhooks.register(api)

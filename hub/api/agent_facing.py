@@ -275,7 +275,7 @@ def register(api: Api) -> None:
             board, before = found
             changes = agent_task_changes(agent, board, before, sent)
             now = time.time()
-            after = update_task(conn, before, changes, now=now)
+            after = update_task(conn, before, changes, now=now, by=agent.id)
             if body.comment:
                 add_comment(
                     conn,

@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from aiohttp import web
+from pydantic import Field
 
 from hub.api.core import Api, Call, Query
 from hub.api.deps import deps
@@ -23,6 +24,7 @@ from hub.api.schemas import (
     HeartbeatConfig,
     TokenRotate,
 )
+from hub.api.streams import last_event_id
 from hub.events import StreamEnded
 from hub.provisioning.agents import (
     AgentError,
@@ -41,8 +43,11 @@ KEEPALIVE_S = 15.0
 
 
 class StreamQuery(Query):
-    board_id: str | None = None
-    since: str | None = None
+    board_id: str | None = Field(None, max_length=64)
+    since: str | None = Field(None, max_length=64)
+    last_event_id: int | None = Field(
+        None, ge=0, le=2**63 - 1, description="resume after this id (or send Last-Event-ID)"
+    )
 
 
 STATUS_OWNED = (
@@ -225,16 +230,24 @@ def register(api: Api) -> None:
         return Accepted(status="rotating")
 
 
+SNAPSHOT_LIMIT = 10_000  # agents sent as current state when a resume cannot replay
+
+
 async def _stream(call: Call) -> web.StreamResponse:
-    """`event: agent` / `data: {"agent": AgentRead}`; replays from `since`; keep-alives."""
+    """`event: agent` / `data: {"agent": AgentRead}`; keep-alives. A client resuming with
+    `Last-Event-ID` (or `?last_event_id=`) gets the changes it missed, or, when the hub
+    no longer holds them (it restarted, or too much happened), every agent's current
+    state. `since` (ISO time) replays what the hub still holds after that time."""
     d = deps(call.request)
+    q: StreamQuery = call.query
     since = None
-    if call.query.since:
+    if q.since:
         try:
-            since = datetime.fromisoformat(call.query.since.replace("Z", "+00:00")).timestamp()
+            since = datetime.fromisoformat(q.since.replace("Z", "+00:00")).timestamp()
         except ValueError:
             raise ApiError(422, "since must be an ISO 8601 timestamp") from None
-    subscription = d.events.subscribe(call.query.board_id)
+    resume = last_event_id(call, q.last_event_id)
+    subscription = d.events.subscribe(q.board_id)
     response = web.StreamResponse(
         headers={
             "Content-Type": "text/event-stream",
@@ -243,20 +256,44 @@ async def _stream(call: Call) -> web.StreamResponse:
         }
     )
     await response.prepare(call.request)
+    sent = 0
     try:
-        if since is not None:
-            for missed in d.events.since(since, call.query.board_id):
-                await response.write(_frame(missed.id, missed.data))
+        if resume is not None:
+            missed = d.events.after(resume, q.board_id)
+            if missed is None:
+                snapshot_id = d.events.last_id
+                rows, _ = await d.db.read(
+                    lambda conn: list_agents_in(
+                        conn,
+                        board_id=q.board_id,
+                        gateway_id=None,
+                        managed=True,
+                        limit=SNAPSHOT_LIMIT,
+                        offset=0,
+                    )
+                )
+                for row in rows:
+                    await response.write(_frame(snapshot_id, agent_json(row)))
+                sent = snapshot_id
+            else:
+                for event in missed:
+                    await response.write(_frame(event.id, event.data))
+                    sent = event.id
+        elif since is not None:
+            for event in d.events.since(since, q.board_id):
+                await response.write(_frame(event.id, event.data))
+                sent = event.id
         while True:
             try:
-                event = await subscription.next(KEEPALIVE_S)
+                live = await subscription.next(KEEPALIVE_S)
             except StreamEnded as exc:
                 await response.write(f": {exc}\n\n".encode())
                 break
-            if event is None:
+            if live is None:
                 await response.write(b": keep-alive\n\n")
-            else:
-                await response.write(_frame(event.id, event.data))
+            elif live.id > sent:
+                await response.write(_frame(live.id, live.data))
+                sent = live.id
     except (ConnectionResetError, asyncio.CancelledError):
         pass
     finally:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiohttp import web
 
 from hub.events import EventBus
+from hub.feeds import Feed
 from hub.gateways import GatewayService
 from hub.lifecycle.reconciler import Reconciler
 from hub.link.queries import GatewayQueries
@@ -38,6 +39,7 @@ class HttpDeps:
     link_address: str
     cors_origins: tuple[str, ...] = ()  # browser origins allowed to call the API
     webhooks: WebhookService | None = None  # board webhooks: CRUD, ingest, delivery
+    activity: Feed = field(default_factory=lambda: Feed("activity"))  # committed events, live
 
 
 DEPS = web.AppKey("deps", HttpDeps)

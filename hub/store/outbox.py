@@ -108,10 +108,11 @@ def record_command_results_in(
     """Persist acks inside the caller's transaction; an unknown sequence is ignored."""
     for result in results:
         at = epoch_s(result.observed_at) if result.HasField("observed_at") else time.time()
-        updated = conn.execute(
+        acked = conn.execute(
             """UPDATE commands SET acked_at = ?, outcome = ?, error_code = ?, error = ?,
                    run_id = ?
-               WHERE gateway_id = ? AND sequence = ?""",
+               WHERE gateway_id = ? AND sequence = ?
+               RETURNING kind""",
             (
                 min(at, time.time()),
                 pb.CommandResult.Outcome.Name(result.outcome),
@@ -121,8 +122,8 @@ def record_command_results_in(
                 gateway_id,
                 result.sequence,
             ),
-        ).rowcount
-        if updated:
+        ).fetchone()
+        if acked is not None:
             conn.execute(
                 "UPDATE gateways SET acked_sequence = MAX(acked_sequence, ?), last_seen_at = ? "
                 "WHERE id = ?",
@@ -134,6 +135,8 @@ def record_command_results_in(
                 gateway_id=gateway_id,
                 agent_id=result.agent_id or None,
                 sequence=result.sequence,
+                command=acked[0],
+                generation=result.generation,
                 outcome=pb.CommandResult.Outcome.Name(result.outcome),
                 error=result.error or None,
             )
