@@ -30,6 +30,7 @@ from hub.lifecycle.reconciler import Reconciler
 from hub.link.agent_calls import AgentCallForwarder
 from hub.link.queries import GatewayQueries
 from hub.link.server import LinkService, SessionRegistry
+from hub.memory import MEMORY
 from hub.pki.ca import CertificateAuthority
 from hub.pki.enrollment import CertificateIssuer, EnrollmentService, Revocations
 from hub.provisioning.agent_tokens import TokenKeyring
@@ -93,6 +94,8 @@ class Hub:
         self.events = EventBus(started_at=clock())
         self.activity = Feed("activity")  # committed events, to the live activity streams
         self.db.listen(ACTIVITY, self.activity.publish)
+        self.memory = Feed("memory")  # board memory notes, to the live memory streams
+        self.db.listen(MEMORY, self.memory.publish)
         self.reconciler = Reconciler(
             self.db,
             self.store,
@@ -202,6 +205,7 @@ class Hub:
             queries=self.queries,
             webhooks=self.webhooks,
             activity=self.activity,
+            memory=self.memory,
             cors_origins=config.cors_origins,
             enroll_address=str(enroll) if enroll else None,
             link_address=str(link),
@@ -278,6 +282,7 @@ class Hub:
         self._link_serving = False
         self.events.close()  # live streams end now rather than at the shutdown timeout
         self.activity.close()
+        self.memory.close()
         if self._runner is not None:
             await self._runner.cleanup()
         elif self._http_socket is not None:  # the start failed before serving

@@ -13,6 +13,7 @@ from hub.api import (
     gateways,
     health,
     identity,
+    memory,
     tasks,
     template_sync,
 )
@@ -42,6 +43,7 @@ def build_api() -> Api:
         tasks,
         agent_facing,
         activity,
+        memory,
     ):
         module.register(api)
     board_webhooks.register(api)

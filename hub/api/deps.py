@@ -40,6 +40,7 @@ class HttpDeps:
     cors_origins: tuple[str, ...] = ()  # browser origins allowed to call the API
     webhooks: WebhookService | None = None  # board webhooks: CRUD, ingest, delivery
     activity: Feed = field(default_factory=lambda: Feed("activity"))  # committed events, live
+    memory: Feed = field(default_factory=lambda: Feed("memory"))  # board memory notes, live
 
 
 DEPS = web.AppKey("deps", HttpDeps)
