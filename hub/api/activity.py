@@ -84,7 +84,9 @@ async def activity_filter(call: Call, q: ActivityFields) -> ActivityFilter:
     since = None
     if q.since is not None:
         try:
-            since = q.since.timestamp()
+            # Times are shown to the microsecond: "after" an event's shown time must not
+            # return that event, whose stored time may lie a fraction past it.
+            since = q.since.timestamp() + 0.5e-6
         except (OverflowError, ValueError, OSError):
             raise ApiError(422, "since must be an ISO 8601 time between 1970 and 9999") from None
     return ActivityFilter(
