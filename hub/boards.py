@@ -17,6 +17,7 @@ RULES = (
     "require_approval_for_done",
     "require_review_before_done",
     "comment_required_for_review",
+    "block_status_changes_with_pending_approval",
     "only_lead_can_change_status",
 )
 EDITABLE = (
@@ -36,7 +37,8 @@ EDITABLE = (
 AGENT_BOARD_COLUMNS = (
     "id, gateway_id, name, slug, description, board_type, objective, status, "
     "require_approval_for_done, require_review_before_done, comment_required_for_review, "
-    "only_lead_can_change_status, max_agents, created_at, updated_at"
+    "block_status_changes_with_pending_approval, only_lead_can_change_status, max_agents, "
+    "created_at, updated_at"
 )
 
 

@@ -301,16 +301,31 @@ def task_reachable_by(conn: sqlite3.Connection, agent: BoardAgent, task_id: str)
     return row is not None and may_reach(agent, row[0], row[1])
 
 
+@dataclass(frozen=True)
+class TaskApprovalState:
+    """Whether an approved, or a pending, approval names the task (hub/approvals.py)."""
+
+    approved: bool = False
+    pending: bool = False
+
+
 def agent_task_changes(
-    agent: BoardAgent, board: sqlite3.Row, task: TaskRow, sent: Mapping[str, Any]
+    agent: BoardAgent,
+    board: sqlite3.Row,
+    task: TaskRow,
+    sent: Mapping[str, Any],
+    approvals: TaskApprovalState | None = None,
 ) -> dict[str, Any]:
     """The columns an agent's change to `task` may set, under its board's rules.
 
     `sent` holds only what the agent sent: `status`, `assigned_agent_id`, `comment`.
-    Workers move their own (or unassigned) tasks; the lead also assigns. Raises
-    TaskError saying which rule refused.
+    Workers move their own (or unassigned) tasks; the lead also assigns. Every rule the
+    agents' files state is checked here: only the lead changes status, review before
+    done, a comment for review, an approved approval for done, no status change while
+    an approval is pending. Raises TaskError saying which rule refused and what to do.
     """
     is_lead = agent.is_board_lead
+    approvals = approvals or TaskApprovalState()
     if not is_lead and task.assigned_agent_id not in (None, agent.id):
         raise TaskError(
             "this task is assigned to another agent; only the board lead may change it",
@@ -326,6 +341,24 @@ def agent_task_changes(
         if board["only_lead_can_change_status"] and not is_lead:
             raise TaskError(
                 "on this board only the lead changes a task's status", refusal=Refusal.FORBIDDEN
+            )
+        if board["block_status_changes_with_pending_approval"] and approvals.pending:
+            raise TaskError(
+                "an approval naming this task is pending, and this board blocks status "
+                "changes meanwhile; wait for it to be resolved",
+                refusal=Refusal.CONFLICT,
+            )
+        if status == "done" and board["require_approval_for_done"] and not approvals.approved:
+            board_id = board["id"]
+            raise TaskError(
+                "this board requires an approved approval before done: "
+                + (
+                    f"request one (POST /boards/{board_id}/approvals with this task in "
+                    "task_ids, see APPROVALS.md) and move the task once it is approved"
+                    if is_lead
+                    else "move the task to review and ask your lead to request one"
+                ),
+                refusal=Refusal.CONFLICT,
             )
         if status == "done" and board["require_review_before_done"] and task.status != "review":
             raise TaskError(

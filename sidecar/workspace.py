@@ -29,6 +29,7 @@ ALLOWED_FILES = frozenset(
         "TOOLS.md",
         "HEARTBEAT.md",
         "BOOTSTRAP.md",
+        "APPROVALS.md",  # a lead's approval guidance (read on demand, never injected)
         TOKEN_FILE_NAME,
     }
 )

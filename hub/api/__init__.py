@@ -8,6 +8,7 @@ from hub.api import (
     activity,
     agent_facing,
     agents,
+    approvals,
     boards,
     gateway_live,
     gateways,
@@ -44,6 +45,7 @@ def build_api() -> Api:
         agent_facing,
         activity,
         memory,
+        approvals,
     ):
         module.register(api)
     board_webhooks.register(api)

@@ -36,6 +36,7 @@ from hub.api.tasks import (
     task_page,
     task_read,
 )
+from hub.approvals import task_approvals_in
 from hub.boards import agent_boards_in, reachable_board_in
 from hub.provisioning.agents import load_agent
 from hub.store.database import Connection
@@ -92,6 +93,7 @@ class AgentBoardRead(BaseModel):
     require_approval_for_done: bool
     require_review_before_done: bool
     comment_required_for_review: bool
+    block_status_changes_with_pending_approval: bool
     only_lead_can_change_status: bool
     max_agents: int
     created_at: str | None
@@ -273,7 +275,8 @@ def register(api: Api) -> None:
 
         def op(conn: Connection, found: tuple[Row, TaskRow]) -> tuple[TaskRow, TaskRow]:
             board, before = found
-            changes = agent_task_changes(agent, board, before, sent)
+            approvals = task_approvals_in(conn, task_id)
+            changes = agent_task_changes(agent, board, before, sent, approvals)
             now = time.time()
             after = update_task(conn, before, changes, now=now, by=agent.id)
             if body.comment:

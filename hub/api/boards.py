@@ -26,8 +26,9 @@ class BoardFields(Strict):
     require_approval_for_done: bool = True
     require_review_before_done: bool = False
     comment_required_for_review: bool = False
+    block_status_changes_with_pending_approval: bool = False
     only_lead_can_change_status: bool = False
-    max_agents: int = Field(1, ge=0, le=1000)
+    max_agents: int = Field(1, ge=0, le=1000, description="workers its lead may create")
 
 
 class BoardCreate(BoardFields):
@@ -46,6 +47,7 @@ class BoardUpdate(Strict):
     require_approval_for_done: bool | None = None
     require_review_before_done: bool | None = None
     comment_required_for_review: bool | None = None
+    block_status_changes_with_pending_approval: bool | None = None
     only_lead_can_change_status: bool | None = None
     max_agents: int | None = Field(None, ge=0, le=1000)
 
@@ -64,6 +66,7 @@ class BoardRead(BaseModel):
     require_approval_for_done: bool
     require_review_before_done: bool
     comment_required_for_review: bool
+    block_status_changes_with_pending_approval: bool
     only_lead_can_change_status: bool
     max_agents: int
     status: str
