@@ -7,6 +7,7 @@ from aiohttp import web
 from hub.api import (
     activity,
     agent_facing,
+    agent_messages,
     agents,
     approvals,
     boards,
@@ -46,6 +47,7 @@ def build_api() -> Api:
         activity,
         memory,
         approvals,
+        agent_messages,
     ):
         module.register(api)
     board_webhooks.register(api)

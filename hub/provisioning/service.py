@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from hub.boards import finish_deleting, load_board
+from hub.boards import BoardAgent, finish_deleting, load_board
 from hub.lifecycle import decisions as lc
 from hub.lifecycle.reconciler import Reconciler, Transition
+from hub.messages import check_main_for_board_in, lead_of_in, message_agent_in
 from hub.provisioning.agent_tokens import DEFAULT_ROTATION_GRACE_S, TokenKeyring
 from hub.provisioning.agents import (
     AgentConflict,
@@ -71,6 +72,16 @@ class AgentSpec:
     created_by_lead: str | None = None  # the lead agent asking: max_agents applies
 
 
+def default_lead(board_id: str) -> AgentSpec:
+    """The lead a board gets when its main agent messages a lead it does not have yet."""
+    return AgentSpec(
+        name="Lead Agent",
+        board_id=board_id,
+        kind=AgentKind.LEAD,
+        identity_profile={"role": "Board Lead"},
+    )
+
+
 class Provisioning:
     def __init__(self, reconciler: Reconciler, keyring: TokenKeyring) -> None:
         self.reconciler = reconciler
@@ -80,6 +91,11 @@ class Provisioning:
         """Write the agent's row and token and queue its ApplyAgent, in one transaction.
         Before the gateway's sidecar ever connected (a declared workspace root) the
         command waits in the outbox: the agent shows `sidecar_disconnected`."""
+        create = self._creator(spec)
+        return await self.reconciler.write(create)
+
+    def _creator(self, spec: AgentSpec) -> Callable[[Transition], AgentRow]:
+        """What creates the agent inside a transaction (checked and its token minted now)."""
         minted = self.keyring.mint()
         for name, template in (
             ("IDENTITY.md", spec.identity_template),
@@ -154,6 +170,33 @@ class Provisioning:
                 RenderOptions(token=minted.raw),
             )
             return require_agent(conn, agent_id)
+
+        return op
+
+    async def message_lead(
+        self,
+        main: BoardAgent,
+        board_id: str,
+        *,
+        content: str,
+        kind: str,
+    ) -> tuple[AgentRow, bool]:
+        """The gateway's main agent messages a board's lead, creating the lead first when
+        the board has none (as the reference does), in one transaction. Returns the lead
+        and whether it was created."""
+        create = self._creator(default_lead(board_id))
+
+        def op(tx: Transition) -> tuple[AgentRow, bool]:
+            check_main_for_board_in(tx.conn, main, board_id)
+            lead = lead_of_in(tx.conn, board_id)
+            created = lead is None
+            if lead is None:
+                lead = create(tx)
+            message_agent_in(
+                tx.conn, lead, sender="the gateway's main agent", body=content, kind=kind,
+                now=tx.now,
+            )  # fmt: skip
+            return lead, created
 
         return await self.reconciler.write(op)
 
