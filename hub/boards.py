@@ -9,6 +9,7 @@ import time
 import uuid
 from typing import Any, Protocol
 
+from hub.board_groups import check_group_in
 from hub.provisioning.rendering import BoardProfile, BoardRules
 from hub.store.errors import Refusal, StoreError
 from hub.store.event_log import add_event
@@ -29,6 +30,7 @@ EDITABLE = (
     "target_date",
     "goal_confirmed",
     "max_agents",
+    "board_group_id",
     *RULES,
 )
 
@@ -109,9 +111,15 @@ def agent_boards_in(
 
 
 def list_boards_in(
-    conn: sqlite3.Connection, gateway_id: str | None, limit: int, offset: int
+    conn: sqlite3.Connection,
+    gateway_id: str | None,
+    limit: int,
+    offset: int,
+    *,
+    board_group_id: str | None = None,
 ) -> tuple[list[dict[str, Any]], int]:
-    where, args = "WHERE (? IS NULL OR gateway_id = ?)", (gateway_id, gateway_id)
+    where = "WHERE (? IS NULL OR gateway_id = ?) AND (? IS NULL OR board_group_id = ?)"
+    args = (gateway_id, gateway_id, board_group_id, board_group_id)
     total = conn.execute(f"SELECT COUNT(*) FROM boards {where}", args).fetchone()[0]
     rows = conn.execute(
         f"SELECT * FROM boards {where} ORDER BY created_at, id LIMIT ? OFFSET ?",
@@ -165,6 +173,8 @@ def update_board(
 ) -> dict[str, Any]:
     load_board(conn, board_id)
     changes = {k: v for k, v in fields.items() if k in EDITABLE}
+    if changes.get("board_group_id") is not None:
+        check_group_in(conn, changes["board_group_id"])
     if "success_metrics" in changes:
         changes["success_metrics"] = json.dumps(changes["success_metrics"])
     if changes:

@@ -10,6 +10,7 @@ from hub.api import (
     agent_messages,
     agents,
     approvals,
+    board_groups,
     boards,
     gateway_live,
     gateways,
@@ -48,6 +49,7 @@ def build_api() -> Api:
         memory,
         approvals,
         agent_messages,
+        board_groups,
     ):
         module.register(api)
     board_webhooks.register(api)

@@ -29,6 +29,7 @@ class BoardFields(Strict):
     block_status_changes_with_pending_approval: bool = False
     only_lead_can_change_status: bool = False
     max_agents: int = Field(1, ge=0, le=1000, description="workers its lead may create")
+    board_group_id: str | None = Field(None, max_length=64)
 
 
 class BoardCreate(BoardFields):
@@ -50,6 +51,7 @@ class BoardUpdate(Strict):
     block_status_changes_with_pending_approval: bool | None = None
     only_lead_can_change_status: bool | None = None
     max_agents: int | None = Field(None, ge=0, le=1000)
+    board_group_id: str | None = Field(None, max_length=64, description="null: no group")
 
 
 class BoardRead(BaseModel):
@@ -69,13 +71,15 @@ class BoardRead(BaseModel):
     block_status_changes_with_pending_approval: bool
     only_lead_can_change_status: bool
     max_agents: int
+    board_group_id: str | None
     status: str
     created_at: str | None
     updated_at: str | None
 
 
 class BoardFilter(Page):
-    gateway_id: str | None = None
+    gateway_id: str | None = Field(None, max_length=64)
+    board_group_id: str | None = Field(None, max_length=64)
 
 
 class BoardPage(BaseModel):
@@ -117,7 +121,9 @@ def register(api: Api) -> None:
     async def list_boards(call: Call) -> BoardPage:
         q = call.query
         boards, total = await deps(call.request).db.read(
-            lambda conn: list_boards_in(conn, q.gateway_id, q.limit, q.offset)
+            lambda conn: list_boards_in(
+                conn, q.gateway_id, q.limit, q.offset, board_group_id=q.board_group_id
+            )
         )
         return BoardPage(
             items=[board_read(b) for b in boards], total=total, limit=q.limit, offset=q.offset

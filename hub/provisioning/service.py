@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from hub.board_groups import group_agents_in
 from hub.boards import BoardAgent, finish_deleting, load_board
 from hub.lifecycle import decisions as lc
 from hub.lifecycle.reconciler import Reconciler, Transition
@@ -207,6 +208,12 @@ class Provisioning:
         identity, heartbeat, template overrides), render the files again and reapply the
         agent (a new generation, same token, no wake), in the same transaction as the row.
         Nothing changed: nothing happens, unless `force`."""
+        return await self.reconciler.write(self._updater(agent_id, changes, force=force))
+
+    def _updater(
+        self, agent_id: str, changes: Mapping[str, Any], *, force: bool = False
+    ) -> Callable[[Transition], AgentRow]:
+        """What updates the agent inside a transaction (its inputs checked now)."""
         changes = dict(changes)
         for name, key in (("IDENTITY.md", "identity_template"), ("SOUL.md", "soul_template")):
             if changes.get(key) is not None:
@@ -268,6 +275,46 @@ class Provisioning:
                 agent_id, lc.ApplyRequested(generation=row.lifecycle_generation + 1, wake=False)
             )
             return require_agent(conn, agent_id)
+
+        return op
+
+    async def apply_group_heartbeat(
+        self, group_id: str, heartbeat_config: Mapping[str, Any], *, include_leads: bool
+    ) -> tuple[list[str], list[str]]:
+        """Set one heartbeat on every agent of a board group's boards (workers, and leads if
+        asked), each reapplied, in one transaction. Returns (updated, failed) agent ids; an
+        agent that cannot take it keeps its state, logged."""
+        heartbeat_settings(heartbeat_config)  # refuse a bad cadence before anything
+
+        def op(tx: Transition) -> tuple[list[str], list[str]]:
+            updated, failed = [], []
+            for agent_id in group_agents_in(tx.conn, group_id, include_leads=include_leads):
+                tx.conn.execute("SAVEPOINT group_agent")
+                try:
+                    self._updater(agent_id, {"heartbeat_config": heartbeat_config})(tx)
+                except AgentError as exc:
+                    tx.conn.execute("ROLLBACK TO group_agent")
+                    tx.changed.pop(agent_id, None)
+                    failed.append(agent_id)
+                    log.warning(
+                        "provisioning.group_heartbeat.agent_failed",
+                        agent_id=agent_id,
+                        error=str(exc),
+                    )
+                else:
+                    updated.append(agent_id)
+                finally:
+                    tx.conn.execute("RELEASE group_agent")
+            add_event(
+                tx.conn,
+                "board_group.heartbeat.applied",
+                at=tx.now,
+                board_group_id=group_id,
+                every=heartbeat_settings(heartbeat_config)[0]["every"],
+                agents=len(updated),
+                failed=len(failed),
+            )
+            return updated, failed
 
         return await self.reconciler.write(op)
 
