@@ -13,6 +13,7 @@ Rules kept here, once, for the admin and the agent-facing API alike:
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import uuid
 from collections.abc import Mapping
@@ -58,10 +59,21 @@ class TaskRow:
     created_by: str
     created_at: float
     updated_at: float
+    tags: tuple[str, ...] = ()
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> TaskRow:
-        return cls(**{f.name: row[f.name] for f in fields(cls)})
+        values = {f.name: row[f.name] for f in fields(cls) if f.name != "tags"}
+        return cls(**values, tags=tuple(json.loads(row["tags"] or "[]")))
+
+
+# A task row with its tags (sorted), for every query that builds a TaskRow.
+_TASK = (
+    "SELECT tasks.*, (SELECT json_group_array(tag) FROM "
+    "(SELECT tag FROM task_tags WHERE task_id = tasks.id ORDER BY tag)) AS tags FROM tasks"
+)
+MAX_TAGS = 20
+TAG_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9:._/-]{0,63}$"
 
 
 @dataclass(frozen=True)
@@ -101,26 +113,46 @@ def list_tasks(
     *,
     status: str | None = None,
     assigned_agent_id: str | None = None,
+    tag: str | None = None,
     limit: int,
     offset: int,
 ) -> tuple[list[TaskRow], int]:
     where = (
         "WHERE board_id = ? AND (? IS NULL OR status = ?) AND (? IS NULL OR assigned_agent_id = ?)"
+        " AND (? IS NULL OR EXISTS (SELECT 1 FROM task_tags t WHERE t.task_id = tasks.id"
+        " AND t.tag = ?))"
     )
-    args = (board_id, status, status, assigned_agent_id, assigned_agent_id)
+    args = (board_id, status, status, assigned_agent_id, assigned_agent_id, tag, tag)
     total = conn.execute(f"SELECT COUNT(*) FROM tasks {where}", args).fetchone()[0]
     rows = conn.execute(
-        f"SELECT * FROM tasks {where} ORDER BY created_at, id LIMIT ? OFFSET ?",
+        f"{_TASK} {where} ORDER BY created_at, id LIMIT ? OFFSET ?",
         (*args, limit, offset),
     ).fetchall()
     return [TaskRow.from_row(r) for r in rows], total
 
 
 def get_task(conn: sqlite3.Connection, board_id: str, task_id: str) -> TaskRow | None:
-    row = conn.execute(
-        "SELECT * FROM tasks WHERE id = ? AND board_id = ?", (task_id, board_id)
-    ).fetchone()
+    row = conn.execute(f"{_TASK} WHERE id = ? AND board_id = ?", (task_id, board_id)).fetchone()
     return TaskRow.from_row(row) if row else None
+
+
+def set_task_tags_in(conn: sqlite3.Connection, task_id: str, tags: list[str]) -> None:
+    """Replace a task's tags (labels, unique per task)."""
+    conn.execute("DELETE FROM task_tags WHERE task_id = ?", (task_id,))
+    conn.executemany(
+        "INSERT INTO task_tags (task_id, tag) VALUES (?, ?)",
+        [(task_id, tag) for tag in dict.fromkeys(tags)],
+    )
+
+
+def board_tags_in(conn: sqlite3.Connection, board_id: str) -> list[tuple[str, int]]:
+    """The tags a board's tasks carry, with how many tasks carry each, by name."""
+    rows = conn.execute(
+        "SELECT t.tag, COUNT(*) FROM task_tags t JOIN tasks k ON k.id = t.task_id "
+        "WHERE k.board_id = ? GROUP BY t.tag ORDER BY t.tag",
+        (board_id,),
+    ).fetchall()
+    return [(r[0], r[1]) for r in rows]
 
 
 def create_task(
@@ -135,6 +167,7 @@ def create_task(
     assigned_agent_id: str | None = None,
     created_by: str,
     now: float,
+    tags: list[str] | None = None,
 ) -> TaskRow:
     if assigned_agent_id is not None:
         check_assignee(conn, board_id, assigned_agent_id)
@@ -158,6 +191,8 @@ def create_task(
             now,
         ),
     )
+    if tags:
+        set_task_tags_in(conn, task_id, tags)
     task = get_task(conn, board_id, task_id)
     assert task is not None
     add_event(
@@ -179,12 +214,16 @@ def update_task(
 ) -> TaskRow:
     """Apply `changes` (a subset of the updatable columns) to `task`; returns the new row.
     A status change is a `task.moved` event (the activity trail), `by` who moved it."""
-    unknown = set(changes) - set(_UPDATABLE)
+    unknown = set(changes) - set(_UPDATABLE) - {"tags"}
     if unknown:
         raise ValueError(f"not updatable: {sorted(unknown)}")
     if changes.get("assigned_agent_id") is not None:
         check_assignee(conn, task.board_id, changes["assigned_agent_id"])
     values = dict(changes)
+    if "tags" in values:
+        set_task_tags_in(conn, task.id, values.pop("tags"))
+        if not values:
+            values["updated_at"] = now
     if values.get("status") == "in_progress" and task.status != "in_progress":
         values["in_progress_at"] = now
     if not values:

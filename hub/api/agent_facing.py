@@ -23,6 +23,8 @@ from hub.api.deps import deps
 from hub.api.schemas import AgentRead
 from hub.api.tasks import (
     MAX_ID_CHARS,
+    BoardTag,
+    BoardTags,
     CommentCreate,
     CommentPage,
     CommentRead,
@@ -45,6 +47,7 @@ from hub.tasks import (
     TaskRow,
     add_comment,
     agent_task_changes,
+    board_tags_in,
     list_comments,
     reachable_task_in,
     task_on_board_in,
@@ -251,6 +254,25 @@ def register(api: Api) -> None:
 
         rows, total = await deps(call.request).db.read(op)
         return task_page(rows, total, q)
+
+    @api.route(
+        "GET",
+        base + "/boards/{board_id}/tags",
+        summary="The tags the board's tasks carry (filter tasks with ?tag=)",
+        tags=EVERY_AGENT,
+        auth=Auth.AGENT,
+        response=BoardTags,
+    )
+    async def agent_list_tags(call: Call) -> BoardTags:
+        agent = principal(call)
+        board_id = call.request.match_info["board_id"]
+
+        def op(conn: Connection) -> list[tuple[str, int]]:
+            reachable_board_in(conn, agent, board_id)
+            return board_tags_in(conn, board_id)
+
+        rows = await deps(call.request).db.read(op)
+        return BoardTags(items=[BoardTag(tag=t, tasks=n) for t, n in rows])
 
     @api.route(
         "PATCH",
