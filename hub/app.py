@@ -35,6 +35,7 @@ from hub.pki.ca import CertificateAuthority
 from hub.pki.enrollment import CertificateIssuer, EnrollmentService, Revocations
 from hub.provisioning.agent_tokens import TokenKeyring
 from hub.provisioning.service import Provisioning
+from hub.provisioning.souls import SoulsDirectory
 from hub.provisioning.template_sync import TemplateSync
 from hub.store.database import Database, DatabaseError
 from hub.store.event_log import ACTIVITY
@@ -103,7 +104,9 @@ class Hub:
             events=self.events,
             clock=clock,
         )
-        self.provisioning = Provisioning(self.reconciler, self.keyring)
+        self.provisioning = Provisioning(
+            self.reconciler, self.keyring, souls=SoulsDirectory(config.souls_dir)
+        )
         self.template_sync = TemplateSync(self.db, self.provisioning)
         self.queries = GatewayQueries(self.registry)
         self.webhooks = WebhookService.from_hub_key(

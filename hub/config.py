@@ -104,6 +104,14 @@ SERVE_OPTIONS = (
         metavar="ORIGINS",
     ),
     Option(
+        "souls-dir",
+        "directory of role souls: <role-slug>.md becomes the role section of SOUL.md for "
+        "workers of that role (read locally; nothing is fetched)",
+        None,
+        expand_path,
+        metavar="DIR",
+    ),
+    Option(
         "checkin-deadline",
         "seconds an agent has to check in after a delivered wake (3 wakes, then offline)",
         30.0,
@@ -154,6 +162,7 @@ class HubConfig:
     http_tls: str = "auto"
     http_tls_cert: Path | None = None
     http_tls_key: Path | None = None
+    souls_dir: Path | None = None  # <role-slug>.md files: role souls for workers
 
     @property
     def http_uses_tls(self) -> bool:
@@ -200,6 +209,11 @@ class HubConfig:
                 f"the REST API on {self.http_listen} needs TLS, and --insecure-dev has no CA to "
                 "issue a certificate: listen on loopback, give --http-tls-cert/--http-tls-key, "
                 "or use --http-tls proxy behind a TLS proxy"
+            )
+        if self.souls_dir is not None and not self.souls_dir.is_dir():
+            raise SettingsError(
+                f"--souls-dir {self.souls_dir} is not a directory; point it at a directory of "
+                "<role-slug>.md files, or leave it out"
             )
         if len(self.admin_token) < MIN_ADMIN_TOKEN_CHARS:
             raise SettingsError(
@@ -264,6 +278,7 @@ def build_config(args: argparse.Namespace, environ: Mapping[str, str] = os.envir
         http_tls=values["http_tls"],
         http_tls_cert=values["http_tls_cert"],
         http_tls_key=values["http_tls_key"],
+        souls_dir=values["souls_dir"],
     )
     config.validate()
     return config

@@ -159,6 +159,7 @@ class AgentRow:
     work_state_at: float | None = None
     workspace_path: str | None = None  # set for an adopted agent; else derived from the root
     adopted: bool = False  # found in openclaw.json and adopted: its files are its own
+    role_soul: str | None = None  # from the souls directory (hub/provisioning/souls.py)
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> AgentRow:
@@ -262,6 +263,7 @@ def insert_agent_in(
     soul_template: str | None = None,
     workspace_path: str | None = None,
     adopted: bool = False,
+    role_soul: str | None = None,
     now: float,
 ) -> None:
     """Insert an agent row; AgentConflict naming the holder when the board already has a
@@ -278,8 +280,8 @@ def insert_agent_in(
         conn.execute(
             """INSERT INTO agents (id, gateway_id, board_id, kind, gateway_agent_id, name,
                    heartbeat_config, identity_profile, heartbeat_interval_s, identity_template,
-                   soul_template, workspace_path, adopted, created_at, updated_at)
-               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                   soul_template, workspace_path, adopted, role_soul, created_at, updated_at)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
             (
                 agent_id,
                 gateway_id,
@@ -294,6 +296,7 @@ def insert_agent_in(
                 soul_template,
                 workspace_path,
                 int(adopted),
+                role_soul,
                 now,
                 now,
             ),
@@ -313,6 +316,7 @@ _UPDATABLE_COLUMNS = frozenset(
         "heartbeat_interval_s",
         "identity_template",
         "soul_template",
+        "role_soul",
     }
 )
 
@@ -505,6 +509,7 @@ def render_context(
             identity=IdentityProfile.from_mapping(json.loads(agent.identity_profile)),
             user=user_profile(conn),
             board=board,
+            role_soul=agent.role_soul or "",
         )
     except RenderError as exc:
         raise AgentError(f"cannot render the agent's files: {exc}") from None

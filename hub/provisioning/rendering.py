@@ -96,6 +96,7 @@ FIELD_LIMITS: Mapping[str, int] = {
     "board_objective": 2_000,
     "board_success_metrics": 2_000,
     "board_target_date": 40,
+    "role_soul": 6_000,
 }
 _MULTILINE_FIELDS = frozenset(
     {
@@ -107,6 +108,7 @@ _MULTILINE_FIELDS = frozenset(
         "board_description",
         "board_objective",
         "board_success_metrics",
+        "role_soul",
     }
 )
 _TRUNCATION_MARK = " …[truncated]"
@@ -267,6 +269,7 @@ class AgentContext:
     identity: IdentityProfile = field(default_factory=IdentityProfile)
     user: UserProfile = field(default_factory=UserProfile)
     board: BoardProfile | None = None
+    role_soul: str = ""  # a worker's role soul from the souls directory (Markdown)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kind", AgentKind(self.kind))  # accept the store's text too
@@ -331,9 +334,13 @@ class AgentContext:
             "board_objective": board.objective if board else "",
             "board_success_metrics": _metrics_text(board.success_metrics) if board else "",
             "board_target_date": _date_text(board.target_date) if board else "",
+            "role_soul": self.role_soul if self.kind is AgentKind.WORKER else "",
         }
         values: dict[str, Any] = {name: _bounded(name, text) for name, text in raw.items()}
         values.update(
+            # Mission Control's names, for override templates written for it.
+            directory_role_soul_markdown=values["role_soul"],
+            directory_role_soul_source_url="",
             agent_id=self.agent_id,
             session_key=self.session_key,
             main_session_key=self.main_session_key,

@@ -39,7 +39,8 @@ from hub.provisioning.agents import (
     require_agent,
     update_agent_in,
 )
-from hub.provisioning.rendering import AgentKind, token_file
+from hub.provisioning.rendering import AgentKind, IdentityProfile, token_file
+from hub.provisioning.souls import SoulsDirectory
 from hub.store.database import Connection
 from hub.store.errors import UnknownGateway
 from hub.store.event_log import add_event
@@ -84,9 +85,23 @@ def default_lead(board_id: str) -> AgentSpec:
 
 
 class Provisioning:
-    def __init__(self, reconciler: Reconciler, keyring: TokenKeyring) -> None:
+    def __init__(
+        self,
+        reconciler: Reconciler,
+        keyring: TokenKeyring,
+        *,
+        souls: SoulsDirectory | None = None,
+    ) -> None:
         self.reconciler = reconciler
         self.keyring = keyring
+        self.souls = souls or SoulsDirectory()
+
+    def _role_soul(self, kind: AgentKind | str, profile: Mapping[str, Any] | None) -> str | None:
+        """A worker's role soul from the souls directory (leads and main agents have none,
+        as in the reference)."""
+        if AgentKind(kind) is not AgentKind.WORKER:
+            return None
+        return self.souls.for_role(IdentityProfile.from_mapping(profile).role)
 
     async def create_agent(self, spec: AgentSpec) -> AgentRow:
         """Write the agent's row and token and queue its ApplyAgent, in one transaction.
@@ -105,6 +120,7 @@ class Provisioning:
             if template is not None:
                 check_override(name, template)
         heartbeat, interval_s = heartbeat_settings(spec.heartbeat_config)
+        role_soul = self._role_soul(spec.kind, spec.identity_profile)
 
         def op(tx: Transition) -> AgentRow:
             conn, now = tx.conn, tx.now
@@ -152,6 +168,7 @@ class Provisioning:
                 identity_profile=spec.identity_profile,
                 identity_template=spec.identity_template,
                 soul_template=spec.soul_template,
+                role_soul=role_soul if kind is AgentKind.WORKER else None,
                 now=now,
             )
             insert_token_in(conn, agent_id, minted, now)
@@ -223,6 +240,12 @@ class Provisioning:
             if "heartbeat_config" in changes
             else None
         )
+        # A new role may have a soul in the directory (the kind is the row's: a worker).
+        new_soul = (
+            self._role_soul(AgentKind.WORKER, changes["identity_profile"])
+            if changes.get("identity_profile") is not None
+            else None
+        )
 
         def op(tx: Transition) -> AgentRow:
             conn = tx.conn
@@ -251,6 +274,9 @@ class Provisioning:
             profile = changes.get("identity_profile")
             if profile is not None and profile != json.loads(row.identity_profile):
                 values["identity_profile"] = json.dumps(profile)
+                soul = new_soul if row.kind == AgentKind.WORKER else None
+                if soul != row.role_soul:
+                    values["role_soul"] = soul
             if heartbeat is not None and heartbeat[0] != json.loads(row.heartbeat_config):
                 values["heartbeat_config"] = json.dumps(heartbeat[0])
                 values["heartbeat_interval_s"] = heartbeat[1]
@@ -332,8 +358,13 @@ class Provisioning:
             overwrite=overwrite, force_bootstrap=force_bootstrap, reset_session=reset_session
         )
 
+        known = await self.reconciler.db.read(lambda conn: require_agent(conn, agent_id))
+        soul = self._role_soul(known.kind, json.loads(known.identity_profile))  # as it is now
+
         def op(tx: Transition) -> AgentRow:
             row = require_agent(tx.conn, agent_id)
+            if row.role_soul != soul and row.identity_profile == known.identity_profile:
+                update_agent_in(tx.conn, agent_id, {"role_soul": soul}, tx.now)
             generation = row.lifecycle_generation + 1
             tx.step(agent_id, lc.ApplyRequested(generation=generation, wake=False), render)
             return require_agent(tx.conn, agent_id)

@@ -286,6 +286,8 @@ V7 = (
     "ALTER TABLE agents ADD COLUMN work_state_at REAL",
     "ALTER TABLE agents ADD COLUMN workspace_path TEXT",
     "ALTER TABLE agents ADD COLUMN adopted INTEGER NOT NULL DEFAULT 0",
+    # a worker's role soul, read from the souls directory when it was created or synced
+    "ALTER TABLE agents ADD COLUMN role_soul TEXT",
     """
     CREATE TABLE board_groups (
         id          TEXT PRIMARY KEY,
