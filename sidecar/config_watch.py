@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import watchfiles
 
@@ -45,7 +46,32 @@ class ConfigReport:
     stamp_newer_than_gateway: bool = False  # the installed gateway would refuse to start
     drift: tuple[Drift, ...] = ()
     present: frozenset[str] = field(default_factory=frozenset)  # managed ids in the file
+    # Every roster entry as (id, name, workspace); None when the file could not be read.
+    roster: tuple[RosterEntry, ...] | None = None
     observed_at: float = field(default_factory=time.time, compare=False)
+
+
+@dataclass(frozen=True)
+class RosterEntry:
+    """One agent of openclaw.json, as much as an admin needs to adopt it."""
+
+    agent_id: str
+    name: str = ""
+    workspace: str = ""
+
+
+def roster_of(entries: Mapping[str, Mapping[str, Any]]) -> tuple[RosterEntry, ...]:
+    def text(value: object) -> str:
+        return value if isinstance(value, str) else ""
+
+    roster = []
+    for agent_id, entry in sorted(entries.items()):
+        identity = entry.get("identity")
+        name = text(entry.get("name")) or (
+            text(identity.get("name")) if isinstance(identity, Mapping) else ""
+        )
+        roster.append(RosterEntry(agent_id, name, text(entry.get("workspace"))))
+    return tuple(roster)
 
 
 ReportCallback = Callable[[ConfigReport], None]
@@ -244,6 +270,7 @@ class ConfigWatcher:
             ),
             drift=tuple(drift),
             present=frozenset(current),
+            roster=roster_of(config.entries),
         )
 
     def _reportable(self, drift: Iterable[Drift]) -> list[Drift]:
@@ -287,4 +314,5 @@ def _state(report: ConfigReport) -> tuple[object, ...]:
         report.last_touched_version,
         report.stamp_newer_than_gateway,
         report.present,
+        report.roster,
     )

@@ -28,6 +28,7 @@ from sidecar.workspace import WorkspaceWriter
 
 # How long after the sidecar changed an agent the CHANGED drift of its entry is ours.
 OWN_CHANGE_WINDOW_S = 5.0
+MAX_UNMANAGED = 500  # unmanaged entries reported (a hand-kept roster is never this long)
 
 
 class OwnChanges:
@@ -95,6 +96,8 @@ class Reports:
             ],
             hostname=socket.gethostname(),
             follows_hub_workspace_root=self.follows_hub_workspace_root,
+            unmanaged=self._unmanaged(),
+            unmanaged_reported=self._roster_known(),
         )
 
     def gateway_state(self, drift: Iterable[Drift] = ()) -> pb.GatewayState:
@@ -110,10 +113,26 @@ class Reports:
             config_error=report.error if report else "",
             last_touched_version=report.last_touched_version if report else "",
             observed_at=timestamp(),
+            unmanaged=self._unmanaged(),
+            unmanaged_reported=self._roster_known(),
         )
         for item in drift:
             state.drift.add(agent_id=item.agent_id, kind=int(item.kind), detail=item.detail)
         return state
+
+    def _roster_known(self) -> bool:
+        return self.config is not None and self.config.roster is not None
+
+    def _unmanaged(self) -> list[pb.UnmanagedAgent]:
+        """openclaw.json's agents this sidecar does not manage (adoptable on the hub)."""
+        if self.config is None or self.config.roster is None:
+            return []
+        managed = {a.agent_id for a in self.state.agents()}
+        return [
+            pb.UnmanagedAgent(agent_id=e.agent_id, name=e.name, workspace=e.workspace)
+            for e in self.config.roster
+            if e.agent_id not in managed
+        ][:MAX_UNMANAGED]
 
     def _present(self, agent_id: str) -> bool:
         # Before the watcher's first pass nothing says an entry is missing.

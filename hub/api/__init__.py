@@ -53,6 +53,7 @@ def build_api() -> Api:
     ):
         module.register(api)
     board_webhooks.register(api)
+    gateways.register_inventory(api)
     return api
 
 

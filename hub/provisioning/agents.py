@@ -564,7 +564,10 @@ def build_apply(
                 name=f.name,
                 content=f.content,
                 secret=f.secret,
-                preserve_if_present=f.preserve_if_present,
+                # An adopted agent's files are its own: written only where missing, unless
+                # a template sync asks to overwrite.
+                preserve_if_present=f.preserve_if_present
+                or (bool(agent.adopted) and not f.secret and not render.overwrite),
             )
             for f in rendered.files
         ],

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from hub.adoption import unmanaged_entry, why_not_adoptable
 from hub.board_groups import group_agents_in
 from hub.boards import BoardAgent, finish_deleting, load_board
 from hub.lifecycle import decisions as lc
@@ -35,6 +36,7 @@ from hub.provisioning.agents import (
     heartbeat_settings,
     insert_agent_in,
     insert_token_in,
+    load_agent_by_gateway_id,
     move_target_in,
     require_agent,
     update_agent_in,
@@ -190,6 +192,83 @@ class Provisioning:
             return require_agent(conn, agent_id)
 
         return op
+
+    async def adopt_agent(
+        self,
+        gateway_id: str,
+        gateway_agent_id: str,
+        *,
+        board_id: str,
+        name: str | None = None,
+        lead: bool = False,
+        identity_profile: dict[str, Any] | None = None,
+        heartbeat_config: dict[str, Any] | None = None,
+    ) -> AgentRow:
+        """Make an agent the gateway's openclaw.json already has a managed agent of a board,
+        keeping its id, workspace and files (see hub/adoption.py)."""
+        minted = self.keyring.mint()
+        heartbeat, interval_s = heartbeat_settings(heartbeat_config)
+        kind = AgentKind.LEAD if lead else AgentKind.WORKER
+
+        def op(tx: Transition) -> AgentRow:
+            conn, now = tx.conn, tx.now
+            gateway = gateway_in(conn, gateway_id)
+            entry = unmanaged_entry(gateway, gateway_agent_id)
+            if entry is None or load_agent_by_gateway_id(conn, gateway_id, gateway_agent_id):
+                raise AgentConflict(
+                    f"gateway {gateway_id} reported no unmanaged agent {gateway_agent_id!r}; "
+                    f"see GET /api/v1/gateways/{gateway_id}/inventory (it lists what its "
+                    "sidecar last read from openclaw.json)"
+                )
+            why = why_not_adoptable(entry, gateway)
+            if why is not None:
+                raise AgentError(f"agent {gateway_agent_id} cannot be adopted: {why}")
+            board = conn.execute(
+                "SELECT gateway_id, status FROM boards WHERE id = ?", (board_id,)
+            ).fetchone()
+            if board is None or board["gateway_id"] != gateway_id:
+                raise AgentError(
+                    f"board_id: board {board_id} is not a board of gateway {gateway_id}"
+                )
+            if board["status"] == "deleting":
+                raise AgentError(f"board {board_id} is being deleted")
+            agent_name = name or entry.get("name") or gateway_agent_id
+            check_name_free_in(conn, gateway_id, board_id, agent_name)
+            agent_id = str(uuid.uuid4())
+            insert_agent_in(
+                conn,
+                agent_id=agent_id,
+                gateway_id=gateway_id,
+                board_id=board_id,
+                kind=kind,
+                gateway_agent_id=gateway_agent_id,
+                name=agent_name,
+                heartbeat=heartbeat,
+                interval_s=interval_s,
+                identity_profile=identity_profile,
+                workspace_path=entry["workspace"],
+                adopted=True,
+                now=now,
+            )
+            insert_token_in(conn, agent_id, minted, now)
+            add_event(
+                conn,
+                "agent.adopted",
+                gateway_id=gateway_id,
+                agent_id=agent_id,
+                at=now,
+                gateway_agent_id=gateway_agent_id,
+                workspace=entry["workspace"],
+                agent_kind=kind.value,
+            )
+            tx.step(
+                agent_id,
+                lc.ApplyRequested(generation=1, wake=True),
+                RenderOptions(token=minted.raw),
+            )
+            return require_agent(conn, agent_id)
+
+        return await self.reconciler.write(op)
 
     async def message_lead(
         self,
@@ -459,7 +538,8 @@ class Provisioning:
         return await self.reconciler.write(op)
 
     async def delete_agent(self, agent_id: str, *, delete_files: bool = True) -> None:
-        """Mark `deleting` and queue RemoveAgent; never fails because a gateway is down."""
+        """Mark `deleting` and queue RemoveAgent; never fails because a gateway is down.
+        An adopted agent's workspace stays on disk (its files were never the hub's)."""
         await self.reconciler.write(
             lambda tx: _delete_in(tx, require_agent(tx.conn, agent_id), delete_files)
         )
@@ -511,6 +591,7 @@ def _reapply_gateway_in(tx: Transition, gateway_id: str) -> int:
 
 
 def _delete_in(tx: Transition, row: AgentRow, delete_files: bool) -> None:
+    delete_files = delete_files and not row.adopted
     tx.step(row.id, lc.DeleteRequested())
     enqueue_command_in(
         tx.conn,

@@ -9,8 +9,10 @@ a caller's transaction.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -191,6 +193,8 @@ class GatewayStore:
                     hello.gateway_id,
                 ),
             )
+            if hello.unmanaged_reported:
+                _record_unmanaged_in(conn, hello.gateway_id, hello.unmanaged)
             problem = workspace_root_problem(
                 before.declared_workspace_root,
                 reported,
@@ -279,6 +283,8 @@ class GatewayStore:
                     gateway_id,
                 ),
             )
+            if state.unmanaged_reported:
+                _record_unmanaged_in(conn, gateway_id, state.unmanaged)
             for drift in state.drift:
                 add_event(
                     conn,
@@ -454,6 +460,23 @@ def _record_certificate(
     conn.execute(
         "INSERT INTO certificates (serial, gateway_id, issued_at, not_after) VALUES (?, ?, ?, ?)",
         (f"{serial:x}", gateway_id, now, not_after),
+    )
+
+
+MAX_UNMANAGED = 500
+
+
+def _record_unmanaged_in(
+    conn: sqlite3.Connection, gateway_id: str, agents: Sequence[pb.UnmanagedAgent]
+) -> None:
+    """Keep the entries of the gateway's openclaw.json its sidecar does not manage."""
+    listed = [
+        {"agent_id": a.agent_id, "name": a.name, "workspace": a.workspace}
+        for a in agents[:MAX_UNMANAGED]
+        if a.agent_id
+    ]
+    conn.execute(
+        "UPDATE gateways SET unmanaged_agents = ? WHERE id = ?", (json.dumps(listed), gateway_id)
     )
 
 

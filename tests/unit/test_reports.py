@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.config_watch import ConfigReport
+from sidecar.config_watch import ConfigReport, RosterEntry, roster_of
 from sidecar.openclaw_config import Drift, DriftKind
 from sidecar.reports import OWN_CHANGE_WINDOW_S, OwnChanges, Reports
 from sidecar.state import AgentState, LocalState
@@ -129,3 +129,36 @@ def test_gateway_state_carries_the_config_and_the_drift_given(
         "2026.9.6",
     )
     assert [(d.agent_id, d.kind) for d in reported.drift] == [(A, DriftKind.CHANGED)]
+
+
+def test_unmanaged_entries_are_reported_once_openclaw_json_was_read(
+    tmp_path: Path, state: LocalState
+) -> None:
+    built = reports(tmp_path, state, RecordingGateway())
+    assert not built.hello().unmanaged_reported  # not read yet: the hub keeps what it had
+    built.config = ConfigReport(
+        valid=True,
+        present=frozenset({A}),
+        roster=(
+            RosterEntry(A, "managed", f"workspace-{A}"),
+            RosterEntry("research", "Research", "/srv/openclaw/research"),
+            RosterEntry("main"),
+        ),
+    )
+    for message in (built.hello(), built.gateway_state()):
+        assert message.unmanaged_reported
+        assert [(u.agent_id, u.name, u.workspace) for u in message.unmanaged] == [
+            ("research", "Research", "/srv/openclaw/research"),
+            ("main", "", ""),
+        ]
+    built.config = ConfigReport(valid=False, error="syntax error")
+    assert not built.gateway_state().unmanaged_reported
+
+
+def test_the_roster_reads_names_from_either_place() -> None:
+    assert roster_of(
+        {
+            "b": {"identity": {"name": "From identity"}, "workspace": "/w/b"},
+            "a": {"name": "Named", "workspace": 7},
+        }
+    ) == (RosterEntry("a", "Named", ""), RosterEntry("b", "From identity", "/w/b"))
