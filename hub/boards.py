@@ -205,6 +205,15 @@ def board_profile(conn: sqlite3.Connection, board_id: str) -> BoardProfile | Non
     )
 
 
+def set_board_paused_in(
+    conn: sqlite3.Connection, board_id: str, paused_at: float | None, now: float
+) -> None:
+    conn.execute(
+        "UPDATE boards SET paused_at = ?, updated_at = ? WHERE id = ?", (paused_at, now, board_id)
+    )
+    add_event(conn, "board.paused" if paused_at else "board.resumed", board_id=board_id, at=now)
+
+
 def finish_deleting(conn: sqlite3.Connection, board_id: str | None) -> bool:
     """Delete a board marked `deleting` once its last agent is gone; True if deleted."""
     if board_id is None:

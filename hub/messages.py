@@ -45,7 +45,7 @@ def message_agent_in(
     """Queue a message to the agent's main session; returns the command's sequence."""
     if agent.status == "deleting":
         raise MessageRefused(f"agent {agent.id} is being deleted; it takes no messages")
-    if getattr(agent, "paused_at", None) is not None:  # see hub/lifecycle pause
+    if agent.paused_at is not None:
         raise MessageRefused(
             f"agent {agent.id} is paused, and a paused agent is not woken; resume it "
             f"(POST /api/v1/agents/{agent.id}/resume) or message another agent"

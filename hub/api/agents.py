@@ -214,6 +214,28 @@ def register(api: Api) -> None:
 
     @api.route(
         "POST",
+        "/api/v1/agents/{agent_id}/pause",
+        summary="Pause: its heartbeat job goes off; it is not woken or marked offline",
+        tags=tags,
+        response=AgentRead,
+    )
+    async def pause_agent(call: Call) -> AgentRead:
+        agent = await agent_or_404(call)
+        return agent_read(await deps(call.request).provisioning.pause_agent(agent.id))
+
+    @api.route(
+        "POST",
+        "/api/v1/agents/{agent_id}/resume",
+        summary="Resume: its heartbeat job comes back and it is woken",
+        tags=tags,
+        response=AgentRead,
+    )
+    async def resume_agent(call: Call) -> AgentRead:
+        agent = await agent_or_404(call)
+        return agent_read(await deps(call.request).provisioning.resume_agent(agent.id))
+
+    @api.route(
+        "POST",
         "/api/v1/agents/{agent_id}/token/rotate",
         summary="Rotate the agent's token; the previous one stays valid for grace_s",
         tags=tags,

@@ -72,6 +72,8 @@ class BoardRead(BaseModel):
     only_lead_can_change_status: bool
     max_agents: int
     board_group_id: str | None
+    paused: bool  # its agents are paused with it (Mission Control's "/pause")
+    paused_at: str | None
     status: str
     created_at: str | None
     updated_at: str | None
@@ -96,7 +98,13 @@ class BoardDeleted(BaseModel):
 
 def board_read(board: dict[str, Any]) -> BoardRead:
     return BoardRead(
-        **{**board, "created_at": iso(board["created_at"]), "updated_at": iso(board["updated_at"])}
+        **{
+            **board,
+            "created_at": iso(board["created_at"]),
+            "updated_at": iso(board["updated_at"]),
+            "paused": board.get("paused_at") is not None,
+            "paused_at": iso(board.get("paused_at")),
+        }
     )
 
 
@@ -176,6 +184,30 @@ def register(api: Api) -> None:
             )
         except BoardNotFound:
             raise ApiError(404, "board not found") from None
+        return board_read(board)
+
+    @api.route(
+        "POST",
+        "/api/v1/boards/{board_id}/pause",
+        summary="Pause a board: each of its agents' heartbeat jobs goes off; none is woken",
+        tags=tags,
+        response=BoardRead,
+    )
+    async def pause_board(call: Call) -> BoardRead:
+        board_id = call.request.match_info["board_id"]
+        board = await deps(call.request).provisioning.set_board_paused(board_id, True)
+        return board_read(board)
+
+    @api.route(
+        "POST",
+        "/api/v1/boards/{board_id}/resume",
+        summary="Resume a board: its agents paused with it get their heartbeat back and a wake",
+        tags=tags,
+        response=BoardRead,
+    )
+    async def resume_board(call: Call) -> BoardRead:
+        board_id = call.request.match_info["board_id"]
+        board = await deps(call.request).provisioning.set_board_paused(board_id, False)
         return board_read(board)
 
     @api.route(

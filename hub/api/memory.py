@@ -36,6 +36,9 @@ from missioncontrol.timefmt import iso
 
 log = get_logger("hub.api.memory")
 
+# A note that is exactly one of these pauses or resumes the board, as in Mission Control.
+BOARD_COMMANDS = {"/pause": True, "/resume": False}
+
 
 class MemoryCreate(Strict):
     content: str = Field(min_length=1, max_length=MAX_CONTENT_CHARS, json_schema_extra=MULTILINE)
@@ -112,7 +115,18 @@ def register(api: Api) -> None:
     async def add_board_memory(call: Call) -> MemoryRead:
         board_id = call.request.match_info["board_id"]
         body: MemoryCreate = call.body
-        note = await deps(call.request).db.write_checked(
+        d = deps(call.request)
+        command = BOARD_COMMANDS.get(body.content.strip())
+        if command is not None:
+            # Mission Control's board chat commands: the note, and the pause or resume.
+            await d.provisioning.set_board_paused(
+                board_id, command, note=(body.content.strip(), "admin")
+            )
+            rows, _ = await d.db.read(
+                lambda conn: list_memory_in(conn, board_id, tag=None, limit=1, offset=0)
+            )
+            return memory_read(rows[0])
+        note = await d.db.write_checked(
             lambda conn: require_board_in(conn, board_id),
             lambda conn, _: add_memory_in(
                 conn,

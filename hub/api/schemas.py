@@ -340,6 +340,9 @@ class AgentRead(BaseModel):
     current_task_id: str | None
     work_state_at: str | None
     adopted: bool  # an existing gateway agent adopted without overwriting its files
+    paused: bool  # Mission Control's "paused": heartbeat job off, never woken or marked offline
+    paused_at: str | None
+    paused_by: str | None  # "agent" (POST /agents/{id}/pause) or "board" (with its board)
     created_at: str | None
     updated_at: str | None
 

@@ -160,6 +160,8 @@ class AgentRow:
     workspace_path: str | None = None  # set for an adopted agent; else derived from the root
     adopted: bool = False  # found in openclaw.json and adopted: its files are its own
     role_soul: str | None = None  # from the souls directory (hub/provisioning/souls.py)
+    paused_at: float | None = None  # paused: heartbeat job off, never woken or judged silent
+    paused_by: str | None = None  # "agent" (paused itself) or "board" (with its board)
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> AgentRow:
@@ -181,7 +183,24 @@ class AgentRow:
             phase=Phase(self.phase),
             delivery_failures=self.delivery_failures,
             link_up_since=link_up_since,
+            paused=self.paused_at is not None,
         )
+
+
+class AgentPaused(AgentError):
+    """The agent (or its board) is paused, and what was asked would wake it."""
+
+    refusal = Refusal.CONFLICT
+
+
+def set_paused_in(
+    conn: sqlite3.Connection, agent_id: str, paused_by: str | None, now: float
+) -> None:
+    """Pause (`paused_by` "agent" or "board") or resume (None) an agent's row."""
+    conn.execute(
+        "UPDATE agents SET paused_at = ?, paused_by = ?, updated_at = ? WHERE id = ?",
+        (now if paused_by else None, paused_by, now, agent_id),
+    )
 
 
 def check_override(name: str, template: str) -> None:
@@ -420,6 +439,15 @@ def agents_of_gateway_in(conn: sqlite3.Connection, gateway_id: str) -> list[Agen
     return [AgentRow.from_row(r) for r in rows]
 
 
+def agents_of_board_in(conn: sqlite3.Connection, board_id: str) -> list[AgentRow]:
+    """The board's agents that are not being deleted, oldest first."""
+    rows = conn.execute(
+        "SELECT * FROM agents WHERE board_id = ? AND status != 'deleting' ORDER BY created_at, id",
+        (board_id,),
+    ).fetchall()
+    return [AgentRow.from_row(r) for r in rows]
+
+
 def load_agent_by_gateway_id(
     conn: sqlite3.Connection, gateway_id: str, gateway_agent_id: str
 ) -> AgentRow | None:
@@ -571,10 +599,11 @@ def build_apply(
             )
             for f in rendered.files
         ],
+        # Paused: the heartbeat job is turned off on the gateway (no cadence, no checklist).
         heartbeat=pb.HeartbeatSettings(
-            every_s=agent.heartbeat_interval_s,
+            every_s=0 if agent.paused_at is not None else agent.heartbeat_interval_s,
             target=heartbeat.get("target", "none"),
-            checklist=rendered.heartbeat_checklist,
+            checklist="" if agent.paused_at is not None else rendered.heartbeat_checklist,
         ),
         credentials=credentials_for(accepted_tokens(conn, agent.id, now)),
         rendered_for=gateway_generation.proto,
@@ -637,6 +666,9 @@ def agent_json(agent: AgentRow) -> dict[str, Any]:
         "current_task_id": agent.current_task_id,
         "work_state_at": iso(agent.work_state_at),
         "adopted": bool(agent.adopted),
+        "paused": agent.paused_at is not None,
+        "paused_at": iso(agent.paused_at),
+        "paused_by": agent.paused_by,
         "created_at": iso(agent.created_at),
         "updated_at": iso(agent.updated_at),
     }

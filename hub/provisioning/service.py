@@ -16,17 +16,20 @@ from typing import Any
 
 from hub.adoption import unmanaged_entry, why_not_adoptable
 from hub.board_groups import group_agents_in
-from hub.boards import BoardAgent, finish_deleting, load_board
+from hub.boards import BoardAgent, finish_deleting, load_board, set_board_paused_in
 from hub.lifecycle import decisions as lc
 from hub.lifecycle.reconciler import Reconciler, Transition
+from hub.memory import add_memory_in
 from hub.messages import check_main_for_board_in, lead_of_in, message_agent_in
 from hub.provisioning.agent_tokens import DEFAULT_ROTATION_GRACE_S, TokenKeyring
 from hub.provisioning.agents import (
     AgentConflict,
     AgentError,
+    AgentPaused,
     AgentRow,
     RenderOptions,
     accepted_tokens,
+    agents_of_board_in,
     agents_of_gateway_in,
     check_name_free_in,
     check_override,
@@ -39,6 +42,7 @@ from hub.provisioning.agents import (
     load_agent_by_gateway_id,
     move_target_in,
     require_agent,
+    set_paused_in,
     update_agent_in,
 )
 from hub.provisioning.rendering import AgentKind, IdentityProfile, token_file
@@ -134,7 +138,8 @@ class Provisioning:
                         "a gateway's main agent has no board: send board_id null and the gateway_id"
                     )
                 board = conn.execute(
-                    "SELECT gateway_id, status, max_agents FROM boards WHERE id = ?", (board_id,)
+                    "SELECT gateway_id, status, max_agents, paused_at FROM boards WHERE id = ?",
+                    (board_id,),
                 ).fetchone()
                 if board is None:
                     raise AgentError(f"board {board_id} does not exist")
@@ -174,6 +179,8 @@ class Provisioning:
                 now=now,
             )
             insert_token_in(conn, agent_id, minted, now)
+            if board_id is not None and board["paused_at"] is not None:
+                set_paused_in(conn, agent_id, "board", now)  # starts paused: not woken
             add_event(
                 conn,
                 "agent.created",
@@ -267,6 +274,64 @@ class Provisioning:
                 RenderOptions(token=minted.raw),
             )
             return require_agent(conn, agent_id)
+
+        return await self.reconciler.write(op)
+
+    async def pause_agent(self, agent_id: str) -> AgentRow:
+        """Pause: the heartbeat job goes off on the gateway (an apply in the same
+        transaction); from then on the agent is never woken, nor marked offline."""
+
+        def op(tx: Transition) -> AgentRow:
+            row = require_agent(tx.conn, agent_id)
+            if row.status == lc.Status.DELETING:
+                raise AgentConflict(f"agent {agent_id} is being deleted")
+            if row.paused_at is None:
+                _pause_in(tx, row, "agent")
+            return require_agent(tx.conn, agent_id)
+
+        return await self.reconciler.write(op)
+
+    async def resume_agent(self, agent_id: str) -> AgentRow:
+        """Resume: the heartbeat job comes back and the agent is woken (a check-in cycle)."""
+
+        def op(tx: Transition) -> AgentRow:
+            row = require_agent(tx.conn, agent_id)
+            if row.paused_by == "board":
+                raise AgentPaused(
+                    f"agent {agent_id} is paused with its board {row.board_id}; resume the "
+                    f"board (POST /api/v1/boards/{row.board_id}/resume)"
+                )
+            if row.paused_at is not None:
+                _resume_in(tx, row)
+            return require_agent(tx.conn, agent_id)
+
+        return await self.reconciler.write(op)
+
+    async def set_board_paused(
+        self, board_id: str, paused: bool, *, note: tuple[str, str] | None = None
+    ) -> dict[str, Any]:
+        """Pause or resume a board and, with it, its agents (one paused by itself stays
+        paused when its board resumes). `note` (content, author): the board-memory note
+        that asked for it (Mission Control's "/pause" and "/resume"), kept in the same
+        transaction."""
+
+        def op(tx: Transition) -> dict[str, Any]:
+            conn, now = tx.conn, tx.now
+            board = load_board(conn, board_id)
+            if board["status"] == "deleting":
+                raise AgentConflict(f"board {board_id} is being deleted")
+            if (board["paused_at"] is not None) != paused:
+                set_board_paused_in(conn, board_id, now if paused else None, now)
+                for row in agents_of_board_in(conn, board_id):
+                    if paused and row.paused_at is None:
+                        _pause_in(tx, row, "board")
+                    elif not paused and row.paused_by == "board":
+                        _resume_in(tx, row)
+            if note is not None:
+                add_memory_in(
+                    conn, board_id, content=note[0], author_kind="user", author_id=note[1], now=now
+                )
+            return load_board(conn, board_id)
 
         return await self.reconciler.write(op)
 
@@ -564,6 +629,18 @@ class Provisioning:
             return finish_deleting(conn, board_id)
 
         return bool(await self.reconciler.write(op))
+
+
+def _pause_in(tx: Transition, row: AgentRow, by: str) -> None:
+    set_paused_in(tx.conn, row.id, by, tx.now)
+    add_event(tx.conn, "agent.paused", gateway_id=row.gateway_id, agent_id=row.id, at=tx.now, by=by)
+    tx.step(row.id, lc.ApplyRequested(generation=row.lifecycle_generation + 1, wake=False))
+
+
+def _resume_in(tx: Transition, row: AgentRow) -> None:
+    set_paused_in(tx.conn, row.id, None, tx.now)
+    add_event(tx.conn, "agent.resumed", gateway_id=row.gateway_id, agent_id=row.id, at=tx.now)
+    tx.step(row.id, lc.ApplyRequested(generation=row.lifecycle_generation + 1, wake=True))
 
 
 def _reapply_gateway_in(tx: Transition, gateway_id: str) -> int:

@@ -46,6 +46,10 @@ class SyncItem:
     gateway_agent_id: str
     generation: int = 0
     error: str | None = None
+    skipped: str | None = None  # why it was left alone (paused)
+
+
+PAUSED = "paused: a paused agent's templates are not synced; resume it, then sync again"
 
 
 @dataclass
@@ -70,7 +74,15 @@ class TemplateSync:
             str(uuid.uuid4()),
             gateway_id,
             options,
-            items=[SyncItem(a.id, a.name, a.gateway_agent_id) for a in agents],
+            items=[
+                SyncItem(
+                    a.id,
+                    a.name,
+                    a.gateway_agent_id,
+                    skipped=PAUSED if a.paused_at is not None else None,
+                )
+                for a in agents
+            ],
         )
 
         def insert(conn: sqlite3.Connection) -> None:
@@ -119,6 +131,8 @@ class TemplateSync:
     async def _run(self, job: SyncJob) -> None:
         try:
             for item in job.items:
+                if item.skipped:
+                    continue
                 try:
                     if job.options.rotate_tokens:
                         await self.provisioning.rotate_token(item.agent_id)
@@ -167,7 +181,9 @@ class TemplateSync:
         items = []
         for item in job.items:
             ack = acks.get(item.agent_id, {})
-            if item.error:
+            if item.skipped:
+                state, message = "skipped", item.skipped
+            elif item.error:
                 state, message = "failed", item.error
             elif not item.generation and job.id not in self._running:
                 state, message = "failed", INTERRUPTED
@@ -188,7 +204,7 @@ class TemplateSync:
                     "message": message,
                 }
             )
-        done = all(i["state"] in ("applied", "failed") for i in items)
+        done = all(i["state"] in ("applied", "failed", "skipped") for i in items)
         return {
             "job_id": job.id,
             "gateway_id": job.gateway_id,
@@ -197,6 +213,7 @@ class TemplateSync:
             "total": len(items),
             "applied": sum(1 for i in items if i["state"] == "applied"),
             "failed": sum(1 for i in items if i["state"] == "failed"),
+            "skipped": sum(1 for i in items if i["state"] == "skipped"),
             "items": items,
         }
 

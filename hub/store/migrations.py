@@ -356,4 +356,12 @@ V7 = (
     "CREATE INDEX task_tags_tag ON task_tags(tag, task_id)",
 )
 
-MIGRATIONS: tuple[tuple[str, ...], ...] = (V1, V2, V3, V4, V5, V6, V7)
+# Pause and resume (Mission Control's `paused`): an agent paused by itself or with its
+# board, and a paused board. A paused agent's heartbeat job is off; it is not woken.
+V8 = (
+    "ALTER TABLE agents ADD COLUMN paused_at REAL",
+    "ALTER TABLE agents ADD COLUMN paused_by TEXT CHECK (paused_by IN ('agent', 'board'))",
+    "ALTER TABLE boards ADD COLUMN paused_at REAL",
+)
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (V1, V2, V3, V4, V5, V6, V7, V8)
