@@ -122,6 +122,17 @@ class DeliveryWorker:
             "board_id": row["board_id"],
         }
         target = target_agent_in(conn, row["board_id"], row["agent_id"])
+        if target is not None and target["paused_at"] is not None:
+            # A paused agent is not woken: hold the payload, without spending an attempt,
+            # and look again later (it is delivered once the agent is resumed).
+            held = f"agent {target['id']} is paused; delivered once it is resumed"
+            mark_attempt_failed_in(
+                conn, row["id"], row["delivery_attempts"], now + self.retry.max_s, held
+            )
+            done.logs.append(
+                (logging.INFO, "webhook.delivery.held", {**ids, "agent_id": target["id"]})
+            )
+            return
         if target is None:
             error = (
                 f"no agent to deliver to: the webhook names no current agent and board "

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from hub.app import Hub
+from hub.webhooks.rules import RetryPolicy
 from tests.integration.test_documented_calls import (
     MC_AGENT,
     agent_call,
@@ -33,7 +34,7 @@ def clock() -> JumpClock:
 @pytest.fixture
 async def hub(tmp_path: Path, clock: JumpClock) -> AsyncIterator[Hub]:
     config = dataclasses.replace(hub_config(tmp_path / "hub"), checkin_deadline_s=DEADLINE_S)
-    instance = Hub(config, clock=clock)
+    instance = Hub(config, clock=clock, webhook_retry=RetryPolicy(initial_s=0.05, max_s=0.2))
     await instance.start()
     yield instance
     await instance.stop()
@@ -182,3 +183,64 @@ async def test_a_board_pauses_its_agents_and_the_reference_notes_work_too(
         assert board_now["paused"]
     status, _ = await api(hub, "POST", "/api/v1/boards/nope/pause")
     assert status == 404
+
+
+async def payload(hub: Hub, board_id: str, webhook_id: str) -> dict[str, Any]:
+    status, page = await api(
+        hub, "GET", f"/api/v1/boards/{board_id}/webhooks/{webhook_id}/payloads"
+    )
+    assert status == 200, page
+    return page["items"][0] if page["items"] else {}
+
+
+async def test_a_webhook_payload_for_a_paused_agent_waits_for_its_resume(
+    hub: Hub, tmp_path: Path, clock: JumpClock
+) -> None:
+    gateway = await gateway_with_root(hub, tmp_path / "ws")
+    board = await board_on(hub, gateway["id"])
+    _, agent = await api(hub, "POST", "/api/v1/agents", {**MC_AGENT, "board_id": board["id"]})
+    status, webhook = await api(
+        hub,
+        "POST",
+        f"/api/v1/boards/{board['id']}/webhooks",
+        {"description": "Triage it", "agent_id": agent["id"]},
+    )
+    assert status == 201, webhook
+    async with connected_sidecar(hub, tmp_path, gateway["id"], workspaces="ws") as (_, recording):
+        await wait_for(lambda: settled(hub, agent["id"]), what="online")
+        await api(hub, "POST", f"/api/v1/agents/{agent['id']}/pause")
+        wakes = recording.count("wake")
+        status, _ = await api(
+            hub, "POST", f"/api/v1/boards/{board['id']}/webhooks/{webhook['id']}", {"issue": 7}
+        )
+        assert status == 202
+        held = await wait_for(
+            lambda: _held(hub, board["id"], webhook["id"]), what="the payload held"
+        )
+        assert held["delivery_attempts"] == 0 and held["delivered_at"] is None
+        clock.advance(5)  # past the next look: still held, no attempt spent
+        await wait_for(
+            lambda: _held(hub, board["id"], webhook["id"], after=held["next_attempt_at"]),
+            what="held again",
+        )
+        assert recording.count("wake") == wakes
+        await api(hub, "POST", f"/api/v1/agents/{agent['id']}/resume")
+        clock.advance(5)
+        delivered = await wait_for(
+            lambda: _delivered(hub, board["id"], webhook["id"]), what="delivered after resume"
+        )
+        assert delivered["delivery_attempts"] == 1
+
+
+async def _held(
+    hub: Hub, board_id: str, webhook_id: str, after: str | None = None
+) -> dict[str, Any] | None:
+    found = await payload(hub, board_id, webhook_id)
+    if "paused" not in (found.get("last_error") or ""):
+        return None
+    return found if after is None or (found["next_attempt_at"] or "") > after else None
+
+
+async def _delivered(hub: Hub, board_id: str, webhook_id: str) -> dict[str, Any] | None:
+    found = await payload(hub, board_id, webhook_id)
+    return found if found.get("delivered_at") else None
