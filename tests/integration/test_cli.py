@@ -306,3 +306,32 @@ def test_a_port_that_is_taken_is_one_clear_line_at_start(tmp_path: Path, taken: 
     assert len(said) == 1 and "Traceback" not in result.stderr, result.stderr
     assert said[0].startswith(f"mc-hub: cannot listen on {busy} ({taken})")
     assert "choose another address" in said[0]
+
+
+def test_join_token_prints_the_enroll_address_the_hub_is_configured_with(tmp_path: Path) -> None:
+    config = tmp_path / "hub.toml"
+    config.write_text('enroll_listen = "10.1.2.3:7555"\n')
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "hub.cli",
+            "gateway",
+            "join-token",
+            "--uses",
+            "5",
+            "--config",
+            str(config),
+            "--data-dir",
+            str(tmp_path / "hub"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "HUB_HOST" not in result.stdout
+    assert re.search(
+        r"enroll --hub 10\.1\.2\.3:7555 --token '[a-z0-9]{8}\.[a-z0-9]{32}@sha256:", result.stdout
+    )
+    assert "5 use(s)" in result.stdout
