@@ -11,10 +11,12 @@ the relay writes unacknowledged heartbeats to the state, which closes last.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterable
 
 from missioncontrol.log import get_logger
 from protos import link_pb2 as pb
+from protos.contract import epoch_s
 from sidecar.agent_api import AgentApi, AgentApiLimits
 from sidecar.commands import CommandApplier, CommandQueue
 from sidecar.config import SidecarConfig
@@ -102,7 +104,7 @@ class Sidecar:
             credentials=self.renewal.credentials if self.renewal else None,
             backoff=link_backoff,
             on_renew=self.renewal.on_response if self.renewal else lambda response: None,
-            on_welcome=self.relay.on_welcome,
+            on_welcome=self._on_welcome,
             on_heartbeat_ack=self.relay.on_ack,
             on_agent_call_result=self.hub_calls.on_result,
             on_gateway_query=self.queries.submit,
@@ -123,6 +125,22 @@ class Sidecar:
 
     def _hub_connected(self) -> bool:
         return self.link.status.connected
+
+    def _on_welcome(self, welcome: pb.Welcome) -> None:
+        self.relay.on_welcome(welcome)
+        if welcome.HasField("server_time"):
+            now = time.time()
+            self.state.record_hub_clock(epoch_s(welcome.server_time) - now, now)
+        applied = self.state.last_applied_sequence
+        if welcome.last_sequence < applied:
+            # The hub's outbox is behind what we applied (it was restored from a backup):
+            # its numbers from here on are new commands, not ones we already processed.
+            log.warning(
+                "link.sequence.rewound",
+                applied=applied,
+                hub_last_sequence=welcome.last_sequence,
+            )
+            self.state.reset_sequence(welcome.last_sequence)
 
     def _report_result(self, result: pb.CommandResult) -> None:
         if result.outcome == pb.CommandResult.APPLIED and result.agent_id:
