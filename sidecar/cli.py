@@ -128,11 +128,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mc-sidecar: {exc}", file=sys.stderr)
         return 2
     logs.configure(config.log_level, config.log_format)
+    from sidecar.agent_api import AgentApiError
     from sidecar.link.identity import IdentityError
+    from sidecar.metrics import MetricsServerError
 
     try:
         asyncio.run(_run(config))
-    except IdentityError as exc:
+    except (IdentityError, AgentApiError, MetricsServerError) as exc:
         print(f"mc-sidecar: {exc}", file=sys.stderr)
         return 2
     return 0
