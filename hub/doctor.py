@@ -208,7 +208,10 @@ class HubDoctor:
         return ok("database.schema", f"schema version {state.version}{by}", version=state.version)
 
     def check_disk(self) -> Finding:
-        usage = shutil.disk_usage(self.given.data_dir)
+        where = self.given.data_dir.absolute()
+        while not where.exists():  # a data directory to come: the disk it will be on
+            where = where.parent
+        usage = shutil.disk_usage(where)
         db_bytes = _size(self.given.database) + _size(_wal(self.given.database))
         free, policy = usage.free, self.policy
         data = {"free_bytes": free, "database_bytes": db_bytes}
@@ -370,8 +373,13 @@ class HubDoctor:
             (threshold,),
         )
         if not rows:
-            return [ok(check, "every gateway connected within the last "
-                              f"{_duration(self.policy.disconnected_warn_s)}")]  # fmt: skip
+            return [
+                ok(
+                    check,
+                    "every gateway connected within the last "
+                    f"{_duration(self.policy.disconnected_warn_s)}",
+                )
+            ]
         findings = []
         for row in rows[: self.policy.max_listed]:
             since = row["disconnected_at"] or row["created_at"]
@@ -417,8 +425,13 @@ class HubDoctor:
             (self.now - self.policy.stuck_after_s,),
         )
         if not rows:
-            return [ok(check, "no agent has been provisioning or updating for more than "
-                              f"{_duration(self.policy.stuck_after_s)}")]  # fmt: skip
+            return [
+                ok(
+                    check,
+                    "no agent has been provisioning or updating for more than "
+                    f"{_duration(self.policy.stuck_after_s)}",
+                )
+            ]
         findings = []
         for row in rows[: self.policy.max_listed]:
             cause, fix = _stuck_cause_and_fix(row)
@@ -529,8 +542,13 @@ class HubDoctor:
         if self.schema is not None and self.schema.version <= len(MIGRATIONS):
             findings += self._sidecar_certificates(check)
         if not findings:
-            return [ok(check, "no certificate expires within "
-                              f"{_duration(self.policy.cert_warn_days * 86400)}")]  # fmt: skip
+            return [
+                ok(
+                    check,
+                    "no certificate expires within "
+                    f"{_duration(self.policy.cert_warn_days * 86400)}",
+                )
+            ]
         return findings
 
     def _sidecar_certificates(self, check: str) -> list[Finding]:
