@@ -211,6 +211,8 @@ def test_readme_enrollment_steps_connect_a_sidecar_over_mutual_tls(tmp_path: Pat
                 str(tmp_path / "oc" / "openclaw.json"),
                 "--agent-api-listen",
                 "127.0.0.1:0",
+                "--metrics-listen",
+                "127.0.0.1:0",
                 "--log-format",
                 "json",
             ],
