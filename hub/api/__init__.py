@@ -46,7 +46,11 @@ def build_api() -> Api:
     return api
 
 
-def build_app(deps: HttpDeps, api: Api) -> web.Application:
+def build_app(
+    deps: HttpDeps, api: Api, *, failed_auth: FailedAuthLimiter | None = None
+) -> web.Application:
+    """The API's application; `failed_auth` is shared with whatever else checks the
+    admin token on this port (the dashboard's login), so guesses count once."""
     app = web.Application(
         middlewares=[cors(deps.cors_origins), request_context], client_max_size=MAX_BODY_BYTES
     )
@@ -58,7 +62,7 @@ def build_app(deps: HttpDeps, api: Api) -> web.Application:
             agent_auth=AgentAuthenticator(deps.db, deps.keyring),
             admin_limit=RateLimiter(*ADMIN_RATE),
             agent_limit=RateLimiter(*AGENT_RATE),
-            failed_auth=FailedAuthLimiter(),
+            failed_auth=failed_auth or FailedAuthLimiter(),
         ),
     )
     return app
