@@ -101,7 +101,7 @@ class Actions:
         except (StoreError, EnrollmentUnavailable) as exc:
             session.flash("error", f"Not done: {exc}")
             return see_other(back)
-        session.flash("ok", message)
+        session.flash("ok", message, first=True)  # before what the action itself said
         log.info("ui.action.done", path=request.path)
         return see_other(location)
 

@@ -53,8 +53,10 @@ class Session:
     expires_at: float
     flashes: list[Flash] = field(default_factory=list)
 
-    def flash(self, kind: str, text: str, *, secret: str | None = None) -> None:
-        self.flashes.append(Flash(kind, text, secret))
+    def flash(
+        self, kind: str, text: str, *, secret: str | None = None, first: bool = False
+    ) -> None:
+        self.flashes.insert(0 if first else len(self.flashes), Flash(kind, text, secret))
 
     def take_flashes(self) -> list[Flash]:
         flashes, self.flashes = self.flashes, []

@@ -123,6 +123,11 @@ async def test_gateway_connects_and_agent_goes_online_without_reloading(
             response = await page.goto(url + path)
             assert response is not None and response.status == 200, path
             await screenshot(page, name)
+        await page.emulate_media(color_scheme="dark")  # the system's setting picks the scheme
+        await page.goto(url + "/ui/")
+        background = await page.evaluate("getComputedStyle(document.body).backgroundColor")
+        assert background == "rgb(17, 20, 24)", background
+        await screenshot(page, "overview-dark")
 
 
 async def _wake_delivered(hub: Hub, agent_id: str) -> bool:

@@ -73,9 +73,13 @@
     });
   }
 
+  // A page about one thing follows it closely; a page about the whole fleet refreshes at
+  // most every two seconds, however busy the fleet is.
+  var delayMs = scope === "all" ? 2000 : 250;
+
   function schedule() {
     if (timer !== null) { return; }
-    timer = window.setTimeout(function () { timer = null; refresh(); loadFragments(); }, 250);
+    timer = window.setTimeout(function () { timer = null; refresh(); loadFragments(); }, delayMs);
   }
 
   function loadFragments() {
