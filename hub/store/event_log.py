@@ -82,15 +82,22 @@ def agent_events_in(
 
 
 def count_events_in(
-    conn: sqlite3.Connection, kinds: tuple[str, ...], since: float, until: float | None = None
+    conn: sqlite3.Connection,
+    kinds: tuple[str, ...],
+    since: float,
+    until: float | None = None,
+    *,
+    having_key: str | None = None,
 ) -> int:
-    """How many entries of `kinds` happened in [since, until)."""
+    """How many entries of `kinds` happened in [since, until) (whose detail has
+    `having_key`, if named)."""
     marks = ", ".join("?" for _ in kinds)
     return int(
         conn.execute(
             f"""SELECT COUNT(*) FROM events
-                WHERE kind IN ({marks}) AND at >= ? AND (? IS NULL OR at < ?)""",
-            (*kinds, since, until, until),
+                WHERE kind IN ({marks}) AND at >= ? AND (? IS NULL OR at < ?)
+                    AND (? IS NULL OR json_extract(detail, ?) IS NOT NULL)""",
+            (*kinds, since, until, until, having_key, f"$.{having_key}"),
         ).fetchone()[0]
     )
 

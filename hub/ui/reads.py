@@ -135,11 +135,7 @@ class Overview:
 def failed_wakes_in(conn: sqlite3.Connection, since: float, until: float) -> int:
     # A retrigger without an attempt is a retry of an undelivered wake (already counted).
     undelivered_or_last = count_events_in(conn, FAILED_WAKES[:2], since, until)
-    missed = sum(
-        1
-        for e in recent_events_in(conn, FAILED_WAKES[2:], since, 100_000)
-        if e["at"] < until and e["detail"].get("attempt")
-    )
+    missed = count_events_in(conn, FAILED_WAKES[2:], since, until, having_key="attempt")
     return undelivered_or_last + missed
 
 

@@ -14,7 +14,6 @@ import math
 from dataclasses import dataclass
 from datetime import datetime
 from importlib import resources
-from typing import Any
 
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
@@ -110,7 +109,3 @@ def precompile(env: Environment) -> None:
     """Compile every template now, so a first request does not read the disk."""
     for name in env.list_templates(extensions=("html",)):
         env.get_template(name)
-
-
-def context_defaults() -> dict[str, Any]:
-    return {"live_scope": "", "flashes": [], "title": "Mission Control"}

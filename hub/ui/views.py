@@ -154,7 +154,6 @@ class Pages:
             view=gateway_read(page.gateway, self.ui.deps.registry),
             labels=seams.gateway_labels(page.gateway),
             link_certificate_expires_at=session.certificate_expires_at if session else None,
-            agents_json={a.id: agent_json(a) for a in page.agents},
             insecure_dev=self.ui.deps.enroll_address is None,
         )
 

@@ -4,6 +4,7 @@ trends. The browser tests (tests/e2e) cover what needs a page's script."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 import time
 from collections.abc import AsyncIterator
@@ -416,3 +417,40 @@ async def test_the_dashboards_stream_carries_gateway_and_agent_events(
             while b"event: gateway" not in seen and time.monotonic() < deadline:
                 seen += await stream.content.readany()
     assert b'"id": "gw-stream"' in seen and b'"connected": true' in seen
+
+
+async def test_three_missed_wakes_count_as_three_failed_wakes_and_an_offline_agent(
+    logged_in: Client, hub: Hub, tmp_path: Path, clock: JumpClock
+) -> None:
+    from sidecar.gateway import RunState
+    from tests.support import RecordingGateway
+
+    gateway = RecordingGateway(run_outcome=RunState.ERROR)  # no runtime check-in
+    async with connected_sidecar(hub, tmp_path, "gw-miss", gateway):
+        _, board = await api(hub, "POST", "/api/v1/boards", {"name": "B", "gateway_id": "gw-miss"})
+        _, agent = await api(
+            hub, "POST", "/api/v1/agents", {"name": "Mute", "board_id": board["id"]}
+        )
+        for _ in range(20):  # bounded; three windows are enough
+            _, row = await api(hub, "GET", f"/api/v1/agents/{agent['id']}")
+            if row["status"] == "offline":
+                break
+            if row["checkin_deadline_at"] and row["last_wake_sent_at"]:
+                clock.advance(hub.config.checkin_deadline_s + 1)
+                await hub.reconciler.reconcile_due()
+            await wait_for(
+                functools.partial(_moved, hub, agent["id"], row),
+                timeout_s=10,
+                what="the next step",
+            )
+        _, text, _ = await logged_in.get("/ui/")
+    failed = text.split("Wakes failed, last 24 h", 1)[1]
+    assert re.match(r'</h3>\s*<p class="figure">3</p>', failed), failed[:200]
+    assert "Mute" in text.split('id="attention"', 1)[1]
+    assert "did not check in after 3 wakes" in text
+
+
+async def _moved(hub: Hub, agent_id: str, before: dict[str, Any]) -> bool:
+    _, now = await api(hub, "GET", f"/api/v1/agents/{agent_id}")
+    keys = ("status", "wake_attempts", "checkin_deadline_at", "last_wake_sent_at")
+    return any(now[k] != before[k] for k in keys)
