@@ -95,6 +95,12 @@ def line_chart(
             f'<polyline class="chart-line {escape(s.css)}" fill="none" '
             f'points="{" ".join(coords)}"><title>{escape(s.name)}</title></polyline>'
         )
+        if len(coords) == 1:  # one sample draws no line: show it as a point
+            x, y = coords[0].split(",")
+            body.append(
+                f'<circle class="chart-point {escape(s.css)}" cx="{x}" cy="{y}" r="4">'
+                f"<title>{escape(s.name)}</title></circle>"
+            )
     latest = ", ".join(f"{s.name} {_number(s.values[-1])}" for s in series if s.values)
     description = (
         f"{points} samples; latest: {latest}."
