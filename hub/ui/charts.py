@@ -96,9 +96,9 @@ def line_chart(
             f'points="{" ".join(coords)}"><title>{escape(s.name)}</title></polyline>'
         )
         if len(coords) == 1:  # one sample draws no line: show it as a point
-            x, y = coords[0].split(",")
+            cx, cy = coords[0].split(",")
             body.append(
-                f'<circle class="chart-point {escape(s.css)}" cx="{x}" cy="{y}" r="4">'
+                f'<circle class="chart-point {escape(s.css)}" cx="{cx}" cy="{cy}" r="4">'
                 f"<title>{escape(s.name)}</title></circle>"
             )
     latest = ", ".join(f"{s.name} {_number(s.values[-1])}" for s in series if s.values)
