@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 
 from hub.config import ADMIN_TOKEN_ENV, HubConfig, add_serve_arguments, build_config
+from hub.operations import COMMANDS as OPERATIONS
+from hub.operations import add_operations_parsers, operations_main
 from hub.system_service import COMMANDS as SERVICE_COMMANDS
 from hub.system_service import add_service_parsers, service_main
 from missioncontrol import log as logs
@@ -73,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help="address sidecars enroll at, for the printed command",
     )
+    add_operations_parsers(commands)
     add_service_parsers(commands)
     return parser
 
@@ -240,6 +243,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in SERVICE_COMMANDS:
         logs.configure("warning", "auto")
         return service_main(args)
+    if args.command in OPERATIONS:
+        logs.configure("warning", "auto")
+        return operations_main(args)
     try:
         config = build_config(args)
     except SettingsError as exc:

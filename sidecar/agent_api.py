@@ -129,6 +129,7 @@ class _Deps:
     gateway_id: str
     hub_connected: Callable[[], bool]
     hub_calls: HubCalls | None = None
+    on_heartbeat_refused: Callable[[int], None] = lambda status: None  # metrics
 
 
 DEPS = web.AppKey("deps", _Deps)
@@ -136,11 +137,10 @@ AGENT_ID = web.RequestKey("agent_id", str)
 
 
 def _log_rejection(request: web.Request, exc: ApiError) -> None:
-    event = (
-        "agent_api.heartbeat.rejected"
-        if request.path.endswith("/heartbeat")
-        else "agent_api.request.rejected"
-    )
+    heartbeat = request.path.endswith("/heartbeat")
+    if heartbeat:
+        request.app[DEPS].on_heartbeat_refused(exc.status)
+    event = "agent_api.heartbeat.rejected" if heartbeat else "agent_api.request.rejected"
     fields = {
         "status": exc.status,
         "detail": exc.detail,
@@ -283,6 +283,7 @@ class AgentApi:
         hub_connected: Callable[[], bool],
         limits: AgentApiLimits | None = None,
         hub_calls: HubCalls | None = None,
+        on_heartbeat_refused: Callable[[int], None] = lambda status: None,
     ) -> None:
         self.listen = listen
         self.credentials = credentials
@@ -291,6 +292,7 @@ class AgentApi:
         self.hub_connected = hub_connected
         self.limits = limits or AgentApiLimits()
         self.hub_calls = hub_calls
+        self.on_heartbeat_refused = on_heartbeat_refused
         self.address: HostPort | None = None
         self._runner: web.AppRunner | None = None
 
@@ -311,6 +313,7 @@ class AgentApi:
             self.gateway_id,
             self.hub_connected,
             self.hub_calls,
+            self.on_heartbeat_refused,
         )
         runner = web.AppRunner(
             build_app(deps, self.limits.max_body_bytes), access_log=None, shutdown_timeout=2.0

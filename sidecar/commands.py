@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -84,6 +85,7 @@ class CommandApplier:
         *,
         wake_run_timeout_s: float = WAKE_RUN_TIMEOUT_S,
         on_unmanage: Callable[[str], None] = lambda agent_id: None,
+        on_applied: Callable[[str, int, float], None] = lambda kind, outcome, seconds: None,
     ) -> None:
         self.state = state
         self.writer = writer
@@ -93,6 +95,7 @@ class CommandApplier:
         # Told before the sidecar removes an entry, so the config watcher does not take our
         # own removal for a hand edit and restore it.
         self.on_unmanage = on_unmanage
+        self.on_applied = on_applied  # (command kind, outcome, seconds): metrics
         self._watchers: set[asyncio.Task[None]] = set()
         self._handlers: dict[str, Callable[[pb.Command], Awaitable[_Done]]] = {
             "apply_agent": self._apply_agent,
@@ -103,6 +106,14 @@ class CommandApplier:
         }
 
     async def apply(self, command: pb.Command) -> pb.CommandResult:
+        started = time.monotonic()
+        result = await self._apply(command)
+        self.on_applied(
+            command.WhichOneof("action") or "", result.outcome, time.monotonic() - started
+        )
+        return result
+
+    async def _apply(self, command: pb.Command) -> pb.CommandResult:
         kind = command.WhichOneof("action")
         action = getattr(command, kind) if kind else None
         result = pb.CommandResult(

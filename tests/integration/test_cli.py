@@ -20,7 +20,15 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_help_documents_every_flag_with_its_environment_variable_and_file_key() -> None:
-    for module, sub in (("hub.cli", "serve"), ("sidecar.cli", "run")):
+    commands = [
+        ("hub.cli", "serve"),
+        ("sidecar.cli", "run"),
+        ("hub.cli", "doctor"),
+        ("sidecar.cli", "doctor"),
+        ("hub.cli", "backup"),
+        ("hub.cli", "restore"),
+    ]
+    for module, sub in commands:
         out = subprocess.run(
             [sys.executable, "-m", module, sub, "--help"],
             capture_output=True,
@@ -30,9 +38,9 @@ def test_help_documents_every_flag_with_its_environment_variable_and_file_key() 
         ).stdout
         options = out[out.index("options:") :]
         flags = re.findall(r"^\s+(--[a-z-]+)", options, re.MULTILINE)
-        assert len(flags) >= 6
+        assert len(flags) >= (6 if sub in ("serve", "run", "doctor") else 2)
         for flag in flags:
-            if flag in ("--help", "--config"):
+            if flag in ("--help", "--config", "--json", "--verify"):  # output, not settings
                 continue
             key = flag.removeprefix("--").replace("-", "_")
             entry = " ".join(options[options.index(flag) :].split()[:40])
@@ -208,6 +216,8 @@ def test_readme_enrollment_steps_connect_a_sidecar_over_mutual_tls(tmp_path: Pat
                 "--openclaw-config",
                 str(tmp_path / "oc" / "openclaw.json"),
                 "--agent-api-listen",
+                "127.0.0.1:0",
+                "--metrics-listen",
                 "127.0.0.1:0",
                 "--log-format",
                 "json",
