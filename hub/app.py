@@ -47,8 +47,11 @@ from hub.store.backup import (
 from hub.store.database import Database, DatabaseError
 from hub.store.gateways import GatewayStore
 from hub.store.outbox import OUTBOX
+from hub.ui.dashboard import Dashboard
+from hub.ui.live import LinkNotices
 from hub.webhooks.rules import RetryPolicy
 from hub.webhooks.service import WebhookService
+from missioncontrol.http import FailedAuthLimiter
 from missioncontrol.log import get_logger
 from missioncontrol.netaddr import HostPort
 from missioncontrol.private_files import load_or_create_secret
@@ -114,6 +117,8 @@ class Hub:
                 self.store, self.ca, hub_key, dt.timedelta(days=config.cert_lifetime_days)
             )
         self.events = EventBus()
+        self.clock = clock
+        self.link_notices = LinkNotices(self.events)  # the dashboard sees sidecars come and go
         self.reconciler = Reconciler(
             self.db,
             self.store,
@@ -138,7 +143,12 @@ class Hub:
         self._runner: web.AppRunner | None = None
         self._http_socket: socket.socket | None = None
         self._link_serving = False
+        self.dashboard: Dashboard | None = None  # built with the HTTP app it is mounted on
         self.addresses: BoundAddresses | None = None
+
+    async def _link_changed(self, gateway_id: str, up: bool) -> None:
+        await self.reconciler.link_changed(gateway_id, up)
+        self.link_notices.link_changed(gateway_id, up)
 
     async def start(self) -> BoundAddresses:
         """Open the store, bind every port, start serving. On any failure what was started
@@ -186,7 +196,7 @@ class Hub:
             auto_register=config.insecure_dev,
             is_revoked=None if config.insecure_dev else self.revocations.is_revoked,
             renewer=self.issuer,
-            on_link=self.reconciler.link_changed,
+            on_link=self._link_changed,
             agent_calls=self.agent_calls,
             queries=self.queries,
             on_sidecar_ahead=self.convergence.sidecar_ahead,
@@ -236,9 +246,18 @@ class Hub:
             link_address=str(link),
             metrics=self.metrics,
         )
-        self._runner = web.AppRunner(
-            build_app(deps, self.api), access_log=None, shutdown_timeout=config.shutdown_grace_s
+        # One limiter for failed admin-token checks: the API's and the dashboard's login.
+        failed_auth = FailedAuthLimiter()
+        app = build_app(deps, self.api, failed_auth=failed_auth)
+        self.dashboard = Dashboard(
+            deps,
+            failed_auth=failed_auth,
+            secure_cookies=config.http_uses_tls or config.http_tls == "proxy",
+            clock=self.clock,
         )
+        self.dashboard.mount(app)
+        self.dashboard.start()
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=config.shutdown_grace_s)
         await self._runner.setup()
         await web.SockSite(self._runner, http_socket, ssl_context=self._http_tls()).start()
         await self.backups.start()
@@ -300,6 +319,8 @@ class Hub:
             await self._runner.cleanup()
         elif self._http_socket is not None:  # the start failed before serving
             self._http_socket.close()
+        if self.dashboard is not None:
+            await self.dashboard.stop()
         await self.template_sync.stop()
         await self.backups.stop()
         await self.reconciler.stop()

@@ -195,6 +195,7 @@ def banner(
     return "\n".join(
         [
             f"mc-hub {VERSION} is running",
+            f"  dashboard: {http}/   (log in with the admin token)",
             f"  REST API:  {http}/api/v1   (health: {http}/healthz)",
             f"  link:      {link}{insecure}",
             f"  database:  {config.database_path}",

@@ -48,7 +48,11 @@ def build_api(*, metrics_public: bool = False) -> Api:
     return api
 
 
-def build_app(deps: HttpDeps, api: Api) -> web.Application:
+def build_app(
+    deps: HttpDeps, api: Api, *, failed_auth: FailedAuthLimiter | None = None
+) -> web.Application:
+    """The API's application; `failed_auth` is shared with whatever else checks the
+    admin token on this port (the dashboard's login), so guesses count once."""
     metered = [deps.metrics.middleware()] if deps.metrics is not None else []
     app = web.Application(
         middlewares=[*metered, cors(deps.cors_origins), request_context],
@@ -62,7 +66,7 @@ def build_app(deps: HttpDeps, api: Api) -> web.Application:
             agent_auth=AgentAuthenticator(deps.db, deps.keyring),
             admin_limit=RateLimiter(*ADMIN_RATE),
             agent_limit=RateLimiter(*AGENT_RATE),
-            failed_auth=FailedAuthLimiter(),
+            failed_auth=failed_auth or FailedAuthLimiter(),
         ),
     )
     return app

@@ -88,6 +88,12 @@ def test_serve_prints_where_it_listens_and_stops_cleanly_on_ctrl_c(tmp_path: Pat
         )
         with urllib.request.urlopen(request, timeout=10) as response:
             assert response.status == 200
+        # The printed dashboard URL leads to the login page.
+        dashboard = re.search(r"dashboard:\s+(http://[\d.]+:\d+/)", banner)
+        assert dashboard, banner
+        with urllib.request.urlopen(dashboard.group(1), timeout=10) as response:
+            assert response.status == 200 and "/ui/login" in response.url
+            assert "Admin token" in response.read().decode()
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=20) == 0
     finally:
