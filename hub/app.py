@@ -33,6 +33,7 @@ from hub.link.server import LinkService, SessionRegistry
 from hub.metrics import HubMetrics, MeteredReports
 from hub.pki.ca import CertificateAuthority
 from hub.pki.enrollment import CertificateIssuer, EnrollmentService, Revocations
+from hub.pki.secrets_box import SecretBox
 from hub.provisioning.agent_tokens import TokenKeyring
 from hub.provisioning.converge import Convergence
 from hub.provisioning.service import Provisioning
@@ -46,7 +47,7 @@ from hub.store.backup import (
 )
 from hub.store.database import Database, DatabaseError
 from hub.store.gateways import GatewayStore
-from hub.store.outbox import OUTBOX
+from hub.store.outbox import OUTBOX, OUTBOX_SECRETS
 from hub.ui.dashboard import Dashboard
 from hub.ui.live import LinkNotices
 from hub.webhooks.rules import RetryPolicy
@@ -87,11 +88,13 @@ class Hub:
         self.config = config
         self.metrics = HubMetrics()  # this hub's own registry: hubs in one process count apart
         self.lock = DataDirLock(config.data_dir)
+        hub_key = load_or_create_secret(config.data_dir / "hub.key")
         self.db = Database(
             config.database_path,
             config.commit_interval_s,
             before_migration=pre_migration_backup(config.database_path, config.backup_dir),
             on_commit=self.metrics.committed,
+            secrets=SecretBox.from_hub_key(hub_key, OUTBOX_SECRETS),
         )
         self.store = GatewayStore(self.db)
         self.registry = SessionRegistry()
@@ -107,7 +110,6 @@ class Hub:
         self.revocations = Revocations()
         self.ca: CertificateAuthority | None = None
         self.issuer: CertificateIssuer | None = None
-        hub_key = load_or_create_secret(config.data_dir / "hub.key")
         self.keyring = TokenKeyring(hub_key)
         if not config.insecure_dev:
             self.ca = CertificateAuthority.load_or_create(

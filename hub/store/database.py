@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from hub.pki.secrets_box import SecretBox
 from hub.store.migrations import MIGRATIONS
 from missioncontrol.log import get_logger
 from missioncontrol.version import VERSION
@@ -57,9 +58,11 @@ Notice = tuple[str | None, Any]  # (channel, payload); channel None: payload is 
 
 
 class Connection(sqlite3.Connection):
-    """A hub database connection. On the writer, jobs leave notices for after their commit."""
+    """A hub database connection. On the writer, jobs leave notices for after their commit;
+    `secrets` seals what the store keeps that no copy of the database may reveal."""
 
     notices: list[Notice] | None = None  # None: not inside a write job (a reader)
+    secrets: SecretBox | None = None
 
     def notify(self, channel: str, payload: Any) -> None:
         """Deliver `payload` to the channel's listeners once this job's commit is durable."""
@@ -201,10 +204,13 @@ class Database:
         *,
         before_migration: Callable[[SchemaState, int], None] | None = None,
         on_commit: Callable[[int, float], None] | None = None,
+        secrets: SecretBox | None = None,
     ) -> None:
         """`before_migration(state, target)` runs before an existing database's schema
         moves (the hub takes a backup there); `on_commit(jobs, seconds)` after each group
-        commit, on the writer thread (metrics)."""
+        commit, on the writer thread (metrics); `secrets` seals the secrets rows keep
+        (agent token files in queued commands)."""
+        self.secrets = secrets
         self.path = path
         self.commit_interval_s = commit_interval_s
         self.before_migration = before_migration
@@ -227,6 +233,7 @@ class Database:
             conn = connect(self.path)
         except sqlite3.Error as exc:
             raise DatabaseError(f"cannot open database {self.path}: {exc}") from exc
+        conn.secrets = self.secrets
         try:
             migrate(conn, before=self.before_migration)
         except sqlite3.Error as exc:
@@ -276,6 +283,7 @@ class Database:
         if conn is None:
             conn = connect(self.path)
             conn.execute("PRAGMA query_only = ON")
+            conn.secrets = self.secrets
             self._reader_local.conn = conn
         return fn(conn)
 
