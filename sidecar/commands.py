@@ -5,6 +5,8 @@ ALREADY_APPLIED and not redone. Invalid commands are REJECTED before anything is
 written. A command that fails for a reason that can pass (gateway down, disk
 full) is reported as FAILED, so the hub can show why the agent waits, and is
 retried in place: later commands wait behind it, keeping the order the hub chose.
+An unexpected error in a handler is reported the same way (FAILED, `internal_error`):
+the queue goes on living and the hub shows why.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from missioncontrol.log import get_logger
+from missioncontrol.tasks import start_long_lived
+from missioncontrol.text import displayable
 from protos import link_pb2 as pb
 from protos.contract import epoch_s, timestamp
 from sidecar.gateway import (
@@ -33,6 +37,7 @@ log = get_logger("sidecar.commands")
 
 Outcome = pb.CommandResult.Outcome
 WAKE_RUN_TIMEOUT_S = 600.0
+MAX_ERROR_CHARS = 4096
 # Key space for wake idempotency keys: same command, same key, same run.
 _WAKE_NAMESPACE = uuid.UUID("6f1d7a4e-2f51-4c67-9a51-8d2f0c7f3b10")
 
@@ -128,6 +133,15 @@ class CommandApplier:
             return self._finish(result, outcome, exc.code, str(exc))
         except OSError as exc:
             return self._finish(result, Outcome.FAILED, "io_error", f"{exc}")
+        except Exception as exc:  # a bug or a surprise: retried in place, and shown to the hub
+            log.exception("command.apply.failed", sequence=command.sequence, kind=kind)
+            return self._finish(
+                result,
+                Outcome.FAILED,
+                "internal_error",
+                f"the sidecar failed unexpectedly applying this command ({exc!r}); it retries; "
+                "if this persists, see the sidecar log (command.apply.failed) and report it",
+            )
         self.state.record_applied(
             command.sequence,
             upsert=[done.upsert] if done.upsert else [],
@@ -145,6 +159,8 @@ class CommandApplier:
     ) -> pb.CommandResult:
         result.outcome = outcome  # type: ignore[assignment]
         result.error_code = code
+        # Error text quotes the gateway and the file system: make it carriable and bounded.
+        error = displayable(error, max_chars=MAX_ERROR_CHARS)
         result.error = error
         result.observed_at.CopyFrom(timestamp())
         if outcome == Outcome.REJECTED:
@@ -271,7 +287,7 @@ class CommandApplier:
                 RunState.ERROR: pb.RunObserved.ERROR,
                 RunState.ABORTED: pb.RunObserved.ABORTED,
             }[outcome.state]
-            report.message = outcome.message
+            report.message = displayable(outcome.message, max_chars=MAX_ERROR_CHARS)
         report.observed_at.CopyFrom(timestamp())
         log.info(
             "agent.run.observed",
@@ -325,6 +341,9 @@ class CommandQueue:
         while not self._pending.empty():
             self._pending.get_nowait()
 
+    def start(self) -> asyncio.Task[None]:
+        return start_long_lived(self.run(), name="sidecar-commands", log=log)
+
     async def run(self) -> None:
         while True:
             command = await self._pending.get()
@@ -332,8 +351,14 @@ class CommandQueue:
                 continue  # replayed by the hub, already processed
             delay = self.retry_initial_s
             while True:
-                result = await self.applier.apply(command)
-                self.send_result(result)
+                try:
+                    result = await self.applier.apply(command)
+                    self.send_result(result)
+                except Exception as exc:  # the queue outlives any one command
+                    log.exception(
+                        "command.apply.failed", sequence=command.sequence, error=repr(exc)
+                    )
+                    result = pb.CommandResult(sequence=command.sequence, outcome=Outcome.FAILED)
                 if result.outcome != Outcome.FAILED:
                     break
                 self._gateway_changed.clear()
