@@ -52,6 +52,7 @@ class Sidecar:
         *,
         link_backoff: Backoff | None = None,
         agent_api_limits: AgentApiLimits | None = None,
+        writer: WorkspaceWriter | None = None,
     ) -> None:
         self.config = config
         ensure_private_dir(config.state_dir)
@@ -68,7 +69,7 @@ class Sidecar:
         self.credentials = CredentialIndex(self.state)
         self.credentials.reload()
         self.relay = HeartbeatRelay(self._send, self.state)
-        self.writer = WorkspaceWriter(config.workspace_root)
+        self.writer = writer or WorkspaceWriter(config.workspace_root)
         self.gateway: GatewayClient = gateway or OpenClawGatewayClient(config.openclaw_config)
         self.applier = CommandApplier(
             self.state,

@@ -7,6 +7,9 @@ full) is reported as FAILED, so the hub can show why the agent waits, and is
 retried in place: later commands wait behind it, keeping the order the hub chose.
 An unexpected error in a handler is reported the same way (FAILED, `internal_error`):
 the queue goes on living and the hub shows why.
+
+Workspace files are written and hashed in a worker thread: an agent's files
+may be anything (sidecar/workspace.py), and the event loop serves every agent's API.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import contextlib
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from missioncontrol.log import get_logger
 from missioncontrol.tasks import start_long_lived
@@ -191,8 +195,7 @@ class CommandApplier:
         files = _files(list(spec.files))
         # Files first: a gateway that finds profile files in place keeps them instead of
         # seeding its templates over them.
-        workspace = self.writer.validate(spec.workspace_path, files)
-        hashes = self.writer.write(spec.workspace_path, files)
+        workspace, hashes = await asyncio.to_thread(self._write, spec.workspace_path, files)
         await self.gateway.ensure_agent(
             AgentEntry(
                 agent_id=spec.agent_id,
@@ -226,6 +229,11 @@ class CommandApplier:
         await self.gateway.remove_agent(spec.agent_id, delete_files=spec.delete_files)
         return _Done(remove=spec.agent_id)
 
+    def _write(self, workspace_path: str, files: list[FileToWrite]) -> tuple[Path, dict[str, str]]:
+        """Validate and write (in a worker thread); the workspace and the files' hashes."""
+        workspace = self.writer.validate(workspace_path, files)
+        return workspace, self.writer.write(workspace_path, files)
+
     async def _wake_agent(self, command: pb.Command) -> _Done:
         spec = command.wake_agent
         known = self.state.agent(spec.agent_id)
@@ -256,7 +264,7 @@ class CommandApplier:
             if known is None:
                 raise WorkspaceError(f"agent {spec.agent_id} is not managed by this sidecar")
             files = _files([spec.token_file])
-            hashes = self.writer.write(known.workspace, files)
+            _, hashes = await asyncio.to_thread(self._write, known.workspace, files)
             done.upsert = AgentState(
                 known.agent_id, known.generation, known.workspace, {**known.files, **hashes}
             )
