@@ -77,6 +77,7 @@ class Sidecar:
             self.gateway,
             on_run_observed=self._report_run,
             on_unmanage=self._unmanage,
+            gateway_state_dir=config.openclaw_config.parent,
         )
         self.queue = CommandQueue(self.applier, self._report_result)
         self.watcher = ConfigWatcher(

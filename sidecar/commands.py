@@ -8,7 +8,7 @@ retried in place: later commands wait behind it, keeping the order the hub chose
 An unexpected error in a handler is reported the same way (FAILED, `internal_error`):
 the queue goes on living and the hub shows why.
 
-Workspace files are written and hashed in a worker thread: an agent's files
+Workspace files are written, hashed and removed in a worker thread: an agent's files
 may be anything (sidecar/workspace.py), and the event loop serves every agent's API.
 """
 
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -35,13 +36,15 @@ from sidecar.gateway import (
     RunState,
 )
 from sidecar.state import AgentState, Credential, LocalState
-from sidecar.workspace import FileToWrite, WorkspaceError, WorkspaceWriter
+from sidecar.workspace import FileToWrite, WorkspaceError, WorkspaceWriter, remove_tree
 
 log = get_logger("sidecar.commands")
 
 Outcome = pb.CommandResult.Outcome
 WAKE_RUN_TIMEOUT_S = 600.0
 MAX_ERROR_CHARS = 4096
+# The gateway's agent ids (the only names its per-agent state directories take).
+_GATEWAY_AGENT_ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 # Key space for wake idempotency keys: same command, same key, same run.
 _WAKE_NAMESPACE = uuid.UUID("6f1d7a4e-2f51-4c67-9a51-8d2f0c7f3b10")
 
@@ -93,6 +96,7 @@ class CommandApplier:
         *,
         wake_run_timeout_s: float = WAKE_RUN_TIMEOUT_S,
         on_unmanage: Callable[[str], None] = lambda agent_id: None,
+        gateway_state_dir: Path | None = None,
     ) -> None:
         self.state = state
         self.writer = writer
@@ -102,6 +106,9 @@ class CommandApplier:
         # Told before the sidecar removes an entry, so the config watcher does not take our
         # own removal for a hand edit and restore it.
         self.on_unmanage = on_unmanage
+        # Where the gateway keeps each agent's own state (`agents/<id>/`): what a removal
+        # leaves there, the sidecar removes.
+        self.gateway_state_dir = gateway_state_dir
         self._watchers: set[asyncio.Task[None]] = set()
         self._handlers: dict[str, Callable[[pb.Command], Awaitable[_Done]]] = {
             "apply_agent": self._apply_agent,
@@ -226,13 +233,35 @@ class CommandApplier:
         if known is not None and known.generation > spec.generation:
             return _Done(outcome=Outcome.ALREADY_APPLIED)  # re-created since: stale removal
         self.on_unmanage(spec.agent_id)
+        workspace = known.workspace if known is not None else None
+        if spec.delete_files and workspace is not None:
+            # The token goes first, so nothing the gateway does next (it moves removed
+            # workspaces to a Trash folder) can carry the secret anywhere.
+            await asyncio.to_thread(self.writer.remove_token_file, workspace)
         await self.gateway.remove_agent(spec.agent_id, delete_files=spec.delete_files)
+        if spec.delete_files:
+            # The gateway answers ok yet moves nothing while the agent's run is going on,
+            # and leaves an empty state directory otherwise: see what is left, remove it.
+            left = await asyncio.to_thread(self._remove_leftovers, spec.agent_id, workspace)
+            if left:
+                log.info("agent.files.leftovers_removed", agent_id=spec.agent_id, paths=left)
         return _Done(remove=spec.agent_id)
 
     def _write(self, workspace_path: str, files: list[FileToWrite]) -> tuple[Path, dict[str, str]]:
         """Validate and write (in a worker thread); the workspace and the files' hashes."""
         workspace = self.writer.validate(workspace_path, files)
         return workspace, self.writer.write(workspace_path, files)
+
+    def _remove_leftovers(self, agent_id: str, workspace: str | None) -> list[str]:
+        """Remove what a deleted agent left on disk; returns the paths removed."""
+        removed: list[str] = []
+        if workspace is not None and self.writer.remove_workspace(workspace):
+            removed.append(workspace)
+        if self.gateway_state_dir is not None and _GATEWAY_AGENT_ID.fullmatch(agent_id):
+            agents_dir = self.gateway_state_dir / "agents"
+            if remove_tree(agents_dir / agent_id, within=agents_dir):
+                removed.append(str(agents_dir / agent_id))
+        return removed
 
     async def _wake_agent(self, command: pb.Command) -> _Done:
         spec = command.wake_agent

@@ -20,6 +20,7 @@ import contextlib
 import hashlib
 import os
 import secrets
+import shutil
 import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -125,6 +126,27 @@ def read_regular_file(path: Path, max_bytes: int = MAX_PRESENT_BYTES) -> bytes |
         os.close(fd)
     content = b"".join(chunks)
     return content if len(content) <= max_bytes else None
+
+
+def remove_tree(path: Path, *, within: Path) -> bool:
+    """Delete `path` (a directory tree, a file or a link; links are never followed) if it
+    lies strictly inside `within`; True if something was there to remove."""
+    if path.name in ("", ".", ".."):
+        return False
+    root = Path(os.path.realpath(within))
+    parent = Path(os.path.realpath(path.parent))
+    if parent != root and root not in parent.parents:
+        return False
+    target = parent / path.name
+    try:
+        info = os.lstat(target)
+    except FileNotFoundError:
+        return False
+    if stat.S_ISDIR(info.st_mode):
+        shutil.rmtree(target)  # removes links inside it, never what they point to
+    else:
+        target.unlink()
+    return True
 
 
 def sha256_hex(content: bytes) -> str:
@@ -233,6 +255,30 @@ class WorkspaceWriter:
             if content is not None:
                 found[name] = sha256_hex(content)
         return found
+
+    def remove_token_file(self, workspace_path: str) -> bool:
+        """Delete the workspace's token file (whatever kind of entry it is); True if one was
+        there. Refused outside the root like every other workspace operation."""
+        try:
+            workspace = self.resolve(workspace_path)
+        except PathOutsideRoot:
+            return False
+        try:
+            (workspace / TOKEN_FILE_NAME).unlink()
+        except FileNotFoundError:
+            return False
+        except IsADirectoryError:
+            return remove_tree(workspace / TOKEN_FILE_NAME, within=workspace)
+        fsync_directory(workspace)
+        return True
+
+    def remove_workspace(self, workspace_path: str) -> bool:
+        """Delete a workspace directory and everything in it; True if it was there."""
+        try:
+            workspace = self.resolve(workspace_path)
+        except PathOutsideRoot:
+            return False
+        return remove_tree(workspace, within=Path(os.path.realpath(self.root)))
 
     @staticmethod
     def _remove_stale_temps(workspace: Path) -> None:

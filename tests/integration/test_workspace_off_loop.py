@@ -17,6 +17,7 @@ import aiohttp
 import pytest
 
 from hub.app import Hub
+from protos import link_pb2 as pb
 from sidecar.app import Sidecar
 from sidecar.workspace import FileToWrite, WorkspaceWriter
 from tests.integration.agent_setup import (
@@ -64,6 +65,14 @@ class StuckDisk(WorkspaceWriter):
         self._hold("hashes")
         return super().hashes(workspace_path)
 
+    def remove_token_file(self, workspace_path: str) -> bool:
+        self._hold("remove")
+        return super().remove_token_file(workspace_path)
+
+    def remove_workspace(self, workspace_path: str) -> bool:
+        self._hold("remove")
+        return super().remove_workspace(workspace_path)
+
 
 async def _hold_one(hub: Hub, sidecar: Sidecar, operation: str, victim: str) -> None:
     """Start something that does workspace I/O of the given kind."""
@@ -78,11 +87,16 @@ async def _hold_one(hub: Hub, sidecar: Sidecar, operation: str, victim: str) -> 
         session = hub.registry.get(GATEWAY)
         assert session is not None
         session.close("test: reconnect, so the sidecar says Hello again")
-    else:
-        raise AssertionError(operation)
+    else:  # removing an agent removes its token file, then what the gateway left
+        await hub.store.enqueue_command(
+            GATEWAY,
+            pb.Command(
+                remove_agent=pb.RemoveAgent(agent_id=victim, generation=1, delete_files=True)
+            ),
+        )
 
 
-@pytest.mark.parametrize("operation", ["write", "hashes"])
+@pytest.mark.parametrize("operation", ["write", "hashes", "remove"])
 async def test_a_stuck_workspace_operation_does_not_stop_the_agent_api(
     hub: Hub, tmp_path: Path, operation: str
 ) -> None:

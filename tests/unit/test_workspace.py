@@ -20,6 +20,7 @@ from sidecar.workspace import (
     PathOutsideRoot,
     WorkspaceError,
     WorkspaceWriter,
+    remove_tree,
     sha256_hex,
 )
 
@@ -239,3 +240,25 @@ def test_a_directory_where_a_file_goes_refuses_the_command_before_any_write(
         writer.write(ws(writer), [FileToWrite("AGENTS.md", b"new"), FileToWrite("USER.md", b"u")])
     assert (workspace / "AGENTS.md").read_bytes() == b"old"
     assert "USER.md" not in writer.hashes(ws(writer))
+
+
+def test_removing_a_workspace_never_follows_links_out_of_it(
+    writer: WorkspaceWriter, tmp_path: Path
+) -> None:
+    workspace = Path(ws(writer))
+    writer.write(ws(writer), [FileToWrite(TOKEN_FILE, b"t.s", secret=True)])
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep.md").write_bytes(b"keep")
+    (workspace / "link").symlink_to(outside)
+    assert writer.remove_token_file(ws(writer))
+    assert not writer.remove_token_file(ws(writer))  # already gone
+    assert writer.remove_workspace(ws(writer))
+    assert not workspace.exists()
+    assert (outside / "keep.md").read_bytes() == b"keep"
+    assert not writer.remove_workspace(ws(writer))
+    # Outside the root nothing is removed, whatever the path says.
+    assert not writer.remove_workspace(str(outside))
+    assert not remove_tree(outside / "keep.md", within=writer.root)
+    assert not remove_tree(writer.root / "..", within=writer.root)
+    assert (outside / "keep.md").exists() and writer.root.exists()
