@@ -34,7 +34,7 @@ import json
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from aiohttp import web
@@ -186,9 +186,9 @@ class _Deps:
     limiter: AgentRateLimiter
     gateway_id: str
     hub_connected: Callable[[], bool]
-    hub_calls: HubCalls | None = None
-    failed_auth: FailedAuthLimiter = field(default_factory=FailedAuthLimiter)
-    rejection_log: LogBudget = field(default_factory=lambda: LogBudget(1.0, 20.0))
+    hub_calls: HubCalls | None
+    failed_auth: FailedAuthLimiter
+    rejection_log: LogBudget
 
 
 DEPS = web.AppKey("deps", _Deps)
@@ -207,7 +207,7 @@ def _log_rejection(request: web.Request, exc: ApiError) -> None:
         else "agent_api.request.rejected"
     )
     if exc.status == 429:
-        # 429s come in floods by nature, and the limit that answered them was logged.
+        # 429s come in floods by nature; the rejections that led to them were logged.
         log.debug(event, status=exc.status, path=_shown(request.path))
         return
     held_back = request.app[DEPS].rejection_log.take()
