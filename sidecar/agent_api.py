@@ -189,6 +189,7 @@ class _Deps:
     hub_calls: HubCalls | None
     failed_auth: FailedAuthLimiter
     rejection_log: LogBudget
+    on_heartbeat_refused: Callable[[int], None] = lambda status: None  # metrics
 
 
 DEPS = web.AppKey("deps", _Deps)
@@ -201,11 +202,10 @@ def _shown(value: str, max_chars: int = 200) -> str:
 
 
 def _log_rejection(request: web.Request, exc: ApiError) -> None:
-    event = (
-        "agent_api.heartbeat.rejected"
-        if request.path.endswith("/heartbeat")
-        else "agent_api.request.rejected"
-    )
+    heartbeat = request.path.endswith("/heartbeat")
+    if heartbeat:
+        request.app[DEPS].on_heartbeat_refused(exc.status)  # counted, logged or not
+    event = "agent_api.heartbeat.rejected" if heartbeat else "agent_api.request.rejected"
     if exc.status == 429:
         # 429s come in floods by nature; the rejections that led to them were logged.
         log.debug(event, status=exc.status, path=_shown(request.path))
@@ -448,6 +448,7 @@ class AgentApi:
         hub_connected: Callable[[], bool],
         limits: AgentApiLimits | None = None,
         hub_calls: HubCalls | None = None,
+        on_heartbeat_refused: Callable[[int], None] = lambda status: None,
     ) -> None:
         self.listen = listen
         self.credentials = credentials
@@ -456,6 +457,7 @@ class AgentApi:
         self.hub_connected = hub_connected
         self.limits = limits or AgentApiLimits()
         self.hub_calls = hub_calls
+        self.on_heartbeat_refused = on_heartbeat_refused
         self.address: HostPort | None = None
         self._runner: web.AppRunner | None = None
 
@@ -478,6 +480,7 @@ class AgentApi:
             self.hub_calls,
             FailedAuthLimiter(self.limits.failed_auth_rate_per_s, self.limits.failed_auth_burst),
             LogBudget(self.limits.rejection_log_rate_per_s, self.limits.rejection_log_burst),
+            self.on_heartbeat_refused,
         )
         runner = web.AppRunner(
             build_app(deps, self.limits.max_body_bytes), access_log=None, shutdown_timeout=2.0

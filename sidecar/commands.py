@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -96,6 +97,7 @@ class CommandApplier:
         *,
         wake_run_timeout_s: float = WAKE_RUN_TIMEOUT_S,
         on_unmanage: Callable[[str], None] = lambda agent_id: None,
+        on_applied: Callable[[str, int, float], None] = lambda kind, outcome, seconds: None,
         gateway_state_dir: Path | None = None,
     ) -> None:
         self.state = state
@@ -106,6 +108,7 @@ class CommandApplier:
         # Told before the sidecar removes an entry, so the config watcher does not take our
         # own removal for a hand edit and restore it.
         self.on_unmanage = on_unmanage
+        self.on_applied = on_applied  # (command kind, outcome, seconds): metrics
         # Where the gateway keeps each agent's own state (`agents/<id>/`): what a removal
         # leaves there, the sidecar removes.
         self.gateway_state_dir = gateway_state_dir
@@ -119,6 +122,14 @@ class CommandApplier:
         }
 
     async def apply(self, command: pb.Command) -> pb.CommandResult:
+        started = time.monotonic()
+        result = await self._apply(command)
+        self.on_applied(
+            command.WhichOneof("action") or "", result.outcome, time.monotonic() - started
+        )
+        return result
+
+    async def _apply(self, command: pb.Command) -> pb.CommandResult:
         kind = command.WhichOneof("action")
         action = getattr(command, kind) if kind else None
         result = pb.CommandResult(

@@ -122,6 +122,18 @@ class LocalState:
     def reset_sequence(self, sequence: int) -> None:
         self._set("last_applied_sequence", str(sequence))
 
+    def record_hub_clock(self, skew_s: float, measured_at: float) -> None:
+        """The hub's clock minus ours at the last Welcome (for `mc-sidecar doctor`)."""
+        self._set("hub_clock", json.dumps({"skew_s": skew_s, "measured_at": measured_at}))
+
+    def hub_clock(self) -> tuple[float, float] | None:
+        """(skew_s, measured_at) of the last Welcome, or None before the first."""
+        raw = self._get("hub_clock")
+        if raw is None:
+            return None
+        value = json.loads(raw)
+        return float(value["skew_s"]), float(value["measured_at"])
+
     # -------------------------------------------------------------- agents
 
     def agent(self, agent_id: str) -> AgentState | None:

@@ -38,11 +38,31 @@ from protos import link_pb2 as pb
 from protos.contract import timestamp
 
 KEEPALIVE_S = 15.0
+AGENT_EVENTS = frozenset({"agent"})  # the bus carries other kinds too
 
 
 class StreamQuery(Query):
     board_id: str | None = None
     since: str | None = None
+
+
+def agent_spec(body: AgentCreate) -> AgentSpec:
+    """What a create request asks for (the API's and the dashboard's form alike)."""
+    kind = (
+        AgentKind.MAIN
+        if body.is_gateway_main
+        else AgentKind.LEAD
+        if body.is_board_lead
+        else AgentKind.WORKER
+    )
+    return AgentSpec(
+        name=body.name,
+        board_id=body.board_id,
+        gateway_id=body.gateway_id,
+        kind=kind,
+        identity_profile=body.identity_profile,
+        heartbeat_config=body.heartbeat_config.model_dump() if body.heartbeat_config else None,
+    )
 
 
 def agent_read(agent: AgentRow) -> AgentRead:
@@ -94,24 +114,8 @@ def register(api: Api) -> None:
         status=201,
     )
     async def create_agent(call: Call) -> AgentRead:
-        body = call.body
-        kind = (
-            AgentKind.MAIN
-            if body.is_gateway_main
-            else AgentKind.LEAD
-            if body.is_board_lead
-            else AgentKind.WORKER
-        )
-        spec = AgentSpec(
-            name=body.name,
-            board_id=body.board_id,
-            gateway_id=body.gateway_id,
-            kind=kind,
-            identity_profile=body.identity_profile,
-            heartbeat_config=body.heartbeat_config.model_dump() if body.heartbeat_config else None,
-        )
         try:
-            agent = await deps(call.request).provisioning.create_agent(spec)
+            agent = await deps(call.request).provisioning.create_agent(agent_spec(call.body))
         except AgentConflict as exc:
             raise ApiError(409, str(exc)) from None
         except AgentError as exc:
@@ -222,7 +226,7 @@ async def _stream(call: Call) -> web.StreamResponse:
             since = datetime.fromisoformat(call.query.since.replace("Z", "+00:00")).timestamp()
         except ValueError:
             raise ApiError(422, "since must be an ISO 8601 timestamp") from None
-    subscription = d.events.subscribe(call.query.board_id)
+    subscription = d.events.subscribe(call.query.board_id, AGENT_EVENTS)
     response = web.StreamResponse(
         headers={
             "Content-Type": "text/event-stream",
@@ -233,7 +237,7 @@ async def _stream(call: Call) -> web.StreamResponse:
     await response.prepare(call.request)
     try:
         if since is not None:
-            for missed in d.events.since(since, call.query.board_id):
+            for missed in d.events.since(since, call.query.board_id, AGENT_EVENTS):
                 await response.write(_frame(missed.id, missed.data))
         while True:
             try:

@@ -12,6 +12,7 @@ from hub.gateways import GatewayService
 from hub.lifecycle.reconciler import Reconciler
 from hub.link.queries import GatewayQueries
 from hub.link.server import SessionRegistry
+from hub.metrics import HubMetrics
 from hub.provisioning.agent_tokens import TokenKeyring
 from hub.provisioning.service import Provisioning
 from hub.provisioning.template_sync import TemplateSync
@@ -38,6 +39,7 @@ class HttpDeps:
     link_address: str
     cors_origins: tuple[str, ...] = ()  # browser origins allowed to call the API
     webhooks: WebhookService | None = None  # board webhooks: CRUD, ingest, delivery
+    metrics: HubMetrics | None = None  # GET /metrics and the per-request counts
 
 
 DEPS = web.AppKey("deps", HttpDeps)

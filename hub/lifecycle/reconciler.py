@@ -95,13 +95,16 @@ class Reconciler:
         events: EventBus | None = None,
         clock: Callable[[], float] = time.time,
         presence_sweep_s: float = PRESENCE_SWEEP_S,
+        on_log: Callable[[str, dict[str, Any]], None] | None = None,
     ) -> None:
+        """`on_log(event, fields)` sees every lifecycle log event after its commit (metrics)."""
         self.db = db
         self.store = store
         self.policy = policy
         self.events = events
         self.clock = clock
         self.presence_sweep_s = presence_sweep_s
+        self.on_log = on_log
         self.schedule = DeadlineSchedule()
         self._link_up_since: dict[str, float] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -354,6 +357,8 @@ class Reconciler:
             self.schedule.set(agent_id, at, generation)
         for event, fields in tx.logs:
             log.info(event, **fields)
+            if self.on_log is not None:
+                self.on_log(event, fields)
         if self.events is not None:
             for view in tx.changed.values():
                 self.events.publish(

@@ -182,9 +182,11 @@ class LinkService(pb_grpc.LinkServicer):
         on_link: Callable[[str, bool], Awaitable[None]] | None = None,
         agent_calls: AgentCallHandler | None = None,
         queries: QueryAnswers | None = None,
+        on_sidecar_ahead: Callable[[str, pb.Hello], Awaitable[object]] | None = None,
     ) -> None:
         """`is_revoked` set: mutual TLS, every stream needs a valid client certificate
-        naming the gateway its Hello names."""
+        naming the gateway its Hello names. `on_sidecar_ahead(gateway_id, hello)`: the
+        sidecar applied commands this hub never issued (a restored backup)."""
         self.store = store
         self.registry = registry
         self.reports = reports
@@ -194,6 +196,7 @@ class LinkService(pb_grpc.LinkServicer):
         self.on_link = on_link  # the gateway's stream opened (True) or closed (False)
         self.agent_calls = agent_calls
         self.queries = queries
+        self.on_sidecar_ahead = on_sidecar_ahead
         self.accepting = True
         self._teardowns: set[asyncio.Task[None]] = set()
 
@@ -270,6 +273,15 @@ class LinkService(pb_grpc.LinkServicer):
                     hub=welcome.last_sequence,
                 )
                 cursor = welcome.last_sequence
+                if self.on_sidecar_ahead is not None:
+                    try:
+                        await self.on_sidecar_ahead(session.gateway_id, hello)
+                    except Exception as exc:  # the stream still serves; the next Hello retries
+                        log.error(
+                            "link.sidecar_ahead.failed",
+                            gateway_id=session.gateway_id,
+                            error=str(exc),
+                        )
 
             # Either ending early ends the stream: a sidecar that still looks connected but
             # gets no commands (or whose reports are not read) would wait forever.

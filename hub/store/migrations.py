@@ -267,4 +267,16 @@ V6 = (
     "WHERE body_sha256 IS NOT NULL",
 )
 
-MIGRATIONS: tuple[tuple[str, ...], ...] = (V1, V2, V3, V4, V5, V6)
+# The dashboard: fleet counts sampled over time (its trends and charts; JSON so a new
+# count needs no migration), and events found by kind and time (failed wakes, drift).
+V7 = (
+    """
+    CREATE TABLE fleet_samples (
+        at      REAL PRIMARY KEY,
+        counts  TEXT NOT NULL  -- JSON: {"agents.online": 12, "gateways.connected": 3, ...}
+    )
+    """,
+    "CREATE INDEX events_kind_at ON events(kind, at)",
+)
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (V1, V2, V3, V4, V5, V6, V7)

@@ -136,6 +136,8 @@ def record_command_results_in(
                 sequence=result.sequence,
                 outcome=pb.CommandResult.Outcome.Name(result.outcome),
                 error=result.error or None,
+                # what the sidecar wrote, for the dashboard's comparison with what was rendered
+                file_sha256=dict(result.file_sha256) or None,
             )
 
 
