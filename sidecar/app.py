@@ -6,16 +6,23 @@ heartbeat relay -> gateway client -> config watcher -> command queue -> link.
 The /metrics listener (--metrics-listen) starts right after the agent API.
 Stop: the agent API and /metrics first (no new heartbeats), then the link (no new commands),
 the command queue and run watchers, the config watcher, the gateway client, then
-the relay writes unacknowledged heartbeats to the state, which closes last.
+the relay writes unacknowledged heartbeats to the state, which closes last. Each step
+runs even if one before it failed (logged as `sidecar.stop.failed`): a part that
+cannot stop cleanly must not cost the beats the relay still holds.
+
+The state directory holds the sidecar's key and its token verifiers: it is made (or
+tightened to) 0700 before anything is written to it, in every mode.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 
 from missioncontrol.log import get_logger
+from missioncontrol.private_files import ensure_private_dir
+from missioncontrol.tasks import start_long_lived
 from protos import link_pb2 as pb
 from protos.contract import epoch_s
 from sidecar.agent_api import AgentApi, AgentApiLimits
@@ -49,8 +56,10 @@ class Sidecar:
         *,
         link_backoff: Backoff | None = None,
         agent_api_limits: AgentApiLimits | None = None,
+        writer: WorkspaceWriter | None = None,
     ) -> None:
         self.config = config
+        ensure_private_dir(config.state_dir)
         # Its own registry, read at scrape time through `_readings` (parts built below).
         self.metrics = SidecarMetrics(self._readings)
         config.workspace_root.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -66,7 +75,7 @@ class Sidecar:
         self.credentials = CredentialIndex(self.state)
         self.credentials.reload()
         self.relay = HeartbeatRelay(self._send, self.state)
-        self.writer = WorkspaceWriter(config.workspace_root)
+        self.writer = writer or WorkspaceWriter(config.workspace_root)
         self.gateway: GatewayClient = gateway or OpenClawGatewayClient(config.openclaw_config)
         self.applier = CommandApplier(
             self.state,
@@ -75,6 +84,7 @@ class Sidecar:
             on_run_observed=self._report_run,
             on_unmanage=self._unmanage,
             on_applied=self.metrics.command_applied,
+            gateway_state_dir=config.openclaw_config.parent,
         )
         self.queue = CommandQueue(self.applier, self._report_result)
         self.watcher = ConfigWatcher(
@@ -212,11 +222,11 @@ class Sidecar:
         self.watcher.set_managed(a.agent_id for a in self.state.agents())
         await self.watcher.start()
         self._tasks = [
-            asyncio.create_task(self.queue.run(), name="sidecar-commands"),
-            asyncio.create_task(self.link.run(), name="sidecar-link"),
+            self.queue.start(),
+            start_long_lived(self.link.run(), name="sidecar-link", log=log),
         ]
         if self.renewal is not None:
-            self._tasks.append(asyncio.create_task(self.renewal.run(), name="sidecar-renewal"))
+            self._tasks.append(self.renewal.start())
         log.info(
             "sidecar.started",
             gateway_id=self.gateway_id,
@@ -228,16 +238,29 @@ class Sidecar:
         )
 
     async def stop(self) -> None:
-        await self.agent_api.stop()
+        steps: list[tuple[str, Callable[[], Awaitable[None]]]] = [
+            ("agent_api", self.agent_api.stop),
+            ("metrics", self._stop_metrics),
+            ("tasks", self._stop_tasks),
+            ("queries", self.queries.stop),
+            ("run_watchers", self.applier.close),
+            ("config_watcher", self.watcher.stop),
+            ("gateway", self.gateway.stop),
+            ("heartbeat_relay", self.relay.stop),
+        ]
+        for part, stop in steps:
+            try:
+                await stop()
+            except Exception as exc:
+                log.exception("sidecar.stop.failed", part=part, error=repr(exc))
+        self.state.close()
+        log.info("sidecar.stopped", gateway_id=self.gateway_id)
+
+    async def _stop_metrics(self) -> None:
         if self.metrics_server is not None:
             await self.metrics_server.stop()
+
+    async def _stop_tasks(self) -> None:
         for task in reversed(self._tasks):
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
-        await self.queries.stop()
-        await self.applier.close()
-        await self.watcher.stop()
-        await self.gateway.stop()
-        await self.relay.stop()
-        self.state.close()
-        log.info("sidecar.stopped", gateway_id=self.gateway_id)

@@ -7,16 +7,23 @@ The GatewayState says whether the gateway is reachable and openclaw.json valid, 
 drift worth reporting. The sidecar's own commands change managed entries too (through
 the gateway), so CHANGED drift for an agent it just changed itself is not a hand edit:
 `OwnChanges` decides which to drop. Nothing here sends; the composition root does.
+
+Text that came from elsewhere (the gateway's errors, openclaw.json, the host name) is
+made `displayable` before it goes into a message: a lone surrogate from a JSON escape
+would otherwise make the message impossible to build, and the report would be lost.
+The inventory's file hashes are read in a worker thread (sidecar/workspace.py).
 """
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from missioncontrol.text import displayable
 from missioncontrol.version import VERSION
 from protos import link_pb2 as pb
 from protos.contract import LINK_PROTOCOL, timestamp
@@ -28,6 +35,9 @@ from sidecar.workspace import WorkspaceWriter
 
 # How long after the sidecar changed an agent the CHANGED drift of its entry is ours.
 OWN_CHANGE_WINDOW_S = 5.0
+MAX_REASON_CHARS = 4096
+MAX_DETAIL_CHARS = 1024
+MAX_VERSION_CHARS = 64
 
 
 class OwnChanges:
@@ -71,13 +81,15 @@ class Reports:
     # openclaw.json as the config watcher last reported it; None before its first pass.
     config: ConfigReport | None = None
 
-    def hello(self) -> pb.Hello:
+    async def hello(self) -> pb.Hello:
         info = self.gateway.info
+        agents = self.state.agents()
+        hashes = await asyncio.to_thread(lambda: [self.writer.hashes(a.workspace) for a in agents])
         return pb.Hello(
             gateway_id=self.gateway_id,
             link_protocol=LINK_PROTOCOL,
             sidecar_version=VERSION,
-            openclaw_version=info.version,
+            openclaw_version=displayable(info.version, max_chars=MAX_VERSION_CHARS),
             openclaw_protocol=info.protocol,
             gateway_generation=info.generation.proto,
             workspace_root=str(self.workspace_root),
@@ -88,11 +100,11 @@ class Reports:
                     agent_id=a.agent_id,
                     applied_generation=a.generation,
                     present_in_config=self._present(a.agent_id),
-                    file_sha256=self.writer.hashes(a.workspace),
+                    file_sha256=files,
                 )
-                for a in self.state.agents()
+                for a, files in zip(agents, hashes, strict=True)
             ],
-            hostname=socket.gethostname(),
+            hostname=displayable(socket.gethostname(), max_chars=253),
         )
 
     def gateway_state(self, drift: Iterable[Drift] = ()) -> pb.GatewayState:
@@ -100,17 +112,25 @@ class Reports:
         report = self.config
         state = pb.GatewayState(
             reachable=info.reachable,
-            unreachable_reason=info.unreachable_reason,
-            openclaw_version=info.version,
+            unreachable_reason=displayable(info.unreachable_reason, max_chars=MAX_REASON_CHARS),
+            openclaw_version=displayable(info.version, max_chars=MAX_VERSION_CHARS),
             openclaw_protocol=info.protocol,
             generation=info.generation.proto,
             config_valid=report.valid if report else True,
-            config_error=report.error if report else "",
-            last_touched_version=report.last_touched_version if report else "",
+            config_error=displayable(report.error, max_chars=MAX_REASON_CHARS) if report else "",
+            last_touched_version=(
+                displayable(report.last_touched_version, max_chars=MAX_VERSION_CHARS)
+                if report
+                else ""
+            ),
             observed_at=timestamp(),
         )
         for item in drift:
-            state.drift.add(agent_id=item.agent_id, kind=int(item.kind), detail=item.detail)
+            state.drift.add(
+                agent_id=displayable(item.agent_id, max_chars=128),
+                kind=int(item.kind),
+                detail=displayable(item.detail, max_chars=MAX_DETAIL_CHARS),
+            )
         return state
 
     def _present(self, agent_id: str) -> bool:

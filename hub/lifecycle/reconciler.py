@@ -46,6 +46,7 @@ from hub.store.gateways import GatewayStore
 from hub.store.outbox import enqueue_command_in, record_command_results_in
 from hub.tasks import unassign_agent_tasks
 from missioncontrol.log import get_logger
+from missioncontrol.tasks import start_long_lived
 from protos import link_pb2 as pb
 from protos.contract import epoch_s
 
@@ -120,8 +121,8 @@ class Reconciler:
         for agent_id, at, generation in rows:
             self.schedule.set(agent_id, at, generation)
         self._tasks = [
-            asyncio.create_task(self._deadline_loop(), name="reconciler-deadlines"),
-            asyncio.create_task(self._presence_loop(), name="reconciler-presence"),
+            start_long_lived(self._deadline_loop(), name="reconciler-deadlines", log=log),
+            start_long_lived(self._presence_loop(), name="reconciler-presence", log=log),
         ]
         log.info("reconciler.started", deadlines=len(rows))
 
