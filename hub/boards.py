@@ -226,3 +226,20 @@ def finish_deleting(conn: sqlite3.Connection, board_id: str | None) -> bool:
     conn.execute("DELETE FROM boards WHERE id = ?", (board_id,))
     add_event(conn, "board.deleted", board_id=board_id)
     return True
+
+
+def board_names_in(conn: sqlite3.Connection, board_ids: list[str]) -> dict[str, str]:
+    if not board_ids:
+        return {}
+    marks = ", ".join("?" for _ in board_ids)
+    rows = conn.execute(f"SELECT id, name FROM boards WHERE id IN ({marks})", board_ids)
+    return {r[0]: r[1] for r in rows}
+
+
+def board_count_in(conn: sqlite3.Connection, gateway_id: str | None = None) -> int:
+    return int(
+        conn.execute(
+            "SELECT COUNT(*) FROM boards WHERE (? IS NULL OR gateway_id = ?)",
+            (gateway_id, gateway_id),
+        ).fetchone()[0]
+    )

@@ -8,6 +8,7 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from missioncontrol.netaddr import HostPort
 from missioncontrol.private_files import InsecurePermissionsError, read_private_file
@@ -22,6 +23,7 @@ from missioncontrol.settings import (
     non_negative_float,
     one_of,
     positive_float,
+    positive_int,
     resolve,
 )
 
@@ -132,6 +134,34 @@ SERVE_OPTIONS = (
         metavar="SECONDS",
     ),
     Option(
+        "backup-interval",
+        "seconds between scheduled online backups of the database (0: none)",
+        0.0,
+        non_negative_float,
+        metavar="SECONDS",
+    ),
+    Option(
+        "backup-keep",
+        "how many scheduled backups to keep (older ones are deleted)",
+        "7",
+        positive_int,
+        metavar="N",
+    ),
+    Option(
+        "backup-dir",
+        "directory for scheduled and pre-migration backups (default: DATA_DIR/backups)",
+        None,
+        expand_path,
+        metavar="DIR",
+    ),
+    Option(
+        "metrics-public",
+        "serve /metrics on the REST API port without the admin token (for a scraper that "
+        "cannot send one)",
+        False,
+        switch=True,
+    ),
+    Option(
         "shutdown-grace",
         "seconds to drain open streams and requests on shutdown",
         5.0,
@@ -163,6 +193,14 @@ class HubConfig:
     http_tls_cert: Path | None = None
     http_tls_key: Path | None = None
     souls_dir: Path | None = None  # <role-slug>.md files: role souls for workers
+    backup_interval_s: float = 0.0
+    backup_keep: int = 7
+    backup_dir_setting: Path | None = None  # None: DATA_DIR/backups
+    metrics_public: bool = False
+
+    @property
+    def backup_dir(self) -> Path:
+        return self.backup_dir_setting or self.data_dir / "backups"
 
     @property
     def http_uses_tls(self) -> bool:
@@ -252,11 +290,17 @@ def load_admin_token(data_dir: Path, environ: Mapping[str, str]) -> tuple[str, b
     return token, True
 
 
-def build_config(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> HubConfig:
+def resolve_settings(
+    args: argparse.Namespace, environ: Mapping[str, str] = os.environ
+) -> dict[str, Any]:
+    """Every serve setting from flags, environment and the config file (the commands that
+    take only some flags, such as backup, read the same file)."""
     file_path = config_path_from(args, environ, ENV_PREFIX + "CONFIG")
-    values = resolve(
-        SERVE_OPTIONS, args, environ, ENV_PREFIX, load_config_file(file_path), file_path
-    )
+    return resolve(SERVE_OPTIONS, args, environ, ENV_PREFIX, load_config_file(file_path), file_path)
+
+
+def build_config(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> HubConfig:
+    values = resolve_settings(args, environ)
     data_dir: Path = values["data_dir"]
     token, generated = load_admin_token(data_dir, environ)
     config = HubConfig(
@@ -279,6 +323,10 @@ def build_config(args: argparse.Namespace, environ: Mapping[str, str] = os.envir
         http_tls_cert=values["http_tls_cert"],
         http_tls_key=values["http_tls_key"],
         souls_dir=values["souls_dir"],
+        backup_interval_s=values["backup_interval"],
+        backup_keep=values["backup_keep"],
+        backup_dir_setting=values["backup_dir"],
+        metrics_public=values["metrics_public"],
     )
     config.validate()
     return config

@@ -21,7 +21,7 @@ SUBSCRIBER_QUEUE = 1_000
 class Event:
     id: int
     at: float
-    kind: str  # "agent"
+    kind: str  # "agent"; "gateway" (its link opened or closed)
     board_id: str | None
     gateway_id: str | None
     data: dict[str, Any]
@@ -45,13 +45,16 @@ _CLOSED = BusClosed("the hub is shutting down; reconnect in a few seconds")
 
 
 class Subscription:
-    def __init__(self, bus: EventBus, board_id: str | None) -> None:
+    def __init__(
+        self, bus: EventBus, board_id: str | None, kinds: frozenset[str] | None = None
+    ) -> None:
         self.bus = bus
         self.board_id = board_id
+        self.kinds = kinds  # None: every kind
         self.queue: asyncio.Queue[Event | StreamEnded] = asyncio.Queue(maxsize=SUBSCRIBER_QUEUE)
 
     def wants(self, event: Event) -> bool:
-        return self.board_id is None or event.board_id == self.board_id
+        return _matches(event, self.board_id, self.kinds)
 
     async def next(self, timeout_s: float) -> Event | None:
         """The next event, or None after `timeout_s` of quiet (time for a keep-alive)."""
@@ -116,24 +119,30 @@ class EventBus:
         """How many subscribers listen now."""
         return len(self._subscribers)
 
-    def subscribe(self, board_id: str | None) -> Subscription:
-        subscription = Subscription(self, board_id)
+    def subscribe(self, board_id: str | None, kinds: frozenset[str] | None = None) -> Subscription:
+        subscription = Subscription(self, board_id, kinds)
         self._subscribers.add(subscription)
         if self._closed:
             subscription.end(_CLOSED)
         return subscription
 
-    def since(self, at: float, board_id: str | None) -> list[Event]:
-        return [e for e in self._ring if e.at > at and (board_id is None or e.board_id == board_id)]
+    def since(
+        self, at: float, board_id: str | None, kinds: frozenset[str] | None = None
+    ) -> list[Event]:
+        return [e for e in self._ring if e.at > at and _matches(e, board_id, kinds)]
 
-    def after(self, event_id: int, board_id: str | None) -> list[Event] | None:
+    def after(
+        self, event_id: int, board_id: str | None, kinds: frozenset[str] | None = None
+    ) -> list[Event] | None:
         """The events after `event_id` (a Last-Event-ID), or None when the ring no longer
         holds them all (an earlier run's id, or too long ago): then send current state."""
         oldest = self._ring[0].id if self._ring else self.last_id + 1
         if event_id + 1 < oldest or event_id > self.last_id:
             return None
-        return [
-            e
-            for e in self._ring
-            if e.id > event_id and (board_id is None or e.board_id == board_id)
-        ]
+        return [e for e in self._ring if e.id > event_id and _matches(e, board_id, kinds)]
+
+
+def _matches(event: Event, board_id: str | None, kinds: frozenset[str] | None) -> bool:
+    return (board_id is None or event.board_id == board_id) and (
+        kinds is None or event.kind in kinds
+    )

@@ -414,3 +414,44 @@ def agent_task_changes(
         if status == "in_progress" and task.assigned_agent_id is None:
             changes.setdefault("assigned_agent_id", agent.id)  # taking up a task claims it
     return changes
+
+
+# ------------------------------------------------------------------ reads (dashboard)
+
+
+def task_status_counts_in(
+    conn: sqlite3.Connection, board_ids: list[str] | None = None
+) -> dict[str, dict[str, int]]:
+    """Tasks per status for each board named (None: every board, keyed "*" in total)."""
+    if board_ids is None:
+        rows = conn.execute("SELECT '*', status, COUNT(*) FROM tasks GROUP BY status").fetchall()
+    elif not board_ids:
+        return {}
+    else:
+        marks = ", ".join("?" for _ in board_ids)
+        rows = conn.execute(
+            f"SELECT board_id, status, COUNT(*) FROM tasks WHERE board_id IN ({marks}) "
+            "GROUP BY board_id, status",
+            board_ids,
+        ).fetchall()
+    counts: dict[str, dict[str, int]] = {}
+    for board_id, status, count in rows:
+        counts.setdefault(board_id, {})[status] = int(count)
+    return counts
+
+
+def tasks_done_between_in(
+    conn: sqlite3.Connection, since: float, until: float, bucket_s: float
+) -> list[int]:
+    """Tasks finished per bucket of `bucket_s` from `since` to `until`, by the time a done
+    task last changed (a task is done once; reopening moves it out of done)."""
+    buckets = [0] * max(1, int((until - since) // bucket_s))
+    rows = conn.execute(
+        """SELECT CAST((updated_at - ?) / ? AS INTEGER), COUNT(*) FROM tasks
+           WHERE status = 'done' AND updated_at >= ? AND updated_at < ? GROUP BY 1""",
+        (since, bucket_s, since, until),
+    ).fetchall()
+    for index, count in rows:
+        if 0 <= index < len(buckets):
+            buckets[index] = int(count)
+    return buckets

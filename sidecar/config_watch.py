@@ -20,6 +20,7 @@ from typing import Any
 import watchfiles
 
 from missioncontrol.log import get_logger
+from missioncontrol.tasks import start_long_lived
 from sidecar.openclaw_config import (
     ConfigInvalid,
     Drift,
@@ -103,7 +104,7 @@ class ConfigWatcher:
         self._stop = asyncio.Event()
         self._armed = asyncio.Event()  # the directory watch is in place
         self._task: asyncio.Task[None] | None = None
-        self._side_tasks: set[asyncio.Task[ConfigReport]] = set()
+        self._side_tasks: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------ inputs
 
@@ -130,7 +131,7 @@ class ConfigWatcher:
         """Start watching, then take the first snapshot (always reported)."""
         self._stop.clear()
         self._armed.clear()
-        self._task = asyncio.create_task(self._watch(), name="config-watch")
+        self._task = start_long_lived(self._watch(), name="config-watch", log=log)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(5.0):
                 await self._armed.wait()
@@ -196,9 +197,15 @@ class ConfigWatcher:
             await changes.aclose()
 
     def _schedule_check(self) -> None:
-        task = asyncio.get_running_loop().create_task(self.check())
+        task = asyncio.get_running_loop().create_task(self._check_logged())
         self._side_tasks.add(task)
         task.add_done_callback(self._side_tasks.discard)
+
+    async def _check_logged(self) -> None:
+        try:
+            await self.check()
+        except Exception:
+            log.exception("config.watch.failed", path=str(self._path))
 
     # ------------------------------------------------------------ one pass
 

@@ -5,13 +5,23 @@ over the target, and the directory is fsynced, so a crash at any point leaves
 either the old or the new content, never a mix. Everything a command asks for
 is validated before the first byte is written: one bad name or path refuses the
 whole command.
+
+Some files are the agent's (USER.md, MEMORY.md grow as it works), so what is on disk
+may be anything the agent's shell made: a FIFO, a symlink to a device, a huge file.
+Only a regular file (not followed through a link) of at most MAX_PRESENT_BYTES counts
+as present (`read_regular_file`); it is opened non-blocking and read with a bound, so
+no file can block or flood the sidecar. These methods do blocking I/O: the sidecar
+calls them from a worker thread, never on its event loop.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import secrets
+import shutil
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +44,9 @@ ALLOWED_FILES = frozenset(
     }
 )
 MAX_FILE_BYTES = 256 * 1024
+# The largest file the sidecar reads back from a workspace (an agent's MEMORY.md may
+# outgrow what the hub writes); anything larger counts as absent.
+MAX_PRESENT_BYTES = 1024 * 1024
 MAX_FILES = len(ALLOWED_FILES)
 TEMP_SUFFIX = ".mc-tmp"
 DIR_MODE = 0o700
@@ -74,6 +87,67 @@ def check_file_name(name: str) -> None:
             f"file name {shown!r} is not allowed; a workspace file must be one of "
             f"{', '.join(sorted(ALLOWED_FILES))}"
         )
+
+
+def read_regular_file(path: Path, max_bytes: int = MAX_PRESENT_BYTES) -> bytes | None:
+    """The content of `path` if it is a regular file of at most `max_bytes`, else None.
+
+    Not a symlink (not followed), FIFO, socket, device or directory: `lstat` decides,
+    the open is non-blocking and refuses links, and the opened file must be the one
+    that was checked, so swapping it in between changes nothing. Never blocks on the
+    file's kind and never reads more than `max_bytes` + 1 bytes."""
+    try:
+        checked = os.lstat(path)
+    except OSError:
+        return None
+    if not stat.S_ISREG(checked.st_mode) or checked.st_size > max_bytes:
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        opened = os.fstat(fd)
+        if not stat.S_ISREG(opened.st_mode) or (opened.st_dev, opened.st_ino) != (
+            checked.st_dev,
+            checked.st_ino,
+        ):
+            return None
+        chunks: list[bytes] = []
+        remaining = max_bytes + 1
+        while remaining > 0:
+            chunk = os.read(fd, min(remaining, 64 * 1024))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            remaining -= len(chunk)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    content = b"".join(chunks)
+    return content if len(content) <= max_bytes else None
+
+
+def remove_tree(path: Path, *, within: Path) -> bool:
+    """Delete `path` (a directory tree, a file or a link; links are never followed) if it
+    lies strictly inside `within`; True if something was there to remove."""
+    if path.name in ("", ".", ".."):
+        return False
+    root = Path(os.path.realpath(within))
+    parent = Path(os.path.realpath(path.parent))
+    if parent != root and root not in parent.parents:
+        return False
+    target = parent / path.name
+    try:
+        info = os.lstat(target)
+    except FileNotFoundError:
+        return False
+    if stat.S_ISDIR(info.st_mode):
+        shutil.rmtree(target)  # removes links inside it, never what they point to
+    else:
+        target.unlink()
+    return True
 
 
 def sha256_hex(content: bytes) -> str:
@@ -152,11 +226,19 @@ class WorkspaceWriter:
         workspace.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
         workspace.chmod(DIR_MODE)
         self._remove_stale_temps(workspace)
+        for file in files:
+            # A rename cannot replace a directory: refuse before the first write.
+            if os.path.isdir(workspace / file.name) and not os.path.islink(workspace / file.name):
+                raise WorkspaceError(
+                    f"{workspace / file.name} is a directory, so {file.name} cannot be "
+                    "written there; move the directory away and apply the agent again"
+                )
         hashes: dict[str, str] = {}
         for file in files:
             target = workspace / file.name
-            if file.preserve_if_present and os.path.lexists(target):
-                hashes[file.name] = sha256_hex(target.read_bytes())
+            present = read_regular_file(target) if file.preserve_if_present else None
+            if present is not None:
+                hashes[file.name] = sha256_hex(present)
                 continue
             atomic_write(target, file.content, SECRET_MODE if file.secret else FILE_MODE)
             hashes[file.name] = sha256_hex(file.content)
@@ -170,13 +252,38 @@ class WorkspaceWriter:
             return {}
         found: dict[str, str] = {}
         for name in sorted(ALLOWED_FILES):
-            path = workspace / name
-            if path.is_file():
-                found[name] = sha256_hex(path.read_bytes())
+            content = read_regular_file(workspace / name)
+            if content is not None:
+                found[name] = sha256_hex(content)
         return found
+
+    def remove_token_file(self, workspace_path: str) -> bool:
+        """Delete the workspace's token file (whatever kind of entry it is); True if one was
+        there. Refused outside the root like every other workspace operation."""
+        try:
+            workspace = self.resolve(workspace_path)
+        except PathOutsideRoot:
+            return False
+        try:
+            (workspace / TOKEN_FILE_NAME).unlink()
+        except FileNotFoundError:
+            return False
+        except IsADirectoryError:
+            return remove_tree(workspace / TOKEN_FILE_NAME, within=workspace)
+        fsync_directory(workspace)
+        return True
+
+    def remove_workspace(self, workspace_path: str) -> bool:
+        """Delete a workspace directory and everything in it; True if it was there."""
+        try:
+            workspace = self.resolve(workspace_path)
+        except PathOutsideRoot:
+            return False
+        return remove_tree(workspace, within=Path(os.path.realpath(self.root)))
 
     @staticmethod
     def _remove_stale_temps(workspace: Path) -> None:
         """Temporary files left by a crash between write and rename."""
         for leftover in workspace.glob(f".*{TEMP_SUFFIX}"):
-            leftover.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # not ours to fight over (a directory?)
+                leftover.unlink(missing_ok=True)

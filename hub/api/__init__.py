@@ -17,6 +17,7 @@ from hub.api import (
     health,
     identity,
     memory,
+    metrics,
     tasks,
     template_sync,
 )
@@ -33,7 +34,7 @@ ADMIN_RATE = (50.0, 200)  # requests per second, burst, per admin token
 AGENT_RATE = (10.0, 40)  # per agent token
 
 
-def build_api() -> Api:
+def build_api(*, metrics_public: bool = False) -> Api:
     api = Api("Mission Control hub", VERSION)
     for module in (
         health,
@@ -54,12 +55,19 @@ def build_api() -> Api:
         module.register(api)
     board_webhooks.register(api)
     gateways.register_inventory(api)
+    metrics.register(api, public=metrics_public)
     return api
 
 
-def build_app(deps: HttpDeps, api: Api) -> web.Application:
+def build_app(
+    deps: HttpDeps, api: Api, *, failed_auth: FailedAuthLimiter | None = None
+) -> web.Application:
+    """The API's application; `failed_auth` is shared with whatever else checks the
+    admin token on this port (the dashboard's login), so guesses count once."""
+    metered = [deps.metrics.middleware()] if deps.metrics is not None else []
     app = web.Application(
-        middlewares=[cors(deps.cors_origins), request_context], client_max_size=MAX_BODY_BYTES
+        middlewares=[*metered, cors(deps.cors_origins), request_context],
+        client_max_size=MAX_BODY_BYTES,
     )
     app[DEPS] = deps
     api.mount(
@@ -69,7 +77,7 @@ def build_app(deps: HttpDeps, api: Api) -> web.Application:
             agent_auth=AgentAuthenticator(deps.db, deps.keyring),
             admin_limit=RateLimiter(*ADMIN_RATE),
             agent_limit=RateLimiter(*AGENT_RATE),
-            failed_auth=FailedAuthLimiter(),
+            failed_auth=failed_auth or FailedAuthLimiter(),
         ),
     )
     return app

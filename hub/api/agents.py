@@ -40,6 +40,7 @@ from protos import link_pb2 as pb
 from protos.contract import timestamp
 
 KEEPALIVE_S = 15.0
+AGENT_EVENTS = frozenset({"agent"})  # the bus carries other kinds too
 
 
 class StreamQuery(Query):
@@ -57,6 +58,7 @@ STATUS_OWNED = (
 
 
 def agent_spec(body: AgentCreate, *, created_by_lead: str | None = None) -> AgentSpec:
+    """What a create request asks for (the API's, the dashboard's form, a lead's)."""
     kind = (
         AgentKind.MAIN
         if body.is_gateway_main
@@ -269,7 +271,7 @@ async def _stream(call: Call) -> web.StreamResponse:
         except ValueError:
             raise ApiError(422, "since must be an ISO 8601 timestamp") from None
     resume = last_event_id(call, q.last_event_id)
-    subscription = d.events.subscribe(q.board_id)
+    subscription = d.events.subscribe(q.board_id, AGENT_EVENTS)
     response = web.StreamResponse(
         headers={
             "Content-Type": "text/event-stream",
@@ -281,7 +283,7 @@ async def _stream(call: Call) -> web.StreamResponse:
     sent = 0
     try:
         if resume is not None:
-            missed = d.events.after(resume, q.board_id)
+            missed = d.events.after(resume, q.board_id, AGENT_EVENTS)
             if missed is None:
                 snapshot_id = d.events.last_id
                 rows, _ = await d.db.read(
@@ -302,7 +304,7 @@ async def _stream(call: Call) -> web.StreamResponse:
                     await response.write(_frame(event.id, event.data))
                     sent = event.id
         elif since is not None:
-            for event in d.events.since(since, q.board_id):
+            for event in d.events.since(since, q.board_id, AGENT_EVENTS):
                 await response.write(_frame(event.id, event.data))
                 sent = event.id
         while True:

@@ -13,6 +13,7 @@ from hub.gateways import GatewayService
 from hub.lifecycle.reconciler import Reconciler
 from hub.link.queries import GatewayQueries
 from hub.link.server import SessionRegistry
+from hub.metrics import HubMetrics
 from hub.provisioning.agent_tokens import TokenKeyring
 from hub.provisioning.service import Provisioning
 from hub.provisioning.template_sync import TemplateSync
@@ -41,6 +42,7 @@ class HttpDeps:
     webhooks: WebhookService | None = None  # board webhooks: CRUD, ingest, delivery
     activity: Feed = field(default_factory=lambda: Feed("activity"))  # committed events, live
     memory: Feed = field(default_factory=lambda: Feed("memory"))  # board memory notes, live
+    metrics: HubMetrics | None = None  # GET /metrics and the per-request counts
 
 
 DEPS = web.AppKey("deps", HttpDeps)

@@ -47,6 +47,7 @@ from hub.store.outbox import enqueue_command_in, record_command_results_in
 from hub.tasks import unassign_agent_tasks
 from hub.work_state import record_work_states_in
 from missioncontrol.log import get_logger
+from missioncontrol.tasks import start_long_lived
 from protos import link_pb2 as pb
 from protos.contract import epoch_s
 
@@ -95,13 +96,16 @@ class Reconciler:
         events: EventBus | None = None,
         clock: Callable[[], float] = time.time,
         presence_sweep_s: float = PRESENCE_SWEEP_S,
+        on_log: Callable[[str, dict[str, Any]], None] | None = None,
     ) -> None:
+        """`on_log(event, fields)` sees every lifecycle log event after its commit (metrics)."""
         self.db = db
         self.store = store
         self.policy = policy
         self.events = events
         self.clock = clock
         self.presence_sweep_s = presence_sweep_s
+        self.on_log = on_log
         self.schedule = DeadlineSchedule()
         self._link_up_since: dict[str, float] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -118,8 +122,8 @@ class Reconciler:
         for agent_id, at, generation in rows:
             self.schedule.set(agent_id, at, generation)
         self._tasks = [
-            asyncio.create_task(self._deadline_loop(), name="reconciler-deadlines"),
-            asyncio.create_task(self._presence_loop(), name="reconciler-presence"),
+            start_long_lived(self._deadline_loop(), name="reconciler-deadlines", log=log),
+            start_long_lived(self._presence_loop(), name="reconciler-presence", log=log),
         ]
         log.info("reconciler.started", deadlines=len(rows))
 
@@ -355,6 +359,8 @@ class Reconciler:
             self.schedule.set(agent_id, at, generation)
         for event, fields in tx.logs:
             log.info(event, **fields)
+            if self.on_log is not None:
+                self.on_log(event, fields)
         if self.events is not None:
             for view in tx.changed.values():
                 self.events.publish(

@@ -14,6 +14,7 @@ and the workspace is `<workspace root>/workspace-<gateway agent id>`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import sqlite3
@@ -409,11 +410,16 @@ def list_agents_in(
     managed: bool,
     limit: int,
     offset: int,
+    status: str | None = None,
 ) -> tuple[list[AgentRow], int]:
-    """One page of agents, oldest first. Every agent the hub holds is one it manages, so
-    `managed=False` (Mission Control's is_mc_agent=false) lists none."""
-    where = "WHERE (? IS NULL OR board_id = ?) AND (? IS NULL OR gateway_id = ?) AND ?"
-    args = (board_id, board_id, gateway_id, gateway_id, managed)
+    """One page of agents, oldest first, optionally of one status. Every agent the hub
+    holds is one it manages, so `managed=False` (Mission Control's is_mc_agent=false)
+    lists none."""
+    where = (
+        "WHERE (? IS NULL OR board_id = ?) AND (? IS NULL OR gateway_id = ?) AND ? "
+        "AND (? IS NULL OR status = ?)"
+    )
+    args = (board_id, board_id, gateway_id, gateway_id, managed, status, status)
     total = conn.execute(f"SELECT COUNT(*) FROM agents {where}", args).fetchone()[0]
     rows = conn.execute(
         f"SELECT * FROM agents {where} ORDER BY created_at, id LIMIT ? OFFSET ?",
@@ -672,3 +678,90 @@ def agent_json(agent: AgentRow) -> dict[str, Any]:
         "created_at": iso(agent.created_at),
         "updated_at": iso(agent.updated_at),
     }
+
+
+# ------------------------------------------------------------------ reads (dashboard)
+
+
+def agent_status_counts_in(
+    conn: sqlite3.Connection, *, gateway_id: str | None = None, board_id: str | None = None
+) -> dict[str, int]:
+    """Agents per status, fleet-wide or on one gateway or board."""
+    rows = conn.execute(
+        """SELECT status, COUNT(*) FROM agents
+           WHERE (? IS NULL OR gateway_id = ?) AND (? IS NULL OR board_id = ?)
+           GROUP BY status""",
+        (gateway_id, gateway_id, board_id, board_id),
+    ).fetchall()
+    return {r[0]: int(r[1]) for r in rows}
+
+
+def agent_counts_by_in(
+    conn: sqlite3.Connection, column: str, ids: list[str]
+) -> dict[str, dict[str, int]]:
+    """For each gateway (`column="gateway_id"`) or board (`"board_id"`) named: its agents
+    per status."""
+    if column not in ("gateway_id", "board_id"):
+        raise ValueError(f"agents are counted by gateway_id or board_id, not {column!r}")
+    if not ids:
+        return {}
+    marks = ", ".join("?" for _ in ids)
+    rows = conn.execute(
+        f"SELECT {column}, status, COUNT(*) FROM agents WHERE {column} IN ({marks}) "
+        f"GROUP BY {column}, status",
+        ids,
+    ).fetchall()
+    counts: dict[str, dict[str, int]] = {}
+    for owner, status, count in rows:
+        counts.setdefault(owner, {})[status] = int(count)
+    return counts
+
+
+def agents_needing_attention_in(conn: sqlite3.Connection, limit: int) -> tuple[list[AgentRow], int]:
+    """Offline agents and agents waiting on something (status_reason), latest change first."""
+    where = "WHERE status = 'offline' OR status_reason IS NOT NULL"
+    total = conn.execute(f"SELECT COUNT(*) FROM agents {where}").fetchone()[0]
+    rows = conn.execute(
+        f"SELECT * FROM agents {where} ORDER BY updated_at DESC, id LIMIT ?", (limit,)
+    ).fetchall()
+    return [AgentRow.from_row(r) for r in rows], int(total)
+
+
+def agent_names_in(conn: sqlite3.Connection, agent_ids: list[str]) -> dict[str, str]:
+    if not agent_ids:
+        return {}
+    marks = ", ".join("?" for _ in agent_ids)
+    rows = conn.execute(f"SELECT id, name FROM agents WHERE id IN ({marks})", agent_ids)
+    return {r[0]: r[1] for r in rows}
+
+
+@dataclass(frozen=True)
+class RenderedFileDigest:
+    name: str
+    sha256: str | None  # None for a secret file: nothing derived from it is shown
+    secret: bool
+    preserve_if_present: bool
+
+
+def rendered_files_in(
+    conn: sqlite3.Connection, agent: AgentRow
+) -> tuple[int, list[RenderedFileDigest]] | None:
+    """The files the hub last rendered for the agent (its latest ApplyAgent in the outbox):
+    (generation, digests), or None if none is kept."""
+    row = conn.execute(
+        """SELECT generation, payload FROM commands WHERE gateway_id = ? AND agent_id = ?
+               AND kind = 'apply_agent' ORDER BY sequence DESC LIMIT 1""",
+        (agent.gateway_id, agent.gateway_agent_id),
+    ).fetchone()
+    if row is None:
+        return None
+    apply = pb.Command.FromString(row["payload"]).apply_agent
+    return int(row["generation"]), [
+        RenderedFileDigest(
+            name=f.name,
+            sha256=None if f.secret else hashlib.sha256(f.content).hexdigest(),
+            secret=f.secret,
+            preserve_if_present=f.preserve_if_present,
+        )
+        for f in apply.files
+    ]

@@ -59,6 +59,9 @@ class SyncJob:
     options: SyncOptions
     created_at: float = field(default_factory=time.time)
     items: list[SyncItem] = field(default_factory=list)
+    # Whether this hub was still queueing the job when it was read: an item without a
+    # generation is then pending, not cut short by a stop.
+    running: bool = True
 
 
 class TemplateSync:
@@ -113,6 +116,7 @@ class TemplateSync:
         return job
 
     async def job(self, job_id: str) -> SyncJob | None:
+        running = job_id in self._running  # before the read: it may finish meanwhile
         row = await self.db.read(
             lambda conn: conn.execute(
                 "SELECT * FROM template_sync_jobs WHERE id = ?", (job_id,)
@@ -126,6 +130,7 @@ class TemplateSync:
             SyncOptions(**json.loads(row["options"])),
             created_at=row["created_at"],
             items=[SyncItem(**item) for item in json.loads(row["items"])],
+            running=running,
         )
 
     async def _run(self, job: SyncJob) -> None:
@@ -185,7 +190,7 @@ class TemplateSync:
                 state, message = "skipped", item.skipped
             elif item.error:
                 state, message = "failed", item.error
-            elif not item.generation and job.id not in self._running:
+            elif not item.generation and not job.running:
                 state, message = "failed", INTERRUPTED
             elif not item.generation:
                 state, message = "pending", None

@@ -562,3 +562,125 @@ def gateway_in(conn: sqlite3.Connection, gateway_id: str) -> GatewayRow:
     if row is None:
         raise UnknownGateway(f"gateway {gateway_id} does not exist")
     return GatewayRow.from_row(row)
+
+
+# ------------------------------------------------------------------ reads (dashboard)
+
+GATEWAY_STATES = ("connected", "disconnected", "never_connected")
+
+
+def list_gateways_in(
+    conn: sqlite3.Connection,
+    *,
+    state: str | None = None,
+    search: str | None = None,
+    limit: int,
+    offset: int,
+) -> tuple[list[GatewayRow], int]:
+    """One page of gateways by name, narrowed by link state (one of GATEWAY_STATES, as the
+    store last recorded it) and by a piece of the name, host name or id."""
+    clauses, args = _gateway_filter(state, search)
+    where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+    total = conn.execute(f"SELECT COUNT(*) FROM gateways {where}", args).fetchone()[0]
+    rows = conn.execute(
+        f"SELECT * FROM gateways {where} ORDER BY name, id LIMIT ? OFFSET ?",
+        (*args, limit, offset),
+    ).fetchall()
+    return [GatewayRow.from_row(r) for r in rows], int(total)
+
+
+def _gateway_filter(state: str | None, search: str | None) -> tuple[list[str], list[Any]]:
+    clauses: list[str] = []
+    args: list[Any] = []
+    if state == "connected":
+        clauses.append("connected = 1")
+    elif state == "disconnected":
+        clauses.append("connected = 0 AND connected_at IS NOT NULL")
+    elif state == "never_connected":
+        clauses.append("connected_at IS NULL")
+    if search:
+        pattern = "%" + search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        clauses.append(
+            "(name LIKE ? ESCAPE '\\' OR hostname LIKE ? ESCAPE '\\' OR id LIKE ? ESCAPE '\\')"
+        )
+        args += [pattern, pattern, pattern]
+    return clauses, args
+
+
+def gateway_counts_in(conn: sqlite3.Connection) -> dict[str, int]:
+    """How many gateways there are, connected, and never connected (as the store holds it)."""
+    row = conn.execute(
+        """SELECT COUNT(*), COALESCE(SUM(connected = 1), 0),
+                  COALESCE(SUM(connected_at IS NULL), 0) FROM gateways"""
+    ).fetchone()
+    return {"total": int(row[0]), "connected": int(row[1]), "never_connected": int(row[2])}
+
+
+def disconnected_gateways_in(conn: sqlite3.Connection, limit: int) -> tuple[list[GatewayRow], int]:
+    """Gateways that connected once and are disconnected now, longest gone first."""
+    where = "WHERE connected = 0 AND connected_at IS NOT NULL"
+    total = conn.execute(f"SELECT COUNT(*) FROM gateways {where}").fetchone()[0]
+    rows = conn.execute(
+        f"SELECT * FROM gateways {where} ORDER BY disconnected_at, id LIMIT ?", (limit,)
+    ).fetchall()
+    return [GatewayRow.from_row(r) for r in rows], int(total)
+
+
+def unhealthy_gateways_in(conn: sqlite3.Connection, limit: int) -> list[GatewayRow]:
+    """Connected gateways whose sidecar reports the gateway unreachable or its config invalid."""
+    rows = conn.execute(
+        """SELECT * FROM gateways WHERE connected = 1 AND (reachable = 0 OR config_valid = 0)
+           ORDER BY name, id LIMIT ?""",
+        (limit,),
+    ).fetchall()
+    return [GatewayRow.from_row(r) for r in rows]
+
+
+def gateway_names_in(conn: sqlite3.Connection, gateway_ids: list[str]) -> dict[str, str]:
+    if not gateway_ids:
+        return {}
+    marks = ", ".join("?" for _ in gateway_ids)
+    rows = conn.execute(f"SELECT id, name FROM gateways WHERE id IN ({marks})", gateway_ids)
+    return {r[0]: r[1] for r in rows}
+
+
+def join_tokens_in(conn: sqlite3.Connection, gateway_id: str) -> list[JoinTokenRecord]:
+    """The gateway's join tokens, newest first (records only: the secret is never kept)."""
+    rows = conn.execute(
+        "SELECT * FROM join_tokens WHERE gateway_id = ? ORDER BY created_at DESC LIMIT 50",
+        (gateway_id,),
+    ).fetchall()
+    return [JoinTokenRecord(**dict(r)) for r in rows]
+
+
+@dataclass(frozen=True)
+class CertificateRecord:
+    serial: str
+    gateway_id: str
+    issued_at: float
+    not_after: float
+    revoked_at: float | None
+
+
+def certificates_in(conn: sqlite3.Connection, gateway_id: str) -> list[CertificateRecord]:
+    """The client certificates issued to a gateway, newest first."""
+    rows = conn.execute(
+        "SELECT * FROM certificates WHERE gateway_id = ? ORDER BY issued_at DESC LIMIT 50",
+        (gateway_id,),
+    ).fetchall()
+    return [CertificateRecord(**dict(r)) for r in rows]
+
+
+def certificates_expiring_in(
+    conn: sqlite3.Connection, before: float, limit: int
+) -> list[tuple[str, float]]:
+    """(gateway id, expiry) of gateways whose newest valid certificate ends before `before`:
+    renewal runs at 70-90 % of a lifetime, so one this close has not been renewed."""
+    rows = conn.execute(
+        """SELECT c.gateway_id, MAX(c.not_after) AS not_after FROM certificates c
+           JOIN gateways g ON g.id = c.gateway_id
+           WHERE c.revoked_at IS NULL GROUP BY c.gateway_id HAVING MAX(c.not_after) < ?
+           ORDER BY not_after LIMIT ?""",
+        (before, limit),
+    ).fetchall()
+    return [(r[0], float(r[1])) for r in rows]

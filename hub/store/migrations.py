@@ -267,13 +267,25 @@ V6 = (
     "WHERE body_sha256 IS NOT NULL",
 )
 
+# The dashboard: fleet counts sampled over time (its trends and charts; JSON so a new
+# count needs no migration), and events found by kind and time (failed wakes, drift).
+V7 = (
+    """
+    CREATE TABLE fleet_samples (
+        at      REAL PRIMARY KEY,
+        counts  TEXT NOT NULL  -- JSON: {"agents.online": 12, "gateways.connected": 3, ...}
+    )
+    """,
+    "CREATE INDEX events_kind_at ON events(kind, at)",
+)
+
 # Mission Control parity. Gateways: the workspace root an operator declares (the hub
 # renders with it before the sidecar ever connects), what the sidecar reports, and the
 # agents its openclaw.json holds that the hub does not manage (adoptable). Agents: the
 # work state they report, and where an adopted agent's workspace is. Boards: groups,
 # the pending-approval rule. The activity trail is filtered by board. Approvals (with
 # their linked tasks), board memory, task tags.
-V7 = (
+V8 = (
     "ALTER TABLE gateways ADD COLUMN declared_workspace_root TEXT",
     "ALTER TABLE gateways ADD COLUMN reported_workspace_root TEXT",
     "ALTER TABLE gateways ADD COLUMN follows_hub_workspace_root INTEGER NOT NULL DEFAULT 0",
@@ -358,10 +370,10 @@ V7 = (
 
 # Pause and resume (Mission Control's `paused`): an agent paused by itself or with its
 # board, and a paused board. A paused agent's heartbeat job is off; it is not woken.
-V8 = (
+V9 = (
     "ALTER TABLE agents ADD COLUMN paused_at REAL",
     "ALTER TABLE agents ADD COLUMN paused_by TEXT CHECK (paused_by IN ('agent', 'board'))",
     "ALTER TABLE boards ADD COLUMN paused_at REAL",
 )
 
-MIGRATIONS: tuple[tuple[str, ...], ...] = (V1, V2, V3, V4, V5, V6, V7, V8)
+MIGRATIONS: tuple[tuple[str, ...], ...] = (V1, V2, V3, V4, V5, V6, V7, V8, V9)

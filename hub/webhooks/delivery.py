@@ -36,6 +36,7 @@ from hub.webhooks.store import (
     target_agent_in,
 )
 from missioncontrol.log import get_logger
+from missioncontrol.tasks import start_long_lived
 from missioncontrol.timefmt import iso
 from protos import link_pb2 as pb
 
@@ -65,7 +66,7 @@ class DeliveryWorker:
 
     async def start(self) -> None:
         if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="webhook-delivery")
+            self._task = start_long_lived(self._run(), name="webhook-delivery", log=log)
             log.info("webhook.worker.started")
 
     async def stop(self) -> None:

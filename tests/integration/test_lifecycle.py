@@ -113,7 +113,8 @@ async def test_provision_wake_heartbeat_online(
     gw_agent = agent["gateway_agent_id"]
     assert gw_agent == f"mc-{agent['id']}"
     workspace = tmp_path / "workspaces" / f"workspace-{gw_agent}"
-    await wait_for(lambda: (workspace / "AGENTS.md").exists(), what="files on disk")
+    # The token file is written last (files are written off the event loop, one by one).
+    await wait_for(lambda: (workspace / ".mc-agent-token").exists(), what="files on disk")
     files_s = time.perf_counter() - started
     token = (workspace / ".mc-agent-token").read_text().strip()
     assert token and token not in (workspace / "AGENTS.md").read_text()

@@ -99,11 +99,11 @@ def reports(tmp_path: Path, state: LocalState, gateway: RecordingGateway) -> Rep
     )
 
 
-def test_hello_inventory_says_whether_the_entry_is_in_openclaw_json(
+async def test_hello_inventory_says_whether_the_entry_is_in_openclaw_json(
     tmp_path: Path, state: LocalState
 ) -> None:
     built = reports(tmp_path, state, RecordingGateway())
-    hello = built.hello()
+    hello = await built.hello()
     assert (hello.gateway_id, hello.last_applied_sequence) == ("gw-1", 3)
     assert hello.agent_api_url == "http://127.0.0.1:18790"
     # Before the watcher's first pass nothing says an entry is missing.
@@ -111,7 +111,7 @@ def test_hello_inventory_says_whether_the_entry_is_in_openclaw_json(
         (A, 2, True)
     ]
     built.config = ConfigReport(valid=True, present=frozenset({B}))
-    assert [a.present_in_config for a in built.hello().inventory] == [False]
+    assert [a.present_in_config for a in (await built.hello()).inventory] == [False]
 
 
 def test_gateway_state_carries_the_config_and_the_drift_given(
@@ -131,11 +131,11 @@ def test_gateway_state_carries_the_config_and_the_drift_given(
     assert [(d.agent_id, d.kind) for d in reported.drift] == [(A, DriftKind.CHANGED)]
 
 
-def test_unmanaged_entries_are_reported_once_openclaw_json_was_read(
+async def test_unmanaged_entries_are_reported_once_openclaw_json_was_read(
     tmp_path: Path, state: LocalState
 ) -> None:
     built = reports(tmp_path, state, RecordingGateway())
-    assert not built.hello().unmanaged_reported  # not read yet: the hub keeps what it had
+    assert not (await built.hello()).unmanaged_reported  # not read yet: the hub keeps its list
     built.config = ConfigReport(
         valid=True,
         present=frozenset({A}),
@@ -145,7 +145,7 @@ def test_unmanaged_entries_are_reported_once_openclaw_json_was_read(
             RosterEntry("main"),
         ),
     )
-    for message in (built.hello(), built.gateway_state()):
+    for message in (await built.hello(), built.gateway_state()):
         assert message.unmanaged_reported
         assert [(u.agent_id, u.name, u.workspace) for u in message.unmanaged] == [
             ("research", "Research", "/srv/openclaw/research"),
