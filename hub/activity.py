@@ -113,6 +113,20 @@ def activity_after_in(
     return [event_row(r) for r in rows]
 
 
+def activity_before_in(
+    conn: sqlite3.Connection, where: ActivityFilter, *, before_id: int | None, limit: int
+) -> list[dict[str, Any]]:
+    """The trail's events before `before_id` (None: the newest), newest first."""
+    clause, args = where.where()
+    if before_id is not None:
+        clause = f"{clause} AND id < ?" if clause else "WHERE id < ?"
+        args = [*args, before_id]
+    rows = conn.execute(
+        f"SELECT * FROM events {clause} ORDER BY id DESC LIMIT ?", (*args, limit)
+    ).fetchall()
+    return [event_row(r) for r in rows]
+
+
 def agent_ids_in(conn: sqlite3.Connection, agent_id: str) -> tuple[str, ...]:
     """The ids an agent's events carry: its hub id, and its gateway agent id."""
     row = conn.execute("SELECT gateway_agent_id FROM agents WHERE id = ?", (agent_id,)).fetchone()

@@ -241,3 +241,26 @@ def task_approvals_in(conn: sqlite3.Connection, task_id: str) -> TaskApprovalSta
     ).fetchall()
     statuses = {r[0] for r in rows}
     return TaskApprovalState(approved="approved" in statuses, pending="pending" in statuses)
+
+
+def pending_approvals_in(
+    conn: sqlite3.Connection, board_id: str, *, limit: int
+) -> list[dict[str, Any]]:
+    """The board's pending approvals, oldest first: id, a title, when, the first task."""
+    rows = conn.execute(
+        """SELECT a.id, a.action_type, a.created_at,
+                  (SELECT task_id FROM approval_tasks t WHERE t.approval_id = a.id
+                   ORDER BY task_id LIMIT 1) AS task_id
+           FROM approvals a WHERE a.board_id = ? AND a.status = 'pending'
+           ORDER BY a.created_at, a.id LIMIT ?""",
+        (board_id, limit),
+    ).fetchall()
+    return [
+        {
+            "id": r["id"],
+            "title": r["action_type"],
+            "created_at": r["created_at"],
+            "task_id": r["task_id"],
+        }
+        for r in rows
+    ]

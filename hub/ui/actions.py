@@ -73,6 +73,10 @@ class Actions:
             web.post("/agents/{agent_id}/token/rotate", self.rotate_token),
             web.post("/agents/{agent_id}/reprovision", self.reprovision),
             web.post("/agents/{agent_id}/delete", self.delete_agent),
+            web.post("/agents/{agent_id}/pause", self.pause_agent),
+            web.post("/agents/{agent_id}/resume", self.resume_agent),
+            web.post("/boards/{board_id}/pause", self.pause_board),
+            web.post("/boards/{board_id}/resume", self.resume_board),
         ]
         routes += [
             web.route(method, path, handler) for method, path, handler in seams.PAUSE_ACTIONS
@@ -275,3 +279,42 @@ class Actions:
             return "Agent deleting: its sidecar removes it, then the row goes.", where
 
         return await self._do(request, f"/ui/agents/{agent_id}", act)
+
+    # ------------------------------------------------------------- pause, resume
+
+    async def pause_agent(self, request: web.Request) -> web.Response:
+        return await self._pause_agent(request, pause=True)
+
+    async def resume_agent(self, request: web.Request) -> web.Response:
+        return await self._pause_agent(request, pause=False)
+
+    async def _pause_agent(self, request: web.Request, *, pause: bool) -> web.Response:
+        d = self.ui.deps
+        agent_id = request.match_info["agent_id"]
+        back = f"/ui/agents/{agent_id}"
+
+        async def act(form: dict[str, str]) -> tuple[str, str]:
+            if pause:
+                await d.provisioning.pause_agent(agent_id)
+                return "Paused: its heartbeat job is off, and it is not woken.", back
+            await d.provisioning.resume_agent(agent_id)
+            return "Resumed: its heartbeat job is back, and it is woken.", back
+
+        return await self._do(request, back, act)
+
+    async def pause_board(self, request: web.Request) -> web.Response:
+        return await self._pause_board(request, pause=True)
+
+    async def resume_board(self, request: web.Request) -> web.Response:
+        return await self._pause_board(request, pause=False)
+
+    async def _pause_board(self, request: web.Request, *, pause: bool) -> web.Response:
+        d = self.ui.deps
+        board_id = request.match_info["board_id"]
+        back = f"/ui/boards/{board_id}"
+
+        async def act(form: dict[str, str]) -> tuple[str, str]:
+            await d.provisioning.set_board_paused(board_id, pause)
+            return ("Board paused with its agents." if pause else "Board resumed."), back
+
+        return await self._do(request, back, act)

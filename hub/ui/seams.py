@@ -5,10 +5,10 @@ when its backend lands; the templates already draw the answer when there is one.
 
 | seam | today | fill with |
 |---|---|---|
-| `approvals_waiting_in` | None: the board page says they arrive later | pending approvals |
-| `pause_state` | None: no pause/resume buttons | whether the agent (or board) is paused |
-| `PAUSE_ACTIONS` | empty: no routes | the pause and resume handlers (actions.py) |
-| `activity_in` | None: the activity page says the feed arrives later | a page of the feed |
+| `approvals_waiting_in` | the board's pending approvals (hub/approvals.py) | (filled) |
+| `pause_state` | whether the agent (or board) is paused | (filled) |
+| `PAUSE_ACTIONS` | empty: the pause and resume forms are Actions' own (actions.py) | (filled) |
+| `activity_in` | a page of the activity trail (hub/activity.py) | (filled) |
 | `rollouts_in` | None: the rollouts page says so | rollouts with their waves |
 | `gateway_labels` | the row's `labels` if it has any, else () | the fleet work's labels |
 | `LABEL_FILTER` | False: the fleet page has no label filter | True once gateways have labels |
@@ -19,9 +19,13 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from aiohttp import web
+
+from hub.activity import ActivityFilter, activity_before_in, summary
+from hub.approvals import pending_approvals_in
 
 # When True, the fleet page shows a label filter and passes `label` to the fleet read.
 LABEL_FILTER = False
@@ -36,8 +40,11 @@ class Approval:
 
 
 def approvals_waiting_in(conn: sqlite3.Connection, board_id: str) -> list[Approval] | None:
-    """The board's approvals waiting for a decision; None until approvals exist."""
-    return None
+    """The board's approvals waiting for a decision, oldest first."""
+    return [
+        Approval(id=a["id"], title=a["title"], created_at=a["created_at"], task_id=a["task_id"])
+        for a in pending_approvals_in(conn, board_id, limit=50)
+    ]
 
 
 @dataclass(frozen=True)
@@ -47,14 +54,18 @@ class PauseState:
 
 
 def pause_state(agent_or_board: dict[str, Any]) -> PauseState | None:
-    """Whether an agent (from `agent_json`) or a board is paused; None until pause exists.
+    """Whether an agent (from `agent_json`) or a board (its row) is paused.
 
-    With an answer, the agent and board pages show a Pause or a Resume button that posts
-    to /ui/agents/{id}/pause or /resume (/ui/boards/{id}/…), handled by PAUSE_ACTIONS."""
-    return None
+    The agent and board pages show a Pause or a Resume button that posts to
+    /ui/agents/{id}/pause or /resume (/ui/boards/{id}/…), handled in actions.py."""
+    since = agent_or_board.get("paused_at")
+    if isinstance(since, str):
+        since = datetime.fromisoformat(since.replace("Z", "+00:00")).timestamp()
+    return PauseState(paused=since is not None, since=since)
 
 
-# (method, path, handler) routes for pause/resume, mounted beside the other actions.
+# (method, path, handler) routes for pause/resume, mounted beside the other actions; the
+# pause and resume forms are Actions' own methods (they need the hub's services).
 PAUSE_ACTIONS: tuple[tuple[str, str, Callable[[web.Request], Awaitable[web.StreamResponse]]], ...]
 PAUSE_ACTIONS = ()
 
@@ -62,8 +73,9 @@ PAUSE_ACTIONS = ()
 def activity_in(
     conn: sqlite3.Connection, *, before_id: int | None, limit: int
 ) -> list[dict[str, Any]] | None:
-    """One page of the activity feed, newest first; None until the feed exists."""
-    return None
+    """One page of the activity trail, newest first, each with its one-line summary."""
+    rows = activity_before_in(conn, ActivityFilter(), before_id=before_id, limit=limit)
+    return [{**row, "title": summary(row["kind"], row["detail"])} for row in rows]
 
 
 def rollouts_in(conn: sqlite3.Connection, *, limit: int) -> list[dict[str, Any]] | None:

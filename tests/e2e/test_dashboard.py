@@ -223,10 +223,6 @@ async def test_a_hostile_agent_name_is_shown_as_text_and_never_runs(
         assert await page.evaluate("window.__xss") is None
 
 
-@pytest.mark.skip(
-    reason="pause/resume arrives with the Mission Control parity work: fill "
-    "hub/ui/seams.py pause_state and PAUSE_ACTIONS, then drop this skip"
-)
 async def test_pause_and_resume_an_agent(page: Page, hub: Hub, tmp_path: Path) -> None:
     async with connected_sidecar(hub, tmp_path, "gw-pause"):
         _, agent_id = await board_and_agent(hub, "gw-pause")
