@@ -9,7 +9,7 @@ from hub.app import Hub
 from tests.support import api, connected_sidecar, wait_for
 
 
-async def _token_file(sidecar_root: Path) -> str:
+def _token_file(sidecar_root: Path) -> str:
     found = list(sidecar_root.glob("workspace-*/.mc-agent-token"))
     return found[0].read_text().strip() if found else ""
 
@@ -17,7 +17,7 @@ async def _token_file(sidecar_root: Path) -> str:
 async def test_no_raw_token_is_kept_in_the_outbox_yet_the_sidecar_receives_it(
     hub: Hub, tmp_path: Path
 ) -> None:
-    async with connected_sidecar(hub, tmp_path, "gw-secrets") as (sidecar, _gateway):
+    async with connected_sidecar(hub, tmp_path, "gw-secrets") as (_sidecar, _gateway):
         status, board = await api(
             hub, "POST", "/api/v1/boards", {"name": "Ops", "gateway_id": "gw-secrets"}
         )
@@ -43,6 +43,6 @@ async def test_no_raw_token_is_kept_in_the_outbox_yet_the_sidecar_receives_it(
         assert secret not in stored and secret not in dumped
 
 
-async def _rotated(root: Path, first: str) -> str:
-    token = await _token_file(root)
+def _rotated(root: Path, first: str) -> str:
+    token = _token_file(root)
     return token if token and token != first else ""
