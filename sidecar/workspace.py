@@ -8,10 +8,11 @@ whole command.
 
 Some files are the agent's (USER.md, MEMORY.md grow as it works), so what is on disk
 may be anything the agent's shell made: a FIFO, a symlink to a device, a huge file.
-Only a regular file (not followed through a link) of at most MAX_PRESENT_BYTES counts
-as present (`read_regular_file`); it is opened non-blocking and read with a bound, so
-no file can block or flood the sidecar. These methods do blocking I/O: the sidecar
-calls them from a worker thread, never on its event loop.
+Only a regular file (not followed through a link) counts as present
+(`regular_file_digest`); it is opened non-blocking and hashed in chunks up to a bound
+(a larger one is kept, and reported by its size), so no file can block or flood the
+sidecar, and no agent's memory is overwritten for being large. These methods do
+blocking I/O: the sidecar calls them from a worker thread, never on its event loop.
 """
 
 from __future__ import annotations
@@ -44,9 +45,9 @@ ALLOWED_FILES = frozenset(
     }
 )
 MAX_FILE_BYTES = 256 * 1024
-# The largest file the sidecar reads back from a workspace (an agent's MEMORY.md may
-# outgrow what the hub writes); anything larger counts as absent.
-MAX_PRESENT_BYTES = 1024 * 1024
+# An agent's own file (MEMORY.md may outgrow what the hub writes) is kept whatever its
+# size; beyond this its hash is a size marker rather than a read of all of it.
+MAX_HASHED_BYTES = 64 * 1024 * 1024
 MAX_FILES = len(ALLOWED_FILES)
 TEMP_SUFFIX = ".mc-tmp"
 DIR_MODE = 0o700
@@ -89,44 +90,42 @@ def check_file_name(name: str) -> None:
         )
 
 
-def read_regular_file(path: Path, max_bytes: int = MAX_PRESENT_BYTES) -> bytes | None:
-    """The content of `path` if it is a regular file of at most `max_bytes`, else None.
+def regular_file_digest(path: Path, max_bytes: int | None = None) -> str | None:
+    """sha256 hex of `path` if it is a regular file, read in chunks; `oversized:<bytes>`
+    past `max_bytes`; None if it is anything else.
 
     Not a symlink (not followed), FIFO, socket, device or directory: `lstat` decides,
     the open is non-blocking and refuses links, and the opened file must be the one
-    that was checked, so swapping it in between changes nothing. Never blocks on the
-    file's kind and never reads more than `max_bytes` + 1 bytes."""
+    that was checked, so swapping it in between changes nothing."""
+    max_bytes = MAX_HASHED_BYTES if max_bytes is None else max_bytes
     try:
         checked = os.lstat(path)
     except OSError:
         return None
-    if not stat.S_ISREG(checked.st_mode) or checked.st_size > max_bytes:
+    if not stat.S_ISREG(checked.st_mode):
         return None
+    if checked.st_size > max_bytes:
+        return f"oversized:{checked.st_size}"
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
         return None
+    digest = hashlib.sha256()
     try:
         opened = os.fstat(fd)
-        if not stat.S_ISREG(opened.st_mode) or (opened.st_dev, opened.st_ino) != (
-            checked.st_dev,
-            checked.st_ino,
-        ):
+        if (opened.st_dev, opened.st_ino) != (checked.st_dev, checked.st_ino):
             return None
-        chunks: list[bytes] = []
-        remaining = max_bytes + 1
-        while remaining > 0:
-            chunk = os.read(fd, min(remaining, 64 * 1024))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            remaining -= len(chunk)
+        read = 0
+        while chunk := os.read(fd, 256 * 1024):
+            read += len(chunk)
+            if read > max_bytes:
+                return f"oversized:{read}"
+            digest.update(chunk)
     except OSError:
         return None
     finally:
         os.close(fd)
-    content = b"".join(chunks)
-    return content if len(content) <= max_bytes else None
+    return digest.hexdigest()
 
 
 def remove_tree(path: Path, *, within: Path) -> bool:
@@ -236,9 +235,9 @@ class WorkspaceWriter:
         hashes: dict[str, str] = {}
         for file in files:
             target = workspace / file.name
-            present = read_regular_file(target) if file.preserve_if_present else None
-            if present is not None:
-                hashes[file.name] = sha256_hex(present)
+            present = regular_file_digest(target) if file.preserve_if_present else None
+            if present is not None:  # the agent's own file, whatever its size, is kept
+                hashes[file.name] = present
                 continue
             atomic_write(target, file.content, SECRET_MODE if file.secret else FILE_MODE)
             hashes[file.name] = sha256_hex(file.content)
@@ -252,9 +251,9 @@ class WorkspaceWriter:
             return {}
         found: dict[str, str] = {}
         for name in sorted(ALLOWED_FILES):
-            content = read_regular_file(workspace / name)
-            if content is not None:
-                found[name] = sha256_hex(content)
+            digest = regular_file_digest(workspace / name)
+            if digest is not None:
+                found[name] = digest
         return found
 
     def remove_token_file(self, workspace_path: str) -> bool:

@@ -43,6 +43,6 @@ async def test_no_raw_token_is_kept_in_the_outbox_yet_the_sidecar_receives_it(
         assert secret not in stored and secret not in dumped
 
 
-async def _rotated(root: Path, first: str) -> str:
+def _rotated(root: Path, first: str) -> str:
     token = _token_file(root)
     return token if token and token != first else ""

@@ -11,9 +11,9 @@ from typing import TypeVar
 import pytest
 
 from missioncontrol.agent_api import TOKEN_FILE_NAME as TOKEN_FILE
+from sidecar import workspace as workspace_module
 from sidecar.workspace import (
     MAX_FILE_BYTES,
-    MAX_PRESENT_BYTES,
     FileTooLarge,
     FileToWrite,
     InvalidFileName,
@@ -128,9 +128,9 @@ def test_duplicate_names_in_one_command_are_refused(writer: WorkspaceWriter) -> 
 
 # ------------------------------------------------------------ what an agent left on disk
 # An agent's shell can put anything where its USER.md or MEMORY.md should be. Only a
-# regular file, not followed through a link, within MAX_PRESENT_BYTES counts as present,
-# for every path that reads a workspace back: preserve_if_present on write, and hashes
-# (the Hello's inventory). Nothing may block on it or read it without bound.
+# regular file, not followed through a link, counts as present, for every path that
+# reads a workspace back: preserve_if_present on write, and hashes (the Hello's
+# inventory). Nothing may block on it or read it without bound.
 
 
 def _fifo(path: Path, _outside: Path) -> None:
@@ -162,10 +162,6 @@ def _dangling_link(path: Path, outside: Path) -> None:
     path.symlink_to(outside / "missing")
 
 
-def _oversized(path: Path, _outside: Path) -> None:
-    path.write_bytes(b"m" * (MAX_PRESENT_BYTES + 1))
-
-
 NOT_PRESENT = {
     "fifo": _fifo,
     "unix socket": _socket,
@@ -173,7 +169,6 @@ NOT_PRESENT = {
     "symlink to a file": _link_to_file,
     "symlink to a fifo": _link_to_fifo,
     "dangling symlink": _dangling_link,
-    "regular file over the cap": _oversized,
 }
 
 
@@ -192,7 +187,7 @@ def _unblocked(fn: Callable[[], T], fifos: list[Path]) -> T:
 
 @pytest.mark.parametrize("kind", sorted(NOT_PRESENT))
 @pytest.mark.parametrize("name", ["USER.md", "MEMORY.md"])
-def test_only_a_regular_file_within_the_cap_counts_as_present(
+def test_only_a_regular_file_counts_as_present(
     writer: WorkspaceWriter, tmp_path: Path, kind: str, name: str
 ) -> None:
     workspace = Path(ws(writer))
@@ -217,10 +212,12 @@ def test_only_a_regular_file_within_the_cap_counts_as_present(
         assert (outside / "elsewhere.md").read_bytes() == b"not in the workspace"
 
 
-def test_a_regular_file_at_the_cap_is_present_and_kept(writer: WorkspaceWriter) -> None:
+def test_a_large_agent_file_is_kept_and_one_past_the_hash_bound_reported_by_size(
+    writer: WorkspaceWriter, monkeypatch: pytest.MonkeyPatch
+) -> None:
     workspace = Path(ws(writer))
     writer.write(ws(writer), [FileToWrite("AGENTS.md", b"# a")])
-    grown = b"m" * MAX_PRESENT_BYTES  # an agent's memory may outgrow what the hub writes
+    grown = b"m" * (3 * 1024 * 1024)  # an agent's memory may outgrow what the hub writes
     (workspace / "MEMORY.md").write_bytes(grown)
     hashes = writer.write(ws(writer), [FileToWrite("MEMORY.md", b"t", preserve_if_present=True)])
     assert (
@@ -228,6 +225,10 @@ def test_a_regular_file_at_the_cap_is_present_and_kept(writer: WorkspaceWriter) 
         == {"MEMORY.md": sha256_hex(grown)}
         == {k: v for k, v in writer.hashes(ws(writer)).items() if k == "MEMORY.md"}
     )
+    monkeypatch.setattr(workspace_module, "MAX_HASHED_BYTES", 1024 * 1024)
+    kept = writer.write(ws(writer), [FileToWrite("MEMORY.md", b"t", preserve_if_present=True)])
+    assert kept == {"MEMORY.md": f"oversized:{len(grown)}"}
+    assert (workspace / "MEMORY.md").read_bytes() == grown  # never overwritten for its size
 
 
 def test_a_directory_where_a_file_goes_refuses_the_command_before_any_write(
