@@ -88,8 +88,8 @@ async def live_status(d: HttpDeps, target: Target) -> GatewayStatusRead:
     read = GatewayStatusRead(
         gateway_id=row.id,
         gateway_name=row.name,
-        connected=False,
-        sidecar_connected=d.registry.get(row.id) is not None,
+        connected=d.registry.get(row.id) is not None,
+        live_read=False,
         gateway_reachable=row.reachable,
         gateway_unreachable_reason=row.unreachable_reason,
         sidecar_version=row.sidecar_version,
@@ -115,7 +115,7 @@ async def live_status(d: HttpDeps, target: Target) -> GatewayStatusRead:
         read.error, read.error_code = _explain(exc.code, str(exc), row), exc.code
         return read
     state = result.state
-    read.sidecar_connected = True
+    read.connected = True
     read.gateway_reachable = state.reachable
     read.gateway_unreachable_reason = state.unreachable_reason or None
     read.openclaw_version = state.openclaw_version or read.openclaw_version
@@ -129,7 +129,7 @@ async def live_status(d: HttpDeps, target: Target) -> GatewayStatusRead:
     if result.error_code:
         read.error, read.error_code = result.error, result.error_code
         return read
-    read.connected = True
+    read.live_read = True
     read.pid = result.runtime.pid or None
     read.rss_bytes = result.runtime.rss_bytes or None
     read.agents = [
@@ -155,7 +155,7 @@ def register(api: Api) -> None:
         "GET",
         "/api/v1/gateway/status",
         summary="Live gateway status through its sidecar: versions, agents' heartbeat, "
-        "sessions (200 with connected=false and the reason when it cannot be read)",
+        "sessions (200 with live_read=false and the reason when it cannot be read)",
         tags=tags,
         query=GatewayTarget,
         response=GatewayStatusRead,

@@ -152,8 +152,8 @@ class GatewayAgentRuntime(BaseModel):
 class GatewayStatusRead(BaseModel):
     gateway_id: str
     gateway_name: str
-    connected: bool  # the sidecar is connected and reaches its gateway
-    sidecar_connected: bool
+    connected: bool  # the sidecar's link to the hub is up (as in GET /api/v1/gateways)
+    live_read: bool  # the sidecar asked its gateway now and the gateway answered
     gateway_reachable: bool | None
     gateway_unreachable_reason: str | None
     sidecar_version: str | None
