@@ -12,9 +12,10 @@ ENROLL_LISTEN ?= 127.0.0.1:7444
 PYTEST_ARGS ?=
 CHROMIUM ?= chromium
 
-.PHONY: help install proto run test unit integration interop e2e browser bench bench-quick lint fmt wheel clean
+.PHONY: help install proto run demo test unit integration interop e2e browser bench bench-quick lint fmt wheel clean
 
 help:
+	@echo "make demo       hub, a real OpenClaw gateway, a sidecar and two agents on this machine"
 	@echo "make run        start the hub with embedded SQLite under ./var/"
 	@echo "make test       lint, then the whole test suite (unit, integration, interop)"
 	@echo "make interop    only the tests against a real OpenClaw gateway"
@@ -45,6 +46,12 @@ install: $(INSTALLED) $(PROTO_OUT)
 run: install
 	$(BIN)/mc-hub serve --data-dir var/hub --http-listen $(HTTP_LISTEN) \
 	  --link-listen $(LINK_LISTEN) --enroll-listen $(ENROLL_LISTEN)
+
+# Everything on loopback (state in var/demo/, OpenClaw cached in var/cache/openclaw/ or
+# $OPENCLAW_CACHE_DIR); Ctrl-C stops all of it.
+demo: install
+	$(BIN)/mc-hub demo --http-listen $(HTTP_LISTEN) --link-listen $(LINK_LISTEN) \
+	  --enroll-listen $(ENROLL_LISTEN)
 
 lint: install
 	$(BIN)/ruff check .

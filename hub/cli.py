@@ -75,9 +75,74 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help="address sidecars enroll at, for the printed command",
     )
+    demo = commands.add_parser(
+        "demo",
+        help="the whole system on this machine: hub, a real OpenClaw gateway, a sidecar and "
+        "a scripted model, with a board, a lead and a worker; Ctrl-C stops it all",
+        description="Start, on loopback: a scripted model, a real OpenClaw gateway (installed "
+        "from npm into a cache on first use), the hub, and a sidecar enrolled over mutual TLS "
+        "with a join token; create a board with a lead and a worker, wait until both are "
+        "online, and print the dashboard URL and what to try next. Ctrl-C stops every process "
+        "it started, by PID. The state directory is cleared at each start.",
+    )
+    demo.add_argument(
+        "--state-dir", default="var/demo", metavar="DIR", help="where it all lives [var/demo]"
+    )
+    demo.add_argument(
+        "--openclaw-cache",
+        default=None,
+        metavar="DIR",
+        help="where OpenClaw installs are cached "
+        "[env OPENCLAW_CACHE_DIR, default var/cache/openclaw]",
+    )
+    demo.add_argument(
+        "--openclaw-version",
+        default=None,
+        metavar="VERSION",
+        help="the OpenClaw release to run [env OPENCLAW_VERSION, default 2026.9.6]",
+    )
+    for flag, default in (
+        ("--http-listen", "127.0.0.1:8000"),
+        ("--link-listen", "127.0.0.1:7443"),
+        ("--enroll-listen", "127.0.0.1:7444"),
+    ):
+        demo.add_argument(
+            flag, default=default, metavar="HOST:PORT", help=f"the hub's address [{default}]"
+        )
+    demo.add_argument(
+        "--online-timeout",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="how long to wait for both agents to come online [300]",
+    )
     add_operations_parsers(commands)
     add_service_parsers(commands)
     return parser
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from hub.demo import openclaw_install
+    from hub.demo.runner import DemoConfig, run
+
+    try:
+        config = DemoConfig(
+            state_dir=Path(args.state_dir).expanduser(),
+            cache_dir=Path(args.openclaw_cache).expanduser()
+            if args.openclaw_cache
+            else openclaw_install.cache_dir(os.environ, Path("var/cache/openclaw")),
+            openclaw_version=args.openclaw_version
+            or os.environ.get(openclaw_install.VERSION_ENV, "").strip()
+            or openclaw_install.DEFAULT_VERSION,
+            http_listen=HostPort.parse(args.http_listen),
+            link_listen=HostPort.parse(args.link_listen),
+            enroll_listen=HostPort.parse(args.enroll_listen),
+            online_timeout_s=args.online_timeout,
+        )
+    except ValueError as exc:
+        print(f"mc-hub demo: {exc}", file=sys.stderr)
+        return 2
+    return asyncio.run(run(config))
 
 
 async def _join_token(args: argparse.Namespace) -> int:
@@ -240,6 +305,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "gateway":
         logs.configure("warning", "auto")
         return asyncio.run(_join_token(args))
+    if args.command == "demo":
+        logs.configure("warning", "auto")
+        return _demo(args)
     if args.command in SERVICE_COMMANDS:
         logs.configure("warning", "auto")
         return service_main(args)

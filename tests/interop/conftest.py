@@ -1,12 +1,13 @@
 """A real OpenClaw gateway per test module, on loopback, in a private home directory.
 
-The gateway comes from npm (`install_openclaw.sh`, cached under .cache/openclaw/);
+The gateway comes from npm through the product's installer (hub/demo/openclaw_install.py,
+cached under $OPENCLAW_CACHE_DIR, default .cache/openclaw/ in the checkout);
 `OPENCLAW_VERSION` picks the release (default 2026.9.6). Each module gets a fresh
 HOME, state dir, TMPDIR, free port and token, and the gateway is stopped by PID at the
 end (its whole process group, so the spawn broker goes too).
 
 `gateway` boots with the minimal config (no model provider); `gateway_with_model`
-boots with the scripted model (tests/interop/scripted_model.py) as its only provider,
+boots with the scripted model (hub/demo/scripted_model.py) as its only provider,
 which the gateway then takes as every agent's model.
 """
 
@@ -17,7 +18,6 @@ import json
 import logging
 import os
 import secrets
-import shutil
 import signal
 import socket
 import subprocess
@@ -31,14 +31,17 @@ from typing import Any
 
 import pytest
 
+from hub.demo import openclaw_install
+from hub.demo.runner import processes_with_env
+from hub.demo.scripted_model import provider_config
 from sidecar.openclaw_config import write_atomic
-from tests.interop.scripted_model import provider_config
 
 log = logging.getLogger("interop")
 
-INSTALL_SCRIPT = Path(__file__).with_name("install_openclaw.sh")
-DEFAULT_VERSION = "2026.9.6"
-INSTALL_TIMEOUT_S = 900
+DEFAULT_VERSION = openclaw_install.DEFAULT_VERSION
+CACHE_DIR = openclaw_install.cache_dir(
+    os.environ, Path(__file__).resolve().parents[2] / ".cache" / "openclaw"
+)
 READY_TIMEOUT_S = 60
 STOP_TIMEOUT_S = 10
 
@@ -111,21 +114,24 @@ class RunningGateway:
         return "\n".join(text.splitlines()[-lines:])
 
 
-def _install(version: str) -> Path:
-    if shutil.which("npm") is None:
-        pytest.skip("npm is not installed: cannot install OpenClaw for interop tests")
+def install_openclaw(version: str) -> Path:
+    """The launcher of `version`, installed into CACHE_DIR first if need be."""
+    try:
+        argv, env = openclaw_install.install_command(version, CACHE_DIR)
+    except openclaw_install.MissingTool as exc:
+        pytest.skip(f"cannot install OpenClaw for interop tests: {exc}")
     started = time.monotonic()
     proc = subprocess.run(
-        [str(INSTALL_SCRIPT)],
-        env={**os.environ, "OPENCLAW_VERSION": version},
+        argv,
+        env=env,
         capture_output=True,
         text=True,
-        timeout=INSTALL_TIMEOUT_S,
+        timeout=openclaw_install.INSTALL_TIMEOUT_S,
         check=False,
     )
     if proc.returncode != 0:
         pytest.fail(f"installing openclaw@{version} failed:\n{proc.stderr[-4000:]}")
-    launcher = Path(proc.stdout.strip().splitlines()[-1])
+    launcher = openclaw_install.launcher_from(proc.stdout)
     record_timing(f"install openclaw@{version} (cached or fresh)", time.monotonic() - started)
     return launcher
 
@@ -134,11 +140,6 @@ def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def _installed_version(launcher: Path) -> str:
-    package = launcher.parent.parent / "node_modules" / "openclaw" / "package.json"
-    return str(json.loads(package.read_text(encoding="utf-8"))["version"])
 
 
 def _probe(port: int, path: str) -> int:
@@ -169,17 +170,6 @@ def _wait_ready(proc: subprocess.Popen[bytes], port: int, log_path: Path) -> Non
     pytest.fail(f"gateway not ready on port {port} within {READY_TIMEOUT_S} s:\n{tail}")
 
 
-def _strays(state_dir: Path) -> list[int]:
-    """PIDs of processes still running with this test's private state dir (Linux)."""
-    marker = f"OPENCLAW_STATE_DIR={state_dir}".encode()
-    found = []
-    for environ in Path("/proc").glob("[0-9]*/environ"):
-        with contextlib.suppress(OSError):
-            if marker in environ.read_bytes().split(b"\0"):
-                found.append(int(environ.parent.name))
-    return found
-
-
 def _stop(proc: subprocess.Popen[bytes], state_dir: Path) -> None:
     """SIGTERM the gateway's process group, then SIGKILL it if it lingers."""
     if proc.poll() is None:
@@ -196,7 +186,7 @@ def _stop(proc: subprocess.Popen[bytes], state_dir: Path) -> None:
         proc.wait(timeout=STOP_TIMEOUT_S)
     # A gateway that re-executed itself detached is not in the group: find it by the
     # state dir only this fixture uses.
-    for pid in _strays(state_dir):
+    for pid in processes_with_env("OPENCLAW_STATE_DIR", str(state_dir)):
         log.warning("gateway process %d outlived its group; killing it", pid)
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
@@ -220,7 +210,7 @@ def _booted(
 ) -> Iterator[RunningGateway]:
     """Install, configure (base config plus `extra_config`), boot; stop by PID on exit."""
     version = os.environ.get("OPENCLAW_VERSION", DEFAULT_VERSION)
-    launcher = _install(version)
+    launcher = install_openclaw(version)
     root = tmp_path_factory.mktemp("openclaw")
     home = root / "home"
     state_dir = home / ".openclaw"
@@ -270,7 +260,7 @@ def _booted(
         boot_s = time.monotonic() - started
         record_timing(f"gateway {version} boot to ready", boot_s)
         yield RunningGateway(
-            version=_installed_version(launcher),
+            version=openclaw_install.installed_version(launcher),
             port=port,
             token=token,
             home=home,
@@ -296,7 +286,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway
 
 @pytest.fixture(scope="module")
 def scripted_model_port() -> int:
-    """The loopback port the scripted model (tests/interop/scripted_model.py) listens on.
+    """The loopback port the scripted model (hub/demo/scripted_model.py) listens on.
 
     Reserved before the gateway boots, because the provider's baseUrl must be in the
     config the gateway starts with; each test then serves the model on it.

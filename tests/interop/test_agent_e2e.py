@@ -31,17 +31,17 @@ from typing import Any
 import pytest
 
 from hub.app import Hub
-from protos import link_pb2 as pb
-from sidecar.app import Sidecar
-from sidecar.gateway.openclaw import OpenClawGatewayClient
-from tests.interop.conftest import RunningGateway, record_timing
-from tests.interop.scripted_model import (
+from hub.demo.scripted_model import (
     MODEL_ID,
     MODEL_REF,
     Behaviour,
     ModelRequest,
     ScriptedModel,
 )
+from protos import link_pb2 as pb
+from sidecar.app import Sidecar
+from sidecar.gateway.openclaw import OpenClawGatewayClient
+from tests.interop.conftest import RunningGateway, record_timing
 from tests.support import api, fast_backoff, hub_config, sidecar_config, wait_for
 
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(600)]

@@ -23,10 +23,10 @@ import aiohttp
 import pytest
 
 from hub.app import Hub
+from hub.demo.scripted_model import Behaviour, ScriptedModel
 from sidecar.app import Sidecar
 from sidecar.gateway.openclaw import OpenClawGatewayClient
 from tests.interop.conftest import RunningGateway
-from tests.interop.scripted_model import Behaviour, ScriptedModel
 from tests.support import api, fast_backoff, hub_config, sidecar_config, wait_for
 
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(600)]

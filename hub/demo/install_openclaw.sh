@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Install Node and OpenClaw from the npm registry into the repo's cache and print the
-# path of an `openclaw` launcher that runs it with that Node.
+# Install Node and OpenClaw from the npm registry into a cache directory and print the
+# path of an `openclaw` launcher that runs it with that Node (`mc-hub demo` and the
+# interop tests run it through hub/demo/openclaw_install.py).
 #
 #   OPENCLAW_VERSION   openclaw version to install (default 2026.9.6)
-#   OPENCLAW_CACHE_DIR where versions live (default <repo>/.cache/openclaw)
+#   OPENCLAW_CACHE_DIR where versions live (default ${XDG_CACHE_HOME:-~/.cache}/mission-control/openclaw)
 #
 # Idempotent: a finished install is reused. An install is built in a temporary
 # directory next to its destination and renamed into place only when complete, so a
@@ -11,8 +12,7 @@
 set -euo pipefail
 
 version="${OPENCLAW_VERSION:-2026.9.6}"
-repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-cache_root="${OPENCLAW_CACHE_DIR:-$repo_root/.cache/openclaw}"
+cache_root="${OPENCLAW_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/mission-control/openclaw}"
 dest="$cache_root/$version"
 launcher="$dest/bin/openclaw"
 
@@ -42,7 +42,10 @@ case "$(uname -s)-$(uname -m)" in
   *) echo "install_openclaw: no Node package for $(uname -s)-$(uname -m)" >&2; exit 1 ;;
 esac
 
-command -v npm >/dev/null || { echo "install_openclaw: npm is required on PATH" >&2; exit 1; }
+command -v npm >/dev/null || {
+  echo "install_openclaw: npm is required on PATH to install openclaw@$version once (Node itself comes from npm)" >&2
+  exit 1
+}
 
 mkdir -p "$cache_root"
 # Temp dirs of runs that were killed outright (no EXIT trap) are swept after an hour.
