@@ -527,7 +527,13 @@ def render_context(
         generation = GatewayGeneration.CURRENT
     board = board_profile(conn, agent.board_id) if agent.board_id else None
     session_key = f"agent:{agent.gateway_agent_id}:main"
-    main_key = f"agent:mc-gateway-{gateway.id}:main"
+    # Named only when the gateway has a main agent: a session that does not exist would
+    # send the agent looking for it.
+    main = conn.execute(
+        "SELECT gateway_agent_id FROM agents WHERE gateway_id = ? AND kind = 'main'",
+        (gateway.id,),
+    ).fetchone()
+    main_key = f"agent:{main[0]}:main" if main else ""
     try:
         context = AgentContext(
             agent_name=agent.name,

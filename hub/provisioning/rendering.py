@@ -260,7 +260,7 @@ class AgentContext:
     agent_name: str
     agent_id: str
     session_key: str
-    main_session_key: str
+    main_session_key: str  # "" when the gateway has no main agent
     kind: AgentKind
     base_url: str
     workspace_root: str
@@ -279,6 +279,8 @@ class AgentContext:
                 + ("has no board" if self.kind is AgentKind.MAIN else "needs its board")
             )
         for name in ("agent_id", "session_key", "main_session_key"):
+            if name == "main_session_key" and not self.main_session_key:
+                continue  # the gateway has no main agent
             if not _PLAIN_ID.fullmatch(getattr(self, name)):
                 raise RenderError(
                     f"{name} {getattr(self, name)!r} must be 1-200 letters, digits, ':', '.', "

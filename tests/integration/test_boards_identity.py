@@ -141,3 +141,27 @@ async def test_user_profile_feeds_user_md_and_a_missing_timezone_is_reported(
     await wait_for(user_md.exists, what="USER.md written")
     text = user_md.read_text()
     assert "Ada" in text and "Europe/London" in text
+
+
+async def test_identity_md_names_the_main_session_only_when_the_gateway_has_a_main_agent(
+    hub: Hub, connected: tuple[Sidecar, RecordingGateway], tmp_path: Path
+) -> None:
+    _, board = await api(hub, "POST", "/api/v1/boards", {"name": "B", "gateway_id": "gw-b"})
+    _, lone = await api(hub, "POST", "/api/v1/agents", {"name": "Lone", "board_id": board["id"]})
+    identity = tmp_path / "ws" / f"workspace-{lone['gateway_agent_id']}" / "IDENTITY.md"
+    await wait_for(identity.exists, what="IDENTITY.md written")
+    text = identity.read_text()
+    assert "Main agent session" not in text and "agent:mc-gateway-" not in text
+    assert "Main agent: none on this gateway" in text
+
+    status, main = await api(
+        hub,
+        "POST",
+        "/api/v1/agents",
+        {"name": "Main", "gateway_id": "gw-b", "is_gateway_main": True},
+    )
+    assert status == 201, main
+    _, worker = await api(hub, "POST", "/api/v1/agents", {"name": "W2", "board_id": board["id"]})
+    identity = tmp_path / "ws" / f"workspace-{worker['gateway_agent_id']}" / "IDENTITY.md"
+    await wait_for(identity.exists, what="IDENTITY.md written")
+    assert f"- Main agent session: `agent:{main['gateway_agent_id']}:main`" in identity.read_text()

@@ -1,0 +1,31 @@
+"""The README states each rate limit as the code enforces it: the rate and its burst."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from hub.api import ADMIN_RATE, AGENT_RATE
+from hub.api.webhooks import INGEST_RATE
+from sidecar.agent_api import AgentApiLimits
+
+README = " ".join((Path(__file__).resolve().parents[2] / "README.md").read_text().split())
+SIDECAR = AgentApiLimits()
+
+
+@pytest.mark.parametrize(
+    "phrase",
+    [
+        f"per admin token ({ADMIN_RATE[0]:g} requests/s after a burst of {ADMIN_RATE[1]:g})",
+        f"per agent token ({AGENT_RATE[0]:g} requests/s after a burst of {AGENT_RATE[1]:g})",
+        f"more than {SIDECAR.rate_per_s:g} requests/s per agent (after a burst of "
+        f"{SIDECAR.burst:g}) 429",
+        f"more than {INGEST_RATE[0]:g} payload/s per webhook (after a burst of "
+        f"{INGEST_RATE[1]:g}) 429",
+        f"More than {SIDECAR.failed_auth_burst:g} failed token checks (then "
+        f"{SIDECAR.failed_auth_rate_per_s:g}/s)",
+    ],
+)
+def test_readme_states_the_rate_limit_with_its_burst(phrase: str) -> None:
+    assert phrase in README
