@@ -116,6 +116,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="how long to wait for both agents to come online [300]",
     )
+    demo.add_argument(
+        "--stop-grace",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="how long each process may take to stop before it is killed [10]",
+    )
     add_operations_parsers(commands)
     add_service_parsers(commands)
     return parser
@@ -138,6 +145,7 @@ def _demo(args: argparse.Namespace) -> int:
             link_listen=HostPort.parse(args.link_listen),
             enroll_listen=HostPort.parse(args.enroll_listen),
             online_timeout_s=args.online_timeout,
+            stop_grace_s=args.stop_grace,
         )
     except ValueError as exc:
         print(f"mc-hub demo: {exc}", file=sys.stderr)

@@ -6,7 +6,8 @@ Agents heartbeat here instead of to the hub: the sidecar checks the token locall
 
 Endpoints (the paths agents already use):
   POST /api/v1/agent/heartbeat         the calling agent's heartbeat
-  POST /api/v1/agents/{id}/heartbeat   the same, naming the agent (must be the caller)
+  POST /api/v1/agents/{id}/heartbeat   the same, naming the agent (must be the caller): by
+                                       its gateway id (`mc-<uuid>`) or the hub's (`<uuid>`)
   GET  /api/v1/agent/healthz           token check and link state, for troubleshooting
   *    /api/v1/agent/...               anything else: forwarded to the hub over the link
 
@@ -190,6 +191,7 @@ class _Deps:
     failed_auth: FailedAuthLimiter
     rejection_log: LogBudget
     on_heartbeat_refused: Callable[[int], None] = lambda status: None  # metrics
+    hub_agent_id: Callable[[str], str] = lambda agent_id: ""  # gateway id -> the hub's
 
 
 DEPS = web.AppKey("deps", _Deps)
@@ -316,11 +318,13 @@ async def _read_body(request: web.Request) -> bytes:
 async def _heartbeat(request: web.Request) -> web.Response:
     agent_id = _authenticate(request)
     named = request.match_info.get("agent_id")
-    if named is not None and named != agent_id:
+    hub_id = request.app[DEPS].hub_agent_id(agent_id)
+    if named is not None and named not in (agent_id, hub_id):
+        also = f" (the hub's id {hub_id})" if hub_id else ""
         raise ApiError(
             403,
-            f"this token belongs to agent {agent_id}, not {_shown(named, 128)}; an agent may "
-            "only heartbeat for itself",
+            f"this token belongs to agent {agent_id}{also}, not {_shown(named, 128)}; an agent "
+            "may only heartbeat for itself, named by either id",
         )
     try:
         body = parse_heartbeat_body(await _read_body(request))
@@ -449,6 +453,7 @@ class AgentApi:
         limits: AgentApiLimits | None = None,
         hub_calls: HubCalls | None = None,
         on_heartbeat_refused: Callable[[int], None] = lambda status: None,
+        hub_agent_id: Callable[[str], str] = lambda agent_id: "",
     ) -> None:
         self.listen = listen
         self.credentials = credentials
@@ -458,6 +463,7 @@ class AgentApi:
         self.limits = limits or AgentApiLimits()
         self.hub_calls = hub_calls
         self.on_heartbeat_refused = on_heartbeat_refused
+        self.hub_agent_id = hub_agent_id
         self.address: HostPort | None = None
         self._runner: web.AppRunner | None = None
 
@@ -481,6 +487,7 @@ class AgentApi:
             FailedAuthLimiter(self.limits.failed_auth_rate_per_s, self.limits.failed_auth_burst),
             LogBudget(self.limits.rejection_log_rate_per_s, self.limits.rejection_log_burst),
             self.on_heartbeat_refused,
+            self.hub_agent_id,
         )
         runner = web.AppRunner(
             build_app(deps, self.limits.max_body_bytes), access_log=None, shutdown_timeout=2.0

@@ -90,6 +90,7 @@ class Sidecar:
             self.gateway_id = self.renewal.identity.gateway_id
         self.credentials = CredentialIndex(self.state)
         self.credentials.reload()
+        self._hub_agent_ids = self.state.hub_agent_ids()
         self.relay = HeartbeatRelay(self._send, self.state)
         self.writer = writer or WorkspaceWriter(self.workspace_root)
         self.gateway: GatewayClient = gateway or OpenClawGatewayClient(config.openclaw_config)
@@ -118,6 +119,7 @@ class Sidecar:
             hub_connected=self._hub_connected,
             hub_calls=self.hub_calls,
             on_heartbeat_refused=self.metrics.heartbeat_refused,
+            hub_agent_id=lambda agent_id: self._hub_agent_ids.get(agent_id, ""),
         )
         self.own_changes = OwnChanges()
         self.reports = Reports(
@@ -226,6 +228,7 @@ class Sidecar:
         if result.outcome == pb.CommandResult.APPLIED and result.agent_id:
             # An applied command may have replaced or removed this agent's token verifiers.
             self.credentials.reload_agent(result.agent_id)
+            self._hub_agent_ids = self.state.hub_agent_ids()
         if result.agent_id:
             self.own_changes.changed(result.agent_id)
             self.watcher.set_managed(a.agent_id for a in self.state.agents())

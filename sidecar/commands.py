@@ -228,7 +228,9 @@ class CommandApplier:
         if spec.reset_session:
             await self.gateway.reset_session(spec.agent_id)
         done = _Done(
-            upsert=AgentState(spec.agent_id, spec.generation, str(workspace), hashes),
+            upsert=AgentState(
+                spec.agent_id, spec.generation, str(workspace), hashes, spec.hub_agent_id
+            ),
             credentials={spec.agent_id: _credentials(spec.agent_id, list(spec.credentials))},
         )
         if spec.wake_message:

@@ -35,6 +35,12 @@ SCHEMA = (
         not_after REAL
     )""",
     "CREATE INDEX IF NOT EXISTS credentials_agent ON credentials(agent_id)",
+    # The hub's id of each managed agent (ApplyAgent.hub_agent_id), so its agent API takes
+    # either id; a table of its own, so state files of older versions gain it as they open.
+    """CREATE TABLE IF NOT EXISTS hub_agent_ids (
+        agent_id     TEXT PRIMARY KEY,
+        hub_agent_id TEXT NOT NULL
+    )""",
     # Latest heartbeat per agent not yet acknowledged by the hub (written while it is away).
     """CREATE TABLE IF NOT EXISTS pending_beats (
         agent_id        TEXT PRIMARY KEY,
@@ -71,6 +77,7 @@ class AgentState:
     generation: int
     workspace: str
     files: dict[str, str] = field(default_factory=dict)  # name -> sha256 hex
+    hub_agent_id: str = ""  # the hub's id; "" leaves the one recorded before as it is
 
 
 class LocalState:
@@ -170,9 +177,16 @@ class LocalState:
                         time.time(),
                     ),
                 )
+                if agent.hub_agent_id:
+                    self._conn.execute(
+                        "INSERT OR REPLACE INTO hub_agent_ids (agent_id, hub_agent_id) "
+                        "VALUES (?, ?)",
+                        (agent.agent_id, agent.hub_agent_id),
+                    )
             for agent_id in remove:
                 self._conn.execute("DELETE FROM agents WHERE agent_id = ?", (agent_id,))
                 self._conn.execute("DELETE FROM credentials WHERE agent_id = ?", (agent_id,))
+                self._conn.execute("DELETE FROM hub_agent_ids WHERE agent_id = ?", (agent_id,))
             for agent_id, creds in (credentials or {}).items():
                 self._conn.execute("DELETE FROM credentials WHERE agent_id = ?", (agent_id,))
                 self._conn.executemany(
@@ -182,6 +196,11 @@ class LocalState:
                 )
             if sequence > self.last_applied_sequence:
                 self._set("last_applied_sequence", str(sequence))
+
+    def hub_agent_ids(self) -> dict[str, str]:
+        """Gateway agent id -> the hub's id, for the agents the hub named."""
+        rows = self._conn.execute("SELECT agent_id, hub_agent_id FROM hub_agent_ids").fetchall()
+        return {r["agent_id"]: r["hub_agent_id"] for r in rows}
 
     def credentials(self, agent_id: str | None = None) -> list[Credential]:
         """Every token verifier, or one agent's."""

@@ -48,6 +48,7 @@ HEARTBEAT_EVERY = "1m"
 OFFLINE_AFTER = "2 min"  # the hub's rule: 2 missed heartbeat intervals
 STOP_GRACE_S = 10.0
 POLL_S = 0.5
+HTTP_TIMEOUT = aiohttp.ClientTimeout(total=10)  # a hung part must not stall a bounded wait
 _CHILD_ENV_PREFIXES = ("OPENCLAW_", "MC_HUB_", "MC_SIDECAR_")
 LOOPBACK = "127.0.0.1"
 
@@ -65,6 +66,7 @@ class DemoConfig:
     link_listen: HostPort = field(default_factory=lambda: HostPort(LOOPBACK, 7443))
     enroll_listen: HostPort = field(default_factory=lambda: HostPort(LOOPBACK, 7444))
     online_timeout_s: float = 300.0  # the gateway's first runs take seconds each
+    stop_grace_s: float = STOP_GRACE_S  # SIGTERM to SIGKILL, per process group
 
     def validate(self) -> None:
         for flag, address in (
@@ -209,7 +211,7 @@ class Demo:
         )
         self.say(f"  hub starting (pid {hub.pid})")
         async with aiohttp.ClientSession(
-            base_url=http, headers={"Authorization": f"Bearer {token}"}
+            base_url=http, headers={"Authorization": f"Bearer {token}"}, timeout=HTTP_TIMEOUT
         ) as session:
             await self._wait("the hub to be ready", lambda: _status_is(session, "/readyz", 200))
             await self._wait(
@@ -248,7 +250,7 @@ class Demo:
                 proc.communicate(), openclaw_install.INSTALL_TIMEOUT_S
             )
         except BaseException:
-            await _stop_group(proc, asyncio.Event())
+            await _stop_group(proc, asyncio.Event(), config.stop_grace_s)
             raise
         if proc.returncode != 0:
             raise DemoError(
@@ -336,7 +338,7 @@ class Demo:
         try:
             output, _ = await asyncio.wait_for(enroll.communicate(), 60)
         except BaseException:
-            await _stop_group(enroll, asyncio.Event())
+            await _stop_group(enroll, asyncio.Event(), self.config.stop_grace_s)
             raise
         if enroll.returncode != 0:
             raise DemoError(f"mc-sidecar enroll failed:\n{output.decode(errors='replace')}")
@@ -485,7 +487,7 @@ class Demo:
             try:
                 if await check():
                     return
-            except (aiohttp.ClientError, OSError, DemoError) as exc:
+            except (aiohttp.ClientError, OSError, TimeoutError, DemoError) as exc:
                 last_error = f" (last error: {exc})"
             await asyncio.sleep(POLL_S)
         raise DemoError(
@@ -509,7 +511,7 @@ class Demo:
         model = self.children.get("model")
         if model is not None and model.proc.returncode is None:
             model.expected_exit = True
-            await _stop_group(model.proc, asyncio.Event())
+            await _stop_group(model.proc, asyncio.Event(), self.config.stop_grace_s)
             del self.children["model"]
             self._save_state()
             self.say(
@@ -531,7 +533,8 @@ class Demo:
         first = [c for n, c in self.children.items() if n == "sidecar"]
         rest = [c for n, c in self.children.items() if n != "sidecar"]
         for batch in (first, rest):
-            await asyncio.gather(*(_stop_group(c.proc, hurry) for c in batch))
+            grace = self.config.stop_grace_s
+            await asyncio.gather(*(_stop_group(c.proc, hurry, grace) for c in batch))
         for pid in strays(self.layout.root):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
@@ -632,22 +635,24 @@ def processes_with_env(name: str, value: str) -> list[int]:
     return [pid for pid in found if pid != os.getpid()]
 
 
-async def _stop_group(proc: asyncio.subprocess.Process, hurry: asyncio.Event) -> None:
-    """SIGTERM the process group led by `proc`, SIGKILL it after the grace (or at once
+async def _stop_group(
+    proc: asyncio.subprocess.Process, hurry: asyncio.Event, grace_s: float
+) -> None:
+    """SIGTERM the process group led by `proc`, SIGKILL it after `grace_s` (or at once
     when `hurry` is set), and reap `proc`."""
     if proc.returncode is None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)
         hurried = asyncio.create_task(hurry.wait())
         exited = asyncio.create_task(proc.wait())
-        await asyncio.wait({hurried, exited}, timeout=STOP_GRACE_S, return_when="FIRST_COMPLETED")
+        await asyncio.wait({hurried, exited}, timeout=grace_s, return_when="FIRST_COMPLETED")
         hurried.cancel()
         exited.cancel()
     # Helpers the leader started may outlive it; the group goes either way.
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
     with contextlib.suppress(ProcessLookupError, asyncio.TimeoutError):
-        await asyncio.wait_for(proc.wait(), STOP_GRACE_S)
+        await asyncio.wait_for(proc.wait(), STOP_GRACE_S)  # SIGKILL is not refused
 
 
 def _free_port() -> int:
@@ -689,13 +694,16 @@ async def _status_is(session: aiohttp.ClientSession, path: str, status: int) -> 
 
 
 async def _status_is_url(url: str, status: int) -> bool:
-    async with aiohttp.ClientSession() as session, session.get(url) as response:
+    async with (
+        aiohttp.ClientSession(timeout=HTTP_TIMEOUT) as session,
+        session.get(url) as response,
+    ):
         return response.status == status
 
 
 async def _gateway_ready(port: int) -> bool:
     """The gateway's /readyz answers 200 (older gateways have only /healthz)."""
-    async with aiohttp.ClientSession() as session:
+    async with aiohttp.ClientSession(timeout=HTTP_TIMEOUT) as session:
         for path in ("/readyz", "/healthz"):
             async with session.get(f"http://127.0.0.1:{port}{path}") as response:
                 if response.status == 200:

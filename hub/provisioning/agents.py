@@ -595,6 +595,7 @@ def build_apply(
     identity = IdentityProfile.from_mapping(json.loads(agent.identity_profile))
     apply = pb.ApplyAgent(
         agent_id=agent.gateway_agent_id,
+        hub_agent_id=agent.id,
         generation=generation,
         display_name=agent.name,
         emoji=identity.emoji if not identity.emoji.startswith(":") else "",
