@@ -55,16 +55,30 @@ def installed_version(launcher: Path) -> str:
 
 def how_to_install_npm() -> str:
     """The exact command that puts npm (and Node) on PATH here."""
-    system = platform.system()
-    if system == "Darwin":
-        return "brew install node   (or the installer from https://nodejs.org/en/download)"
-    if shutil.which("apt-get"):
-        return "sudo apt-get install -y npm   (Debian/Ubuntu; it brings nodejs)"
-    if shutil.which("dnf"):
-        return "sudo dnf install -y npm   (Fedora/RHEL; it brings nodejs)"
-    if shutil.which("apk"):
-        return "sudo apk add npm   (Alpine; it brings nodejs)"
+    if platform.system() == "Darwin":
+        return "brew install node (or the installer from https://nodejs.org/en/download)"
+    family = _linux_family()
+    if family & {"debian", "ubuntu"}:
+        return "sudo apt-get install -y npm (Debian/Ubuntu; it brings nodejs)"
+    if family & {"fedora", "rhel", "centos"}:
+        return "sudo dnf install -y npm (Fedora/RHEL; it brings nodejs)"
+    if "alpine" in family:
+        return "sudo apk add npm (Alpine; it brings nodejs)"
     return "Node.js with npm from https://nodejs.org/en/download"
+
+
+def _linux_family() -> set[str]:
+    """ID and ID_LIKE of /etc/os-release (empty when unknown)."""
+    try:
+        text = Path("/etc/os-release").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return set()
+    family: set[str] = set()
+    for line in text.splitlines():
+        key, _, value = line.partition("=")
+        if key in ("ID", "ID_LIKE"):
+            family.update(value.strip().strip('"').lower().split())
+    return family
 
 
 def install_command(version: str, cache: Path) -> tuple[list[str], dict[str, str]]:

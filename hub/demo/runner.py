@@ -76,6 +76,10 @@ class DemoConfig:
         ):
             if not address.is_loopback:
                 raise DemoError(f"{flag} {address}: the demo listens on loopback only")
+            if address.port == 0:
+                raise DemoError(
+                    f"{flag} {address}: give a port; the commands the demo prints name it"
+                )
         if len({self.http_listen, self.link_listen, self.enroll_listen}) < 3:
             raise DemoError("--http-listen, --link-listen and --enroll-listen must differ")
 
