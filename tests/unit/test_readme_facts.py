@@ -1,4 +1,5 @@
-"""The README states each rate limit as the code enforces it: the rate and its burst."""
+"""What the README tells a newcomer holds: its first command is the demo, and each rate
+limit is stated as the code enforces it (the rate and its burst)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from hub.api import ADMIN_RATE, AGENT_RATE
 from hub.api.webhooks import INGEST_RATE
 from sidecar.agent_api import AgentApiLimits
 
-README = " ".join((Path(__file__).resolve().parents[2] / "README.md").read_text().split())
+TEXT = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+README = " ".join(TEXT.split())
 SIDECAR = AgentApiLimits()
 
 
@@ -29,3 +31,9 @@ SIDECAR = AgentApiLimits()
 )
 def test_readme_states_the_rate_limit_with_its_burst(phrase: str) -> None:
     assert phrase in README
+
+
+def test_the_first_command_the_readme_shows_is_make_demo() -> None:
+    first_block = TEXT.split("```sh\n", 1)[1].split("```", 1)[0]
+    assert first_block.strip() == "make demo"
+    assert TEXT.index("## Try it: `make demo`") < TEXT.index("## What it is")
