@@ -8,17 +8,26 @@ ship as `hub.templates`; each generation's directory is data inside it.
 import runpy
 from pathlib import Path
 
-from setuptools import find_namespace_packages, find_packages, setup
+from setuptools import find_namespace_packages, setup
 from setuptools.command.build_py import build_py
 
 ROOT = Path(__file__).parent
 CODE = ("hub", "sidecar", "missioncontrol", "protos")
 PACKAGES = [
-    *find_packages(include=[pattern for name in CODE for pattern in (name, f"{name}.*")]),
+    # Data directories inside the code (hub/ui/static, hub/ui/templates) are declared too:
+    # setuptools warns about every importable directory the configuration leaves out.
+    *find_namespace_packages(
+        include=[pattern for name in CODE for pattern in (name, f"{name}.*")],
+        exclude=["*.__pycache__"],
+    ),
     "hub.templates",
     *(f"hub.templates.{name}" for name in find_namespace_packages(where=str(ROOT / "templates"))),
     # packaging/ (units, plists, install.sh) ships as data inside missioncontrol.packaging.
     "missioncontrol.packaging",
+    *(
+        f"missioncontrol.packaging.{name}"
+        for name in find_namespace_packages(where=str(ROOT / "packaging"))
+    ),
 ]
 
 

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import urllib.request
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,6 +26,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 INSTALL_SH = ROOT / "packaging" / "install.sh"
 ADMIN_TOKEN = "i" * 64
+
+
+BUILD_LOG = "build.log"
 
 
 @pytest.fixture(scope="session")
@@ -44,13 +48,23 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
             (source / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / name, source / name)
     dist = tmp_path_factory.mktemp("dist")
-    subprocess.run(
+    done = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
          "-w", str(dist), str(source)],
-        check=True, capture_output=True, timeout=300,
+        check=True, capture_output=True, timeout=300, text=True,
     )  # fmt: skip
+    (dist / BUILD_LOG).write_text(done.stdout + done.stderr)
     (built,) = dist.glob("*.whl")
     return built
+
+
+def test_the_build_declares_every_package_it_ships_and_ships_the_demo(wheel: Path) -> None:
+    log = (wheel.parent / BUILD_LOG).read_text()
+    assert "absent from" not in log, log  # setuptools: a shipped directory left undeclared
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+    assert {"hub/demo/install_openclaw.sh", "hub/demo/scripted_model.py"} <= names
+    assert {"hub/ui/static/live.js", "missioncontrol/packaging/install.sh"} <= names
 
 
 @pytest.fixture
