@@ -376,3 +376,32 @@ class SseListener:
         return await wait_for(
             lambda: next((e for e in self.events if predicate(e)), None), what=what
         )
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct loopback ports free now (all bound at once, then released)."""
+    import socket
+
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def demo_command(state_dir: Path, cache_dir: Path, *extra: str) -> tuple[list[str], str]:
+    """`mc-hub demo` on free ports with this state and cache, and its API's URL."""
+    import sys
+
+    http, link, enroll = free_ports(3)
+    argv = [
+        sys.executable, "-m", "hub.cli", "demo",
+        "--state-dir", str(state_dir), "--openclaw-cache", str(cache_dir),
+        "--http-listen", f"127.0.0.1:{http}", "--link-listen", f"127.0.0.1:{link}",
+        "--enroll-listen", f"127.0.0.1:{enroll}",
+        *extra,
+    ]  # fmt: skip
+    return argv, f"http://127.0.0.1:{http}"

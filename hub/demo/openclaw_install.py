@@ -15,6 +15,7 @@ import platform
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 DEFAULT_VERSION = "2026.9.6"
 CACHE_ENV = "OPENCLAW_CACHE_DIR"
@@ -105,3 +106,31 @@ def launcher_from(stdout: str) -> Path:
     if not lines:
         raise RuntimeError("the OpenClaw installer printed no launcher path")
     return Path(lines[-1])
+
+
+def local_config(port: int, token: str) -> dict[str, Any]:
+    """The smallest openclaw.json that boots a gateway on loopback with a shared token, and
+    no version check over the network."""
+    return {
+        "gateway": {
+            "mode": "local",
+            "bind": "loopback",
+            "port": port,
+            "auth": {"mode": "token", "token": token},
+        },
+        "update": {"checkOnStart": False},
+    }
+
+
+def private_env(home: Path, state_dir: Path, tmpdir: Path) -> dict[str, str]:
+    """What a gateway with its own home needs in its environment (on top of PATH & co.)."""
+    return {
+        "HOME": str(home),
+        "OPENCLAW_STATE_DIR": str(state_dir),
+        "OPENCLAW_DISABLE_BONJOUR": "1",  # no mDNS on the LAN
+        "OPENCLAW_NO_AUTO_UPDATE": "1",  # no version check over the network
+        # Restart in process (2026.3 restarts on a token change): a detached re-exec
+        # would leave its process group and outlive whoever stops it by PID.
+        "OPENCLAW_NO_RESPAWN": "1",
+        "TMPDIR": str(tmpdir),
+    }

@@ -285,14 +285,8 @@ class Demo:
         (root / STATE_MARKER).write_text("state of `mc-hub demo`; cleared at its next start\n")
 
     def _write_openclaw_config(self, port: int, token: str) -> None:
-        document: dict[str, Any] = {
-            "gateway": {
-                "mode": "local",
-                "bind": "loopback",
-                "port": port,
-                "auth": {"mode": "token", "token": token},
-            },
-            "update": {"checkOnStart": False},
+        document = {
+            **openclaw_install.local_config(port, token),
             **provider_config(self._model_port),
         }
         write_file_atomic(
@@ -301,15 +295,7 @@ class Demo:
 
     def _gateway_env(self) -> dict[str, str]:
         home = self.layout.openclaw_home
-        return {
-            "HOME": str(home),
-            "OPENCLAW_STATE_DIR": str(self.layout.openclaw_config.parent),
-            "OPENCLAW_DISABLE_BONJOUR": "1",  # no mDNS on the LAN
-            "OPENCLAW_NO_AUTO_UPDATE": "1",  # no version check over the network
-            # Restart in process: a detached re-exec would leave its process group.
-            "OPENCLAW_NO_RESPAWN": "1",
-            "TMPDIR": str(home / "tmp"),
-        }
+        return openclaw_install.private_env(home, self.layout.openclaw_config.parent, home / "tmp")
 
     async def _enroll_and_run_sidecar(self, session: aiohttp.ClientSession) -> None:
         layout = self.layout

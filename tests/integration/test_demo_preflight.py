@@ -5,21 +5,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from hub.demo import openclaw_install
 from hub.demo.runner import RUN_MARKER_ENV, processes_with_env
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tests.support import demo_command
 
 
 def _bin_with(tmp_path: Path, *tools: str) -> Path:
@@ -35,32 +28,11 @@ def _bin_with(tmp_path: Path, *tools: str) -> Path:
 
 
 def _demo(tmp_path: Path, path: Path) -> subprocess.CompletedProcess[str]:
-    http, link, enroll = (free_port() for _ in range(3))
+    argv, _ = demo_command(tmp_path / "state", tmp_path / "empty-cache")
     env = {k: v for k, v in os.environ.items() if k != openclaw_install.CACHE_ENV}
     env["PATH"] = str(path)
     return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "hub.cli",
-            "demo",
-            "--state-dir",
-            str(tmp_path / "state"),
-            "--openclaw-cache",
-            str(tmp_path / "empty-cache"),
-            "--http-listen",
-            f"127.0.0.1:{http}",
-            "--link-listen",
-            f"127.0.0.1:{link}",
-            "--enroll-listen",
-            f"127.0.0.1:{enroll}",
-        ],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+        argv, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False
     )
 
 

@@ -221,28 +221,10 @@ def _booted(
     config_path = state_dir / "openclaw.json"
     port = _free_port()
     token = secrets.token_urlsafe(32)
-    config = {
-        "gateway": {
-            "mode": "local",
-            "bind": "loopback",
-            "port": port,
-            "auth": {"mode": "token", "token": token},
-        },
-        "update": {"checkOnStart": False},
-    }
-    config = _merged(config, extra_config or {})
+    config = _merged(openclaw_install.local_config(port, token), extra_config or {})
     write_atomic(config_path, json.dumps(config, indent=2) + "\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPENCLAW_")}
-    env.update(
-        HOME=str(home),
-        OPENCLAW_STATE_DIR=str(state_dir),
-        OPENCLAW_DISABLE_BONJOUR="1",
-        OPENCLAW_NO_AUTO_UPDATE="1",
-        # Restart in process (2026.3 restarts on a token change): a detached re-exec
-        # would leave our process group and outlive the test.
-        OPENCLAW_NO_RESPAWN="1",
-        TMPDIR=str(tmpdir),
-    )
+    env.update(openclaw_install.private_env(home, state_dir, tmpdir))
     log_path = root / "gateway.log"
     started = time.monotonic()
     with log_path.open("wb") as log_file:

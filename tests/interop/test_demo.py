@@ -12,9 +12,7 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -24,6 +22,7 @@ import pytest
 
 from hub.demo.runner import RUN_MARKER_ENV, STATE_FILE, processes_with_env
 from tests.interop.conftest import CACHE_DIR, DEFAULT_VERSION, install_openclaw
+from tests.support import demo_command
 
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(900)]
 
@@ -32,45 +31,17 @@ STOP_TIMEOUT_S = 90.0
 CHILDREN = {"model", "gateway", "hub", "sidecar"}
 
 
-def _free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [int(sock.getsockname()[1]) for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
 class DemoProcess:
     def __init__(self, tmp_path: Path, *extra: str) -> None:
         install_openclaw(os.environ.get("OPENCLAW_VERSION", DEFAULT_VERSION))  # or skip
         self.state_dir = (tmp_path / "demo").absolute()
         self.output = tmp_path / "demo.out"
-        http, link, enroll = _free_ports(3)
-        self.http = f"http://127.0.0.1:{http}"
+        argv, self.http = demo_command(
+            self.state_dir, CACHE_DIR, "--online-timeout", str(ONLINE_TIMEOUT_S), *extra
+        )
         with self.output.open("wb") as out:
             self.proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "hub.cli",
-                    "demo",
-                    "--state-dir",
-                    str(self.state_dir),
-                    "--openclaw-cache",
-                    str(CACHE_DIR),
-                    "--http-listen",
-                    f"127.0.0.1:{http}",
-                    "--link-listen",
-                    f"127.0.0.1:{link}",
-                    "--enroll-listen",
-                    f"127.0.0.1:{enroll}",
-                    "--online-timeout",
-                    str(ONLINE_TIMEOUT_S),
-                    *extra,
-                ],
+                argv,
                 cwd=tmp_path,
                 stdin=subprocess.DEVNULL,
                 stdout=out,
