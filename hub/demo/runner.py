@@ -195,7 +195,7 @@ class Demo:
         # The token file exists before the hub starts, so its banner names the file and
         # never prints the secret into a log.
         token, _ = load_admin_token(layout.hub_dir, {})
-        http = f"http://{config.http_listen}"
+        http = self.info["http"] = f"http://{config.http_listen}"
         hub = await self._spawn(
             "hub",
             [
@@ -226,8 +226,6 @@ class Demo:
             await self._enroll_and_run_sidecar(session)
             await self._create_board(session)
             await self._wait_online(session)
-        self.info["http"] = http
-        self._save_state()
 
     async def _install(self) -> Path:
         config = self.config
