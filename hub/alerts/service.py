@@ -36,9 +36,12 @@ from hub.alerts.rules import (
     cooldown_verdict,
     disconnected_alert,
     disconnected_due_at,
+    rule_problem,
 )
 from hub.alerts.store import (
+    InvalidRule,
     RuleRow,
+    check_filters_in,
     cursor_in,
     delete_rule_in,
     disconnected_gateways_in,
@@ -286,6 +289,17 @@ class AlertService:
         """`fields`: the rule's columns (RULE_COLUMNS) with `secret` in clear instead of
         `secret_sealed`."""
         rule_id = str(uuid.uuid4())
+        problem = rule_problem(
+            AlertKind(fields["kind"]),
+            board_id=fields.get("board_id"),
+            disconnected_for_s=fields.get("disconnected_for_s"),
+            expiring_within_days=fields.get("expiring_within_days"),
+        )
+        if problem is not None:  # refused before the write, which checks it again
+            raise InvalidRule(*problem)
+        await self.db.read(
+            lambda conn: check_filters_in(conn, fields.get("board_id"), fields.get("gateway_id"))
+        )
         columns = self._columns(rule_id, fields)
         row = await self.db.write(
             lambda conn: insert_rule_in(conn, rule_id, columns, self.clock()), urgent=True

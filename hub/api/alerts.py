@@ -13,7 +13,7 @@ from typing import Literal, Self
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
-from hub.alerts.rules import MAX_URL_CHARS, AlertKind, rule_problem, url_problem
+from hub.alerts.rules import MAX_URL_CHARS, AlertKind, url_problem
 from hub.alerts.service import AlertService
 from hub.api.core import OPAQUE, Api, Call, Page, Strict
 from hub.api.deps import deps
@@ -68,18 +68,6 @@ class AlertRuleCreate(Strict):
     @classmethod
     def _url(cls, value: str | None) -> str | None:
         return _checked_url(value)
-
-    @model_validator(mode="after")
-    def fields_fit_the_kind(self) -> Self:
-        problem = rule_problem(
-            self.kind,
-            board_id=self.board_id,
-            disconnected_for_s=self.disconnected_for_s,
-            expiring_within_days=self.expiring_within_days,
-        )
-        if problem is not None:
-            raise ValueError(f"{problem[0]}: {problem[1]}")
-        return self
 
 
 class AlertRuleUpdate(Strict):
