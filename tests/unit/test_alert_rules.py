@@ -74,7 +74,9 @@ def test_filters_admit_exactly_what_they_name(
     kind: AlertKind, board: str | None, gateway: str | None
 ) -> None:
     matching = next(iter(EVENT_KINDS[kind]))
-    alert = alert_for_event(rule(kind, board_id=board, gateway_id=gateway), event(matching))
+    alert = alert_for_event(
+        rule(kind, board_id=board, gateway_id=gateway), event(matching, permanent=True)
+    )
     expected = board in (None, "b-1") and gateway in (None, "gw-1")
     assert (alert is not None) is expected
 
