@@ -20,6 +20,8 @@ from missioncontrol.timefmt import iso
 
 MAX_URL_CHARS = 2048
 MAX_DETAIL_BYTES = 16 * 1024  # of an event's detail, in the payload
+MAX_SUMMARY_CHARS = 1000
+MAX_SUBJECT_CHARS = 300
 MAX_RESPONSE_EXCERPT_BYTES = 1024  # of a receiver's answer, kept in the delivery history
 SIGNATURE_HEADER = "X-Hub-Signature-256"  # the header inbound webhooks read first
 ALERT_ID_HEADER = "X-MC-Alert-Id"
@@ -133,6 +135,11 @@ class Alert:
     agent_id: str | None = None
     event_id: int | None = None
     detail: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # Both come partly from what sidecars and rollouts wrote: bounded here, once.
+        object.__setattr__(self, "subject", self.subject[:MAX_SUBJECT_CHARS])
+        object.__setattr__(self, "summary", self.summary[:MAX_SUMMARY_CHARS])
 
 
 def alert_for_event(rule: Rule, event: Mapping[str, Any]) -> Alert | None:

@@ -12,6 +12,8 @@ from hypothesis import strategies as st
 from hub.alerts.rules import (
     EVENT_KINDS,
     MAX_DETAIL_BYTES,
+    MAX_SUBJECT_CHARS,
+    MAX_SUMMARY_CHARS,
     AlertKind,
     Rule,
     Verdict,
@@ -138,6 +140,14 @@ def test_the_payload_is_bounded_by_replacing_a_large_detail() -> None:
     )
     assert len(body) < MAX_DETAIL_BYTES
     assert json.loads(body)["detail"] == {"truncated": True, "size_bytes": 100_010}
+
+
+def test_subject_and_summary_are_bounded_whatever_a_rollout_wrote() -> None:
+    alert = alert_for_event(
+        rule(AlertKind.ROLLOUT_HALTED), event("rollout.halted", rollout_id="r" * 5000, reason="x")
+    )
+    assert alert is not None
+    assert len(alert.subject) == MAX_SUBJECT_CHARS and len(alert.summary) == MAX_SUMMARY_CHARS
 
 
 @pytest.mark.parametrize(
