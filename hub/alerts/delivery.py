@@ -16,7 +16,6 @@ until the earliest due attempt and is woken when an alert is queued.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Callable
 from typing import Any
@@ -34,7 +33,7 @@ from hub.pki.secrets_box import SecretBox, SecretBoxError
 from hub.store.database import Connection, Database
 from hub.webhooks.rules import sign
 from missioncontrol.log import get_logger
-from missioncontrol.tasks import start_long_lived
+from missioncontrol.tasks import start_long_lived, wait_until
 from missioncontrol.timefmt import iso
 from missioncontrol.version import VERSION
 
@@ -101,10 +100,7 @@ class AlertSender:
             except Exception as exc:  # keep sending; the rows still say what is due
                 log.error("alert.delivery.pass_failed", error=str(exc))
                 next_due_at = self.clock() + self.policy.retry.initial_s
-            timeout = None if next_due_at is None else max(0.0, next_due_at - self.clock())
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(timeout):
-                    await self._wakeup.wait()
+            await wait_until(self._wakeup, next_due_at, self.clock)
 
     async def _start_due(self) -> float | None:
         """Start an attempt for each due delivery there is room for; return when the next

@@ -13,7 +13,6 @@ link events move that moment.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -29,6 +28,7 @@ from hub.alerts.rules import (
     Alert,
     AlertKind,
     AlertPolicy,
+    Rule,
     Verdict,
     alert_body,
     alert_for_event,
@@ -62,7 +62,7 @@ from hub.pki.secrets_box import SecretBox
 from hub.store.database import Connection, Database
 from hub.store.gateways import certificates_expiring_in, gateway_names_in
 from missioncontrol.log import get_logger
-from missioncontrol.tasks import start_long_lived
+from missioncontrol.tasks import start_long_lived, wait_until
 
 log = get_logger("hub.alerts")
 
@@ -76,8 +76,8 @@ PASS_RETRY_S = 5.0  # after a failed pass (the database refused a write)
 class _Raised:
     """What one pass raised, for logs and counters once it committed."""
 
-    fired: list[tuple[RuleRow, Alert, str]] = field(default_factory=list)
-    suppressed: list[tuple[RuleRow, Alert]] = field(default_factory=list)
+    fired: list[tuple[Rule, Alert, str]] = field(default_factory=list)
+    suppressed: list[tuple[Rule, Alert]] = field(default_factory=list)
     more: bool = False  # the pass stopped at its batch size
     next_check_at: float | None = None
 
@@ -158,10 +158,10 @@ class AlertService:
         rules = enabled_rules_in(conn, EVENT_KINDS) if events else []
         now = self.clock()
         for event in events:
-            for row in rules:
-                alert = alert_for_event(row.rule(), event)
+            for rule in rules:
+                alert = alert_for_event(rule, event)
                 if alert is not None:
-                    self._raise_in(conn, row, alert, now, raised)
+                    self._raise_in(conn, rule, alert, now, raised)
         if until != after:
             set_cursor_in(conn, until)
         raised.more = len(events) == EVENT_BATCH
@@ -178,14 +178,7 @@ class AlertService:
                 log.error("alert.conditions.pass_failed", error=str(exc))
                 raised = _Raised(next_check_at=self.clock() + PASS_RETRY_S)
             self._report(raised)
-            timeout = (
-                None
-                if raised.next_check_at is None
-                else max(0.0, raised.next_check_at - self.clock())
-            )
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(timeout):
-                    await self._timed_due.wait()
+            await wait_until(self._timed_due, raised.next_check_at, self.clock)
 
     def _check_conditions_in(self, conn: Connection) -> _Raised:
         """Raise what the lasting conditions call for now; say when to look again (None:
@@ -199,16 +192,14 @@ class AlertService:
         away = [r for r in rules if r.kind is AlertKind.GATEWAY_DISCONNECTED]
         if away:
             gateways = disconnected_gateways_in(conn)
-            for row in away:
-                rule = row.rule()
+            for rule in away:
                 for gateway_id, name, since in gateways[:MAX_TIMED_SUBJECTS]:
                     alert = disconnected_alert(rule, gateway_id, name, since, now)
                     if alert is not None:
-                        self._raise_in(conn, row, alert, now, raised)
+                        self._raise_in(conn, rule, alert, now, raised)
                     elif rule.covers(None, gateway_id):
                         next_check_at = min(next_check_at, disconnected_due_at(rule, since))
-        for row in (r for r in rules if r.kind is AlertKind.CERTIFICATE_EXPIRING):
-            rule = row.rule()
+        for rule in (r for r in rules if r.kind is AlertKind.CERTIFICATE_EXPIRING):
             assert rule.expiring_within_days is not None
             ending = certificates_expiring_in(
                 conn, now + rule.expiring_within_days * 86400, MAX_TIMED_SUBJECTS
@@ -218,62 +209,60 @@ class AlertService:
                 name = names.get(gateway_id, gateway_id)
                 alert = certificate_alert(rule, gateway_id, name, not_after, now)
                 if alert is not None:
-                    self._raise_in(conn, row, alert, now, raised)
+                    self._raise_in(conn, rule, alert, now, raised)
         raised.next_check_at = next_check_at
         return raised
 
     def _raise_in(
-        self, conn: Connection, row: RuleRow, alert: Alert, now: float, raised: _Raised
+        self, conn: Connection, rule: Rule, alert: Alert, now: float, raised: _Raised
     ) -> None:
-        last_fired_at, last_occurrence, suppressed = subject_state_in(conn, row.id, alert.subject)
+        last_fired_at, last_occurrence, suppressed = subject_state_in(conn, rule.id, alert.subject)
         verdict = cooldown_verdict(
-            last_fired_at, last_occurrence, alert.occurrence, row.cooldown_s, now
+            last_fired_at, last_occurrence, alert.occurrence, rule.cooldown_s, now
         )
         if verdict is Verdict.SEEN:
             return
         if verdict is Verdict.SUPPRESS:
-            mark_subject_in(conn, row.id, alert.subject, alert.occurrence, fired_at=None)
-            raised.suppressed.append((row, alert))
+            mark_subject_in(conn, rule.id, alert.subject, alert.occurrence, fired_at=None)
+            raised.suppressed.append((rule, alert))
             return
         delivery_id = str(uuid.uuid4())
-        body = alert_body(
-            row.rule(), alert, delivery_id=delivery_id, fired_at=now, suppressed=suppressed
-        )
+        body = alert_body(rule, alert, delivery_id=delivery_id, fired_at=now, suppressed=suppressed)
         insert_delivery_in(
             conn,
             delivery_id,
-            row.id,
+            rule.id,
             subject=alert.subject,
             summary=alert.summary,
             event_id=alert.event_id,
             payload=body,
             now=now,
         )
-        mark_subject_in(conn, row.id, alert.subject, alert.occurrence, fired_at=now)
+        mark_subject_in(conn, rule.id, alert.subject, alert.occurrence, fired_at=now)
         conn.after_commit(self.sender.nudge)
-        raised.fired.append((row, alert, delivery_id))
+        raised.fired.append((rule, alert, delivery_id))
 
     def _report(self, raised: _Raised) -> None:
-        for row, alert, delivery_id in raised.fired:
+        for rule, alert, delivery_id in raised.fired:
             log.info(
                 "alert.fired",
-                rule_id=row.id,
-                kind=row.kind.value,
+                rule_id=rule.id,
+                kind=rule.kind.value,
                 subject=alert.subject,
                 delivery_id=delivery_id,
             )
             if self.on_raised is not None:
-                self.on_raised(row.kind.value, "fired")
-        for row, alert in raised.suppressed:
+                self.on_raised(rule.kind.value, "fired")
+        for rule, alert in raised.suppressed:
             log.info(
                 "alert.suppressed",
-                rule_id=row.id,
-                kind=row.kind.value,
+                rule_id=rule.id,
+                kind=rule.kind.value,
                 subject=alert.subject,
-                cooldown_s=row.cooldown_s,
+                cooldown_s=rule.cooldown_s,
             )
             if self.on_raised is not None:
-                self.on_raised(row.kind.value, "suppressed")
+                self.on_raised(rule.kind.value, "suppressed")
 
     # ------------------------------------------------------------------ rules
 
@@ -305,7 +294,7 @@ class AlertService:
             lambda conn: insert_rule_in(conn, rule_id, columns, self.clock()), urgent=True
         )
         self._timed_due.set()
-        log.info("alert.rule.created", rule_id=rule_id, kind=row.kind.value, url=row.url)
+        log.info("alert.rule.created", rule_id=rule_id, kind=row.rule.kind.value, url=row.url)
         return row
 
     async def update_rule(self, rule_id: str, changes: Mapping[str, Any]) -> RuleRow:

@@ -8,6 +8,7 @@ cursor past the event that raised it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sqlite3
 from collections.abc import Iterable, Mapping
@@ -35,18 +36,26 @@ class InvalidRule(AlertError):
         self.field = field
 
 
+def rule_from_row(row: sqlite3.Row) -> Rule:
+    return Rule(
+        id=row["id"],
+        name=row["name"],
+        kind=AlertKind(row["kind"]),
+        board_id=row["board_id"],
+        gateway_id=row["gateway_id"],
+        disconnected_for_s=row["disconnected_for_s"],
+        expiring_within_days=row["expiring_within_days"],
+        cooldown_s=row["cooldown_s"],
+    )
+
+
 @dataclass(frozen=True)
 class RuleRow:
-    id: str
-    name: str
-    kind: AlertKind
+    """A stored rule: what it matches, and where and whether it sends."""
+
+    rule: Rule
     url: str
     enabled: bool
-    board_id: str | None
-    gateway_id: str | None
-    disconnected_for_s: float | None
-    expiring_within_days: float | None
-    cooldown_s: float
     secret_sealed: bytes = field(repr=False)
     created_at: float
     updated_at: float
@@ -54,46 +63,21 @@ class RuleRow:
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> RuleRow:
         return cls(
-            id=row["id"],
-            name=row["name"],
-            kind=AlertKind(row["kind"]),
+            rule=rule_from_row(row),
             url=row["url"],
             enabled=bool(row["enabled"]),
-            board_id=row["board_id"],
-            gateway_id=row["gateway_id"],
-            disconnected_for_s=row["disconnected_for_s"],
-            expiring_within_days=row["expiring_within_days"],
-            cooldown_s=row["cooldown_s"],
             secret_sealed=bytes(row["secret_sealed"]),
             created_at=row["created_at"],
             updated_at=row["updated_at"],
         )
 
-    def rule(self) -> Rule:
-        return Rule(
-            id=self.id,
-            name=self.name,
-            kind=self.kind,
-            board_id=self.board_id,
-            gateway_id=self.gateway_id,
-            disconnected_for_s=self.disconnected_for_s,
-            expiring_within_days=self.expiring_within_days,
-            cooldown_s=self.cooldown_s,
-        )
-
     def as_json(self) -> dict[str, Any]:
         """The API shape: the secret is never part of it."""
         return {
-            "id": self.id,
-            "name": self.name,
-            "kind": self.kind.value,
+            **dataclasses.asdict(self.rule),
+            "kind": self.rule.kind.value,
             "url": self.url,
             "enabled": self.enabled,
-            "board_id": self.board_id,
-            "gateway_id": self.gateway_id,
-            "disconnected_for_s": self.disconnected_for_s,
-            "expiring_within_days": self.expiring_within_days,
-            "cooldown_s": self.cooldown_s,
             "created_at": iso(self.created_at),
             "updated_at": iso(self.updated_at),
         }
@@ -133,11 +117,12 @@ def check_filters_in(
 
 def check_rule_in(conn: sqlite3.Connection, row: RuleRow) -> None:
     """Refuse a rule (as it would be stored) whose fields do not fit its kind."""
+    rule = row.rule
     problem = rule_problem(
-        row.kind,
-        board_id=row.board_id,
-        disconnected_for_s=row.disconnected_for_s,
-        expiring_within_days=row.expiring_within_days,
+        rule.kind,
+        board_id=rule.board_id,
+        disconnected_for_s=rule.disconnected_for_s,
+        expiring_within_days=rule.expiring_within_days,
     )
     if problem is not None:
         raise InvalidRule(*problem)
@@ -164,14 +149,14 @@ def list_rules_in(
     return [RuleRow.from_row(r) for r in rows], int(total)
 
 
-def enabled_rules_in(conn: sqlite3.Connection, kinds: Iterable[AlertKind]) -> list[RuleRow]:
+def enabled_rules_in(conn: sqlite3.Connection, kinds: Iterable[AlertKind]) -> list[Rule]:
     wanted = [k.value for k in kinds]
     marks = ", ".join("?" for _ in wanted)
     rows = conn.execute(
         f"SELECT * FROM alert_rules WHERE enabled = 1 AND kind IN ({marks}) ORDER BY id",
         wanted,
     ).fetchall()
-    return [RuleRow.from_row(r) for r in rows]
+    return [rule_from_row(r) for r in rows]
 
 
 def insert_rule_in(
