@@ -78,6 +78,7 @@ class _Raised:
 
     fired: list[tuple[Rule, Alert, str]] = field(default_factory=list)
     suppressed: list[tuple[Rule, Alert]] = field(default_factory=list)
+    skipped: list[tuple[str, int, str]] = field(default_factory=list)  # rule, event, error
     more: bool = False  # the pass stopped at its batch size
     next_check_at: float | None = None
 
@@ -159,9 +160,16 @@ class AlertService:
         now = self.clock()
         for event in events:
             for rule in rules:
-                alert = alert_for_event(rule, event)
-                if alert is not None:
-                    self._raise_in(conn, rule, alert, now, raised)
+                try:
+                    conn.execute("SAVEPOINT alert")
+                    alert = alert_for_event(rule, event)
+                    if alert is not None:
+                        self._raise_in(conn, rule, alert, now, raised)
+                    conn.execute("RELEASE alert")
+                except Exception as exc:  # one bad entry must not hold back all after it
+                    conn.execute("ROLLBACK TO alert")
+                    conn.execute("RELEASE alert")
+                    raised.skipped.append((rule.id, int(event["id"]), repr(exc)))
         if until != after:
             set_cursor_in(conn, until)
         raised.more = len(events) == EVENT_BATCH
@@ -243,6 +251,8 @@ class AlertService:
         raised.fired.append((rule, alert, delivery_id))
 
     def _report(self, raised: _Raised) -> None:
+        for rule_id, event_id, error in raised.skipped:
+            log.error("alert.event.skipped", rule_id=rule_id, event_id=event_id, error=error)
         for rule, alert, delivery_id in raised.fired:
             log.info(
                 "alert.fired",

@@ -83,6 +83,8 @@ class RuleRow:
         }
 
 
+KEEP_DELIVERIES = 1000  # finished alerts kept per rule
+
 RULE_COLUMNS = (
     "name",
     "kind",
@@ -299,6 +301,13 @@ def insert_delivery_in(
                created_at, state, attempts, next_attempt_at)
            VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', 0, ?)""",
         (delivery_id, rule_id, subject, summary, event_id, payload, now, now),
+    )
+    # The history is bounded: a rule keeps its newest finished alerts (pending ones all).
+    conn.execute(
+        """DELETE FROM alert_deliveries WHERE id IN (
+               SELECT id FROM alert_deliveries WHERE rule_id = ? AND state != 'pending'
+               ORDER BY created_at DESC, id LIMIT -1 OFFSET ?)""",
+        (rule_id, KEEP_DELIVERIES),
     )
 
 

@@ -348,6 +348,22 @@ async def test_a_disabled_rule_fires_nothing_and_the_log_is_not_replayed(
     assert [b["subject"] for b in receiver.bodies()] == ["rollout:enabled"]
 
 
+async def test_an_entry_that_cannot_be_read_is_skipped_and_later_ones_still_fire(
+    hub: Hub, receiver: Receiver
+) -> None:
+    rule = await new_rule(hub, receiver, "rollout_halted")
+
+    def write_bad(conn: Any) -> None:  # a row whose detail is not an object
+        conn.execute(
+            "INSERT INTO events (at, kind, detail) VALUES (strftime('%s'), 'rollout.halted', '[1]')"
+        )
+
+    await hub.db.write(write_bad)
+    await log_event(hub, "rollout.halted", rollout_id="after-the-bad-one")
+    await delivered(hub, rule["id"])
+    assert [b["subject"] for b in receiver.bodies()] == ["rollout:after-the-bad-one"]
+
+
 # ------------------------------------------------------------------ the API
 
 
