@@ -236,21 +236,30 @@ def certificate_alert(
 class Verdict(enum.StrEnum):
     FIRE = "fire"
     SUPPRESS = "suppress"  # within the cooldown of the last alert for this subject
-    SEEN = "seen"  # this occurrence was already fired or suppressed
+    SEEN = "seen"  # this occurrence was already fired, or already held back and counted
+
+
+@dataclass(frozen=True)
+class SubjectState:
+    """What a rule last did for one subject."""
+
+    last_fired_at: float | None = None
+    fired_occurrence: str | None = None  # the occurrence last sent
+    last_occurrence: str | None = None  # the occurrence last seen (sent or held back)
+    suppressed: int = 0  # held back since the last one sent
 
 
 def cooldown_verdict(
-    last_fired_at: float | None,
-    last_occurrence: str | None,
-    occurrence: str,
-    cooldown_s: float,
-    now: float,
+    state: SubjectState, occurrence: str, cooldown_s: float, now: float
 ) -> Verdict:
-    """Whether an alert for a subject goes out, given what that subject last sent."""
-    if occurrence == last_occurrence:
+    """Whether an alert for a subject goes out. An occurrence goes out once; one held back
+    by the cooldown is counted once, and goes out when the cooldown ends if its condition
+    still holds (a gateway still away), so a flap inside the cooldown hides nothing."""
+    if occurrence == state.fired_occurrence:
         return Verdict.SEEN
-    if last_fired_at is not None and now - last_fired_at < cooldown_s:
-        return Verdict.SUPPRESS
+    cooling = state.last_fired_at is not None and now - state.last_fired_at < cooldown_s
+    if cooling:
+        return Verdict.SEEN if occurrence == state.last_occurrence else Verdict.SUPPRESS
     return Verdict.FIRE
 
 

@@ -224,10 +224,8 @@ class AlertService:
     def _raise_in(
         self, conn: Connection, rule: Rule, alert: Alert, now: float, raised: _Raised
     ) -> None:
-        last_fired_at, last_occurrence, suppressed = subject_state_in(conn, rule.id, alert.subject)
-        verdict = cooldown_verdict(
-            last_fired_at, last_occurrence, alert.occurrence, rule.cooldown_s, now
-        )
+        state = subject_state_in(conn, rule.id, alert.subject)
+        verdict = cooldown_verdict(state, alert.occurrence, rule.cooldown_s, now)
         if verdict is Verdict.SEEN:
             return
         if verdict is Verdict.SUPPRESS:
@@ -235,7 +233,9 @@ class AlertService:
             raised.suppressed.append((rule, alert))
             return
         delivery_id = str(uuid.uuid4())
-        body = alert_body(rule, alert, delivery_id=delivery_id, fired_at=now, suppressed=suppressed)
+        body = alert_body(
+            rule, alert, delivery_id=delivery_id, fired_at=now, suppressed=state.suppressed
+        )
         insert_delivery_in(
             conn,
             delivery_id,

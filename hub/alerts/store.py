@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from hub.alerts.rules import AlertKind, Rule, response_excerpt, rule_problem
+from hub.alerts.rules import AlertKind, Rule, SubjectState, response_excerpt, rule_problem
 from hub.store.errors import Refusal, StoreError
 from missioncontrol.timefmt import iso
 
@@ -245,18 +245,13 @@ def events_after_in(
     return events, max(after_id, end)
 
 
-def subject_state_in(
-    conn: sqlite3.Connection, rule_id: str, subject: str
-) -> tuple[float | None, str | None, int]:
-    """(last fired at, last occurrence, suppressed since) for a rule's subject."""
+def subject_state_in(conn: sqlite3.Connection, rule_id: str, subject: str) -> SubjectState:
     row = conn.execute(
-        """SELECT last_fired_at, last_occurrence, suppressed FROM alert_subjects
-           WHERE rule_id = ? AND subject = ?""",
+        """SELECT last_fired_at, fired_occurrence, last_occurrence, suppressed
+           FROM alert_subjects WHERE rule_id = ? AND subject = ?""",
         (rule_id, subject),
     ).fetchone()
-    if row is None:
-        return None, None, 0
-    return row[0], row[1], int(row[2])
+    return SubjectState() if row is None else SubjectState(row[0], row[1], row[2], int(row[3]))
 
 
 def mark_subject_in(
@@ -267,18 +262,26 @@ def mark_subject_in(
     *,
     fired_at: float | None,
 ) -> None:
-    """Remember an occurrence: fired (`fired_at`, suppressed count back to 0) or held
-    back by the cooldown (`fired_at` None, counted)."""
+    """Remember an occurrence: sent at `fired_at` (the held-back count starts again), or
+    held back by the cooldown (`fired_at` None; counted)."""
     conn.execute(
-        """INSERT INTO alert_subjects (rule_id, subject, last_fired_at, last_occurrence,
-               suppressed)
-           VALUES (?, ?, ?, ?, ?)
+        """INSERT INTO alert_subjects (rule_id, subject, last_fired_at, fired_occurrence,
+               last_occurrence, suppressed)
+           VALUES (?, ?, ?, ?, ?, ?)
            ON CONFLICT (rule_id, subject) DO UPDATE SET
                last_occurrence = excluded.last_occurrence,
                last_fired_at = COALESCE(excluded.last_fired_at, last_fired_at),
+               fired_occurrence = COALESCE(excluded.fired_occurrence, fired_occurrence),
                suppressed = CASE WHEN excluded.last_fired_at IS NULL
                                  THEN suppressed + 1 ELSE 0 END""",
-        (rule_id, subject, fired_at, occurrence, 0 if fired_at is not None else 1),
+        (
+            rule_id,
+            subject,
+            fired_at,
+            occurrence if fired_at is not None else None,
+            occurrence,
+            0 if fired_at is not None else 1,
+        ),
     )
 
 

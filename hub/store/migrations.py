@@ -436,11 +436,12 @@ V13 = (
     """,
     """
     CREATE TABLE alert_subjects (
-        rule_id         TEXT NOT NULL REFERENCES alert_rules(id) ON DELETE CASCADE,
-        subject         TEXT NOT NULL,
-        last_fired_at   REAL,
-        last_occurrence TEXT,
-        suppressed      INTEGER NOT NULL DEFAULT 0,
+        rule_id          TEXT NOT NULL REFERENCES alert_rules(id) ON DELETE CASCADE,
+        subject          TEXT NOT NULL,
+        last_fired_at    REAL,
+        fired_occurrence TEXT,
+        last_occurrence  TEXT,
+        suppressed       INTEGER NOT NULL DEFAULT 0,
         PRIMARY KEY (rule_id, subject)
     ) WITHOUT ROWID
     """,

@@ -335,6 +335,33 @@ async def test_cooldown_holds_back_repeats_per_subject(tmp_path: Path, receiver:
         await hub.stop()
 
 
+async def test_a_flapping_gateway_pages_once_per_cooldown_and_again_if_still_away(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    clock = JumpClock()
+    hub = alert_hub(tmp_path, clock=clock)
+    await hub.start()
+    try:
+        rule = await new_rule(
+            hub, receiver, "gateway_disconnected", disconnected_for_s=1, cooldown_s=600
+        )
+        held = hub.metrics.alerts.labels("gateway_disconnected", "suppressed")
+        async with connected_sidecar(hub, tmp_path, "gw-flap"):
+            pass
+        await delivered(hub, rule["id"])
+        async with connected_sidecar(hub, tmp_path, "gw-flap"):
+            pass  # back, and away again within the cooldown
+        await wait_for(lambda: held._value.get() == 1, timeout_s=30, what="held back")
+        await asyncio.sleep(FAST.check_interval_s * 3)  # later checks do not count it again
+        assert held._value.get() == 1 and len(receiver.received) == 1
+        clock.advance(601)  # the cooldown ends with the gateway still away
+        await delivered(hub, rule["id"], 2)
+        latest = receiver.bodies()[-1]
+        assert latest["subject"] == "gateway:gw-flap" and latest["suppressed_since_last"] == 1
+    finally:
+        await hub.stop()
+
+
 async def test_a_disabled_rule_fires_nothing_and_the_log_is_not_replayed(
     hub: Hub, receiver: Receiver
 ) -> None:

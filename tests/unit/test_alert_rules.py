@@ -16,6 +16,7 @@ from hub.alerts.rules import (
     MAX_SUMMARY_CHARS,
     AlertKind,
     Rule,
+    SubjectState,
     Verdict,
     alert_body,
     alert_for_event,
@@ -123,13 +124,21 @@ def test_a_certificate_fires_within_its_window_and_a_renewal_is_a_new_episode() 
     cooldown=st.floats(0, 1000),
     now=st.floats(0, 4000),
 )
-def test_cooldown_fires_only_outside_the_window_and_never_twice_for_one_occurrence(
+def test_cooldown_fires_only_outside_the_window_and_an_occurrence_goes_out_once(
     last_fired: float | None, cooldown: float, now: float
 ) -> None:
-    assert cooldown_verdict(last_fired, "x", "x", cooldown, now) is Verdict.SEEN
-    verdict = cooldown_verdict(last_fired, "x", "y", cooldown, now)
+    sent = SubjectState(last_fired, fired_occurrence="x", last_occurrence="x")
+    assert cooldown_verdict(sent, "x", cooldown, now) is Verdict.SEEN
+    verdict = cooldown_verdict(sent, "y", cooldown, now)
     inside = last_fired is not None and now - last_fired < cooldown
     assert verdict is (Verdict.SUPPRESS if inside else Verdict.FIRE)
+
+
+def test_a_condition_held_back_is_counted_once_and_sent_when_the_cooldown_ends() -> None:
+    held = SubjectState(1000.0, fired_occurrence="away:1", last_occurrence="away:2", suppressed=1)
+    assert cooldown_verdict(held, "away:2", 600, 1300.0) is Verdict.SEEN  # not counted again
+    assert cooldown_verdict(held, "away:3", 600, 1300.0) is Verdict.SUPPRESS
+    assert cooldown_verdict(held, "away:2", 600, 1600.0) is Verdict.FIRE  # still away
 
 
 def test_the_payload_is_bounded_by_replacing_a_large_detail() -> None:
