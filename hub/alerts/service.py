@@ -44,6 +44,7 @@ from hub.alerts.store import (
     check_filters_in,
     cursor_in,
     delete_rule_in,
+    delivery_summary_in,
     disconnected_gateways_in,
     enabled_rules_in,
     events_after_in,
@@ -232,10 +233,17 @@ class AlertService:
             mark_subject_in(conn, rule.id, alert.subject, alert.occurrence, fired_at=None)
             raised.suppressed.append((rule, alert))
             return
+        delivery_id = self._queue_in(conn, rule, alert, now, suppressed=state.suppressed)
+        mark_subject_in(conn, rule.id, alert.subject, alert.occurrence, fired_at=now)
+        raised.fired.append((rule, alert, delivery_id))
+
+    def _queue_in(
+        self, conn: Connection, rule: Rule, alert: Alert, now: float, *, suppressed: int
+    ) -> str:
+        """Store the alert's delivery (its body as it will be signed); the sender is
+        nudged once it commits. Returns its id."""
         delivery_id = str(uuid.uuid4())
-        body = alert_body(
-            rule, alert, delivery_id=delivery_id, fired_at=now, suppressed=state.suppressed
-        )
+        body = alert_body(rule, alert, delivery_id=delivery_id, fired_at=now, suppressed=suppressed)
         insert_delivery_in(
             conn,
             delivery_id,
@@ -246,9 +254,8 @@ class AlertService:
             payload=body,
             now=now,
         )
-        mark_subject_in(conn, rule.id, alert.subject, alert.occurrence, fired_at=now)
         conn.after_commit(self.sender.nudge)
-        raised.fired.append((rule, alert, delivery_id))
+        return delivery_id
 
     def _report(self, raised: _Raised) -> None:
         for rule_id, event_id, error in raised.skipped:
@@ -326,6 +333,27 @@ class AlertService:
         )
         log.info("alert.rule.deleted", rule_id=rule_id, deliveries=deliveries)
         return deliveries
+
+    async def send_test(self, rule_id: str) -> dict[str, Any]:
+        """Queue a test alert for the rule now, past its cooldown (disabled rules too): the
+        receiver's URL, its signature check and the history can be tried before a page."""
+
+        def op(conn: Connection) -> dict[str, Any]:
+            rule = require_rule_in(conn, rule_id).rule
+            now = self.clock()
+            alert = Alert(
+                subject="test",
+                occurrence=f"test:{now!r}",
+                summary=f"test alert from rule {rule.name!r} ({rule.kind.value}); nothing is wrong",
+                occurred_at=now,
+                detail={"test": True},
+            )
+            delivery_id = self._queue_in(conn, rule, alert, now, suppressed=0)
+            return delivery_summary_in(conn, delivery_id)
+
+        sent = await self.db.write(op, urgent=True)
+        log.info("alert.test.queued", rule_id=rule_id, delivery_id=sent["id"])
+        return sent
 
     async def list_deliveries(
         self, rule_id: str, state: str | None, limit: int, offset: int

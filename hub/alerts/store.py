@@ -418,6 +418,15 @@ def list_deliveries_in(
     return [_delivery_json(r) for r in rows], int(total)
 
 
+def delivery_summary_in(conn: sqlite3.Connection, delivery_id: str) -> dict[str, Any]:
+    row = conn.execute(
+        f"SELECT {_DELIVERY_COLUMNS} FROM alert_deliveries WHERE id = ?", (delivery_id,)
+    ).fetchone()
+    if row is None:
+        raise NotFound(f"delivery {delivery_id} not found")
+    return _delivery_json(row)
+
+
 def get_delivery_in(conn: sqlite3.Connection, rule_id: str, delivery_id: str) -> dict[str, Any]:
     """One delivery with its payload and every attempt, oldest first."""
     require_rule_in(conn, rule_id)

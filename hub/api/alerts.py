@@ -44,13 +44,18 @@ BoardFilter = Field(None, max_length=MAX_ID_CHARS, description="only events of t
 GatewayFilter = Field(None, max_length=MAX_ID_CHARS, description="only this gateway")
 
 
-def _checked_url(value: str | None) -> str | None:
-    if value is not None and (problem := url_problem(value)) is not None:
-        raise ValueError(f"url {problem}")
-    return value
+class _RuleFields(Strict):
+    """What creating and updating a rule check alike: the URL's scheme, host and form."""
+
+    @field_validator("url", check_fields=False)
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is not None and (problem := url_problem(value)) is not None:
+            raise ValueError(f"url {problem}")
+        return value
 
 
-class AlertRuleCreate(Strict):
+class AlertRuleCreate(_RuleFields):
     name: str = Name
     kind: AlertKind = Field(description="what the rule watches")
     url: str = Url
@@ -64,13 +69,8 @@ class AlertRuleCreate(Strict):
     expiring_within_days: float | None = ExpiringWithin
     cooldown_s: float = Field(900.0, ge=0, le=MAX_COOLDOWN_S, description=COOLDOWN_DOC)
 
-    @field_validator("url")
-    @classmethod
-    def _url(cls, value: str | None) -> str | None:
-        return _checked_url(value)
 
-
-class AlertRuleUpdate(Strict):
+class AlertRuleUpdate(_RuleFields):
     """Only the fields sent change; null clears a filter. The kind does not change:
     create another rule for another kind."""
 
@@ -85,11 +85,6 @@ class AlertRuleUpdate(Strict):
     disconnected_for_s: float | None = DisconnectedFor
     expiring_within_days: float | None = ExpiringWithin
     cooldown_s: float | None = Field(None, ge=0, le=MAX_COOLDOWN_S, description=COOLDOWN_DOC)
-
-    @field_validator("url")
-    @classmethod
-    def _url(cls, value: str | None) -> str | None:
-        return _checked_url(value)
 
     @model_validator(mode="after")
     def required_fields_are_not_null(self) -> Self:
@@ -240,6 +235,18 @@ def register(api: Api) -> None:
     )
     async def delete_alert_rule(call: Call) -> AlertRuleDeleted:
         return AlertRuleDeleted(deliveries_deleted=await service(call).delete_rule(rule_id(call)))
+
+    @api.route(
+        "POST",
+        one + "/test",
+        summary="Send a test alert now (past the cooldown), to try the receiver and its "
+        "signature check",
+        tags=tags,
+        response=AlertDeliverySummary,
+        status=202,
+    )
+    async def test_alert_rule(call: Call) -> AlertDeliverySummary:
+        return AlertDeliverySummary(**await service(call).send_test(rule_id(call)))
 
     @api.route(
         "GET",

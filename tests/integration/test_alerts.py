@@ -394,6 +394,19 @@ async def test_an_entry_that_cannot_be_read_is_skipped_and_later_ones_still_fire
 # ------------------------------------------------------------------ the API
 
 
+async def test_a_test_alert_goes_out_now_past_the_cooldown(hub: Hub, receiver: Receiver) -> None:
+    rule = await new_rule(hub, receiver, "agent_offline", cooldown_s=3600)
+    for _ in range(2):
+        status, queued = await api(hub, "POST", f"/api/v1/alerts/{rule['id']}/test")
+        assert status == 202 and queued["state"] == "pending" and queued["subject"] == "test"
+    await delivered(hub, rule["id"], 2)
+    assert all(r["signed"] for r in receiver.received)
+    assert [b["detail"] for b in receiver.bodies()] == [{"test": True}] * 2
+    assert "nothing is wrong" in receiver.bodies()[0]["summary"]
+    status, missing = await api(hub, "POST", "/api/v1/alerts/no-such-rule/test")
+    assert status == 404 and "not found" in missing["detail"]
+
+
 async def test_rules_are_listed_read_updated_and_deleted(hub: Hub, receiver: Receiver) -> None:
     a = await new_rule(hub, receiver, "rollout_halted")
     b = await new_rule(hub, receiver, "gateway_disconnected", disconnected_for_s=60)
