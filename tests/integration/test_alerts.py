@@ -274,6 +274,47 @@ async def test_gives_up_after_the_last_attempt(tmp_path: Path, receiver: Receive
         await hub.stop()
 
 
+async def test_the_doctor_names_a_rule_whose_alerts_give_up(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    from hub.doctor import HubDoctor, HubDoctorInput
+    from missioncontrol.doctor import Verdict as DoctorVerdict
+    from missioncontrol.netaddr import HostPort
+
+    receiver.statuses = [500] * 10
+    policy = dataclasses.replace(FAST, retry=RetryPolicy(initial_s=0.05, max_s=0.1, max_attempts=2))
+    hub = Hub(hub_config(tmp_path / "hub"), alert_policy=policy)
+    await hub.start()
+    try:
+        rule = await new_rule(hub, receiver, "rollout_halted")
+        given = HubDoctorInput(
+            data_dir=hub.config.data_dir,
+            http_listen=HostPort("127.0.0.1", 0),
+            link_listen=HostPort("127.0.0.1", 0),
+            enroll_listen=HostPort("127.0.0.1", 0),
+            insecure_dev=True,
+            cors_origins=(),
+            checkin_deadline_s=30.0,
+            environ={},
+        )
+        report = await HubDoctor(given).run()
+        assert report.verdict("alerts.delivery") is DoctorVerdict.OK
+        await log_event(hub, "rollout.halted", rollout_id="ro-doc")
+
+        async def failed() -> bool:
+            return any(d["state"] == "failed" for d in await deliveries(hub, rule["id"]))
+
+        await wait_for(failed, timeout_s=30, what="given up")
+        report = await HubDoctor(given).run()
+    finally:
+        await hub.stop()
+    assert report.verdict("alerts.delivery") is DoctorVerdict.WARN
+    [finding] = report.by_check("alerts.delivery")
+    assert rule["id"] in finding.summary and "1 alerts given up" in finding.summary
+    assert "the receiver answered 500" in finding.cause
+    assert f"/api/v1/alerts/{rule['id']}/test" in finding.fix
+
+
 async def test_a_restart_mid_retry_still_delivers(tmp_path: Path, receiver: Receiver) -> None:
     receiver.statuses = [500] * 1000
     policy = dataclasses.replace(FAST, retry=RetryPolicy(initial_s=0.3, max_s=0.3, max_attempts=50))
