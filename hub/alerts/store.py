@@ -117,7 +117,7 @@ def check_filters_in(
         )
 
 
-def check_rule_in(conn: sqlite3.Connection, row: RuleRow) -> None:
+def check_rule(row: RuleRow) -> None:
     """Refuse a rule (as it would be stored) whose fields do not fit its kind."""
     rule = row.rule
     problem = rule_problem(
@@ -172,7 +172,7 @@ def insert_rule_in(
         (rule_id, *(columns[n] for n in names), now, now),
     )
     row = require_rule_in(conn, rule_id)
-    check_rule_in(conn, row)  # the job rolls back if it is refused
+    check_rule(row)  # the job rolls back if it is refused
     return row
 
 
@@ -191,7 +191,7 @@ def update_rule_in(
             (*columns.values(), now, rule_id),
         )
     row = require_rule_in(conn, rule_id)
-    check_rule_in(conn, row)  # the job rolls back if it is refused
+    check_rule(row)  # the job rolls back if it is refused
     return row
 
 

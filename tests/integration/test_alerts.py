@@ -7,20 +7,26 @@ import asyncio
 import dataclasses
 import json
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
 
 from hub.alerts.rules import AlertPolicy
 from hub.app import Hub
 from hub.store.event_log import add_event
-from hub.webhooks.rules import RetryPolicy, signature_valid
+from hub.webhooks.rules import RetryPolicy
 from protos import link_pb2 as pb
 from sidecar.link.enrollment import enroll
-from tests.support import JumpClock, api, connected_sidecar, hub_config, wait_for
+from tests.support import (
+    JumpClock,
+    WebhookReceiver,
+    api,
+    connected_sidecar,
+    hub_config,
+    wait_for,
+    webhook_receiver,
+)
 
 SECRET = "alert-secret-" + "s" * 20
 FAST = AlertPolicy(
@@ -30,55 +36,10 @@ FAST = AlertPolicy(
 )
 
 
-@dataclass
-class Receiver:
-    """A webhook receiver on loopback: answers `statuses` in turn (then 200), records
-    every request, and checks each signature with the rule's secret."""
-
-    statuses: list[int] = field(default_factory=list)
-    received: list[dict[str, Any]] = field(default_factory=list)
-    other_hits: int = 0
-    url: str = ""
-
-    async def hook(self, request: web.Request) -> web.Response:
-        body = await request.read()
-        self.received.append(
-            {
-                "body": json.loads(body),
-                "signed": signature_valid(
-                    SECRET.encode(), body, request.headers.get("X-Hub-Signature-256")
-                ),
-                "alert_id": request.headers.get("X-MC-Alert-Id"),
-                "attempt": request.headers.get("X-MC-Alert-Attempt"),
-            }
-        )
-        status = self.statuses.pop(0) if self.statuses else 200
-        if 300 <= status < 400:
-            return web.Response(status=status, headers={"Location": "/elsewhere"})
-        return web.Response(status=status, text=f"answered {status}")
-
-    async def elsewhere(self, request: web.Request) -> web.Response:
-        self.other_hits += 1
-        return web.Response(text="followed")
-
-    def bodies(self, kind: str | None = None) -> list[dict[str, Any]]:
-        return [r["body"] for r in self.received if kind is None or r["body"]["kind"] == kind]
-
-
 @pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    found = Receiver()
-    app = web.Application()
-    app.router.add_post("/hook", found.hook)
-    app.router.add_route("*", "/elsewhere", found.elsewhere)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    found.url = f"http://127.0.0.1:{port}/hook"
-    yield found
-    await runner.cleanup()
+async def receiver() -> AsyncIterator[WebhookReceiver]:
+    async with webhook_receiver(SECRET) as found:
+        yield found
 
 
 def alert_hub(tmp_path: Path, *, clock: JumpClock | None = None, **overrides: Any) -> Hub:
@@ -94,7 +55,7 @@ async def hub(tmp_path: Path) -> AsyncIterator[Hub]:
     await instance.stop()
 
 
-async def new_rule(hub: Hub, receiver: Receiver, kind: str, **fields: Any) -> dict[str, Any]:
+async def new_rule(hub: Hub, receiver: WebhookReceiver, kind: str, **fields: Any) -> dict[str, Any]:
     body = {"name": f"{kind} page", "kind": kind, "url": receiver.url, "secret": SECRET, **fields}
     status, rule = await api(hub, "POST", "/api/v1/alerts", body)
     assert status == 201, rule
@@ -131,7 +92,7 @@ async def log_event(hub: Hub, kind: str, **fields: Any) -> None:
 
 
 async def test_agent_offline_through_the_lifecycle_arrives_signed(
-    hub: Hub, tmp_path: Path, receiver: Receiver
+    hub: Hub, tmp_path: Path, receiver: WebhookReceiver
 ) -> None:
     rule = await new_rule(hub, receiver, "agent_offline", cooldown_s=0)
     async with connected_sidecar(hub, tmp_path, "gw-alerts") as (_, gateway):
@@ -160,7 +121,7 @@ async def test_agent_offline_through_the_lifecycle_arrives_signed(
 
 
 async def test_gateway_disconnected_longer_than_its_threshold(
-    hub: Hub, tmp_path: Path, receiver: Receiver
+    hub: Hub, tmp_path: Path, receiver: WebhookReceiver
 ) -> None:
     await hub.store.create_gateway("gw-other", "other")
     rule = await new_rule(hub, receiver, "gateway_disconnected", disconnected_for_s=1)
@@ -179,7 +140,9 @@ async def test_gateway_disconnected_longer_than_its_threshold(
     assert len(await deliveries(hub, rule["id"])) == 1
 
 
-async def test_certificate_expiring_within_its_window(tmp_path: Path, receiver: Receiver) -> None:
+async def test_certificate_expiring_within_its_window(
+    tmp_path: Path, receiver: WebhookReceiver
+) -> None:
     hub = alert_hub(tmp_path, insecure_dev=False, cert_lifetime_days=1.0)
     await hub.start()
     try:
@@ -199,7 +162,9 @@ async def test_certificate_expiring_within_its_window(tmp_path: Path, receiver: 
         await hub.stop()
 
 
-async def test_drift_reported_by_a_sidecar(hub: Hub, tmp_path: Path, receiver: Receiver) -> None:
+async def test_drift_reported_by_a_sidecar(
+    hub: Hub, tmp_path: Path, receiver: WebhookReceiver
+) -> None:
     async with connected_sidecar(hub, tmp_path, "gw-drift") as (sidecar, _):
         rule = await new_rule(hub, receiver, "drift_found", gateway_id="gw-drift")
         drift = pb.Drift(agent_id="mc-a1", kind=pb.Drift.REMOVED, detail="entry removed by hand")
@@ -211,7 +176,9 @@ async def test_drift_reported_by_a_sidecar(hub: Hub, tmp_path: Path, receiver: R
     assert payload["detail"]["drift"] == "REMOVED"
 
 
-async def test_rollout_halted_event_fires_and_filters_hold(hub: Hub, receiver: Receiver) -> None:
+async def test_rollout_halted_event_fires_and_filters_hold(
+    hub: Hub, receiver: WebhookReceiver
+) -> None:
     await hub.store.create_gateway("gw-r", "r")
     rule = await new_rule(hub, receiver, "rollout_halted")
     elsewhere = await new_rule(hub, receiver, "rollout_halted", gateway_id="gw-r")
@@ -227,7 +194,7 @@ async def test_rollout_halted_event_fires_and_filters_hold(hub: Hub, receiver: R
 
 
 async def test_retried_with_backoff_until_the_receiver_recovers(
-    hub: Hub, receiver: Receiver
+    hub: Hub, receiver: WebhookReceiver
 ) -> None:
     receiver.statuses = [500, 503]
     rule = await new_rule(hub, receiver, "rollout_halted")
@@ -244,7 +211,7 @@ async def test_retried_with_backoff_until_the_receiver_recovers(
     assert hub.metrics.alert_attempts.labels("retry")._value.get() == 2
 
 
-async def test_redirects_are_not_followed(hub: Hub, receiver: Receiver) -> None:
+async def test_redirects_are_not_followed(hub: Hub, receiver: WebhookReceiver) -> None:
     receiver.statuses = [302]
     rule = await new_rule(hub, receiver, "rollout_halted")
     await log_event(hub, "rollout.halted", rollout_id="ro-3")
@@ -255,7 +222,7 @@ async def test_redirects_are_not_followed(hub: Hub, receiver: Receiver) -> None:
     assert receiver.other_hits == 0
 
 
-async def test_gives_up_after_the_last_attempt(tmp_path: Path, receiver: Receiver) -> None:
+async def test_gives_up_after_the_last_attempt(tmp_path: Path, receiver: WebhookReceiver) -> None:
     receiver.statuses = [500] * 10
     policy = dataclasses.replace(FAST, retry=RetryPolicy(initial_s=0.05, max_s=0.1, max_attempts=2))
     hub = Hub(hub_config(tmp_path / "hub"), alert_policy=policy)
@@ -275,7 +242,7 @@ async def test_gives_up_after_the_last_attempt(tmp_path: Path, receiver: Receive
 
 
 async def test_the_doctor_names_a_rule_whose_alerts_give_up(
-    tmp_path: Path, receiver: Receiver
+    tmp_path: Path, receiver: WebhookReceiver
 ) -> None:
     from hub.doctor import HubDoctor, HubDoctorInput
     from missioncontrol.doctor import Verdict as DoctorVerdict
@@ -315,7 +282,9 @@ async def test_the_doctor_names_a_rule_whose_alerts_give_up(
     assert f"/api/v1/alerts/{rule['id']}/test" in finding.fix
 
 
-async def test_a_restart_mid_retry_still_delivers(tmp_path: Path, receiver: Receiver) -> None:
+async def test_a_restart_mid_retry_still_delivers(
+    tmp_path: Path, receiver: WebhookReceiver
+) -> None:
     receiver.statuses = [500] * 1000
     policy = dataclasses.replace(FAST, retry=RetryPolicy(initial_s=0.3, max_s=0.3, max_attempts=50))
     first = Hub(hub_config(tmp_path / "hub"), alert_policy=policy)
@@ -343,7 +312,9 @@ async def test_a_restart_mid_retry_still_delivers(tmp_path: Path, receiver: Rece
         await second.stop()
 
 
-async def test_cooldown_holds_back_repeats_per_subject(tmp_path: Path, receiver: Receiver) -> None:
+async def test_cooldown_holds_back_repeats_per_subject(
+    tmp_path: Path, receiver: WebhookReceiver
+) -> None:
     clock = JumpClock()
     hub = alert_hub(tmp_path, clock=clock)
     await hub.start()
@@ -377,7 +348,7 @@ async def test_cooldown_holds_back_repeats_per_subject(tmp_path: Path, receiver:
 
 
 async def test_a_flapping_gateway_pages_once_per_cooldown_and_again_if_still_away(
-    tmp_path: Path, receiver: Receiver
+    tmp_path: Path, receiver: WebhookReceiver
 ) -> None:
     clock = JumpClock()
     hub = alert_hub(tmp_path, clock=clock)
@@ -404,7 +375,7 @@ async def test_a_flapping_gateway_pages_once_per_cooldown_and_again_if_still_awa
 
 
 async def test_a_disabled_rule_fires_nothing_and_the_log_is_not_replayed(
-    hub: Hub, receiver: Receiver
+    hub: Hub, receiver: WebhookReceiver
 ) -> None:
     await log_event(hub, "rollout.halted", rollout_id="before-the-rule")
     rule = await new_rule(hub, receiver, "rollout_halted", enabled=False)
@@ -417,7 +388,7 @@ async def test_a_disabled_rule_fires_nothing_and_the_log_is_not_replayed(
 
 
 async def test_an_entry_that_cannot_be_read_is_skipped_and_later_ones_still_fire(
-    hub: Hub, receiver: Receiver
+    hub: Hub, receiver: WebhookReceiver
 ) -> None:
     rule = await new_rule(hub, receiver, "rollout_halted")
 
@@ -435,7 +406,9 @@ async def test_an_entry_that_cannot_be_read_is_skipped_and_later_ones_still_fire
 # ------------------------------------------------------------------ the API
 
 
-async def test_a_test_alert_goes_out_now_past_the_cooldown(hub: Hub, receiver: Receiver) -> None:
+async def test_a_test_alert_goes_out_now_past_the_cooldown(
+    hub: Hub, receiver: WebhookReceiver
+) -> None:
     rule = await new_rule(hub, receiver, "agent_offline", cooldown_s=3600)
     for _ in range(2):
         status, queued = await api(hub, "POST", f"/api/v1/alerts/{rule['id']}/test")
@@ -448,7 +421,9 @@ async def test_a_test_alert_goes_out_now_past_the_cooldown(hub: Hub, receiver: R
     assert status == 404 and "not found" in missing["detail"]
 
 
-async def test_rules_are_listed_read_updated_and_deleted(hub: Hub, receiver: Receiver) -> None:
+async def test_rules_are_listed_read_updated_and_deleted(
+    hub: Hub, receiver: WebhookReceiver
+) -> None:
     a = await new_rule(hub, receiver, "rollout_halted")
     b = await new_rule(hub, receiver, "gateway_disconnected", disconnected_for_s=60)
     status, page = await api(hub, "GET", "/api/v1/alerts?limit=1")
@@ -505,7 +480,7 @@ BAD_RULES = [
 
 @pytest.mark.parametrize(("change", "loc", "phrase"), BAD_RULES)
 async def test_bad_rules_get_a_422_that_names_the_fix(
-    hub: Hub, receiver: Receiver, change: dict[str, Any], loc: str | None, phrase: str
+    hub: Hub, receiver: WebhookReceiver, change: dict[str, Any], loc: str | None, phrase: str
 ) -> None:
     body = {"name": "n", "kind": "agent_offline", "url": receiver.url, "secret": SECRET, **change}
     status, error = await api(hub, "POST", "/api/v1/alerts", body)
@@ -519,7 +494,9 @@ async def test_bad_rules_get_a_422_that_names_the_fix(
     assert page["total"] == 0  # nothing was stored
 
 
-async def test_bad_updates_get_a_422_and_change_nothing(hub: Hub, receiver: Receiver) -> None:
+async def test_bad_updates_get_a_422_and_change_nothing(
+    hub: Hub, receiver: WebhookReceiver
+) -> None:
     rule = await new_rule(hub, receiver, "rollout_halted")
     for change, phrase in [
         ({"url": "gopher://x"}, "http:// or https://"),
