@@ -24,6 +24,7 @@ from tests.support import (
     api,
     connected_sidecar,
     hub_config,
+    running_hub,
     wait_for,
     webhook_receiver,
 )
@@ -310,6 +311,27 @@ async def test_a_restart_mid_retry_still_delivers(
         assert receiver.received[-1]["signed"] is True
     finally:
         await second.stop()
+
+
+async def test_events_logged_while_no_hub_watched_are_alerted_at_the_next_start(
+    tmp_path: Path, receiver: WebhookReceiver
+) -> None:
+    from hub.store.database import Database
+
+    async with running_hub(tmp_path / "hub", alert_policy=FAST) as first:
+        rule = await new_rule(first, receiver, "rollout_halted")
+        await log_event(first, "rollout.halted", rollout_id="seen-live")
+        await delivered(first, rule["id"])
+    # Written to the same database by another writer while no hub runs.
+    db = Database(first.config.database_path)
+    db.open()
+    try:
+        await db.write(lambda conn: add_event(conn, "rollout.halted", rollout_id="while-down"))
+    finally:
+        await db.close()
+    async with running_hub(tmp_path / "hub", alert_policy=FAST) as second:
+        await delivered(second, rule["id"], 2)
+    assert [b["subject"] for b in receiver.bodies()] == ["rollout:seen-live", "rollout:while-down"]
 
 
 async def test_cooldown_holds_back_repeats_per_subject(
