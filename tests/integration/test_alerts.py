@@ -14,8 +14,11 @@ import pytest
 
 from hub.alerts.rules import AlertPolicy
 from hub.app import Hub
+from hub.doctor import HubDoctor, HubDoctorInput
 from hub.store.event_log import add_event
 from hub.webhooks.rules import RetryPolicy
+from missioncontrol.doctor import Verdict as DoctorVerdict
+from missioncontrol.netaddr import HostPort
 from protos import link_pb2 as pb
 from sidecar.link.enrollment import enroll
 from tests.support import (
@@ -223,13 +226,27 @@ async def test_redirects_are_not_followed(hub: Hub, receiver: WebhookReceiver) -
     assert receiver.other_hits == 0
 
 
-async def test_gives_up_after_the_last_attempt(tmp_path: Path, receiver: WebhookReceiver) -> None:
+async def test_gives_up_after_the_last_attempt_and_the_doctor_says_so(
+    tmp_path: Path, receiver: WebhookReceiver
+) -> None:
     receiver.statuses = [500] * 10
     policy = dataclasses.replace(FAST, retry=RetryPolicy(initial_s=0.05, max_s=0.1, max_attempts=2))
     hub = Hub(hub_config(tmp_path / "hub"), alert_policy=policy)
+    doctor = HubDoctorInput(
+        data_dir=hub.config.data_dir,
+        http_listen=HostPort("127.0.0.1", 0),
+        link_listen=HostPort("127.0.0.1", 0),
+        enroll_listen=HostPort("127.0.0.1", 0),
+        insecure_dev=True,
+        cors_origins=(),
+        checkin_deadline_s=30.0,
+        environ={},
+    )
     await hub.start()
     try:
         rule = await new_rule(hub, receiver, "rollout_halted")
+        report = await HubDoctor(doctor).run()
+        assert report.verdict("alerts.delivery") is DoctorVerdict.OK
         await log_event(hub, "rollout.halted", rollout_id="ro-4")
 
         async def failed() -> list[dict[str, Any]]:
@@ -238,42 +255,7 @@ async def test_gives_up_after_the_last_attempt(tmp_path: Path, receiver: Webhook
         [item] = await wait_for(failed, timeout_s=30, what="given up")
         assert item["attempts"] == 2 and item["next_attempt_at"] is None
         assert len(receiver.received) == 2
-    finally:
-        await hub.stop()
-
-
-async def test_the_doctor_names_a_rule_whose_alerts_give_up(
-    tmp_path: Path, receiver: WebhookReceiver
-) -> None:
-    from hub.doctor import HubDoctor, HubDoctorInput
-    from missioncontrol.doctor import Verdict as DoctorVerdict
-    from missioncontrol.netaddr import HostPort
-
-    receiver.statuses = [500] * 10
-    policy = dataclasses.replace(FAST, retry=RetryPolicy(initial_s=0.05, max_s=0.1, max_attempts=2))
-    hub = Hub(hub_config(tmp_path / "hub"), alert_policy=policy)
-    await hub.start()
-    try:
-        rule = await new_rule(hub, receiver, "rollout_halted")
-        given = HubDoctorInput(
-            data_dir=hub.config.data_dir,
-            http_listen=HostPort("127.0.0.1", 0),
-            link_listen=HostPort("127.0.0.1", 0),
-            enroll_listen=HostPort("127.0.0.1", 0),
-            insecure_dev=True,
-            cors_origins=(),
-            checkin_deadline_s=30.0,
-            environ={},
-        )
-        report = await HubDoctor(given).run()
-        assert report.verdict("alerts.delivery") is DoctorVerdict.OK
-        await log_event(hub, "rollout.halted", rollout_id="ro-doc")
-
-        async def failed() -> bool:
-            return any(d["state"] == "failed" for d in await deliveries(hub, rule["id"]))
-
-        await wait_for(failed, timeout_s=30, what="given up")
-        report = await HubDoctor(given).run()
+        report = await HubDoctor(doctor).run()
     finally:
         await hub.stop()
     assert report.verdict("alerts.delivery") is DoctorVerdict.WARN
