@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import grpc
 from aiohttp import web
 
+from hub.alerts.rules import AlertPolicy
+from hub.alerts.service import AlertService
 from hub.api import HttpDeps, build_api, build_app
 from hub.config import HubConfig
 from hub.events import EventBus
@@ -79,8 +81,8 @@ class BoundAddresses:
 
 
 class Hub:
-    """The hub's parts, built here and nowhere else. `clock` and `webhook_retry` are
-    seams for tests (time that moves on demand, fast retries)."""
+    """The hub's parts, built here and nowhere else. `clock`, `webhook_retry` and
+    `alert_policy` are seams for tests (time that moves on demand, fast retries)."""
 
     def __init__(
         self,
@@ -88,6 +90,7 @@ class Hub:
         *,
         clock: Callable[[], float] = time.time,
         webhook_retry: RetryPolicy | None = None,
+        alert_policy: AlertPolicy | None = None,
     ) -> None:
         self.config = config
         self.metrics = HubMetrics()  # this hub's own registry: hubs in one process count apart
@@ -146,6 +149,15 @@ class Hub:
         self.webhooks = WebhookService.from_hub_key(
             self.db, hub_key, retry=webhook_retry, clock=clock
         )
+        self.alerts = AlertService.from_hub_key(
+            self.db,
+            hub_key,
+            policy=alert_policy,
+            clock=clock,
+            on_raised=self.metrics.alert_raised,
+            on_attempt=self.metrics.alert_attempted,
+        )
+        self.db.listen(ACTIVITY, self.alerts.event_committed)
         self.gateways = GatewayService(self.store, self.registry, self.revocations, self.issuer)
         self.api = build_api(metrics_public=config.metrics_public)
         # Built once the HTTP port is bound: forwarded agent calls replay on it.
@@ -202,6 +214,7 @@ class Hub:
         await self.revocations.load(self.store)
         await self.reconciler.start()
         await self.webhooks.start()
+        await self.alerts.start()
 
         http_socket = self._http_socket = _bind(config.http_listen, "--http-listen")
         http = HostPort(config.http_listen.host, http_socket.getsockname()[1])
@@ -269,6 +282,7 @@ class Hub:
             enroll_address=str(enroll) if enroll else None,
             link_address=str(link),
             metrics=self.metrics,
+            alerts=self.alerts,
         )
         # One limiter for failed admin-token checks: the API's and the dashboard's login.
         failed_auth = FailedAuthLimiter()
@@ -351,6 +365,7 @@ class Hub:
         await self.backups.stop()
         await self.reconciler.stop()
         await self.webhooks.stop()
+        await self.alerts.stop()
         if self.agent_calls is not None:
             await self.agent_calls.close()
         # 3. flush the store

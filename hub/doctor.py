@@ -51,6 +51,7 @@ class DoctorPolicy:
     free_fail_bytes: int = 100 * MiB
     min_token_distinct_chars: int = 16
     max_listed: int = 20  # findings per check before the rest are summed up
+    alerts_window_s: float = 7 * 86400  # alerts given up or retrying since then
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,7 @@ class HubDoctor:
             ("agents.stuck", self.check_stuck),
             ("outbox.backlog", self.check_outbox),
             ("certificates.expiring", self.check_certificates),
+            ("alerts.delivery", self.check_alerts),
         ]
         return await run_checks("mc-hub", checks)
 
@@ -491,6 +493,40 @@ class HubDoctor:
             total = sum(int(r["pending"]) for r in rows)
             return [ok(check, f"{total} commands in flight across {len(rows)} gateways")]
         return findings[: policy.max_listed] + _more(check, findings, policy.max_listed)
+
+    def check_alerts(self) -> list[Finding]:
+        check = "alerts.delivery"
+        if (skip := self._fleet_unavailable(check)) is not None:
+            return [skip]
+        rows = self._query(
+            """SELECT r.id, r.name, r.url, SUM(d.state = 'failed') AS failed,
+                      SUM(d.state = 'pending' AND d.attempts > 0) AS retrying,
+                      (SELECT last_error FROM alert_deliveries x WHERE x.rule_id = r.id
+                         AND x.last_error IS NOT NULL ORDER BY x.created_at DESC LIMIT 1)
+                        AS last_error
+               FROM alert_rules r JOIN alert_deliveries d ON d.rule_id = r.id
+               WHERE d.created_at >= ? GROUP BY r.id
+               HAVING SUM(d.state = 'failed') > 0 OR SUM(d.state = 'pending' AND d.attempts > 0) > 0
+               ORDER BY failed DESC, retrying DESC""",
+            (self.now - self.policy.alerts_window_s,),
+        )
+        window = _duration(self.policy.alerts_window_s)
+        if not rows:
+            return [ok(check, f"no alert given up or retrying within the last {window}")]
+        findings = [
+            warn(
+                check,
+                f"alert rule {row['name']} ({row['id']}): {row['failed']} alerts given up and "
+                f"{row['retrying']} retrying within the last {window}",
+                f"its receiver at {row['url']}: {row['last_error'] or 'no answer'}",
+                "make the receiver answer 2xx at that URL (redirects are not followed); "
+                f"`GET /api/v1/alerts/{row['id']}/deliveries?state=failed` shows every attempt "
+                f"and `POST /api/v1/alerts/{row['id']}/test` tries it again",
+                rule_id=row["id"],
+            )
+            for row in rows
+        ]
+        return findings[: self.policy.max_listed] + _more(check, findings, self.policy.max_listed)
 
     def check_certificates(self) -> list[Finding]:
         check = "certificates.expiring"

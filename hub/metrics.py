@@ -21,6 +21,8 @@ Names (all prefixed mc_hub_):
   lifecycle_events_total{event}         every lifecycle log event, by its stable name
   http_requests_total{route,method,status}, http_request_duration_seconds{route,method}
   backups_total{result}, backup_last_success_timestamp_seconds
+  alerts_total{kind,outcome}            alerts fired or held back by a cooldown
+  alert_attempts_total{outcome}         webhook attempts: delivered, retry, failed
 """
 
 from __future__ import annotations
@@ -33,17 +35,13 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from hub.lifecycle.decisions import LogEvent
+from hub.lifecycle.decisions import LogEvent, offline_reason
 from hub.link.server import ReportSink
 from hub.store.backup import BackupInfo
 from hub.store.database import Database
 from missioncontrol.metrics import LATENCY_BUCKETS, new_registry
 from protos import link_pb2 as pb
 
-OFFLINE_REASONS = {
-    LogEvent.MAX_ATTEMPTS_REACHED.value: "no_checkin",
-    LogEvent.WENT_OFFLINE.value: "heartbeat_silence",
-}
 UNMATCHED_ROUTE = "unmatched"
 
 
@@ -142,7 +140,26 @@ class HubMetrics:
             registry=r,
         )
 
+        self.alerts = Counter(
+            "mc_hub_alerts",
+            "alerts raised by rule kind: fired, or suppressed by a cooldown",
+            ["kind", "outcome"],
+            registry=r,
+        )
+        self.alert_attempts = Counter(
+            "mc_hub_alert_attempts",
+            "alert webhook attempts, by outcome (delivered, retry, failed)",
+            ["outcome"],
+            registry=r,
+        )
+
     # ------------------------------------------------------------- observers
+
+    def alert_raised(self, kind: str, outcome: str) -> None:
+        self.alerts.labels(kind, outcome).inc()
+
+    def alert_attempted(self, outcome: str) -> None:
+        self.alert_attempts.labels(outcome).inc()
 
     def commands_queued_notice(self, gateway_id: str) -> None:
         """A listener on the outbox notice: one per queued command, after its commit."""
@@ -163,10 +180,8 @@ class HubMetrics:
             fields.get("command") == "wake_agent" or fields.get("wake") is True
         ):
             self.wakes.inc()
-        elif event in OFFLINE_REASONS:
-            self.offline.labels(OFFLINE_REASONS[event]).inc()
-        elif event == LogEvent.APPLY_FAILED.value and fields.get("permanent"):
-            self.offline.labels("apply_refused").inc()
+        elif (reason := offline_reason(event, fields)) is not None:
+            self.offline.labels(reason).inc()
 
     def backup_finished(self, info: BackupInfo | None) -> None:
         if info is None:

@@ -14,6 +14,7 @@ net under them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import weakref
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
@@ -44,6 +45,18 @@ def start_long_lived(
     _running.add(task)
     task.add_done_callback(lambda done: _ended(done, log, on_end, may_return))
     return task
+
+
+async def wait_until(
+    wakeup: asyncio.Event, due_at: float | None, clock: Callable[[], float]
+) -> None:
+    """A loop's pause: until `wakeup` is set or `clock()` reaches `due_at` (None: no
+    deadline), whichever is first."""
+    timeout = None if due_at is None else max(0.0, due_at - clock())
+    # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation.
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout):
+            await wakeup.wait()
 
 
 def long_lived_names() -> set[str]:

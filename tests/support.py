@@ -14,7 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from aiohttp import web
+
 from hub.config import HubConfig
+from hub.webhooks.rules import signature_valid
 from missioncontrol.netaddr import HostPort
 from protos.contract import GatewayGeneration
 from sidecar.agent_api import AgentApiLimits
@@ -405,3 +408,56 @@ def demo_command(state_dir: Path, cache_dir: Path, *extra: str) -> tuple[list[st
         *extra,
     ]  # fmt: skip
     return argv, f"http://127.0.0.1:{http}"
+
+
+@dataclass
+class WebhookReceiver:
+    """An outbound-webhook receiver on loopback (alerts): answers `statuses` in turn (then
+    200), records every request, and checks each signature with `secret`."""
+
+    secret: str
+    statuses: list[int] = field(default_factory=list)
+    received: list[dict[str, Any]] = field(default_factory=list)
+    other_hits: int = 0  # requests to /elsewhere, where its redirects point
+    url: str = ""
+
+    async def hook(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        self.received.append(
+            {
+                "body": json.loads(body),
+                "signed": signature_valid(
+                    self.secret.encode(), body, request.headers.get("X-Hub-Signature-256")
+                ),
+                "alert_id": request.headers.get("X-MC-Alert-Id"),
+                "attempt": request.headers.get("X-MC-Alert-Attempt"),
+            }
+        )
+        status = self.statuses.pop(0) if self.statuses else 200
+        if 300 <= status < 400:
+            return web.Response(status=status, headers={"Location": "/elsewhere"})
+        return web.Response(status=status, text=f"answered {status}")
+
+    async def elsewhere(self, request: web.Request) -> web.Response:
+        self.other_hits += 1
+        return web.Response(text="followed")
+
+    def bodies(self, kind: str | None = None) -> list[dict[str, Any]]:
+        return [r["body"] for r in self.received if kind is None or r["body"]["kind"] == kind]
+
+
+@asynccontextmanager
+async def webhook_receiver(secret: str) -> AsyncIterator[WebhookReceiver]:
+    """A WebhookReceiver serving POST /hook on a loopback port, stopped on exit."""
+    found = WebhookReceiver(secret)
+    app = web.Application()
+    app.router.add_post("/hook", found.hook)
+    app.router.add_route("*", "/elsewhere", found.elsewhere)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    found.url = f"http://127.0.0.1:{runner.addresses[0][1]}/hook"
+    try:
+        yield found
+    finally:
+        await runner.cleanup()

@@ -9,6 +9,7 @@ from hub.api import (
     agent_facing,
     agent_messages,
     agents,
+    alerts,
     approvals,
     board_groups,
     boards,
@@ -51,6 +52,7 @@ def build_api(*, metrics_public: bool = False) -> Api:
         approvals,
         agent_messages,
         board_groups,
+        alerts,
     ):
         module.register(api)
     board_webhooks.register(api)

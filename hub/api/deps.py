@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from hub.alerts.service import AlertService
 from hub.events import EventBus
 from hub.feeds import Feed
 from hub.gateways import GatewayService
@@ -43,6 +44,7 @@ class HttpDeps:
     activity: Feed = field(default_factory=lambda: Feed("activity"))  # committed events, live
     memory: Feed = field(default_factory=lambda: Feed("memory"))  # board memory notes, live
     metrics: HubMetrics | None = None  # GET /metrics and the per-request counts
+    alerts: AlertService | None = None  # alert rules, their watcher and sender
 
 
 DEPS = web.AppKey("deps", HttpDeps)

@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -102,6 +103,22 @@ class LogEvent(enum.StrEnum):
     APPLY_FAILED = "lifecycle.apply.failed"
     WENT_OFFLINE = "lifecycle.presence.offline"
     STALE_EVENT = "lifecycle.event.stale"
+
+
+# The log events that mark an agent offline, with the reason each stands for (metrics
+# count by it, alerts fire on it). A refused apply is one only when it is permanent.
+OFFLINE_VERDICTS = {
+    LogEvent.MAX_ATTEMPTS_REACHED.value: "no_checkin",
+    LogEvent.WENT_OFFLINE.value: "heartbeat_silence",
+    LogEvent.APPLY_FAILED.value: "apply_refused",
+}
+
+
+def offline_reason(event: str, fields: Mapping[str, Any]) -> str | None:
+    """Why this lifecycle log event marks its agent offline; None if it does not."""
+    if event == LogEvent.APPLY_FAILED.value and not fields.get("permanent"):
+        return None
+    return OFFLINE_VERDICTS.get(event)
 
 
 # ------------------------------------------------------------------------ policy

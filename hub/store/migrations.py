@@ -376,4 +376,78 @@ V9 = (
     "ALTER TABLE boards ADD COLUMN paused_at REAL",
 )
 
-MIGRATIONS: tuple[tuple[str, ...], ...] = (V1, V2, V3, V4, V5, V6, V7, V8, V9)
+# V10 to V12 are numbered for work landing beside this one; until it lands they are empty.
+V10: tuple[str, ...] = ()
+V11: tuple[str, ...] = ()
+V12: tuple[str, ...] = ()
+
+# Alerts: rules with an outbound webhook, one delivery per alert (the signed body kept,
+# so every attempt sends the same bytes), one row per attempt, the cooldown state per
+# rule and subject, and how far the event log has been read (alerts survive a restart).
+# A rule's board/gateway filter is not a foreign key: deleting a board does not delete
+# a rule and its history silently; the rule then matches nothing.
+V13 = (
+    """
+    CREATE TABLE alert_rules (
+        id                   TEXT PRIMARY KEY,
+        name                 TEXT NOT NULL,
+        kind                 TEXT NOT NULL,
+        url                  TEXT NOT NULL,
+        secret_sealed        BLOB NOT NULL,
+        enabled              INTEGER NOT NULL DEFAULT 1,
+        board_id             TEXT,
+        gateway_id           TEXT,
+        disconnected_for_s   REAL,
+        expiring_within_days REAL,
+        cooldown_s           REAL NOT NULL,
+        created_at           REAL NOT NULL,
+        updated_at           REAL NOT NULL
+    )
+    """,
+    """
+    CREATE TABLE alert_deliveries (
+        id              TEXT PRIMARY KEY,
+        rule_id         TEXT NOT NULL REFERENCES alert_rules(id) ON DELETE CASCADE,
+        subject         TEXT NOT NULL,
+        summary         TEXT NOT NULL,
+        event_id        INTEGER,
+        payload         BLOB NOT NULL,
+        created_at      REAL NOT NULL,
+        state           TEXT NOT NULL CHECK (state IN ('pending', 'delivered', 'failed')),
+        attempts        INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at REAL,
+        delivered_at    REAL,
+        last_error      TEXT
+    )
+    """,
+    "CREATE INDEX alert_deliveries_rule ON alert_deliveries(rule_id, created_at)",
+    "CREATE INDEX alert_deliveries_due ON alert_deliveries(state, next_attempt_at)",
+    """
+    CREATE TABLE alert_attempts (
+        delivery_id      TEXT NOT NULL REFERENCES alert_deliveries(id) ON DELETE CASCADE,
+        attempt          INTEGER NOT NULL,
+        at               REAL NOT NULL,
+        status           INTEGER,
+        error            TEXT,
+        response_excerpt TEXT NOT NULL DEFAULT '',
+        duration_ms      REAL,
+        PRIMARY KEY (delivery_id, attempt)
+    ) WITHOUT ROWID
+    """,
+    """
+    CREATE TABLE alert_subjects (
+        rule_id          TEXT NOT NULL REFERENCES alert_rules(id) ON DELETE CASCADE,
+        subject          TEXT NOT NULL,
+        last_fired_at    REAL,
+        fired_occurrence TEXT,
+        last_occurrence  TEXT,
+        suppressed       INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (rule_id, subject)
+    ) WITHOUT ROWID
+    """,
+    "CREATE TABLE alert_cursor (id INTEGER PRIMARY KEY CHECK (id = 1), event_id INTEGER NOT NULL)",
+)
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    V1, V2, V3, V4, V5, V6, V7, V8, V9, V10, V11, V12, V13
+)  # fmt: skip

@@ -15,7 +15,6 @@ sleeps until the earliest `next_attempt_at` and is woken by each new payload.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import sqlite3
 import time
@@ -36,7 +35,7 @@ from hub.webhooks.store import (
     target_agent_in,
 )
 from missioncontrol.log import get_logger
-from missioncontrol.tasks import start_long_lived
+from missioncontrol.tasks import start_long_lived, wait_until
 from missioncontrol.timefmt import iso
 from protos import link_pb2 as pb
 
@@ -91,13 +90,7 @@ class DeliveryWorker:
                 done = _Pass(next_due_at=self.clock() + self.retry.initial_s)
             if done.batch_full:
                 continue
-            timeout = (
-                None if done.next_due_at is None else max(0.0, done.next_due_at - self.clock())
-            )
-            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation.
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(timeout):
-                    await self._wakeup.wait()
+            await wait_until(self._wakeup, done.next_due_at, self.clock)
 
     async def _deliver_due(self) -> _Pass:
         def job(conn: Connection) -> _Pass:

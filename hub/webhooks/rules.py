@@ -48,6 +48,12 @@ def signature_headers(configured: str | None) -> tuple[str, ...]:
     return (configured,) if configured else DEFAULT_SIGNATURE_HEADERS
 
 
+def sign(secret: bytes, body: bytes) -> str:
+    """The signature of a body as sent in a signature header: `sha256=` and the hex
+    HMAC-SHA256 of the raw bytes (what inbound webhooks check, what alerts send)."""
+    return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
+
+
 def signature_valid(secret: bytes, body: bytes, provided: str | None) -> bool:
     """Hex HMAC-SHA256 of the raw body; `sha256=` optional, any case, constant-time compare."""
     if provided is None:
@@ -56,7 +62,7 @@ def signature_valid(secret: bytes, body: bytes, provided: str | None) -> bool:
     candidate = candidate.removeprefix("sha256=")
     if not _HEX_SHA256.match(candidate):  # the shape reveals nothing about the secret
         return False
-    expected = hmac.new(secret, body, hashlib.sha256).hexdigest()
+    expected = sign(secret, body).removeprefix("sha256=")
     return hmac.compare_digest(expected.encode("ascii"), candidate.encode("ascii"))
 
 

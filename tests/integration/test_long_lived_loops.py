@@ -78,6 +78,9 @@ async def test_every_loop_of_a_running_hub_and_sidecar_is_started_long_lived(
             "reconciler-deadlines",
             "reconciler-presence",
             "webhook-delivery",
+            "alert-events",
+            "alert-conditions",
+            "alert-delivery",
             "link-read",
             "link-outbox",
         } <= running, running

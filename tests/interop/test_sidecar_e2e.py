@@ -15,7 +15,7 @@ from hub.store.gateways import GatewayRow
 from protos import link_pb2 as pb
 from sidecar.app import Sidecar
 from tests.interop.conftest import RunningGateway, record_timing
-from tests.support import api, fast_backoff, hub_config, sidecar_config, wait_for
+from tests.support import api, fast_backoff, hub_config, sidecar_config, wait_for, webhook_receiver
 
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(600)]
 
@@ -171,3 +171,62 @@ async def test_live_status_sessions_and_session_reset_through_the_sidecar(
     if not gateway.generation_is_legacy:
         # The woken run failed (no model): a reset session carries no run status.
         assert before["status"] == "failed" and after["status"] is None
+
+
+async def test_a_hand_removed_entry_pages_a_drift_alert(
+    chain: tuple[Hub, Sidecar], gateway: RunningGateway
+) -> None:
+    hub, _ = chain
+    agent_id = f"mc-{uuid.uuid4()}"
+    secret = "drift-alert-secret-" + "d" * 16
+    async with webhook_receiver(secret) as receiver:
+        status, rule = await api(
+            hub,
+            "POST",
+            "/api/v1/alerts",
+            {
+                "name": "drift",
+                "kind": "drift_found",
+                "url": receiver.url,
+                "secret": secret,
+                "cooldown_s": 0,  # every report of this agent's drift is paged
+            },
+        )
+        assert status == 201, rule
+        sequence = await hub.store.enqueue_command(
+            "gw-e2e",
+            pb.Command(
+                apply_agent=pb.ApplyAgent(
+                    agent_id=agent_id,
+                    generation=1,
+                    display_name="Drifter",
+                    workspace_path=str(gateway.workspace_root / f"workspace-{agent_id}"),
+                    files=[pb.WorkspaceFile(name="AGENTS.md", content=b"# Drifter\n")],
+                )
+            ),
+        )
+        row = await wait_for(lambda: _acked(hub, sequence), timeout_s=120, what="apply acked")
+        assert row["outcome"] == "APPLIED", row
+
+        def remove(document: dict) -> None:  # by hand, as an operator's editor would
+            agents = document["agents"]
+            if "entries" in agents:
+                del agents["entries"][agent_id]
+            else:
+                agents["list"] = [e for e in agents["list"] if e["id"] != agent_id]
+
+        gateway.edit_config(remove)
+
+        def removal_paged() -> dict | None:
+            return next(
+                (
+                    b
+                    for b in receiver.bodies("drift_found")
+                    if b["agent_id"] == agent_id and b["detail"]["drift"] == "REMOVED"
+                ),
+                None,
+            )
+
+        payload = await wait_for(removal_paged, timeout_s=60, what="drift alert received")
+    assert payload["gateway_id"] == "gw-e2e" and payload["rule"]["id"] == rule["id"]
+    assert all(r["signed"] for r in receiver.received)
