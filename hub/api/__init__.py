@@ -12,6 +12,7 @@ from hub.api import (
     approvals,
     board_groups,
     boards,
+    fleet,
     gateway_live,
     gateways,
     health,
@@ -51,6 +52,7 @@ def build_api(*, metrics_public: bool = False) -> Api:
         approvals,
         agent_messages,
         board_groups,
+        fleet,
     ):
         module.register(api)
     board_webhooks.register(api)
