@@ -224,7 +224,7 @@ async def test_a_good_rollout_goes_wave_by_wave_and_survives_a_hub_restart(
     try:
         token = await fleet_token(hub, uses=3)
         async with fleet(hub, tmp_path, 3, token) as hosts:
-            canary, rest = hosts[0], hosts[1:]
+            rest = hosts[1:]
             for host in rest:  # wave 2's wakes end in error: only heartbeats will answer
                 host.gateway.run_outcome = RunState.ERROR
             before = {h.name: h.soul_sha256() for h in hosts}
