@@ -143,7 +143,15 @@ class Hub:
         )
         self.convergence = Convergence(self.reconciler, self.keyring)
         self.template_sync = TemplateSync(self.db, self.provisioning)
-        self.rollouts = RolloutService(self.db, self.reconciler, self.provisioning, clock=clock)
+        self.rollouts = RolloutService(
+            self.db,
+            self.reconciler,
+            self.provisioning,
+            clock=clock,
+            on_progress=lambda fields: self.events.publish(
+                "rollout", fields, board_id=None, gateway_id=fields.get("gateway_id")
+            ),
+        )
         self.queries = GatewayQueries(self.registry)
         self.webhooks = WebhookService.from_hub_key(
             self.db, hub_key, retry=webhook_retry, clock=clock

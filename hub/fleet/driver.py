@@ -104,8 +104,12 @@ class RolloutService:
         clock: Callable[[], float] = time.time,
         tick_s: float = TICK_S,
         link_grace_s: float = ro.LINK_GRACE_S,
+        on_progress: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
+        """`on_progress(fields)` hears of every step a rollout takes, once it committed
+        (the dashboard's live pages)."""
         self.db = db
+        self.on_progress = on_progress
         self.reconciler = reconciler
         self.provisioning = provisioning
         self.clock = clock
@@ -276,8 +280,13 @@ class RolloutService:
 
         row = await self.db.write(op)
         log.info(event, rollout_id=rollout_id)
+        self._progress(rollout_id, event)
         self.nudge()
         return row
+
+    def _progress(self, rollout_id: str, step: str, gateway_id: str | None = None) -> None:
+        if self.on_progress is not None:
+            self.on_progress({"rollout_id": rollout_id, "step": step, "gateway_id": gateway_id})
 
     async def read(self, rollout_id: str) -> RolloutView:
         def op(conn: Connection) -> RolloutView:
@@ -345,6 +354,7 @@ class RolloutService:
         again = False
         for action in actions:
             again = await self._carry_out(row, action) or again
+            self._progress(row.id, type(action).__name__, getattr(action, "gateway_id", None))
         return again
 
     async def _carry_out(self, row: RolloutRow, action: ro.Action) -> bool:

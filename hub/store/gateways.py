@@ -622,12 +622,19 @@ def list_gateways_in(
     *,
     state: str | None = None,
     search: str | None = None,
+    ids: Sequence[str] | None = None,
     limit: int,
     offset: int,
 ) -> tuple[list[GatewayRow], int]:
     """One page of gateways by name, narrowed by link state (one of GATEWAY_STATES, as the
-    store last recorded it) and by a piece of the name, host name or id."""
+    store last recorded it), by a piece of the name, host name or id, and to `ids` (the
+    ones a label selector picked) when given."""
     clauses, args = _gateway_filter(state, search)
+    if ids is not None:
+        if not ids:
+            return [], 0
+        clauses.append(f"id IN ({', '.join('?' for _ in ids)})")
+        args += list(ids)
     where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
     total = conn.execute(f"SELECT COUNT(*) FROM gateways {where}", args).fetchone()[0]
     rows = conn.execute(
