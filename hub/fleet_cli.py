@@ -83,6 +83,12 @@ def add_fleet_parsers(commands: argparse._SubParsersAction[argparse.ArgumentPars
     inventory = views.add_parser("inventory", help="every gateway: versions, labels, link")
     inventory.add_argument("--selector", default="")
     _client_options(inventory)
+    drift = views.add_parser("drift", help="agents whose files differ from what was rendered")
+    drift.add_argument("--selector", default="")
+    drift.add_argument(
+        "--reapply", action="store_true", help="heal them: re-apply in a rollout (waves, gates)"
+    )
+    _client_options(drift)
 
 
 def _client_options(parser: argparse.ArgumentParser) -> None:
@@ -304,9 +310,37 @@ def watch(client: HubClient, rollout_id: str, out: TextIO, interval_s: float = 1
         time.sleep(interval_s)
 
 
+def _drift(client: HubClient, args: argparse.Namespace, out: TextIO) -> int:
+    from urllib.parse import quote
+
+    if args.reapply:
+        body = client.call("POST", "/api/v1/fleet/drift/reapply", {"selector": args.selector})
+        print(json.dumps(body, indent=2) if args.json else describe(body), file=out)
+        return 0
+    query = f"?selector={quote(args.selector)}" if args.selector else ""
+    report = client.call("GET", "/api/v1/fleet/drift" + query)
+    if args.json:
+        print(json.dumps(report, indent=2), file=out)
+        return 0
+    print(
+        f"{len(report['drifted'])} drifted agent(s); {report['checked']} checked on "
+        f"{report['gateways']} gateway(s), {report['in_flight']} with an apply in flight, "
+        f"{report['unreported']} not reported yet",
+        file=out,
+    )
+    for agent in report["drifted"]:
+        what = ", ".join(agent["files"])
+        if agent["entry_missing"]:
+            what = (what + ", " if what else "") + "openclaw.json entry missing"
+        print(f"  {agent['gateway_name']}/{agent['agent_name']}: {what}", file=out)
+    return 3 if report["drifted"] else 0
+
+
 def _fleet(client: HubClient, args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     from urllib.parse import quote
 
+    if args.fleet_command == "drift":
+        return _drift(client, args, out)
     path = "/api/v1/fleet/inventory" + (
         f"?selector={quote(args.selector)}" if args.selector else ""
     )

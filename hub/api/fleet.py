@@ -14,6 +14,7 @@ from hub.api.deps import deps
 from hub.api.gateways import join_token, label_error, selector_of
 from hub.api.schemas import JoinToken, Ok
 from hub.fleet import rollouts as ro
+from hub.fleet.drift import DriftReport, drift_in
 from hub.fleet.driver import Plan, RolloutSpec, RolloutView
 from hub.fleet.labels import LabelError, check_key, check_labels, check_value
 from hub.fleet.store import RolloutRow, rollouts_in
@@ -380,11 +381,125 @@ def rollout_summary(row: RolloutRow) -> RolloutSummary:
 # ---------------------------------------------------------------------- routes
 
 
+class DriftedAgent(BaseModel):
+    gateway_id: str
+    gateway_name: str | None
+    agent_id: str
+    agent_name: str
+    gateway_agent_id: str
+    files: list[str]  # files whose bytes on disk differ from what the hub rendered
+    entry_missing: bool  # openclaw.json lacks its entry
+    reported_at: str | None
+
+
+class DriftRead(BaseModel):
+    gateways: int
+    checked: int
+    unreported: int  # agents whose sidecar has not reported their files yet
+    in_flight: int  # agents with an apply not yet confirmed: not judged
+    drifted: list[DriftedAgent]
+
+
+class DriftHeal(Strict):
+    """Re-apply the drifted agents' files, as a rollout (waves and gates)."""
+
+    selector: str = Field("", max_length=1000)
+    canary: int = Field(1, ge=0, le=10_000)
+    waves: list[float] = Field(list(ro.DEFAULT_PERCENTAGES), min_length=1, max_length=20)
+    max_fail_percentage: float = Field(0, ge=0, le=100)
+    gate_deadline_s: float = Field(ro.DEFAULT_DEADLINE_S, gt=0, le=24 * 3600)
+    dry_run: bool = False
+
+
 def register(api: Api) -> None:
     _register_labels(api)
     _register_tokens(api)
     _register_inventory(api)
+    _register_drift(api)
     _register_rollouts(api)
+
+
+async def _drift(call: Call, selector_text: str | None) -> tuple[DriftReport, dict[str, str]]:
+    selector = selector_of(selector_text)
+
+    def op(conn: Connection) -> tuple[DriftReport, dict[str, str]]:
+        labels = labels_in(conn)
+        names = dict(conn.execute("SELECT id, name FROM gateways").fetchall())
+        chosen = selector.select((g, labels.get(g, {})) for g in sorted(names))
+        return drift_in(conn, chosen), {g: names[g] for g in chosen}
+
+    return await deps(call.request).db.read(op)
+
+
+def _register_drift(api: Api) -> None:
+    tags = ("fleet",)
+
+    @api.route(
+        "GET",
+        "/api/v1/fleet/drift",
+        summary="Agents whose files or openclaw.json entry differ from what the hub rendered",
+        tags=tags,
+        query=InventoryQuery,
+        response=DriftRead,
+    )
+    async def fleet_drift(call: Call) -> DriftRead:
+        report, names = await _drift(call, call.query.selector)
+        return DriftRead(
+            gateways=len(names),
+            checked=report.checked,
+            unreported=report.unreported,
+            in_flight=report.in_flight,
+            drifted=[
+                DriftedAgent(
+                    gateway_id=d.gateway_id,
+                    gateway_name=names.get(d.gateway_id),
+                    agent_id=d.agent_id,
+                    agent_name=d.agent_name,
+                    gateway_agent_id=d.gateway_agent_id,
+                    files=list(d.files),
+                    entry_missing=d.entry_missing,
+                    reported_at=iso(d.reported_at),
+                )
+                for d in report.drifted
+            ],
+        )
+
+    @api.route(
+        "POST",
+        "/api/v1/fleet/drift/reapply",
+        summary="Heal drift: re-apply the drifted agents in a rollout (waves, health gates)",
+        tags=tags,
+        body=DriftHeal,
+        response=RolloutRead,
+        status=201,
+    )
+    async def heal_drift(call: Call) -> Any:
+        body: DriftHeal = call.body
+        d = deps(call.request)
+        report, _ = await _drift(call, body.selector)
+        if not report.drifted:
+            raise ApiError(
+                409,
+                f"no drifted agent among the gateways selector {body.selector!r} picks "
+                f"({report.checked} checked, {report.in_flight} with an apply in flight); "
+                "nothing to re-apply",
+            )
+        spec = RolloutSpec(
+            selector=body.selector,
+            change={"kind": "reapply", "agent_ids": sorted({a.agent_id for a in report.drifted})},
+            name="drift re-apply",
+            agents="all",
+            canary=body.canary,
+            percentages=tuple(body.waves),
+            max_fail_percentage=body.max_fail_percentage,
+            gate_deadline_s=body.gate_deadline_s,
+            gateway_ids=tuple(sorted({a.gateway_id for a in report.drifted})),
+        )
+        if body.dry_run:
+            plan = await d.rollouts.plan(spec)
+            return web.json_response(plan_read(plan).model_dump(mode="json"), status=200)
+        row = await d.rollouts.create(spec)
+        return rollout_read(await d.rollouts.read(row.id))
 
 
 def _register_labels(api: Api) -> None:

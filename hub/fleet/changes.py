@@ -54,11 +54,14 @@ def check_change(change: Mapping[str, Any]) -> dict[str, Any]:
                     raise ChangeError(f"change.{exc}") from None
         return {"kind": kind, **given}
     if kind == "reapply":
-        return {
+        checked: dict[str, Any] = {
             "kind": kind,
             "overwrite": bool(change.get("overwrite", False)),
             "reset_sessions": bool(change.get("reset_sessions", False)),
         }
+        if change.get("agent_ids") is not None:  # only these (the drifted ones, say)
+            checked["agent_ids"] = sorted(str(a) for a in change["agent_ids"])
+        return checked
     raise ChangeError(f"change.kind must be one of {', '.join(KINDS)}, not {kind!r}")
 
 
@@ -66,16 +69,22 @@ def can_roll_back(change: Mapping[str, Any]) -> bool:
     return change.get("kind") != "reapply"
 
 
-def selects(agent: AgentRow, scope: str) -> bool:
+def selects(agent: AgentRow, scope: str, change: Mapping[str, Any]) -> bool:
     """Whether the rollout changes this agent (paused agents are left alone)."""
     if agent.paused_at is not None:
+        return False
+    if change.get("agent_ids") is not None and agent.id not in change["agent_ids"]:
         return False
     return scope == "all" or agent.kind == "main"
 
 
 def field_changes(change: Mapping[str, Any]) -> dict[str, Any]:
     """The agent fields the change sets (as `Provisioning.update_agent` takes them)."""
-    return {k: v for k, v in change.items() if k not in ("kind", "overwrite", "reset_sessions")}
+    return {
+        k: v
+        for k, v in change.items()
+        if k not in ("kind", "overwrite", "reset_sessions", "agent_ids")
+    }
 
 
 def render_options(change: Mapping[str, Any]) -> RenderOptions | None:

@@ -71,6 +71,7 @@ class RolloutSpec:
     percentages: tuple[float, ...] = ro.DEFAULT_PERCENTAGES
     max_fail_percentage: float = 0.0
     gate_deadline_s: float = ro.DEFAULT_DEADLINE_S
+    gateway_ids: tuple[str, ...] | None = None  # only these of the selected (drift's)
 
 
 @dataclass(frozen=True)
@@ -155,6 +156,9 @@ class RolloutService:
         rows = conn.execute("SELECT id, name FROM gateways ORDER BY name, id").fetchall()
         labels = labels_in(conn)
         chosen = selector.select((r[0], labels.get(r[0], {})) for r in rows)
+        if spec.gateway_ids is not None:
+            only = set(spec.gateway_ids)
+            chosen = [g for g in chosen if g in only]
         if not chosen:
             raise RolloutRefused(
                 f"selector {spec.selector!r} picks no gateway; see which labels gateways have "
@@ -449,7 +453,9 @@ class RolloutService:
         ):
             return  # paused, aborted or applied meanwhile
         change = row.change
-        agents = [a for a in agents_of_gateway_in(conn, gateway_id) if ch.selects(a, row.agents)]
+        agents = [
+            a for a in agents_of_gateway_in(conn, gateway_id) if ch.selects(a, row.agents, change)
+        ]
         records: list[dict[str, Any]] = []
         errors: list[str] = []
         for agent in agents:

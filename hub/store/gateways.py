@@ -26,6 +26,7 @@ from hub.store.outbox import (
     commands_after_in,
     confirm_through_in,
     enqueue_command_in,
+    record_reported_files_in,
 )
 from hub.workspace_root import effective_workspace_root, workspace_root_problem
 from missioncontrol.agent_api import DEFAULT_AGENT_API_URL
@@ -195,6 +196,15 @@ class GatewayStore:
             )
             if hello.unmanaged_reported:
                 _record_unmanaged_in(conn, hello.gateway_id, hello.unmanaged)
+            for managed in hello.inventory:
+                record_reported_files_in(
+                    conn,
+                    hello.gateway_id,
+                    managed.agent_id,
+                    dict(managed.file_sha256),
+                    at,
+                    in_config=managed.present_in_config,
+                )
             problem = workspace_root_problem(
                 before.declared_workspace_root,
                 reported,

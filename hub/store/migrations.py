@@ -377,7 +377,8 @@ V9 = (
 )
 
 # Fleet: gateway labels (what selectors pick), the labels a fleet join token gives the
-# gateways it enrolls, and staged rollouts: one row per rollout, one per gateway it
+# gateways it enrolls, what sidecars report of each agent's files (drift), and staged
+# rollouts: one row per rollout, one per gateway it
 # targets (its wave, its gate verdict, and per agent the generation applied and the
 # values it replaced, which a rollback puts back). Plain types only: the same SQL runs
 # on PostgreSQL.
@@ -429,6 +430,11 @@ V10 = (
     """,
     "CREATE INDEX rollout_targets_wave ON rollout_targets(rollout_id, wave, position)",
     "CREATE INDEX rollout_targets_gateway ON rollout_targets(gateway_id, state)",
+    # Drift: the agent's files as its sidecar last reported them (Hello inventory or the
+    # answer to an apply), to compare with what the hub rendered.
+    "ALTER TABLE agents ADD COLUMN reported_files TEXT",  # JSON: name -> sha256 hex
+    "ALTER TABLE agents ADD COLUMN reported_files_at REAL",
+    "ALTER TABLE agents ADD COLUMN reported_in_config INTEGER",
 )
 
 MIGRATIONS: tuple[tuple[str, ...], ...] = (V1, V2, V3, V4, V5, V6, V7, V8, V9, V10)
