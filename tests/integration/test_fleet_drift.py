@@ -9,9 +9,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from hub.app import Hub
-from tests.integration.test_adoption import openclaw_json
 from missioncontrol.netaddr import HostPort
 from sidecar.app import Sidecar
+from tests.integration.test_adoption import openclaw_json
 from tests.support import (
     RecordingGateway,
     api,
