@@ -10,7 +10,7 @@ from aiohttp import web
 from pydantic import BaseModel, Field, field_validator
 
 from hub.api.core import MULTILINE, Api, Call, Page, Query, Strict
-from hub.api.deps import deps
+from hub.api.deps import HttpDeps, deps
 from hub.api.gateways import join_token, label_error, selector_of
 from hub.api.schemas import JoinToken, Ok
 from hub.fleet import rollouts as ro
@@ -431,6 +431,15 @@ async def _drift(call: Call, selector_text: str | None) -> tuple[DriftReport, di
     return await deps(call.request).db.read(op)
 
 
+async def _start(d: HttpDeps, spec: RolloutSpec, *, dry_run: bool) -> Any:
+    """The rollout started (201), or with `dry_run` its plan only (200)."""
+    if dry_run:
+        plan = await d.rollouts.plan(spec)
+        return web.json_response(plan_read(plan).model_dump(mode="json"), status=200)
+    row = await d.rollouts.create(spec)
+    return rollout_read(await d.rollouts.read(row.id))
+
+
 def _register_drift(api: Api) -> None:
     tags = ("fleet",)
 
@@ -495,11 +504,7 @@ def _register_drift(api: Api) -> None:
             gate_deadline_s=body.gate_deadline_s,
             gateway_ids=tuple(sorted({a.gateway_id for a in report.drifted})),
         )
-        if body.dry_run:
-            plan = await d.rollouts.plan(spec)
-            return web.json_response(plan_read(plan).model_dump(mode="json"), status=200)
-        row = await d.rollouts.create(spec)
-        return rollout_read(await d.rollouts.read(row.id))
+        return await _start(d, spec, dry_run=body.dry_run)
 
 
 def _register_labels(api: Api) -> None:
@@ -736,11 +741,7 @@ def _register_rollouts(api: Api) -> None:
     async def create_rollout(call: Call) -> Any:
         d = deps(call.request)
         body: RolloutCreate = call.body
-        if body.dry_run:
-            plan = await d.rollouts.plan(body.spec())
-            return web.json_response(plan_read(plan).model_dump(mode="json"), status=200)
-        row = await d.rollouts.create(body.spec())
-        return rollout_read(await d.rollouts.read(row.id))
+        return await _start(d, body.spec(), dry_run=body.dry_run)
 
     @api.route(
         "GET",

@@ -38,7 +38,7 @@ from hub.fleet.store import (
     update_target_in,
 )
 from hub.lifecycle.reconciler import Reconciler, Transition
-from hub.provisioning.agents import AgentError, agents_of_gateway_in
+from hub.provisioning.agents import AgentError, AgentRow, RenderOptions, agents_of_gateway_in
 from hub.provisioning.service import Provisioning
 from hub.store.database import Connection, Database
 from hub.store.errors import Refusal, StoreError
@@ -460,30 +460,24 @@ class RolloutService:
         errors: list[str] = []
         for agent in agents:
             previous = ch.previous_values(agent, change)
-            conn.execute("SAVEPOINT rollout_agent")
-            try:
-                applied = self.provisioning.apply_change_in(
-                    tx,
-                    agent.id,
-                    ch.field_changes(change),
-                    wake=True,  # so the gate sees it check in within its deadline
-                    render=ch.render_options(change),
-                )
-            except AgentError as exc:
-                conn.execute("ROLLBACK TO rollout_agent")
-                tx.changed.pop(agent.id, None)
-                errors.append(f"{agent.name}: {exc}")
-            else:
-                records.append(
-                    {
-                        "agent_id": agent.id,
-                        "name": agent.name,
-                        "generation": applied.lifecycle_generation,
-                        "previous": previous,
-                    }
-                )
-            finally:
-                conn.execute("RELEASE rollout_agent")
+            applied, error = self._agent_in(
+                tx,
+                agent.id,
+                ch.field_changes(change),
+                wake=True,  # so the gate sees it check in within its deadline
+                render=ch.render_options(change),
+            )
+            if applied is None:
+                errors.append(f"{agent.name}: {error}")
+                continue
+            records.append(
+                {
+                    "agent_id": agent.id,
+                    "name": agent.name,
+                    "generation": applied.lifecycle_generation,
+                    "previous": previous,
+                }
+            )
         if errors:
             state = ro.TargetState.FAILED
             reason: str | None = (
@@ -505,9 +499,7 @@ class RolloutService:
         )
         add_event(
             conn,
-            "rollout.gateway.applied"
-            if state is ro.TargetState.APPLIED
-            else f"rollout.gateway.{state}",
+            f"rollout.gateway.{state}",
             gateway_id=gateway_id,
             at=tx.now,
             rollout_id=rollout_id,
@@ -515,6 +507,28 @@ class RolloutService:
             agents=len(records),
             reason=reason,
         )
+
+    def _agent_in(
+        self,
+        tx: Transition,
+        agent_id: str,
+        changes: dict[str, Any],
+        *,
+        wake: bool,
+        render: RenderOptions | None = None,
+    ) -> tuple[AgentRow | None, str | None]:
+        """One agent's change under its own savepoint: its row, or (None, why) with the
+        agent as it was (the gateway's other agents still go on)."""
+        tx.conn.execute("SAVEPOINT rollout_agent")
+        try:
+            row = self.provisioning.apply_change_in(tx, agent_id, changes, wake=wake, render=render)
+        except AgentError as exc:
+            tx.conn.execute("ROLLBACK TO rollout_agent")
+            tx.changed.pop(agent_id, None)
+            return None, str(exc)
+        finally:
+            tx.conn.execute("RELEASE rollout_agent")
+        return row, None
 
     def _roll_back_in(self, tx: Transition, rollout_id: str, gateway_id: str) -> None:
         """The values the rollout replaced on one gateway, re-applied: one transaction."""
@@ -529,17 +543,10 @@ class RolloutService:
             return
         errors: list[str] = []
         for record in target.agents:
-            conn.execute("SAVEPOINT rollout_agent")
-            try:
-                self.provisioning.apply_change_in(
-                    tx, record["agent_id"], record["previous"], wake=False
-                )
-            except AgentError as exc:  # deleted meanwhile, say: nothing of it to restore
-                conn.execute("ROLLBACK TO rollout_agent")
-                tx.changed.pop(record["agent_id"], None)
-                errors.append(f"{record['name']}: {exc}")
-            finally:
-                conn.execute("RELEASE rollout_agent")
+            # An agent deleted meanwhile has nothing to restore: the others go on.
+            restored, error = self._agent_in(tx, record["agent_id"], record["previous"], wake=False)
+            if restored is None:
+                errors.append(f"{record['name']}: {error}")
         reason = f"not restored: {'; '.join(errors[:3])}" if errors else target.reason
         update_target_in(
             conn,

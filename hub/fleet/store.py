@@ -259,15 +259,23 @@ def gateway_facts_in(
         agents = []
         for record in target.agents:
             row = conn.execute(
-                "SELECT applied_generation, last_seen_at, status, last_provision_error "
-                "FROM agents WHERE id = ?",
+                "SELECT applied_generation, last_seen_at, status, last_provision_error, "
+                "gateway_agent_id FROM agents WHERE id = ?",
                 (record["agent_id"],),
             ).fetchone()
+            generation = int(record["generation"])
+            applied = int(row[0]) if row else 0
+            if (
+                row is not None
+                and applied < generation
+                and _confirmed_in(conn, target.gateway_id, row[4], generation)
+            ):
+                applied = generation
             agents.append(
                 ro.AgentFacts(
                     agent_id=record["agent_id"],
-                    generation=int(record["generation"]),
-                    applied_generation=int(row[0]) if row else 0,
+                    generation=generation,
+                    applied_generation=applied,
                     last_seen_at=row[1] if row else None,
                     status=row[2] if row else "deleted",
                     error=row[3] if row else None,
@@ -278,3 +286,17 @@ def gateway_facts_in(
             bool(gateway[0]), gateway[1], tuple(agents), exists=True
         )
     return facts
+
+
+def _confirmed_in(
+    conn: sqlite3.Connection, gateway_id: str, gateway_agent_id: str, generation: int
+) -> bool:
+    """Whether the sidecar confirmed an apply of this generation or later: its answer, or
+    (when the answer was lost to a hub restart) its Hello's last applied sequence."""
+    row = conn.execute(
+        """SELECT 1 FROM commands WHERE gateway_id = ? AND agent_id = ?
+               AND kind = 'apply_agent' AND generation >= ?
+               AND outcome IN ('APPLIED', 'ALREADY_APPLIED', 'CONFIRMED_BY_HELLO') LIMIT 1""",
+        (gateway_id, gateway_agent_id, generation),
+    ).fetchone()
+    return row is not None

@@ -241,10 +241,11 @@ async def test_a_good_rollout_goes_wave_by_wave_and_survives_a_hub_restart(
             _, mid = await api(hub, "GET", f"/api/v1/rollouts/{rollout['id']}")
             assert mid["status"] == "running" and mid["current_wave"] == 2
             assert mid["waves"][0]["gateways"][0]["state"] == "healthy"
-            for host in hosts:
+            for host in hosts:  # created, then the rollout: two applies, files first
                 await wait_for(
-                    lambda h=host: h.soul_sha256() != before[h.name], what=f"{host.name} applied"
+                    lambda h=host: h.gateway.count("ensure_agent") == 2, what=f"{host.name} applied"
                 )
+                assert host.soul_sha256() != before[host.name]
             applies = {h.name: h.gateway.count("ensure_agent") for h in hosts}
 
             await hub.stop()  # mid-rollout: wave 2 waits on its gate
@@ -268,7 +269,9 @@ async def test_a_good_rollout_goes_wave_by_wave_and_survives_a_hub_restart(
                 timeout_s=60,
                 what="rollout continued after the restart",
             )
-            assert done["status"] == "completed", done
+            assert done["status"] == "completed", [
+                (g["name"], g["state"], g["reason"]) for w in done["waves"] for g in w["gateways"]
+            ]
             assert [g["state"] for w in done["waves"] for g in w["gateways"]] == ["healthy"] * 3
             for host in hosts:  # nothing was applied twice across the restart
                 assert host.gateway.count("ensure_agent") == applies[host.name]
