@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -171,7 +172,7 @@ class RolloutService:
             raise RolloutRefused(str(exc), "waves") from None
         names = {r[0]: r[1] for r in rows}
         return Plan(
-            spec=RolloutSpec(**{**spec.__dict__, "change": change}),
+            spec=dataclasses.replace(spec, change=change),
             waves=[[PlannedGateway(g, names[g], labels.get(g, {})) for g in w] for w in waves],
             busy=busy_gateways_in(conn, chosen),
         )
