@@ -200,7 +200,37 @@ def summary(kind: str, detail: Mapping[str, Any]) -> str:
             return "board memory note added"
         case "board_group.heartbeat.applied":
             return f"group heartbeat set to {d.get('every')} on {d.get('agents')} agent(s)"
+        case "gateway.labels.changed":
+            labels = ",".join(f"{k}={v}" for k, v in sorted((d.get("labels") or {}).items()))
+            return f"labels set: {labels or 'none'}"
+    if kind.startswith("rollout."):
+        return _rollout(kind, d)
     return kind
+
+
+def _rollout(kind: str, d: Mapping[str, Any]) -> str:
+    rollout = f"rollout {str(d.get('rollout_id', ''))[:8]}"
+    why = f": {d['reason']}" if d.get("reason") else ""
+    match kind:
+        case "rollout.created":
+            waves = "/".join(str(n) for n in d.get("waves") or [])
+            return (
+                f"{rollout} of {d.get('change')} started on {d.get('gateways')} gateway(s), "
+                f"waves {waves}"
+            )
+        case "rollout.wave.started":
+            return f"{rollout}: wave {d.get('wave')} started"
+        case "rollout.gateway.applied":
+            return f"{rollout}: change queued for {d.get('agents')} agent(s), wave {d.get('wave')}"
+        case "rollout.gateway.healthy":
+            return f"{rollout}: passed the health gate (wave {d.get('wave')})"
+        case "rollout.gateway.failed":
+            return f"{rollout}: failed the health gate (wave {d.get('wave')}){why}"
+        case "rollout.gateway.rolled_back":
+            return f"{rollout}: previous values re-applied to {d.get('agents')} agent(s)"
+        case "rollout.halted":
+            return f"{rollout} halted{why}"
+    return f"{rollout} {kind.removeprefix('rollout.').replace('_', ' ').replace('.', ' ')}{why}"
 
 
 def _acked(d: Mapping[str, Any]) -> str:

@@ -27,6 +27,7 @@ from hub.api import HttpDeps, build_api, build_app
 from hub.config import HubConfig
 from hub.events import EventBus
 from hub.feeds import Feed
+from hub.fleet.driver import RolloutService
 from hub.gateways import GatewayService
 from hub.lifecycle.decisions import Policy
 from hub.lifecycle.reconciler import Reconciler
@@ -145,6 +146,15 @@ class Hub:
         )
         self.convergence = Convergence(self.reconciler, self.keyring)
         self.template_sync = TemplateSync(self.db, self.provisioning)
+        self.rollouts = RolloutService(
+            self.db,
+            self.reconciler,
+            self.provisioning,
+            clock=clock,
+            on_progress=lambda fields: self.events.publish(
+                "rollout", fields, board_id=None, gateway_id=fields.get("gateway_id")
+            ),
+        )
         self.queries = GatewayQueries(self.registry)
         self.webhooks = WebhookService.from_hub_key(
             self.db, hub_key, retry=webhook_retry, clock=clock
@@ -215,6 +225,7 @@ class Hub:
         await self.reconciler.start()
         await self.webhooks.start()
         await self.alerts.start()
+        await self.rollouts.start()
 
         http_socket = self._http_socket = _bind(config.http_listen, "--http-listen")
         http = HostPort(config.http_listen.host, http_socket.getsockname()[1])
@@ -272,6 +283,7 @@ class Hub:
             reconciler=self.reconciler,
             provisioning=self.provisioning,
             template_sync=self.template_sync,
+            rollouts=self.rollouts,
             keyring=self.keyring,
             events=self.events,
             queries=self.queries,
@@ -362,6 +374,7 @@ class Hub:
         if self.dashboard is not None:
             await self.dashboard.stop()
         await self.template_sync.stop()
+        await self.rollouts.stop()
         await self.backups.stop()
         await self.reconciler.stop()
         await self.webhooks.stop()

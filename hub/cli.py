@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 
 from hub.config import ADMIN_TOKEN_ENV, HubConfig, add_serve_arguments, build_config
+from hub.fleet_cli import COMMANDS as FLEET_COMMANDS
+from hub.fleet_cli import add_fleet_parsers, fleet_main
 from hub.operations import COMMANDS as OPERATIONS
 from hub.operations import add_operations_parsers, operations_main
 from hub.system_service import COMMANDS as SERVICE_COMMANDS
@@ -56,6 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--uses", type=int, default=1, help="how many hosts may use it [1]")
     token.add_argument(
         "--ttl-minutes", type=float, default=30.0, help="minutes until it expires [30]"
+    )
+    token.add_argument(
+        "--labels",
+        default="",
+        metavar="K=V,...",
+        help="labels every gateway it enrolls gets, e.g. env=prod,region=eu",
     )
     token.add_argument(
         "--config",
@@ -125,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_operations_parsers(commands)
     add_service_parsers(commands)
+    add_fleet_parsers(commands)
     return parser
 
 
@@ -156,11 +165,17 @@ def _demo(args: argparse.Namespace) -> int:
 async def _join_token(args: argparse.Namespace) -> int:
     from hub.app import Hub
     from hub.config import ENV_PREFIX, SERVE_OPTIONS
+    from hub.fleet.labels import LabelError, format_labels, parse_labels
     from hub.store.errors import StoreError
     from missioncontrol.settings import config_path_from, load_config_file, resolve
 
     # The hub's own settings (flags it was served with live in its env or config file)
     # say where its data is and where sidecars enroll.
+    try:
+        labels = parse_labels(args.labels)
+    except LabelError as exc:
+        print(f"mc-hub gateway join-token: --labels: {exc}", file=sys.stderr)
+        return 2
     served = argparse.Namespace(**{o.key: None for o in SERVE_OPTIONS})
     served.data_dir = args.data_dir
     file_path = config_path_from(args, os.environ, ENV_PREFIX + "CONFIG")
@@ -187,7 +202,7 @@ async def _join_token(args: argparse.Namespace) -> int:
     hub.db.open()
     try:
         issued = await hub.gateways.join_token(
-            args.gateway, ttl_s=args.ttl_minutes * 60, uses=args.uses
+            args.gateway, ttl_s=args.ttl_minutes * 60, uses=args.uses, labels=labels
         )
     except (StoreError, ValueError) as exc:
         print(f"mc-hub gateway join-token: {exc}", file=sys.stderr)
@@ -195,9 +210,10 @@ async def _join_token(args: argparse.Namespace) -> int:
     finally:
         await hub.db.close()
     where = args.enroll_address or str(_dialable(config.enroll_listen))
+    labelled = f", labels {format_labels(labels)}" if labels else ""
     print(
         f"{issued.join_string}\n\nexpires in {args.ttl_minutes:g} min, {issued.max_uses} "
-        f"use(s). On the gateway host run:\n"
+        f"use(s){labelled}. On the gateway host run:\n"
         f"    mc-sidecar enroll --hub {where} --token '{issued.join_string}'"
     )
     return 0
@@ -322,6 +338,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in OPERATIONS:
         logs.configure("warning", "auto")
         return operations_main(args)
+    if args.command in FLEET_COMMANDS:
+        logs.configure("warning", "auto")
+        return fleet_main(args)
     try:
         config = build_config(args)
     except SettingsError as exc:

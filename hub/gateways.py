@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import grpc
@@ -45,13 +46,20 @@ class GatewayService:
         token = await self.issuer.mint_join_token(gateway.id) if self.issuer else None
         return CreatedGateway(gateway, token)
 
-    async def join_token(self, gateway_id: str | None, *, ttl_s: float, uses: int) -> IssuedToken:
+    async def join_token(
+        self,
+        gateway_id: str | None,
+        *,
+        ttl_s: float,
+        uses: int,
+        labels: Mapping[str, str] | None = None,
+    ) -> IssuedToken:
         if self.issuer is None:
             raise EnrollmentUnavailable(
                 "join tokens need mutual TLS; this hub runs with --insecure-dev, where a "
                 "sidecar connects with `mc-sidecar run --insecure-dev --gateway-id ID`"
             )
-        return await self.issuer.mint_join_token(gateway_id, ttl_s=ttl_s, uses=uses)
+        return await self.issuer.mint_join_token(gateway_id, ttl_s=ttl_s, uses=uses, labels=labels)
 
     async def delete(self, gateway_id: str) -> None:
         """Delete the gateway, revoke its certificates and close its stream at once."""

@@ -13,6 +13,7 @@ from hub.api import (
     approvals,
     board_groups,
     boards,
+    fleet,
     gateway_live,
     gateways,
     health,
@@ -53,6 +54,7 @@ def build_api(*, metrics_public: bool = False) -> Api:
         agent_messages,
         board_groups,
         alerts,
+        fleet,
     ):
         module.register(api)
     board_webhooks.register(api)

@@ -10,6 +10,7 @@ from aiohttp import web
 from hub.alerts.service import AlertService
 from hub.events import EventBus
 from hub.feeds import Feed
+from hub.fleet.driver import RolloutService
 from hub.gateways import GatewayService
 from hub.lifecycle.reconciler import Reconciler
 from hub.link.queries import GatewayQueries
@@ -34,6 +35,7 @@ class HttpDeps:
     reconciler: Reconciler  # the link's report sink, which heartbeats also reach through
     provisioning: Provisioning
     template_sync: TemplateSync
+    rollouts: RolloutService  # staged rollouts across the fleet
     keyring: TokenKeyring  # checks agent tokens
     events: EventBus
     queries: GatewayQueries  # live reads of a gateway through its sidecar

@@ -8,7 +8,7 @@ from pydantic import BaseModel, Field
 
 from hub.adoption import inventory_in
 from hub.api.agents import agent_read
-from hub.api.core import MULTILINE, Api, Call, Strict
+from hub.api.core import MULTILINE, Api, Call, Page, Strict
 from hub.api.deps import HttpDeps, deps
 from hub.api.schemas import (
     AgentRead,
@@ -22,26 +22,47 @@ from hub.api.schemas import (
     JoinToken,
     JoinTokenCreate,
     Ok,
-    Page,
 )
+from hub.fleet.labels import LabelError, Selector, parse_selector
 from hub.gateways import EnrollmentUnavailable
 from hub.link.server import SessionRegistry
 from hub.pki.enrollment import IssuedToken
 from hub.provisioning.agents import list_agents_in
 from hub.store.database import Connection
 from hub.store.errors import UnknownGateway
-from hub.store.gateways import GatewayInUse, GatewayRow, gateway_in
+from hub.store.gateways import GatewayInUse, GatewayRow, gateway_in, labels_in
 from hub.workspace_root import workspace_root_problem
 from missioncontrol.http import ApiError
 from missioncontrol.timefmt import iso
 from protos.contract import GatewayGeneration
 
 
-def gateway_read(row: GatewayRow, registry: SessionRegistry) -> GatewayRead:
+class GatewayListQuery(Page):
+    selector: str | None = Field(
+        None, max_length=1000, description="labels to match: env=prod,region!=us,canary,!retired"
+    )
+
+
+def label_error(field: str, exc: LabelError) -> ApiError:
+    return ApiError(422, [{"loc": [field], "msg": str(exc), "type": "value_error"}])
+
+
+def selector_of(text: str | None) -> Selector:
+    """A query's selector, or a 422 naming what is wrong with it."""
+    try:
+        return parse_selector(text or "")
+    except LabelError as exc:
+        raise label_error("selector", exc) from None
+
+
+def gateway_read(
+    row: GatewayRow, registry: SessionRegistry, labels: dict[str, str] | None = None
+) -> GatewayRead:
     session = registry.get(row.id)
     return GatewayRead(
         id=row.id,
         name=row.name,
+        labels=labels or {},
         connected=session is not None,
         sidecar_version=row.sidecar_version,
         openclaw_version=row.openclaw_version,
@@ -83,6 +104,7 @@ def join_token(token: IssuedToken, d: HttpDeps) -> JoinToken:
         expires_at=iso(token.expires_at),
         max_uses=token.max_uses,
         enroll_command=command,
+        labels=dict(token.labels),
     )
 
 
@@ -94,17 +116,31 @@ def register(api: Api) -> None:
         "/api/v1/gateways",
         summary="List gateways",
         tags=tags,
-        query=Page,
+        query=GatewayListQuery,
         response=GatewayPage,
     )
     async def list_gateways(call: Call) -> GatewayPage:
         d = deps(call.request)
-        rows, total = await d.store.list_gateways(call.query.limit, call.query.offset)
+        q: GatewayListQuery = call.query
+        selector = selector_of(q.selector)
+
+        def op(conn: Connection) -> tuple[list[tuple[GatewayRow, dict[str, str]]], int]:
+            labels = labels_in(conn)
+            rows = [
+                GatewayRow.from_row(r)
+                for r in conn.execute("SELECT * FROM gateways ORDER BY created_at, id")
+            ]
+            chosen = [
+                (r, labels.get(r.id, {})) for r in rows if selector.matches(labels.get(r.id, {}))
+            ]
+            return chosen[q.offset : q.offset + q.limit], len(chosen)
+
+        page, total = await d.db.read(op)
         return GatewayPage(
-            items=[gateway_read(r, d.registry) for r in rows],
+            items=[gateway_read(r, d.registry, labels) for r, labels in page],
             total=total,
-            limit=call.query.limit,
-            offset=call.query.offset,
+            limit=q.limit,
+            offset=q.offset,
         )
 
     @api.route(
@@ -139,10 +175,12 @@ def register(api: Api) -> None:
     )
     async def get_gateway(call: Call) -> GatewayRead:
         d = deps(call.request)
-        row = await d.store.get_gateway(call.request.match_info["gateway_id"])
+        gateway_id = call.request.match_info["gateway_id"]
+        row = await d.store.get_gateway(gateway_id)
         if row is None:
             raise ApiError(404, "gateway not found")
-        return gateway_read(row, d.registry)
+        labels = await d.db.read(lambda conn: labels_in(conn, [gateway_id]))
+        return gateway_read(row, d.registry, labels.get(gateway_id))
 
     @api.route(
         "PATCH",
@@ -196,7 +234,7 @@ def register(api: Api) -> None:
             raise ApiError(404, "gateway not found")
         try:
             token = await d.gateways.join_token(
-                gateway_id, ttl_s=call.body.ttl_s, uses=call.body.uses
+                gateway_id, ttl_s=call.body.ttl_s, uses=call.body.uses, labels=call.body.labels
             )
         except EnrollmentUnavailable as exc:
             raise ApiError(409, str(exc)) from None

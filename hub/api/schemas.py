@@ -7,6 +7,7 @@ from typing import Any
 from pydantic import BaseModel, Field, ValidationInfo, field_validator
 
 from hub.api.core import MULTILINE, Page, Query, Strict
+from hub.fleet.labels import check_labels
 from hub.provisioning.agents import MAX_HEARTBEAT_S
 from hub.provisioning.rendering import MAX_OVERRIDE_TEMPLATE_CHARS
 from hub.workspace_root import MAX_WORKSPACE_ROOT_CHARS, normalize_workspace_root
@@ -91,6 +92,14 @@ class GatewayCreate(_GatewayFields):
 class JoinTokenCreate(Strict):
     ttl_s: float = Field(1800, gt=0, le=86400)
     uses: int = Field(1, ge=1, le=10_000)
+    labels: dict[str, str] = Field(
+        default_factory=dict, description="labels every gateway it enrolls gets (env=prod)"
+    )
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, value: dict[str, str]) -> dict[str, str]:
+        return check_labels(value)
 
 
 class JoinToken(BaseModel):
@@ -99,11 +108,13 @@ class JoinToken(BaseModel):
     expires_at: str | None
     max_uses: int
     enroll_command: str | None
+    labels: dict[str, str] = {}
 
 
 class GatewayRead(BaseModel):
     id: str
     name: str
+    labels: dict[str, str] = {}
     connected: bool
     sidecar_version: str | None
     openclaw_version: str | None

@@ -13,7 +13,8 @@ from __future__ import annotations
 import datetime as dt
 import time
 import uuid
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import grpc
 
@@ -52,6 +53,7 @@ class IssuedToken:
     token_id: str
     expires_at: float
     max_uses: int
+    labels: Mapping[str, str] = field(default_factory=dict)  # what it gives each gateway
 
 
 class CertificateIssuer:
@@ -66,10 +68,15 @@ class CertificateIssuer:
         self.lifetime = lifetime
 
     async def mint_join_token(
-        self, gateway_id: str | None, *, ttl_s: float = join_tokens.DEFAULT_TTL_S, uses: int = 1
+        self,
+        gateway_id: str | None,
+        *,
+        ttl_s: float = join_tokens.DEFAULT_TTL_S,
+        uses: int = 1,
+        labels: Mapping[str, str] | None = None,
     ) -> IssuedToken:
         raw, record = join_tokens.mint(
-            self.hub_key, gateway_id, ttl_s=ttl_s, uses=uses, now=time.time()
+            self.hub_key, gateway_id, ttl_s=ttl_s, uses=uses, labels=labels, now=time.time()
         )
         await self.store.add_join_token(record)
         return IssuedToken(
@@ -77,6 +84,7 @@ class CertificateIssuer:
             record.token_id,
             record.expires_at,
             record.max_uses,
+            dict(record.labels),
         )
 
     async def enroll(self, request: pb.EnrollRequest) -> tuple[str, bytes]:

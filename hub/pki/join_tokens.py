@@ -24,8 +24,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import hmac
+import json
 import secrets
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 from missioncontrol.pki import (
     TOKEN_ALPHABET,
@@ -84,6 +87,15 @@ class JoinTokenRecord:
     expires_at: float
     max_uses: int
     uses: int = 0
+    # Labels every gateway it enrolls gets (fleetdm's team secret): a fleet token made
+    # with `--labels env=prod` puts each host it enrolls in env=prod.
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> JoinTokenRecord:
+        values = dict(row)
+        values["labels"] = json.loads(values.get("labels") or "{}")
+        return cls(**values)
 
     @property
     def uses_left(self) -> int:
@@ -128,6 +140,7 @@ def mint(
     *,
     ttl_s: float = DEFAULT_TTL_S,
     uses: int = 1,
+    labels: Mapping[str, str] | None = None,
     now: float,
 ) -> tuple[str, JoinTokenRecord]:
     """Make a new token; return the raw `id.secret` (show it once) and the record to store."""
@@ -147,6 +160,7 @@ def mint(
         created_at=now,
         expires_at=now + ttl_s,
         max_uses=uses,
+        labels=dict(labels or {}),
     )
     return raw, record
 

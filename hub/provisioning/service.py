@@ -371,8 +371,28 @@ class Provisioning:
         Nothing changed: nothing happens, unless `force`."""
         return await self.reconciler.write(self._updater(agent_id, changes, force=force))
 
+    def apply_change_in(
+        self,
+        tx: Transition,
+        agent_id: str,
+        changes: Mapping[str, Any],
+        *,
+        wake: bool,
+        render: RenderOptions | None = None,
+    ) -> AgentRow:
+        """One agent's part of a fleet rollout, inside the rollout's transaction for its
+        gateway: the fields changed (as `update_agent` takes them) and a new generation
+        applied even when none did (a re-apply), woken if `wake` so it checks in."""
+        return self._updater(agent_id, changes, force=True, wake=wake, render=render)(tx)
+
     def _updater(
-        self, agent_id: str, changes: Mapping[str, Any], *, force: bool = False
+        self,
+        agent_id: str,
+        changes: Mapping[str, Any],
+        *,
+        force: bool = False,
+        wake: bool = False,
+        render: RenderOptions | None = None,
     ) -> Callable[[Transition], AgentRow]:
         """What updates the agent inside a transaction (its inputs checked now)."""
         changes = dict(changes)
@@ -442,7 +462,9 @@ class Provisioning:
                 force=force,
             )
             tx.step(
-                agent_id, lc.ApplyRequested(generation=row.lifecycle_generation + 1, wake=False)
+                agent_id,
+                lc.ApplyRequested(generation=row.lifecycle_generation + 1, wake=wake),
+                render,
             )
             return require_agent(conn, agent_id)
 

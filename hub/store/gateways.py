@@ -26,6 +26,7 @@ from hub.store.outbox import (
     commands_after_in,
     confirm_through_in,
     enqueue_command_in,
+    record_reported_files_in,
 )
 from hub.workspace_root import effective_workspace_root, workspace_root_problem
 from missioncontrol.agent_api import DEFAULT_AGENT_API_URL
@@ -195,6 +196,15 @@ class GatewayStore:
             )
             if hello.unmanaged_reported:
                 _record_unmanaged_in(conn, hello.gateway_id, hello.unmanaged)
+            for managed in hello.inventory:
+                record_reported_files_in(
+                    conn,
+                    hello.gateway_id,
+                    managed.agent_id,
+                    dict(managed.file_sha256),
+                    at,
+                    in_config=managed.present_in_config,
+                )
             problem = workspace_root_problem(
                 before.declared_workspace_root,
                 reported,
@@ -346,7 +356,7 @@ class GatewayStore:
                 gateway_in(conn, record.gateway_id)
             conn.execute(
                 """INSERT INTO join_tokens (token_id, secret_hmac, gateway_id, created_at,
-                       expires_at, max_uses, uses) VALUES (?, ?, ?, ?, ?, ?, ?)""",
+                       expires_at, max_uses, uses, labels) VALUES (?, ?, ?, ?, ?, ?, ?, ?)""",
                 (
                     record.token_id,
                     record.secret_hmac,
@@ -355,6 +365,7 @@ class GatewayStore:
                     record.expires_at,
                     record.max_uses,
                     record.uses,
+                    json.dumps(dict(record.labels), sort_keys=True),
                 ),
             )
             add_event(
@@ -364,6 +375,7 @@ class GatewayStore:
                 token_id=record.token_id,
                 max_uses=record.max_uses,
                 expires_at=record.expires_at,
+                labels=dict(record.labels),
             )
 
         await self.db.write(op)
@@ -373,7 +385,7 @@ class GatewayStore:
             row = conn.execute(
                 "SELECT * FROM join_tokens WHERE token_id = ?", (token_id,)
             ).fetchone()
-            return JoinTokenRecord(**dict(row)) if row else None
+            return JoinTokenRecord.from_row(row) if row else None
 
         return await self.db.read(op)
 
@@ -404,6 +416,12 @@ class GatewayStore:
                 )
             else:
                 gateway_in(conn, gateway_id)
+            token = conn.execute(
+                "SELECT labels FROM join_tokens WHERE token_id = ?", (token_id,)
+            ).fetchone()
+            labels = json.loads(token["labels"] or "{}") if token else {}
+            if labels:  # the token's labels; ones the gateway has keep theirs unless named
+                set_labels_in(conn, gateway_id, labels, replace=False)
             _record_certificate(conn, gateway_id, serial, not_after, now)
             add_event(
                 conn,
@@ -412,6 +430,7 @@ class GatewayStore:
                 at=now,
                 token_id=token_id,
                 serial=f"{serial:x}",
+                labels=labels,
             )
 
         await self.db.write(op)
@@ -557,6 +576,45 @@ def take_stale_files_in(conn: sqlite3.Connection, gateway_id: str) -> bool:
     )
 
 
+def labels_in(
+    conn: sqlite3.Connection, gateway_ids: Sequence[str] | None = None
+) -> dict[str, dict[str, str]]:
+    """Each gateway's labels (every gateway's when `gateway_ids` is None)."""
+    if gateway_ids is None:
+        rows = conn.execute(
+            "SELECT gateway_id, label_key, label_value FROM gateway_labels"
+        ).fetchall()
+    elif not gateway_ids:
+        return {}
+    else:
+        marks = ", ".join("?" for _ in gateway_ids)
+        rows = conn.execute(
+            "SELECT gateway_id, label_key, label_value FROM gateway_labels "
+            f"WHERE gateway_id IN ({marks})",
+            list(gateway_ids),
+        ).fetchall()
+    found: dict[str, dict[str, str]] = {}
+    for gateway_id, key, value in rows:
+        found.setdefault(gateway_id, {})[key] = value
+    return {g: dict(sorted(labels.items())) for g, labels in found.items()}
+
+
+def set_labels_in(
+    conn: sqlite3.Connection, gateway_id: str, labels: dict[str, str], *, replace: bool
+) -> dict[str, str]:
+    """Give the gateway these labels (already validated); with `replace`, only these.
+    Returns its labels after."""
+    if replace:
+        conn.execute("DELETE FROM gateway_labels WHERE gateway_id = ?", (gateway_id,))
+    for key, value in labels.items():
+        conn.execute(
+            "INSERT INTO gateway_labels (gateway_id, label_key, label_value) VALUES (?, ?, ?) "
+            "ON CONFLICT (gateway_id, label_key) DO UPDATE SET label_value = excluded.label_value",
+            (gateway_id, key, value),
+        )
+    return labels_in(conn, [gateway_id]).get(gateway_id, {})
+
+
 def gateway_in(conn: sqlite3.Connection, gateway_id: str) -> GatewayRow:
     row = conn.execute("SELECT * FROM gateways WHERE id = ?", (gateway_id,)).fetchone()
     if row is None:
@@ -574,12 +632,19 @@ def list_gateways_in(
     *,
     state: str | None = None,
     search: str | None = None,
+    ids: Sequence[str] | None = None,
     limit: int,
     offset: int,
 ) -> tuple[list[GatewayRow], int]:
     """One page of gateways by name, narrowed by link state (one of GATEWAY_STATES, as the
-    store last recorded it) and by a piece of the name, host name or id."""
+    store last recorded it), by a piece of the name, host name or id, and to `ids` (the
+    ones a label selector picked) when given."""
     clauses, args = _gateway_filter(state, search)
+    if ids is not None:
+        if not ids:
+            return [], 0
+        clauses.append(f"id IN ({', '.join('?' for _ in ids)})")
+        args += list(ids)
     where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
     total = conn.execute(f"SELECT COUNT(*) FROM gateways {where}", args).fetchone()[0]
     rows = conn.execute(
@@ -650,7 +715,7 @@ def join_tokens_in(conn: sqlite3.Connection, gateway_id: str) -> list[JoinTokenR
         "SELECT * FROM join_tokens WHERE gateway_id = ? ORDER BY created_at DESC LIMIT 50",
         (gateway_id,),
     ).fetchall()
-    return [JoinTokenRecord(**dict(r)) for r in rows]
+    return [JoinTokenRecord.from_row(r) for r in rows]
 
 
 @dataclass(frozen=True)

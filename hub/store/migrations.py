@@ -376,8 +376,69 @@ V9 = (
     "ALTER TABLE boards ADD COLUMN paused_at REAL",
 )
 
-# V10 to V12 are numbered for work landing beside this one; until it lands they are empty.
-V10: tuple[str, ...] = ()
+# Fleet: gateway labels (what selectors pick), the labels a fleet join token gives the
+# gateways it enrolls, what sidecars report of each agent's files (drift), and staged
+# rollouts: one row per rollout, one per gateway it
+# targets (its wave, its gate verdict, and per agent the generation applied and the
+# values it replaced, which a rollback puts back). Plain types only: the same SQL runs
+# on PostgreSQL.
+V10 = (
+    """
+    CREATE TABLE gateway_labels (
+        gateway_id  TEXT NOT NULL REFERENCES gateways(id) ON DELETE CASCADE,
+        label_key   TEXT NOT NULL,
+        label_value TEXT NOT NULL,
+        PRIMARY KEY (gateway_id, label_key)
+    )
+    """,
+    "CREATE INDEX gateway_labels_key ON gateway_labels(label_key, label_value)",
+    "ALTER TABLE join_tokens ADD COLUMN labels TEXT NOT NULL DEFAULT '{}'",
+    """
+    CREATE TABLE rollouts (
+        id                  TEXT PRIMARY KEY,
+        name                TEXT NOT NULL,
+        selector            TEXT NOT NULL,
+        agents              TEXT NOT NULL,  -- which agents of each gateway: main, all
+        change              TEXT NOT NULL,  -- JSON: {"kind": ..., its fields}
+        plan                TEXT NOT NULL,  -- JSON: {"canary": N, "percentages": [...]}
+        wave_count          INTEGER NOT NULL,
+        current_wave        INTEGER NOT NULL DEFAULT 0,
+        max_fail_percentage REAL NOT NULL,
+        gate_deadline_s     REAL NOT NULL,
+        status              TEXT NOT NULL,
+        reason              TEXT,
+        created_at          REAL NOT NULL,
+        updated_at          REAL NOT NULL,
+        finished_at         REAL
+    )
+    """,
+    "CREATE INDEX rollouts_status ON rollouts(status, created_at)",
+    """
+    CREATE TABLE rollout_targets (
+        rollout_id     TEXT NOT NULL REFERENCES rollouts(id) ON DELETE CASCADE,
+        gateway_id     TEXT NOT NULL,
+        wave           INTEGER NOT NULL,
+        position       INTEGER NOT NULL,
+        state          TEXT NOT NULL DEFAULT 'pending',
+        reason         TEXT,
+        applied_at     REAL,
+        decided_at     REAL,
+        rolled_back_at REAL,
+        agents         TEXT NOT NULL DEFAULT '[]',  -- JSON: per agent, generation and previous
+        PRIMARY KEY (rollout_id, gateway_id)
+    )
+    """,
+    "CREATE INDEX rollout_targets_wave ON rollout_targets(rollout_id, wave, position)",
+    "CREATE INDEX rollout_targets_gateway ON rollout_targets(gateway_id, state)",
+    # Drift: the agent's files as its sidecar last reported them (Hello inventory or the
+    # answer to an apply), to compare with what the hub rendered.
+    "ALTER TABLE agents ADD COLUMN reported_files TEXT",  # JSON: name -> sha256 hex
+    "ALTER TABLE agents ADD COLUMN reported_files_at REAL",
+    "ALTER TABLE agents ADD COLUMN reported_in_config INTEGER",
+)
+
+
+# V11 and V12 are numbered for work landing beside this one; until it lands they are empty.
 V11: tuple[str, ...] = ()
 V12: tuple[str, ...] = ()
 

@@ -7,6 +7,7 @@ OUTBOX notice), and the stream replays everything after what the sidecar applied
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from collections.abc import Sequence
@@ -104,6 +105,30 @@ def confirm_through_in(conn: sqlite3.Connection, gateway_id: str, sequence: int,
     )
 
 
+def record_reported_files_in(
+    conn: sqlite3.Connection,
+    gateway_id: str,
+    gateway_agent_id: str,
+    files: dict[str, str],
+    at: float,
+    *,
+    in_config: bool | None = None,
+) -> None:
+    """Keep what the sidecar says the agent's workspace files hash to (drift reads it)."""
+    conn.execute(
+        "UPDATE agents SET reported_files = ?, reported_files_at = ?, "
+        "reported_in_config = COALESCE(?, reported_in_config) "
+        "WHERE gateway_id = ? AND gateway_agent_id = ?",
+        (
+            json.dumps(files, sort_keys=True),
+            at,
+            None if in_config is None else int(in_config),
+            gateway_id,
+            gateway_agent_id,
+        ),
+    )
+
+
 def record_command_results_in(
     conn: sqlite3.Connection, gateway_id: str, results: Sequence[pb.CommandResult]
 ) -> None:
@@ -144,6 +169,10 @@ def record_command_results_in(
                 # what the sidecar wrote, for the dashboard's comparison with what was rendered
                 file_sha256=dict(result.file_sha256) or None,
             )
+            if result.file_sha256 and result.agent_id:
+                record_reported_files_in(
+                    conn, gateway_id, result.agent_id, dict(result.file_sha256), at
+                )
 
 
 def commands_after_in(

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hub.boards import RULES, BoardNotFound, board_names_in, list_boards_in, load_board
+from hub.fleet.labels import Selector
 from hub.pki.join_tokens import JoinTokenRecord
 from hub.provisioning.agents import (
     AgentRow,
@@ -42,6 +43,7 @@ from hub.store.gateways import (
     gateway_in,
     gateway_names_in,
     join_tokens_in,
+    labels_in,
     list_gateways_in,
     unhealthy_gateways_in,
 )
@@ -195,6 +197,7 @@ class FleetPage:
     paging: Paging
     agents: dict[str, dict[str, int]]  # gateway id -> status -> count
     drift: dict[str, int]  # gateway id -> drift entries in the last day
+    labels: dict[str, dict[str, str]] = field(default_factory=dict)  # gateway id -> labels
 
 
 def fleet_page_in(
@@ -205,14 +208,23 @@ def fleet_page_in(
     limit: int,
     offset: int,
     now: float,
+    selector: Selector | None = None,
 ) -> FleetPage:
-    rows, total = list_gateways_in(conn, state=state, search=search, limit=limit, offset=offset)
+    labels = labels_in(conn)
+    chosen = None
+    if selector is not None:
+        every = [r[0] for r in conn.execute("SELECT id FROM gateways")]
+        chosen = selector.select((g, labels.get(g, {})) for g in every)
+    rows, total = list_gateways_in(
+        conn, state=state, search=search, ids=chosen, limit=limit, offset=offset
+    )
     ids = [r.id for r in rows]
     return FleetPage(
         gateways=rows,
         paging=Paging(limit, offset, total),
         agents=agent_counts_by_in(conn, "gateway_id", ids),
         drift=event_counts_by_gateway_in(conn, "gateway.drift", ids, now - DAY_S),
+        labels={g: labels.get(g, {}) for g in ids},
     )
 
 
@@ -228,6 +240,7 @@ class GatewayPage:
     join_tokens: list[JoinTokenRecord]
     certificates: list[CertificateRecord]
     drift: list[dict[str, Any]]
+    labels: dict[str, str] = field(default_factory=dict)
 
 
 def gateway_page_in(conn: sqlite3.Connection, gateway_id: str, now: float) -> GatewayPage:
@@ -246,6 +259,7 @@ def gateway_page_in(conn: sqlite3.Connection, gateway_id: str, now: float) -> Ga
         board_names=board_names_in(conn, sorted({a.board_id for a in agents if a.board_id})),
         join_tokens=join_tokens_in(conn, gateway_id),
         certificates=certificates_in(conn, gateway_id),
+        labels=labels_in(conn, [gateway_id]).get(gateway_id, {}),
         drift=recent_events_in(
             conn, ("gateway.drift",), now - 7 * DAY_S, 20, gateway_id=gateway_id
         ),

@@ -9,15 +9,15 @@ when its backend lands; the templates already draw the answer when there is one.
 | `pause_state` | whether the agent (or board) is paused | (filled) |
 | `PAUSE_ACTIONS` | empty: the pause and resume forms are Actions' own (actions.py) | (filled) |
 | `activity_in` | a page of the activity trail (hub/activity.py) | (filled) |
-| `rollouts_in` | None: the rollouts page says so | rollouts with their waves |
-| `gateway_labels` | the row's `labels` if it has any, else () | the fleet work's labels |
-| `LABEL_FILTER` | False: the fleet page has no label filter | True once gateways have labels |
+| `rollouts_in` | rollouts with their waves (hub/fleet/store.py) | (filled) |
+| `gateway_labels` | a gateway's labels as `key=value` (hub/store/gateways.py) | (filled) |
+| `LABEL_FILTER` | True: the fleet page filters by a label selector | (filled) |
 """
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -26,9 +26,10 @@ from aiohttp import web
 
 from hub.activity import ActivityFilter, activity_before_in, summary
 from hub.approvals import pending_approvals_in
+from hub.fleet.store import rollouts_in as fleet_rollouts_in
 
 # When True, the fleet page shows a label filter and passes `label` to the fleet read.
-LABEL_FILTER = False
+LABEL_FILTER = True
 
 
 @dataclass(frozen=True)
@@ -79,13 +80,39 @@ def activity_in(
 
 
 def rollouts_in(conn: sqlite3.Connection, *, limit: int) -> list[dict[str, Any]] | None:
-    """Rollouts with their waves' progress, newest first; None until rollouts exist.
-    Live per-wave progress: publish a "rollout" event on the bus; live.js refreshes
-    pages whose scope is "all" on every event."""
-    return None
+    """Rollouts with their waves' progress, newest first. Live: the rollout driver
+    publishes a "rollout" event on the bus at each step; live.js refreshes pages whose
+    scope is "all" on every event."""
+    rows, _ = fleet_rollouts_in(conn, status=None, limit=limit, offset=0)
+    items = []
+    for row in rows:
+        waves: list[dict[str, Any]] = [
+            {"index": i + 1, "size": 0, "counts": {}} for i in range(row.wave_count)
+        ]
+        for wave, state, count in conn.execute(
+            "SELECT wave, state, COUNT(*) FROM rollout_targets WHERE rollout_id = ? "
+            "GROUP BY wave, state",
+            (row.id,),
+        ):
+            waves[wave]["size"] += count
+            waves[wave]["counts"][state] = count
+        items.append(
+            {
+                "id": row.id,
+                "name": row.name or str(row.change.get("kind")),
+                "status": str(row.status),
+                "reason": row.reason,
+                "selector": row.selector,
+                "change": str(row.change.get("kind")),
+                "current_wave": row.current_wave + 1,
+                "wave_count": row.wave_count,
+                "created_at": row.created_at,
+                "waves": waves,
+            }
+        )
+    return items
 
 
-def gateway_labels(row: Any) -> tuple[str, ...]:
-    """A gateway's labels, when the fleet work has given gateways labels."""
-    labels = getattr(row, "labels", None)
-    return tuple(labels) if labels else ()
+def gateway_labels(labels: Mapping[str, str] | None) -> tuple[str, ...]:
+    """A gateway's labels as `key=value`, sorted by key."""
+    return tuple(f"{k}={v}" for k, v in sorted((labels or {}).items()))

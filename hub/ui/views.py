@@ -15,6 +15,7 @@ from aiohttp import web
 
 from hub.api.gateway_live import live_status
 from hub.api.gateways import gateway_read
+from hub.fleet.labels import LabelError, parse_selector
 from hub.link.queries import TargetError, live_target_in
 from hub.provisioning.agents import agent_json, agent_names_in
 from hub.store.database import Connection
@@ -114,9 +115,20 @@ class Pages:
         label = text_param(request, "label") if seams.LABEL_FILTER else None
         offset = offset_of(request)
         now = self.ui.clock()
+        label_error = None
+        try:
+            selector = parse_selector(label) if label else None
+        except LabelError as exc:
+            selector, label_error = None, str(exc)
         page = await self._read(
             lambda conn: reads.fleet_page_in(
-                conn, state=state, search=search, limit=PAGE_ROWS, offset=offset, now=now
+                conn,
+                state=state,
+                search=search,
+                limit=PAGE_ROWS,
+                offset=offset,
+                now=now,
+                selector=selector,
             )
         )
         registry = self.ui.deps.registry
@@ -128,8 +140,9 @@ class Pages:
             live_scope="all",
             page=page,
             views={g.id: gateway_read(g, registry) for g in page.gateways},
-            labels={g.id: seams.gateway_labels(g) for g in page.gateways},
+            labels={g.id: seams.gateway_labels(page.labels.get(g.id)) for g in page.gateways},
             label_filter=seams.LABEL_FILTER,
+            label_error=label_error,
             state=state or "",
             search=search or "",
             label=label or "",
@@ -152,7 +165,7 @@ class Pages:
             live_scope=f"gateway:{gateway_id}",
             page=page,
             view=gateway_read(page.gateway, self.ui.deps.registry),
-            labels=seams.gateway_labels(page.gateway),
+            labels=seams.gateway_labels(page.labels),
             link_certificate_expires_at=session.certificate_expires_at if session else None,
             insecure_dev=self.ui.deps.enroll_address is None,
         )

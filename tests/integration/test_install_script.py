@@ -19,6 +19,7 @@ import tempfile
 import urllib.request
 import zipfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -108,15 +109,16 @@ def _install_sh(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.fixture
-def enrollment_hub(tmp_path: Path) -> Iterator[tuple[str, str]]:
-    """A real hub with its enrollment listener: (enroll address, a fresh join token)."""
+@contextmanager
+def serving_hub(data_dir: Path, admin_token: str = ADMIN_TOKEN) -> Iterator[tuple[str, str]]:
+    """`mc-hub serve` over mutual TLS in a process of its own: (HTTP address, enroll
+    address), stopped by its PID at the end."""
     hub = subprocess.Popen(
-        [sys.executable, "-m", "hub.cli", "serve", "--data-dir", str(tmp_path / "hub"),
+        [sys.executable, "-m", "hub.cli", "serve", "--data-dir", str(data_dir),
          "--http-listen", "127.0.0.1:0", "--link-listen", "127.0.0.1:0",
          "--enroll-listen", "127.0.0.1:0", "--log-format", "json"],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-        env={**os.environ, "MC_ADMIN_TOKEN": ADMIN_TOKEN},
+        env={**os.environ, "MC_ADMIN_TOKEN": admin_token},
     )  # fmt: skip
     try:
         assert hub.stdout is not None
@@ -128,15 +130,7 @@ def enrollment_hub(tmp_path: Path) -> Iterator[tuple[str, str]]:
         http = re.search(r"REST API:\s+http://([\d.]+:\d+)", banner)
         enroll = re.search(r"enroll:\s+([\d.]+:\d+)", banner)
         assert http and enroll, banner
-        request = urllib.request.Request(
-            f"http://{http.group(1)}/api/v1/gateways",
-            data=b'{"name": "gateway-host-1"}',
-            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
-            method="POST",
-        )
-        with urllib.request.urlopen(request, timeout=10) as response:
-            token = json.loads(response.read())["join_token"]
-        yield enroll.group(1), token
+        yield http.group(1), enroll.group(1)
     finally:
         hub.send_signal(signal.SIGTERM)
         try:
@@ -144,6 +138,21 @@ def enrollment_hub(tmp_path: Path) -> Iterator[tuple[str, str]]:
         except subprocess.TimeoutExpired:
             os.kill(hub.pid, signal.SIGKILL)
             hub.wait(timeout=30)
+
+
+@pytest.fixture
+def enrollment_hub(tmp_path: Path) -> Iterator[tuple[str, str]]:
+    """A real hub with its enrollment listener: (enroll address, a fresh join token)."""
+    with serving_hub(tmp_path / "hub") as (http, enroll):
+        request = urllib.request.Request(
+            f"http://{http}/api/v1/gateways",
+            data=b'{"name": "gateway-host-1"}',
+            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+            method="POST",
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            token = json.loads(response.read())["join_token"]
+        yield enroll, token
 
 
 @pytest.mark.slow

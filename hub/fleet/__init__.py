@@ -1,0 +1,1 @@
+"""Fleet: gateway labels and selectors, staged rollouts with health gates, inventory."""
