@@ -93,9 +93,15 @@ async def test_a_sidecar_ahead_of_a_restored_hub_converges_to_the_hubs_view(
                 )
 
             await wait_for(kept_converged, timeout_s=20, what="the changed agent applied again")
-            # Its token file holds a token both ends accept again.
-            token = (Path(sidecar.state.agent(kept_gw).workspace) / TOKEN_FILE_NAME).read_text()
-            assert sidecar.credentials.verify(token.strip()) == kept_gw
+
+            # Its token file holds a token both ends accept again (the file and the
+            # credentials can come from two commands of the convergence: wait, bounded).
+            def token_accepted() -> bool:
+                local = sidecar.state.agent(kept_gw)
+                token = (Path(local.workspace) / TOKEN_FILE_NAME).read_text() if local else ""
+                return sidecar.credentials.verify(token.strip()) == kept_gw
+
+            await wait_for(token_accepted, timeout_s=20, what="the token file accepted again")
             assert sidecar.state.last_applied_sequence < ahead + 10
 
             # New work after the restore reaches the sidecar (its numbers were reused).
