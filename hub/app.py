@@ -156,6 +156,9 @@ class Hub:
             on_link=self.reconciler.link_changed,
             agent_calls=self.agent_calls,
             queries=self.queries,
+            record_hello=lambda hello: self.reconciler.record_hello(
+                hello, auto_register=config.insecure_dev
+            ),
         )
         self._grpc = grpc.aio.server(options=server_options())
         pb_grpc.add_LinkServicer_to_server(self.link, self._grpc)

@@ -3,8 +3,10 @@
 A command whose generation the sidecar already applied is acknowledged as
 ALREADY_APPLIED and not redone. Invalid commands are REJECTED before anything is
 written. A command that fails for a reason that can pass (gateway down, disk
-full) is reported as FAILED, so the hub can show why the agent waits, and is
-retried in place: later commands wait behind it, keeping the order the hub chose.
+full, the gateway asking to be asked again) is reported as FAILED, so the hub can
+show why the agent waits, and is retried in place: later commands wait behind it,
+keeping the order the hub chose. What a gateway error means is decided once, where
+it is parsed (`sidecar.gateway.protocol.classify_error`); the result carries it.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ log = get_logger("sidecar.commands")
 
 Outcome = pb.CommandResult.Outcome
 WAKE_RUN_TIMEOUT_S = 600.0
+RETRY_AFTER_MAX_S = 120.0  # a gateway's retry-after beyond this is not waited out
 # Key space for wake idempotency keys: same command, same key, same run.
 _WAKE_NAMESPACE = uuid.UUID("6f1d7a4e-2f51-4c67-9a51-8d2f0c7f3b10")
 
@@ -93,6 +96,8 @@ class CommandApplier:
         # Told before the sidecar removes an entry, so the config watcher does not take our
         # own removal for a hand edit and restore it.
         self.on_unmanage = on_unmanage
+        # How long the gateway asked to wait before the last FAILED command is tried again.
+        self.retry_after_s = 0.0
         self._watchers: set[asyncio.Task[None]] = set()
         self._handlers: dict[str, Callable[[pb.Command], Awaitable[_Done]]] = {
             "apply_agent": self._apply_agent,
@@ -119,12 +124,15 @@ class CommandApplier:
                 "unknown_command",
                 f"command type {kind!r} is not supported by this sidecar; upgrade the sidecar",
             )
+        self.retry_after_s = 0.0
         try:
             done = await handler(command)
         except WorkspaceError as exc:
             return self._finish(result, Outcome.REJECTED, exc.code, str(exc))
         except GatewayError as exc:
             outcome = Outcome.FAILED if exc.retryable else Outcome.REJECTED
+            result.error_kind = exc.kind.proto
+            self.retry_after_s = exc.retry_after_s
             return self._finish(result, outcome, exc.code, str(exc))
         except OSError as exc:
             return self._finish(result, Outcome.FAILED, "io_error", f"{exc}")
@@ -272,12 +280,14 @@ class CommandApplier:
                 RunState.ABORTED: pb.RunObserved.ABORTED,
             }[outcome.state]
             report.message = outcome.message
+            report.model_turn = outcome.model_turn
         report.observed_at.CopyFrom(timestamp())
         log.info(
             "agent.run.observed",
             agent_id=agent_id,
             run_id=run_id,
             outcome=pb.RunObserved.Outcome.Name(report.outcome),
+            model_turn=report.model_turn,
             message=report.message,
         )
         self.on_run_observed(report)
@@ -337,8 +347,11 @@ class CommandQueue:
                 if result.outcome != Outcome.FAILED:
                     break
                 self._gateway_changed.clear()
+                # Not sooner than the gateway asked (2026.3 limits config writes per
+                # connection, so a reconnect still cuts the wait short).
+                wait_s = max(delay, min(self.applier.retry_after_s, RETRY_AFTER_MAX_S))
                 # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation.
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(delay):
+                    async with asyncio.timeout(wait_s):
                         await self._gateway_changed.wait()
                 delay = min(delay * 2, self.retry_max_s)

@@ -14,13 +14,14 @@ from typing import TYPE_CHECKING, Any
 
 from hub.config import HubConfig
 from missioncontrol.netaddr import HostPort
-from protos.contract import GatewayGeneration
+from protos.contract import GatewayErrorKind, GatewayGeneration
 from sidecar.agent_api import AgentApiLimits
 from sidecar.app import Sidecar
 from sidecar.config import SidecarConfig
 from sidecar.gateway import (
     AgentEntry,
     AgentRuntime,
+    GatewayError,
     GatewayInfo,
     GatewayRuntime,
     GatewayUnavailable,
@@ -131,6 +132,9 @@ class RecordingGateway:
     runs: dict[str, str] = field(default_factory=dict)
     run_outcome: RunState = RunState.FINAL
     run_message: str = ""
+    run_turn: bool = True  # a FINAL run had a model turn (a runtime check-in)
+    runs_end: bool = True  # False: runs never end (a silent agent), as far as tests wait
+    refuse_removal: str = ""  # set: remove_agent is refused for good with this message
     query_delay_s: float = 0.0  # how long status and session reads take
     _listeners: list[Callable[[GatewayInfo], None]] = field(default_factory=list)
 
@@ -170,6 +174,8 @@ class RecordingGateway:
     async def remove_agent(self, agent_id: str, *, delete_files: bool) -> None:
         self._check()
         self.calls.append(("remove_agent", agent_id, delete_files))
+        if self.refuse_removal:
+            raise GatewayError(self.refuse_removal, kind=GatewayErrorKind.PERMANENT)
 
     async def set_heartbeat(self, agent_id: str, heartbeat: HeartbeatSpec) -> None:
         self._check()
@@ -183,8 +189,11 @@ class RecordingGateway:
         return self.runs[idempotency_key]
 
     async def wait_run(self, run_id: str, timeout_s: float) -> RunOutcome:
+        if not self.runs_end:
+            await asyncio.Event().wait()  # until the sidecar stops its run watchers
         await asyncio.sleep(0.01)
-        return RunOutcome(run_id, self.run_outcome, self.run_message)
+        turn = self.run_turn and self.run_outcome is RunState.FINAL
+        return RunOutcome(run_id, self.run_outcome, self.run_message, model_turn=turn)
 
     async def reset_session(self, agent_id: str) -> None:
         self._check()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -133,7 +132,7 @@ async def test_provision_wake_heartbeat_online(
     assert gateway.count("wake") == 1
 
 
-async def test_no_checkin_means_three_wakes_spaced_by_the_deadline_then_offline(
+async def test_failed_runs_mean_three_wakes_then_offline(
     hub: Hub, connected: tuple[Sidecar, RecordingGateway]
 ) -> None:
     _, gateway = connected
@@ -150,18 +149,7 @@ async def test_no_checkin_means_three_wakes_spaced_by_the_deadline_then_offline(
     events = {e["kind"] for e in await hub.store.events("gw-life")}
     assert "lifecycle.reconcile.retriggered" in events
     assert "lifecycle.reconcile.max_attempts_reached" in events
-    times = sorted(_wake_times(await hub.store.events("gw-life")))
-    gaps = [b - a for a, b in itertools.pairwise(times)]
-    assert all(gap >= DEADLINE_S * 0.9 for gap in gaps), gaps
-
-
-def _wake_times(events: list[dict[str, Any]]) -> list[float]:
-    return [
-        e["at"]
-        for e in events
-        if e["kind"] == "command.queued"
-        and e["detail"].get("command") in ("wake_agent", "apply_agent")
-    ]
+    # A silent agent's wakes follow the deadline: test_lifecycle_outcomes.py moves the clock.
 
 
 async def test_a_run_that_reaches_final_is_a_runtime_checkin(
