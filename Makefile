@@ -10,13 +10,15 @@ HTTP_LISTEN ?= 127.0.0.1:8000
 LINK_LISTEN ?= 127.0.0.1:7443
 ENROLL_LISTEN ?= 127.0.0.1:7444
 PYTEST_ARGS ?=
+CHROMIUM ?= chromium
 
-.PHONY: help install proto run test unit integration interop bench bench-quick lint fmt wheel clean
+.PHONY: help install proto run test unit integration interop e2e browser bench bench-quick lint fmt wheel clean
 
 help:
 	@echo "make run        start the hub with embedded SQLite under ./var/"
 	@echo "make test       lint, then the whole test suite (unit, integration, interop)"
 	@echo "make interop    only the tests against a real OpenClaw gateway"
+	@echo "make e2e        only the dashboard's browser tests (headless Chromium)"
 	@echo "make bench      benchmarks (figures and ratios against the raw stack)"
 	@echo "make lint       ruff check, format check, mypy"
 	@echo "make proto      regenerate the gRPC modules from protos/*.proto"
@@ -53,7 +55,7 @@ fmt: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-test: lint
+test: lint browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 unit: install
@@ -61,6 +63,23 @@ unit: install
 
 integration: install
 	$(BIN)/python -m pytest tests/integration $(PYTEST_ARGS)
+
+e2e: install browser
+	$(BIN)/python -m pytest tests/e2e $(PYTEST_ARGS)
+
+# The browser tests drive the system's Chromium (Playwright's own download cannot run
+# here): installed from Debian's packages when missing and we may, else say how.
+browser:
+	@command -v $(CHROMIUM) >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Debian's chromium for the browser tests (tests/e2e)"; \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    apt-get install -y -qq chromium >/dev/null 2>&1 \
+	      || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } \
+	      || echo "make: apt-get could not install chromium; the browser tests will be skipped" >&2; \
+	  else \
+	    echo "make: no Chromium for the browser tests: install it (Debian/Ubuntu: sudo apt-get install -y chromium; macOS: brew install --cask chromium) or set CHROMIUM=/path/to/chromium; until then tests/e2e is skipped" >&2; \
+	  fi; }
 
 interop: install
 	$(BIN)/python -m pytest -m interop tests/interop $(PYTEST_ARGS)

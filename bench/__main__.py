@@ -19,7 +19,7 @@ from pathlib import Path
 from bench.harness import Section, Sizes, machine, markdown_table, raise_fd_limit, text_table
 from bench.harness import write_json as write_results
 
-# Run order: the local agent API last (it is the newest part of the system).
+# Run order: newest parts last (the local agent API, then the dashboard).
 BENCHMARKS: dict[str, str] = {
     "tokens": "Token check",
     "reconciler": "Reconciler",
@@ -27,6 +27,7 @@ BENCHMARKS: dict[str, str] = {
     "link": "Link",
     "fleet": "Simulated fleet",
     "agent_api": "Local heartbeat API",
+    "dashboard": "Dashboard",
 }
 DEFAULT_JSON = Path("bench-results/latest.json")
 

@@ -53,6 +53,8 @@ class Sizes:
     reconciler_spread: int
     api_agents: tuple[int, ...]
     api_duration_s: float
+    dashboard_gateways: int  # x 10 agents each
+    dashboard_requests: int  # per page and run
 
     @classmethod
     def for_mode(cls, *, quick: bool, fleet: int | None, runs: int | None) -> Sizes:
@@ -76,6 +78,8 @@ class Sizes:
                 reconciler_spread=200,
                 api_agents=(1, 20, 200),
                 api_duration_s=1.0,
+                dashboard_gateways=100,
+                dashboard_requests=8,
             )
         return cls(
             quick=False,
@@ -96,6 +100,8 @@ class Sizes:
             reconciler_spread=1_000,
             api_agents=(1, 200, 2_000),
             api_duration_s=3.0,
+            dashboard_gateways=1_000,
+            dashboard_requests=30,
         )
 
 

@@ -83,7 +83,7 @@ class _Stream:
         self.gateway_id = gateway_id
 
     async def open(self) -> None:
-        await self.call.write(pb.SidecarMessage(hello=hello_for(self.gateway_id)))
+        await self.call.write(pb.SidecarMessage(hello=await hello_for(self.gateway_id)))
         first = await self.call.read()
         assert first is not grpc.aio.EOF and first.WhichOneof("body") == "welcome", first
 

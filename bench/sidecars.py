@@ -66,7 +66,7 @@ class CredentialRows:
         return self.rows
 
 
-def hello_for(gateway_id: str) -> pb.Hello:
+async def hello_for(gateway_id: str) -> pb.Hello:
     return pb.Hello(
         gateway_id=gateway_id,
         link_protocol=LINK_PROTOCOL,

@@ -1,10 +1,11 @@
 """Composition root of mc-hub: builds the parts, starts them, stops them in order.
 
-Start: database (migrate) -> link server -> HTTP API.
+Start: data directory lock -> database (backup, then migrate) -> link server -> HTTP API.
 Stop, in this order so nothing is lost:
   1. stop accepting: the link refuses new streams, the HTTP listener closes;
   2. drain streams: every session ends cleanly, in-flight reports finish;
-  3. flush the store: queued writes commit, then the database closes.
+  3. flush the store: queued writes commit, then the database closes;
+  4. release the data directory lock (a restore may now run).
 """
 
 from __future__ import annotations
@@ -23,22 +24,39 @@ from aiohttp import web
 from hub.api import HttpDeps, build_api, build_app
 from hub.config import HubConfig
 from hub.events import EventBus
+from hub.feeds import Feed
 from hub.gateways import GatewayService
 from hub.lifecycle.decisions import Policy
 from hub.lifecycle.reconciler import Reconciler
 from hub.link.agent_calls import AgentCallForwarder
 from hub.link.queries import GatewayQueries
 from hub.link.server import LinkService, SessionRegistry
+from hub.memory import MEMORY
+from hub.metrics import HubMetrics, MeteredReports
 from hub.pki.ca import CertificateAuthority
 from hub.pki.enrollment import CertificateIssuer, EnrollmentService, Revocations
+from hub.pki.secrets_box import SecretBox
 from hub.provisioning.agent_tokens import TokenKeyring
+from hub.provisioning.converge import Convergence
 from hub.provisioning.service import Provisioning
+from hub.provisioning.souls import SoulsDirectory
 from hub.provisioning.template_sync import TemplateSync
+from hub.store.backup import (
+    BackupError,
+    BackupScheduler,
+    DataDirBusy,
+    DataDirLock,
+    pre_migration_backup,
+)
 from hub.store.database import Database, DatabaseError
+from hub.store.event_log import ACTIVITY
 from hub.store.gateways import GatewayStore
-from hub.store.outbox import OUTBOX
+from hub.store.outbox import OUTBOX, OUTBOX_SECRETS
+from hub.ui.dashboard import Dashboard
+from hub.ui.live import LinkNotices
 from hub.webhooks.rules import RetryPolicy
 from hub.webhooks.service import WebhookService
+from missioncontrol.http import FailedAuthLimiter
 from missioncontrol.log import get_logger
 from missioncontrol.netaddr import HostPort
 from missioncontrol.private_files import load_or_create_secret
@@ -72,14 +90,30 @@ class Hub:
         webhook_retry: RetryPolicy | None = None,
     ) -> None:
         self.config = config
-        self.db = Database(config.database_path, config.commit_interval_s)
+        self.metrics = HubMetrics()  # this hub's own registry: hubs in one process count apart
+        self.lock = DataDirLock(config.data_dir)
+        hub_key = load_or_create_secret(config.data_dir / "hub.key")
+        self.db = Database(
+            config.database_path,
+            config.commit_interval_s,
+            before_migration=pre_migration_backup(config.database_path, config.backup_dir),
+            on_commit=self.metrics.committed,
+            secrets=SecretBox.from_hub_key(hub_key, OUTBOX_SECRETS),
+        )
         self.store = GatewayStore(self.db)
         self.registry = SessionRegistry()
         self.db.listen(OUTBOX, self.registry.notify_outbox)
+        self.db.listen(OUTBOX, self.metrics.commands_queued_notice)
+        self.backups = BackupScheduler(
+            config.database_path,
+            config.backup_dir,
+            interval_s=config.backup_interval_s,
+            keep=config.backup_keep,
+            on_backup=self.metrics.backup_finished,
+        )
         self.revocations = Revocations()
         self.ca: CertificateAuthority | None = None
         self.issuer: CertificateIssuer | None = None
-        hub_key = load_or_create_secret(config.data_dir / "hub.key")
         self.keyring = TokenKeyring(hub_key)
         if not config.insecure_dev:
             self.ca = CertificateAuthority.load_or_create(
@@ -88,22 +122,32 @@ class Hub:
             self.issuer = CertificateIssuer(
                 self.store, self.ca, hub_key, dt.timedelta(days=config.cert_lifetime_days)
             )
-        self.events = EventBus()
+        self.events = EventBus(started_at=clock())
+        self.activity = Feed("activity")  # committed events, to the live activity streams
+        self.db.listen(ACTIVITY, self.activity.publish)
+        self.memory = Feed("memory")  # board memory notes, to the live memory streams
+        self.db.listen(MEMORY, self.memory.publish)
+        self.clock = clock
+        self.link_notices = LinkNotices(self.events)  # the dashboard sees sidecars come and go
         self.reconciler = Reconciler(
             self.db,
             self.store,
             Policy(checkin_deadline_s=config.checkin_deadline_s, hub_started_at=clock()),
             events=self.events,
             clock=clock,
+            on_log=self.metrics.lifecycle_logged,
         )
-        self.provisioning = Provisioning(self.reconciler, self.keyring)
+        self.provisioning = Provisioning(
+            self.reconciler, self.keyring, souls=SoulsDirectory(config.souls_dir)
+        )
+        self.convergence = Convergence(self.reconciler, self.keyring)
         self.template_sync = TemplateSync(self.db, self.provisioning)
         self.queries = GatewayQueries(self.registry)
         self.webhooks = WebhookService.from_hub_key(
             self.db, hub_key, retry=webhook_retry, clock=clock
         )
         self.gateways = GatewayService(self.store, self.registry, self.revocations, self.issuer)
-        self.api = build_api()
+        self.api = build_api(metrics_public=config.metrics_public)
         # Built once the HTTP port is bound: forwarded agent calls replay on it.
         self.agent_calls: AgentCallForwarder | None = None
         self.link: LinkService | None = None
@@ -111,7 +155,22 @@ class Hub:
         self._runner: web.AppRunner | None = None
         self._http_socket: socket.socket | None = None
         self._link_serving = False
+        self.dashboard: Dashboard | None = None  # built with the HTTP app it is mounted on
         self.addresses: BoundAddresses | None = None
+
+    async def _link_changed(self, gateway_id: str, up: bool) -> None:
+        """A sidecar's stream opened or closed: the lifecycle hears of it first, then the
+        dashboard; the agents' files are rendered again if the Hello contradicted what
+        they name."""
+        await self.reconciler.link_changed(gateway_id, up)
+        self.link_notices.link_changed(gateway_id, up)
+        if up:
+            try:
+                await self.provisioning.rerender_stale(gateway_id)
+            except Exception as exc:  # the stream must not end over it; the mark stays
+                log.error(
+                    "provisioning.gateway.rerender_failed", gateway_id=gateway_id, error=str(exc)
+                )
 
     async def start(self) -> BoundAddresses:
         """Open the store, bind every port, start serving. On any failure what was started
@@ -124,6 +183,12 @@ class Hub:
 
     async def _start(self) -> BoundAddresses:
         config = self.config
+        try:  # held until stop(): `mc-hub restore` refuses while it is
+            self.lock.acquire("mc-hub serve")
+        except DataDirBusy as exc:
+            raise HubStartError(
+                f"another mc-hub runs on --data-dir {config.data_dir}: {exc}"
+            ) from None
         # Refuse a taken port before anything else starts (and before grpc logs about it).
         _check_free(config.http_listen, "--http-listen")
         _check_free(config.link_listen, "--link-listen")
@@ -131,7 +196,7 @@ class Hub:
             _check_free(config.enroll_listen, "--enroll-listen")
         try:
             self.db.open()
-        except DatabaseError as exc:
+        except (DatabaseError, BackupError) as exc:
             raise HubStartError(str(exc)) from exc
         await self.store.mark_all_disconnected()
         await self.revocations.load(self.store)
@@ -149,16 +214,17 @@ class Hub:
         self.link = LinkService(
             self.store,
             self.registry,
-            self.reconciler,
+            MeteredReports(self.reconciler, self.metrics),
             auto_register=config.insecure_dev,
             is_revoked=None if config.insecure_dev else self.revocations.is_revoked,
             renewer=self.issuer,
-            on_link=self.reconciler.link_changed,
+            on_link=self._link_changed,
             agent_calls=self.agent_calls,
             queries=self.queries,
             record_hello=lambda hello: self.reconciler.record_hello(
                 hello, auto_register=config.insecure_dev
             ),
+            on_sidecar_ahead=self.convergence.sidecar_ahead,
         )
         self._grpc = grpc.aio.server(options=server_options())
         pb_grpc.add_LinkServicer_to_server(self.link, self._grpc)
@@ -200,15 +266,28 @@ class Hub:
             events=self.events,
             queries=self.queries,
             webhooks=self.webhooks,
+            activity=self.activity,
+            memory=self.memory,
             cors_origins=config.cors_origins,
             enroll_address=str(enroll) if enroll else None,
             link_address=str(link),
+            metrics=self.metrics,
         )
-        self._runner = web.AppRunner(
-            build_app(deps, self.api), access_log=None, shutdown_timeout=config.shutdown_grace_s
+        # One limiter for failed admin-token checks: the API's and the dashboard's login.
+        failed_auth = FailedAuthLimiter()
+        app = build_app(deps, self.api, failed_auth=failed_auth)
+        self.dashboard = Dashboard(
+            deps,
+            failed_auth=failed_auth,
+            secure_cookies=config.http_uses_tls or config.http_tls == "proxy",
+            clock=self.clock,
         )
+        self.dashboard.mount(app)
+        self.dashboard.start()
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=config.shutdown_grace_s)
         await self._runner.setup()
         await web.SockSite(self._runner, http_socket, ssl_context=self._http_tls()).start()
+        await self.backups.start()
         self.addresses = BoundAddresses(
             http=http, link=link, enroll=enroll, http_tls=config.http_uses_tls
         )
@@ -263,17 +342,24 @@ class Hub:
             await self.link.wait_closed()
         self._link_serving = False
         self.events.close()  # live streams end now rather than at the shutdown timeout
+        self.activity.close()
+        self.memory.close()
         if self._runner is not None:
             await self._runner.cleanup()
         elif self._http_socket is not None:  # the start failed before serving
             self._http_socket.close()
+        if self.dashboard is not None:
+            await self.dashboard.stop()
         await self.template_sync.stop()
+        await self.backups.stop()
         await self.reconciler.stop()
         await self.webhooks.stop()
         if self.agent_calls is not None:
             await self.agent_calls.close()
         # 3. flush the store
         await self.db.close()
+        # 4. the data directory is free
+        self.lock.release()
         log.info("hub.stopped")
 
 

@@ -9,6 +9,7 @@ import time
 import uuid
 from typing import Any, Protocol
 
+from hub.board_groups import check_group_in
 from hub.provisioning.rendering import BoardProfile, BoardRules
 from hub.store.errors import Refusal, StoreError
 from hub.store.event_log import add_event
@@ -17,6 +18,7 @@ RULES = (
     "require_approval_for_done",
     "require_review_before_done",
     "comment_required_for_review",
+    "block_status_changes_with_pending_approval",
     "only_lead_can_change_status",
 )
 EDITABLE = (
@@ -28,6 +30,7 @@ EDITABLE = (
     "target_date",
     "goal_confirmed",
     "max_agents",
+    "board_group_id",
     *RULES,
 )
 
@@ -36,7 +39,8 @@ EDITABLE = (
 AGENT_BOARD_COLUMNS = (
     "id, gateway_id, name, slug, description, board_type, objective, status, "
     "require_approval_for_done, require_review_before_done, comment_required_for_review, "
-    "only_lead_can_change_status, max_agents, created_at, updated_at"
+    "block_status_changes_with_pending_approval, only_lead_can_change_status, max_agents, "
+    "created_at, updated_at"
 )
 
 
@@ -107,9 +111,15 @@ def agent_boards_in(
 
 
 def list_boards_in(
-    conn: sqlite3.Connection, gateway_id: str | None, limit: int, offset: int
+    conn: sqlite3.Connection,
+    gateway_id: str | None,
+    limit: int,
+    offset: int,
+    *,
+    board_group_id: str | None = None,
 ) -> tuple[list[dict[str, Any]], int]:
-    where, args = "WHERE (? IS NULL OR gateway_id = ?)", (gateway_id, gateway_id)
+    where = "WHERE (? IS NULL OR gateway_id = ?) AND (? IS NULL OR board_group_id = ?)"
+    args = (gateway_id, gateway_id, board_group_id, board_group_id)
     total = conn.execute(f"SELECT COUNT(*) FROM boards {where}", args).fetchone()[0]
     rows = conn.execute(
         f"SELECT * FROM boards {where} ORDER BY created_at, id LIMIT ? OFFSET ?",
@@ -163,6 +173,8 @@ def update_board(
 ) -> dict[str, Any]:
     load_board(conn, board_id)
     changes = {k: v for k, v in fields.items() if k in EDITABLE}
+    if changes.get("board_group_id") is not None:
+        check_group_in(conn, changes["board_group_id"])
     if "success_metrics" in changes:
         changes["success_metrics"] = json.dumps(changes["success_metrics"])
     if changes:
@@ -193,6 +205,15 @@ def board_profile(conn: sqlite3.Connection, board_id: str) -> BoardProfile | Non
     )
 
 
+def set_board_paused_in(
+    conn: sqlite3.Connection, board_id: str, paused_at: float | None, now: float
+) -> None:
+    conn.execute(
+        "UPDATE boards SET paused_at = ?, updated_at = ? WHERE id = ?", (paused_at, now, board_id)
+    )
+    add_event(conn, "board.paused" if paused_at else "board.resumed", board_id=board_id, at=now)
+
+
 def finish_deleting(conn: sqlite3.Connection, board_id: str | None) -> bool:
     """Delete a board marked `deleting` once its last agent is gone; True if deleted."""
     if board_id is None:
@@ -205,3 +226,20 @@ def finish_deleting(conn: sqlite3.Connection, board_id: str | None) -> bool:
     conn.execute("DELETE FROM boards WHERE id = ?", (board_id,))
     add_event(conn, "board.deleted", board_id=board_id)
     return True
+
+
+def board_names_in(conn: sqlite3.Connection, board_ids: list[str]) -> dict[str, str]:
+    if not board_ids:
+        return {}
+    marks = ", ".join("?" for _ in board_ids)
+    rows = conn.execute(f"SELECT id, name FROM boards WHERE id IN ({marks})", board_ids)
+    return {r[0]: r[1] for r in rows}
+
+
+def board_count_in(conn: sqlite3.Connection, gateway_id: str | None = None) -> int:
+    return int(
+        conn.execute(
+            "SELECT COUNT(*) FROM boards WHERE (? IS NULL OR gateway_id = ?)",
+            (gateway_id, gateway_id),
+        ).fetchone()[0]
+    )

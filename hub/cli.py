@@ -7,13 +7,17 @@ import asyncio
 import os
 import shlex
 import shutil
+import socket
 import sys
 from pathlib import Path
 
 from hub.config import ADMIN_TOKEN_ENV, HubConfig, add_serve_arguments, build_config
+from hub.operations import COMMANDS as OPERATIONS
+from hub.operations import add_operations_parsers, operations_main
 from hub.system_service import COMMANDS as SERVICE_COMMANDS
 from hub.system_service import add_service_parsers, service_main
 from missioncontrol import log as logs
+from missioncontrol.netaddr import HostPort
 from missioncontrol.sd_notify import supervised
 from missioncontrol.settings import SettingsError
 from missioncontrol.signals import until_stopped
@@ -54,6 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--ttl-minutes", type=float, default=30.0, help="minutes until it expires [30]"
     )
     token.add_argument(
+        "--config",
+        metavar="FILE",
+        help="the hub's TOML config file, for its data directory and enrollment address "
+        "[env MC_HUB_CONFIG]",
+    )
+    token.add_argument(
         "--data-dir",
         default=None,
         metavar="DIR",
@@ -65,29 +75,40 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help="address sidecars enroll at, for the printed command",
     )
+    add_operations_parsers(commands)
     add_service_parsers(commands)
     return parser
 
 
 async def _join_token(args: argparse.Namespace) -> int:
     from hub.app import Hub
-    from hub.config import SERVE_OPTIONS
+    from hub.config import ENV_PREFIX, SERVE_OPTIONS
     from hub.store.errors import StoreError
-    from missioncontrol.settings import expand_path
+    from missioncontrol.settings import config_path_from, load_config_file, resolve
 
-    data_dir = expand_path(args.data_dir or os.environ.get("MC_HUB_DATA_DIR", "var/hub"))
-    defaults = {o.key: o.default for o in SERVE_OPTIONS}
+    # The hub's own settings (flags it was served with live in its env or config file)
+    # say where its data is and where sidecars enroll.
+    served = argparse.Namespace(**{o.key: None for o in SERVE_OPTIONS})
+    served.data_dir = args.data_dir
+    file_path = config_path_from(args, os.environ, ENV_PREFIX + "CONFIG")
+    try:
+        values = resolve(
+            SERVE_OPTIONS, served, os.environ, ENV_PREFIX, load_config_file(file_path), file_path
+        )
+    except SettingsError as exc:
+        print(f"mc-hub gateway join-token: {exc}", file=sys.stderr)
+        return 2
     config = HubConfig(
-        data_dir=data_dir,
-        http_listen=defaults["http_listen"],
-        link_listen=defaults["link_listen"],
+        data_dir=values["data_dir"],
+        http_listen=values["http_listen"],
+        link_listen=values["link_listen"],
         insecure_dev=False,
         commit_interval_s=0.05,
         shutdown_grace_s=0,
         log_level="warning",
         log_format="auto",
         admin_token="unused-by-this-command" * 3,
-        enroll_listen=defaults["enroll_listen"],
+        enroll_listen=values["enroll_listen"],
     )
     hub = Hub(config)  # no listeners: only the database, CA and issuer
     hub.db.open()
@@ -100,13 +121,20 @@ async def _join_token(args: argparse.Namespace) -> int:
         return 1
     finally:
         await hub.db.close()
-    where = args.enroll_address or "HUB_HOST:7444"
+    where = args.enroll_address or str(_dialable(config.enroll_listen))
     print(
         f"{issued.join_string}\n\nexpires in {args.ttl_minutes:g} min, {issued.max_uses} "
         f"use(s). On the gateway host run:\n"
         f"    mc-sidecar enroll --hub {where} --token '{issued.join_string}'"
     )
     return 0
+
+
+def _dialable(address: HostPort) -> HostPort:
+    """An address a sidecar on another host can dial: a wildcard listener by this host's name."""
+    if address.host in ("", "0.0.0.0", "::"):
+        return HostPort(socket.getfqdn(), address.port)
+    return address
 
 
 def sibling_command(name: str) -> str:
@@ -167,6 +195,7 @@ def banner(
     return "\n".join(
         [
             f"mc-hub {VERSION} is running",
+            f"  dashboard: {http}/   (log in with the admin token)",
             f"  REST API:  {http}/api/v1   (health: {http}/healthz)",
             f"  link:      {link}{insecure}",
             f"  database:  {config.database_path}",
@@ -214,6 +243,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in SERVICE_COMMANDS:
         logs.configure("warning", "auto")
         return service_main(args)
+    if args.command in OPERATIONS:
+        logs.configure("warning", "auto")
+        return operations_main(args)
     try:
         config = build_config(args)
     except SettingsError as exc:

@@ -8,6 +8,7 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from missioncontrol.netaddr import HostPort
 from missioncontrol.private_files import InsecurePermissionsError, read_private_file
@@ -22,6 +23,7 @@ from missioncontrol.settings import (
     non_negative_float,
     one_of,
     positive_float,
+    positive_int,
     resolve,
 )
 
@@ -104,6 +106,14 @@ SERVE_OPTIONS = (
         metavar="ORIGINS",
     ),
     Option(
+        "souls-dir",
+        "directory of role souls: <role-slug>.md becomes the role section of SOUL.md for "
+        "workers of that role (read locally; nothing is fetched)",
+        None,
+        expand_path,
+        metavar="DIR",
+    ),
+    Option(
         "checkin-deadline",
         "seconds an agent has to check in after a delivered wake (3 wakes, then offline)",
         30.0,
@@ -122,6 +132,34 @@ SERVE_OPTIONS = (
         1.0,
         positive_float,
         metavar="SECONDS",
+    ),
+    Option(
+        "backup-interval",
+        "seconds between scheduled online backups of the database (0: none)",
+        0.0,
+        non_negative_float,
+        metavar="SECONDS",
+    ),
+    Option(
+        "backup-keep",
+        "how many scheduled backups to keep (older ones are deleted)",
+        "7",
+        positive_int,
+        metavar="N",
+    ),
+    Option(
+        "backup-dir",
+        "directory for scheduled and pre-migration backups (default: DATA_DIR/backups)",
+        None,
+        expand_path,
+        metavar="DIR",
+    ),
+    Option(
+        "metrics-public",
+        "serve /metrics on the REST API port without the admin token (for a scraper that "
+        "cannot send one)",
+        False,
+        switch=True,
     ),
     Option(
         "shutdown-grace",
@@ -154,6 +192,15 @@ class HubConfig:
     http_tls: str = "auto"
     http_tls_cert: Path | None = None
     http_tls_key: Path | None = None
+    souls_dir: Path | None = None  # <role-slug>.md files: role souls for workers
+    backup_interval_s: float = 0.0
+    backup_keep: int = 7
+    backup_dir_setting: Path | None = None  # None: DATA_DIR/backups
+    metrics_public: bool = False
+
+    @property
+    def backup_dir(self) -> Path:
+        return self.backup_dir_setting or self.data_dir / "backups"
 
     @property
     def http_uses_tls(self) -> bool:
@@ -201,6 +248,11 @@ class HubConfig:
                 "issue a certificate: listen on loopback, give --http-tls-cert/--http-tls-key, "
                 "or use --http-tls proxy behind a TLS proxy"
             )
+        if self.souls_dir is not None and not self.souls_dir.is_dir():
+            raise SettingsError(
+                f"--souls-dir {self.souls_dir} is not a directory; point it at a directory of "
+                "<role-slug>.md files, or leave it out"
+            )
         if len(self.admin_token) < MIN_ADMIN_TOKEN_CHARS:
             raise SettingsError(
                 f"{ADMIN_TOKEN_ENV} is {len(self.admin_token)} characters; it must be at least "
@@ -238,11 +290,17 @@ def load_admin_token(data_dir: Path, environ: Mapping[str, str]) -> tuple[str, b
     return token, True
 
 
-def build_config(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> HubConfig:
+def resolve_settings(
+    args: argparse.Namespace, environ: Mapping[str, str] = os.environ
+) -> dict[str, Any]:
+    """Every serve setting from flags, environment and the config file (the commands that
+    take only some flags, such as backup, read the same file)."""
     file_path = config_path_from(args, environ, ENV_PREFIX + "CONFIG")
-    values = resolve(
-        SERVE_OPTIONS, args, environ, ENV_PREFIX, load_config_file(file_path), file_path
-    )
+    return resolve(SERVE_OPTIONS, args, environ, ENV_PREFIX, load_config_file(file_path), file_path)
+
+
+def build_config(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> HubConfig:
+    values = resolve_settings(args, environ)
     data_dir: Path = values["data_dir"]
     token, generated = load_admin_token(data_dir, environ)
     config = HubConfig(
@@ -264,6 +322,11 @@ def build_config(args: argparse.Namespace, environ: Mapping[str, str] = os.envir
         http_tls=values["http_tls"],
         http_tls_cert=values["http_tls_cert"],
         http_tls_key=values["http_tls_key"],
+        souls_dir=values["souls_dir"],
+        backup_interval_s=values["backup_interval"],
+        backup_keep=values["backup_keep"],
+        backup_dir_setting=values["backup_dir"],
+        metrics_public=values["metrics_public"],
     )
     config.validate()
     return config

@@ -38,8 +38,10 @@ class GatewayService:
         self.revocations = revocations
         self.issuer = issuer
 
-    async def create(self, name: str) -> CreatedGateway:
-        gateway = await self.store.create_gateway(str(uuid.uuid4()), name)
+    async def create(self, name: str, *, workspace_root: str | None = None) -> CreatedGateway:
+        gateway = await self.store.create_gateway(
+            str(uuid.uuid4()), name, workspace_root=workspace_root
+        )
         token = await self.issuer.mint_join_token(gateway.id) if self.issuer else None
         return CreatedGateway(gateway, token)
 

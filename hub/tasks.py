@@ -13,6 +13,7 @@ Rules kept here, once, for the admin and the agent-facing API alike:
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import uuid
 from collections.abc import Mapping
@@ -58,10 +59,21 @@ class TaskRow:
     created_by: str
     created_at: float
     updated_at: float
+    tags: tuple[str, ...] = ()
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> TaskRow:
-        return cls(**{f.name: row[f.name] for f in fields(cls)})
+        values = {f.name: row[f.name] for f in fields(cls) if f.name != "tags"}
+        return cls(**values, tags=tuple(json.loads(row["tags"] or "[]")))
+
+
+# A task row with its tags (sorted), for every query that builds a TaskRow.
+_TASK = (
+    "SELECT tasks.*, (SELECT json_group_array(tag) FROM "
+    "(SELECT tag FROM task_tags WHERE task_id = tasks.id ORDER BY tag)) AS tags FROM tasks"
+)
+MAX_TAGS = 20
+TAG_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9:._/-]{0,63}$"
 
 
 @dataclass(frozen=True)
@@ -101,26 +113,46 @@ def list_tasks(
     *,
     status: str | None = None,
     assigned_agent_id: str | None = None,
+    tag: str | None = None,
     limit: int,
     offset: int,
 ) -> tuple[list[TaskRow], int]:
     where = (
         "WHERE board_id = ? AND (? IS NULL OR status = ?) AND (? IS NULL OR assigned_agent_id = ?)"
+        " AND (? IS NULL OR EXISTS (SELECT 1 FROM task_tags t WHERE t.task_id = tasks.id"
+        " AND t.tag = ?))"
     )
-    args = (board_id, status, status, assigned_agent_id, assigned_agent_id)
+    args = (board_id, status, status, assigned_agent_id, assigned_agent_id, tag, tag)
     total = conn.execute(f"SELECT COUNT(*) FROM tasks {where}", args).fetchone()[0]
     rows = conn.execute(
-        f"SELECT * FROM tasks {where} ORDER BY created_at, id LIMIT ? OFFSET ?",
+        f"{_TASK} {where} ORDER BY created_at, id LIMIT ? OFFSET ?",
         (*args, limit, offset),
     ).fetchall()
     return [TaskRow.from_row(r) for r in rows], total
 
 
 def get_task(conn: sqlite3.Connection, board_id: str, task_id: str) -> TaskRow | None:
-    row = conn.execute(
-        "SELECT * FROM tasks WHERE id = ? AND board_id = ?", (task_id, board_id)
-    ).fetchone()
+    row = conn.execute(f"{_TASK} WHERE id = ? AND board_id = ?", (task_id, board_id)).fetchone()
     return TaskRow.from_row(row) if row else None
+
+
+def set_task_tags_in(conn: sqlite3.Connection, task_id: str, tags: list[str]) -> None:
+    """Replace a task's tags (labels, unique per task)."""
+    conn.execute("DELETE FROM task_tags WHERE task_id = ?", (task_id,))
+    conn.executemany(
+        "INSERT INTO task_tags (task_id, tag) VALUES (?, ?)",
+        [(task_id, tag) for tag in dict.fromkeys(tags)],
+    )
+
+
+def board_tags_in(conn: sqlite3.Connection, board_id: str) -> list[tuple[str, int]]:
+    """The tags a board's tasks carry, with how many tasks carry each, by name."""
+    rows = conn.execute(
+        "SELECT t.tag, COUNT(*) FROM task_tags t JOIN tasks k ON k.id = t.task_id "
+        "WHERE k.board_id = ? GROUP BY t.tag ORDER BY t.tag",
+        (board_id,),
+    ).fetchall()
+    return [(r[0], r[1]) for r in rows]
 
 
 def create_task(
@@ -135,6 +167,7 @@ def create_task(
     assigned_agent_id: str | None = None,
     created_by: str,
     now: float,
+    tags: list[str] | None = None,
 ) -> TaskRow:
     if assigned_agent_id is not None:
         check_assignee(conn, board_id, assigned_agent_id)
@@ -158,8 +191,13 @@ def create_task(
             now,
         ),
     )
+    if tags:
+        set_task_tags_in(conn, task_id, tags)
     task = get_task(conn, board_id, task_id)
     assert task is not None
+    add_event(
+        conn, "task.created", board_id=board_id, at=now, task_id=task_id, title=title, by=created_by
+    )
     return task
 
 
@@ -167,15 +205,25 @@ _UPDATABLE = ("title", "description", "status", "priority", "due_at", "assigned_
 
 
 def update_task(
-    conn: sqlite3.Connection, task: TaskRow, changes: dict[str, Any], *, now: float
+    conn: sqlite3.Connection,
+    task: TaskRow,
+    changes: dict[str, Any],
+    *,
+    now: float,
+    by: str = "admin",
 ) -> TaskRow:
-    """Apply `changes` (a subset of the updatable columns) to `task`; returns the new row."""
-    unknown = set(changes) - set(_UPDATABLE)
+    """Apply `changes` (a subset of the updatable columns) to `task`; returns the new row.
+    A status change is a `task.moved` event (the activity trail), `by` who moved it."""
+    unknown = set(changes) - set(_UPDATABLE) - {"tags"}
     if unknown:
         raise ValueError(f"not updatable: {sorted(unknown)}")
     if changes.get("assigned_agent_id") is not None:
         check_assignee(conn, task.board_id, changes["assigned_agent_id"])
     values = dict(changes)
+    if "tags" in values:
+        set_task_tags_in(conn, task.id, values.pop("tags"))
+        if not values:
+            values["updated_at"] = now
     if values.get("status") == "in_progress" and task.status != "in_progress":
         values["in_progress_at"] = now
     if not values:
@@ -185,6 +233,18 @@ def update_task(
     conn.execute(f"UPDATE tasks SET {assignments} WHERE id = ?", (*values.values(), task.id))
     updated = get_task(conn, task.board_id, task.id)
     assert updated is not None
+    if updated.status != task.status:
+        add_event(
+            conn,
+            "task.moved",
+            board_id=task.board_id,
+            agent_id=by if by != "admin" else None,
+            at=now,
+            task_id=task.id,
+            title=task.title,
+            by=by,
+            **{"from": task.status, "to": updated.status},
+        )
     return updated
 
 
@@ -280,16 +340,31 @@ def task_reachable_by(conn: sqlite3.Connection, agent: BoardAgent, task_id: str)
     return row is not None and may_reach(agent, row[0], row[1])
 
 
+@dataclass(frozen=True)
+class TaskApprovalState:
+    """Whether an approved, or a pending, approval names the task (hub/approvals.py)."""
+
+    approved: bool = False
+    pending: bool = False
+
+
 def agent_task_changes(
-    agent: BoardAgent, board: sqlite3.Row, task: TaskRow, sent: Mapping[str, Any]
+    agent: BoardAgent,
+    board: sqlite3.Row,
+    task: TaskRow,
+    sent: Mapping[str, Any],
+    approvals: TaskApprovalState | None = None,
 ) -> dict[str, Any]:
     """The columns an agent's change to `task` may set, under its board's rules.
 
     `sent` holds only what the agent sent: `status`, `assigned_agent_id`, `comment`.
-    Workers move their own (or unassigned) tasks; the lead also assigns. Raises
-    TaskError saying which rule refused.
+    Workers move their own (or unassigned) tasks; the lead also assigns. Every rule the
+    agents' files state is checked here: only the lead changes status, review before
+    done, a comment for review, an approved approval for done, no status change while
+    an approval is pending. Raises TaskError saying which rule refused and what to do.
     """
     is_lead = agent.is_board_lead
+    approvals = approvals or TaskApprovalState()
     if not is_lead and task.assigned_agent_id not in (None, agent.id):
         raise TaskError(
             "this task is assigned to another agent; only the board lead may change it",
@@ -306,6 +381,24 @@ def agent_task_changes(
             raise TaskError(
                 "on this board only the lead changes a task's status", refusal=Refusal.FORBIDDEN
             )
+        if board["block_status_changes_with_pending_approval"] and approvals.pending:
+            raise TaskError(
+                "an approval naming this task is pending, and this board blocks status "
+                "changes meanwhile; wait for it to be resolved",
+                refusal=Refusal.CONFLICT,
+            )
+        if status == "done" and board["require_approval_for_done"] and not approvals.approved:
+            board_id = board["id"]
+            raise TaskError(
+                "this board requires an approved approval before done: "
+                + (
+                    f"request one (POST /boards/{board_id}/approvals with this task in "
+                    "task_ids, see APPROVALS.md) and move the task once it is approved"
+                    if is_lead
+                    else "move the task to review and ask your lead to request one"
+                ),
+                refusal=Refusal.CONFLICT,
+            )
         if status == "done" and board["require_review_before_done"] and task.status != "review":
             raise TaskError(
                 "this board requires review before done: move the task to review first",
@@ -321,3 +414,44 @@ def agent_task_changes(
         if status == "in_progress" and task.assigned_agent_id is None:
             changes.setdefault("assigned_agent_id", agent.id)  # taking up a task claims it
     return changes
+
+
+# ------------------------------------------------------------------ reads (dashboard)
+
+
+def task_status_counts_in(
+    conn: sqlite3.Connection, board_ids: list[str] | None = None
+) -> dict[str, dict[str, int]]:
+    """Tasks per status for each board named (None: every board, keyed "*" in total)."""
+    if board_ids is None:
+        rows = conn.execute("SELECT '*', status, COUNT(*) FROM tasks GROUP BY status").fetchall()
+    elif not board_ids:
+        return {}
+    else:
+        marks = ", ".join("?" for _ in board_ids)
+        rows = conn.execute(
+            f"SELECT board_id, status, COUNT(*) FROM tasks WHERE board_id IN ({marks}) "
+            "GROUP BY board_id, status",
+            board_ids,
+        ).fetchall()
+    counts: dict[str, dict[str, int]] = {}
+    for board_id, status, count in rows:
+        counts.setdefault(board_id, {})[status] = int(count)
+    return counts
+
+
+def tasks_done_between_in(
+    conn: sqlite3.Connection, since: float, until: float, bucket_s: float
+) -> list[int]:
+    """Tasks finished per bucket of `bucket_s` from `since` to `until`, by the time a done
+    task last changed (a task is done once; reopening moves it out of done)."""
+    buckets = [0] * max(1, int((until - since) // bucket_s))
+    rows = conn.execute(
+        """SELECT CAST((updated_at - ?) / ? AS INTEGER), COUNT(*) FROM tasks
+           WHERE status = 'done' AND updated_at >= ? AND updated_at < ? GROUP BY 1""",
+        (since, bucket_s, since, until),
+    ).fetchall()
+    for index, count in rows:
+        if 0 <= index < len(buckets):
+            buckets[index] = int(count)
+    return buckets

@@ -13,6 +13,11 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
+# Where a sidecar serves the agent API unless told otherwise; the hub renders it into the
+# files of agents created before the gateway's sidecar has said where it listens.
+DEFAULT_AGENT_API_LISTEN = "127.0.0.1:18790"
+DEFAULT_AGENT_API_URL = f"http://{DEFAULT_AGENT_API_LISTEN}"
+
 TOKEN_FILE_NAME = ".mc-agent-token"  # mode 0600 in the workspace; never prompt-injected
 TOKEN_HEADER = "X-Agent-Token"
 

@@ -145,6 +145,13 @@ def non_negative_float(text: str) -> float:
     return value
 
 
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise ValueError(f"{text} must be a whole number > 0")
+    return value
+
+
 def one_of(*choices: str) -> Callable[[str], str]:
     def convert(text: str) -> str:
         if text.lower() not in choices:

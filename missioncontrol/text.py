@@ -58,6 +58,12 @@ def displayable(value: str, *, max_chars: int) -> str:
     return value
 
 
+def encodable(value: str) -> str:
+    """`value` with each lone surrogate (what a JSON escape like \\ud800 decodes to)
+    replaced by U+FFFD, and nothing else changed, so UTF-8 and protobuf can carry it."""
+    return _SURROGATE.sub("\ufffd", value)
+
+
 def is_encodable(value: str) -> bool:
     """Whether UTF-8 can carry `value` (a lone surrogate means it came from bad bytes)."""
     return not _SURROGATE.search(value)

@@ -12,11 +12,26 @@ Endpoints (the paths agents already use):
 
 Auth: `X-Agent-Token: <token>` or `Authorization: Bearer <token>`. Every response
 carries X-Request-Id; every error is {"detail", "request_id"}.
+
+Who may call: only a program on this host talking to it directly. A request addressed
+to any name but a loopback one (`Host`), or carrying a browser's headers (`Origin`,
+`Sec-Fetch-*`), is refused before anything else: a web page on this host's browser
+must not reach it, not even by rebinding a DNS name to 127.0.0.1.
+
+Guessing tokens costs the guesser: failed token checks are limited per presented
+token id (ids of unknown tokens share one budget, malformed tokens another, so no
+flood of junk can lock out an agent with a valid token), and rejection log lines are
+bounded, with the number held back said in the next one.
+
+Everything a request carries is outside text: headers, path, query and body fields
+are checked before use (valid UTF-8, no control characters, bounded, as the hub checks
+them), so no request can reach code that raises; none is answered 500.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,21 +45,31 @@ from missioncontrol.agent_api import (
     HEALTHZ_PATH,
     HEARTBEAT_FIELDS,
     HEARTBEAT_PATH,
+    MAX_PATH_CHARS,
     NAMED_HEARTBEAT_PATH,
     TOKEN_FILE_NAME,
     TOKEN_HEADER,
+    plain_agent_path,
     token_from_headers,
 )
-from missioncontrol.http import REQUEST_ID, ApiError, RateLimiter
+from missioncontrol.http import REQUEST_ID, ApiError, FailedAuthLimiter, RateLimiter, TokenBucket
 from missioncontrol.log import get_logger
-from missioncontrol.netaddr import HostPort
+from missioncontrol.netaddr import HostPort, is_loopback_host
+from missioncontrol.text import TextError, check_name, displayable
 from protos import link_pb2 as pb
-from sidecar.credentials import CredentialError, CredentialIndex
+from sidecar.credentials import MALFORMED_TOKENS, CredentialError, CredentialIndex
 from sidecar.link.hub_calls import HubCalls, HubUnavailable
 
 log = get_logger("sidecar.agent_api")
 
 MAX_BODY_BYTES = 16 * 1024
+MAX_QUERY_CHARS = 4096
+MAX_CONTENT_TYPE_CHARS = 256
+# Headers only a browser sends; a program an agent runs does not.
+BROWSER_HEADERS = ("Origin", "Sec-Fetch-Site", "Sec-Fetch-Mode", "Sec-Fetch-Dest")
+_TOKEN = r"[A-Za-z0-9!#$%&'*+.^_`|~-]"  # RFC 9110 token characters
+_MEDIA_TYPE = re.compile(rf"{_TOKEN}{{1,127}}/{_TOKEN}{{1,127}}")
+_HEADER_NAME = re.compile(rf"{_TOKEN}{{1,64}}")
 
 
 class HeartbeatSink(Protocol):
@@ -59,6 +84,10 @@ class AgentApiLimits:
     burst: float = 20.0  # requests an idle agent may send at once
     max_body_bytes: int = MAX_BODY_BYTES
     max_tracked_agents: int = 10_000  # idle buckets are dropped beyond this
+    failed_auth_rate_per_s: float = 2.0  # failed token checks per token id, sustained
+    failed_auth_burst: float = 20.0
+    rejection_log_rate_per_s: float = 1.0  # rejection log lines, sustained (then counted)
+    rejection_log_burst: float = 20.0
 
 
 class InvalidBody(ValueError):
@@ -72,12 +101,16 @@ class HeartbeatBody:
 
 
 def parse_heartbeat_body(body: bytes) -> HeartbeatBody:
-    """Validate a heartbeat body: empty, or a JSON object with optional bounded strings."""
+    """Validate a heartbeat body: empty, or a JSON object with optional bounded strings.
+
+    The strings follow the hub's rules for a name (missioncontrol/text.py): valid UTF-8,
+    one line without control characters, surrounding spaces dropped, an empty one the
+    same as none, at most HEARTBEAT_FIELDS[name] characters."""
     if not body.strip():
         return HeartbeatBody()
     try:
         data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:  # ValueError: also a number too long to read
         raise InvalidBody(f"body is not valid JSON ({_json_error(exc)})") from None
     if not isinstance(data, dict):
         raise InvalidBody(
@@ -95,10 +128,13 @@ def parse_heartbeat_body(body: bytes) -> HeartbeatBody:
             continue
         if not isinstance(value, str):
             raise InvalidBody(f"field {name!r} must be a string, not {type(value).__name__}")
-        if len(value) > max_chars:
-            raise InvalidBody(
-                f"field {name!r} is {len(value)} characters; at most {max_chars} are allowed"
-            )
+        value = value.strip()
+        if not value:
+            continue
+        try:
+            check_name(value, max_chars=max_chars)
+        except TextError as exc:
+            raise InvalidBody(f"field {name!r} {exc}") from None
         values[name] = value
     return HeartbeatBody(**values)
 
@@ -108,7 +144,9 @@ def _json_error(exc: Exception) -> str:
         return f"{exc.msg} at line {exc.lineno} column {exc.colno}"
     if isinstance(exc, RecursionError):
         return "nested too deeply"
-    return "not UTF-8"
+    if isinstance(exc, UnicodeDecodeError):
+        return "not UTF-8"
+    return "a number too long to read"
 
 
 class AgentRateLimiter(RateLimiter):
@@ -121,6 +159,26 @@ class AgentRateLimiter(RateLimiter):
         self.limits = limits
 
 
+class LogBudget:
+    """At most `burst` lines at once and `rate_per_s` after that; counts what it held back,
+    so a flood of rejections costs a few log lines, and the next line says how many."""
+
+    def __init__(
+        self, rate_per_s: float, burst: float, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._clock = clock
+        self._bucket = TokenBucket(rate_per_s, burst, clock())
+        self.held_back = 0
+
+    def take(self) -> int | None:
+        """None: do not log this one. Otherwise log it, with this many held back before."""
+        if self._bucket.take(self._clock()) > 0:
+            self.held_back += 1
+            return None
+        held, self.held_back = self.held_back, 0
+        return held
+
+
 @dataclass(frozen=True)
 class _Deps:
     credentials: CredentialIndex
@@ -128,30 +186,43 @@ class _Deps:
     limiter: AgentRateLimiter
     gateway_id: str
     hub_connected: Callable[[], bool]
-    hub_calls: HubCalls | None = None
+    hub_calls: HubCalls | None
+    failed_auth: FailedAuthLimiter
+    rejection_log: LogBudget
+    on_heartbeat_refused: Callable[[int], None] = lambda status: None  # metrics
 
 
 DEPS = web.AppKey("deps", _Deps)
 AGENT_ID = web.RequestKey("agent_id", str)
 
 
+def _shown(value: str, max_chars: int = 200) -> str:
+    """Outside text as it may appear in a log line or an error (one line, bounded)."""
+    return displayable(value, max_chars=max_chars).replace("\n", "\ufffd").replace("\t", " ")
+
+
 def _log_rejection(request: web.Request, exc: ApiError) -> None:
-    event = (
-        "agent_api.heartbeat.rejected"
-        if request.path.endswith("/heartbeat")
-        else "agent_api.request.rejected"
-    )
+    heartbeat = request.path.endswith("/heartbeat")
+    if heartbeat:
+        request.app[DEPS].on_heartbeat_refused(exc.status)  # counted, logged or not
+    event = "agent_api.heartbeat.rejected" if heartbeat else "agent_api.request.rejected"
+    if exc.status == 429:
+        # 429s come in floods by nature; the rejections that led to them were logged.
+        log.debug(event, status=exc.status, path=_shown(request.path))
+        return
+    held_back = request.app[DEPS].rejection_log.take()
+    if held_back is None:
+        return
     fields = {
         "status": exc.status,
         "detail": exc.detail,
-        "path": request.path,
+        "path": _shown(request.path),
         "agent_id": request.get(AGENT_ID),
         "request_id": request[REQUEST_ID],
     }
-    # 429s come in floods by nature; the first lines of one tell the story.
-    if exc.status == 429:
-        log.debug(event, **fields)
-    elif exc.status in (401, 403):
+    if held_back:
+        fields["held_back"] = held_back  # rejections not logged since the last line
+    if exc.status in (401, 403):
         log.warning(event, **fields)
     else:
         log.info(event, **fields)
@@ -165,20 +236,67 @@ _request_context = http.request_context(
 )
 
 
+@web.middleware
+async def _local_callers_only(request: web.Request, handler: http.Handler) -> web.StreamResponse:
+    """Refuse what a browser sends, and any request addressed to a non-loopback name."""
+    for name in BROWSER_HEADERS:
+        if name in request.headers:
+            raise ApiError(
+                403,
+                f"requests from a web browser are refused (the request carries {name}): the "
+                "agent API is for programs on this host; call it with curl or an HTTP library",
+            )
+    hosts = request.headers.getall("Host", [])
+    if hosts and not _is_loopback_authority(hosts[0]):
+        raise ApiError(
+            403,
+            f"the agent API answers only requests addressed to this host's loopback address, "
+            f"not {_shown(hosts[0], 80)!r} (which may be a DNS name rebound to 127.0.0.1); "
+            "call http://127.0.0.1:PORT/ (or localhost, [::1]) directly",
+        )
+    return await handler(request)
+
+
+def _is_loopback_authority(value: str) -> bool:
+    """Whether a Host header names a loopback host: 127.0.0.1, [::1], localhost (a port
+    may follow). A name that only resolves to loopback (DNS rebinding) is not one."""
+    host = value.strip().lower()
+    if host.startswith("["):
+        inner, sep, rest = host[1:].partition("]")
+        if not sep or (rest and not _is_port(rest)):
+            return False
+        return ":" in inner and is_loopback_host(inner)
+    name, sep, port = host.rpartition(":")
+    if sep and _is_port(":" + port):
+        host = name
+    return ":" not in host and is_loopback_host(host)
+
+
+def _is_port(text: str) -> bool:
+    return text.startswith(":") and text[1:].isascii() and text[1:].isdigit() and len(text) <= 6
+
+
 def _authenticate(request: web.Request) -> str:
     """The calling agent's id, from X-Agent-Token or Authorization: Bearer."""
+    deps = request.app[DEPS]
     raw = token_from_headers(request.headers)
+    # Whose failures these are: the token id when it is one this gateway knows (only
+    # that token can be held back), else one shared key for unknown and one for
+    # malformed tokens (a guesser inventing ids gets no fresh budget per id).
+    caller = deps.credentials.failure_key(raw) if raw is not None else MALFORMED_TOKENS
+    deps.failed_auth.before_check(caller)
     if raw is None:
+        deps.failed_auth.failed(caller)
         raise ApiError(
             401,
             f"missing agent token: send {TOKEN_HEADER}: <content of the agent's "
             f"{TOKEN_FILE_NAME} file> (or Authorization: Bearer <token>)",
             {"WWW-Authenticate": "Bearer"},
         )
-    deps = request.app[DEPS]
     try:
         agent_id = deps.credentials.verify(raw)
     except CredentialError as exc:
+        deps.failed_auth.failed(caller)
         raise ApiError(401, str(exc), {"WWW-Authenticate": "Bearer"}) from None
     request[AGENT_ID] = agent_id
     deps.limiter.check(agent_id, f"agent {agent_id}")
@@ -201,8 +319,8 @@ async def _heartbeat(request: web.Request) -> web.Response:
     if named is not None and named != agent_id:
         raise ApiError(
             403,
-            f"this token belongs to agent {agent_id}, not {named[:128]}; an agent may only "
-            "heartbeat for itself",
+            f"this token belongs to agent {agent_id}, not {_shown(named, 128)}; an agent may "
+            "only heartbeat for itself",
         )
     try:
         body = parse_heartbeat_body(await _read_body(request))
@@ -226,38 +344,85 @@ async def _healthz(request: web.Request) -> web.Response:
 
 
 async def _forward(request: web.Request) -> web.Response:
-    """The hub's agent API, reached through the link (the token is checked here first)."""
+    """The hub's agent API, reached through the link (the token is checked here first).
+
+    Only what the hub answers is forwarded: a plain path (`plain_agent_path`, checked on
+    the path as sent, before any decoding), the query as sent, a Content-Type that is
+    text. Anything else is refused here, saying why."""
     if request.path in (HEARTBEAT_PATH, HEALTHZ_PATH):  # ours, with the wrong method
         allowed = "POST" if request.path == HEARTBEAT_PATH else "GET"
         raise web.HTTPMethodNotAllowed(request.method, [allowed])
+    raw_path = request.rel_url.raw_path
+    if not plain_agent_path(raw_path):
+        raise ApiError(
+            404,
+            f"{_shown(raw_path)} is not a path of the agent API: a forwarded path is "
+            f"{AGENT_API_PREFIX}/ and then plain segments (letters, digits, - _ ~ and the "
+            "like; no %-escapes, '.' or '..' segments, empty segments or backslashes, at "
+            f"most {MAX_PATH_CHARS} characters); the hub answers no other",
+        )
+    query = request.rel_url.raw_query_string
+    if len(query) > MAX_QUERY_CHARS or not _is_line(query):
+        raise ApiError(
+            400,
+            f"the query string is not {MAX_QUERY_CHARS} characters or fewer of printable "
+            "text; percent-encode what it carries",
+        )
+    content_type = request.headers.get("Content-Type", "")
+    if len(content_type) > MAX_CONTENT_TYPE_CHARS or not _is_line(content_type):
+        raise ApiError(
+            400,
+            "the Content-Type header is not a media type (printable text, at most "
+            f"{MAX_CONTENT_TYPE_CHARS} characters); send Content-Type: application/json",
+        )
     _authenticate(request)
     hub_calls = request.app[DEPS].hub_calls
     if hub_calls is None:
         raise ApiError(404, "not found")
     call = pb.AgentCall(
         method=request.method,
-        path=request.path,
-        query=request.query_string,
+        path=raw_path,
+        query=query,
         body=await _read_body(request),
         agent_token=token_from_headers(request.headers) or "",
-        content_type=request.headers.get("Content-Type", ""),
+        content_type=content_type,
     )
     try:
         result = await hub_calls.call(call)
     except HubUnavailable as exc:
         raise ApiError(503, str(exc), {"Retry-After": "5"}) from None
-    response = web.Response(
-        status=result.status,
-        body=result.body,
-        content_type=(result.content_type or "application/json").split(";")[0],
-    )
+    return _hub_answer(result)
+
+
+def _is_line(value: str) -> bool:
+    """Printable one-line text (empty allowed): what may go into a header or a URL."""
+    if not value:
+        return True
+    try:
+        check_name(value)
+    except TextError:
+        return False
+    return True
+
+
+def _hub_answer(result: pb.AgentCallResult) -> web.Response:
+    """The hub's answer as this API's response; what cannot be one is a 502."""
+    if not 200 <= result.status <= 599:
+        raise ApiError(502, f"the hub answered with status {result.status}; retry")
+    media_type = (result.content_type or "application/json").split(";")[0].strip()
+    if not _MEDIA_TYPE.fullmatch(media_type):
+        media_type = "application/octet-stream"
+    response = web.Response(status=result.status, body=result.body, content_type=media_type)
     for name, value in result.headers.items():
-        response.headers[name] = value
+        if _HEADER_NAME.fullmatch(name) and _is_line(value):
+            response.headers[name] = value
     return response
 
 
 def build_app(deps: _Deps, max_body_bytes: int) -> web.Application:
-    app = web.Application(middlewares=[_request_context], client_max_size=max_body_bytes)
+    app = web.Application(
+        middlewares=[_request_context, _local_callers_only], client_max_size=max_body_bytes
+    )
     app[DEPS] = deps
     app.router.add_post(HEARTBEAT_PATH, _heartbeat)
     app.router.add_post(NAMED_HEARTBEAT_PATH, _heartbeat)
@@ -283,6 +448,7 @@ class AgentApi:
         hub_connected: Callable[[], bool],
         limits: AgentApiLimits | None = None,
         hub_calls: HubCalls | None = None,
+        on_heartbeat_refused: Callable[[int], None] = lambda status: None,
     ) -> None:
         self.listen = listen
         self.credentials = credentials
@@ -291,6 +457,7 @@ class AgentApi:
         self.hub_connected = hub_connected
         self.limits = limits or AgentApiLimits()
         self.hub_calls = hub_calls
+        self.on_heartbeat_refused = on_heartbeat_refused
         self.address: HostPort | None = None
         self._runner: web.AppRunner | None = None
 
@@ -311,6 +478,9 @@ class AgentApi:
             self.gateway_id,
             self.hub_connected,
             self.hub_calls,
+            FailedAuthLimiter(self.limits.failed_auth_rate_per_s, self.limits.failed_auth_burst),
+            LogBudget(self.limits.rejection_log_rate_per_s, self.limits.rejection_log_burst),
+            self.on_heartbeat_refused,
         )
         runner = web.AppRunner(
             build_app(deps, self.limits.max_body_bytes), access_log=None, shutdown_timeout=2.0

@@ -68,6 +68,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="with a fleet token: the gateway to enroll as (default: a new one)",
     )
     enroll.add_argument("--force", action="store_true", help="replace an existing identity")
+    doctor = commands.add_parser(
+        "doctor",
+        help="check openclaw.json, the gateway, the files, the certificate and the hub link; "
+        "print each cause and fix",
+        description="Run every check of the troubleshooting guide on this host: openclaw.json "
+        "(JSON5), the gateway on loopback (handshake scopes, version), OpenClaw installs on "
+        "PATH, meta.lastTouchedVersion, the workspace root, file modes, the link certificate, "
+        "the hub (TCP, TLS with the pinned CA), clock skew, the agent API port and the managed "
+        "entries. Exit code 1 when a check fails. Takes the settings `run` takes.",
+    )
+    doctor.add_argument("--json", action="store_true", help="print the findings as JSON")
+    add_run_arguments(doctor)
     add_service_parsers(commands)
     return parser
 
@@ -100,6 +112,22 @@ def _enroll(args: argparse.Namespace) -> int:
     return 0
 
 
+def _doctor(args: argparse.Namespace) -> int:
+    import os
+
+    from sidecar.config import resolve_settings
+    from sidecar.doctor import SidecarDoctor, SidecarDoctorInput
+
+    try:
+        values = resolve_settings(args)
+    except SettingsError as exc:
+        print(f"mc-sidecar doctor: {exc}", file=sys.stderr)
+        return 2
+    report = asyncio.run(SidecarDoctor(SidecarDoctorInput.from_settings(values, os.environ)).run())
+    print(report.as_json() if args.json else report.as_text())
+    return report.exit_code
+
+
 async def _run(config: SidecarConfig) -> None:
     from sidecar.app import Sidecar
 
@@ -122,17 +150,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in SERVICE_COMMANDS:
         logs.configure("warning", "auto")
         return service_main(args)
+    if args.command == "doctor":
+        logs.configure("error", "auto")
+        return _doctor(args)
     try:
         config = build_config(args)
     except SettingsError as exc:
         print(f"mc-sidecar: {exc}", file=sys.stderr)
         return 2
     logs.configure(config.log_level, config.log_format)
+    from sidecar.agent_api import AgentApiError
     from sidecar.link.identity import IdentityError
+    from sidecar.metrics import MetricsServerError
 
     try:
         asyncio.run(_run(config))
-    except IdentityError as exc:
+    except (IdentityError, AgentApiError, MetricsServerError) as exc:
         print(f"mc-sidecar: {exc}", file=sys.stderr)
         return 2
     return 0

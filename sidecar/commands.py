@@ -7,17 +7,27 @@ full, the gateway asking to be asked again) is reported as FAILED, so the hub ca
 show why the agent waits, and is retried in place: later commands wait behind it,
 keeping the order the hub chose. What a gateway error means is decided once, where
 it is parsed (`sidecar.gateway.protocol.classify_error`); the result carries it.
+An unexpected error in a handler is reported the same way (FAILED, `internal_error`):
+the queue goes on living and the hub shows why.
+
+Workspace files are written, hashed and removed in a worker thread: an agent's files
+may be anything (sidecar/workspace.py), and the event loop serves every agent's API.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from missioncontrol.log import get_logger
+from missioncontrol.tasks import start_long_lived
+from missioncontrol.text import displayable
 from protos import link_pb2 as pb
 from protos.contract import epoch_s, timestamp
 from sidecar.gateway import (
@@ -29,13 +39,16 @@ from sidecar.gateway import (
     RunState,
 )
 from sidecar.state import AgentState, Credential, LocalState
-from sidecar.workspace import FileToWrite, WorkspaceError, WorkspaceWriter
+from sidecar.workspace import FileToWrite, WorkspaceError, WorkspaceWriter, remove_tree
 
 log = get_logger("sidecar.commands")
 
 Outcome = pb.CommandResult.Outcome
 WAKE_RUN_TIMEOUT_S = 600.0
 RETRY_AFTER_MAX_S = 120.0  # a gateway's retry-after beyond this is not waited out
+MAX_ERROR_CHARS = 4096
+# The gateway's agent ids (the only names its per-agent state directories take).
+_GATEWAY_AGENT_ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 # Key space for wake idempotency keys: same command, same key, same run.
 _WAKE_NAMESPACE = uuid.UUID("6f1d7a4e-2f51-4c67-9a51-8d2f0c7f3b10")
 
@@ -87,6 +100,8 @@ class CommandApplier:
         *,
         wake_run_timeout_s: float = WAKE_RUN_TIMEOUT_S,
         on_unmanage: Callable[[str], None] = lambda agent_id: None,
+        on_applied: Callable[[str, int, float], None] = lambda kind, outcome, seconds: None,
+        gateway_state_dir: Path | None = None,
     ) -> None:
         self.state = state
         self.writer = writer
@@ -96,6 +111,10 @@ class CommandApplier:
         # Told before the sidecar removes an entry, so the config watcher does not take our
         # own removal for a hand edit and restore it.
         self.on_unmanage = on_unmanage
+        self.on_applied = on_applied  # (command kind, outcome, seconds): metrics
+        # Where the gateway keeps each agent's own state (`agents/<id>/`): what a removal
+        # leaves there, the sidecar removes.
+        self.gateway_state_dir = gateway_state_dir
         # How long the gateway asked to wait before the last FAILED command is tried again.
         self.retry_after_s = 0.0
         self._watchers: set[asyncio.Task[None]] = set()
@@ -108,6 +127,14 @@ class CommandApplier:
         }
 
     async def apply(self, command: pb.Command) -> pb.CommandResult:
+        started = time.monotonic()
+        result = await self._apply(command)
+        self.on_applied(
+            command.WhichOneof("action") or "", result.outcome, time.monotonic() - started
+        )
+        return result
+
+    async def _apply(self, command: pb.Command) -> pb.CommandResult:
         kind = command.WhichOneof("action")
         action = getattr(command, kind) if kind else None
         result = pb.CommandResult(
@@ -136,6 +163,15 @@ class CommandApplier:
             return self._finish(result, outcome, exc.code, str(exc))
         except OSError as exc:
             return self._finish(result, Outcome.FAILED, "io_error", f"{exc}")
+        except Exception as exc:  # a bug or a surprise: retried in place, and shown to the hub
+            log.exception("command.apply.failed", sequence=command.sequence, kind=kind)
+            return self._finish(
+                result,
+                Outcome.FAILED,
+                "internal_error",
+                f"the sidecar failed unexpectedly applying this command ({exc!r}); it retries; "
+                "if this persists, see the sidecar log (command.apply.failed) and report it",
+            )
         self.state.record_applied(
             command.sequence,
             upsert=[done.upsert] if done.upsert else [],
@@ -153,6 +189,8 @@ class CommandApplier:
     ) -> pb.CommandResult:
         result.outcome = outcome  # type: ignore[assignment]
         result.error_code = code
+        # Error text quotes the gateway and the file system: make it carriable and bounded.
+        error = displayable(error, max_chars=MAX_ERROR_CHARS)
         result.error = error
         result.observed_at.CopyFrom(timestamp())
         if outcome == Outcome.REJECTED:
@@ -183,8 +221,7 @@ class CommandApplier:
         files = _files(list(spec.files))
         # Files first: a gateway that finds profile files in place keeps them instead of
         # seeding its templates over them.
-        workspace = self.writer.validate(spec.workspace_path, files)
-        hashes = self.writer.write(spec.workspace_path, files)
+        workspace, hashes = await asyncio.to_thread(self._write, spec.workspace_path, files)
         await self.gateway.ensure_agent(
             AgentEntry(
                 agent_id=spec.agent_id,
@@ -215,8 +252,35 @@ class CommandApplier:
         if known is not None and known.generation > spec.generation:
             return _Done(outcome=Outcome.ALREADY_APPLIED)  # re-created since: stale removal
         self.on_unmanage(spec.agent_id)
+        workspace = known.workspace if known is not None else None
+        if spec.delete_files and workspace is not None:
+            # The token goes first, so nothing the gateway does next (it moves removed
+            # workspaces to a Trash folder) can carry the secret anywhere.
+            await asyncio.to_thread(self.writer.remove_token_file, workspace)
         await self.gateway.remove_agent(spec.agent_id, delete_files=spec.delete_files)
+        if spec.delete_files:
+            # The gateway answers ok yet moves nothing while the agent's run is going on,
+            # and leaves an empty state directory otherwise: see what is left, remove it.
+            left = await asyncio.to_thread(self._remove_leftovers, spec.agent_id, workspace)
+            if left:
+                log.info("agent.files.leftovers_removed", agent_id=spec.agent_id, paths=left)
         return _Done(remove=spec.agent_id)
+
+    def _write(self, workspace_path: str, files: list[FileToWrite]) -> tuple[Path, dict[str, str]]:
+        """Validate and write (in a worker thread); the workspace and the files' hashes."""
+        workspace = self.writer.validate(workspace_path, files)
+        return workspace, self.writer.write(workspace_path, files)
+
+    def _remove_leftovers(self, agent_id: str, workspace: str | None) -> list[str]:
+        """Remove what a deleted agent left on disk; returns the paths removed."""
+        removed: list[str] = []
+        if workspace is not None and self.writer.remove_workspace(workspace):
+            removed.append(workspace)
+        if self.gateway_state_dir is not None and _GATEWAY_AGENT_ID.fullmatch(agent_id):
+            agents_dir = self.gateway_state_dir / "agents"
+            if remove_tree(agents_dir / agent_id, within=agents_dir):
+                removed.append(str(agents_dir / agent_id))
+        return removed
 
     async def _wake_agent(self, command: pb.Command) -> _Done:
         spec = command.wake_agent
@@ -248,7 +312,7 @@ class CommandApplier:
             if known is None:
                 raise WorkspaceError(f"agent {spec.agent_id} is not managed by this sidecar")
             files = _files([spec.token_file])
-            hashes = self.writer.write(known.workspace, files)
+            _, hashes = await asyncio.to_thread(self._write, known.workspace, files)
             done.upsert = AgentState(
                 known.agent_id, known.generation, known.workspace, {**known.files, **hashes}
             )
@@ -279,7 +343,7 @@ class CommandApplier:
                 RunState.ERROR: pb.RunObserved.ERROR,
                 RunState.ABORTED: pb.RunObserved.ABORTED,
             }[outcome.state]
-            report.message = outcome.message
+            report.message = displayable(outcome.message, max_chars=MAX_ERROR_CHARS)
             report.model_turn = outcome.model_turn
         report.observed_at.CopyFrom(timestamp())
         log.info(
@@ -335,6 +399,9 @@ class CommandQueue:
         while not self._pending.empty():
             self._pending.get_nowait()
 
+    def start(self) -> asyncio.Task[None]:
+        return start_long_lived(self.run(), name="sidecar-commands", log=log)
+
     async def run(self) -> None:
         while True:
             command = await self._pending.get()
@@ -342,8 +409,14 @@ class CommandQueue:
                 continue  # replayed by the hub, already processed
             delay = self.retry_initial_s
             while True:
-                result = await self.applier.apply(command)
-                self.send_result(result)
+                try:
+                    result = await self.applier.apply(command)
+                    self.send_result(result)
+                except Exception as exc:  # the queue outlives any one command
+                    log.exception(
+                        "command.apply.failed", sequence=command.sequence, error=repr(exc)
+                    )
+                    result = pb.CommandResult(sequence=command.sequence, outcome=Outcome.FAILED)
                 if result.outcome != Outcome.FAILED:
                     break
                 self._gateway_changed.clear()

@@ -7,7 +7,9 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from missioncontrol.agent_api import DEFAULT_AGENT_API_LISTEN
 from missioncontrol.netaddr import HostPort
 from missioncontrol.settings import (
     LOG_OPTIONS,
@@ -48,9 +50,17 @@ RUN_OPTIONS = (
     Option(
         "agent-api-listen",
         "loopback address of the local agent API",
-        "127.0.0.1:18790",
+        DEFAULT_AGENT_API_LISTEN,
         HostPort.parse,
         metavar="HOST:PORT",
+    ),
+    Option(
+        "metrics-listen",
+        "address of GET /metrics (Prometheus), or off; it has no authentication, so keep it "
+        "on loopback unless a firewall guards it",
+        "127.0.0.1:18791",
+        lambda text: None if text.strip().lower() in ("off", "") else HostPort.parse(text),
+        metavar="HOST:PORT|off",
     ),
     Option(
         "gateway-id",
@@ -87,6 +97,9 @@ class SidecarConfig:
     restore_removed_entries: bool
     log_level: str
     log_format: str
+    # No --workspace-root was given: use the root the hub declares for this gateway.
+    follows_hub_workspace_root: bool = False
+    metrics_listen: HostPort | None = None  # None: no /metrics listener
 
     @property
     def state_db(self) -> Path:
@@ -116,16 +129,27 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     add_options(parser, RUN_OPTIONS, ENV_PREFIX)
 
 
+def resolve_settings(
+    args: argparse.Namespace, environ: Mapping[str, str] = os.environ
+) -> dict[str, Any]:
+    """Every run setting from flags, environment and the config file."""
+    file_path = config_path_from(args, environ, ENV_PREFIX + "CONFIG")
+    return resolve(RUN_OPTIONS, args, environ, ENV_PREFIX, load_config_file(file_path), file_path)
+
+
+def saved_hub(state_dir: Path) -> HostPort | None:
+    """The hub address `mc-sidecar enroll` saved, if any."""
+    hub_file = state_dir / "hub-link"
+    return HostPort.parse(hub_file.read_text()) if hub_file.exists() else None
+
+
 def build_config(
     args: argparse.Namespace, environ: Mapping[str, str] = os.environ
 ) -> SidecarConfig:
-    file_path = config_path_from(args, environ, ENV_PREFIX + "CONFIG")
-    values = resolve(RUN_OPTIONS, args, environ, ENV_PREFIX, load_config_file(file_path), file_path)
+    values = resolve_settings(args, environ)
     hub = values["hub"]
     if hub is None and not values["insecure_dev"]:
-        hub_file = values["state_dir"] / "hub-link"  # written by `mc-sidecar enroll`
-        if hub_file.exists():
-            hub = HostPort.parse(hub_file.read_text())
+        hub = saved_hub(values["state_dir"])
     if hub is None:
         raise SettingsError(
             f"--hub HOST:PORT is required (or {ENV_PREFIX}HUB, or file key hub), unless this "
@@ -143,6 +167,8 @@ def build_config(
         restore_removed_entries=values["restore_removed_entries"],
         log_level=values["log_level"],
         log_format=values["log_format"],
+        follows_hub_workspace_root=values["workspace_root"] is None,
+        metrics_listen=values["metrics_listen"],
     )
     config.validate()
     return config

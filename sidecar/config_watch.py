@@ -15,10 +15,12 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import watchfiles
 
 from missioncontrol.log import get_logger
+from missioncontrol.tasks import start_long_lived
 from sidecar.openclaw_config import (
     ConfigInvalid,
     Drift,
@@ -45,7 +47,32 @@ class ConfigReport:
     stamp_newer_than_gateway: bool = False  # the installed gateway would refuse to start
     drift: tuple[Drift, ...] = ()
     present: frozenset[str] = field(default_factory=frozenset)  # managed ids in the file
+    # Every roster entry as (id, name, workspace); None when the file could not be read.
+    roster: tuple[RosterEntry, ...] | None = None
     observed_at: float = field(default_factory=time.time, compare=False)
+
+
+@dataclass(frozen=True)
+class RosterEntry:
+    """One agent of openclaw.json, as much as an admin needs to adopt it."""
+
+    agent_id: str
+    name: str = ""
+    workspace: str = ""
+
+
+def roster_of(entries: Mapping[str, Mapping[str, Any]]) -> tuple[RosterEntry, ...]:
+    def text(value: object) -> str:
+        return value if isinstance(value, str) else ""
+
+    roster = []
+    for agent_id, entry in sorted(entries.items()):
+        identity = entry.get("identity")
+        name = text(entry.get("name")) or (
+            text(identity.get("name")) if isinstance(identity, Mapping) else ""
+        )
+        roster.append(RosterEntry(agent_id, name, text(entry.get("workspace"))))
+    return tuple(roster)
 
 
 ReportCallback = Callable[[ConfigReport], None]
@@ -77,7 +104,7 @@ class ConfigWatcher:
         self._stop = asyncio.Event()
         self._armed = asyncio.Event()  # the directory watch is in place
         self._task: asyncio.Task[None] | None = None
-        self._side_tasks: set[asyncio.Task[ConfigReport]] = set()
+        self._side_tasks: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------ inputs
 
@@ -104,7 +131,7 @@ class ConfigWatcher:
         """Start watching, then take the first snapshot (always reported)."""
         self._stop.clear()
         self._armed.clear()
-        self._task = asyncio.create_task(self._watch(), name="config-watch")
+        self._task = start_long_lived(self._watch(), name="config-watch", log=log)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(5.0):
                 await self._armed.wait()
@@ -170,9 +197,15 @@ class ConfigWatcher:
             await changes.aclose()
 
     def _schedule_check(self) -> None:
-        task = asyncio.get_running_loop().create_task(self.check())
+        task = asyncio.get_running_loop().create_task(self._check_logged())
         self._side_tasks.add(task)
         task.add_done_callback(self._side_tasks.discard)
+
+    async def _check_logged(self) -> None:
+        try:
+            await self.check()
+        except Exception:
+            log.exception("config.watch.failed", path=str(self._path))
 
     # ------------------------------------------------------------ one pass
 
@@ -244,6 +277,7 @@ class ConfigWatcher:
             ),
             drift=tuple(drift),
             present=frozenset(current),
+            roster=roster_of(config.entries),
         )
 
     def _reportable(self, drift: Iterable[Drift]) -> list[Drift]:
@@ -287,4 +321,5 @@ def _state(report: ConfigReport) -> tuple[object, ...]:
         report.last_touched_version,
         report.stamp_newer_than_gateway,
         report.present,
+        report.roster,
     )

@@ -24,6 +24,10 @@ from typing import Protocol
 from missioncontrol.agent_token import MALFORMED, MalformedTokenError, parse_token_id
 from sidecar.state import Credential
 
+# Keys of failed checks that are not charged to a known token id (see failure_key).
+UNKNOWN_TOKENS = "unknown"
+MALFORMED_TOKENS = "malformed"
+
 
 class CredentialError(Exception):
     """A token that does not authenticate an agent. Every kind answers HTTP 401."""
@@ -120,6 +124,15 @@ class CredentialIndex:
 
     def agents(self) -> frozenset[str]:
         return frozenset(self._ids_by_agent)
+
+    def failure_key(self, raw: str) -> str:
+        """Who a failed check with `raw` is charged to (sidecar/agent_api.py): its token id
+        if that id is known here, else "unknown", or "malformed" for what is no token."""
+        try:
+            token_id = token_id_of(raw)
+        except MalformedToken:
+            return MALFORMED_TOKENS
+        return token_id if token_id in self._by_id else UNKNOWN_TOKENS
 
     def verify(self, raw: str) -> str:
         """The agent `raw` authenticates; raises MalformedToken, UnknownToken or ExpiredToken."""

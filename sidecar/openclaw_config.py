@@ -121,7 +121,7 @@ def parse_config(text: str, path: Path) -> ParseResult:
     """Parse openclaw.json text: strict JSON first (what the gateway writes), then JSON5."""
     try:
         document = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         try:
             document = json5.loads(text)
         except ValueError as exc:

@@ -8,16 +8,23 @@ The GatewayState says whether the gateway is reachable and openclaw.json valid, 
 drift worth reporting. The sidecar's own commands change managed entries too (through
 the gateway), so CHANGED drift for an agent it just changed itself is not a hand edit:
 `OwnChanges` decides which to drop. Nothing here sends; the composition root does.
+
+Text that came from elsewhere (the gateway's errors, openclaw.json, the host name) is
+made `displayable` before it goes into a message: a lone surrogate from a JSON escape
+would otherwise make the message impossible to build, and the report would be lost.
+The inventory's file hashes are read in a worker thread (sidecar/workspace.py).
 """
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from missioncontrol.text import displayable
 from missioncontrol.version import VERSION
 from protos import link_pb2 as pb
 from protos.contract import LINK_PROTOCOL, timestamp
@@ -29,6 +36,10 @@ from sidecar.workspace import WorkspaceWriter
 
 # How long after the sidecar changed an agent the CHANGED drift of its entry is ours.
 OWN_CHANGE_WINDOW_S = 5.0
+MAX_UNMANAGED = 500  # unmanaged entries reported (a hand-kept roster is never this long)
+MAX_REASON_CHARS = 4096
+MAX_DETAIL_CHARS = 1024
+MAX_VERSION_CHARS = 64
 
 
 class OwnChanges:
@@ -64,21 +75,24 @@ class Reports:
     """Builds the Hello and the GatewayState from the sidecar's parts, as they are now."""
 
     gateway_id: str
-    workspace_root: Path
+    workspace_root: Path  # may change once: a following sidecar takes the hub's declared root
     state: LocalState
     writer: WorkspaceWriter
     gateway: GatewayClient
     agent_api_url: Callable[[], str]  # known once the API is bound (port 0 allowed)
     # openclaw.json as the config watcher last reported it; None before its first pass.
     config: ConfigReport | None = None
+    follows_hub_workspace_root: bool = False  # no --workspace-root: the hub's root is used
 
-    def hello(self) -> pb.Hello:
+    async def hello(self) -> pb.Hello:
         info = self.gateway.info
+        agents = self.state.agents()
+        hashes = await asyncio.to_thread(lambda: [self.writer.hashes(a.workspace) for a in agents])
         return pb.Hello(
             gateway_id=self.gateway_id,
             link_protocol=LINK_PROTOCOL,
             sidecar_version=VERSION,
-            openclaw_version=info.version,
+            openclaw_version=displayable(info.version, max_chars=MAX_VERSION_CHARS),
             openclaw_protocol=info.protocol,
             gateway_generation=info.generation.proto,
             workspace_root=str(self.workspace_root),
@@ -89,11 +103,14 @@ class Reports:
                     agent_id=a.agent_id,
                     applied_generation=a.generation,
                     present_in_config=self._present(a.agent_id),
-                    file_sha256=self.writer.hashes(a.workspace),
+                    file_sha256=files,
                 )
-                for a in self.state.agents()
+                for a, files in zip(agents, hashes, strict=True)
             ],
-            hostname=socket.gethostname(),
+            hostname=displayable(socket.gethostname(), max_chars=253),
+            follows_hub_workspace_root=self.follows_hub_workspace_root,
+            unmanaged=self._unmanaged(),
+            unmanaged_reported=self._roster_known(),
             # Whether the gateway is reachable right now, so the hub never judges agents
             # behind a gateway it does not know is down (no report may follow the Hello).
             gateway_state=self.gateway_state(),
@@ -104,18 +121,46 @@ class Reports:
         report = self.config
         state = pb.GatewayState(
             reachable=info.reachable,
-            unreachable_reason=info.unreachable_reason,
-            openclaw_version=info.version,
+            unreachable_reason=displayable(info.unreachable_reason, max_chars=MAX_REASON_CHARS),
+            openclaw_version=displayable(info.version, max_chars=MAX_VERSION_CHARS),
             openclaw_protocol=info.protocol,
             generation=info.generation.proto,
             config_valid=report.valid if report else True,
-            config_error=report.error if report else "",
-            last_touched_version=report.last_touched_version if report else "",
+            config_error=displayable(report.error, max_chars=MAX_REASON_CHARS) if report else "",
+            last_touched_version=(
+                displayable(report.last_touched_version, max_chars=MAX_VERSION_CHARS)
+                if report
+                else ""
+            ),
             observed_at=timestamp(),
+            unmanaged=self._unmanaged(),
+            unmanaged_reported=self._roster_known(),
         )
         for item in drift:
-            state.drift.add(agent_id=item.agent_id, kind=int(item.kind), detail=item.detail)
+            state.drift.add(
+                agent_id=displayable(item.agent_id, max_chars=128),
+                kind=int(item.kind),
+                detail=displayable(item.detail, max_chars=MAX_DETAIL_CHARS),
+            )
         return state
+
+    def _roster_known(self) -> bool:
+        return self.config is not None and self.config.roster is not None
+
+    def _unmanaged(self) -> list[pb.UnmanagedAgent]:
+        """openclaw.json's agents this sidecar does not manage (adoptable on the hub)."""
+        if self.config is None or self.config.roster is None:
+            return []
+        managed = {a.agent_id for a in self.state.agents()}
+        return [
+            pb.UnmanagedAgent(
+                agent_id=displayable(e.agent_id, max_chars=128),
+                name=displayable(e.name, max_chars=MAX_DETAIL_CHARS),
+                workspace=displayable(e.workspace, max_chars=MAX_REASON_CHARS),
+            )
+            for e in self.config.roster
+            if e.agent_id not in managed
+        ][:MAX_UNMANAGED]
 
     def _present(self, agent_id: str) -> bool:
         # Before the watcher's first pass nothing says an entry is missing.

@@ -9,12 +9,15 @@ transaction, so "applied" and "recorded as applied" cannot drift apart.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from missioncontrol.private_files import PRIVATE_FILE_MODE, ensure_private_dir
 
 SCHEMA = (
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
@@ -72,15 +75,21 @@ class AgentState:
 
 class LocalState:
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        ensure_private_dir(path.parent)
         self.path = path
+        # Created 0600 before SQLite opens it: its -wal and -shm files take the same mode.
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, PRIVATE_FILE_MODE))
+        path.chmod(PRIVATE_FILE_MODE)
         self._conn = sqlite3.connect(path, isolation_level=None)
         self._conn.row_factory = sqlite3.Row
         self._conn.execute("PRAGMA journal_mode = WAL")
         self._conn.execute("PRAGMA synchronous = FULL")
         for statement in SCHEMA:
             self._conn.execute(statement)
-        path.chmod(0o600)
+        for suffix in ("-wal", "-shm"):  # left by an older version with the umask's mode
+            companion = path.with_name(path.name + suffix)
+            if companion.exists():
+                companion.chmod(PRIVATE_FILE_MODE)
 
     def close(self) -> None:
         self._conn.close()
@@ -112,6 +121,18 @@ class LocalState:
 
     def reset_sequence(self, sequence: int) -> None:
         self._set("last_applied_sequence", str(sequence))
+
+    def record_hub_clock(self, skew_s: float, measured_at: float) -> None:
+        """The hub's clock minus ours at the last Welcome (for `mc-sidecar doctor`)."""
+        self._set("hub_clock", json.dumps({"skew_s": skew_s, "measured_at": measured_at}))
+
+    def hub_clock(self) -> tuple[float, float] | None:
+        """(skew_s, measured_at) of the last Welcome, or None before the first."""
+        raw = self._get("hub_clock")
+        if raw is None:
+            return None
+        value = json.loads(raw)
+        return float(value["skew_s"]), float(value["measured_at"])
 
     # -------------------------------------------------------------- agents
 

@@ -5,13 +5,24 @@ over the target, and the directory is fsynced, so a crash at any point leaves
 either the old or the new content, never a mix. Everything a command asks for
 is validated before the first byte is written: one bad name or path refuses the
 whole command.
+
+Some files are the agent's (USER.md, MEMORY.md grow as it works), so what is on disk
+may be anything the agent's shell made: a FIFO, a symlink to a device, a huge file.
+Only a regular file (not followed through a link) counts as present
+(`regular_file_digest`); it is opened non-blocking and hashed in chunks up to a bound
+(a larger one is kept, and reported by its size), so no file can block or flood the
+sidecar, and no agent's memory is overwritten for being large. These methods do
+blocking I/O: the sidecar calls them from a worker thread, never on its event loop.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import secrets
+import shutil
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,10 +40,14 @@ ALLOWED_FILES = frozenset(
         "TOOLS.md",
         "HEARTBEAT.md",
         "BOOTSTRAP.md",
+        "APPROVALS.md",  # a lead's approval guidance (read on demand, never injected)
         TOKEN_FILE_NAME,
     }
 )
 MAX_FILE_BYTES = 256 * 1024
+# An agent's own file (MEMORY.md may outgrow what the hub writes) is kept whatever its
+# size; beyond this its hash is a size marker rather than a read of all of it.
+MAX_HASHED_BYTES = 64 * 1024 * 1024
 MAX_FILES = len(ALLOWED_FILES)
 TEMP_SUFFIX = ".mc-tmp"
 DIR_MODE = 0o700
@@ -73,6 +88,65 @@ def check_file_name(name: str) -> None:
             f"file name {shown!r} is not allowed; a workspace file must be one of "
             f"{', '.join(sorted(ALLOWED_FILES))}"
         )
+
+
+def regular_file_digest(path: Path, max_bytes: int | None = None) -> str | None:
+    """sha256 hex of `path` if it is a regular file, read in chunks; `oversized:<bytes>`
+    past `max_bytes`; None if it is anything else.
+
+    Not a symlink (not followed), FIFO, socket, device or directory: `lstat` decides,
+    the open is non-blocking and refuses links, and the opened file must be the one
+    that was checked, so swapping it in between changes nothing."""
+    max_bytes = MAX_HASHED_BYTES if max_bytes is None else max_bytes
+    try:
+        checked = os.lstat(path)
+    except OSError:
+        return None
+    if not stat.S_ISREG(checked.st_mode):
+        return None
+    if checked.st_size > max_bytes:
+        return f"oversized:{checked.st_size}"
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    digest = hashlib.sha256()
+    try:
+        opened = os.fstat(fd)
+        if (opened.st_dev, opened.st_ino) != (checked.st_dev, checked.st_ino):
+            return None
+        read = 0
+        while chunk := os.read(fd, 256 * 1024):
+            read += len(chunk)
+            if read > max_bytes:
+                return f"oversized:{read}"
+            digest.update(chunk)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return digest.hexdigest()
+
+
+def remove_tree(path: Path, *, within: Path) -> bool:
+    """Delete `path` (a directory tree, a file or a link; links are never followed) if it
+    lies strictly inside `within`; True if something was there to remove."""
+    if path.name in ("", ".", ".."):
+        return False
+    root = Path(os.path.realpath(within))
+    parent = Path(os.path.realpath(path.parent))
+    if parent != root and root not in parent.parents:
+        return False
+    target = parent / path.name
+    try:
+        info = os.lstat(target)
+    except FileNotFoundError:
+        return False
+    if stat.S_ISDIR(info.st_mode):
+        shutil.rmtree(target)  # removes links inside it, never what they point to
+    else:
+        target.unlink()
+    return True
 
 
 def sha256_hex(content: bytes) -> str:
@@ -151,11 +225,19 @@ class WorkspaceWriter:
         workspace.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
         workspace.chmod(DIR_MODE)
         self._remove_stale_temps(workspace)
+        for file in files:
+            # A rename cannot replace a directory: refuse before the first write.
+            if os.path.isdir(workspace / file.name) and not os.path.islink(workspace / file.name):
+                raise WorkspaceError(
+                    f"{workspace / file.name} is a directory, so {file.name} cannot be "
+                    "written there; move the directory away and apply the agent again"
+                )
         hashes: dict[str, str] = {}
         for file in files:
             target = workspace / file.name
-            if file.preserve_if_present and os.path.lexists(target):
-                hashes[file.name] = sha256_hex(target.read_bytes())
+            present = regular_file_digest(target) if file.preserve_if_present else None
+            if present is not None:  # the agent's own file, whatever its size, is kept
+                hashes[file.name] = present
                 continue
             atomic_write(target, file.content, SECRET_MODE if file.secret else FILE_MODE)
             hashes[file.name] = sha256_hex(file.content)
@@ -169,13 +251,38 @@ class WorkspaceWriter:
             return {}
         found: dict[str, str] = {}
         for name in sorted(ALLOWED_FILES):
-            path = workspace / name
-            if path.is_file():
-                found[name] = sha256_hex(path.read_bytes())
+            digest = regular_file_digest(workspace / name)
+            if digest is not None:
+                found[name] = digest
         return found
+
+    def remove_token_file(self, workspace_path: str) -> bool:
+        """Delete the workspace's token file (whatever kind of entry it is); True if one was
+        there. Refused outside the root like every other workspace operation."""
+        try:
+            workspace = self.resolve(workspace_path)
+        except PathOutsideRoot:
+            return False
+        try:
+            (workspace / TOKEN_FILE_NAME).unlink()
+        except FileNotFoundError:
+            return False
+        except IsADirectoryError:
+            return remove_tree(workspace / TOKEN_FILE_NAME, within=workspace)
+        fsync_directory(workspace)
+        return True
+
+    def remove_workspace(self, workspace_path: str) -> bool:
+        """Delete a workspace directory and everything in it; True if it was there."""
+        try:
+            workspace = self.resolve(workspace_path)
+        except PathOutsideRoot:
+            return False
+        return remove_tree(workspace, within=Path(os.path.realpath(self.root)))
 
     @staticmethod
     def _remove_stale_temps(workspace: Path) -> None:
         """Temporary files left by a crash between write and rename."""
         for leftover in workspace.glob(f".*{TEMP_SUFFIX}"):
-            leftover.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # not ours to fight over (a directory?)
+                leftover.unlink(missing_ok=True)

@@ -4,6 +4,8 @@ sidecars linked to a test hub."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -251,9 +253,14 @@ def make_sidecar(
     name: str = "sidecar",
     workspaces: str = "workspaces",
     limits: AgentApiLimits | None = None,
+    follows_hub: bool = False,
+    agent_api_listen: HostPort | None = None,
 ) -> Sidecar:
     """A sidecar (not started) for `hub`: state in tmp_path/name, workspaces in
-    tmp_path/workspaces, an in-memory gateway unless one is given."""
+    tmp_path/workspaces, an in-memory gateway unless one is given. `follows_hub`: started
+    without --workspace-root, it writes under the root the hub declares instead.
+    `agent_api_listen`: a fixed agent-API address (a restarted sidecar keeps its own,
+    so the hub has no reason to render its agents' files again)."""
     assert hub.addresses is not None
     config = sidecar_config(
         tmp_path / name,
@@ -261,6 +268,9 @@ def make_sidecar(
         gateway_id=gateway_id,
         workspace_root=tmp_path / workspaces,
     )
+    config = dataclasses.replace(config, follows_hub_workspace_root=follows_hub)
+    if agent_api_listen is not None:
+        config = dataclasses.replace(config, agent_api_listen=agent_api_listen)
     return Sidecar(
         config,
         gateway=gateway or RecordingGateway(),
@@ -319,3 +329,64 @@ async def api(hub: Hub, method: str, path: str, body: Any = None) -> tuple[int, 
         ) as response,
     ):
         return response.status, await response.json()
+
+
+@dataclass
+class SseEvent:
+    id: str | None
+    event: str | None
+    data: Any
+
+
+class SseListener:
+    """Reads a server-sent event stream of a test hub in the background: `events` fills as
+    they arrive. `async with SseListener(hub, path, headers) as sse: ...`."""
+
+    def __init__(self, hub: Hub, path: str, headers: dict[str, str] | None = None) -> None:
+        assert hub.addresses is not None
+        self.url = f"http://{hub.addresses.http}{path}"
+        self.headers = {"Authorization": f"Bearer {ADMIN_TOKEN}", **(headers or {})}
+        self.events: list[SseEvent] = []
+        self.comments: list[str] = []
+        self.status: int | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> SseListener:
+        import aiohttp
+
+        self._session = aiohttp.ClientSession()
+        self._task = asyncio.create_task(self._read())
+        await wait_for(lambda: self.status is not None, what=f"stream {self.url} answered")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+        await self._session.close()
+
+    async def _read(self) -> None:
+        async with self._session.get(self.url, headers=self.headers) as response:
+            self.status = response.status
+            fields: dict[str, str] = {}
+            async for raw in response.content:
+                line = raw.decode().rstrip("\n")
+                if not line:
+                    if "data" in fields:
+                        self.events.append(
+                            SseEvent(
+                                fields.get("id"), fields.get("event"), json.loads(fields["data"])
+                            )
+                        )
+                    fields = {}
+                elif line.startswith(":"):
+                    self.comments.append(line[1:].strip())
+                else:
+                    name, _, value = line.partition(":")
+                    fields[name] = value.removeprefix(" ")
+
+    async def wait(self, predicate: Callable[[SseEvent], bool], what: str) -> SseEvent:
+        """The first event (received or to come) that `predicate` accepts."""
+        return await wait_for(
+            lambda: next((e for e in self.events if predicate(e)), None), what=what
+        )

@@ -5,13 +5,19 @@ from __future__ import annotations
 from aiohttp import web
 
 from hub.api import (
+    activity,
     agent_facing,
+    agent_messages,
     agents,
+    approvals,
+    board_groups,
     boards,
     gateway_live,
     gateways,
     health,
     identity,
+    memory,
+    metrics,
     tasks,
     template_sync,
 )
@@ -28,7 +34,7 @@ ADMIN_RATE = (50.0, 200)  # requests per second, burst, per admin token
 AGENT_RATE = (10.0, 40)  # per agent token
 
 
-def build_api() -> Api:
+def build_api(*, metrics_public: bool = False) -> Api:
     api = Api("Mission Control hub", VERSION)
     for module in (
         health,
@@ -40,15 +46,28 @@ def build_api() -> Api:
         agents,
         tasks,
         agent_facing,
+        activity,
+        memory,
+        approvals,
+        agent_messages,
+        board_groups,
     ):
         module.register(api)
     board_webhooks.register(api)
+    gateways.register_inventory(api)
+    metrics.register(api, public=metrics_public)
     return api
 
 
-def build_app(deps: HttpDeps, api: Api) -> web.Application:
+def build_app(
+    deps: HttpDeps, api: Api, *, failed_auth: FailedAuthLimiter | None = None
+) -> web.Application:
+    """The API's application; `failed_auth` is shared with whatever else checks the
+    admin token on this port (the dashboard's login), so guesses count once."""
+    metered = [deps.metrics.middleware()] if deps.metrics is not None else []
     app = web.Application(
-        middlewares=[cors(deps.cors_origins), request_context], client_max_size=MAX_BODY_BYTES
+        middlewares=[*metered, cors(deps.cors_origins), request_context],
+        client_max_size=MAX_BODY_BYTES,
     )
     app[DEPS] = deps
     api.mount(
@@ -58,7 +77,7 @@ def build_app(deps: HttpDeps, api: Api) -> web.Application:
             agent_auth=AgentAuthenticator(deps.db, deps.keyring),
             admin_limit=RateLimiter(*ADMIN_RATE),
             agent_limit=RateLimiter(*AGENT_RATE),
-            failed_auth=FailedAuthLimiter(),
+            failed_auth=failed_auth or FailedAuthLimiter(),
         ),
     )
     return app

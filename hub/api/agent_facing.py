@@ -23,6 +23,8 @@ from hub.api.deps import deps
 from hub.api.schemas import AgentRead
 from hub.api.tasks import (
     MAX_ID_CHARS,
+    BoardTag,
+    BoardTags,
     CommentCreate,
     CommentPage,
     CommentRead,
@@ -36,6 +38,7 @@ from hub.api.tasks import (
     task_page,
     task_read,
 )
+from hub.approvals import task_approvals_in
 from hub.boards import agent_boards_in, reachable_board_in
 from hub.provisioning.agents import load_agent
 from hub.store.database import Connection
@@ -44,6 +47,7 @@ from hub.tasks import (
     TaskRow,
     add_comment,
     agent_task_changes,
+    board_tags_in,
     list_comments,
     reachable_task_in,
     task_on_board_in,
@@ -92,6 +96,7 @@ class AgentBoardRead(BaseModel):
     require_approval_for_done: bool
     require_review_before_done: bool
     comment_required_for_review: bool
+    block_status_changes_with_pending_approval: bool
     only_lead_can_change_status: bool
     max_agents: int
     created_at: str | None
@@ -251,6 +256,25 @@ def register(api: Api) -> None:
         return task_page(rows, total, q)
 
     @api.route(
+        "GET",
+        base + "/boards/{board_id}/tags",
+        summary="The tags the board's tasks carry (filter tasks with ?tag=)",
+        tags=EVERY_AGENT,
+        auth=Auth.AGENT,
+        response=BoardTags,
+    )
+    async def agent_list_tags(call: Call) -> BoardTags:
+        agent = principal(call)
+        board_id = call.request.match_info["board_id"]
+
+        def op(conn: Connection) -> list[tuple[str, int]]:
+            reachable_board_in(conn, agent, board_id)
+            return board_tags_in(conn, board_id)
+
+        rows = await deps(call.request).db.read(op)
+        return BoardTags(items=[BoardTag(tag=t, tasks=n) for t, n in rows])
+
+    @api.route(
         "PATCH",
         base + "/boards/{board_id}/tasks/{task_id}",
         summary="Move a task (status), optionally with a comment; the lead also assigns",
@@ -273,9 +297,10 @@ def register(api: Api) -> None:
 
         def op(conn: Connection, found: tuple[Row, TaskRow]) -> tuple[TaskRow, TaskRow]:
             board, before = found
-            changes = agent_task_changes(agent, board, before, sent)
+            approvals = task_approvals_in(conn, task_id)
+            changes = agent_task_changes(agent, board, before, sent, approvals)
             now = time.time()
-            after = update_task(conn, before, changes, now=now)
+            after = update_task(conn, before, changes, now=now, by=agent.id)
             if body.comment:
                 add_comment(
                     conn,

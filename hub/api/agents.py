@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from aiohttp import web
+from pydantic import Field
 
 from hub.api.core import Api, Call, Query
 from hub.api.deps import deps
@@ -20,11 +21,12 @@ from hub.api.schemas import (
     AgentRead,
     AgentUpdate,
     ForceQuery,
+    HeartbeatConfig,
     TokenRotate,
 )
+from hub.api.streams import last_event_id
 from hub.events import StreamEnded
 from hub.provisioning.agents import (
-    AgentConflict,
     AgentError,
     AgentRow,
     agent_json,
@@ -38,11 +40,43 @@ from protos import link_pb2 as pb
 from protos.contract import timestamp
 
 KEEPALIVE_S = 15.0
+AGENT_EVENTS = frozenset({"agent"})  # the bus carries other kinds too
 
 
 class StreamQuery(Query):
-    board_id: str | None = None
-    since: str | None = None
+    board_id: str | None = Field(None, max_length=64)
+    since: str | None = Field(None, max_length=64)
+    last_event_id: int | None = Field(
+        None, ge=0, le=2**63 - 1, description="resume after this id (or send Last-Event-ID)"
+    )
+
+
+STATUS_OWNED = (
+    "status is controlled by the lifecycle (heartbeats, wakes); it cannot be set. An agent "
+    "reports what it is doing with its heartbeat's status (work_state)"
+)
+
+
+def agent_spec(body: AgentCreate, *, created_by_lead: str | None = None) -> AgentSpec:
+    """What a create request asks for (the API's, the dashboard's form, a lead's)."""
+    kind = (
+        AgentKind.MAIN
+        if body.is_gateway_main
+        else AgentKind.LEAD
+        if body.is_board_lead
+        else AgentKind.WORKER
+    )
+    return AgentSpec(
+        name=body.name,
+        board_id=body.board_id,
+        gateway_id=body.gateway_id,
+        kind=kind,
+        identity_profile=body.identity_profile,
+        heartbeat_config=body.heartbeat_config.config() if body.heartbeat_config else None,
+        identity_template=body.identity_template,
+        soul_template=body.soul_template,
+        created_by_lead=created_by_lead,
+    )
 
 
 def agent_read(agent: AgentRow) -> AgentRead:
@@ -94,28 +128,10 @@ def register(api: Api) -> None:
         status=201,
     )
     async def create_agent(call: Call) -> AgentRead:
-        body = call.body
-        kind = (
-            AgentKind.MAIN
-            if body.is_gateway_main
-            else AgentKind.LEAD
-            if body.is_board_lead
-            else AgentKind.WORKER
-        )
-        spec = AgentSpec(
-            name=body.name,
-            board_id=body.board_id,
-            gateway_id=body.gateway_id,
-            kind=kind,
-            identity_profile=body.identity_profile,
-            heartbeat_config=body.heartbeat_config.model_dump() if body.heartbeat_config else None,
-        )
-        try:
-            agent = await deps(call.request).provisioning.create_agent(spec)
-        except AgentConflict as exc:
-            raise ApiError(409, str(exc)) from None
-        except AgentError as exc:
-            raise ApiError(422, str(exc)) from None
+        body: AgentCreate = call.body
+        if body.status not in (None, "provisioning"):
+            raise ApiError(403, STATUS_OWNED)
+        agent = await deps(call.request).provisioning.create_agent(agent_spec(body))
         return agent_read(agent)
 
     @api.route(
@@ -149,12 +165,15 @@ def register(api: Api) -> None:
     )
     async def patch_agent(call: Call) -> AgentRead:
         agent = await agent_or_404(call)
-        if call.body.status is not None:
-            raise ApiError(
-                403, "status is controlled by the lifecycle (heartbeats, wakes); it cannot be set"
-            )
-        if call.query.force:
-            agent = await deps(call.request).provisioning.reapply(agent.id)
+        body: AgentUpdate = call.body
+        if "status" in body.model_fields_set:
+            raise ApiError(403, STATUS_OWNED)
+        changes = {name: getattr(body, name) for name in body.model_fields_set}
+        if isinstance(body.heartbeat_config, HeartbeatConfig):
+            changes["heartbeat_config"] = body.heartbeat_config.config()
+        agent = await deps(call.request).provisioning.update_agent(
+            agent.id, changes, force=call.query.force
+        )
         return agent_read(agent)
 
     @api.route(
@@ -197,6 +216,28 @@ def register(api: Api) -> None:
 
     @api.route(
         "POST",
+        "/api/v1/agents/{agent_id}/pause",
+        summary="Pause: its heartbeat job goes off; it is not woken or marked offline",
+        tags=tags,
+        response=AgentRead,
+    )
+    async def pause_agent(call: Call) -> AgentRead:
+        agent = await agent_or_404(call)
+        return agent_read(await deps(call.request).provisioning.pause_agent(agent.id))
+
+    @api.route(
+        "POST",
+        "/api/v1/agents/{agent_id}/resume",
+        summary="Resume: its heartbeat job comes back and it is woken",
+        tags=tags,
+        response=AgentRead,
+    )
+    async def resume_agent(call: Call) -> AgentRead:
+        agent = await agent_or_404(call)
+        return agent_read(await deps(call.request).provisioning.resume_agent(agent.id))
+
+    @api.route(
+        "POST",
         "/api/v1/agents/{agent_id}/token/rotate",
         summary="Rotate the agent's token; the previous one stays valid for grace_s",
         tags=tags,
@@ -213,16 +254,24 @@ def register(api: Api) -> None:
         return Accepted(status="rotating")
 
 
+SNAPSHOT_LIMIT = 10_000  # agents sent as current state when a resume cannot replay
+
+
 async def _stream(call: Call) -> web.StreamResponse:
-    """`event: agent` / `data: {"agent": AgentRead}`; replays from `since`; keep-alives."""
+    """`event: agent` / `data: {"agent": AgentRead}`; keep-alives. A client resuming with
+    `Last-Event-ID` (or `?last_event_id=`) gets the changes it missed, or, when the hub
+    no longer holds them (it restarted, or too much happened), every agent's current
+    state. `since` (ISO time) replays what the hub still holds after that time."""
     d = deps(call.request)
+    q: StreamQuery = call.query
     since = None
-    if call.query.since:
+    if q.since:
         try:
-            since = datetime.fromisoformat(call.query.since.replace("Z", "+00:00")).timestamp()
+            since = datetime.fromisoformat(q.since.replace("Z", "+00:00")).timestamp()
         except ValueError:
             raise ApiError(422, "since must be an ISO 8601 timestamp") from None
-    subscription = d.events.subscribe(call.query.board_id)
+    resume = last_event_id(call, q.last_event_id)
+    subscription = d.events.subscribe(q.board_id, AGENT_EVENTS)
     response = web.StreamResponse(
         headers={
             "Content-Type": "text/event-stream",
@@ -231,20 +280,44 @@ async def _stream(call: Call) -> web.StreamResponse:
         }
     )
     await response.prepare(call.request)
+    sent = 0
     try:
-        if since is not None:
-            for missed in d.events.since(since, call.query.board_id):
-                await response.write(_frame(missed.id, missed.data))
+        if resume is not None:
+            missed = d.events.after(resume, q.board_id, AGENT_EVENTS)
+            if missed is None:
+                snapshot_id = d.events.last_id
+                rows, _ = await d.db.read(
+                    lambda conn: list_agents_in(
+                        conn,
+                        board_id=q.board_id,
+                        gateway_id=None,
+                        managed=True,
+                        limit=SNAPSHOT_LIMIT,
+                        offset=0,
+                    )
+                )
+                for row in rows:
+                    await response.write(_frame(snapshot_id, agent_json(row)))
+                sent = snapshot_id
+            else:
+                for event in missed:
+                    await response.write(_frame(event.id, event.data))
+                    sent = event.id
+        elif since is not None:
+            for event in d.events.since(since, q.board_id, AGENT_EVENTS):
+                await response.write(_frame(event.id, event.data))
+                sent = event.id
         while True:
             try:
-                event = await subscription.next(KEEPALIVE_S)
+                live = await subscription.next(KEEPALIVE_S)
             except StreamEnded as exc:
                 await response.write(f": {exc}\n\n".encode())
                 break
-            if event is None:
+            if live is None:
                 await response.write(b": keep-alive\n\n")
-            else:
-                await response.write(_frame(event.id, event.data))
+            elif live.id > sent:
+                await response.write(_frame(live.id, live.data))
+                sent = live.id
     except (ConnectionResetError, asyncio.CancelledError):
         pass
     finally:

@@ -26,8 +26,10 @@ class BoardFields(Strict):
     require_approval_for_done: bool = True
     require_review_before_done: bool = False
     comment_required_for_review: bool = False
+    block_status_changes_with_pending_approval: bool = False
     only_lead_can_change_status: bool = False
-    max_agents: int = Field(1, ge=0, le=1000)
+    max_agents: int = Field(1, ge=0, le=1000, description="workers its lead may create")
+    board_group_id: str | None = Field(None, max_length=64)
 
 
 class BoardCreate(BoardFields):
@@ -46,8 +48,10 @@ class BoardUpdate(Strict):
     require_approval_for_done: bool | None = None
     require_review_before_done: bool | None = None
     comment_required_for_review: bool | None = None
+    block_status_changes_with_pending_approval: bool | None = None
     only_lead_can_change_status: bool | None = None
     max_agents: int | None = Field(None, ge=0, le=1000)
+    board_group_id: str | None = Field(None, max_length=64, description="null: no group")
 
 
 class BoardRead(BaseModel):
@@ -64,15 +68,20 @@ class BoardRead(BaseModel):
     require_approval_for_done: bool
     require_review_before_done: bool
     comment_required_for_review: bool
+    block_status_changes_with_pending_approval: bool
     only_lead_can_change_status: bool
     max_agents: int
+    board_group_id: str | None
+    paused: bool  # its agents are paused with it (Mission Control's "/pause")
+    paused_at: str | None
     status: str
     created_at: str | None
     updated_at: str | None
 
 
 class BoardFilter(Page):
-    gateway_id: str | None = None
+    gateway_id: str | None = Field(None, max_length=64)
+    board_group_id: str | None = Field(None, max_length=64)
 
 
 class BoardPage(BaseModel):
@@ -89,7 +98,13 @@ class BoardDeleted(BaseModel):
 
 def board_read(board: dict[str, Any]) -> BoardRead:
     return BoardRead(
-        **{**board, "created_at": iso(board["created_at"]), "updated_at": iso(board["updated_at"])}
+        **{
+            **board,
+            "created_at": iso(board["created_at"]),
+            "updated_at": iso(board["updated_at"]),
+            "paused": board.get("paused_at") is not None,
+            "paused_at": iso(board.get("paused_at")),
+        }
     )
 
 
@@ -114,7 +129,9 @@ def register(api: Api) -> None:
     async def list_boards(call: Call) -> BoardPage:
         q = call.query
         boards, total = await deps(call.request).db.read(
-            lambda conn: list_boards_in(conn, q.gateway_id, q.limit, q.offset)
+            lambda conn: list_boards_in(
+                conn, q.gateway_id, q.limit, q.offset, board_group_id=q.board_group_id
+            )
         )
         return BoardPage(
             items=[board_read(b) for b in boards], total=total, limit=q.limit, offset=q.offset
@@ -167,6 +184,30 @@ def register(api: Api) -> None:
             )
         except BoardNotFound:
             raise ApiError(404, "board not found") from None
+        return board_read(board)
+
+    @api.route(
+        "POST",
+        "/api/v1/boards/{board_id}/pause",
+        summary="Pause a board: each of its agents' heartbeat jobs goes off; none is woken",
+        tags=tags,
+        response=BoardRead,
+    )
+    async def pause_board(call: Call) -> BoardRead:
+        board_id = call.request.match_info["board_id"]
+        board = await deps(call.request).provisioning.set_board_paused(board_id, True)
+        return board_read(board)
+
+    @api.route(
+        "POST",
+        "/api/v1/boards/{board_id}/resume",
+        summary="Resume a board: its agents paused with it get their heartbeat back and a wake",
+        tags=tags,
+        response=BoardRead,
+    )
+    async def resume_board(call: Call) -> BoardRead:
+        board_id = call.request.match_info["board_id"]
+        board = await deps(call.request).provisioning.set_board_paused(board_id, False)
         return board_read(board)
 
     @api.route(

@@ -13,6 +13,7 @@ import enum
 import functools
 import hmac
 import re
+import typing
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -115,8 +116,37 @@ def refused(exc: StoreError) -> ApiError:
     return ApiError(status, str(exc))
 
 
-def validation_detail(exc: ValidationError) -> list[dict[str, Any]]:
-    return [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+def validation_detail(exc: ValidationError, model: type[BaseModel]) -> list[dict[str, Any]]:
+    """Pydantic's errors as the API's detail; an unknown field's says which fields are taken."""
+    detail = []
+    for error in exc.errors():
+        message = error["msg"]
+        if error["type"] == "extra_forbidden":
+            allowed = _fields_at(model, error["loc"][:-1])
+            if allowed:
+                message = f"unknown field {error['loc'][-1]!r}; this request takes: " + ", ".join(
+                    allowed
+                )
+        detail.append({"loc": list(error["loc"]), "msg": message, "type": error["type"]})
+    return detail
+
+
+def _fields_at(model: type[BaseModel], loc: tuple[int | str, ...]) -> list[str]:
+    """The field names of the (nested) model that `loc` leads to, if it leads to one."""
+    current: Any = model
+    for step in loc:
+        field = current.model_fields.get(step) if isinstance(step, str) else None
+        if field is None:
+            return []
+        nested = [
+            arg
+            for arg in (field.annotation, *typing.get_args(field.annotation))
+            if isinstance(arg, type) and issubclass(arg, BaseModel)
+        ]
+        if not nested:
+            return []
+        current = nested[0]
+    return sorted(current.model_fields)
 
 
 request_context = http.request_context(
@@ -289,7 +319,7 @@ class Api:
                 try:
                     call.query = route.query.model_validate(dict(request.query))
                 except ValidationError as exc:
-                    raise ApiError(422, validation_detail(exc)) from None
+                    raise ApiError(422, validation_detail(exc, route.query)) from None
             if route.body is not None:
                 call.body = await read_body(request, route.body)
             try:
@@ -429,4 +459,4 @@ async def read_body(request: web.Request, model: type[BaseModel]) -> Any:
     except ValidationError as exc:
         if any(e["type"] == "json_invalid" for e in exc.errors()):
             raise ApiError(422, "request body is not valid JSON") from None
-        raise ApiError(422, validation_detail(exc)) from None
+        raise ApiError(422, validation_detail(exc, model)) from None

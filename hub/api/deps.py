@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiohttp import web
 
 from hub.events import EventBus
+from hub.feeds import Feed
 from hub.gateways import GatewayService
 from hub.lifecycle.reconciler import Reconciler
 from hub.link.queries import GatewayQueries
 from hub.link.server import SessionRegistry
+from hub.metrics import HubMetrics
 from hub.provisioning.agent_tokens import TokenKeyring
 from hub.provisioning.service import Provisioning
 from hub.provisioning.template_sync import TemplateSync
@@ -38,6 +40,9 @@ class HttpDeps:
     link_address: str
     cors_origins: tuple[str, ...] = ()  # browser origins allowed to call the API
     webhooks: WebhookService | None = None  # board webhooks: CRUD, ingest, delivery
+    activity: Feed = field(default_factory=lambda: Feed("activity"))  # committed events, live
+    memory: Feed = field(default_factory=lambda: Feed("memory"))  # board memory notes, live
+    metrics: HubMetrics | None = None  # GET /metrics and the per-request counts
 
 
 DEPS = web.AppKey("deps", HttpDeps)

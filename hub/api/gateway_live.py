@@ -81,6 +81,73 @@ def sessions_of(
     return every, main
 
 
+async def live_status(d: HttpDeps, target: Target) -> GatewayStatusRead:
+    """The gateway's status asked through its sidecar; when it cannot be asked, what the
+    store last heard, with the reason (the dashboard's gateway page shows the same)."""
+    row = target.gateway
+    read = GatewayStatusRead(
+        gateway_id=row.id,
+        gateway_name=row.name,
+        connected=d.registry.get(row.id) is not None,
+        live_read=False,
+        gateway_reachable=row.reachable,
+        gateway_unreachable_reason=row.unreachable_reason,
+        sidecar_version=row.sidecar_version,
+        openclaw_version=row.openclaw_version,
+        openclaw_protocol=row.openclaw_protocol,
+        gateway_generation=GatewayGeneration.of(row.gateway_generation).label,
+        config_valid=row.config_valid,
+        config_error=row.config_error,
+        pid=None,
+        rss_bytes=None,
+        agents=[],
+        sessions_count=None,
+        sessions=[],
+        main_session=None,
+        main_session_error=None,
+        error=None,
+        error_code=None,
+        observed_at=None,
+    )
+    try:
+        result = await d.queries.ask(row.id, pb.GatewayQuery.STATUS)
+    except QueryFailed as exc:
+        read.error, read.error_code = _explain(exc.code, str(exc), row), exc.code
+        return read
+    state = result.state
+    read.connected = True
+    read.gateway_reachable = state.reachable
+    read.gateway_unreachable_reason = state.unreachable_reason or None
+    read.openclaw_version = state.openclaw_version or read.openclaw_version
+    read.openclaw_protocol = state.openclaw_protocol or read.openclaw_protocol
+    read.gateway_generation = (
+        GatewayGeneration.of(state.generation).label or read.gateway_generation
+    )
+    read.config_valid = state.config_valid
+    read.config_error = state.config_error or None
+    read.observed_at = iso(epoch_s(state.observed_at))
+    if result.error_code:
+        read.error, read.error_code = result.error, result.error_code
+        return read
+    read.live_read = True
+    read.pid = result.runtime.pid or None
+    read.rss_bytes = result.runtime.rss_bytes or None
+    read.agents = [
+        GatewayAgentRuntime(
+            gateway_agent_id=a.agent_id,
+            agent_id=target.agents[a.agent_id].id if a.agent_id in target.agents else None,
+            heartbeat_enabled=a.heartbeat_enabled,
+            heartbeat_every_s=a.heartbeat_every_s or None,
+        )
+        for a in result.runtime.agents
+    ]
+    read.sessions_count = result.sessions_total
+    read.sessions, read.main_session = sessions_of(result, target)
+    if read.main_session is None and target.main_agent_id():
+        read.main_session_error = "the gateway's main agent has no main session yet"
+    return read
+
+
 def register(api: Api) -> None:
     tags = ("gateways",)
 
@@ -88,76 +155,14 @@ def register(api: Api) -> None:
         "GET",
         "/api/v1/gateway/status",
         summary="Live gateway status through its sidecar: versions, agents' heartbeat, "
-        "sessions (200 with connected=false and the reason when it cannot be read)",
+        "sessions (200 with live_read=false and the reason when it cannot be read)",
         tags=tags,
         query=GatewayTarget,
         response=GatewayStatusRead,
     )
     async def gateway_status(call: Call) -> GatewayStatusRead:
         d = deps(call.request)
-        target = await resolve(d, call.query)
-        row = target.gateway
-        read = GatewayStatusRead(
-            gateway_id=row.id,
-            gateway_name=row.name,
-            connected=False,
-            sidecar_connected=d.registry.get(row.id) is not None,
-            gateway_reachable=row.reachable,
-            gateway_unreachable_reason=row.unreachable_reason,
-            sidecar_version=row.sidecar_version,
-            openclaw_version=row.openclaw_version,
-            openclaw_protocol=row.openclaw_protocol,
-            gateway_generation=GatewayGeneration.of(row.gateway_generation).label,
-            config_valid=row.config_valid,
-            config_error=row.config_error,
-            pid=None,
-            rss_bytes=None,
-            agents=[],
-            sessions_count=None,
-            sessions=[],
-            main_session=None,
-            main_session_error=None,
-            error=None,
-            error_code=None,
-            observed_at=None,
-        )
-        try:
-            result = await d.queries.ask(row.id, pb.GatewayQuery.STATUS)
-        except QueryFailed as exc:
-            read.error, read.error_code = _explain(exc.code, str(exc), row), exc.code
-            return read
-        state = result.state
-        read.sidecar_connected = True
-        read.gateway_reachable = state.reachable
-        read.gateway_unreachable_reason = state.unreachable_reason or None
-        read.openclaw_version = state.openclaw_version or read.openclaw_version
-        read.openclaw_protocol = state.openclaw_protocol or read.openclaw_protocol
-        read.gateway_generation = (
-            GatewayGeneration.of(state.generation).label or read.gateway_generation
-        )
-        read.config_valid = state.config_valid
-        read.config_error = state.config_error or None
-        read.observed_at = iso(epoch_s(state.observed_at))
-        if result.error_code:
-            read.error, read.error_code = result.error, result.error_code
-            return read
-        read.connected = True
-        read.pid = result.runtime.pid or None
-        read.rss_bytes = result.runtime.rss_bytes or None
-        read.agents = [
-            GatewayAgentRuntime(
-                gateway_agent_id=a.agent_id,
-                agent_id=target.agents[a.agent_id].id if a.agent_id in target.agents else None,
-                heartbeat_enabled=a.heartbeat_enabled,
-                heartbeat_every_s=a.heartbeat_every_s or None,
-            )
-            for a in result.runtime.agents
-        ]
-        read.sessions_count = result.sessions_total
-        read.sessions, read.main_session = sessions_of(result, target)
-        if read.main_session is None and target.main_agent_id():
-            read.main_session_error = "the gateway's main agent has no main session yet"
-        return read
+        return await live_status(d, await resolve(d, call.query))
 
     @api.route(
         "GET",

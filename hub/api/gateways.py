@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
-from hub.api.core import Api, Call
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from hub.adoption import inventory_in
+from hub.api.agents import agent_read
+from hub.api.core import MULTILINE, Api, Call, Strict
 from hub.api.deps import HttpDeps, deps
 from hub.api.schemas import (
+    AgentRead,
     GatewayCreate,
     GatewayCreated,
     GatewayPage,
     GatewayRead,
     GatewayUpdate,
+    HeartbeatConfig,
+    Identity,
     JoinToken,
     JoinTokenCreate,
     Ok,
@@ -18,8 +27,11 @@ from hub.api.schemas import (
 from hub.gateways import EnrollmentUnavailable
 from hub.link.server import SessionRegistry
 from hub.pki.enrollment import IssuedToken
+from hub.provisioning.agents import list_agents_in
+from hub.store.database import Connection
 from hub.store.errors import UnknownGateway
-from hub.store.gateways import GatewayInUse, GatewayRow
+from hub.store.gateways import GatewayInUse, GatewayRow, gateway_in
+from hub.workspace_root import workspace_root_problem
 from missioncontrol.http import ApiError
 from missioncontrol.timefmt import iso
 from protos.contract import GatewayGeneration
@@ -40,6 +52,13 @@ def gateway_read(row: GatewayRow, registry: SessionRegistry) -> GatewayRead:
         config_valid=row.config_valid,
         config_error=row.config_error,
         workspace_root=row.workspace_root,
+        workspace_root_reported=row.reported_workspace_root,
+        workspace_root_problem=workspace_root_problem(
+            row.declared_workspace_root,
+            row.reported_workspace_root,
+            row.follows_hub_workspace_root,
+            connected_once=row.connected_at is not None,
+        ),
         agent_api_url=row.agent_api_url,
         hostname=row.hostname,
         last_seen_at=iso(session.last_message_at if session else row.last_seen_at),
@@ -99,7 +118,7 @@ def register(api: Api) -> None:
     )
     async def create_gateway(call: Call) -> GatewayCreated:
         d = deps(call.request)
-        created = await d.gateways.create(call.body.name)
+        created = await d.gateways.create(call.body.name, workspace_root=call.body.workspace_root)
         result = GatewayCreated(**gateway_read(created.gateway, d.registry).model_dump())
         if created.token is not None:
             for key, value in join_token(created.token, d).model_dump().items():
@@ -128,7 +147,7 @@ def register(api: Api) -> None:
     @api.route(
         "PATCH",
         "/api/v1/gateways/{gateway_id}",
-        summary="Rename a gateway",
+        summary="Rename a gateway, or declare its workspace root (before agents were applied)",
         tags=tags,
         body=GatewayUpdate,
         response=GatewayRead,
@@ -136,8 +155,10 @@ def register(api: Api) -> None:
     async def patch_gateway(call: Call) -> GatewayRead:
         d = deps(call.request)
         try:
-            row = await d.store.rename_gateway(
-                call.request.match_info["gateway_id"], call.body.name
+            row = await d.provisioning.update_gateway(
+                call.request.match_info["gateway_id"],
+                name=call.body.name,
+                workspace_root=call.body.workspace_root,
             )
         except UnknownGateway:
             raise ApiError(404, "gateway not found") from None
@@ -180,3 +201,82 @@ def register(api: Api) -> None:
         except EnrollmentUnavailable as exc:
             raise ApiError(409, str(exc)) from None
         return join_token(token, d)
+
+
+class UnmanagedAgentRead(BaseModel):
+    gateway_agent_id: str  # its id in openclaw.json
+    name: str
+    workspace: str | None
+    adoptable: bool
+    why_not: str | None  # what to change first, when it cannot be adopted as it is
+
+
+class GatewayInventory(BaseModel):
+    gateway_id: str
+    managed: list[AgentRead]  # the hub's agents on this gateway
+    unmanaged: list[UnmanagedAgentRead]  # openclaw.json's others, as the sidecar last read it
+
+
+class AgentAdopt(Strict):
+    """Adopt an unmanaged agent into a board: its id, workspace and files stay its own."""
+
+    gateway_agent_id: str = Field(min_length=1, max_length=200)
+    board_id: str = Field(min_length=1, max_length=64)
+    name: str | None = Field(None, min_length=1, max_length=200, description="default: its own")
+    is_board_lead: bool = False
+    identity_profile: Identity | None = Field(None, json_schema_extra=MULTILINE)
+    heartbeat_config: HeartbeatConfig | None = None
+
+
+def register_inventory(api: Api) -> None:
+    tags = ("gateways",)
+
+    @api.route(
+        "GET",
+        "/api/v1/gateways/{gateway_id}/inventory",
+        summary="The gateway's agents: managed ones, and openclaw.json's others (adoptable)",
+        tags=tags,
+        response=GatewayInventory,
+    )
+    async def gateway_inventory(call: Call) -> GatewayInventory:
+        gateway_id = call.request.match_info["gateway_id"]
+
+        def op(conn: Connection) -> dict[str, Any]:
+            gateway = gateway_in(conn, gateway_id)
+            managed, _ = list_agents_in(
+                conn, board_id=None, gateway_id=gateway_id, managed=True, limit=10_000, offset=0
+            )
+            return inventory_in(conn, gateway, managed)
+
+        found = await deps(call.request).db.read(op)
+        return GatewayInventory(
+            gateway_id=gateway_id,
+            managed=[agent_read(a) for a in found["managed"]],
+            unmanaged=[UnmanagedAgentRead(**u) for u in found["unmanaged"]],
+        )
+
+    @api.route(
+        "POST",
+        "/api/v1/gateways/{gateway_id}/agents/adopt",
+        summary="Adopt an agent openclaw.json already has into a board, keeping its files",
+        tags=tags,
+        body=AgentAdopt,
+        response=AgentRead,
+        status=201,
+    )
+    async def adopt_gateway_agent(call: Call) -> AgentRead:
+        gateway_id = call.request.match_info["gateway_id"]
+        body: AgentAdopt = call.body
+        d = deps(call.request)
+        if await d.store.get_gateway(gateway_id) is None:
+            raise ApiError(404, "gateway not found")
+        agent = await d.provisioning.adopt_agent(
+            gateway_id,
+            body.gateway_agent_id,
+            board_id=body.board_id,
+            name=body.name,
+            lead=body.is_board_lead,
+            identity_profile=body.identity_profile,
+            heartbeat_config=body.heartbeat_config.config() if body.heartbeat_config else None,
+        )
+        return agent_read(agent)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
 
@@ -13,9 +13,12 @@ from hub.api.deps import deps
 from hub.api.schemas import Ok
 from hub.store.database import Connection
 from hub.tasks import (
+    MAX_TAGS,
+    TAG_PATTERN,
     CommentRow,
     TaskRow,
     add_comment,
+    board_tags_in,
     create_task,
     delete_task,
     list_comments,
@@ -55,6 +58,18 @@ def due_timestamp(value: datetime | None) -> float | None:
     return value.timestamp()
 
 
+Tag = Annotated[str, Field(min_length=1, max_length=64, pattern=TAG_PATTERN)]
+
+
+class BoardTag(BaseModel):
+    tag: str
+    tasks: int  # how many of the board's tasks carry it
+
+
+class BoardTags(BaseModel):
+    items: list[BoardTag]
+
+
 class TaskCreate(Strict):
     title: str = Field(min_length=1, max_length=MAX_TITLE_CHARS)
     description: str = Field("", max_length=MAX_TEXT_CHARS, json_schema_extra=MULTILINE)
@@ -62,6 +77,7 @@ class TaskCreate(Strict):
     priority: TaskPriority = "medium"
     due_at: datetime | None = Field(None, description="ISO 8601; without an offset it is UTC")
     assigned_agent_id: str | None = Field(None, min_length=1, max_length=MAX_ID_CHARS)
+    tags: list[Tag] = Field(default_factory=list, max_length=MAX_TAGS)
 
     @field_validator("due_at")
     @classmethod
@@ -79,8 +95,9 @@ class TaskUpdate(Strict):
     priority: TaskPriority | None = None
     due_at: datetime | None = Field(None, description="ISO 8601; null clears it")
     assigned_agent_id: str | None = Field(None, min_length=1, max_length=MAX_ID_CHARS)
+    tags: list[Tag] | None = Field(None, max_length=MAX_TAGS, description="replaces the tags")
 
-    @field_validator("title", "description", "status", "priority")
+    @field_validator("title", "description", "status", "priority", "tags")
     @classmethod
     def _not_null(cls, value: Any) -> Any:
         if value is None:
@@ -104,6 +121,7 @@ class TaskUpdate(Strict):
 class TaskFilter(Page):
     status: TaskStatus | None = None
     assigned_agent_id: str | None = Field(None, max_length=MAX_ID_CHARS)
+    tag: str | None = Field(None, max_length=64, description="only tasks carrying this tag")
 
 
 def filtered_tasks(conn: Connection, board_id: str, query: TaskFilter) -> tuple[list[TaskRow], int]:
@@ -113,6 +131,7 @@ def filtered_tasks(conn: Connection, board_id: str, query: TaskFilter) -> tuple[
         board_id,
         status=query.status,
         assigned_agent_id=query.assigned_agent_id,
+        tag=query.tag,
         limit=query.limit,
         offset=query.offset,
     )
@@ -128,6 +147,7 @@ class TaskRead(BaseModel):
     due_at: str | None
     assigned_agent_id: str | None
     in_progress_at: str | None
+    tags: list[str]
     created_by: str
     created_at: str | None
     updated_at: str | None
@@ -171,6 +191,7 @@ def task_read(task: TaskRow) -> TaskRead:
         due_at=iso(task.due_at),
         assigned_agent_id=task.assigned_agent_id,
         in_progress_at=iso(task.in_progress_at),
+        tags=list(task.tags),
         created_by=task.created_by,
         created_at=iso(task.created_at),
         updated_at=iso(task.updated_at),
@@ -253,6 +274,7 @@ def register(api: Api) -> None:
                 assigned_agent_id=body.assigned_agent_id,
                 created_by=ADMIN_AUTHOR,
                 now=time.time(),
+                tags=body.tags,
             )
 
         task = await deps(call.request).db.write_checked(
@@ -360,3 +382,20 @@ def register(api: Api) -> None:
         )
         log.info("task.comment.created", board_id=board_id, task_id=task_id, author_kind="user")
         return comment_read(comment)
+
+    @api.route(
+        "GET",
+        "/api/v1/boards/{board_id}/tags",
+        summary="The tags a board's tasks carry, and how many carry each",
+        tags=tags,
+        response=BoardTags,
+    )
+    async def list_board_tags(call: Call) -> BoardTags:
+        board_id, _ = _ids(call)
+
+        def op(conn: Connection) -> list[tuple[str, int]]:
+            require_board_in(conn, board_id)
+            return board_tags_in(conn, board_id)
+
+        rows = await deps(call.request).db.read(op)
+        return BoardTags(items=[BoardTag(tag=t, tasks=n) for t, n in rows])

@@ -195,6 +195,7 @@ class AgentLifecycle:
     # Not persisted: what the sidecar last said of its gateway (unknown counts as reachable).
     gateway_reachable: bool = True
     gateway_up_since: float | None = None  # when it last became reachable again
+    paused: bool = False  # paused by an admin (or with its board): see `_while_paused`
 
 
 # ------------------------------------------------------------------------ events
@@ -415,6 +416,8 @@ def step(
     out = _Out()
     if snapshot.status is Status.DELETING:
         new = _while_deleting(snapshot, event, out, now)
+    elif snapshot.paused:
+        new = _while_paused(snapshot, event, policy, now, out)
     else:
         handler = _HANDLERS[type(event)]
         new = handler(snapshot, event, policy, now, out)
@@ -438,7 +441,9 @@ def is_stuck(snapshot: AgentLifecycle) -> bool:
 
 def is_missing(snapshot: AgentLifecycle, policy: Policy, now: float) -> bool:
     """Whether the agent counts as missing for `gateway_suspect`: a wake went unanswered
-    past its deadline, or an online agent's heartbeats stopped."""
+    past its deadline, or an online agent's heartbeats stopped (a paused one never is)."""
+    if snapshot.paused:
+        return False
     if snapshot.phase is Phase.AWAITING_CHECKIN and snapshot.last_wake_sent_at is not None:
         return now >= snapshot.last_wake_sent_at + policy.checkin_deadline_s and not _answered_by(
             snapshot, snapshot.last_seen_at
@@ -792,6 +797,100 @@ def _on_removal_outcome(
     # Only a deleting agent is removed (see _while_deleting); anything else is stale.
     out.log(LogEvent.STALE_EVENT, received="removal", generation=e.generation)
     return s
+
+
+def _while_paused(
+    s: AgentLifecycle, event: Event, policy: Policy, now: float, out: _Out
+) -> AgentLifecycle:
+    """A paused agent is never woken and never marked offline (its heartbeat job is off).
+
+    Applies still go out (the pause itself is one: it turns the heartbeat off) and are
+    retried when they fail; check-ins still count as presence. Anything that would wake
+    it, re-wake it or judge it silent settles instead, and the status stays what it was.
+    Resuming is an apply with a wake of the unpaused agent, a check-in cycle as ever.
+    """
+    if isinstance(event, ApplyRequested):
+        if event.generation <= s.lifecycle_generation:
+            out.log(LogEvent.STALE_EVENT, received="apply_requested", generation=event.generation)
+            return s
+        s = dataclasses.replace(
+            s,
+            lifecycle_generation=event.generation,
+            wake_attempts=0,
+            reason=None,
+            last_provision_error=None,
+            delivery_failures=0,
+        )
+        out.actions.append(QueueApply(event.generation, wake=False))
+        out.log(LogEvent.ENQUEUED, command="apply_agent", generation=event.generation, wake=False)
+        return _queued(s, Phase.APPLYING, policy, now)
+    if isinstance(event, ApplyConfirmed | WakeDelivered | WakeUndeliverable):
+        if event.generation != s.lifecycle_generation:
+            return s
+        applied = isinstance(event, ApplyConfirmed | WakeDelivered)
+        if applied:
+            s = dataclasses.replace(
+                s, applied_generation=max(s.applied_generation, event.generation)
+            )
+        if s.phase in (Phase.APPLYING, Phase.WAKING):
+            return _paused_idle(s)
+        return s
+    if isinstance(event, ApplyFailed):
+        if event.generation != s.lifecycle_generation:
+            return s
+        s = dataclasses.replace(s, last_provision_error=event.message or None)
+        if event.permanent:
+            return _paused_idle(s)
+        return _retry_later(s, Phase.RETRY_APPLY, event.reason, policy, now, out)
+    if isinstance(event, CheckIn):
+        at = min(event.at, now)
+        seen = at if s.last_seen_at is None else max(s.last_seen_at, at)
+        return dataclasses.replace(s, status=Status.ONLINE, last_seen_at=seen)
+    if isinstance(event, DeadlineDue):
+        if event.generation != s.lifecycle_generation or s.checkin_deadline_at is None:
+            return s
+        if now < s.checkin_deadline_at:
+            out.reschedule = True
+            return s
+        down = path_down(s)
+        if down is not None:
+            return _held(s, down)
+        if s.phase is Phase.RETRY_APPLY:
+            out.actions.append(ResendApply(s.lifecycle_generation, wake=False))
+            return _queued(s, Phase.APPLYING, policy, now)
+        if s.phase is Phase.APPLYING:
+            return _arm(s, now + policy.checkin_deadline_s)  # still waiting for its result
+        return _paused_idle(s)  # a wake outstanding from before the pause: dropped
+    if isinstance(event, SidecarDisconnected):
+        s = dataclasses.replace(s, link_up_since=None, gateway_reachable=True)
+        return s if s.phase is Phase.IDLE else _held(s, WaitReason.SIDECAR_DISCONNECTED)
+    if isinstance(event, GatewayUnreachable):
+        s = dataclasses.replace(s, gateway_reachable=False)
+        if s.phase is Phase.IDLE or s.link_up_since is None:
+            return s
+        return _held(s, WaitReason.GATEWAY_UNREACHABLE)
+    if isinstance(event, SidecarReconnected | GatewayReachable):
+        if isinstance(event, SidecarReconnected):
+            s = dataclasses.replace(s, link_up_since=now)
+        else:
+            s = dataclasses.replace(s, gateway_reachable=True, gateway_up_since=now)
+        down = path_down(s)
+        s = dataclasses.replace(s, reason=down)
+        if down is not None:
+            return s if s.phase is Phase.IDLE else _held(s, down)
+        if s.phase is Phase.RETRY_APPLY:
+            out.actions.append(ResendApply(s.lifecycle_generation, wake=False))
+            return _queued(s, Phase.APPLYING, policy, now)
+        if s.phase is Phase.APPLYING:
+            return _arm(s, now + policy.checkin_deadline_s)
+        return _paused_idle(s) if s.phase is not Phase.IDLE else s
+    if isinstance(event, DeleteRequested):
+        return _on_delete_requested(s, event, policy, now, out)
+    return s  # RunFailed, RunWithoutTurn, PresenceTick, removals: nothing to judge while paused
+
+
+def _paused_idle(s: AgentLifecycle) -> AgentLifecycle:
+    return dataclasses.replace(s, phase=Phase.IDLE, reason=None, checkin_deadline_at=None)
 
 
 _HANDLERS: dict[type, Any] = {

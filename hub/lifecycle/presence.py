@@ -15,7 +15,7 @@ from hub.store.database import Connection
 def silent_agents_in(conn: Connection, now: float, policy: Policy) -> list[str]:
     """Ids of online agents with nothing outstanding whose presence has expired at `now`."""
     rows = conn.execute(
-        """SELECT id FROM agents WHERE status = ? AND phase = ?
+        """SELECT id FROM agents WHERE status = ? AND phase = ? AND paused_at IS NULL
                AND heartbeat_interval_s > 0 AND last_seen_at IS NOT NULL
                AND ? - last_seen_at > ? * heartbeat_interval_s""",
         (Status.ONLINE.value, Phase.IDLE.value, now, policy.offline_after_intervals),

@@ -48,7 +48,9 @@ from hub.store.event_log import add_event, record_run_observed_in
 from hub.store.gateways import GatewayStore, Welcome, record_hello_in
 from hub.store.outbox import ConfirmedCommand, enqueue_command_in, record_command_results_in
 from hub.tasks import unassign_agent_tasks
+from hub.work_state import record_work_states_in
 from missioncontrol.log import get_logger
+from missioncontrol.tasks import start_long_lived
 from protos import link_pb2 as pb
 from protos.contract import GatewayErrorKind, epoch_s
 
@@ -99,13 +101,16 @@ class Reconciler:
         events: EventBus | None = None,
         clock: Callable[[], float] = time.time,
         presence_sweep_s: float = PRESENCE_SWEEP_S,
+        on_log: Callable[[str, dict[str, Any]], None] | None = None,
     ) -> None:
+        """`on_log(event, fields)` sees every lifecycle log event after its commit (metrics)."""
         self.db = db
         self.store = store
         self.policy = policy
         self.events = events
         self.clock = clock
         self.presence_sweep_s = presence_sweep_s
+        self.on_log = on_log
         self.schedule = DeadlineSchedule()
         self._link_up_since: dict[str, float] = {}
         # What each connected sidecar last said of its gateway: down, or up again since.
@@ -125,8 +130,8 @@ class Reconciler:
         for agent_id, at, generation in rows:
             self.schedule.set(agent_id, at, generation)
         self._tasks = [
-            asyncio.create_task(self._deadline_loop(), name="reconciler-deadlines"),
-            asyncio.create_task(self._presence_loop(), name="reconciler-presence"),
+            start_long_lived(self._deadline_loop(), name="reconciler-deadlines", log=log),
+            start_long_lived(self._presence_loop(), name="reconciler-presence", log=log),
         ]
         log.info("reconciler.started", deadlines=len(rows))
 
@@ -202,6 +207,7 @@ class Reconciler:
                     at = max(seen[gw_agent_id], last_seen or 0.0)
                     tx.step(agent_id, lc.CheckIn(at=at))
             conn.execute("UPDATE gateways SET last_seen_at = ? WHERE id = ?", (now, gateway_id))
+            record_work_states_in(conn, gateway_id, batch.beats, seen)  # what agents say they do
 
         await self.write(op, urgent=False)  # bulk traffic: rides the paced group commit
 
@@ -348,7 +354,7 @@ class Reconciler:
             }
         )
         events = lc.confirmation_events(facts, inventory.get(command.agent_id))
-        fields = {"sequence": command.sequence, "command": command.kind}
+        fields: dict[str, Any] = {"sequence": command.sequence, "command": command.kind}
         tx.logs.append((CONFIRMED_WITHOUT_RESULT, {"agent_id": row.id, **fields}))
         add_event(
             tx.conn,
@@ -432,6 +438,8 @@ class Reconciler:
             self.schedule.set(agent_id, at, generation)
         for event, fields in tx.logs:
             log.info(event, **fields)
+            if self.on_log is not None:
+                self.on_log(event, fields)
         if self.events is not None:
             for view in tx.changed.values():
                 self.events.publish(

@@ -27,6 +27,7 @@ MAX_CHARS: Mapping[str, int] = {
     "openclaw_version": 64,
     "last_touched_version": 64,
     "workspace_root": 4096,  # PATH_MAX
+    "workspace": 4096,  # an unmanaged agent's workspace
     "agent_api_url": 2048,
     "path": 2048,  # an agent call's path
     "query": 8192,

@@ -82,9 +82,11 @@ def authorize_peer(
         )
     if is_revoked(identity.serial):
         raise PeerRejectedError(
-            f"client certificate {identity.serial:x} of gateway {identity.gateway_id} was revoked; "
-            "if the gateway should still connect, create a join token with "
-            f"`mc-hub gateway join-token {identity.gateway_id}` and re-enroll with --force",
+            # The hub revokes certificates only when their gateway is deleted.
+            f"client certificate {identity.serial:x} of gateway {identity.gateway_id} was revoked "
+            "when the gateway was deleted on the hub; to bring this host back, create a gateway "
+            "again (POST /api/v1/gateways, or `mc-hub gateway join-token` for a fleet token) and "
+            "enroll with its join token: `mc-sidecar enroll --hub HOST:PORT --token T --force`",
             code="peer_certificate_revoked",
             unauthenticated=True,
         )

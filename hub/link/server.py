@@ -25,6 +25,7 @@ from hub.store.errors import UnknownGateway
 from hub.store.gateways import GatewayStore, Welcome
 from missioncontrol.log import get_logger
 from missioncontrol.pki import certificate_identity, validate_gateway_id
+from missioncontrol.tasks import start_long_lived
 from missioncontrol.version import VERSION, VersionSkewError, check_sidecar_version
 from protos import link_pb2 as pb
 from protos import link_pb2_grpc as pb_grpc
@@ -181,12 +182,14 @@ class LinkService(pb_grpc.LinkServicer):
         on_link: Callable[[str, bool], Awaitable[None]] | None = None,
         agent_calls: AgentCallHandler | None = None,
         queries: QueryAnswers | None = None,
+        on_sidecar_ahead: Callable[[str, pb.Hello], Awaitable[object]] | None = None,
         record_hello: Callable[[pb.Hello], Awaitable[Welcome]] | None = None,
     ) -> None:
         """`is_revoked` set: mutual TLS, every stream needs a valid client certificate
-        naming the gateway its Hello names. `record_hello` records an accepted Hello
-        (the hub's reconciler, so the commands it confirms move their agents on; the
-        store's plain record by default)."""
+        naming the gateway its Hello names. `on_sidecar_ahead(gateway_id, hello)`: the
+        sidecar applied commands this hub never issued (a restored backup).
+        `record_hello` records an accepted Hello (the hub's reconciler, so the commands
+        it confirms move their agents on; the store's plain record by default)."""
         self.store = store
         self.record_hello = record_hello or (
             lambda hello: store.record_hello(hello, auto_register=auto_register)
@@ -199,6 +202,7 @@ class LinkService(pb_grpc.LinkServicer):
         self.on_link = on_link  # the gateway's stream opened (True) or closed (False)
         self.agent_calls = agent_calls
         self.queries = queries
+        self.on_sidecar_ahead = on_sidecar_ahead
         self.accepting = True
         self._teardowns: set[asyncio.Task[None]] = set()
 
@@ -275,9 +279,38 @@ class LinkService(pb_grpc.LinkServicer):
                     hub=welcome.last_sequence,
                 )
                 cursor = welcome.last_sequence
+                if self.on_sidecar_ahead is not None:
+                    try:
+                        await self.on_sidecar_ahead(session.gateway_id, hello)
+                    except Exception as exc:  # the stream still serves; the next Hello retries
+                        log.error(
+                            "link.sidecar_ahead.failed",
+                            gateway_id=session.gateway_id,
+                            error=str(exc),
+                        )
+
+            # Either ending early ends the stream: a sidecar that still looks connected but
+            # gets no commands (or whose reports are not read) would wait forever.
+            def ended(what: str) -> Callable[[BaseException | None], None]:
+                return lambda error: session.close(
+                    f"hub {what} failed: {error!r}; the sidecar reconnects and resumes",
+                    grpc.StatusCode.UNAVAILABLE,
+                )
+
             tasks += [
-                asyncio.create_task(self._read(session, messages), name="link-read"),
-                asyncio.create_task(self._pump_outbox(session, cursor), name="link-outbox"),
+                start_long_lived(
+                    self._read(session, messages),
+                    name="link-read",
+                    log=log,
+                    on_end=ended("reader"),
+                    may_return=True,  # at the end of the sidecar's stream
+                ),
+                start_long_lived(
+                    self._pump_outbox(session, cursor),
+                    name="link-outbox",
+                    log=log,
+                    on_end=ended("outbox pump"),
+                ),
             ]
             if not_after is not None:
                 session.certificate_expires_at = not_after.timestamp()
@@ -290,6 +323,7 @@ class LinkService(pb_grpc.LinkServicer):
                     server_time=timestamp(),
                     heartbeat_flush_ms=HEARTBEAT_FLUSH_MS,
                     gateway_name=welcome.gateway_name,
+                    workspace_root=welcome.workspace_root,
                 )
             )
             while True:
@@ -377,10 +411,19 @@ class LinkService(pb_grpc.LinkServicer):
             async for message in messages:
                 session.last_message_at = time.time()
                 kind = message.WhichOneof("body")
-                if kind != "heartbeats":  # the hub keeps no text of a beat; the rest it keeps
-                    bound(message)
-                if kind == "gateway_query_result" and self.queries is not None:
-                    self.queries.answer(session.gateway_id, message.gateway_query_result)
+                try:
+                    if kind != "heartbeats":  # the hub keeps no text of a beat; the rest it keeps
+                        bound(message)
+                    if kind == "gateway_query_result" and self.queries is not None:
+                        self.queries.answer(session.gateway_id, message.gateway_query_result)
+                        continue
+                except Exception as exc:  # one bad message must not end the stream
+                    log.error(
+                        "link.report.failed",
+                        gateway_id=session.gateway_id,
+                        what=kind,
+                        error=repr(exc),
+                    )
                     continue
                 await writes.acquire()
                 if kind == "command_result":

@@ -14,27 +14,31 @@ and the workspace is `<workspace root>/workspace-<gateway agent id>`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import sqlite3
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 from hub.boards import board_profile
 from hub.lifecycle.decisions import AgentLifecycle, Phase, Status, WaitReason
-from hub.provisioning.agent_tokens import StoredToken
+from hub.provisioning.agent_tokens import MintedToken, StoredToken
 from hub.provisioning.rendering import (
     AgentContext,
     AgentKind,
     ApplyAction,
     IdentityProfile,
     RenderError,
+    check_override_template,
     render_file_set,
     render_wake_message,
 )
-from hub.store.errors import StoreError
+from hub.store.errors import Refusal, StoreError
 from hub.store.gateways import gateway_in
 from hub.users import user_profile
+from missioncontrol.agent_api import DEFAULT_AGENT_API_URL
 from missioncontrol.timefmt import iso
 from protos import link_pb2 as pb
 from protos.contract import GatewayGeneration
@@ -49,7 +53,10 @@ class AgentError(StoreError):
 
 
 class AgentConflict(AgentError):
-    """The request clashes with an existing agent (one lead per board, one main agent)."""
+    """The request clashes with an existing agent (one lead per board, one main agent, a
+    name taken on the board, the board's worker cap)."""
+
+    refusal = Refusal.CONFLICT
 
 
 def parse_every(every: str) -> int:
@@ -62,6 +69,51 @@ def parse_every(every: str) -> int:
     if seconds > MAX_HEARTBEAT_S:
         raise AgentError(f"heartbeat every {every!r} is longer than 7 days")
     return seconds
+
+
+def heartbeat_settings(config: Mapping[str, Any] | None) -> tuple[dict[str, Any], int]:
+    """A heartbeat_config in either shape people send, as the stored config and its
+    interval in seconds (0: no heartbeat job).
+
+    Mission Control's `{enabled, intervalSeconds}` and OpenClaw's `{every, target,
+    includeReasoning}` both work, mixed too; `enabled: false` switches the heartbeat off
+    whatever the cadence. The stored config carries both shapes, so a client of either
+    reads back what it understands. Raises AgentError naming the field at fault.
+    """
+    given = dict(config or {})
+    every = given.get("every")
+    interval = given.get("intervalSeconds")
+    if every is not None and interval is not None and parse_every(every) != interval:
+        raise AgentError(
+            f"heartbeat_config: every {every!r} and intervalSeconds {interval} disagree; "
+            "send one of them"
+        )
+    if interval is not None:
+        if not 0 <= int(interval) <= MAX_HEARTBEAT_S:
+            raise AgentError(f"heartbeat_config: intervalSeconds must be 0 to {MAX_HEARTBEAT_S}")
+        seconds = int(interval)
+    else:
+        seconds = parse_every(every if every is not None else DEFAULT_HEARTBEAT["every"])
+    enabled = given.get("enabled", True) is not False and seconds > 0
+    seconds = seconds if enabled else 0
+    stored = {
+        "every": every_text(seconds),
+        "target": given.get("target") or DEFAULT_HEARTBEAT["target"],
+        "includeReasoning": bool(given.get("includeReasoning", False)),
+        "enabled": enabled,
+        "intervalSeconds": seconds,
+    }
+    return stored, seconds
+
+
+def every_text(seconds: int) -> str:
+    """OpenClaw's cadence text for `seconds` ("0m": off)."""
+    if seconds <= 0:
+        return "0m"
+    for unit, size in (("h", 3600), ("m", 60)):
+        if seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
 
 
 def gateway_agent_id(kind: AgentKind, agent_id: str, board_id: str | None, gateway_id: str) -> str:
@@ -102,6 +154,15 @@ class AgentRow:
     heartbeat_interval_s: int
     identity_template: str | None
     soul_template: str | None
+    work_state: str | None = None  # what the agent last said it is doing (active, idle, ...)
+    reported_status: str | None = None  # the status word it sent, as sent
+    current_task_id: str | None = None
+    work_state_at: float | None = None
+    workspace_path: str | None = None  # set for an adopted agent; else derived from the root
+    adopted: bool = False  # found in openclaw.json and adopted: its files are its own
+    role_soul: str | None = None  # from the souls directory (hub/provisioning/souls.py)
+    paused_at: float | None = None  # paused: heartbeat job off, never woken or judged silent
+    paused_by: str | None = None  # "agent" (paused itself) or "board" (with its board)
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> AgentRow:
@@ -133,7 +194,217 @@ class AgentRow:
             link_up_since=link_up_since,
             gateway_reachable=gateway_reachable,
             gateway_up_since=gateway_up_since,
+            paused=self.paused_at is not None,
         )
+
+
+class AgentPaused(AgentError):
+    """The agent (or its board) is paused, and what was asked would wake it."""
+
+    refusal = Refusal.CONFLICT
+
+
+def set_paused_in(
+    conn: sqlite3.Connection, agent_id: str, paused_by: str | None, now: float
+) -> None:
+    """Pause (`paused_by` "agent" or "board") or resume (None) an agent's row."""
+    conn.execute(
+        "UPDATE agents SET paused_at = ?, paused_by = ?, updated_at = ? WHERE id = ?",
+        (now if paused_by else None, paused_by, now, agent_id),
+    )
+
+
+def check_override(name: str, template: str) -> None:
+    """Refuse an IDENTITY.md / SOUL.md override the hub would not render."""
+    field_name = "identity_template" if name == "IDENTITY.md" else "soul_template"
+    try:
+        check_override_template(name, template)
+    except RenderError as exc:
+        raise AgentError(f"{field_name}: {exc}") from None
+
+
+def check_name_free_in(
+    conn: sqlite3.Connection,
+    gateway_id: str,
+    board_id: str | None,
+    name: str,
+    *,
+    exclude: str | None = None,
+) -> None:
+    """Names are unique per board (a gateway's main agent: among its board-less agents),
+    whatever the case; AgentConflict naming the agent that holds the name otherwise."""
+    wanted = name.casefold()
+    rows = conn.execute(
+        "SELECT id, name FROM agents WHERE gateway_id = ? AND board_id IS ? "
+        "AND status != 'deleting'",
+        (gateway_id, board_id),
+    ).fetchall()
+    for row in rows:
+        if row["id"] != exclude and row["name"].casefold() == wanted:
+            where = f"board {board_id}" if board_id else f"gateway {gateway_id}"
+            raise AgentConflict(
+                f"{where} already has an agent named {row['name']!r} (agent {row['id']}); "
+                f"choose another name, or change that agent with PATCH /api/v1/agents/{row['id']}"
+            )
+
+
+def check_worker_cap_in(conn: sqlite3.Connection, board_id: str, max_agents: int) -> None:
+    """The board rule `max_agents`: how many workers its lead may have (the lead excluded)."""
+    workers = conn.execute(
+        "SELECT COUNT(*) FROM agents WHERE board_id = ? AND kind = 'worker' "
+        "AND status != 'deleting'",
+        (board_id,),
+    ).fetchone()[0]
+    if workers >= max_agents:
+        raise AgentConflict(
+            f"board {board_id} allows {max_agents} worker agent(s) (its max_agents rule) and "
+            f"has {workers}; delete a worker first, or ask an admin to raise max_agents "
+            f"(PATCH /api/v1/boards/{board_id})"
+        )
+
+
+def _holder_in(
+    conn: sqlite3.Connection, kind: AgentKind, board_id: str | None, gateway_id: str
+) -> sqlite3.Row | None:
+    if kind is AgentKind.LEAD:
+        return conn.execute(
+            "SELECT id, name FROM agents WHERE board_id = ? AND kind = 'lead'", (board_id,)
+        ).fetchone()
+    if kind is AgentKind.MAIN:
+        return conn.execute(
+            "SELECT id, name FROM agents WHERE gateway_id = ? AND kind = 'main'", (gateway_id,)
+        ).fetchone()
+    return None
+
+
+def insert_agent_in(
+    conn: sqlite3.Connection,
+    *,
+    agent_id: str,
+    gateway_id: str,
+    board_id: str | None,
+    kind: AgentKind,
+    gateway_agent_id: str,
+    name: str,
+    heartbeat: Mapping[str, Any],
+    interval_s: int,
+    identity_profile: Mapping[str, Any] | None,
+    identity_template: str | None = None,
+    soul_template: str | None = None,
+    workspace_path: str | None = None,
+    adopted: bool = False,
+    role_soul: str | None = None,
+    now: float,
+) -> None:
+    """Insert an agent row; AgentConflict naming the holder when the board already has a
+    lead, or the gateway a main agent (database constraints, too) or that gateway id."""
+    holder = _holder_in(conn, kind, board_id, gateway_id)
+    if holder is not None:
+        what = "a lead" if kind is AgentKind.LEAD else "a main agent"
+        where = f"board {board_id}" if kind is AgentKind.LEAD else f"gateway {gateway_id}"
+        raise AgentConflict(
+            f"{where} already has {what}: {holder['name']!r} (agent {holder['id']}); change "
+            f"that one with PATCH /api/v1/agents/{holder['id']}, or delete it first"
+        )
+    try:
+        conn.execute(
+            """INSERT INTO agents (id, gateway_id, board_id, kind, gateway_agent_id, name,
+                   heartbeat_config, identity_profile, heartbeat_interval_s, identity_template,
+                   soul_template, workspace_path, adopted, role_soul, created_at, updated_at)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+            (
+                agent_id,
+                gateway_id,
+                board_id,
+                kind.value,
+                gateway_agent_id,
+                name,
+                json.dumps(dict(heartbeat)),
+                json.dumps(dict(identity_profile or {})),
+                interval_s,
+                identity_template,
+                soul_template,
+                workspace_path,
+                int(adopted),
+                role_soul,
+                now,
+                now,
+            ),
+        )
+    except sqlite3.IntegrityError:
+        raise AgentConflict(
+            f"gateway {gateway_id} already has an agent with the gateway id {gateway_agent_id}"
+        ) from None
+
+
+_UPDATABLE_COLUMNS = frozenset(
+    {
+        "name",
+        "board_id",
+        "identity_profile",
+        "heartbeat_config",
+        "heartbeat_interval_s",
+        "identity_template",
+        "soul_template",
+        "role_soul",
+    }
+)
+
+
+def update_agent_in(
+    conn: sqlite3.Connection, agent_id: str, values: Mapping[str, Any], now: float
+) -> None:
+    """Write changed columns of an agent's row (JSON columns given as text)."""
+    unknown = set(values) - _UPDATABLE_COLUMNS
+    if unknown:
+        raise ValueError(f"not updatable: {sorted(unknown)}")
+    if not values:
+        return
+    assignments = ", ".join(f"{column} = ?" for column in values)  # whitelisted above
+    conn.execute(
+        f"UPDATE agents SET {assignments}, updated_at = ? WHERE id = ?",
+        (*values.values(), now, agent_id),
+    )
+
+
+def move_target_in(conn: sqlite3.Connection, agent: AgentRow, board_id: str | None) -> str:
+    """The board a worker may move to (same gateway, not being deleted); AgentError saying
+    why not otherwise."""
+    if agent.kind != AgentKind.WORKER:
+        identity = "lead-<board>" if agent.kind == AgentKind.LEAD else "mc-gateway-<gateway>"
+        raise AgentError(
+            f"board_id: a {agent.kind} agent cannot change boards (its gateway identity is "
+            f"{identity}); create a {agent.kind} for the other board instead"
+        )
+    if board_id is None:
+        raise AgentError(
+            "board_id: a worker belongs to a board; a gateway has one main agent, created "
+            'with {"gateway_id": ..., "board_id": null}'
+        )
+    board = conn.execute(
+        "SELECT gateway_id, status FROM boards WHERE id = ?", (board_id,)
+    ).fetchone()
+    if board is None:
+        raise AgentError(f"board_id: board {board_id} does not exist")
+    if board["status"] == "deleting":
+        raise AgentError(f"board_id: board {board_id} is being deleted")
+    if board["gateway_id"] != agent.gateway_id:
+        raise AgentError(
+            f"board_id: board {board_id} is on gateway {board['gateway_id']}, and an agent "
+            f"stays on its gateway ({agent.gateway_id}); create an agent on that board and "
+            "delete this one"
+        )
+    return board_id
+
+
+def insert_token_in(
+    conn: sqlite3.Connection, agent_id: str, minted: MintedToken, now: float
+) -> None:
+    conn.execute(
+        "INSERT INTO agent_tokens (token_id, agent_id, digest, sidecar_sha256, created_at) "
+        "VALUES (?, ?, ?, ?, ?)",
+        (minted.token_id, agent_id, minted.digest, minted.sidecar_sha256, now),
+    )
 
 
 def load_agent(conn: sqlite3.Connection, agent_id: str) -> AgentRow | None:
@@ -149,11 +420,16 @@ def list_agents_in(
     managed: bool,
     limit: int,
     offset: int,
+    status: str | None = None,
 ) -> tuple[list[AgentRow], int]:
-    """One page of agents, oldest first. Every agent the hub holds is one it manages, so
-    `managed=False` (Mission Control's is_mc_agent=false) lists none."""
-    where = "WHERE (? IS NULL OR board_id = ?) AND (? IS NULL OR gateway_id = ?) AND ?"
-    args = (board_id, board_id, gateway_id, gateway_id, managed)
+    """One page of agents, oldest first, optionally of one status. Every agent the hub
+    holds is one it manages, so `managed=False` (Mission Control's is_mc_agent=false)
+    lists none."""
+    where = (
+        "WHERE (? IS NULL OR board_id = ?) AND (? IS NULL OR gateway_id = ?) AND ? "
+        "AND (? IS NULL OR status = ?)"
+    )
+    args = (board_id, board_id, gateway_id, gateway_id, managed, status, status)
     total = conn.execute(f"SELECT COUNT(*) FROM agents {where}", args).fetchone()[0]
     rows = conn.execute(
         f"SELECT * FROM agents {where} ORDER BY created_at, id LIMIT ? OFFSET ?",
@@ -167,6 +443,25 @@ def require_agent(conn: sqlite3.Connection, agent_id: str) -> AgentRow:
     if row is None:
         raise AgentError(f"agent {agent_id} does not exist")
     return row
+
+
+def agents_of_gateway_in(conn: sqlite3.Connection, gateway_id: str) -> list[AgentRow]:
+    """The gateway's agents that are not being deleted, oldest first."""
+    rows = conn.execute(
+        "SELECT * FROM agents WHERE gateway_id = ? AND status != 'deleting' "
+        "ORDER BY created_at, id",
+        (gateway_id,),
+    ).fetchall()
+    return [AgentRow.from_row(r) for r in rows]
+
+
+def agents_of_board_in(conn: sqlite3.Connection, board_id: str) -> list[AgentRow]:
+    """The board's agents that are not being deleted, oldest first."""
+    rows = conn.execute(
+        "SELECT * FROM agents WHERE board_id = ? AND status != 'deleting' ORDER BY created_at, id",
+        (board_id,),
+    ).fetchall()
+    return [AgentRow.from_row(r) for r in rows]
 
 
 def load_agent_by_gateway_id(
@@ -228,11 +523,15 @@ def render_context(
 ) -> tuple[AgentContext, GatewayGeneration]:
     """The template context for an agent, from its gateway, board and profile."""
     gateway = gateway_in(conn, agent.gateway_id)
-    if not gateway.workspace_root or not gateway.agent_api_url:
+    if not gateway.workspace_root:
         raise AgentError(
-            f"gateway {gateway.id} has not connected yet: its workspace root and local agent "
-            "API are unknown. Start its sidecar, then retry"
+            f"gateway {gateway.id} has no workspace root yet: declare one "
+            f'(PATCH /api/v1/gateways/{gateway.id} with {{"workspace_root": "/srv/openclaw"}}) '
+            "or start its sidecar, then retry"
         )
+    # Before the sidecar says where it listens, its default address; a Hello naming
+    # another one renders the files again (Provisioning.rerender_stale).
+    base_url = gateway.agent_api_url or DEFAULT_AGENT_API_URL
     generation = GatewayGeneration.of(gateway.gateway_generation)
     if generation is GatewayGeneration.UNKNOWN:
         generation = GatewayGeneration.CURRENT
@@ -246,13 +545,15 @@ def render_context(
             session_key=session_key,
             main_session_key=main_key,
             kind=AgentKind(agent.kind),
-            base_url=gateway.agent_api_url,
+            base_url=base_url,
             workspace_root=gateway.workspace_root,
-            workspace_path=workspace_path(gateway.workspace_root, agent.gateway_agent_id),
+            workspace_path=agent.workspace_path
+            or workspace_path(gateway.workspace_root, agent.gateway_agent_id),
             heartbeat_interval_s=agent.heartbeat_interval_s,
             identity=IdentityProfile.from_mapping(json.loads(agent.identity_profile)),
             user=user_profile(conn),
             board=board,
+            role_soul=agent.role_soul or "",
         )
     except RenderError as exc:
         raise AgentError(f"cannot render the agent's files: {exc}") from None
@@ -307,14 +608,18 @@ def build_apply(
                 name=f.name,
                 content=f.content,
                 secret=f.secret,
-                preserve_if_present=f.preserve_if_present,
+                # An adopted agent's files are its own: written only where missing, unless
+                # a template sync asks to overwrite.
+                preserve_if_present=f.preserve_if_present
+                or (bool(agent.adopted) and not f.secret and not render.overwrite),
             )
             for f in rendered.files
         ],
+        # Paused: the heartbeat job is turned off on the gateway (no cadence, no checklist).
         heartbeat=pb.HeartbeatSettings(
-            every_s=agent.heartbeat_interval_s,
+            every_s=0 if agent.paused_at is not None else agent.heartbeat_interval_s,
             target=heartbeat.get("target", "none"),
-            checklist=rendered.heartbeat_checklist,
+            checklist="" if agent.paused_at is not None else rendered.heartbeat_checklist,
         ),
         credentials=credentials_for(accepted_tokens(conn, agent.id, now)),
         rendered_for=gateway_generation.proto,
@@ -370,6 +675,103 @@ def agent_json(agent: AgentRow) -> dict[str, Any]:
         "last_provision_error": agent.last_provision_error,
         "heartbeat_config": json.loads(agent.heartbeat_config) or DEFAULT_HEARTBEAT,
         "identity_profile": json.loads(agent.identity_profile),
+        "identity_template": agent.identity_template,
+        "soul_template": agent.soul_template,
+        "work_state": agent.work_state,
+        "reported_status": agent.reported_status,
+        "current_task_id": agent.current_task_id,
+        "work_state_at": iso(agent.work_state_at),
+        "adopted": bool(agent.adopted),
+        "paused": agent.paused_at is not None,
+        "paused_at": iso(agent.paused_at),
+        "paused_by": agent.paused_by,
         "created_at": iso(agent.created_at),
         "updated_at": iso(agent.updated_at),
     }
+
+
+# ------------------------------------------------------------------ reads (dashboard)
+
+
+def agent_status_counts_in(
+    conn: sqlite3.Connection, *, gateway_id: str | None = None, board_id: str | None = None
+) -> dict[str, int]:
+    """Agents per status, fleet-wide or on one gateway or board."""
+    rows = conn.execute(
+        """SELECT status, COUNT(*) FROM agents
+           WHERE (? IS NULL OR gateway_id = ?) AND (? IS NULL OR board_id = ?)
+           GROUP BY status""",
+        (gateway_id, gateway_id, board_id, board_id),
+    ).fetchall()
+    return {r[0]: int(r[1]) for r in rows}
+
+
+def agent_counts_by_in(
+    conn: sqlite3.Connection, column: str, ids: list[str]
+) -> dict[str, dict[str, int]]:
+    """For each gateway (`column="gateway_id"`) or board (`"board_id"`) named: its agents
+    per status."""
+    if column not in ("gateway_id", "board_id"):
+        raise ValueError(f"agents are counted by gateway_id or board_id, not {column!r}")
+    if not ids:
+        return {}
+    marks = ", ".join("?" for _ in ids)
+    rows = conn.execute(
+        f"SELECT {column}, status, COUNT(*) FROM agents WHERE {column} IN ({marks}) "
+        f"GROUP BY {column}, status",
+        ids,
+    ).fetchall()
+    counts: dict[str, dict[str, int]] = {}
+    for owner, status, count in rows:
+        counts.setdefault(owner, {})[status] = int(count)
+    return counts
+
+
+def agents_needing_attention_in(conn: sqlite3.Connection, limit: int) -> tuple[list[AgentRow], int]:
+    """Offline agents and agents waiting on something (status_reason), latest change first."""
+    where = "WHERE status = 'offline' OR status_reason IS NOT NULL"
+    total = conn.execute(f"SELECT COUNT(*) FROM agents {where}").fetchone()[0]
+    rows = conn.execute(
+        f"SELECT * FROM agents {where} ORDER BY updated_at DESC, id LIMIT ?", (limit,)
+    ).fetchall()
+    return [AgentRow.from_row(r) for r in rows], int(total)
+
+
+def agent_names_in(conn: sqlite3.Connection, agent_ids: list[str]) -> dict[str, str]:
+    if not agent_ids:
+        return {}
+    marks = ", ".join("?" for _ in agent_ids)
+    rows = conn.execute(f"SELECT id, name FROM agents WHERE id IN ({marks})", agent_ids)
+    return {r[0]: r[1] for r in rows}
+
+
+@dataclass(frozen=True)
+class RenderedFileDigest:
+    name: str
+    sha256: str | None  # None for a secret file: nothing derived from it is shown
+    secret: bool
+    preserve_if_present: bool
+
+
+def rendered_files_in(
+    conn: sqlite3.Connection, agent: AgentRow
+) -> tuple[int, list[RenderedFileDigest]] | None:
+    """The files the hub last rendered for the agent (its latest ApplyAgent in the outbox):
+    (generation, digests), or None if none is kept."""
+    row = conn.execute(
+        """SELECT generation, payload FROM commands WHERE gateway_id = ? AND agent_id = ?
+               AND kind = 'apply_agent' ORDER BY sequence DESC LIMIT 1""",
+        (agent.gateway_id, agent.gateway_agent_id),
+    ).fetchone()
+    if row is None:
+        return None
+    apply = pb.Command.FromString(row["payload"]).apply_agent
+    return int(row["generation"]), [
+        RenderedFileDigest(
+            name=f.name,
+            sha256=None if f.secret else hashlib.sha256(f.content).hexdigest(),
+            secret=f.secret,
+            preserve_if_present=f.preserve_if_present,
+        )
+        for f in apply.files
+    ]

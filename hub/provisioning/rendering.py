@@ -96,6 +96,7 @@ FIELD_LIMITS: Mapping[str, int] = {
     "board_objective": 2_000,
     "board_success_metrics": 2_000,
     "board_target_date": 40,
+    "role_soul": 6_000,
 }
 _MULTILINE_FIELDS = frozenset(
     {
@@ -107,6 +108,7 @@ _MULTILINE_FIELDS = frozenset(
         "board_description",
         "board_objective",
         "board_success_metrics",
+        "role_soul",
     }
 )
 _TRUNCATION_MARK = " …[truncated]"
@@ -137,10 +139,17 @@ class AgentKind(enum.StrEnum):
 class _FileRule:
     name: str
     max_chars: int = MAX_FILE_CHARS
+    kinds: frozenset[AgentKind] | None = None  # None: every kind of agent gets it
+    injected: bool = True  # the gateway puts it into the prompt (counts to the total)
 
 
-# Every file below reaches the model prompt on its generation, so the gateway's caps
-# apply to each. Order is the order the sidecar writes them; the token file comes last.
+# Leads keep their approval guidance in APPROVALS.md, which no generation injects (it
+# is not one of the gateway's bootstrap files): AGENTS.md tells them to read it.
+_APPROVALS = _FileRule("APPROVALS.md", kinds=frozenset({AgentKind.LEAD}), injected=False)
+
+# The files each generation takes. Those marked injected reach the model prompt, so the
+# gateway's caps apply to each and to their total; every file is held to the per-file
+# cap. Order is the order the sidecar writes them; the token file comes last.
 _FILES: Mapping[GatewayGeneration, tuple[_FileRule, ...]] = {
     GatewayGeneration.CURRENT: (
         _FileRule("AGENTS.md"),
@@ -148,6 +157,7 @@ _FILES: Mapping[GatewayGeneration, tuple[_FileRule, ...]] = {
         _FileRule("IDENTITY.md"),
         _FileRule("USER.md", MAX_USER_FILE_CHARS),
         _FileRule("MEMORY.md"),
+        _APPROVALS,
     ),
     GatewayGeneration.LEGACY_2026_3: (
         _FileRule("AGENTS.md"),
@@ -158,6 +168,7 @@ _FILES: Mapping[GatewayGeneration, tuple[_FileRule, ...]] = {
         _FileRule("HEARTBEAT.md"),
         _FileRule("MEMORY.md"),
         _FileRule("BOOTSTRAP.md"),
+        _APPROVALS,
     ),
 }
 _CHECKLIST_TEMPLATE = "HEARTBEAT_CHECKLIST.md.j2"
@@ -258,6 +269,7 @@ class AgentContext:
     identity: IdentityProfile = field(default_factory=IdentityProfile)
     user: UserProfile = field(default_factory=UserProfile)
     board: BoardProfile | None = None
+    role_soul: str = ""  # a worker's role soul from the souls directory (Markdown)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kind", AgentKind(self.kind))  # accept the store's text too
@@ -322,9 +334,13 @@ class AgentContext:
             "board_objective": board.objective if board else "",
             "board_success_metrics": _metrics_text(board.success_metrics) if board else "",
             "board_target_date": _date_text(board.target_date) if board else "",
+            "role_soul": self.role_soul if self.kind is AgentKind.WORKER else "",
         }
         values: dict[str, Any] = {name: _bounded(name, text) for name, text in raw.items()}
         values.update(
+            # Mission Control's names, for override templates written for it.
+            directory_role_soul_markdown=values["role_soul"],
+            directory_role_soul_source_url="",
             agent_id=self.agent_id,
             session_key=self.session_key,
             main_session_key=self.main_session_key,
@@ -429,6 +445,8 @@ def render_file_set(
     for rule in _FILES[generation]:
         if rule.name == "BOOTSTRAP.md" and not (action is ApplyAction.PROVISION or force_bootstrap):
             continue
+        if rule.kinds is not None and context.kind not in rule.kinds:
+            continue
         override = overrides.get(rule.name)
         if override is not None:
             text = _render_override(rule.name, override, variables)
@@ -443,7 +461,8 @@ def render_file_set(
                 f"{rule.name} renders to {len(text)} characters, over the gateway's limit of "
                 f"{rule.max_chars}; shorten its template or the inputs it shows"
             )
-        injected_total += len(text)
+        if rule.injected:
+            injected_total += len(text)
         rendered.append(
             RenderedFile(
                 name=rule.name,

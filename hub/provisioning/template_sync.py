@@ -46,6 +46,10 @@ class SyncItem:
     gateway_agent_id: str
     generation: int = 0
     error: str | None = None
+    skipped: str | None = None  # why it was left alone (paused)
+
+
+PAUSED = "paused: a paused agent's templates are not synced; resume it, then sync again"
 
 
 @dataclass
@@ -55,6 +59,9 @@ class SyncJob:
     options: SyncOptions
     created_at: float = field(default_factory=time.time)
     items: list[SyncItem] = field(default_factory=list)
+    # Whether this hub was still queueing the job when it was read: an item without a
+    # generation is then pending, not cut short by a stop.
+    running: bool = True
 
 
 class TemplateSync:
@@ -70,7 +77,15 @@ class TemplateSync:
             str(uuid.uuid4()),
             gateway_id,
             options,
-            items=[SyncItem(a.id, a.name, a.gateway_agent_id) for a in agents],
+            items=[
+                SyncItem(
+                    a.id,
+                    a.name,
+                    a.gateway_agent_id,
+                    skipped=PAUSED if a.paused_at is not None else None,
+                )
+                for a in agents
+            ],
         )
 
         def insert(conn: sqlite3.Connection) -> None:
@@ -101,6 +116,7 @@ class TemplateSync:
         return job
 
     async def job(self, job_id: str) -> SyncJob | None:
+        running = job_id in self._running  # before the read: it may finish meanwhile
         row = await self.db.read(
             lambda conn: conn.execute(
                 "SELECT * FROM template_sync_jobs WHERE id = ?", (job_id,)
@@ -114,11 +130,14 @@ class TemplateSync:
             SyncOptions(**json.loads(row["options"])),
             created_at=row["created_at"],
             items=[SyncItem(**item) for item in json.loads(row["items"])],
+            running=running,
         )
 
     async def _run(self, job: SyncJob) -> None:
         try:
             for item in job.items:
+                if item.skipped:
+                    continue
                 try:
                     if job.options.rotate_tokens:
                         await self.provisioning.rotate_token(item.agent_id)
@@ -167,9 +186,11 @@ class TemplateSync:
         items = []
         for item in job.items:
             ack = acks.get(item.agent_id, {})
-            if item.error:
+            if item.skipped:
+                state, message = "skipped", item.skipped
+            elif item.error:
                 state, message = "failed", item.error
-            elif not item.generation and job.id not in self._running:
+            elif not item.generation and not job.running:
                 state, message = "failed", INTERRUPTED
             elif not item.generation:
                 state, message = "pending", None
@@ -188,7 +209,7 @@ class TemplateSync:
                     "message": message,
                 }
             )
-        done = all(i["state"] in ("applied", "failed") for i in items)
+        done = all(i["state"] in ("applied", "failed", "skipped") for i in items)
         return {
             "job_id": job.id,
             "gateway_id": job.gateway_id,
@@ -197,6 +218,7 @@ class TemplateSync:
             "total": len(items),
             "applied": sum(1 for i in items if i["state"] == "applied"),
             "failed": sum(1 for i in items if i["state"] == "failed"),
+            "skipped": sum(1 for i in items if i["state"] == "skipped"),
             "items": items,
         }
 

@@ -29,8 +29,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from hub.pki.secrets_box import SecretBox
 from hub.store.migrations import MIGRATIONS
 from missioncontrol.log import get_logger
+from missioncontrol.version import VERSION
 
 T = TypeVar("T")
 C = TypeVar("C")
@@ -48,13 +50,19 @@ class DatabaseClosed(DatabaseError):
     """A write was submitted after the database was closed."""
 
 
+class DatabaseNewerError(DatabaseError):
+    """The database was migrated by a newer mc-hub; the message names the version to run."""
+
+
 Notice = tuple[str | None, Any]  # (channel, payload); channel None: payload is a callable
 
 
 class Connection(sqlite3.Connection):
-    """A hub database connection. On the writer, jobs leave notices for after their commit."""
+    """A hub database connection. On the writer, jobs leave notices for after their commit;
+    `secrets` seals what the store keeps that no copy of the database may reveal."""
 
     notices: list[Notice] | None = None  # None: not inside a write job (a reader)
+    secrets: SecretBox | None = None
 
     def notify(self, channel: str, payload: Any) -> None:
         """Deliver `payload` to the channel's listeners once this job's commit is durable."""
@@ -103,42 +111,110 @@ def connect(path: Path, *, readonly: bool = False) -> Connection:
     return conn
 
 
-def migrate(conn: sqlite3.Connection) -> int:
-    """Apply every migration newer than the recorded schema version; return the version."""
+@dataclass(frozen=True)
+class SchemaState:
+    """Where a database's schema stands, and which program last moved it."""
+
+    version: int  # 0: a new, empty database
+    program_version: str  # the mc-hub that applied `version` ("" if not recorded)
+
+
+def ensure_schema_table(conn: sqlite3.Connection) -> None:
+    """The bookkeeping table (not a migration): one row per applied schema version, with
+    the program version that applied it, so a newer database can say what to run."""
     conn.execute(
         "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL, applied_at REAL)"
     )
-    row = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()
-    current = row[0] or 0
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(schema_version)")}
+    if "program_version" not in columns:
+        conn.execute("ALTER TABLE schema_version ADD COLUMN program_version TEXT")
+
+
+def schema_state(conn: sqlite3.Connection) -> SchemaState:
+    """Read-only: the schema version a database holds (0 when it holds none)."""
+    tables = conn.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'"
+    ).fetchone()
+    if tables is None:
+        return SchemaState(0, "")
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(schema_version)")}
+    program = "program_version" if "program_version" in columns else "''"
+    row = conn.execute(
+        f"SELECT version, {program} FROM schema_version ORDER BY version DESC LIMIT 1"
+    ).fetchone()
+    return SchemaState(int(row[0]), row[1] or "") if row else SchemaState(0, "")
+
+
+def newer_schema_message(state: SchemaState, what: str = "database") -> str:
+    """Why this program refuses a database a newer mc-hub wrote, and which one to run."""
+    known = len(MIGRATIONS)
+    writer = f"mc-hub {state.program_version}" if state.program_version else "a newer mc-hub"
+    run = (
+        f"run mc-hub {state.program_version} or newer"
+        if state.program_version
+        else "run the mc-hub that wrote it"
+    )
+    return (
+        f"{what} schema version {state.version} was written by {writer}; it is newer than "
+        f"this hub understands (mc-hub {VERSION} knows schema {known}): {run}, or restore a "
+        "backup made by this version with `mc-hub restore FILE`"
+    )
+
+
+def migrate(
+    conn: sqlite3.Connection, *, before: Callable[[SchemaState, int], None] | None = None
+) -> int:
+    """Apply every migration newer than the recorded schema version; return the version.
+
+    `before(state, target)` runs first when an existing database is about to move (the
+    hub backs it up there); each applied version records this program's version."""
+    ensure_schema_table(conn)
+    state = schema_state(conn)
+    current = state.version
     known = len(MIGRATIONS)
     if current > known:
-        raise DatabaseError(
-            f"database schema version {current} is newer than this hub understands ({known}); "
-            "run the newer mc-hub, or restore a backup made by this version"
-        )
+        raise DatabaseNewerError(newer_schema_message(state))
+    if before is not None and 0 < current < known:
+        before(state, known)
     for version, script in enumerate(MIGRATIONS[current:], start=current + 1):
         conn.execute("BEGIN IMMEDIATE")
         try:
             for statement in script:
                 conn.execute(statement)
             conn.execute(
-                "INSERT INTO schema_version (version, applied_at) VALUES (?, ?)",
-                (version, time.time()),
+                "INSERT INTO schema_version (version, applied_at, program_version) "
+                "VALUES (?, ?, ?)",
+                (version, time.time(), VERSION),
             )
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
-        log.info("database.migrated", version=version)
+        log.info("database.migrated", version=version, program_version=VERSION)
     return known
 
 
 class Database:
     """The hub's single SQLite database: group-committing writer plus a reader."""
 
-    def __init__(self, path: Path, commit_interval_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        path: Path,
+        commit_interval_s: float = 1.0,
+        *,
+        before_migration: Callable[[SchemaState, int], None] | None = None,
+        on_commit: Callable[[int, float], None] | None = None,
+        secrets: SecretBox | None = None,
+    ) -> None:
+        """`before_migration(state, target)` runs before an existing database's schema
+        moves (the hub takes a backup there); `on_commit(jobs, seconds)` after each group
+        commit, on the writer thread (metrics); `secrets` seals the secrets rows keep
+        (agent token files in queued commands)."""
+        self.secrets = secrets
         self.path = path
         self.commit_interval_s = commit_interval_s
+        self.before_migration = before_migration
+        self.on_commit = on_commit
         self.stats = WriterStats()
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
@@ -155,9 +231,17 @@ class Database:
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         try:
             conn = connect(self.path)
-            migrate(conn)
         except sqlite3.Error as exc:
             raise DatabaseError(f"cannot open database {self.path}: {exc}") from exc
+        conn.secrets = self.secrets
+        try:
+            migrate(conn, before=self.before_migration)
+        except sqlite3.Error as exc:
+            conn.close()
+            raise DatabaseError(f"cannot open database {self.path}: {exc}") from exc
+        except BaseException:
+            conn.close()
+            raise
         self._writer = threading.Thread(
             target=self._run_writer, args=(conn,), name="hub-db-writer", daemon=True
         )
@@ -199,6 +283,7 @@ class Database:
         if conn is None:
             conn = connect(self.path)
             conn.execute("PRAGMA query_only = ON")
+            conn.secrets = self.secrets
             self._reader_local.conn = conn
         return fn(conn)
 
@@ -271,6 +356,7 @@ class Database:
 
     def _commit_batch(self, conn: Connection, batch: list[_Job]) -> None:
         outcomes: list[tuple[_Job, Any, BaseException | None, list[Notice]]] = []
+        started = time.monotonic()
         try:
             conn.execute("BEGIN IMMEDIATE")
             for job in batch:
@@ -302,6 +388,11 @@ class Database:
             self.stats.last_error = None
             self.stats.batch_sizes.append(len(batch))
             del self.stats.batch_sizes[:-64]
+            if self.on_commit is not None:
+                try:
+                    self.on_commit(len(batch), time.monotonic() - started)
+                except Exception:  # an observer's bug must not stop the writer
+                    log.exception("database.commit.observer_failed")
         self.stats.last_commit_at = time.monotonic()
         for job, result, error, notices in outcomes:
             # FIFO on the loop: notices are delivered before the caller resumes.

@@ -13,6 +13,10 @@ from typing import Any
 
 from protos import link_pb2 as pb
 
+# Notice channel: each event row, as `event_row` gives it, once its commit is durable
+# (the activity stream's live part; hub/feeds.py).
+ACTIVITY = "activity"
+
 
 def add_event(
     conn: sqlite3.Connection,
@@ -20,19 +24,35 @@ def add_event(
     *,
     gateway_id: str | None = None,
     agent_id: str | None = None,
+    board_id: str | None = None,
     at: float | None = None,
     **detail: Any,
 ) -> None:
-    conn.execute(
-        "INSERT INTO events (at, kind, gateway_id, agent_id, detail) VALUES (?, ?, ?, ?, ?)",
-        (
-            time.time() if at is None else at,
-            kind,
-            gateway_id,
-            agent_id,
-            json.dumps(detail, separators=(",", ":")),
-        ),
-    )
+    """Log one event in the caller's transaction. Without a `board_id` it is the board of
+    the agent named (by hub id, or by its gateway agent id), so the trail filters by board."""
+    values = {
+        "at": time.time() if at is None else at,
+        "kind": kind,
+        "gateway_id": gateway_id,
+        "agent_id": agent_id,
+        "board_id": board_id,
+        "detail": json.dumps(detail, separators=(",", ":"), default=str),
+    }
+    row = conn.execute(
+        """INSERT INTO events (at, kind, gateway_id, agent_id, board_id, detail)
+           VALUES (:at, :kind, :gateway_id, :agent_id,
+                   COALESCE(:board_id,
+                            (SELECT board_id FROM agents WHERE id = :agent_id),
+                            (SELECT board_id FROM agents
+                             WHERE gateway_id = :gateway_id AND gateway_agent_id = :agent_id)),
+                   :detail)
+           RETURNING id, board_id""",
+        values,
+    ).fetchone()
+    if getattr(conn, "notices", None) is not None:  # a write job: tell the streams on commit
+        conn.notify(  # type: ignore[attr-defined]
+            ACTIVITY, {**values, "id": row[0], "board_id": row[1], "detail": detail}
+        )
 
 
 def events_in(
@@ -59,3 +79,94 @@ def record_run_observed_in(conn: sqlite3.Connection, gateway_id: str, run: pb.Ru
         message=run.message,
         generation=run.generation,
     )
+
+
+def agent_events_in(
+    conn: sqlite3.Connection,
+    gateway_id: str,
+    agent_ids: tuple[str, ...],
+    *,
+    before_id: int | None = None,
+    limit: int = 100,
+) -> list[dict[str, Any]]:
+    """An agent's entries, newest first. Entries name an agent by the hub's id (lifecycle,
+    tokens) or by its gateway agent id (commands, drift): pass both. Every such entry
+    carries its gateway, so the gateway's index bounds the walk."""
+    marks = ", ".join("?" for _ in agent_ids)
+    rows = conn.execute(
+        f"""SELECT * FROM events
+            WHERE gateway_id = ? AND agent_id IN ({marks}) AND (? IS NULL OR id < ?)
+            ORDER BY id DESC LIMIT ?""",
+        (gateway_id, *agent_ids, before_id, before_id, limit),
+    ).fetchall()
+    return [{**dict(r), "detail": json.loads(r["detail"])} for r in rows]
+
+
+def count_events_in(
+    conn: sqlite3.Connection,
+    kinds: tuple[str, ...],
+    since: float,
+    until: float | None = None,
+    *,
+    having_key: str | None = None,
+) -> int:
+    """How many entries of `kinds` happened in [since, until) (whose detail has
+    `having_key`, if named)."""
+    marks = ", ".join("?" for _ in kinds)
+    return int(
+        conn.execute(
+            f"""SELECT COUNT(*) FROM events
+                WHERE kind IN ({marks}) AND at >= ? AND (? IS NULL OR at < ?)
+                    AND (? IS NULL OR json_extract(detail, ?) IS NOT NULL)""",
+            (*kinds, since, until, until, having_key, f"$.{having_key}"),
+        ).fetchone()[0]
+    )
+
+
+def recent_events_in(
+    conn: sqlite3.Connection,
+    kinds: tuple[str, ...],
+    since: float,
+    limit: int,
+    *,
+    gateway_id: str | None = None,
+) -> list[dict[str, Any]]:
+    """Entries of `kinds` since `since` (of one gateway, if named), newest first."""
+    marks = ", ".join("?" for _ in kinds)
+    rows = conn.execute(
+        f"""SELECT * FROM events WHERE kind IN ({marks}) AND at >= ?
+                AND (? IS NULL OR gateway_id = ?)
+            ORDER BY at DESC, id DESC LIMIT ?""",
+        (*kinds, since, gateway_id, gateway_id, limit),
+    ).fetchall()
+    return [{**dict(r), "detail": json.loads(r["detail"])} for r in rows]
+
+
+def event_counts_by_gateway_in(
+    conn: sqlite3.Connection, kind: str, gateway_ids: list[str], since: float
+) -> dict[str, int]:
+    """For each gateway named, how many `kind` entries it has since `since`."""
+    if not gateway_ids:
+        return {}
+    marks = ", ".join("?" for _ in gateway_ids)
+    rows = conn.execute(
+        f"""SELECT gateway_id, COUNT(*) FROM events
+            WHERE gateway_id IN ({marks}) AND kind = ? AND at >= ? GROUP BY gateway_id""",
+        (*gateway_ids, kind, since),
+    ).fetchall()
+    return {r[0]: int(r[1]) for r in rows}
+
+
+def latest_agent_event_in(
+    conn: sqlite3.Connection, gateway_id: str, agent_ids: tuple[str, ...], kind: str, key: str
+) -> dict[str, Any] | None:
+    """The agent's newest `kind` entry whose detail has `key` (see agent_events_in)."""
+    marks = ", ".join("?" for _ in agent_ids)
+    row = conn.execute(
+        f"""SELECT * FROM events
+            WHERE gateway_id = ? AND agent_id IN ({marks}) AND kind = ?
+                AND json_extract(detail, ?) IS NOT NULL
+            ORDER BY id DESC LIMIT 1""",
+        (gateway_id, *agent_ids, kind, f"$.{key}"),
+    ).fetchone()
+    return {**dict(row), "detail": json.loads(row["detail"])} if row else None

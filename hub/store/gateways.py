@@ -9,8 +9,10 @@ a caller's transaction.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +28,8 @@ from hub.store.outbox import (
     confirm_through_in,
     enqueue_command_in,
 )
+from hub.workspace_root import effective_workspace_root, workspace_root_problem
+from missioncontrol.agent_api import DEFAULT_AGENT_API_URL
 from protos import link_pb2 as pb
 
 
@@ -59,10 +63,17 @@ class GatewayRow:
     last_touched_version: str | None
     next_sequence: int
     acked_sequence: int
+    declared_workspace_root: str | None = None  # the operator's, at create or PATCH
+    reported_workspace_root: str | None = None  # the sidecar's, from its last Hello
+    follows_hub_workspace_root: bool = False  # the sidecar writes under the declared root
+    unmanaged_agents: str = "[]"  # JSON: openclaw.json entries the hub does not manage
+    files_stale: bool = False  # rendered with a root or API address the sidecar contradicts
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> GatewayRow:
         values = dict(row)
+        for key in ("follows_hub_workspace_root", "files_stale"):
+            values[key] = bool(values.get(key))
         for key in ("connected", "reachable", "config_valid"):
             if values[key] is not None:
                 values[key] = bool(values[key])
@@ -73,6 +84,7 @@ class GatewayRow:
 class Welcome:
     gateway_name: str
     last_sequence: int
+    workspace_root: str = ""  # the declared root a following sidecar writes under
 
 
 class GatewayStore:
@@ -81,28 +93,30 @@ class GatewayStore:
 
     # ----------------------------------------------------------- gateways
 
-    async def create_gateway(self, gateway_id: str, name: str) -> GatewayRow:
+    async def create_gateway(
+        self, gateway_id: str, name: str, *, workspace_root: str | None = None
+    ) -> GatewayRow:
+        """A new gateway; with a declared `workspace_root` its agents can be created before
+        its sidecar first connects."""
+
         def op(conn: sqlite3.Connection) -> GatewayRow:
             now = time.time()
             conn.execute(
-                "INSERT INTO gateways (id, name, created_at, updated_at) VALUES (?, ?, ?, ?)",
-                (gateway_id, name, now, now),
+                "INSERT INTO gateways (id, name, created_at, updated_at, workspace_root, "
+                "declared_workspace_root) VALUES (?, ?, ?, ?, ?, ?)",
+                (gateway_id, name, now, now, workspace_root, workspace_root),
             )
-            add_event(conn, "gateway.created", gateway_id=gateway_id, at=now, name=name)
+            add_event(
+                conn,
+                "gateway.created",
+                gateway_id=gateway_id,
+                at=now,
+                name=name,
+                workspace_root=workspace_root,
+            )
             return gateway_in(conn, gateway_id)
 
         return await self.db.write(op)
-
-    async def rename_gateway(self, gateway_id: str, name: str) -> GatewayRow:
-        def op(conn: sqlite3.Connection) -> GatewayRow:
-            gateway_in(conn, gateway_id)
-            conn.execute(
-                "UPDATE gateways SET name = ?, updated_at = ? WHERE id = ?",
-                (name, time.time(), gateway_id),
-            )
-            return gateway_in(conn, gateway_id)
-
-        return await self.db.write(op, urgent=True)
 
     async def get_gateway(self, gateway_id: str) -> GatewayRow | None:
         def op(conn: sqlite3.Connection) -> GatewayRow | None:
@@ -356,11 +370,18 @@ def record_hello_in(
             at=at,
             via="insecure_dev_hello",
         )
+    before = gateway_in(conn, hello.gateway_id)
+    reported = hello.workspace_root or None
+    if hello.follows_hub_workspace_root and before.declared_workspace_root:
+        reported = before.declared_workspace_root  # where it writes from the Welcome on
+    root = effective_workspace_root(before.declared_workspace_root, reported)
+    stale = _files_stale_in(conn, before, root, hello.agent_api_url or None)
     conn.execute(
         """UPDATE gateways SET connected = 1, connected_at = ?, last_seen_at = ?,
                updated_at = ?, sidecar_version = ?, openclaw_version = ?,
                openclaw_protocol = ?, gateway_generation = ?, workspace_root = ?,
-               agent_api_url = ?, hostname = ?
+               agent_api_url = ?, hostname = ?, reported_workspace_root = ?,
+               follows_hub_workspace_root = ?, files_stale = files_stale OR ?
            WHERE id = ?""",
         (
             at,
@@ -370,12 +391,33 @@ def record_hello_in(
             hello.openclaw_version or None,
             hello.openclaw_protocol or None,
             int(hello.gateway_generation),
-            hello.workspace_root or None,
+            root,
             hello.agent_api_url or None,
             hello.hostname or None,
+            reported,
+            hello.follows_hub_workspace_root,
+            stale,
             hello.gateway_id,
         ),
     )
+    if hello.unmanaged_reported:
+        _record_unmanaged_in(conn, hello.gateway_id, hello.unmanaged)
+    problem = workspace_root_problem(
+        before.declared_workspace_root,
+        reported,
+        hello.follows_hub_workspace_root,
+        connected_once=True,
+    )
+    if problem is not None:
+        add_event(
+            conn,
+            "gateway.workspace_root.mismatch",
+            gateway_id=hello.gateway_id,
+            at=at,
+            declared=before.declared_workspace_root,
+            reported=reported,
+            detail=problem,
+        )
     if hello.HasField("gateway_state"):
         record_gateway_state_in(conn, hello.gateway_id, hello.gateway_state, at)
     confirmed = confirm_through_in(conn, hello.gateway_id, hello.last_applied_sequence, at)
@@ -389,7 +431,12 @@ def record_hello_in(
         confirmed_without_result=len(confirmed),
     )
     gateway = gateway_in(conn, hello.gateway_id)
-    return Welcome(gateway_name=gateway.name, last_sequence=gateway.next_sequence - 1), confirmed
+    welcome = Welcome(
+        gateway_name=gateway.name,
+        last_sequence=gateway.next_sequence - 1,
+        workspace_root=gateway.declared_workspace_root or "",
+    )
+    return welcome, confirmed
 
 
 def record_gateway_state_in(
@@ -418,6 +465,8 @@ def record_gateway_state_in(
             gateway_id,
         ),
     )
+    if state.unmanaged_reported:
+        _record_unmanaged_in(conn, gateway_id, state.unmanaged)
     for drift in state.drift:
         add_event(
             conn,
@@ -430,8 +479,224 @@ def record_gateway_state_in(
         )
 
 
+MAX_UNMANAGED = 500
+
+
+def _record_unmanaged_in(
+    conn: sqlite3.Connection, gateway_id: str, agents: Sequence[pb.UnmanagedAgent]
+) -> None:
+    """Keep the entries of the gateway's openclaw.json its sidecar does not manage."""
+    listed = [
+        {"agent_id": a.agent_id, "name": a.name, "workspace": a.workspace}
+        for a in agents[:MAX_UNMANAGED]
+        if a.agent_id
+    ]
+    conn.execute(
+        "UPDATE gateways SET unmanaged_agents = ? WHERE id = ?", (json.dumps(listed), gateway_id)
+    )
+
+
+class GatewayConflict(StoreError):
+    """The gateway's current state does not allow the change; the message says why."""
+
+    refusal = Refusal.CONFLICT
+
+
+def _files_stale_in(
+    conn: sqlite3.Connection, before: GatewayRow, root: str | None, api_url: str | None
+) -> bool:
+    """Whether the agents' files, rendered with the row's root and agent-API address
+    (the default address before any Hello), contradict what this Hello says."""
+    rendered_url = before.agent_api_url or DEFAULT_AGENT_API_URL
+    changed = (before.workspace_root is not None and root != before.workspace_root) or (
+        (api_url or DEFAULT_AGENT_API_URL) != rendered_url
+    )
+    return changed and has_agents_in(conn, before.id)
+
+
+def has_agents_in(conn: sqlite3.Connection, gateway_id: str, *, applied: bool = False) -> bool:
+    """Whether the gateway has agents (only those a sidecar has applied, if `applied`)."""
+    row = conn.execute(
+        "SELECT 1 FROM agents WHERE gateway_id = ? AND status != 'deleting' "
+        "AND (NOT ? OR applied_generation > 0) LIMIT 1",
+        (gateway_id, applied),
+    ).fetchone()
+    return row is not None
+
+
+def update_gateway_in(
+    conn: sqlite3.Connection,
+    gateway_id: str,
+    *,
+    name: str | None = None,
+    workspace_root: str | None = None,
+    now: float,
+) -> tuple[GatewayRow, bool]:
+    """Rename a gateway or declare its workspace root; returns the row and whether the
+    agents' files must be rendered again (the root changed)."""
+    before = gateway_in(conn, gateway_id)
+    if name is not None:
+        conn.execute(
+            "UPDATE gateways SET name = ?, updated_at = ? WHERE id = ?", (name, now, gateway_id)
+        )
+    moved = workspace_root is not None and workspace_root != before.workspace_root
+    if workspace_root is not None and workspace_root != before.declared_workspace_root:
+        if moved and has_agents_in(conn, gateway_id, applied=True):
+            raise GatewayConflict(
+                f"gateway {gateway_id} already has agents whose workspaces its sidecar wrote "
+                f"under {before.workspace_root}; a new workspace_root would leave them behind. "
+                "Keep the root, or delete those agents and create them again after the change"
+            )
+        conn.execute(
+            "UPDATE gateways SET declared_workspace_root = ?, workspace_root = ?, "
+            "updated_at = ? WHERE id = ?",
+            (workspace_root, workspace_root, now, gateway_id),
+        )
+        add_event(
+            conn,
+            "gateway.workspace_root.declared",
+            gateway_id=gateway_id,
+            at=now,
+            workspace_root=workspace_root,
+            previous=before.workspace_root,
+        )
+    return gateway_in(conn, gateway_id), moved
+
+
+def take_stale_files_in(conn: sqlite3.Connection, gateway_id: str) -> bool:
+    """Clear the gateway's stale-files mark; True if it was set (render its agents again)."""
+    return (
+        conn.execute(
+            "UPDATE gateways SET files_stale = 0 WHERE id = ? AND files_stale = 1", (gateway_id,)
+        ).rowcount
+        > 0
+    )
+
+
 def gateway_in(conn: sqlite3.Connection, gateway_id: str) -> GatewayRow:
     row = conn.execute("SELECT * FROM gateways WHERE id = ?", (gateway_id,)).fetchone()
     if row is None:
         raise UnknownGateway(f"gateway {gateway_id} does not exist")
     return GatewayRow.from_row(row)
+
+
+# ------------------------------------------------------------------ reads (dashboard)
+
+GATEWAY_STATES = ("connected", "disconnected", "never_connected")
+
+
+def list_gateways_in(
+    conn: sqlite3.Connection,
+    *,
+    state: str | None = None,
+    search: str | None = None,
+    limit: int,
+    offset: int,
+) -> tuple[list[GatewayRow], int]:
+    """One page of gateways by name, narrowed by link state (one of GATEWAY_STATES, as the
+    store last recorded it) and by a piece of the name, host name or id."""
+    clauses, args = _gateway_filter(state, search)
+    where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+    total = conn.execute(f"SELECT COUNT(*) FROM gateways {where}", args).fetchone()[0]
+    rows = conn.execute(
+        f"SELECT * FROM gateways {where} ORDER BY name, id LIMIT ? OFFSET ?",
+        (*args, limit, offset),
+    ).fetchall()
+    return [GatewayRow.from_row(r) for r in rows], int(total)
+
+
+def _gateway_filter(state: str | None, search: str | None) -> tuple[list[str], list[Any]]:
+    clauses: list[str] = []
+    args: list[Any] = []
+    if state == "connected":
+        clauses.append("connected = 1")
+    elif state == "disconnected":
+        clauses.append("connected = 0 AND connected_at IS NOT NULL")
+    elif state == "never_connected":
+        clauses.append("connected_at IS NULL")
+    if search:
+        pattern = "%" + search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        clauses.append(
+            "(name LIKE ? ESCAPE '\\' OR hostname LIKE ? ESCAPE '\\' OR id LIKE ? ESCAPE '\\')"
+        )
+        args += [pattern, pattern, pattern]
+    return clauses, args
+
+
+def gateway_counts_in(conn: sqlite3.Connection) -> dict[str, int]:
+    """How many gateways there are, connected, and never connected (as the store holds it)."""
+    row = conn.execute(
+        """SELECT COUNT(*), COALESCE(SUM(connected = 1), 0),
+                  COALESCE(SUM(connected_at IS NULL), 0) FROM gateways"""
+    ).fetchone()
+    return {"total": int(row[0]), "connected": int(row[1]), "never_connected": int(row[2])}
+
+
+def disconnected_gateways_in(conn: sqlite3.Connection, limit: int) -> tuple[list[GatewayRow], int]:
+    """Gateways that connected once and are disconnected now, longest gone first."""
+    where = "WHERE connected = 0 AND connected_at IS NOT NULL"
+    total = conn.execute(f"SELECT COUNT(*) FROM gateways {where}").fetchone()[0]
+    rows = conn.execute(
+        f"SELECT * FROM gateways {where} ORDER BY disconnected_at, id LIMIT ?", (limit,)
+    ).fetchall()
+    return [GatewayRow.from_row(r) for r in rows], int(total)
+
+
+def unhealthy_gateways_in(conn: sqlite3.Connection, limit: int) -> list[GatewayRow]:
+    """Connected gateways whose sidecar reports the gateway unreachable or its config invalid."""
+    rows = conn.execute(
+        """SELECT * FROM gateways WHERE connected = 1 AND (reachable = 0 OR config_valid = 0)
+           ORDER BY name, id LIMIT ?""",
+        (limit,),
+    ).fetchall()
+    return [GatewayRow.from_row(r) for r in rows]
+
+
+def gateway_names_in(conn: sqlite3.Connection, gateway_ids: list[str]) -> dict[str, str]:
+    if not gateway_ids:
+        return {}
+    marks = ", ".join("?" for _ in gateway_ids)
+    rows = conn.execute(f"SELECT id, name FROM gateways WHERE id IN ({marks})", gateway_ids)
+    return {r[0]: r[1] for r in rows}
+
+
+def join_tokens_in(conn: sqlite3.Connection, gateway_id: str) -> list[JoinTokenRecord]:
+    """The gateway's join tokens, newest first (records only: the secret is never kept)."""
+    rows = conn.execute(
+        "SELECT * FROM join_tokens WHERE gateway_id = ? ORDER BY created_at DESC LIMIT 50",
+        (gateway_id,),
+    ).fetchall()
+    return [JoinTokenRecord(**dict(r)) for r in rows]
+
+
+@dataclass(frozen=True)
+class CertificateRecord:
+    serial: str
+    gateway_id: str
+    issued_at: float
+    not_after: float
+    revoked_at: float | None
+
+
+def certificates_in(conn: sqlite3.Connection, gateway_id: str) -> list[CertificateRecord]:
+    """The client certificates issued to a gateway, newest first."""
+    rows = conn.execute(
+        "SELECT * FROM certificates WHERE gateway_id = ? ORDER BY issued_at DESC LIMIT 50",
+        (gateway_id,),
+    ).fetchall()
+    return [CertificateRecord(**dict(r)) for r in rows]
+
+
+def certificates_expiring_in(
+    conn: sqlite3.Connection, before: float, limit: int
+) -> list[tuple[str, float]]:
+    """(gateway id, expiry) of gateways whose newest valid certificate ends before `before`:
+    renewal runs at 70-90 % of a lifetime, so one this close has not been renewed."""
+    rows = conn.execute(
+        """SELECT c.gateway_id, MAX(c.not_after) AS not_after FROM certificates c
+           JOIN gateways g ON g.id = c.gateway_id
+           WHERE c.revoked_at IS NULL GROUP BY c.gateway_id HAVING MAX(c.not_after) < ?
+           ORDER BY not_after LIMIT ?""",
+        (before, limit),
+    ).fetchall()
+    return [(r[0], float(r[1])) for r in rows]

@@ -267,4 +267,113 @@ V6 = (
     "WHERE body_sha256 IS NOT NULL",
 )
 
-MIGRATIONS: tuple[tuple[str, ...], ...] = (V1, V2, V3, V4, V5, V6)
+# The dashboard: fleet counts sampled over time (its trends and charts; JSON so a new
+# count needs no migration), and events found by kind and time (failed wakes, drift).
+V7 = (
+    """
+    CREATE TABLE fleet_samples (
+        at      REAL PRIMARY KEY,
+        counts  TEXT NOT NULL  -- JSON: {"agents.online": 12, "gateways.connected": 3, ...}
+    )
+    """,
+    "CREATE INDEX events_kind_at ON events(kind, at)",
+)
+
+# Mission Control parity. Gateways: the workspace root an operator declares (the hub
+# renders with it before the sidecar ever connects), what the sidecar reports, and the
+# agents its openclaw.json holds that the hub does not manage (adoptable). Agents: the
+# work state they report, and where an adopted agent's workspace is. Boards: groups,
+# the pending-approval rule. The activity trail is filtered by board. Approvals (with
+# their linked tasks), board memory, task tags.
+V8 = (
+    "ALTER TABLE gateways ADD COLUMN declared_workspace_root TEXT",
+    "ALTER TABLE gateways ADD COLUMN reported_workspace_root TEXT",
+    "ALTER TABLE gateways ADD COLUMN follows_hub_workspace_root INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE gateways ADD COLUMN unmanaged_agents TEXT NOT NULL DEFAULT '[]'",
+    # the agents' files name a root or agent-API address the sidecar's Hello contradicts
+    "ALTER TABLE gateways ADD COLUMN files_stale INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE agents ADD COLUMN work_state TEXT",
+    "ALTER TABLE agents ADD COLUMN reported_status TEXT",
+    "ALTER TABLE agents ADD COLUMN current_task_id TEXT",
+    "ALTER TABLE agents ADD COLUMN work_state_at REAL",
+    "ALTER TABLE agents ADD COLUMN workspace_path TEXT",
+    "ALTER TABLE agents ADD COLUMN adopted INTEGER NOT NULL DEFAULT 0",
+    # a worker's role soul, read from the souls directory when it was created or synced
+    "ALTER TABLE agents ADD COLUMN role_soul TEXT",
+    """
+    CREATE TABLE board_groups (
+        id          TEXT PRIMARY KEY,
+        name        TEXT NOT NULL,
+        slug        TEXT NOT NULL,
+        description TEXT NOT NULL DEFAULT '',
+        created_at  REAL NOT NULL,
+        updated_at  REAL NOT NULL
+    )
+    """,
+    "ALTER TABLE boards ADD COLUMN board_group_id TEXT "
+    "REFERENCES board_groups(id) ON DELETE SET NULL",
+    "CREATE INDEX boards_group ON boards(board_group_id)",
+    "ALTER TABLE boards ADD COLUMN block_status_changes_with_pending_approval "
+    "INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE events ADD COLUMN board_id TEXT",
+    "CREATE INDEX events_board ON events(board_id, id)",
+    "CREATE INDEX events_agent ON events(agent_id, id)",
+    "CREATE INDEX events_kind ON events(kind, id)",
+    """
+    CREATE TABLE approvals (
+        id            TEXT PRIMARY KEY,
+        board_id      TEXT NOT NULL REFERENCES boards(id) ON DELETE CASCADE,
+        agent_id      TEXT REFERENCES agents(id) ON DELETE SET NULL,
+        action_type   TEXT NOT NULL,
+        payload       TEXT NOT NULL DEFAULT '{}',
+        confidence    REAL,
+        rubric_scores TEXT NOT NULL DEFAULT '{}',
+        status        TEXT NOT NULL DEFAULT 'pending'
+                      CHECK (status IN ('pending', 'approved', 'rejected')),
+        resolution    TEXT NOT NULL DEFAULT '',
+        resolved_by   TEXT,
+        created_at    REAL NOT NULL,
+        resolved_at   REAL
+    )
+    """,
+    "CREATE INDEX approvals_board ON approvals(board_id, status, created_at)",
+    """
+    CREATE TABLE approval_tasks (
+        approval_id TEXT NOT NULL REFERENCES approvals(id) ON DELETE CASCADE,
+        task_id     TEXT NOT NULL REFERENCES tasks(id) ON DELETE CASCADE,
+        PRIMARY KEY (approval_id, task_id)
+    ) WITHOUT ROWID
+    """,
+    "CREATE INDEX approval_tasks_task ON approval_tasks(task_id)",
+    """
+    CREATE TABLE board_memory (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        board_id    TEXT NOT NULL REFERENCES boards(id) ON DELETE CASCADE,
+        content     TEXT NOT NULL,
+        tags        TEXT NOT NULL DEFAULT '[]',
+        source      TEXT NOT NULL DEFAULT '',
+        author_kind TEXT NOT NULL CHECK (author_kind IN ('user', 'agent')),
+        author_id   TEXT NOT NULL,
+        created_at  REAL NOT NULL
+    )
+    """,
+    "CREATE INDEX board_memory_board ON board_memory(board_id, id)",
+    """
+    CREATE TABLE task_tags (
+        task_id TEXT NOT NULL REFERENCES tasks(id) ON DELETE CASCADE,
+        tag     TEXT NOT NULL,
+        PRIMARY KEY (task_id, tag)
+    ) WITHOUT ROWID
+    """,
+    "CREATE INDEX task_tags_tag ON task_tags(tag, task_id)",
+)
+
+# Pause and resume (Mission Control's `paused`): an agent paused by itself or with its
+# board, and a paused board. A paused agent's heartbeat job is off; it is not woken.
+V9 = (
+    "ALTER TABLE agents ADD COLUMN paused_at REAL",
+    "ALTER TABLE agents ADD COLUMN paused_by TEXT CHECK (paused_by IN ('agent', 'board'))",
+    "ALTER TABLE boards ADD COLUMN paused_at REAL",
+)
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (V1, V2, V3, V4, V5, V6, V7, V8, V9)

@@ -21,6 +21,8 @@ from protos.contract import MAX_COMMAND_BYTES, epoch_s, timestamp
 
 # Notice channel: payload is the id of a gateway whose outbox grew.
 OUTBOX = "outbox"
+# The secret box purpose (hub/pki/secrets_box.py) of queued commands' secret files.
+OUTBOX_SECRETS = "outbox-secrets"
 
 
 class CommandTooLarge(StoreError):
@@ -55,7 +57,7 @@ def enqueue_command_in(
     command.sequence = sequence
     if not command.HasField("issued_at"):
         command.issued_at.CopyFrom(timestamp())
-    payload = command.SerializeToString()
+    payload = _sealed(conn, gateway_id, command).SerializeToString()
     if len(payload) > MAX_COMMAND_BYTES:
         raise CommandTooLarge(
             f"command is {len(payload)} bytes; the link carries at most {MAX_COMMAND_BYTES} "
@@ -137,10 +139,11 @@ def record_command_results_in(
     """Persist acks inside the caller's transaction; an unknown sequence is ignored."""
     for result in results:
         at = epoch_s(result.observed_at) if result.HasField("observed_at") else time.time()
-        updated = conn.execute(
+        acked = conn.execute(
             """UPDATE commands SET acked_at = ?, outcome = ?, error_code = ?, error = ?,
                    run_id = ?
-               WHERE gateway_id = ? AND sequence = ?""",
+               WHERE gateway_id = ? AND sequence = ?
+               RETURNING kind""",
             (
                 min(at, time.time()),
                 pb.CommandResult.Outcome.Name(result.outcome),
@@ -150,8 +153,8 @@ def record_command_results_in(
                 gateway_id,
                 result.sequence,
             ),
-        ).rowcount
-        if updated:
+        ).fetchone()
+        if acked is not None:
             conn.execute(
                 "UPDATE gateways SET acked_sequence = MAX(acked_sequence, ?), last_seen_at = ? "
                 "WHERE id = ?",
@@ -163,20 +166,67 @@ def record_command_results_in(
                 gateway_id=gateway_id,
                 agent_id=result.agent_id or None,
                 sequence=result.sequence,
+                command=acked[0],
+                generation=result.generation,
                 outcome=pb.CommandResult.Outcome.Name(result.outcome),
                 error=result.error or None,
+                # what the sidecar wrote, for the dashboard's comparison with what was rendered
+                file_sha256=dict(result.file_sha256) or None,
             )
 
 
 def commands_after_in(
-    conn: sqlite3.Connection, gateway_id: str, after_sequence: int, limit: int
+    conn: Connection, gateway_id: str, after_sequence: int, limit: int
 ) -> list[QueuedCommand]:
+    """The commands to send a gateway's stream, their secrets opened again."""
     rows = conn.execute(
         """SELECT sequence, payload FROM commands
            WHERE gateway_id = ? AND sequence > ? ORDER BY sequence LIMIT ?""",
         (gateway_id, after_sequence, limit),
     ).fetchall()
-    return [QueuedCommand(r["sequence"], r["payload"]) for r in rows]
+    return [QueuedCommand(r["sequence"], _opened(conn, gateway_id, r["payload"])) for r in rows]
+
+
+# A queued command's secret files (an agent's raw token) are kept sealed, so a copy of
+# the database yields no token; the stream opens them just before sending.
+_SEALED = b"\x00mc-sealed-v1\x00"
+
+
+def _secret_files(command: pb.Command) -> list[pb.WorkspaceFile]:
+    kind = command.WhichOneof("action")
+    if kind == "apply_agent":
+        return [f for f in command.apply_agent.files if f.secret]
+    if kind == "set_credentials" and command.set_credentials.HasField("token_file"):
+        return [command.set_credentials.token_file]
+    return []
+
+
+def _sealed(conn: Connection, gateway_id: str, command: pb.Command) -> pb.Command:
+    if conn.secrets is None:
+        return command
+    stored = pb.Command()
+    stored.CopyFrom(command)
+    for file in _secret_files(stored):
+        if not file.content.startswith(_SEALED):  # a resent command is sealed already
+            file.content = _SEALED + conn.secrets.seal(file.content, context=gateway_id.encode())
+    return stored
+
+
+def _opened(conn: Connection, gateway_id: str, payload: bytes) -> bytes:
+    if _SEALED not in payload:
+        return payload
+    command = pb.Command.FromString(payload)
+    for file in _secret_files(command):
+        if file.content.startswith(_SEALED):
+            if conn.secrets is None:
+                raise StoreError(
+                    "a queued command holds a sealed secret and this store has no key to "
+                    "open it; start the hub with the data directory's hub.key"
+                )
+            file.content = conn.secrets.open(
+                file.content[len(_SEALED) :], context=gateway_id.encode()
+            )
+    return command.SerializeToString()
 
 
 def command_status_in(

@@ -36,6 +36,7 @@ from hub.webhooks.store import (
     target_agent_in,
 )
 from missioncontrol.log import get_logger
+from missioncontrol.tasks import start_long_lived
 from missioncontrol.timefmt import iso
 from protos import link_pb2 as pb
 
@@ -65,7 +66,7 @@ class DeliveryWorker:
 
     async def start(self) -> None:
         if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="webhook-delivery")
+            self._task = start_long_lived(self._run(), name="webhook-delivery", log=log)
             log.info("webhook.worker.started")
 
     async def stop(self) -> None:
@@ -122,6 +123,17 @@ class DeliveryWorker:
             "board_id": row["board_id"],
         }
         target = target_agent_in(conn, row["board_id"], row["agent_id"])
+        if target is not None and target["paused_at"] is not None:
+            # A paused agent is not woken: hold the payload, without spending an attempt,
+            # and look again later (it is delivered once the agent is resumed).
+            held = f"agent {target['id']} is paused; delivered once it is resumed"
+            mark_attempt_failed_in(
+                conn, row["id"], row["delivery_attempts"], now + self.retry.max_s, held
+            )
+            done.logs.append(
+                (logging.INFO, "webhook.delivery.held", {**ids, "agent_id": target["id"]})
+            )
+            return
         if target is None:
             error = (
                 f"no agent to deliver to: the webhook names no current agent and board "

@@ -347,7 +347,7 @@ def target_agent_in(
     conn: sqlite3.Connection, board_id: str, agent_id: str | None
 ) -> sqlite3.Row | None:
     """The webhook's own agent if it is still on the board, else the board's lead."""
-    columns = "id, gateway_id, gateway_agent_id, lifecycle_generation"
+    columns = "id, gateway_id, gateway_agent_id, lifecycle_generation, paused_at"
     if agent_id is not None:
         row = conn.execute(
             f"""SELECT {columns} FROM agents

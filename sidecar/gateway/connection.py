@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import sys
 import time
 import uuid
@@ -24,6 +23,7 @@ from typing import Any
 import aiohttp
 
 from missioncontrol.log import get_logger
+from missioncontrol.tasks import start_long_lived
 from missioncontrol.version import VERSION as SIDECAR_VERSION
 from sidecar.gateway import GatewayInfo, GatewayUnavailable
 from sidecar.gateway import protocol as proto
@@ -122,7 +122,7 @@ class GatewayConnection:
         if self._task is None:
             self._stopping = False
             self._session = aiohttp.ClientSession()
-            self._task = asyncio.create_task(self._run(), name="gateway-client")
+            self._task = start_long_lived(self._run(), name="gateway-client", log=log)
 
     async def stop(self) -> None:
         self._stopping = True
@@ -237,7 +237,11 @@ class GatewayConnection:
             else:
                 self._last_error = None
                 backoff.reset()
-                close_code, reason = await self._serve(sock)
+                try:
+                    close_code, reason = await self._serve(sock)
+                except Exception as exc:  # a bug must not end the connection loop either
+                    log.exception("gateway.connection.failed", error=repr(exc))
+                    close_code, reason = None, f"connection failed: {exc!r}"
                 # After a token rotation the new token is already in the file: go again now.
                 quick_retry = close_code == proto.CLOSE_TOKEN_ROTATED
                 if quick_retry:
@@ -356,8 +360,8 @@ class GatewayConnection:
         msg = await ws.receive()
         if msg.type == aiohttp.WSMsgType.TEXT:
             try:
-                frame = json.loads(msg.data)
-            except ValueError:
+                frame = proto.decode_frame(msg.data)
+            except (ValueError, RecursionError):
                 frame = None
             if isinstance(frame, Mapping):
                 return frame
@@ -411,8 +415,8 @@ class GatewayConnection:
 
     def _dispatch(self, sock: _Socket, data: str) -> None:
         try:
-            frame = json.loads(data)
-        except ValueError:
+            frame = proto.decode_frame(data)
+        except (ValueError, RecursionError):
             log.warning("gateway.frame.invalid", data=data[:200])
             return
         if not isinstance(frame, Mapping):

@@ -8,11 +8,14 @@ fixed?) lets them be tested without a gateway.
 from __future__ import annotations
 
 import json
+import math
+import re
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from missioncontrol.text import encodable
 from protos.contract import GatewayErrorKind, GatewayGeneration
 from sidecar.gateway import (
     AgentRuntime,
@@ -155,6 +158,33 @@ def connect_params(
     if token:
         params["auth"] = {"token": token}
     return params
+
+
+# A JSON escape of a UTF-16 surrogate; only through one can a lone surrogate get in.
+_ESCAPED_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def decode_frame(data: str) -> Any:
+    """A frame's JSON, with any lone surrogate in its text replaced by U+FFFD.
+
+    Such text (a JSON escape like \\ud800 that no second half follows) cannot be encoded
+    as UTF-8, so neither a protobuf message for the hub nor a log line could carry it;
+    it is made harmless here, where gateway text comes in, instead of at every use.
+    Raises ValueError (or RecursionError) for what is not JSON."""
+    value = json.loads(data)
+    if _ESCAPED_SURROGATE.search(data):
+        value = _encodable(value)
+    return value
+
+
+def _encodable(value: Any) -> Any:
+    if isinstance(value, str):
+        return encodable(value)
+    if isinstance(value, list):
+        return [_encodable(item) for item in value]
+    if isinstance(value, dict):
+        return {encodable(k): _encodable(v) for k, v in value.items()}
+    return value
 
 
 def request_frame(request_id: str, method: str, params: Mapping[str, Any] | None) -> str:
@@ -454,8 +484,16 @@ def _agent_of_key(key: str) -> str:
     return parts[1] if len(parts) >= 3 and parts[0] == "agent" else ""
 
 
+INT64_MAX = 2**63 - 1
+
+
 def _int(value: Any) -> int:
-    return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0
+    """A count or size the gateway reported, as a protobuf int64 can hold it (0 if none)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return 0
+    if isinstance(value, float) and not math.isfinite(value):
+        return 0
+    return max(-INT64_MAX, min(int(value), INT64_MAX))
 
 
 def _list(value: Any) -> list[Any]:

@@ -4,7 +4,9 @@ An admin's `GET /api/v1/gateway/status` or `/gateway/sessions` arrives here as a
 GatewayQuery on the link. The answer always carries what the sidecar knows of its
 gateway; the gateway's own reads (`status`, `sessions.list`) are added when it
 answers within the budget, otherwise the error says why. Nothing is queued or
-retried: the admin asked now, and asks again.
+retried: the admin asked now, and asks again. Whatever goes wrong while answering
+(an answer the link cannot carry, a bug), the hub gets an answer saying so rather than
+waiting out its timeout.
 """
 
 from __future__ import annotations
@@ -12,7 +14,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
+from google.protobuf.timestamp_pb2 import Timestamp
+
 from missioncontrol.log import get_logger
+from missioncontrol.text import displayable
 from protos import link_pb2 as pb
 from protos.contract import GATEWAY_QUERY_TIMEOUT_S, MAX_QUERY_SESSIONS, timestamp
 from sidecar.gateway import GatewayClient, GatewayError, SessionInfo
@@ -68,11 +73,19 @@ class GatewayQueries:
             result.error = f"the gateway did not answer within {CALL_BUDGET_S:g} s"
         except GatewayError as exc:
             result.error_code = exc.code
-            result.error = str(exc)
+            result.error = displayable(str(exc), max_chars=4096)
+        except Exception as exc:
+            log.exception("gateway.query.crashed", kind=_kind_name(query.kind), error=repr(exc))
+            result = self._result(query)  # what was read so far may be what failed
+            result.error_code = "internal_error"
+            result.error = (
+                f"the sidecar failed answering this query ({displayable(repr(exc), max_chars=512)}"
+                "); see its log (gateway.query.crashed)"
+            )
         if result.error_code:
             log.info(
                 "gateway.query.failed",
-                kind=pb.GatewayQuery.Kind.Name(query.kind),
+                kind=_kind_name(query.kind),
                 error_code=result.error_code,
                 error=result.error,
             )
@@ -86,13 +99,13 @@ class GatewayQueries:
             )
             result.runtime.CopyFrom(
                 pb.GatewayRuntime(
-                    pid=runtime.pid,
-                    rss_bytes=runtime.rss_bytes,
+                    pid=_u32(runtime.pid),
+                    rss_bytes=_u64(runtime.rss_bytes),
                     agents=[
                         pb.AgentRuntime(
                             agent_id=a.agent_id,
                             heartbeat_enabled=a.heartbeat_enabled,
-                            heartbeat_every_s=a.heartbeat_every_s,
+                            heartbeat_every_s=_u32(a.heartbeat_every_s),
                         )
                         for a in runtime.agents
                     ],
@@ -108,7 +121,15 @@ class GatewayQueries:
                 code="unsupported",
             )
         result.sessions.extend(_session(s) for s in page.sessions[:limit])
-        result.sessions_total = total
+        result.sessions_total = _u32(total)
+
+
+def _kind_name(kind: int) -> str:
+    """The query kind's name; a newer hub's kind has none here."""
+    try:
+        return pb.GatewayQuery.Kind.Name(kind)
+    except ValueError:
+        return str(kind)
 
 
 def _session(info: SessionInfo) -> pb.GatewaySession:
@@ -119,8 +140,24 @@ def _session(info: SessionInfo) -> pb.GatewaySession:
         is_main=info.is_main,
         status=info.status,
         has_active_run=info.has_active_run,
-        updated_at=timestamp(info.updated_at_ms / 1000) if info.updated_at_ms else None,
+        updated_at=_when(info.updated_at_ms),
         last_run_error=info.last_run_error,
         model=info.model,
-        total_tokens=info.total_tokens,
+        total_tokens=_u64(info.total_tokens),
     )
+
+
+# The gateway's numbers, as the message's fields can hold them (a bad one is not a crash).
+def _u32(value: int) -> int:
+    return max(0, min(value, 2**32 - 1))
+
+
+def _u64(value: int) -> int:
+    return max(0, min(value, 2**64 - 1))
+
+
+_LAST_TIMESTAMP_S = 253_402_300_799  # 9999-12-31T23:59:59Z, the last a Timestamp holds
+
+
+def _when(ms: int) -> Timestamp | None:
+    return timestamp(ms / 1000) if 0 < ms / 1000 <= _LAST_TIMESTAMP_S else None

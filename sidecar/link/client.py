@@ -4,6 +4,10 @@ The client dials out (no inbound port on the gateway host), says Hello with what
 it has applied, hands incoming commands to the CommandQueue, and sends reports.
 Reports that could not be sent survive a reconnect in memory and go out after
 the next Welcome. gRPC keepalive notices a silent hub within ~10 s.
+
+The stream's reader and writer are one unit: if either ends, the stream ends and is
+dialled again, so the link never shows connected while nothing flows. A hub message
+whose handler fails is logged and skipped; the messages after it are still handled.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import grpc
@@ -47,7 +51,7 @@ class LinkClient:
     def __init__(
         self,
         target: str,
-        hello: Callable[[], pb.Hello],
+        hello: Callable[[], Awaitable[pb.Hello]],
         commands: CommandQueue,
         *,
         credentials: Callable[[], grpc.ChannelCredentials] | None = None,
@@ -88,7 +92,10 @@ class LinkClient:
         if connected != self.status.connected or error != self.status.last_error:
             self.status = LinkStatus(connected, time.time(), error)
             for listener in self._status_listeners:
-                listener(self.status)
+                try:
+                    listener(self.status)
+                except Exception as exc:  # one listener must not stop the others, or the link
+                    log.exception("link.status_listener.failed", error=repr(exc))
 
     async def run(self) -> None:
         """Connect, serve the stream, reconnect with backoff; forever (cancel to stop)."""
@@ -115,7 +122,7 @@ class LinkClient:
         async with self._channel() as channel:
             call = pb_grpc.LinkStub(channel).Connect()
             try:
-                hello = self.hello()
+                hello = await self.hello()
                 await call.write(pb.SidecarMessage(hello=hello))
                 async with asyncio.timeout(WELCOME_TIMEOUT_S):
                     first = await call.read()
@@ -136,12 +143,7 @@ class LinkClient:
                     hub_last_sequence=first.welcome.last_sequence,
                 )
                 self.commands.reset()
-                writer = asyncio.create_task(self._write(call))
-                try:
-                    await self._read(call)
-                finally:
-                    writer.cancel()
-                    await asyncio.gather(writer, return_exceptions=True)
+                await self._serve_stream(call)
                 code = await call.code()
                 if code != grpc.StatusCode.OK:
                     raise grpc.aio.AioRpcError(
@@ -156,6 +158,24 @@ class LinkClient:
             return grpc.aio.insecure_channel(self.target, options=channel_options())
         return grpc.aio.secure_channel(self.target, self.credentials(), options=channel_options())
 
+    async def _serve_stream(self, call: grpc.aio.StreamStreamCall) -> None:
+        """Read and write until either side ends; the first to end ends the stream."""
+        reader = asyncio.create_task(self._read(call), name="sidecar-link-read")
+        writer = asyncio.create_task(self._write(call), name="sidecar-link-write")
+        try:
+            done, _ = await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (reader, writer):
+                task.cancel()
+            await asyncio.gather(reader, writer, return_exceptions=True)
+        if writer in done:
+            error = writer.exception()
+            # The writer only ends when a write fails: the stream is broken.
+            raise error if error is not None else ConnectionError("link writer ended")
+        error = reader.exception()
+        if error is not None:
+            raise error
+
     async def _read(self, call: grpc.aio.StreamStreamCall) -> None:
         while True:
             message = await call.read()
@@ -163,18 +183,24 @@ class LinkClient:
                 return
             assert isinstance(message, pb.HubMessage)
             kind = message.WhichOneof("body")
-            if kind == "command":
-                self.commands.submit(message.command)
-            elif kind == "heartbeat_ack":
-                self.on_heartbeat_ack(message.heartbeat_ack.batch_id)
-            elif kind == "renew":
-                self.on_renew(message.renew)
-            elif kind == "agent_call_result":
-                self.on_agent_call_result(message.agent_call_result)
-            elif kind == "gateway_query":
-                self.on_gateway_query(message.gateway_query)
-            else:
-                log.warning("link.message.ignored", kind=kind)
+            try:
+                self._dispatch(kind, message)
+            except Exception as exc:  # one message's handler must not end the stream
+                log.exception("link.message.failed", kind=kind, error=repr(exc))
+
+    def _dispatch(self, kind: str | None, message: pb.HubMessage) -> None:
+        if kind == "command":
+            self.commands.submit(message.command)
+        elif kind == "heartbeat_ack":
+            self.on_heartbeat_ack(message.heartbeat_ack.batch_id)
+        elif kind == "renew":
+            self.on_renew(message.renew)
+        elif kind == "agent_call_result":
+            self.on_agent_call_result(message.agent_call_result)
+        elif kind == "gateway_query":
+            self.on_gateway_query(message.gateway_query)
+        else:
+            log.warning("link.message.ignored", kind=kind)
 
     async def _write(self, call: grpc.aio.StreamStreamCall) -> None:
         while True:

@@ -27,6 +27,7 @@ from missioncontrol.log import get_logger
 from missioncontrol.netaddr import HostPort
 from missioncontrol.pki import JoinString
 from missioncontrol.private_files import write_file_atomic
+from missioncontrol.tasks import start_long_lived
 from protos import link_pb2 as pb
 from protos import link_pb2_grpc as pb_grpc
 from sidecar.link.identity import (
@@ -138,31 +139,57 @@ class CertificateRenewal:
         return self.identity.channel_credentials()
 
     def on_response(self, response: pb.RenewResponse) -> None:
-        if response.error or self._pending_key is None:
-            log.error("link.certificate.renew_failed", error=response.error or "unexpected")
+        try:
+            if response.error or self._pending_key is None:
+                log.error("link.certificate.renew_failed", error=response.error or "unexpected")
+                return
+            try:
+                save_identity(
+                    self.state_dir,
+                    self._pending_key,
+                    response.certificate_pem,
+                    self.identity.ca_bundle_pem,
+                )
+                self.identity = load_identity(self.state_dir)
+            except (OSError, ValueError, IdentityError) as exc:
+                # The current certificate stays in use; the next attempt tries again.
+                log.error(
+                    "link.certificate.renew_failed",
+                    error=f"the renewed certificate could not be stored: {exc}",
+                )
+                return
+            self._pending_key = None
+            log.info("link.certificate.renewed", not_after=self.identity.not_after.isoformat())
+        finally:
             self._renewed.set()
-            return
-        save_identity(
-            self.state_dir, self._pending_key, response.certificate_pem, self.identity.ca_bundle_pem
-        )
-        self.identity = load_identity(self.state_dir)
-        self._pending_key = None
-        log.info("link.certificate.renewed", not_after=self.identity.not_after.isoformat())
-        self._renewed.set()
+
+    def start(self) -> asyncio.Task[None]:
+        return start_long_lived(self.run(), name="sidecar-renewal", log=log)
 
     async def run(self) -> None:
         first = True
         while True:
-            due = renewal_due_at(self.identity.certificate, self.rng)  # raises once expired
-            wait_s = (due - dt.datetime.now(dt.UTC)).total_seconds()
+            try:
+                due = renewal_due_at(self.identity.certificate, self.rng)
+                wait_s = (due - dt.datetime.now(dt.UTC)).total_seconds()
+            except (IdentityError, ValueError) as exc:
+                # Expired: only `mc-sidecar enroll --force` helps; say so now and then.
+                log.error("link.certificate.renew_failed", error=str(exc))
+                wait_s = self.min_interval_s
             await asyncio.sleep(max(wait_s, 0.0 if first else self.min_interval_s))
             first = False
-            request = new_key_request(socket.gethostname())
-            self._pending_key = request.key_pem
-            self._renewed.clear()
-            self.send(pb.SidecarMessage(renew=pb.RenewRequest(csr_pem=request.csr_pem)))
             try:
-                async with asyncio.timeout(300):
-                    await self._renewed.wait()
-            except TimeoutError:
-                log.warning("link.certificate.renew_timeout")
+                await self._renew_once()
+            except Exception as exc:  # one failed attempt must not end renewals
+                log.exception("link.certificate.renew_failed", error=repr(exc))
+
+    async def _renew_once(self) -> None:
+        request = new_key_request(socket.gethostname())
+        self._pending_key = request.key_pem
+        self._renewed.clear()
+        self.send(pb.SidecarMessage(renew=pb.RenewRequest(csr_pem=request.csr_pem)))
+        try:
+            async with asyncio.timeout(300):
+                await self._renewed.wait()
+        except TimeoutError:
+            log.warning("link.certificate.renew_timeout")

@@ -14,7 +14,11 @@ and are sent again after the next Welcome.
 While the hub is unreachable, pending beats are also written to local state, at
 most once per `persist_interval_s` and never per heartbeat, so a sidecar restart
 does not lose them; they are sent with their original observed_at. Stopping the
-relay writes every unacknowledged beat.
+relay writes every unacknowledged beat, even if one of its loops had died.
+
+Both loops survive one bad item: a beat the link cannot carry (text that is not valid
+UTF-8 can only get here past the agent API's checks) is dropped with an error line,
+never allowed to stop the beats of every other agent on the host.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from missioncontrol.log import get_logger
+from missioncontrol.tasks import start_long_lived
+from missioncontrol.text import is_encodable
 from protos import link_pb2 as pb
 from protos.contract import HEARTBEAT_FLUSH_MS, timestamp
 from sidecar.link.client import LinkStatus
@@ -161,12 +167,14 @@ class HeartbeatRelay:
         if self._pending:
             log.info("heartbeat.pending.loaded", agents=len(self._pending))
         self._tasks = [
-            asyncio.create_task(self._send_loop(), name="sidecar-heartbeat-send"),
-            asyncio.create_task(self._persist_loop(), name="sidecar-heartbeat-persist"),
+            start_long_lived(self._send_loop(), name="sidecar-heartbeat-send", log=log),
+            start_long_lived(self._persist_loop(), name="sidecar-heartbeat-persist", log=log),
         ]
 
     async def stop(self) -> None:
-        """Stop relaying and write every unacknowledged beat to local state."""
+        """Stop relaying and write every unacknowledged beat to local state (whatever
+        state the loops are in: a dead loop leaves its beats in memory, and they are
+        written here)."""
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -175,13 +183,19 @@ class HeartbeatRelay:
 
     async def _send_loop(self) -> None:
         while True:
-            await self._wait_sendable()
-            # Pace: at most one batch per flush interval, whatever the beat rate.
-            delay = self._last_sent_at + self.flush_interval_s - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            if self._sendable():
-                self._send_batch()
+            try:
+                await self._wait_sendable()
+                # Pace: at most one batch per flush interval, whatever the beat rate.
+                delay = self._last_sent_at + self.flush_interval_s - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                if self._sendable():
+                    self._send_batch()
+            except Exception as exc:
+                # Whatever it was, the beats go back to pending and are sent again.
+                log.exception("heartbeat.send.failed", error=repr(exc))
+                self._requeue("send_failed")
+                await asyncio.sleep(self.flush_interval_s)
 
     async def _wait_sendable(self) -> None:
         while not self._sendable():
@@ -208,13 +222,22 @@ class HeartbeatRelay:
         self._in_flight = _InFlight(batch_id, beats, time.monotonic())
         self._last_sent_at = time.monotonic()
         batch = pb.HeartbeatBatch(batch_id=batch_id)
-        for beat in beats.values():
-            batch.beats.add(
-                agent_id=beat.agent_id,
-                observed_at=timestamp(beat.observed_at),
-                status=beat.status,
-                current_task_id=beat.current_task_id,
-            )
+        for beat in list(beats.values()):
+            try:
+                item = pb.AgentHeartbeat(
+                    agent_id=beat.agent_id,
+                    observed_at=timestamp(beat.observed_at),
+                    status=beat.status,
+                    current_task_id=beat.current_task_id,
+                )
+            except (ValueError, TypeError) as exc:  # text the link cannot carry
+                del beats[beat.agent_id]
+                self._drop(beat, repr(exc))
+                continue
+            batch.beats.append(item)
+        if not batch.beats:
+            self._in_flight = None
+            return
         self.send(pb.SidecarMessage(heartbeats=batch))
         self.stats.batches_sent += 1
         self.stats.beats_sent += len(beats)
@@ -246,13 +269,26 @@ class HeartbeatRelay:
                 self._unsaved = False
                 try:
                     self._persist(self.unacked().values())
-                except sqlite3.Error as exc:
+                except Exception as exc:
                     # Keep relaying from memory; try again next interval.
                     self._unsaved = True
-                    log.error("heartbeat.pending.persist_failed", error=str(exc))
+                    self._last_persist_at = time.monotonic()
+                    log.error("heartbeat.pending.persist_failed", error=repr(exc))
+
+    def _drop(self, beat: PendingBeat, why: str) -> None:
+        """Forget a beat that can be neither sent nor stored (the agent's next one goes)."""
+        self._pending.pop(beat.agent_id, None)
+        if self._in_flight is not None:
+            self._in_flight.beats.pop(beat.agent_id, None)
+        log.error("heartbeat.beat.dropped", agent_id=beat.agent_id, error=why)
 
     def _persist(self, beats: Iterable[PendingBeat]) -> None:
-        changed = [b for b in beats if self._persisted.get(b.agent_id) != b.observed_at]
+        changed = []
+        for beat in beats:
+            if not (is_encodable(beat.status) and is_encodable(beat.current_task_id)):
+                self._drop(beat, "text is not valid UTF-8")
+            elif self._persisted.get(beat.agent_id) != beat.observed_at:
+                changed.append(beat)
         self._last_persist_at = time.monotonic()
         if not changed:
             return

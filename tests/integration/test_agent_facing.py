@@ -246,6 +246,8 @@ async def test_the_lead_assigns_only_agents_of_its_board(hub: Hub) -> None:
         ("only_lead_can_change_status", "lead", "inbox", {"status": "in_progress"}, 200, ""),
         ("require_review_before_done", "worker", "in_progress", {"status": "done"}, 409, "review"),
         ("require_review_before_done", "worker", "review", {"status": "done"}, 200, ""),
+        ("require_approval_for_done", "worker", "review", {"status": "done"}, 409, "approval"),
+        ("require_approval_for_done", "lead", "review", {"status": "done"}, 409, "APPROVALS.md"),
         (
             "comment_required_for_review",
             "worker",
@@ -274,7 +276,8 @@ async def test_board_rules_are_respected(
     needle: str,
 ) -> None:
     gateway = await add_gateway(hub)
-    board = await add_board(hub, gateway, **{rule: 1})
+    # Only the rule under test: require_approval_for_done is on by default.
+    board = await add_board(hub, gateway, **{"require_approval_for_done": 0, rule: 1})
     agent = await add_agent(hub, gateway_id=gateway, board_id=board, kind=actor)
     task = await new_task(hub, board, status=before)
     code, answer = await as_agent(hub, agent, "PATCH", f"/boards/{board}/tasks/{task['id']}", body)

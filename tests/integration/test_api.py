@@ -386,3 +386,18 @@ async def test_the_rest_api_over_tls_is_served_with_the_hub_ca_certificate(
         assert forwarded.status == 401  # answered by the API, not a 502 from the forwarder
     finally:
         await hub.stop()
+
+
+async def test_an_unknown_field_is_named_with_the_fields_the_request_takes(hub: Hub) -> None:
+    status, body = await api(hub, "POST", "/api/v1/gateways", {"name": "gw", "colour": "red"})
+    assert status == 422
+    (error,) = body["detail"]
+    assert error["loc"] == ["colour"] and error["type"] == "extra_forbidden"
+    assert "unknown field 'colour'" in error["msg"] and "takes: " in error["msg"]
+    assert "name" in error["msg"].split("takes: ")[1]
+    status, body = await api(
+        hub, "POST", "/api/v1/agents", {"name": "a", "heartbeat_config": {"cadence": "5m"}}
+    )
+    assert status == 422
+    nested = next(e for e in body["detail"] if e["loc"] == ["heartbeat_config", "cadence"])
+    assert "every" in nested["msg"]  # the nested model's own fields

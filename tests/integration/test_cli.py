@@ -20,7 +20,15 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_help_documents_every_flag_with_its_environment_variable_and_file_key() -> None:
-    for module, sub in (("hub.cli", "serve"), ("sidecar.cli", "run")):
+    commands = [
+        ("hub.cli", "serve"),
+        ("sidecar.cli", "run"),
+        ("hub.cli", "doctor"),
+        ("sidecar.cli", "doctor"),
+        ("hub.cli", "backup"),
+        ("hub.cli", "restore"),
+    ]
+    for module, sub in commands:
         out = subprocess.run(
             [sys.executable, "-m", module, sub, "--help"],
             capture_output=True,
@@ -30,9 +38,9 @@ def test_help_documents_every_flag_with_its_environment_variable_and_file_key() 
         ).stdout
         options = out[out.index("options:") :]
         flags = re.findall(r"^\s+(--[a-z-]+)", options, re.MULTILINE)
-        assert len(flags) >= 6
+        assert len(flags) >= (6 if sub in ("serve", "run", "doctor") else 2)
         for flag in flags:
-            if flag in ("--help", "--config"):
+            if flag in ("--help", "--config", "--json", "--verify"):  # output, not settings
                 continue
             key = flag.removeprefix("--").replace("-", "_")
             entry = " ".join(options[options.index(flag) :].split()[:40])
@@ -80,6 +88,12 @@ def test_serve_prints_where_it_listens_and_stops_cleanly_on_ctrl_c(tmp_path: Pat
         )
         with urllib.request.urlopen(request, timeout=10) as response:
             assert response.status == 200
+        # The printed dashboard URL leads to the login page.
+        dashboard = re.search(r"dashboard:\s+(http://[\d.]+:\d+/)", banner)
+        assert dashboard, banner
+        with urllib.request.urlopen(dashboard.group(1), timeout=10) as response:
+            assert response.status == 200 and "/ui/login" in response.url
+            assert "Admin token" in response.read().decode()
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=20) == 0
     finally:
@@ -203,6 +217,8 @@ def test_readme_enrollment_steps_connect_a_sidecar_over_mutual_tls(tmp_path: Pat
                 str(tmp_path / "oc" / "openclaw.json"),
                 "--agent-api-listen",
                 "127.0.0.1:0",
+                "--metrics-listen",
+                "127.0.0.1:0",
                 "--log-format",
                 "json",
             ],
@@ -306,3 +322,32 @@ def test_a_port_that_is_taken_is_one_clear_line_at_start(tmp_path: Path, taken: 
     assert len(said) == 1 and "Traceback" not in result.stderr, result.stderr
     assert said[0].startswith(f"mc-hub: cannot listen on {busy} ({taken})")
     assert "choose another address" in said[0]
+
+
+def test_join_token_prints_the_enroll_address_the_hub_is_configured_with(tmp_path: Path) -> None:
+    config = tmp_path / "hub.toml"
+    config.write_text('enroll_listen = "10.1.2.3:7555"\n')
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "hub.cli",
+            "gateway",
+            "join-token",
+            "--uses",
+            "5",
+            "--config",
+            str(config),
+            "--data-dir",
+            str(tmp_path / "hub"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "HUB_HOST" not in result.stdout
+    assert re.search(
+        r"enroll --hub 10\.1\.2\.3:7555 --token '[a-z0-9]{8}\.[a-z0-9]{32}@sha256:", result.stdout
+    )
+    assert "5 use(s)" in result.stdout

@@ -117,10 +117,16 @@ def test_schema_is_versioned_and_a_newer_database_is_refused(tmp_path: Path) -> 
     conn = sqlite3.connect(path)
     assert conn.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] == len(MIGRATIONS)
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    conn.execute("INSERT INTO schema_version VALUES (?, 0)", (len(MIGRATIONS) + 1,))
+    conn.execute(
+        "INSERT INTO schema_version (version, applied_at, program_version) VALUES (?, 0, ?)",
+        (len(MIGRATIONS) + 1, "9.4.2"),
+    )
     conn.commit()
-    with pytest.raises(DatabaseError, match="newer than this hub"):
+    with pytest.raises(DatabaseError, match="newer than this hub") as refused:
         Database(path).open()
+    # It names the program that wrote it, so the operator knows what to run.
+    assert "written by mc-hub 9.4.2" in str(refused.value)
+    assert "run mc-hub 9.4.2 or newer" in str(refused.value)
 
 
 def test_database_enforces_one_lead_per_board_and_one_main_per_gateway(tmp_path: Path) -> None:

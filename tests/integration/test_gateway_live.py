@@ -38,7 +38,7 @@ async def test_status_reads_the_gateway_through_the_sidecar(hub: Hub, tmp_path: 
         await wait_for(lambda: gateway.count("wake") == 3, what="three agents woken")
         status, read = await api(hub, "GET", f"/api/v1/gateway/status?gateway_id={GW}")
         assert status == 200, read
-        assert read["connected"] and read["sidecar_connected"] and read["gateway_reachable"]
+        assert read["connected"] and read["live_read"] and read["gateway_reachable"]
         assert read["error"] is None and read["observed_at"].endswith("Z")
         assert (read["openclaw_version"], read["openclaw_protocol"]) == ("2026.9.6", 4)
         assert read["gateway_generation"] == "current"
@@ -118,7 +118,7 @@ async def test_disconnected_sidecar_status_is_200_with_stored_values_and_the_rea
     await wait_for(lambda: hub.registry.get(GW) is None, what="disconnected")
     status, read = await api(hub, "GET", f"/api/v1/gateway/status?gateway_id={GW}")
     assert status == 200
-    assert not read["connected"] and not read["sidecar_connected"]
+    assert not read["connected"] and not read["live_read"]
     assert read["error_code"] == "sidecar_disconnected"
     assert "not connected since" in read["error"] and "mc-sidecar" in read["error"]
     assert read["openclaw_version"] == "2026.9.6"  # last reported, from the store
@@ -140,7 +140,7 @@ async def test_unreachable_gateway_is_reported_by_the_connected_sidecar(
     async with connected_sidecar(hub, tmp_path, GW) as (_, gateway):
         gateway.set_reachable(False)
         status, read = await api(hub, "GET", f"/api/v1/gateway/status?gateway_id={GW}")
-        assert status == 200 and read["sidecar_connected"] and not read["connected"]
+        assert status == 200 and read["connected"] and not read["live_read"]
         assert read["gateway_reachable"] is False
         assert read["error_code"] == "gateway_unreachable"
         assert "down" in read["gateway_unreachable_reason"]
@@ -169,8 +169,8 @@ async def test_a_slow_sidecar_times_out_and_a_vanishing_one_fails_fast(
         async with asyncio.timeout(10):  # far short of the 30 s query deadline
             status, body = await pending
         assert status == 503 and "disconnected before answering" in body["detail"]
-        await wait_for(lambda: hub.registry.get(GW), what="sidecar reconnected")
-        assert sidecar.link.streams_opened >= 2
+        # The old session stays registered while it ends: wait for the sidecar's count.
+        await wait_for(lambda: sidecar.link.streams_opened >= 2, what="sidecar reconnected")
 
 
 async def test_the_sidecar_runs_at_most_four_queries_and_refuses_the_rest_at_once(

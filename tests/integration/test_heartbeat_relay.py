@@ -175,9 +175,10 @@ async def test_unacked_batch_is_resent_after_reconnect_unless_a_newer_beat_repla
             await env.beat(replaced, {"status": "new"})
             newer = relay.unacked()[replaced].observed_at
             kept_at = relay.unacked()[kept].observed_at
-            env.sidecar.link.on_heartbeat_ack = on_ack
 
             await hub.stop()  # the stream breaks with the batch unacknowledged
+            # Only now: an ack of the old stream could otherwise still land in between.
+            env.sidecar.link.on_heartbeat_ack = on_ack
             hub = Hub(config)
             await hub.start()
             await wait_for(lambda: not relay.unacked(), timeout_s=15, what="resent and acked")

@@ -16,6 +16,7 @@ happens because real time passed a deadline; a test that needs one advances the 
 from __future__ import annotations
 
 import dataclasses
+import socket
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -69,8 +70,20 @@ async def hub(tmp_path: Path, clock: JumpClock) -> AsyncIterator[Hub]:
     await instance.stop()
 
 
+_AGENT_API_PORTS: dict[Path, int] = {}
+
+
 def sidecar_for(tmp_path: Path, hub: Hub, gateway: RecordingGateway) -> Sidecar:
-    return make_sidecar(tmp_path, hub, gateway, gateway_id=GATEWAY, name="sc")
+    """The test's sidecar; started again, it keeps its agent-API port, as a real one does
+    (a new address would have the hub render its agents' files again)."""
+    if tmp_path not in _AGENT_API_PORTS:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            _AGENT_API_PORTS[tmp_path] = sock.getsockname()[1]
+    listen = HostPort("127.0.0.1", _AGENT_API_PORTS[tmp_path])
+    return make_sidecar(
+        tmp_path, hub, gateway, gateway_id=GATEWAY, name="sc", agent_api_listen=listen
+    )
 
 
 async def start_sidecar(tmp_path: Path, hub: Hub, gateway: RecordingGateway) -> Sidecar:

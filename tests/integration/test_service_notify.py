@@ -188,6 +188,8 @@ def test_sidecar_is_ready_once_its_agent_api_answers_and_says_stopping(
             str(tmp_path / "openclaw" / "openclaw.json"),
             "--agent-api-listen",
             "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
             "--log-format",
             "json",
         ],

@@ -5,7 +5,8 @@ agent turn is a streaming `POST /v1/chat/completions` (SSE chunks, then `[DONE]`
 with the agent's tools offered and `stream: true` always set. What the model does
 is chosen per test with `behaviour`:
 
-- `Behaviour.REPLY`: answer every turn with plain text.
+- `Behaviour.REPLY`: answer every turn with plain text (after awaiting
+  `before_reply(request)`, if set: a test holds a run open with it).
 - `Behaviour.CHECK_IN`: act like a model that follows its wake message. If the turn's
   message says to run a check-in command (a `curl ... /heartbeat` line), answer with
   one `exec` tool call running that command verbatim; once the tool result is back,
@@ -123,6 +124,7 @@ class ScriptedModel:
     port: int
     behaviour: Behaviour = Behaviour.REPLY
     before_final: Callable[[ModelRequest], Awaitable[None]] | None = None
+    before_reply: Callable[[ModelRequest], Awaitable[None]] | None = None
     reply_text: str = "Mission Control wake received; nothing else to do."
     delay_s: float = 0.0
     requests: list[ModelRequest] = field(default_factory=list)
@@ -190,6 +192,8 @@ class ScriptedModel:
             return await self._answer(request, body, tool_call=call)
         recorded = ModelRequest(received_at, body, agent_id, "text")
         self.requests.append(recorded)
+        if self.before_reply is not None:
+            await self.before_reply(recorded)
         text = self.reply_text
         results = _turn_tool_results(messages)
         if results:

@@ -18,6 +18,7 @@ the hub naming a model in ApplyAgent.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import json
@@ -318,3 +319,75 @@ async def test_b_the_agent_checks_in_by_running_its_curl_through_exec(stack: Sta
     record_timing("agent e2e B (curl): create -> exec tool call", post_s)
     record_timing("agent e2e B (curl): create -> heartbeat stored by hub", hub_s)
     print(f"agent e2e B: create -> exec call {post_s:.2f} s, -> heartbeat at hub {hub_s:.2f} s")
+
+
+# ------------------------------------------------------------------ deleting an agent
+
+
+async def _gone(hub: Hub, agent_id: str) -> bool:
+    status, _ = await api(hub, "GET", f"/api/v1/agents/{agent_id}")
+    return status == 404
+
+
+def empty_directories(root: Path) -> set[Path]:
+    return {d for d in root.rglob("*") if d.is_dir() and not any(d.iterdir())}
+
+
+def assert_nothing_left(gateway: RunningGateway, p: Provisioned, empty_before: set[Path]) -> None:
+    """No workspace, no per-agent state, no token in a Trash folder, and no directory the
+    removal emptied left under the gateway's state."""
+    assert not p.workspace.exists(), sorted(str(x) for x in p.workspace.rglob("*"))
+    agent_state = gateway.state_dir / "agents" / p.gateway_agent_id
+    assert not agent_state.exists(), sorted(str(x) for x in agent_state.rglob("*"))
+    trash = gateway.home / ".Trash"
+    tokens = list(trash.rglob(".mc-agent-token")) if trash.exists() else []
+    assert not tokens, f"a removed agent's token went to the Trash: {tokens}"
+    emptied = empty_directories(gateway.state_dir) - empty_before
+    assert not emptied, f"empty directories left under the gateway's state: {emptied}"
+
+
+async def test_c_deleting_an_agent_during_its_wake_run_leaves_nothing_behind(stack: Stack) -> None:
+    hub, model = stack.hub, stack.model
+    model.behaviour = Behaviour.REPLY
+    in_run, release = asyncio.Event(), asyncio.Event()
+
+    async def hold_the_run(request: ModelRequest) -> None:
+        in_run.set()
+        await release.wait()
+
+    model.before_reply = hold_the_run
+    try:
+        p = await provision_and_wake(stack, "Deleted Mid Run")
+        async with asyncio.timeout(RUN_TIMEOUT_S):
+            await in_run.wait()  # the wake run is with the model, and stays there
+        empty_before = empty_directories(stack.gateway.state_dir)
+        status, body = await api(hub, "DELETE", f"/api/v1/agents/{p.id}")
+        assert status == 202, body
+        await wait_for(lambda: _gone(hub, p.id), timeout_s=60, what="the removal confirmed")
+        assert_nothing_left(stack.gateway, p, empty_before)
+    finally:
+        release.set()
+    # The run ends (in an error: its agent is gone); nothing comes back after it.
+    await wait_for(
+        lambda: _events(hub, "agent.run.observed", p.gateway_agent_id),
+        timeout_s=RUN_TIMEOUT_S,
+        what="the held run's outcome",
+    )
+    assert_nothing_left(stack.gateway, p, empty_before)
+
+
+async def test_d_deleting_an_agent_after_its_run_trashes_no_token_and_leaves_no_directory(
+    stack: Stack,
+) -> None:
+    hub, model = stack.hub, stack.model
+    model.behaviour = Behaviour.REPLY
+    p = await provision_and_wake(stack, "Deleted After Run")
+    await wait_for(lambda: _online(hub, p.id), timeout_s=RUN_TIMEOUT_S, what="online")
+    empty_before = empty_directories(stack.gateway.state_dir)
+    status, body = await api(hub, "DELETE", f"/api/v1/agents/{p.id}")
+    assert status == 202, body
+    await wait_for(lambda: _gone(hub, p.id), timeout_s=60, what="the removal confirmed")
+    assert_nothing_left(stack.gateway, p, empty_before)
+    # The gateway still moved the rest to its Trash (the sidecar only took the token).
+    trash = stack.gateway.home / ".Trash"
+    assert any(trash.rglob("AGENTS.md")), "expected the gateway to trash the workspace"

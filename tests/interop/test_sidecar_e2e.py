@@ -159,7 +159,7 @@ async def test_live_status_sessions_and_session_reset_through_the_sidecar(
     started = time.perf_counter()
     status, read = await api(hub, "GET", "/api/v1/gateway/status?gateway_id=gw-e2e")
     record_timing("gateway status through the sidecar", time.perf_counter() - started)
-    assert status == 200 and read["connected"] and read["error"] is None, read
+    assert status == 200 and read["connected"] and read["live_read"] and read["error"] is None, read
     assert read["openclaw_version"] == gateway.version
     runtime = {a["gateway_agent_id"]: a for a in read["agents"]}
     assert runtime[agent_id]["heartbeat_enabled"] and runtime[agent_id]["heartbeat_every_s"] == 600

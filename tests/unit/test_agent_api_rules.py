@@ -1,15 +1,21 @@
-"""Pure rules of the local agent API: heartbeat body validation and the per-agent bucket."""
+"""Pure rules of the local agent API: heartbeat body validation, the per-agent bucket and
+the rejection log budget."""
 
 from __future__ import annotations
 
-import pytest
+import json
 
+import pytest
+from pydantic import ValidationError
+
+from hub.api.agent_facing import AgentHeartbeatBody
 from missioncontrol.http import TokenBucket
 from sidecar.agent_api import (
     AgentApiLimits,
     AgentRateLimiter,
     HeartbeatBody,
     InvalidBody,
+    LogBudget,
     parse_heartbeat_body,
 )
 
@@ -39,6 +45,8 @@ def test_valid_heartbeat_bodies(body: bytes, expected: HeartbeatBody) -> None:
         (b'{"status": 3}', "'status' must be a string"),
         (b'{"status": "' + b"x" * 65 + b'"}', "'status' is 65 characters"),
         (b'{"current_task_id": "' + b"x" * 129 + b'"}', "'current_task_id' is 129"),
+        (b'{"status": ' + b"9" * 5000 + b"}", "a number too long to read"),
+        (b'{"status": "\\ud800"}', "'status' is not valid UTF-8"),
     ],
 )
 def test_invalid_heartbeat_bodies_name_the_cause(body: bytes, phrase: str) -> None:
@@ -72,3 +80,58 @@ def test_idle_agents_are_forgotten_when_many_are_tracked() -> None:
     now[0] = 5.0  # everyone's bucket refilled
     limiter.retry_after_s("d")
     assert len(limiter._buckets) == 1
+
+
+# The hub checks a relayed heartbeat's fields again with its own model; the sidecar
+# must accept exactly what the hub accepts, or beats the sidecar took would vanish.
+FIELD_TEXT = [
+    "working",
+    "  working  ",
+    "",
+    "   ",
+    "\ud800",
+    "ok \udfff",
+    "a\x00b",
+    "a\nb",
+    "\t",
+    "a\tb",
+    "\u2028",
+    "a\u2028b",
+    "a\x85b",
+    "\x85",
+    "a\x7fb",
+    "a\x9bb",
+    "é 😀",
+    "\u200b",
+    "x" * 64,
+    " " + "x" * 64 + " ",
+    "x" * 65,
+    "x" * 128,
+    "x" * 129,
+]
+
+
+@pytest.mark.parametrize("field", ["status", "current_task_id"])
+@pytest.mark.parametrize("text", FIELD_TEXT)
+def test_the_sidecar_takes_exactly_the_heartbeat_text_the_hub_takes(field: str, text: str) -> None:
+    body = json.dumps({field: text}).encode()  # ensure_ascii: a lone surrogate is an escape
+    try:
+        hub_value = getattr(AgentHeartbeatBody.model_validate({field: text}), field)
+    except ValidationError:
+        hub_value = None
+    try:
+        sidecar_value = getattr(parse_heartbeat_body(body), field)
+    except InvalidBody:
+        sidecar_value = None
+    assert (sidecar_value is None) == (hub_value is None), (hub_value, sidecar_value)
+    if hub_value is not None:
+        assert sidecar_value == hub_value
+
+
+def test_rejection_log_budget_logs_a_burst_then_says_how_many_it_held_back() -> None:
+    now = [0.0]
+    budget = LogBudget(rate_per_s=1.0, burst=3, clock=lambda: now[0])
+    assert [budget.take() for _ in range(10)] == [0, 0, 0] + [None] * 7
+    now[0] = 1.0
+    assert budget.take() == 7  # the next line carries the count
+    assert budget.take() is None

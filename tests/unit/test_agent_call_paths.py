@@ -5,6 +5,8 @@ port, so a call it did send would come back 502, not 404."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from hub.api import build_api
@@ -70,6 +72,6 @@ def test_every_agent_route_of_the_api_is_reachable_by_its_plain_path() -> None:
     agent_routes = [r for r in API.routes if r.auth.value == "agent"]
     assert len(agent_routes) >= 5
     for route in agent_routes:
-        path = route.path.replace("{board_id}", BOARD).replace("{task_id}", BOARD)
+        path = re.sub(r"\{[^}]+\}", BOARD, route.path)  # every path parameter
         assert plain_agent_path(path), path
         assert API.is_agent_route(route.method, path), (route.method, path)

@@ -9,6 +9,8 @@ import pytest
 from hub.provisioning.agent_tokens import TokenKeyring
 from missioncontrol.agent_token import TOKEN_CHARS, parse_token_id, sidecar_verifier
 from sidecar.credentials import (
+    MALFORMED_TOKENS,
+    UNKNOWN_TOKENS,
     CredentialIndex,
     ExpiredToken,
     MalformedToken,
@@ -152,3 +154,14 @@ def test_verifier_is_sha256_of_the_whole_raw_token() -> None:
         Credential("abcdefghij01", "mc-hand", hashlib.sha256(raw.encode()).digest(), None)
     )
     assert index.verify(raw) == "mc-hand"
+
+
+def test_failures_are_charged_to_a_known_token_id_else_to_one_shared_key() -> None:
+    minted = KEYRING.mint()
+    index = index_of(credential("mc-a", minted.raw))
+    guessed = minted.raw[:13] + "A" * 43
+    assert index.failure_key(guessed) == minted.token_id  # only that token is held back
+    # Ids nobody holds share one key, so inventing ids buys no fresh budget.
+    assert {index.failure_key(KEYRING.mint().raw) for _ in range(5)} == {UNKNOWN_TOKENS}
+    for junk in ("", "x", "\udcff" * 56, "A" * 56, minted.raw + "x"):
+        assert index.failure_key(junk) == MALFORMED_TOKENS

@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
+from protos import link_pb2 as pb
 from protos.contract import GatewayErrorKind, GatewayGeneration
-from sidecar.gateway import GatewayError, GatewayUnavailable, RunOutcome, RunState
+from sidecar.gateway import (
+    GatewayError,
+    GatewayRuntime,
+    GatewayUnavailable,
+    RunOutcome,
+    RunState,
+    SessionPage,
+)
 from sidecar.gateway.protocol import (
     ClientIdentity,
     GatewayHandshakeError,
@@ -16,6 +26,7 @@ from sidecar.gateway.protocol import (
     TurnEvidence,
     check_scopes,
     connect_params,
+    decode_frame,
     detect_generation,
     handshake_error,
     heartbeat_every,
@@ -28,6 +39,8 @@ from sidecar.gateway.protocol import (
     run_outcome,
     turn_evidence,
 )
+from sidecar.gateway.queries import GatewayQueries
+from tests.support import RecordingGateway, wait_for
 
 
 def test_current_hello_is_protocol_4_current_generation() -> None:
@@ -370,3 +383,60 @@ def test_a_final_is_a_turn_only_with_evidence() -> None:
     final = {"runId": "r", "state": "final", "message": _text("done")}
     assert run_outcome(final) == RunOutcome("r", RunState.FINAL, "done", model_turn=False)
     assert run_outcome(final, model_turn=True) == RunOutcome("r", RunState.FINAL, "done", True)
+
+
+HOSTILE_NUMBERS = [2**70, -(2**70), 1e300, -1.0, float("inf"), float("-inf"), float("nan"), True]
+
+
+class NumbersGateway(RecordingGateway):
+    """Reports every count, size and time as `number`, parsed as from the real gateway."""
+
+    def __init__(self, number: object) -> None:
+        super().__init__()
+        self.number = number
+
+    async def runtime_status(self) -> GatewayRuntime:
+        n = self.number
+        return parse_status(
+            {
+                "pid": n,
+                "sessions": {"count": n},
+                "processMemory": {"rssBytes": n},
+                "heartbeat": {"agents": [{"agentId": "a", "enabled": True, "everyMs": n}]},
+            }
+        )
+
+    async def list_sessions(self, agent_id: str = "", limit: int = 100) -> SessionPage:
+        n = self.number
+        return parse_sessions(
+            {"sessions": [{"key": "agent:a:main", "updatedAt": n, "totalTokens": n}], "count": n}
+        )
+
+
+@pytest.mark.parametrize("kind", [pb.GatewayQuery.STATUS, pb.GatewayQuery.SESSIONS])
+@pytest.mark.parametrize("number", HOSTILE_NUMBERS)
+async def test_every_number_the_gateway_reports_fits_the_answer(number: object, kind: int) -> None:
+    sent: list[pb.SidecarMessage] = []
+    queries = GatewayQueries(NumbersGateway(number), pb.GatewayState, sent.append)
+    queries.submit(pb.GatewayQuery(query_id=1, kind=kind))  # type: ignore[arg-type]
+    await wait_for(lambda: sent, what="the query answered")
+    [message] = sent
+    assert message.gateway_query_result.error_code == "", message
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        '{"a": "\\ud800"}',
+        '{"\\udfff": ["x\\ud800y", {"b": "\\udc00"}]}',
+        '["\\ud83d"]',  # the first half of a pair, alone
+    ],
+)
+def test_lone_surrogates_in_gateway_frames_become_replacement_characters(frame: str) -> None:
+    decoded = decode_frame(frame)
+    assert "\ufffd" in json.dumps(decoded, ensure_ascii=False)
+    json.dumps(decoded, ensure_ascii=False).encode()  # carriable as UTF-8 now
+
+
+def test_a_valid_surrogate_pair_in_a_frame_is_kept() -> None:
+    assert decode_frame('{"e": "\\ud83d\\ude00"}') == {"e": "😀"}

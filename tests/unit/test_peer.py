@@ -54,3 +54,11 @@ def test_revoked_certificate_is_refused():
     with pytest.raises(PeerRejectedError, match="abc of gateway gw-a was revoked") as refused:
         authorize_peer(IDENTITY, "gw-a", is_revoked={0xABC}.__contains__, now=NOW)
     assert refused.value.code == "peer_certificate_revoked"
+
+
+def test_a_revoked_sidecar_is_told_to_create_its_gateway_again_not_to_reuse_it():
+    with pytest.raises(PeerRejectedError) as refused:
+        authorize_peer(IDENTITY, "gw-a", is_revoked={0xABC}.__contains__, now=NOW)
+    message = str(refused.value)
+    assert "deleted on the hub" in message and "create a gateway again" in message
+    assert "join-token gw-a" not in message  # that gateway no longer exists

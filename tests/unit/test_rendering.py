@@ -106,6 +106,9 @@ def test_every_file_name_is_one_the_sidecar_accepts(generation: GatewayGeneratio
     assert workspace_file_names(generation) <= sidecar_workspace.ALLOWED_FILES
 
 
+LEAD_ONLY = {"APPROVALS.md"}  # approval guidance: leads only, on disk, never injected
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_current_generation_writes_the_five_injected_files(kind: AgentKind) -> None:
     files = render(CURRENT, make_context(kind), token=TOKEN)
@@ -115,6 +118,7 @@ def test_current_generation_writes_the_five_injected_files(kind: AgentKind) -> N
         "IDENTITY.md",
         "USER.md",
         "MEMORY.md",
+        *(["APPROVALS.md"] if kind is AgentKind.LEAD else []),
         TOKEN_FILE_NAME,
     )
 
@@ -127,7 +131,16 @@ def test_legacy_generation_adds_tools_heartbeat_and_bootstrap(kind: AgentKind) -
         "HEARTBEAT.md",
         "BOOTSTRAP.md",
         TOKEN_FILE_NAME,
-    }
+    } | (LEAD_ONLY if kind is AgentKind.LEAD else set())
+
+
+@pytest.mark.parametrize("generation", BOTH)
+def test_leads_get_approval_guidance_naming_their_board(generation: GatewayGeneration) -> None:
+    lead = render(generation, make_context(AgentKind.LEAD))
+    guidance = text(lead, "APPROVALS.md")
+    assert "/boards/board-1/approvals" in guidance and "task_ids" in guidance
+    assert "APPROVALS.md" in text(lead, "AGENTS.md")
+    assert render(generation, make_context(AgentKind.WORKER)).get("APPROVALS.md") is None
 
 
 def test_current_agents_md_carries_the_tools_section() -> None:

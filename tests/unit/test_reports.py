@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.config_watch import ConfigReport
+from sidecar.config_watch import ConfigReport, RosterEntry, roster_of
 from sidecar.openclaw_config import Drift, DriftKind
 from sidecar.reports import OWN_CHANGE_WINDOW_S, OwnChanges, Reports
 from sidecar.state import AgentState, LocalState
@@ -99,11 +99,11 @@ def reports(tmp_path: Path, state: LocalState, gateway: RecordingGateway) -> Rep
     )
 
 
-def test_hello_inventory_says_whether_the_entry_is_in_openclaw_json(
+async def test_hello_inventory_says_whether_the_entry_is_in_openclaw_json(
     tmp_path: Path, state: LocalState
 ) -> None:
     built = reports(tmp_path, state, RecordingGateway())
-    hello = built.hello()
+    hello = await built.hello()
     assert (hello.gateway_id, hello.last_applied_sequence) == ("gw-1", 3)
     assert hello.agent_api_url == "http://127.0.0.1:18790"
     # Before the watcher's first pass nothing says an entry is missing.
@@ -111,7 +111,7 @@ def test_hello_inventory_says_whether_the_entry_is_in_openclaw_json(
         (A, 2, True)
     ]
     built.config = ConfigReport(valid=True, present=frozenset({B}))
-    assert [a.present_in_config for a in built.hello().inventory] == [False]
+    assert [a.present_in_config for a in (await built.hello()).inventory] == [False]
 
 
 def test_gateway_state_carries_the_config_and_the_drift_given(
@@ -129,3 +129,36 @@ def test_gateway_state_carries_the_config_and_the_drift_given(
         "2026.9.6",
     )
     assert [(d.agent_id, d.kind) for d in reported.drift] == [(A, DriftKind.CHANGED)]
+
+
+async def test_unmanaged_entries_are_reported_once_openclaw_json_was_read(
+    tmp_path: Path, state: LocalState
+) -> None:
+    built = reports(tmp_path, state, RecordingGateway())
+    assert not (await built.hello()).unmanaged_reported  # not read yet: the hub keeps its list
+    built.config = ConfigReport(
+        valid=True,
+        present=frozenset({A}),
+        roster=(
+            RosterEntry(A, "managed", f"workspace-{A}"),
+            RosterEntry("research", "Research", "/srv/openclaw/research"),
+            RosterEntry("main"),
+        ),
+    )
+    for message in (await built.hello(), built.gateway_state()):
+        assert message.unmanaged_reported
+        assert [(u.agent_id, u.name, u.workspace) for u in message.unmanaged] == [
+            ("research", "Research", "/srv/openclaw/research"),
+            ("main", "", ""),
+        ]
+    built.config = ConfigReport(valid=False, error="syntax error")
+    assert not built.gateway_state().unmanaged_reported
+
+
+def test_the_roster_reads_names_from_either_place() -> None:
+    assert roster_of(
+        {
+            "b": {"identity": {"name": "From identity"}, "workspace": "/w/b"},
+            "a": {"name": "Named", "workspace": 7},
+        }
+    ) == (RosterEntry("a", "Named", ""), RosterEntry("b", "From identity", "/w/b"))
