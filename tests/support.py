@@ -138,6 +138,8 @@ class RecordingGateway:
     runs_end: bool = True  # False: runs never end (a silent agent), as far as tests wait
     refuse_removal: str = ""  # set: remove_agent is refused for good with this message
     query_delay_s: float = 0.0  # how long status and session reads take
+    # Set: agents are ensured and removed only once it is set (an apply under way).
+    hold: asyncio.Event | None = None
     _listeners: list[Callable[[GatewayInfo], None]] = field(default_factory=list)
 
     @property
@@ -172,10 +174,14 @@ class RecordingGateway:
     async def ensure_agent(self, entry: AgentEntry) -> None:
         self._check()
         self.calls.append(("ensure_agent", entry.agent_id, str(entry.workspace)))
+        if self.hold is not None:
+            await self.hold.wait()
 
     async def remove_agent(self, agent_id: str, *, delete_files: bool) -> None:
         self._check()
         self.calls.append(("remove_agent", agent_id, delete_files))
+        if self.hold is not None:
+            await self.hold.wait()
         if self.refuse_removal:
             raise GatewayError(self.refuse_removal, kind=GatewayErrorKind.PERMANENT)
 

@@ -15,6 +15,7 @@ happens because real time passed a deadline; a test that needs one advances the 
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import socket
 from collections.abc import AsyncIterator, Callable
@@ -345,6 +346,81 @@ async def test_a_created_agent_whose_result_was_lost_moves_on_after_the_hello(
         await hub.stop()
 
 
+@pytest.mark.parametrize("sidecar_killed", [False, True], ids=["sidecar-stays", "sidecar-killed"])
+@pytest.mark.parametrize("change", ["create", "delete agent", "delete board"])
+async def test_a_command_applied_while_the_hub_was_down_settles_after_the_reconnect(
+    change: str,
+    sidecar_killed: bool,
+    tmp_path: Path,
+    clock: JumpClock,
+    free_port: Callable[[], int],
+) -> None:
+    """The hub stops while the sidecar is applying: the result has no stream to go to.
+    The sidecar reconnects to the restarted hub (the same one, which sends the result it
+    kept; or one started again after a kill, which lost it: only its Hello confirms the
+    command). Whatever the hub learns, the agent settles: a created one leaves
+    provisioning, a deleted one (and its board) is gone."""
+    ports = fixed_ports(free_port)
+    hub = make_hub(tmp_path / "hub", clock, ports)
+    await hub.start()
+    gateway = RecordingGateway()
+    sidecar = await start_sidecar(tmp_path, hub, gateway)
+    try:
+        if change == "create":
+            gateway.hold = asyncio.Event()
+            agent = await create(hub)
+            method = "ensure_agent"
+        else:
+            agent = await create(hub, "Doomed")
+            await wait_for(lambda: status_is(hub, agent["id"], "online"), what="online")
+            gateway.hold = asyncio.Event()
+            path = (
+                f"/api/v1/agents/{agent['id']}"
+                if change == "delete agent"
+                else f"/api/v1/boards/{agent['board_id']}"
+            )
+            status, _ = await api(hub, "DELETE", path)
+            assert status == 202
+            method = "remove_agent"
+        await wait_for(lambda: gateway.count(method) == 1, what=f"{method} under way")
+        await hub.stop()  # the result has nowhere to go
+        gateway.hold.set()
+        await wait_for(
+            lambda: sidecar.state.last_applied_sequence > 0 and _applied(sidecar, method),
+            what="the sidecar applied it",
+        )
+        if sidecar_killed:
+            drop_results(sidecar)
+            await sidecar.stop()  # its unsent result is lost with it
+        hub = make_hub(tmp_path / "hub", clock, ports)
+        await hub.start()
+        if sidecar_killed:
+            gateway.hold = None
+            sidecar = await start_sidecar(tmp_path, hub, gateway)
+        await wait_for(lambda: sidecar_connected(hub, GATEWAY), timeout_s=30, what="reconnected")
+        if change == "create":
+            settled = await wait_for(
+                lambda: _settled_online(hub, clock, agent["id"]),
+                timeout_s=30,
+                what="the created agent online",
+            )
+            assert settled["applied_generation"] == settled["lifecycle_generation"]
+            assert gateway.count("ensure_agent") == 1  # confirmed, not replayed
+        else:
+            await wait_for(
+                lambda: _gone(hub, f"/api/v1/agents/{agent['id']}"), what="the agent row gone"
+            )
+            if change == "delete board":
+                await wait_for(
+                    lambda: _gone(hub, f"/api/v1/boards/{agent['board_id']}"),
+                    what="the board gone",
+                )
+            assert gateway.count("remove_agent") == 1
+    finally:
+        await sidecar.stop()
+        await hub.stop()
+
+
 async def test_a_deleted_board_whose_removal_result_was_lost_is_gone_after_the_hello(
     hub: Hub, tmp_path: Path, clock: JumpClock
 ) -> None:
@@ -403,6 +479,21 @@ async def _delivered(hub: Hub, agent_id: str, wakes: int) -> bool:
 
 async def _runs_without_turn(hub: Hub, count: int) -> bool:
     return len(await events(hub, "lifecycle.run.no_turn")) >= count
+
+
+def _applied(sidecar: Sidecar, method: str) -> bool:
+    managed = list(sidecar.state.agents())
+    return bool(managed) if method == "ensure_agent" else not managed
+
+
+async def _settled_online(hub: Hub, clock: JumpClock, agent_id: str) -> dict[str, Any] | None:
+    """Online, passing a check-in window each time (a wake's report may be lost too)."""
+    body = await state(hub, agent_id)
+    if body["status"] == "online":
+        return body
+    assert body["status"] in ("provisioning", "updating"), body
+    await pass_deadlines(hub, clock)
+    return None
 
 
 async def _field(hub: Hub, agent_id: str, name: str) -> Any:
