@@ -138,6 +138,8 @@ class RecordingGateway:
     runs_end: bool = True  # False: runs never end (a silent agent), as far as tests wait
     refuse_removal: str = ""  # set: remove_agent is refused for good with this message
     query_delay_s: float = 0.0  # how long status and session reads take
+    # Raised by the next wakes, one each (what the gateway answered: a busy gateway).
+    wake_refusals: list[GatewayError] = field(default_factory=list)
     # Set: agents are ensured and removed only once it is set (an apply under way).
     hold: asyncio.Event | None = None
     _listeners: list[Callable[[GatewayInfo], None]] = field(default_factory=list)
@@ -192,6 +194,8 @@ class RecordingGateway:
     async def wake(self, agent_id: str, message: str, idempotency_key: str) -> str:
         self._check()
         self.calls.append(("wake", agent_id, idempotency_key))
+        if self.wake_refusals:
+            raise self.wake_refusals.pop(0)
         if idempotency_key not in self.runs:
             self.runs[idempotency_key] = str(uuid.uuid4())
         return self.runs[idempotency_key]

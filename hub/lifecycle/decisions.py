@@ -651,7 +651,9 @@ def _on_deadline_due(
     if _answered_by(s, s.last_seen_at):
         out.log(LogEvent.SKIP_NOT_STUCK, why="checked in since the wake")
         return _cycle_answered(s, policy, now)
-    not_before = verdicts_not_before(s, policy)
+    # A failed run (the reason it shows while awaiting a check-in) happened with the
+    # gateway reachable: the gateway's own grace is over for this agent.
+    not_before = verdicts_not_before(s, policy, gateway_back=s.reason is not WaitReason.WAKE_FAILED)
     if now < not_before:
         out.log(LogEvent.DEFERRED, why="restart or reconnect grace", until=not_before)
         return _arm(s, not_before)
@@ -1045,17 +1047,17 @@ def presence_expired(s: AgentLifecycle, policy: Policy, now: float) -> bool:
     )
 
 
-def verdicts_not_before(s: AgentLifecycle, policy: Policy) -> float:
+def verdicts_not_before(s: AgentLifecycle, policy: Policy, *, gateway_back: bool = True) -> float:
     """Earliest time a verdict that blames the agent (re-wake, offline) may be made.
 
     The restart-grace rule: after a hub restart or a sidecar reconnect, heartbeats
     the sidecar buffered may still be arriving, and after its gateway is reachable
     again the agents behind it need a moment to run, so for `restart_grace_s` after
-    any of these nobody is re-woken or marked offline.
+    any of these nobody is re-woken or marked offline. `gateway_back=False`: a run
+    that failed since the gateway came back is that moment's outcome already.
     """
-    starts = [
-        t for t in (policy.hub_started_at, s.link_up_since, s.gateway_up_since) if t is not None
-    ]
+    since_gateway = s.gateway_up_since if gateway_back else None
+    starts = [t for t in (policy.hub_started_at, s.link_up_since, since_gateway) if t is not None]
     return max(starts) + policy.restart_grace_s if starts else float("-inf")
 
 

@@ -37,6 +37,7 @@ from sidecar.gateway import (
 from sidecar.gateway import protocol as proto
 from sidecar.gateway.connection import ConnectionPolicy, GatewayConnection
 from sidecar.gateway.protocol import ClientIdentity, GatewayRequestError, GatewayTimeout
+from sidecar.openclaw_config import OpenClawConfig, read_config
 
 log = get_logger("sidecar.gateway")
 
@@ -61,6 +62,7 @@ class ClientPolicy(ConnectionPolicy):
     conflict_retries: int = 5  # config.patch baseHash / cron scratch revision conflicts
     finished_runs_kept: int = 512  # run outcomes remembered for late wait_run calls
     superseded_resends: int = 2  # a wake whose run the gateway superseded is sent again
+    abort_wait_s: float = 15.0  # a removed agent's aborted runs, until they end
 
 
 DEFAULT_POLICY = ClientPolicy()
@@ -77,6 +79,7 @@ class OpenClawGatewayClient:
         identity: ClientIdentity | None = None,
     ) -> None:
         self._policy = policy
+        self._config_path = config_path
         self._connection = GatewayConnection(config_path, self._policy, identity=identity)
         self._run_waiters: dict[str, list[asyncio.Future[RunOutcome]]] = {}
         self._finished_runs: OrderedDict[str, RunOutcome] = OrderedDict()
@@ -134,6 +137,14 @@ class OpenClawGatewayClient:
             if isinstance(agent, Mapping) and agent.get("id") == agent_id:
                 return agent
         return None
+
+    async def _being_loaded(self, agent_id: str) -> bool:
+        """The gateway has the agent, loaded or loading: listed in agents.list, or already
+        in openclaw.json (agents.list lags agents.create by about 0.5-0.8 s)."""
+        if await self._listed_agent(agent_id) is not None:
+            return True
+        config = await asyncio.to_thread(read_config, self._config_path)
+        return isinstance(config, OpenClawConfig) and agent_id in config.entries
 
     async def _wait_listed(self, agent_id: str, *, present: bool) -> Mapping[str, Any] | None:
         """Poll agents.list until the id is (or is no longer) listed, within a bound."""
@@ -205,6 +216,7 @@ class OpenClawGatewayClient:
         return True
 
     async def remove_agent(self, agent_id: str, *, delete_files: bool) -> None:
+        await self._end_runs(agent_id)
         try:
             await self._connection.call(
                 "agents.delete", {"agentId": agent_id, "deleteFiles": delete_files}
@@ -216,6 +228,32 @@ class OpenClawGatewayClient:
             return
         await self._wait_listed(agent_id, present=False)
         log.info("gateway.agent.removed", agent_id=agent_id, delete_files=delete_files)
+
+    async def _end_runs(self, agent_id: str) -> None:
+        """Abort the runs this client started for the agent and wait (bounded) for their
+        ends: a run still going when its agent is removed writes the agent's session
+        under the gateway's state again when it ends, after the removal cleaned it."""
+        active = {
+            wake.origin
+            for wake in self._wakes.values()
+            if wake.agent_id == agent_id and wake.origin not in self._finished_runs
+        }
+        if not active:
+            return
+        try:
+            await self._connection.call(
+                "chat.abort", {"sessionKey": proto.main_session_key(agent_id)}
+            )
+        except GatewayError as exc:  # the removal goes on; what the run leaves is removed
+            log.warning("gateway.run.abort_failed", agent_id=agent_id, error=str(exc))
+            return
+        ends = [self.wait_run(run_id, self._policy.abort_wait_s) for run_id in sorted(active)]
+        outcomes = await asyncio.gather(*ends)
+        log.info(
+            "gateway.runs.aborted",
+            agent_id=agent_id,
+            runs=[f"{o.run_id}:{o.state.value}" for o in outcomes],
+        )
 
     # ------------------------------------------------------------ heartbeat
 
@@ -400,7 +438,7 @@ class OpenClawGatewayClient:
         that is gone: listed in agents.list, it is loading, so send again for a while (a
         retryable error if it stays refused); not listed, it is gone (permanent)."""
         deadline = time.monotonic() + self._policy.agent_visible_timeout_s
-        while await self._listed_agent(agent_id) is not None:
+        while await self._being_loaded(agent_id):
             if time.monotonic() >= deadline:
                 raise refused  # classified RETRY: the command is retried in place
             await asyncio.sleep(self._policy.poll_interval_s)

@@ -28,6 +28,7 @@ from hub.app import Hub
 from missioncontrol.netaddr import HostPort
 from sidecar.app import Sidecar
 from sidecar.gateway import RunState
+from sidecar.gateway.protocol import request_error
 from tests.support import (
     JumpClock,
     RecordingGateway,
@@ -246,6 +247,50 @@ async def test_a_wake_the_sidecar_retries_is_sent_once_and_answered_once(
         await hub.reconciler.sweep_presence()
         assert gateway.count("wake") == 1, gateway.calls  # no second wake, ever
         assert (await state(hub, agent["id"]))["status"] == "online"
+    finally:
+        await sidecar.stop()
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        {"code": "UNAVAILABLE", "retryable": True,
+         "message": "Previous run is still shutting down. Please try again in a moment."},
+        # 2026.9 for an agent its runtime is reloading (after a reprovision's config change).
+        {"code": "INVALID_REQUEST", "message": 'Agent "x" no longer exists in configuration'},
+    ],
+    ids=["still-shutting-down", "being-reloaded"],
+)  # fmt: skip
+async def test_a_retryable_gateway_error_in_a_reprovision_is_waited_out_not_offline(
+    answer: dict[str, object], hub: Hub, tmp_path: Path, clock: JumpClock
+) -> None:
+    """The gateway asks to be asked again while the wake starts (as 2026.9 does for a
+    run still shutting down), and the agent is reprovisioned meanwhile: FAILED with
+    RETRY, the sidecar retries the command in place, the hub shows why and sends no
+    copy; nobody goes offline, and the sidecar ends on the newest generation."""
+    busy = request_error("chat.send", answer)
+    gateway = RecordingGateway(wake_refusals=[busy, busy])
+    sidecar = await start_sidecar(tmp_path, hub, gateway)
+    try:
+        clock.advance(PAST_THE_GRACE_S)
+        agent = await create(hub)
+        waiting = await wait_for(
+            lambda: _reason(hub, agent["id"], "gateway_busy"), what="the gateway's answer shown"
+        )
+        assert waiting["status"] == "provisioning", waiting
+        assert str(answer["message"]) in (waiting["last_provision_error"] or "")
+        status, body = await api(hub, "PATCH", f"/api/v1/agents/{agent['id']}?force=true", {})
+        assert status == 200, body
+        await pass_deadlines(hub, clock, windows=4)  # the hub waits for the sidecar's retry
+        assert (await state(hub, agent["id"]))["status"] != "offline"
+        settled = await wait_for(
+            lambda: _settled(hub, agent["id"]), timeout_s=30, what="the reprovision settled"
+        )
+        assert settled["lifecycle_generation"] == 2 and settled["status_reason"] is None
+        managed = sidecar.state.agent(agent["gateway_agent_id"])
+        assert managed is not None and managed.generation == 2
+        first = [c[2] for c in gateway.calls if c[0] == "wake"][:3]
+        assert len(set(first)) == 1, gateway.calls  # the refused wake, asked again: one run
     finally:
         await sidecar.stop()
 
@@ -479,6 +524,12 @@ async def _delivered(hub: Hub, agent_id: str, wakes: int) -> bool:
 
 async def _runs_without_turn(hub: Hub, count: int) -> bool:
     return len(await events(hub, "lifecycle.run.no_turn")) >= count
+
+
+async def _settled(hub: Hub, agent_id: str) -> dict[str, Any] | None:
+    body = await state(hub, agent_id)
+    done = body["applied_generation"] == body["lifecycle_generation"]
+    return body if done and body["status"] == "online" else None
 
 
 def _applied(sidecar: Sidecar, method: str) -> bool:

@@ -72,13 +72,23 @@ async def test_resetting_a_session_while_its_run_is_active_is_asked_again(
     try:
         await client.reset_session(entry.agent_id)
     except GatewayRequestError as exc:
-        # 2026.9: UNAVAILABLE "... is still active; try again in a moment."
+        # 2026.9, while the run is in a phase it will not cut short: UNAVAILABLE "... is
+        # still active; try again in a moment." (it resets a run waiting on the model).
         assert exc.kind is GatewayErrorKind.RETRY and exc.retryable, exc
-    else:
-        assert gateway.generation_is_legacy, "2026.9 refuses to reset an active session"
     model.delay_s = 0.0
     await client.wait_run(run_id, RUN_TIMEOUT_S)
     await client.reset_session(entry.agent_id)  # asked again, once the run is over: done
+
+
+async def test_a_config_write_over_a_changed_config_is_asked_again(
+    gateway: RunningGateway, client: OpenClawGatewayClient
+) -> None:
+    """config.patch guarded by a hash that is no longer the file's: "config changed since
+    last load; re-run config.get and retry" (INVALID_REQUEST, yet RETRY by what it says)."""
+    stale = "0" * 64
+    with pytest.raises(GatewayRequestError) as refused:
+        await client.call("config.patch", {"raw": json.dumps({}), "baseHash": stale})
+    assert refused.value.kind is GatewayErrorKind.RETRY and refused.value.retryable, refused.value
 
 
 # ----------------------------------------------------------------------- PERMANENT

@@ -291,6 +291,18 @@ def test_a_failed_run_still_waits_out_the_restart_grace() -> None:
     assert snapshot.checkin_deadline_at == NOW + restarted.restart_grace_s
 
 
+def test_a_failed_run_after_the_gateway_came_back_is_judged_at_once() -> None:
+    # 2026.3 restarts itself on some config writes: the run that fails after it is back
+    # is the answer the gateway's grace waits for.
+    back = dataclasses.replace(provisioned_and_woken(), gateway_up_since=NOW + 1)
+    snapshot, _ = run(back, [(NOW + 2, RunFailed(1, "401 Incorrect API key"))])
+    snapshot, actions = deadline_passes(snapshot)
+    assert commands(actions) == [SendWake(1, 2)]
+    silent, actions = run(back, [(NOW + 31, DeadlineDue(NOW + 30, 1))])
+    assert commands(actions) == []  # silence is still judged only after the grace
+    assert silent.checkin_deadline_at == NOW + 1 + POLICY.restart_grace_s
+
+
 # ------------------------------------------------- a check-in is evidence
 
 
