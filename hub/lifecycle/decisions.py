@@ -877,9 +877,9 @@ def _while_paused(
         else:
             s = dataclasses.replace(s, gateway_reachable=True, gateway_up_since=now)
         down = path_down(s)
-        s = dataclasses.replace(s, reason=down)
         if down is not None:
             return s if s.phase is Phase.IDLE else _held(s, down)
+        s = dataclasses.replace(s, reason=None)
         if s.phase is Phase.RETRY_APPLY:
             out.actions.append(ResendApply(s.lifecycle_generation, wake=False))
             return _queued(s, Phase.APPLYING, policy, now)
