@@ -215,7 +215,7 @@ def _merged(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]
 
 
 @contextlib.contextmanager
-def _booted(
+def booted_gateway(
     tmp_path_factory: pytest.TempPathFactory, extra_config: Mapping[str, Any] | None = None
 ) -> Iterator[RunningGateway]:
     """Install, configure (base config plus `extra_config`), boot; stop by PID on exit."""
@@ -290,7 +290,7 @@ def _booted(
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
     """A gateway with the minimal config: no model provider, so agent runs end in an error."""
-    with _booted(tmp_path_factory) as running:
+    with booted_gateway(tmp_path_factory) as running:
         yield running
 
 
@@ -309,5 +309,5 @@ def gateway_with_model(
     tmp_path_factory: pytest.TempPathFactory, scripted_model_port: int
 ) -> Iterator[RunningGateway]:
     """A gateway whose only model provider is the scripted one (`scripted/scripted-1`)."""
-    with _booted(tmp_path_factory, provider_config(scripted_model_port)) as running:
+    with booted_gateway(tmp_path_factory, provider_config(scripted_model_port)) as running:
         yield running
