@@ -34,12 +34,20 @@ def main(argv: list[str] | None = None) -> int:
         help="sidecars in the restart storm, 0 for none [env CHAOS_STORM, 200]",
     )
     parser.add_argument(
+        "--strict",
+        action="store_true",
+        default=os.environ.get("CHAOS_STRICT", "") not in ("", "0"),
+        help="count agents stuck by the known lost-result defect as violations [env CHAOS_STRICT]",
+    )
+    parser.add_argument(
         "--keep", action="store_true", help="keep the run's directory (logs, databases)"
     )
     args = parser.parse_args(argv)
     seed = args.seed if args.seed is not None else seed_from_env()
     root = Path(tempfile.mkdtemp(prefix="mc-chaos-"))
-    settings = ChaosSettings(seed=seed, rounds=args.rounds, root=root, storm_sidecars=args.storm)
+    settings = ChaosSettings(
+        seed=seed, rounds=args.rounds, root=root, storm_sidecars=args.storm, strict=args.strict
+    )
     try:
         report = asyncio.run(ChaosRun(settings).run())
     except Exception as exc:

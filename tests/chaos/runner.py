@@ -67,8 +67,16 @@ class ChaosSettings:
     rounds: int
     root: Path
     storm_sidecars: int = 200
+    writes_per_round: tuple[int, int] = (4, 10)
     max_pause_s: float = 20.0
     say: Callable[[str], None] = print
+    strict: bool = False  # the known defect's stuck agents count as violations too
+
+    @classmethod
+    def short(cls, seed: int, root: Path, rounds: int = 4, storm: int = 200) -> ChaosSettings:
+        """The version `make test` runs: one round of each strike, less churn, short
+        partitions (still past the link's keepalive timeout), the whole storm."""
+        return cls(seed, rounds, root, storm, writes_per_round=(2, 4), max_pause_s=12.0)
 
 
 @dataclass(frozen=True)
@@ -98,6 +106,7 @@ class Report:
     rounds_run: int
     violations: list[Violation]
     figures: Figures
+    known: list[str]
     acked: int
     unanswered: int
     refused: int
@@ -118,6 +127,12 @@ class Report:
             ),
             _figure("time to settle after the strike healed", f.settle_s),
         ]
+        if self.known:
+            lines.append(
+                f"  {len(self.known)} agent(s) stuck by a known defect (not counted; --strict "
+                "counts them):"
+            )
+            lines += [f"    {line}" for line in self.known]
         if self.violations:
             lines.append(f"  {len(self.violations)} invariant violation(s):")
             lines += [f"    {v}" for v in self.violations]
@@ -162,6 +177,7 @@ def _gateway(root: Path, model_port: int) -> Iterator[Any]:
 class ChaosRun:
     def __init__(self, settings: ChaosSettings) -> None:
         self.s = settings
+        self._t0 = time.monotonic()
         self.root = settings.root
         self.ports = HubPorts.pick()
         self.hub_dir = self.root / "hub" / "data"
@@ -172,6 +188,10 @@ class ChaosRun:
         self.sidecar: Program | None = None
         self.gateway: Any = None
         self.world: World | None = None
+        self.known: dict[str, str] = {}  # agent -> how the known defect left it
+
+    def _say(self, line: str) -> None:
+        self.s.say(f"[{time.monotonic() - self._t0:6.1f} s] {line}")
 
     @property
     def hub_db(self) -> Path:
@@ -183,7 +203,7 @@ class ChaosRun:
         from tests.interop.scripted_model import ScriptedModel
 
         started = time.monotonic()
-        self.s.say(
+        self._say(
             f"chaos: seed {self.s.seed}, {self.s.rounds} round(s), storm of "
             f"{self.s.storm_sidecars} (replay with --seed {self.s.seed} or CHAOS_SEED)"
         )
@@ -210,6 +230,7 @@ class ChaosRun:
             rounds_run=rounds_run,
             violations=self.violations,
             figures=self.figures,
+            known=sorted(self.known.values()),
             acked=world.acked if world else 0,
             unanswered=world.unanswered if world else 0,
             refused=world.refused if world else 0,
@@ -252,6 +273,7 @@ class ChaosRun:
         )
         self.sidecar.start()
         await self._linked(session, "the sidecar's first link")
+        self._say(f"set up: openclaw {self.gateway.version}, mc-hub, mc-sidecar linked over mTLS")
 
     async def _linked(self, session: aiohttp.ClientSession, what: str) -> float:
         """Seconds until the hub shows the sidecar connected (bounded)."""
@@ -276,7 +298,7 @@ class ChaosRun:
         assert self.world is not None and self.hub is not None and self.sidecar is not None
         plan = random.Random(f"{self.s.seed}:{index}")
         kind = KINDS[(self.s.seed + index) % len(KINDS)]
-        ops = plan.randint(4, 10)
+        ops = plan.randint(*self.s.writes_per_round)
         strike_at_s = plan.uniform(0.0, 3.0)
         kill_down_s = plan.uniform(0.0, 3.0)
         pause_s = plan.uniform(1.0, self.s.max_pause_s)
@@ -287,29 +309,37 @@ class ChaosRun:
         await asyncio.sleep(strike_at_s)
         healed_at = await self._strike(session, kind, kill_down_s, pause_s)
         await churn
-        settle_s, waiting = await self._settle(healed_at)
-        found: list[tuple[str, list[str]]] = []
-        if waiting:
-            found.append(("no agent stuck", waiting))
-        else:
+        settle_s, settling = await self._settle(healed_at)
+        found = self._stuck(settling)
+        if settling.settled:
             self.figures.settle_s.append(settle_s)
         found += await self._check(session)
         for invariant, details in found:
             self.violations += [Violation(index, kind, invariant, d) for d in details]
         acked = sum(1 for o in outcomes if o.endswith(("200", "201", "202")))
-        self.s.say(
+        self._say(
             f"round {index + 1}/{self.s.rounds} {kind:<13} {ops} writes ({acked} acked), "
-            + (f"settled in {settle_s:.1f} s" if not waiting else "NOT settled")
+            + (f"settled in {settle_s:.1f} s" if settling.settled else "NOT settled")
+            + (f" ({len(settling.known)} stuck by the known defect)" if settling.known else "")
             + (f", {sum(len(d) for _, d in found)} violation(s)" if found else ", ok")
         )
         if found:
             for invariant, details in found:
                 for detail in details[:10]:
-                    self.s.say(f"    {invariant}: {detail}")
+                    self._say(f"    {invariant}: {detail}")
             return False
         with contextlib.suppress(NoAnswer):
             await self.world.resync(session)
         return True
+
+    def _stuck(self, settling: invariants.Settling) -> list[tuple[str, list[str]]]:
+        """The settling verdict as violations; the known defect's cases apart unless strict."""
+        found = [("no agent stuck", settling.waiting)] if settling.waiting else []
+        if self.s.strict and settling.known:
+            found.append(("no agent stuck", settling.known))
+        for line in settling.known:
+            self.known.setdefault(line.split(":", 1)[0], line)
+        return found
 
     async def _churn(
         self, session: aiohttp.ClientSession, rng: random.Random, ops: int, out: list[str]
@@ -347,24 +377,24 @@ class ChaosRun:
         program.resume()
         return time.monotonic()
 
-    async def _settle(self, healed_at: float) -> tuple[float, list[str]]:
-        """Seconds from the heal until settled twice in a row 1 s apart, or what still waits."""
+    async def _settle(self, healed_at: float) -> tuple[float, invariants.Settling]:
+        """Seconds from the heal until settled twice in a row 1 s apart, and what waits."""
         assert self.world is not None
-        waiting: list[str] = []
+        settling = invariants.Settling([], [])
         settled_since: float | None = None
         await asyncio.sleep(1.0)  # a request a paused hub held is answered by now
         while time.monotonic() - healed_at < SETTLE_BOUND_S:
-            waiting = await asyncio.to_thread(
+            settling = await asyncio.to_thread(
                 invariants.unsettled, self.hub_db, self.world.gateway_id
             )
-            if waiting:
+            if not settling.settled:
                 settled_since = None
             elif settled_since is None:
                 settled_since = time.monotonic()
             elif time.monotonic() - settled_since >= 1.0:
-                return settled_since - healed_at, []
+                return settled_since - healed_at, settling
             await asyncio.sleep(0.5)
-        return SETTLE_BOUND_S, waiting
+        return SETTLE_BOUND_S, settling
 
     async def _check(self, session: aiohttp.ClientSession) -> list[tuple[str, list[str]]]:
         assert self.world is not None and self.sidecar is not None
@@ -435,7 +465,7 @@ class ChaosRun:
         sim = Child(storm_main, f"127.0.0.1:{self.ports.enroll}", members, name="chaos-storm")
         try:
             ready = await asyncio.to_thread(sim.recv, 600.0)
-            self.s.say(f"storm: {n} sidecars enrolled over mTLS in {ready['enroll_s']:.1f} s")
+            self._say(f"storm: {n} sidecars enrolled over mTLS in {ready['enroll_s']:.1f} s")
             await self._storm_wait(sim, None)
             before = (await asyncio.to_thread(sim.ask, "status", 60.0))["opened"]
             self.hub.kill()
@@ -448,11 +478,10 @@ class ChaosRun:
                 return
             back = [max(0.0, at - ready_at) for at in status["welcomed_at"]]
             self.figures.storm_reconnect_s += back
-            self.s.say(f"storm: all {n} back {max(back):.1f} s after the hub was ready")
+            self._say(f"storm: all {n} back {max(back):.1f} s after the hub was ready")
             self.figures.relink_after_hub_s.append(await self._linked(session, "after the storm"))
-            _, waiting = await self._settle(time.monotonic())
-            found = [("no agent stuck", waiting)] if waiting else []
-            found += await self._check(session)
+            _, settling = await self._settle(time.monotonic())
+            found = self._stuck(settling) + await self._check(session)
             for invariant, details in found:
                 self.violations += [Violation(-1, "storm", invariant, d) for d in details]
         finally:
