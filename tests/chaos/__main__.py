@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import os
 import sys
 import tempfile
@@ -30,8 +31,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--storm",
         type=int,
-        default=int(os.environ.get("CHAOS_STORM", 200)),
-        help="sidecars in the restart storm, 0 for none [env CHAOS_STORM, 200]",
+        default=None,
+        help="sidecars in the restart storm, 0 for none [env CHAOS_STORM; 200, --short 100]",
+    )
+    parser.add_argument(
+        "--short", action="store_true", help="the short version make test runs (4 small rounds)"
     )
     parser.add_argument(
         "--strict",
@@ -45,9 +49,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     seed = args.seed if args.seed is not None else seed_from_env()
     root = Path(tempfile.mkdtemp(prefix="mc-chaos-"))
-    settings = ChaosSettings(
-        seed=seed, rounds=args.rounds, root=root, storm_sidecars=args.storm, strict=args.strict
-    )
+    storm = args.storm if args.storm is not None else os.environ.get("CHAOS_STORM")
+    if args.short:
+        settings = ChaosSettings.short(seed, root, storm=int(storm or 100))
+    else:
+        settings = ChaosSettings(seed, args.rounds, root, storm_sidecars=int(storm or 200))
+    settings = dataclasses.replace(settings, strict=args.strict)
     try:
         report = asyncio.run(ChaosRun(settings).run())
     except Exception as exc:

@@ -200,6 +200,29 @@ def enroll_sidecar(enroll_port: int, join_token: str, state_dir: Path) -> None:
         raise RuntimeError(f"mc-sidecar enroll failed ({done.returncode}): {done.stderr}")
 
 
+def fleet_join_token(data_dir: Path, uses: int) -> str:
+    """`mc-hub gateway join-token --uses N`: one token that enrolls N new gateways."""
+    done = subprocess.run(
+        [
+            *program("mc-hub", "hub.cli"),
+            "gateway",
+            "join-token",
+            "--uses",
+            str(uses),
+            "--data-dir",
+            str(data_dir),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={k: v for k, v in os.environ.items() if not k.startswith("MC_")},
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"mc-hub gateway join-token failed ({done.returncode}): {done.stderr}")
+    return done.stdout.split()[0]
+
+
 def http_ready(port: int, path: str = "/readyz") -> bool:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as response:

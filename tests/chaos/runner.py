@@ -39,6 +39,7 @@ from tests.chaos.procs import (
     HubPorts,
     Program,
     enroll_sidecar,
+    fleet_join_token,
     free_port,
     hub_program,
     sidecar_program,
@@ -73,9 +74,9 @@ class ChaosSettings:
     strict: bool = False  # the known defect's stuck agents count as violations too
 
     @classmethod
-    def short(cls, seed: int, root: Path, rounds: int = 4, storm: int = 200) -> ChaosSettings:
+    def short(cls, seed: int, root: Path, rounds: int = 4, storm: int = 100) -> ChaosSettings:
         """The version `make test` runs: one round of each strike, less churn, short
-        partitions (still past the link's keepalive timeout), the whole storm."""
+        partitions (still past the link's keepalive timeout), a storm of 100."""
         return cls(seed, rounds, root, storm, writes_per_round=(2, 4), max_pause_s=12.0)
 
 
@@ -209,21 +210,25 @@ class ChaosRun:
         )
         model_port = free_port()
         rounds_run = 0
-        async with ScriptedModel(model_port):
-            with _gateway(self.root / "gateway", model_port) as gateway:
-                self.gateway = gateway
-                try:
-                    async with aiohttp.ClientSession() as session:
-                        await self._setup(session)
-                        for index in range(self.s.rounds):
-                            rounds_run = index + 1
-                            if not await self._round(session, index):
-                                break
-                        else:
-                            if self.s.storm_sidecars > 0:
-                                await self._storm(session)
-                finally:
-                    self._stop_all()
+        try:
+            self._start_hub()  # it starts while the gateway boots
+            async with ScriptedModel(model_port):
+                with _gateway(self.root / "gateway", model_port) as gateway:
+                    self.gateway = gateway
+                    try:
+                        async with aiohttp.ClientSession() as session:
+                            await self._setup(session)
+                            for index in range(self.s.rounds):
+                                rounds_run = index + 1
+                                if not await self._round(session, index):
+                                    break
+                            else:
+                                if self.s.storm_sidecars > 0:
+                                    await self._storm(session)
+                    finally:
+                        self._stop_all()
+        finally:
+            self._stop_all()  # if the gateway never booted
         world = self.world
         return Report(
             seed=self.s.seed,
@@ -239,7 +244,7 @@ class ChaosRun:
 
     def _stop_all(self) -> None:
         for program in (self.sidecar, self.hub):
-            if program is not None:
+            if program is not None and program.running:
                 code = program.stop()
                 if code not in (0, None):
                     self.violations.append(
@@ -248,13 +253,16 @@ class ChaosRun:
                         )
                     )
 
-    async def _setup(self, session: aiohttp.ClientSession) -> None:
+    def _start_hub(self) -> None:
         self.hub_dir.parent.mkdir(parents=True)
-        self.sidecar_state.parent.mkdir(parents=True)
         self.hub = hub_program(
             self.hub_dir, self.ports, ADMIN_TOKEN, checkin_deadline_s=CHECKIN_DEADLINE_S
         )
         self.hub.start()
+
+    async def _setup(self, session: aiohttp.ClientSession) -> None:
+        assert self.hub is not None
+        self.sidecar_state.parent.mkdir(parents=True)
         await asyncio.to_thread(wait_hub_ready, self.hub, self.ports)
         world = World("", self.ports.http, ADMIN_TOKEN)
         status, created = await world.call(session, "POST", "/api/v1/gateways", {"name": "chaos"})
@@ -450,19 +458,9 @@ class ChaosRun:
 
         assert self.world is not None and self.hub is not None
         n = self.s.storm_sidecars
-        gate = asyncio.Semaphore(8)
-
-        async def gateway(i: int) -> tuple[str, str, str]:
-            async with gate:
-                status, row = await self.world.call(  # type: ignore[union-attr]
-                    session, "POST", "/api/v1/gateways", {"name": f"storm-{i}"}
-                )
-            if status != 201:
-                raise RuntimeError(f"creating storm gateway {i} answered {status}: {row}")
-            return row["id"], row["join_token"], str(self.root / "storm" / f"s{i}")
-
-        members = await asyncio.gather(*(gateway(i) for i in range(n)))
-        sim = Child(storm_main, f"127.0.0.1:{self.ports.enroll}", members, name="chaos-storm")
+        join = await asyncio.to_thread(fleet_join_token, self.hub_dir, n)
+        state_dirs = [str(self.root / "storm" / f"s{i}") for i in range(n)]
+        sim = Child(storm_main, f"127.0.0.1:{self.ports.enroll}", join, state_dirs, name="storm")
         try:
             ready = await asyncio.to_thread(sim.recv, 600.0)
             self._say(f"storm: {n} sidecars enrolled over mTLS in {ready['enroll_s']:.1f} s")

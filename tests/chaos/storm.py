@@ -26,9 +26,9 @@ from sidecar.link.identity import load_identity
 ENROLL_CONCURRENCY = 8
 
 
-def storm_main(conn: mpc.Connection, enroll_at: str, members: list[tuple[str, str, str]]) -> None:
-    """`members`: (gateway id, join string, state dir) for each sidecar."""
-    report_errors(conn, lambda: asyncio.run(_storm(conn, enroll_at, members)))
+def storm_main(conn: mpc.Connection, enroll_at: str, join: str, state_dirs: list[str]) -> None:
+    """One sidecar per state dir, each enrolled as a new gateway with the fleet token `join`."""
+    report_errors(conn, lambda: asyncio.run(_storm(conn, enroll_at, join, state_dirs)))
 
 
 class _Member:
@@ -38,21 +38,21 @@ class _Member:
         self.welcomed_at = 0.0
 
 
-async def _storm(conn: mpc.Connection, enroll_at: str, members: list[tuple[str, str, str]]) -> None:
+async def _storm(conn: mpc.Connection, enroll_at: str, join: str, state_dirs: list[str]) -> None:
     raise_fd_limit()
     quiet_logs()
     gate = asyncio.Semaphore(ENROLL_CONCURRENCY)
     started = time.monotonic()
 
-    async def enrolled(join: str, state_dir: str) -> HostPort:
+    async def enrolled(state_dir: str) -> tuple[str, HostPort]:
         async with gate:
             done = await enroll(HostPort.parse(enroll_at), join, Path(state_dir))
-            return done.link
+            return done.gateway_id, done.link
 
-    links = await asyncio.gather(*(enrolled(join, state) for _, join, state in members))
+    members = await asyncio.gather(*(enrolled(state) for state in state_dirs))
     enroll_s = time.monotonic() - started
     fleet: list[_Member] = []
-    for (gateway_id, _, state_dir), link in zip(members, links, strict=True):
+    for (gateway_id, link), state_dir in zip(members, state_dirs, strict=True):
         identity = load_identity(Path(state_dir))
         holder: list[_Member] = []
 

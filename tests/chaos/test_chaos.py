@@ -2,7 +2,7 @@
 
 Same harness as `make chaos` (tests/chaos/runner.py) with fewer, smaller rounds
 (`ChaosSettings.short`): CHAOS_SHORT_ROUNDS (default 4, one of each strike), CHAOS_STORM
-(default 200) and CHAOS_SEED to replay a failure with the seed it printed.
+(default 100) and CHAOS_SEED to replay a failure with the seed it printed.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ async def test_no_invariant_breaks_under_crashes_partitions_and_a_restart_storm(
         seed_from_env(),
         tmp_path,
         rounds=int(os.environ.get("CHAOS_SHORT_ROUNDS", "4")),
-        storm=int(os.environ.get("CHAOS_STORM", "200")),
+        storm=int(os.environ.get("CHAOS_STORM", "100")),
     )
     report = await ChaosRun(settings).run()
     conftest.reports.append(report.text())
