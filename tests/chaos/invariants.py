@@ -37,6 +37,8 @@ def integrity(path: Path) -> list[str]:
     conn = read_only(path)
     try:
         rows = [r[0] for r in conn.execute("PRAGMA integrity_check").fetchall()]
+    except sqlite3.DatabaseError as exc:  # too damaged to check at all
+        rows = [f"{exc}"]
     finally:
         conn.close()
     return [] if rows == ["ok"] else [f"{path.name}: {row}" for row in rows]
