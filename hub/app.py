@@ -221,6 +221,9 @@ class Hub:
             on_link=self._link_changed,
             agent_calls=self.agent_calls,
             queries=self.queries,
+            record_hello=lambda hello: self.reconciler.record_hello(
+                hello, auto_register=config.insecure_dev
+            ),
             on_sidecar_ahead=self.convergence.sidecar_ahead,
         )
         self._grpc = grpc.aio.server(options=server_options())

@@ -67,6 +67,36 @@ class GatewayGeneration(enum.IntEnum):
         return cast(pb.GatewayGeneration, int(self))
 
 
+class GatewayErrorKind(enum.IntEnum):
+    """What a gateway's error means (classified once, by the sidecar); the proto enum's values.
+
+    RETRY: the gateway works and asked to be asked again (busy, reloading, changed under
+    the request). PERMANENT: the request can never succeed as sent. UNREACHABLE: the
+    gateway cannot serve the sidecar at all (down, restarting, refused the connection).
+    """
+
+    UNSPECIFIED = pb.GATEWAY_ERROR_KIND_UNSPECIFIED  # no gateway error, or an older sidecar
+    RETRY = pb.GATEWAY_ERROR_RETRY
+    PERMANENT = pb.GATEWAY_ERROR_PERMANENT
+    UNREACHABLE = pb.GATEWAY_ERROR_UNREACHABLE
+
+    @classmethod
+    def of(cls, value: int) -> GatewayErrorKind:
+        try:
+            return cls(value)
+        except ValueError:
+            return cls.UNSPECIFIED
+
+    @property
+    def retryable(self) -> bool:
+        """Asking again can succeed (the sidecar keeps the command and retries it)."""
+        return self in (GatewayErrorKind.RETRY, GatewayErrorKind.UNREACHABLE)
+
+    @property
+    def proto(self) -> pb.GatewayErrorKind:
+        return cast(pb.GatewayErrorKind, int(self))
+
+
 _TEMPLATE_DIRS = {
     GatewayGeneration.LEGACY_2026_3: "legacy-2026.3",
     GatewayGeneration.CURRENT: "current",

@@ -3,8 +3,10 @@
 A command whose generation the sidecar already applied is acknowledged as
 ALREADY_APPLIED and not redone. Invalid commands are REJECTED before anything is
 written. A command that fails for a reason that can pass (gateway down, disk
-full) is reported as FAILED, so the hub can show why the agent waits, and is
-retried in place: later commands wait behind it, keeping the order the hub chose.
+full, the gateway asking to be asked again) is reported as FAILED, so the hub can
+show why the agent waits, and is retried in place: later commands wait behind it,
+keeping the order the hub chose. What a gateway error means is decided once, where
+it is parsed (`sidecar.gateway.protocol.classify_error`); the result carries it.
 An unexpected error in a handler is reported the same way (FAILED, `internal_error`):
 the queue goes on living and the hub shows why.
 
@@ -43,6 +45,7 @@ log = get_logger("sidecar.commands")
 
 Outcome = pb.CommandResult.Outcome
 WAKE_RUN_TIMEOUT_S = 600.0
+RETRY_AFTER_MAX_S = 120.0  # a gateway's retry-after beyond this is not waited out
 MAX_ERROR_CHARS = 4096
 # The gateway's agent ids (the only names its per-agent state directories take).
 _GATEWAY_AGENT_ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
@@ -112,6 +115,8 @@ class CommandApplier:
         # Where the gateway keeps each agent's own state (`agents/<id>/`): what a removal
         # leaves there, the sidecar removes.
         self.gateway_state_dir = gateway_state_dir
+        # How long the gateway asked to wait before the last FAILED command is tried again.
+        self.retry_after_s = 0.0
         self._watchers: set[asyncio.Task[None]] = set()
         self._handlers: dict[str, Callable[[pb.Command], Awaitable[_Done]]] = {
             "apply_agent": self._apply_agent,
@@ -146,12 +151,15 @@ class CommandApplier:
                 "unknown_command",
                 f"command type {kind!r} is not supported by this sidecar; upgrade the sidecar",
             )
+        self.retry_after_s = 0.0
         try:
             done = await handler(command)
         except WorkspaceError as exc:
             return self._finish(result, Outcome.REJECTED, exc.code, str(exc))
         except GatewayError as exc:
             outcome = Outcome.FAILED if exc.retryable else Outcome.REJECTED
+            result.error_kind = exc.kind.proto
+            self.retry_after_s = exc.retry_after_s
             return self._finish(result, outcome, exc.code, str(exc))
         except OSError as exc:
             return self._finish(result, Outcome.FAILED, "io_error", f"{exc}")
@@ -336,12 +344,14 @@ class CommandApplier:
                 RunState.ABORTED: pb.RunObserved.ABORTED,
             }[outcome.state]
             report.message = displayable(outcome.message, max_chars=MAX_ERROR_CHARS)
+            report.model_turn = outcome.model_turn
         report.observed_at.CopyFrom(timestamp())
         log.info(
             "agent.run.observed",
             agent_id=agent_id,
             run_id=run_id,
             outcome=pb.RunObserved.Outcome.Name(report.outcome),
+            model_turn=report.model_turn,
             message=report.message,
         )
         self.on_run_observed(report)
@@ -410,8 +420,11 @@ class CommandQueue:
                 if result.outcome != Outcome.FAILED:
                     break
                 self._gateway_changed.clear()
+                # Not sooner than the gateway asked (2026.3 limits config writes per
+                # connection, so a reconnect still cuts the wait short).
+                wait_s = max(delay, min(self.applier.retry_after_s, RETRY_AFTER_MAX_S))
                 # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation.
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(delay):
+                    async with asyncio.timeout(wait_s):
                         await self._gateway_changed.wait()
                 delay = min(delay * 2, self.retry_max_s)

@@ -1,8 +1,9 @@
 """What the sidecar tells the hub about itself: the Hello, the GatewayState, which drift.
 
 The Hello opens every stream: versions, where workspaces and the agent API are, the last
-applied command sequence, and the inventory of managed agents (applied generation, entry
-present in openclaw.json, file hashes) from which the hub confirms or replays commands.
+applied command sequence, the inventory of managed agents (applied generation, entry
+present in openclaw.json, file hashes) from which the hub confirms or replays commands,
+and the gateway's state as it is now.
 The GatewayState says whether the gateway is reachable and openclaw.json valid, with the
 drift worth reporting. The sidecar's own commands change managed entries too (through
 the gateway), so CHANGED drift for an agent it just changed itself is not a hand edit:
@@ -110,6 +111,9 @@ class Reports:
             follows_hub_workspace_root=self.follows_hub_workspace_root,
             unmanaged=self._unmanaged(),
             unmanaged_reported=self._roster_known(),
+            # Whether the gateway is reachable right now, so the hub never judges agents
+            # behind a gateway it does not know is down (no report may follow the Hello).
+            gateway_state=self.gateway_state(),
         )
 
     def gateway_state(self, drift: Iterable[Drift] = ()) -> pb.GatewayState:

@@ -16,13 +16,14 @@ from typing import TYPE_CHECKING, Any
 
 from hub.config import HubConfig
 from missioncontrol.netaddr import HostPort
-from protos.contract import GatewayGeneration
+from protos.contract import GatewayErrorKind, GatewayGeneration
 from sidecar.agent_api import AgentApiLimits
 from sidecar.app import Sidecar
 from sidecar.config import SidecarConfig
 from sidecar.gateway import (
     AgentEntry,
     AgentRuntime,
+    GatewayError,
     GatewayInfo,
     GatewayRuntime,
     GatewayUnavailable,
@@ -133,7 +134,14 @@ class RecordingGateway:
     runs: dict[str, str] = field(default_factory=dict)
     run_outcome: RunState = RunState.FINAL
     run_message: str = ""
+    run_turn: bool = True  # a FINAL run had a model turn (a runtime check-in)
+    runs_end: bool = True  # False: runs never end (a silent agent), as far as tests wait
+    refuse_removal: str = ""  # set: remove_agent is refused for good with this message
     query_delay_s: float = 0.0  # how long status and session reads take
+    # Raised by the next wakes, one each (what the gateway answered: a busy gateway).
+    wake_refusals: list[GatewayError] = field(default_factory=list)
+    # Set: agents are ensured and removed only once it is set (an apply under way).
+    hold: asyncio.Event | None = None
     _listeners: list[Callable[[GatewayInfo], None]] = field(default_factory=list)
 
     @property
@@ -168,10 +176,16 @@ class RecordingGateway:
     async def ensure_agent(self, entry: AgentEntry) -> None:
         self._check()
         self.calls.append(("ensure_agent", entry.agent_id, str(entry.workspace)))
+        if self.hold is not None:
+            await self.hold.wait()
 
     async def remove_agent(self, agent_id: str, *, delete_files: bool) -> None:
         self._check()
         self.calls.append(("remove_agent", agent_id, delete_files))
+        if self.hold is not None:
+            await self.hold.wait()
+        if self.refuse_removal:
+            raise GatewayError(self.refuse_removal, kind=GatewayErrorKind.PERMANENT)
 
     async def set_heartbeat(self, agent_id: str, heartbeat: HeartbeatSpec) -> None:
         self._check()
@@ -180,13 +194,18 @@ class RecordingGateway:
     async def wake(self, agent_id: str, message: str, idempotency_key: str) -> str:
         self._check()
         self.calls.append(("wake", agent_id, idempotency_key))
+        if self.wake_refusals:
+            raise self.wake_refusals.pop(0)
         if idempotency_key not in self.runs:
             self.runs[idempotency_key] = str(uuid.uuid4())
         return self.runs[idempotency_key]
 
     async def wait_run(self, run_id: str, timeout_s: float) -> RunOutcome:
+        if not self.runs_end:
+            await asyncio.Event().wait()  # until the sidecar stops its run watchers
         await asyncio.sleep(0.01)
-        return RunOutcome(run_id, self.run_outcome, self.run_message)
+        turn = self.run_turn and self.run_outcome is RunState.FINAL
+        return RunOutcome(run_id, self.run_outcome, self.run_message, model_turn=turn)
 
     async def reset_session(self, agent_id: str) -> None:
         self._check()
@@ -245,10 +264,13 @@ def make_sidecar(
     workspaces: str = "workspaces",
     limits: AgentApiLimits | None = None,
     follows_hub: bool = False,
+    agent_api_listen: HostPort | None = None,
 ) -> Sidecar:
     """A sidecar (not started) for `hub`: state in tmp_path/name, workspaces in
     tmp_path/workspaces, an in-memory gateway unless one is given. `follows_hub`: started
-    without --workspace-root, it writes under the root the hub declares instead."""
+    without --workspace-root, it writes under the root the hub declares instead.
+    `agent_api_listen`: a fixed agent-API address (a restarted sidecar keeps its own,
+    so the hub has no reason to render its agents' files again)."""
     assert hub.addresses is not None
     config = sidecar_config(
         tmp_path / name,
@@ -257,6 +279,8 @@ def make_sidecar(
         workspace_root=tmp_path / workspaces,
     )
     config = dataclasses.replace(config, follows_hub_workspace_root=follows_hub)
+    if agent_api_listen is not None:
+        config = dataclasses.replace(config, agent_api_listen=agent_api_listen)
     return Sidecar(
         config,
         gateway=gateway or RecordingGateway(),

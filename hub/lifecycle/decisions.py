@@ -15,17 +15,29 @@ The rules (DESIGN.md "Lifecycle policy"; mission-control.md §3 is what we repla
   same generation and token (no rotation, no rewrite), up to `max_wakes`
   delivered wakes in total; then it is `offline` with `last_provision_error`.
 - A wake or apply that could not be delivered (sidecar disconnected, gateway
-  unreachable, wake refused) is not an attempt: the agent keeps a `reason` and a
-  retry deadline (backoff up to `retry_max_s`), so a failure never leaves it
-  `updating` with nothing scheduled (the reference's defect #4, issue #206).
-- A check-in (heartbeat, or a wake run that reached `final`) not older than the
-  last delivered wake answers the cycle: attempts reset, deadline cleared.
-  `online` is only ever set by a check-in or by settling an apply for an agent
-  that has checked in before; never merely because provisioning succeeded.
-- Nobody goes offline while the sidecar is disconnected, within
-  `restart_grace_s` of a hub restart or of the sidecar reconnecting (heartbeats
-  buffered by the sidecar are still arriving), or while the reconciler suspects
+  unreachable, wake refused) is not an attempt: the agent keeps a `reason`. A
+  command the sidecar reported FAILED is retried by the sidecar in place, so the
+  hub waits for its result (sending its own copy would wake the agent twice); one
+  the sidecar refused is resent by the hub with backoff up to `retry_max_s`. A
+  failure never leaves an agent `updating` with nothing scheduled (the
+  reference's defect #4, issue #206).
+- A check-in is evidence that the agent ran: its heartbeat, or a wake run that
+  reached `final` with a model turn (`RunWithoutTurn` is not one). A check-in
+  not older than the last delivered wake answers the cycle: attempts reset,
+  deadline cleared. `online` is only ever set by a check-in or by settling an
+  apply for an agent that has checked in before; never merely because
+  provisioning succeeded.
+- A wake run that failed is an answer: the verdict (wake again, or offline after
+  `max_wakes`) is due at once instead of at the deadline.
+- Nobody goes offline while the sidecar is disconnected or the hub knows the
+  gateway is unreachable, within `restart_grace_s` of a hub restart, of the
+  sidecar reconnecting (heartbeats buffered by the sidecar are still arriving)
+  or of the gateway becoming reachable again, or while the reconciler suspects
   the gateway (`gateway_suspect`): then the gateway is blamed, not the agent.
+- Every outcome of a command the hub can learn advances the lifecycle: its
+  result (`result_events`), or, when the result was lost, the Hello that
+  confirms the command with the sidecar's inventory (`confirmation_events`). A
+  deleting agent is forgotten once its removal is confirmed or refused.
 - Presence: an `online` agent with nothing outstanding goes `offline` when it has
   not heartbeated for `offline_after_intervals` x its heartbeat interval.
 
@@ -36,14 +48,13 @@ after a failure, or how long to wait for the sidecar's answer to a queued comman
 `DeadlineDue` for an older generation or an already-answered wake is harmless.
 
 Wiring (for the store, link and reconciler):
-- CommandResult of an ApplyAgent: APPLIED/ALREADY_APPLIED -> `ApplyConfirmed`, then,
-  if it carried a wake, `WakeDelivered` (wake_delivered) or `WakeUndeliverable`;
-  FAILED -> `ApplyFailed`; REJECTED -> `ApplyFailed(permanent=True)`.
-- CommandResult of a WakeAgent: `WakeDelivered` or `WakeUndeliverable`.
-- RunObserved FINAL -> `CheckIn(source=RUN_FINAL)`; ERROR/ABORTED -> `RunFailed`.
+- CommandResult -> `result_events`; a command confirmed by a Hello without its
+  result -> `confirmation_events`; RunObserved -> `run_event`.
 - Hello / stream end -> `SidecarReconnected` / `SidecarDisconnected` for each of the
-  gateway's agents. `link_up_since` is not persisted: snapshots loaded after a hub
-  restart start with the link down (the default) until the sidecar's Hello.
+  gateway's agents; the gateway's reachability (GatewayState, and the Hello's) ->
+  `GatewayReachable` / `GatewayUnreachable`. `link_up_since` and the gateway's
+  reachability are not persisted: snapshots loaded after a hub restart start with
+  the link down (the default) until the sidecar's Hello.
 """
 
 from __future__ import annotations
@@ -52,6 +63,8 @@ import dataclasses
 import enum
 from dataclasses import dataclass
 from typing import Any
+
+from protos.contract import GatewayErrorKind
 
 # --------------------------------------------------------------------- vocabulary
 
@@ -69,6 +82,7 @@ class WaitReason(enum.StrEnum):
 
     SIDECAR_DISCONNECTED = "sidecar_disconnected"
     GATEWAY_UNREACHABLE = "gateway_unreachable"
+    GATEWAY_BUSY = "gateway_busy"  # the gateway asked to be asked again; the sidecar retries
     WAKE_FAILED = "wake_failed"
 
 
@@ -102,6 +116,10 @@ class LogEvent(enum.StrEnum):
     APPLY_FAILED = "lifecycle.apply.failed"
     WENT_OFFLINE = "lifecycle.presence.offline"
     STALE_EVENT = "lifecycle.event.stale"
+    RUN_FAILED = "lifecycle.run.failed"
+    RUN_WITHOUT_TURN = "lifecycle.run.no_turn"  # a run reported final that is no check-in
+    REMOVED = "lifecycle.remove.confirmed"
+    REMOVAL_REFUSED = "lifecycle.remove.refused"
 
 
 # ------------------------------------------------------------------------ policy
@@ -174,6 +192,9 @@ class AgentLifecycle:
     phase: Phase = Phase.IDLE
     delivery_failures: int = 0  # consecutive undelivered wakes / failed applies (backoff)
     link_up_since: float | None = None  # not persisted: None until the sidecar's Hello
+    # Not persisted: what the sidecar last said of its gateway (unknown counts as reachable).
+    gateway_reachable: bool = True
+    gateway_up_since: float | None = None  # when it last became reachable again
     paused: bool = False  # paused by an admin (or with its board): see `_while_paused`
 
 
@@ -195,10 +216,13 @@ class ApplyConfirmed:
 
 @dataclass(frozen=True)
 class ApplyFailed:
+    """FAILED: the sidecar keeps the command and retries it in place. REJECTED
+    (`permanent`): the sidecar gave up on it; resending cannot help."""
+
     generation: int
     reason: WaitReason
     message: str
-    permanent: bool = False  # REJECTED: resending cannot help
+    permanent: bool = False
 
 
 @dataclass(frozen=True)
@@ -209,15 +233,32 @@ class WakeDelivered:
 
 @dataclass(frozen=True)
 class WakeUndeliverable:
+    """FAILED: the sidecar retries the wake in place. `permanent` (REJECTED): the sidecar
+    gave up on it, so the hub sends a new one later (not an attempt either way)."""
+
     generation: int
     reason: WaitReason
     message: str = ""
+    permanent: bool = False
 
 
 @dataclass(frozen=True)
 class RunFailed:
+    """A wake run ended in an error (or was aborted). `latest`: it is the run of the
+    agent's most recent delivered wake, so it answers that wake."""
+
     generation: int
     message: str
+    latest: bool = True
+
+
+@dataclass(frozen=True)
+class RunWithoutTurn:
+    """A wake run the gateway reported `final` without a model turn (a wake folded into a
+    run already going, a model endpoint that never answered): no check-in."""
+
+    generation: int
+    message: str = ""
 
 
 @dataclass(frozen=True)
@@ -244,8 +285,34 @@ class SidecarReconnected:
 
 
 @dataclass(frozen=True)
+class GatewayUnreachable:
+    """The sidecar says it has no working connection to its gateway."""
+
+
+@dataclass(frozen=True)
+class GatewayReachable:
+    """The sidecar says its gateway is reachable (again)."""
+
+
+@dataclass(frozen=True)
 class DeleteRequested:
     pass
+
+
+@dataclass(frozen=True)
+class RemovalConfirmed:
+    """The sidecar removed the agent (its result, or a Hello's inventory without it)."""
+
+    generation: int
+
+
+@dataclass(frozen=True)
+class RemovalRefused:
+    """The sidecar refused the removal for good: the hub forgets the agent anyway (the
+    operator asked for it), and says what is left on the gateway."""
+
+    generation: int
+    message: str
 
 
 @dataclass(frozen=True)
@@ -262,11 +329,16 @@ Event = (
     | WakeDelivered
     | WakeUndeliverable
     | RunFailed
+    | RunWithoutTurn
     | CheckIn
     | DeadlineDue
     | SidecarDisconnected
     | SidecarReconnected
+    | GatewayUnreachable
+    | GatewayReachable
     | DeleteRequested
+    | RemovalConfirmed
+    | RemovalRefused
     | PresenceTick
 )
 
@@ -315,6 +387,15 @@ class CancelDeadline:
 
 
 @dataclass(frozen=True)
+class ForgetAgent:
+    """The agent is gone from its gateway (or can never be removed): delete its row,
+    unassign its tasks, finish its board if that waits for it. `refused`: why the
+    gateway may still hold its entry."""
+
+    refused: str = ""
+
+
+@dataclass(frozen=True)
 class Log:
     event: LogEvent
     fields: tuple[tuple[str, Any], ...] = ()
@@ -323,7 +404,7 @@ class Log:
         return dict(self.fields)
 
 
-Action = QueueApply | ResendApply | SendWake | ScheduleDeadline | CancelDeadline | Log
+Action = QueueApply | ResendApply | SendWake | ScheduleDeadline | CancelDeadline | ForgetAgent | Log
 
 # -------------------------------------------------------------------------- step
 
@@ -352,8 +433,9 @@ def is_stuck(snapshot: AgentLifecycle) -> bool:
         return False
     if snapshot.phase is Phase.IDLE:
         return snapshot.status in (Status.PROVISIONING, Status.UPDATING)
-    if snapshot.link_up_since is None:
-        return snapshot.reason is not WaitReason.SIDECAR_DISCONNECTED
+    down = path_down(snapshot)
+    if down is not None:  # held until the path is back, which an event says
+        return snapshot.reason is not down
     return snapshot.checkin_deadline_at is None
 
 
@@ -434,14 +516,15 @@ def _on_apply_failed(
     s = dataclasses.replace(s, last_provision_error=message)
     if e.permanent:
         return _settle(s, policy, now)
-    retry = Phase.RETRY_WAKE if s.phase is Phase.WAKING else Phase.RETRY_APPLY
-    return _retry_later(s, retry, e.reason, policy, now, out)
+    return _sidecar_retrying(s, e.reason, policy, now)
 
 
 def _on_wake_delivered(
     s: AgentLifecycle, e: WakeDelivered, policy: Policy, now: float, out: _Out
 ) -> AgentLifecycle:
-    if e.generation != s.lifecycle_generation or s.phase is not Phase.WAKING:
+    # RETRY_WAKE too: a wake the hub gave up on may still land (the sidecar's retry of it,
+    # a result that arrives late); the cycle then waits for the agent, not for a resend.
+    if e.generation != s.lifecycle_generation or s.phase not in (Phase.WAKING, Phase.RETRY_WAKE):
         out.log(LogEvent.STALE_EVENT, received="wake_delivered", generation=e.generation)
         return s
     at = min(e.at, now)
@@ -457,8 +540,9 @@ def _on_wake_delivered(
     if _answered_by(s, s.last_seen_at):  # the agent checked in before the ack reached us
         return _cycle_answered(s, policy, now)
     s = dataclasses.replace(s, phase=Phase.AWAITING_CHECKIN)
-    if s.link_up_since is None:  # the result was processed after the stream ended
-        return _disconnected(s)
+    down = path_down(s)
+    if down is not None:  # the result was processed after the stream ended
+        return _held(s, down)
     return _arm(s, at + policy.checkin_deadline_s)
 
 
@@ -470,10 +554,16 @@ def _on_wake_undeliverable(
         return s
     message = e.message or f"the wake could not be delivered ({e.reason})"
     out.log(
-        LogEvent.WAKE_UNDELIVERABLE, generation=e.generation, reason=str(e.reason), error=message
+        LogEvent.WAKE_UNDELIVERABLE,
+        generation=e.generation,
+        reason=str(e.reason),
+        permanent=e.permanent,
+        error=message,
     )
     s = dataclasses.replace(s, last_provision_error=message)
-    return _retry_later(s, Phase.RETRY_WAKE, e.reason, policy, now, out)
+    if e.permanent:
+        return _retry_later(s, Phase.RETRY_WAKE, e.reason, policy, now, out)
+    return _sidecar_retrying(s, e.reason, policy, now)
 
 
 def _on_run_failed(
@@ -482,12 +572,35 @@ def _on_run_failed(
     if e.generation != s.lifecycle_generation or s.phase is not Phase.AWAITING_CHECKIN:
         out.log(LogEvent.STALE_EVENT, received="run_failed", generation=e.generation)
         return s
-    # The deadline stays: the re-wake (or the offline verdict) then carries this error.
-    # A disconnected sidecar remains the reason shown: it is what the agent waits for.
+    error = f"wake run failed: {e.message or 'no message from the gateway'}"
+    out.log(LogEvent.RUN_FAILED, generation=e.generation, latest=e.latest, error=error)
+    s = dataclasses.replace(s, last_provision_error=error)
+    if not e.latest or _answered_by(s, s.last_seen_at):
+        return s  # an earlier wake's run: the latest wake is still to be answered
+    down = path_down(s)
+    if down is not None:
+        return _held(s, down)
+    # An error is an answer: the verdict (wake again, or offline after max_wakes) is due
+    # now, not at the deadline. DeadlineDue carries it out, with the grace and the
+    # gateway-suspect rules.
+    return _arm(dataclasses.replace(s, reason=WaitReason.WAKE_FAILED), now)
+
+
+def _on_run_without_turn(
+    s: AgentLifecycle, e: RunWithoutTurn, policy: Policy, now: float, out: _Out
+) -> AgentLifecycle:
+    out.log(LogEvent.RUN_WITHOUT_TURN, generation=e.generation)
+    if e.generation != s.lifecycle_generation or s.phase is not Phase.AWAITING_CHECKIN:
+        return s
+    # Not a check-in, and no answer either: the run may be one the wake was folded into,
+    # still going. The deadline stands; an operator sees why nothing checked in.
     return dataclasses.replace(
         s,
-        reason=WaitReason.WAKE_FAILED if s.link_up_since is not None else s.reason,
-        last_provision_error=f"wake run failed: {e.message or 'no message from the gateway'}",
+        last_provision_error=(
+            "the wake's run ended without a model turn (the gateway reported it final "
+            "with no model output: a wake folded into a run already going, or a model "
+            "endpoint that never answered); it is not a check-in"
+        ),
     )
 
 
@@ -521,9 +634,10 @@ def _on_deadline_due(
         out.log(LogEvent.DEFERRED, why="not due yet", due_at=s.checkin_deadline_at)
         out.reschedule = True
         return s
-    if s.link_up_since is None:
-        out.log(LogEvent.DEFERRED, why="sidecar disconnected")
-        return _disconnected(s)
+    down = path_down(s)
+    if down is not None:
+        out.log(LogEvent.DEFERRED, why=str(down))
+        return _held(s, down)
     if s.phase is Phase.IDLE:
         out.log(LogEvent.SKIP_NOT_STUCK, why="nothing outstanding")
         return dataclasses.replace(s, checkin_deadline_at=None)
@@ -537,7 +651,9 @@ def _on_deadline_due(
     if _answered_by(s, s.last_seen_at):
         out.log(LogEvent.SKIP_NOT_STUCK, why="checked in since the wake")
         return _cycle_answered(s, policy, now)
-    not_before = verdicts_not_before(s, policy)
+    # A failed run (the reason it shows while awaiting a check-in) happened with the
+    # gateway reachable: the gateway's own grace is over for this agent.
+    not_before = verdicts_not_before(s, policy, gateway_back=s.reason is not WaitReason.WAKE_FAILED)
     if now < not_before:
         out.log(LogEvent.DEFERRED, why="restart or reconnect grace", until=not_before)
         return _arm(s, not_before)
@@ -572,27 +688,59 @@ def _on_deadline_due(
 def _on_sidecar_disconnected(
     s: AgentLifecycle, e: SidecarDisconnected, policy: Policy, now: float, out: _Out
 ) -> AgentLifecycle:
-    s = dataclasses.replace(s, link_up_since=None)
+    # What the sidecar said of its gateway is unknown until its next Hello.
+    s = dataclasses.replace(s, link_up_since=None, gateway_reachable=True)
     if s.phase is Phase.IDLE:
         return s
     out.log(LogEvent.DEFERRED, why="sidecar disconnected", phase=str(s.phase))
-    return _disconnected(s)
+    return _held(s, WaitReason.SIDECAR_DISCONNECTED)
 
 
 def _on_sidecar_reconnected(
     s: AgentLifecycle, e: SidecarReconnected, policy: Policy, now: float, out: _Out
 ) -> AgentLifecycle:
     s = dataclasses.replace(s, link_up_since=now)
+    return _path_restored(
+        s, WaitReason.SIDECAR_DISCONNECTED, "sidecar reconnected", policy, now, out
+    )
+
+
+def _on_gateway_unreachable(
+    s: AgentLifecycle, e: GatewayUnreachable, policy: Policy, now: float, out: _Out
+) -> AgentLifecycle:
+    s = dataclasses.replace(s, gateway_reachable=False)
+    if s.phase is Phase.IDLE or s.link_up_since is None:
+        return s  # a disconnected sidecar stays the reason shown
+    out.log(LogEvent.DEFERRED, why="gateway unreachable", phase=str(s.phase))
+    return _held(s, WaitReason.GATEWAY_UNREACHABLE)
+
+
+def _on_gateway_reachable(
+    s: AgentLifecycle, e: GatewayReachable, policy: Policy, now: float, out: _Out
+) -> AgentLifecycle:
+    # The reconciler tells each agent once, when the sidecar's report changes.
+    s = dataclasses.replace(s, gateway_reachable=True, gateway_up_since=now)
+    return _path_restored(s, WaitReason.GATEWAY_UNREACHABLE, "gateway reachable", policy, now, out)
+
+
+def _path_restored(
+    s: AgentLifecycle, was: WaitReason, why: str, policy: Policy, now: float, out: _Out
+) -> AgentLifecycle:
+    """The sidecar is back, or its gateway is: pick up what waited for it."""
     if s.phase is Phase.IDLE:
         return s
-    if s.reason is WaitReason.SIDECAR_DISCONNECTED:
+    if s.reason is was:
         s = dataclasses.replace(s, reason=None)
+    down = path_down(s)
+    if down is not None:
+        return _held(s, down)
     if s.phase in (Phase.APPLYING, Phase.WAKING):
-        return _arm(s, now + policy.checkin_deadline_s)  # the outbox replays the command
+        # The outbox replays the command, or the sidecar's retry of it goes through now.
+        return _arm(s, now + policy.checkin_deadline_s)
     if s.phase is Phase.AWAITING_CHECKIN:
         due = (s.last_wake_sent_at or now) + policy.checkin_deadline_s
         return _arm(s, max(due, verdicts_not_before(s, policy)))
-    out.log(LogEvent.RETRIGGERED, phase=str(s.phase), why="sidecar reconnected")
+    out.log(LogEvent.RETRIGGERED, phase=str(s.phase), why=why)
     return _resend(s, policy, now, out)
 
 
@@ -611,7 +759,7 @@ def _on_presence_tick(
         return s
     if not presence_expired(s, policy, now) or e.gateway_suspect:
         return s
-    if s.link_up_since is None or now < verdicts_not_before(s, policy):
+    if path_down(s) is not None or now < verdicts_not_before(s, policy):
         return s
     silent_s = now - s.last_seen_at
     out.log(LogEvent.WENT_OFFLINE, silent_s=round(silent_s), interval_s=s.heartbeat_interval_s)
@@ -625,13 +773,31 @@ def _on_presence_tick(
 
 
 def _while_deleting(s: AgentLifecycle, event: Event, out: _Out, now: float) -> AgentLifecycle:
-    # The outbox owns the removal now; only the link state is still tracked.
-    if isinstance(event, SidecarDisconnected):
-        return dataclasses.replace(s, link_up_since=None)
-    if isinstance(event, SidecarReconnected):
+    # The outbox owns the removal now; its outcome ends the agent, whatever it is.
+    if isinstance(event, RemovalConfirmed):
+        out.log(LogEvent.REMOVED, generation=event.generation)
+        out.actions.append(ForgetAgent())
+    elif isinstance(event, RemovalRefused):
+        out.log(LogEvent.REMOVAL_REFUSED, generation=event.generation, error=event.message)
+        out.actions.append(ForgetAgent(refused=event.message))
+    elif isinstance(event, SidecarDisconnected):
+        return dataclasses.replace(s, link_up_since=None, gateway_reachable=True)
+    elif isinstance(event, SidecarReconnected):
         return dataclasses.replace(s, link_up_since=now)
-    if isinstance(event, DeadlineDue):
+    elif isinstance(event, GatewayUnreachable):
+        return dataclasses.replace(s, gateway_reachable=False)
+    elif isinstance(event, GatewayReachable):
+        return dataclasses.replace(s, gateway_reachable=True, gateway_up_since=now)
+    elif isinstance(event, DeadlineDue):
         out.log(LogEvent.SKIP_NOT_STUCK, why="deleting")
+    return s
+
+
+def _on_removal_outcome(
+    s: AgentLifecycle, e: RemovalConfirmed | RemovalRefused, policy: Policy, now: float, out: _Out
+) -> AgentLifecycle:
+    # Only a deleting agent is removed (see _while_deleting); anything else is stale.
+    out.log(LogEvent.STALE_EVENT, received="removal", generation=e.generation)
     return s
 
 
@@ -688,8 +854,9 @@ def _while_paused(
         if now < s.checkin_deadline_at:
             out.reschedule = True
             return s
-        if s.link_up_since is None:
-            return _disconnected(s)
+        down = path_down(s)
+        if down is not None:
+            return _held(s, down)
         if s.phase is Phase.RETRY_APPLY:
             out.actions.append(ResendApply(s.lifecycle_generation, wake=False))
             return _queued(s, Phase.APPLYING, policy, now)
@@ -697,10 +864,22 @@ def _while_paused(
             return _arm(s, now + policy.checkin_deadline_s)  # still waiting for its result
         return _paused_idle(s)  # a wake outstanding from before the pause: dropped
     if isinstance(event, SidecarDisconnected):
-        s = dataclasses.replace(s, link_up_since=None)
-        return s if s.phase is Phase.IDLE else _disconnected(s)
-    if isinstance(event, SidecarReconnected):
-        s = dataclasses.replace(s, link_up_since=now, reason=None)
+        s = dataclasses.replace(s, link_up_since=None, gateway_reachable=True)
+        return s if s.phase is Phase.IDLE else _held(s, WaitReason.SIDECAR_DISCONNECTED)
+    if isinstance(event, GatewayUnreachable):
+        s = dataclasses.replace(s, gateway_reachable=False)
+        if s.phase is Phase.IDLE or s.link_up_since is None:
+            return s
+        return _held(s, WaitReason.GATEWAY_UNREACHABLE)
+    if isinstance(event, SidecarReconnected | GatewayReachable):
+        if isinstance(event, SidecarReconnected):
+            s = dataclasses.replace(s, link_up_since=now)
+        else:
+            s = dataclasses.replace(s, gateway_reachable=True, gateway_up_since=now)
+        down = path_down(s)
+        if down is not None:
+            return s if s.phase is Phase.IDLE else _held(s, down)
+        s = dataclasses.replace(s, reason=None)
         if s.phase is Phase.RETRY_APPLY:
             out.actions.append(ResendApply(s.lifecycle_generation, wake=False))
             return _queued(s, Phase.APPLYING, policy, now)
@@ -709,7 +888,7 @@ def _while_paused(
         return _paused_idle(s) if s.phase is not Phase.IDLE else s
     if isinstance(event, DeleteRequested):
         return _on_delete_requested(s, event, policy, now, out)
-    return s  # RunFailed, PresenceTick: nothing to judge while paused
+    return s  # RunFailed, RunWithoutTurn, PresenceTick, removals: nothing to judge while paused
 
 
 def _paused_idle(s: AgentLifecycle) -> AgentLifecycle:
@@ -723,11 +902,16 @@ _HANDLERS: dict[type, Any] = {
     WakeDelivered: _on_wake_delivered,
     WakeUndeliverable: _on_wake_undeliverable,
     RunFailed: _on_run_failed,
+    RunWithoutTurn: _on_run_without_turn,
     CheckIn: _on_check_in,
     DeadlineDue: _on_deadline_due,
     SidecarDisconnected: _on_sidecar_disconnected,
     SidecarReconnected: _on_sidecar_reconnected,
+    GatewayUnreachable: _on_gateway_unreachable,
+    GatewayReachable: _on_gateway_reachable,
     DeleteRequested: _on_delete_requested,
+    RemovalConfirmed: _on_removal_outcome,
+    RemovalRefused: _on_removal_outcome,
     PresenceTick: _on_presence_tick,
 }
 
@@ -738,17 +922,40 @@ def _arm(s: AgentLifecycle, at: float) -> AgentLifecycle:
     return dataclasses.replace(s, checkin_deadline_at=at)
 
 
-def _disconnected(s: AgentLifecycle) -> AgentLifecycle:
-    # Nothing can be delivered or judged until the sidecar is back: no deadline, a reason.
-    return dataclasses.replace(s, reason=WaitReason.SIDECAR_DISCONNECTED, checkin_deadline_at=None)
+def path_down(s: AgentLifecycle) -> WaitReason | None:
+    """What stands between the hub and the agent right now, if anything."""
+    if s.link_up_since is None:
+        return WaitReason.SIDECAR_DISCONNECTED
+    if not s.gateway_reachable:
+        return WaitReason.GATEWAY_UNREACHABLE
+    return None
+
+
+def _held(s: AgentLifecycle, reason: WaitReason) -> AgentLifecycle:
+    # Nothing can be delivered or judged until the path is back: no deadline, a reason.
+    return dataclasses.replace(s, reason=reason, checkin_deadline_at=None)
 
 
 def _queued(s: AgentLifecycle, phase: Phase, policy: Policy, now: float) -> AgentLifecycle:
     """A command was queued: wait for its result (the outbox delivers it on reconnect)."""
     s = dataclasses.replace(s, phase=phase)
-    if s.link_up_since is None:
-        return _disconnected(s)
+    down = path_down(s)
+    if down is not None:
+        return _held(s, down)
     return _arm(s, now + policy.checkin_deadline_s)
+
+
+def _sidecar_retrying(
+    s: AgentLifecycle, reason: WaitReason, policy: Policy, now: float
+) -> AgentLifecycle:
+    """The sidecar reported FAILED and retries the command in place: wait for its result,
+    showing why (a copy from the hub would be applied after it, a second wake)."""
+    failures = s.delivery_failures + 1
+    s = dataclasses.replace(s, reason=reason, delivery_failures=failures)
+    down = path_down(s)
+    if down is not None:
+        return _held(s, down)
+    return _arm(s, now + policy.retry_delay_s(failures))
 
 
 def _retry_later(
@@ -756,8 +963,9 @@ def _retry_later(
 ) -> AgentLifecycle:
     failures = s.delivery_failures + 1
     s = dataclasses.replace(s, phase=phase, reason=reason, delivery_failures=failures)
-    if s.link_up_since is None:
-        return _disconnected(s)
+    down = path_down(s)
+    if down is not None:
+        return _held(s, down)
     return _arm(s, now + policy.retry_delay_s(failures))
 
 
@@ -817,7 +1025,7 @@ def _settle(s: AgentLifecycle, policy: Policy, now: float) -> AgentLifecycle:
         status = Status.OFFLINE  # only reachable through a refused apply: say so, don't wait
     elif (
         presence_expired(s, policy, now)
-        and s.link_up_since is not None
+        and path_down(s) is None
         and now >= verdicts_not_before(s, policy)
     ):
         status = Status.OFFLINE
@@ -839,14 +1047,17 @@ def presence_expired(s: AgentLifecycle, policy: Policy, now: float) -> bool:
     )
 
 
-def verdicts_not_before(s: AgentLifecycle, policy: Policy) -> float:
+def verdicts_not_before(s: AgentLifecycle, policy: Policy, *, gateway_back: bool = True) -> float:
     """Earliest time a verdict that blames the agent (re-wake, offline) may be made.
 
     The restart-grace rule: after a hub restart or a sidecar reconnect, heartbeats
-    the sidecar buffered may still be arriving, so for `restart_grace_s` after
-    either nobody is re-woken or marked offline.
+    the sidecar buffered may still be arriving, and after its gateway is reachable
+    again the agents behind it need a moment to run, so for `restart_grace_s` after
+    any of these nobody is re-woken or marked offline. `gateway_back=False`: a run
+    that failed since the gateway came back is that moment's outcome already.
     """
-    starts = [t for t in (policy.hub_started_at, s.link_up_since) if t is not None]
+    since_gateway = s.gateway_up_since if gateway_back else None
+    starts = [t for t in (policy.hub_started_at, s.link_up_since, since_gateway) if t is not None]
     return max(starts) + policy.restart_grace_s if starts else float("-inf")
 
 
@@ -863,3 +1074,152 @@ def _deadline_actions(
     if changed or reschedule:
         return (ScheduleDeadline(new.checkin_deadline_at, new.lifecycle_generation),)
     return ()
+
+
+# ---------------------------------------------------------------------- outcomes
+# What the hub learns about a command or a run, as lifecycle events. Pure: the
+# reconciler reads the facts from the store and the link and steps what comes back.
+
+
+class CommandKind(enum.StrEnum):
+    APPLY = "apply_agent"
+    WAKE = "wake_agent"
+    REMOVE = "remove_agent"
+    OTHER = "other"  # heartbeat and credential changes: no lifecycle outcome
+
+    @classmethod
+    def of(cls, kind: str) -> CommandKind:
+        try:
+            return cls(kind)
+        except ValueError:
+            return cls.OTHER
+
+
+class ResultOutcome(enum.StrEnum):
+    """The sidecar's CommandResult.Outcome."""
+
+    APPLIED = "APPLIED"
+    ALREADY_APPLIED = "ALREADY_APPLIED"
+    REJECTED = "REJECTED"  # the sidecar gave up on it; it counts as processed
+    FAILED = "FAILED"  # the sidecar keeps it and retries it in place
+
+
+@dataclass(frozen=True)
+class CommandFacts:
+    """A queued command as the store holds it."""
+
+    kind: CommandKind
+    generation: int
+    wakes: bool = False  # an ApplyAgent carrying a wake message
+    queued_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class ResultFacts:
+    outcome: ResultOutcome
+    wake_delivered: bool = False
+    error_kind: GatewayErrorKind = GatewayErrorKind.UNSPECIFIED
+    error_code: str = ""
+    error: str = ""
+    observed_at: float = 0.0
+
+
+def wait_reason(error_kind: GatewayErrorKind, error_code: str) -> WaitReason:
+    """Why an agent waits on a command the sidecar could not carry out."""
+    if error_kind is GatewayErrorKind.UNREACHABLE:
+        return WaitReason.GATEWAY_UNREACHABLE
+    if error_kind is GatewayErrorKind.RETRY:
+        return WaitReason.GATEWAY_BUSY
+    if error_kind is GatewayErrorKind.PERMANENT:
+        return WaitReason.WAKE_FAILED
+    # An older sidecar does not classify: its gateway codes all start with "gateway".
+    if error_code.startswith("gateway"):
+        return WaitReason.GATEWAY_UNREACHABLE
+    return WaitReason.WAKE_FAILED
+
+
+def result_events(command: CommandFacts, result: ResultFacts) -> list[Event]:
+    """The lifecycle events of a command's result (sidecar/commands.py says what each
+    outcome means: APPLIED with a wake message means the wake was delivered)."""
+    g, outcome = command.generation, result.outcome
+    done = outcome in (ResultOutcome.APPLIED, ResultOutcome.ALREADY_APPLIED)
+    reason = wait_reason(result.error_kind, result.error_code)
+    permanent = outcome is ResultOutcome.REJECTED
+    if command.kind is CommandKind.REMOVE:
+        if done:
+            return [RemovalConfirmed(g)]
+        if permanent:
+            return [RemovalRefused(g, result.error or "the sidecar refused the removal")]
+        return []  # FAILED: the sidecar retries it in place
+    if command.kind is CommandKind.APPLY:
+        if not done:
+            return [ApplyFailed(g, reason, result.error, permanent=permanent)]
+        events: list[Event] = [ApplyConfirmed(g)]
+        if result.wake_delivered or (command.wakes and outcome is ResultOutcome.ALREADY_APPLIED):
+            # ALREADY_APPLIED: an earlier command applied this generation, and its wake
+            # with it (an apply is applied only once its wake was delivered).
+            events.append(WakeDelivered(g, result.observed_at))
+        elif command.wakes:
+            # Done without its wake: the sidecar will not send it, so the hub does later.
+            events.append(WakeUndeliverable(g, reason, result.error, permanent=True))
+        return events
+    if command.kind is CommandKind.WAKE:
+        if result.wake_delivered:
+            return [WakeDelivered(g, result.observed_at)]
+        if outcome is ResultOutcome.ALREADY_APPLIED:
+            return []  # superseded by a newer generation on the sidecar
+        if not done:
+            return [WakeUndeliverable(g, reason, result.error, permanent=permanent)]
+    return []
+
+
+def confirmation_events(command: CommandFacts, applied_generation: int | None) -> list[Event]:
+    """The lifecycle events of a command a Hello confirmed (the sidecar processed it) whose
+    result never reached the hub. `applied_generation`: the agent's generation in the
+    Hello's inventory, None when the sidecar does not manage it.
+
+    Processed means APPLIED, ALREADY_APPLIED or REJECTED (FAILED is kept and retried, so
+    it is never confirmed). The inventory tells them apart where it can: an apply whose
+    generation is not there was refused; a removed agent is not in it. A wake is taken as
+    delivered (an undelivered one is answered by the same deadlines as a silent agent),
+    counted from when it was queued, the earliest it can have reached the agent.
+    """
+    g = command.generation
+    if command.kind is CommandKind.REMOVE:
+        if applied_generation is None or applied_generation > g:
+            return [RemovalConfirmed(g)]
+        return [
+            RemovalRefused(
+                g,
+                "the sidecar refused the removal (its result was lost; it still manages "
+                "the agent): the gateway may still hold its entry, see the sidecar's log",
+            )
+        ]
+    if command.kind is CommandKind.APPLY:
+        if applied_generation is None or applied_generation < g:
+            message = (
+                f"the sidecar refused generation {g} (its result was lost; the Hello "
+                "confirmed the command without it): see the sidecar's log for why"
+            )
+            return [ApplyFailed(g, WaitReason.WAKE_FAILED, message, permanent=True)]
+        events: list[Event] = [ApplyConfirmed(g)]
+        if command.wakes:
+            events.append(WakeDelivered(g, command.queued_at))
+        return events
+    if command.kind is CommandKind.WAKE:
+        if applied_generation is not None and applied_generation > g:
+            return []  # superseded
+        return [WakeDelivered(g, command.queued_at)]
+    return []
+
+
+def run_event(
+    *, final: bool, model_turn: bool, generation: int, message: str, at: float, latest: bool
+) -> Event:
+    """A wake run's end as a lifecycle event. Only a run with a model turn is a check-in;
+    a failed one answers the wake it belongs to if that is the agent's latest (`latest`)."""
+    if final:
+        if model_turn:
+            return CheckIn(at=at, source=CheckInSource.RUN_FINAL)
+        return RunWithoutTurn(generation, message)
+    return RunFailed(generation, message, latest=latest)

@@ -8,8 +8,11 @@ row and in a `DeadlineSchedule`; a task wakes at the earliest one. Nothing polls
 the database on a timer except the presence sweep, which asks only for online
 agents whose heartbeats stopped.
 
-It is also the link's report sink: command results, heartbeats, run outcomes and
-gateway state from sidecars arrive here and become lifecycle events.
+It is also the link's report sink: Hellos, command results, heartbeats, run outcomes
+and gateway state from sidecars arrive here and become lifecycle events (through the
+pure `result_events`, `confirmation_events` and `run_event`). A Hello is recorded in
+the same transaction as what the commands it confirms did, so no outcome is lost
+between the two.
 
 Time comes from the injected `clock`, so a test moves time instead of sleeping.
 """
@@ -42,14 +45,14 @@ from hub.provisioning.agents import (
 from hub.provisioning.rendering import ApplyAction
 from hub.store.database import Connection, Database
 from hub.store.event_log import add_event, record_run_observed_in
-from hub.store.gateways import GatewayStore
-from hub.store.outbox import enqueue_command_in, record_command_results_in
+from hub.store.gateways import GatewayStore, Welcome, record_hello_in
+from hub.store.outbox import ConfirmedCommand, enqueue_command_in, record_command_results_in
 from hub.tasks import unassign_agent_tasks
 from hub.work_state import record_work_states_in
 from missioncontrol.log import get_logger
 from missioncontrol.tasks import start_long_lived
 from protos import link_pb2 as pb
-from protos.contract import epoch_s
+from protos.contract import GatewayErrorKind, epoch_s
 
 T = TypeVar("T")
 log = get_logger("hub.lifecycle")
@@ -57,6 +60,8 @@ Outcome = pb.CommandResult.Outcome
 PRESENCE_SWEEP_S = 5.0
 DEADLINE_BATCH = 1000
 DEADLINE_BATCHES_IN_FLIGHT = 4
+# A Hello confirmed a command whose result never arrived; the lifecycle learns its outcome.
+CONFIRMED_WITHOUT_RESULT = "lifecycle.command.confirmed_without_result"
 
 
 @dataclass
@@ -108,6 +113,9 @@ class Reconciler:
         self.on_log = on_log
         self.schedule = DeadlineSchedule()
         self._link_up_since: dict[str, float] = {}
+        # What each connected sidecar last said of its gateway: down, or up again since.
+        self._gateway_down: set[str] = set()
+        self._gateway_up_since: dict[str, float] = {}
         self._tasks: list[asyncio.Task[None]] = []
 
     # ------------------------------------------------------------ lifecycle
@@ -144,6 +152,25 @@ class Reconciler:
         return await self.db.write(job, urgent=urgent)
 
     # ----------------------------------------------------------- report sink
+
+    async def record_hello(self, hello: pb.Hello, *, auto_register: bool) -> Welcome:
+        """A sidecar's Hello: record it, and learn what the commands it confirms did
+        from its inventory (their results never arrived: a hub or sidecar restart)."""
+        gateway_id = hello.gateway_id
+        inventory = {a.agent_id: int(a.applied_generation) for a in hello.inventory}
+
+        def op(tx: Transition) -> Welcome:
+            welcome, confirmed = record_hello_in(
+                tx.conn, hello, auto_register=auto_register, at=tx.now
+            )
+            for command in confirmed:
+                self._on_confirmed(tx, gateway_id, command, inventory)
+            return welcome
+
+        welcome = await self.write(op)
+        if hello.HasField("gateway_state"):
+            await self._gateway_reachability(gateway_id, hello.gateway_state.reachable)
+        return welcome
 
     async def command_results(self, gateway_id: str, results: list[pb.CommandResult]) -> None:
         def op(tx: Transition) -> None:
@@ -190,19 +217,34 @@ class Reconciler:
             row = load_agent_by_gateway_id(tx.conn, gateway_id, run.agent_id)
             if row is None:
                 return
-            event: lc.Event
-            if run.outcome == pb.RunObserved.FINAL:
-                event = lc.CheckIn(
-                    at=min(epoch_s(run.observed_at), tx.now), source=lc.CheckInSource.RUN_FINAL
-                )
-            else:
-                event = lc.RunFailed(generation=run.generation, message=run.message)
+            # A later wake of the agent that was delivered: this run answers an older one.
+            newer_wake = tx.conn.execute(
+                """SELECT 1 FROM commands WHERE gateway_id = ? AND agent_id = ?
+                       AND sequence > ? AND run_id IS NOT NULL LIMIT 1""",
+                (gateway_id, run.agent_id, run.command_sequence),
+            ).fetchone()
+            # A run ends after the command that woke it was queued (the hub's clock),
+            # whatever the sidecar's clock says: clamped to [queued, now].
+            queued = tx.conn.execute(
+                "SELECT created_at FROM commands WHERE gateway_id = ? AND sequence = ?",
+                (gateway_id, run.command_sequence),
+            ).fetchone()
+            at = min(max(epoch_s(run.observed_at), queued[0] if queued else 0.0), tx.now)
+            event = lc.run_event(
+                final=run.outcome == pb.RunObserved.FINAL,
+                model_turn=run.model_turn,
+                generation=run.generation,
+                message=run.message,
+                at=at,
+                latest=newer_wake is None,
+            )
             tx.step(row.id, event)
 
         await self.write(op)
 
     async def gateway_state(self, gateway_id: str, state: pb.GatewayState) -> None:
         await self.store.record_gateway_state(gateway_id, state)
+        await self._gateway_reachability(gateway_id, state.reachable)
 
     async def link_changed(self, gateway_id: str, up: bool) -> None:
         """The gateway's sidecar stream opened or closed."""
@@ -210,8 +252,28 @@ class Reconciler:
             self._link_up_since[gateway_id] = self.clock()
         else:
             self._link_up_since.pop(gateway_id, None)
-        event: lc.Event = lc.SidecarReconnected() if up else lc.SidecarDisconnected()
+            # Unknown until the next Hello says; the disconnect is what agents wait on.
+            self._gateway_down.discard(gateway_id)
+            self._gateway_up_since.pop(gateway_id, None)
+        await self._step_gateway(
+            gateway_id, lc.SidecarReconnected() if up else lc.SidecarDisconnected()
+        )
 
+    async def _gateway_reachability(self, gateway_id: str, reachable: bool) -> None:
+        """The sidecar said whether its gateway is reachable; agents hear of a change."""
+        if reachable == (gateway_id not in self._gateway_down):
+            return
+        if reachable:
+            self._gateway_down.discard(gateway_id)
+            self._gateway_up_since[gateway_id] = self.clock()
+        else:
+            self._gateway_down.add(gateway_id)
+        log.info("lifecycle.gateway.reachability", gateway_id=gateway_id, reachable=reachable)
+        await self._step_gateway(
+            gateway_id, lc.GatewayReachable() if reachable else lc.GatewayUnreachable()
+        )
+
+    async def _step_gateway(self, gateway_id: str, event: lc.Event) -> None:
         def op(tx: Transition) -> None:
             for (agent_id,) in tx.conn.execute(
                 "SELECT id FROM agents WHERE gateway_id = ?", (gateway_id,)
@@ -246,56 +308,62 @@ class Reconciler:
     def _on_result(self, tx: Transition, gateway_id: str, result: pb.CommandResult) -> None:
         conn = tx.conn
         command = conn.execute(
-            "SELECT kind, payload FROM commands WHERE gateway_id = ? AND sequence = ?",
+            """SELECT kind, generation, payload, created_at FROM commands
+               WHERE gateway_id = ? AND sequence = ?""",
             (gateway_id, result.sequence),
         ).fetchone()
         row = load_agent_by_gateway_id(conn, gateway_id, result.agent_id)
         if command is None or row is None:
             return
-        kind = command["kind"]
-        if kind == "remove_agent":
-            if (
-                result.outcome in (Outcome.APPLIED, Outcome.ALREADY_APPLIED)
-                and row.status == lc.Status.DELETING
-            ):
-                unassign_agent_tasks(conn, row.id, now=tx.now)
-                conn.execute("DELETE FROM agents WHERE id = ?", (row.id,))
-                add_event(conn, "agent.deleted", gateway_id=gateway_id, agent_id=row.id)
-                finish_deleting(conn, row.board_id)
-                tx.forget(row)
+        # The sidecar's clock, clamped to [queued, now] by the hub's: a result cannot
+        # precede its command, whatever the sidecar's clock says.
+        observed = tx.now
+        if result.HasField("observed_at"):
+            observed = min(max(epoch_s(result.observed_at), command["created_at"]), tx.now)
+        facts = lc.ResultFacts(
+            outcome=lc.ResultOutcome(Outcome.Name(result.outcome))
+            if result.outcome
+            else lc.ResultOutcome.FAILED,
+            wake_delivered=result.wake_delivered,
+            error_kind=GatewayErrorKind.of(result.error_kind),
+            error_code=result.error_code,
+            error=result.error,
+            observed_at=observed,
+        )
+        for event in lc.result_events(_command_facts(command), facts):
+            tx.step(row.id, event)
+
+    def _on_confirmed(
+        self,
+        tx: Transition,
+        gateway_id: str,
+        command: ConfirmedCommand,
+        inventory: dict[str, int],
+    ) -> None:
+        if command.agent_id is None:
             return
-        reason = (
-            lc.WaitReason.GATEWAY_UNREACHABLE
-            if result.error_code.startswith("gateway")
-            else lc.WaitReason.WAKE_FAILED
+        row = load_agent_by_gateway_id(tx.conn, gateway_id, command.agent_id)
+        if row is None:
+            return
+        facts = _command_facts(
+            {
+                "kind": command.kind,
+                "generation": command.generation,
+                "payload": command.payload,
+                "created_at": command.created_at,
+            }
         )
-        generation = result.generation
-        observed = (
-            min(epoch_s(result.observed_at), tx.now) if result.HasField("observed_at") else tx.now
+        events = lc.confirmation_events(facts, inventory.get(command.agent_id))
+        fields: dict[str, Any] = {"sequence": command.sequence, "command": command.kind}
+        tx.logs.append((CONFIRMED_WITHOUT_RESULT, {"agent_id": row.id, **fields}))
+        add_event(
+            tx.conn,
+            CONFIRMED_WITHOUT_RESULT,
+            gateway_id=gateway_id,
+            agent_id=row.id,
+            at=tx.now,
+            **fields,
         )
-        events: list[lc.Event] = []
-        if kind == "apply_agent":
-            wake = bool(pb.Command.FromString(command["payload"]).apply_agent.wake_message)
-            if result.outcome in (Outcome.APPLIED, Outcome.ALREADY_APPLIED):
-                events.append(lc.ApplyConfirmed(generation=generation))
-                if result.wake_delivered:
-                    events.append(lc.WakeDelivered(generation=generation, at=observed))
-                elif wake and result.outcome == Outcome.APPLIED:
-                    events.append(lc.WakeUndeliverable(generation, reason, result.error))
-            else:
-                events.append(
-                    lc.ApplyFailed(
-                        generation=generation,
-                        reason=reason,
-                        message=result.error,
-                        permanent=result.outcome == Outcome.REJECTED,
-                    )
-                )
-        elif kind == "wake_agent":
-            if result.wake_delivered:
-                events.append(lc.WakeDelivered(generation=generation, at=observed))
-            elif result.outcome in (Outcome.FAILED, Outcome.REJECTED):
-                events.append(lc.WakeUndeliverable(generation, reason, result.error))
         for event in events:
             tx.step(row.id, event)
 
@@ -306,11 +374,16 @@ class Reconciler:
         row = load_agent(conn, agent_id)
         if row is None:
             return None
-        before = row.snapshot(self._link_up_since.get(row.gateway_id))
+        before = row.snapshot(
+            self._link_up_since.get(row.gateway_id),
+            gateway_reachable=row.gateway_id not in self._gateway_down,
+            gateway_up_since=self._gateway_up_since.get(row.gateway_id),
+        )
         after, actions = lc.step(before, event, self.policy, now)
         save_snapshot(conn, agent_id, after, now)
         row = require_agent(conn, agent_id)
         tx.changed[agent_id] = agent_json(row)
+        forget: lc.ForgetAgent | None = None
         for action in actions:
             if isinstance(action, lc.QueueApply):
                 action_kind = ApplyAction.PROVISION if render.token else ApplyAction.UPDATE
@@ -318,7 +391,7 @@ class Reconciler:
                     conn, row, action.generation, wake=action.wake, action=action_kind,
                     render=render, now=now,
                 )  # fmt: skip
-                enqueue_command_in(conn, row.gateway_id, command)
+                enqueue_command_in(conn, row.gateway_id, command, now=now)
             elif isinstance(action, lc.ResendApply):
                 payload = last_apply_payload(conn, row, action.generation)
                 if payload:
@@ -330,17 +403,20 @@ class Reconciler:
                         conn, row, action.generation, wake=action.wake,
                         action=ApplyAction.UPDATE, render=RenderOptions(), now=now,
                     )  # fmt: skip
-                enqueue_command_in(conn, row.gateway_id, command)
+                enqueue_command_in(conn, row.gateway_id, command, now=now)
             elif isinstance(action, lc.SendWake):
                 enqueue_command_in(
                     conn,
                     row.gateway_id,
                     build_wake(conn, row, action.generation, action.attempt, self.policy.max_wakes),
+                    now=now,
                 )
             elif isinstance(action, lc.ScheduleDeadline):
                 tx.deadlines.append((agent_id, action.at, action.generation))
             elif isinstance(action, lc.CancelDeadline):
                 tx.deadlines.append((agent_id, None, 0))
+            elif isinstance(action, lc.ForgetAgent):
+                forget = action
             elif isinstance(action, lc.Log):
                 fields = {"agent_id": agent_id, "gateway_id": row.gateway_id, **action.as_dict()}
                 tx.logs.append((action.event.value, fields))
@@ -352,6 +428,9 @@ class Reconciler:
                     at=now,
                     **action.as_dict(),
                 )
+        if forget is not None:
+            _forget_in(tx, row, forget.refused)
+            return None
         return row
 
     def _apply_effects(self, tx: Transition) -> None:
@@ -443,3 +522,29 @@ class Reconciler:
                 await self.sweep_presence()
             except Exception as exc:
                 log.error("lifecycle.presence.failed", error=str(exc))
+
+
+def _command_facts(command: Any) -> lc.CommandFacts:
+    """A commands row (kind, generation, payload, created_at) as the lifecycle sees it."""
+    kind = lc.CommandKind.of(command["kind"])
+    wakes = kind is lc.CommandKind.APPLY and bool(
+        pb.Command.FromString(command["payload"]).apply_agent.wake_message
+    )
+    return lc.CommandFacts(
+        kind=kind,
+        generation=int(command["generation"] or 0),
+        wakes=wakes,
+        queued_at=float(command["created_at"] or 0.0),
+    )
+
+
+def _forget_in(tx: Transition, row: AgentRow, refused: str) -> None:
+    """The agent is gone from its gateway (or will never be): its row goes, its tasks are
+    unassigned, and a board that waits for its last agent is deleted with it."""
+    conn = tx.conn
+    unassign_agent_tasks(conn, row.id, now=tx.now)
+    conn.execute("DELETE FROM agents WHERE id = ?", (row.id,))
+    fields: dict[str, Any] = {"refused": refused} if refused else {}
+    add_event(conn, "agent.deleted", gateway_id=row.gateway_id, agent_id=row.id, **fields)
+    finish_deleting(conn, row.board_id)
+    tx.forget(row)

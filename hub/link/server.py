@@ -22,7 +22,7 @@ from hub.link.bounds import bound
 from hub.link.peer import PeerRejectedError, authorize_peer, peer_identity
 from hub.pki.ca import CAError
 from hub.store.errors import UnknownGateway
-from hub.store.gateways import GatewayStore
+from hub.store.gateways import GatewayStore, Welcome
 from missioncontrol.log import get_logger
 from missioncontrol.pki import certificate_identity, validate_gateway_id
 from missioncontrol.tasks import start_long_lived
@@ -183,11 +183,17 @@ class LinkService(pb_grpc.LinkServicer):
         agent_calls: AgentCallHandler | None = None,
         queries: QueryAnswers | None = None,
         on_sidecar_ahead: Callable[[str, pb.Hello], Awaitable[object]] | None = None,
+        record_hello: Callable[[pb.Hello], Awaitable[Welcome]] | None = None,
     ) -> None:
         """`is_revoked` set: mutual TLS, every stream needs a valid client certificate
         naming the gateway its Hello names. `on_sidecar_ahead(gateway_id, hello)`: the
-        sidecar applied commands this hub never issued (a restored backup)."""
+        sidecar applied commands this hub never issued (a restored backup).
+        `record_hello` records an accepted Hello (the hub's reconciler, so the commands
+        it confirms move their agents on; the store's plain record by default)."""
         self.store = store
+        self.record_hello = record_hello or (
+            lambda hello: store.record_hello(hello, auto_register=auto_register)
+        )
         self.registry = registry
         self.reports = reports
         self.auto_register = auto_register
@@ -231,7 +237,7 @@ class LinkService(pb_grpc.LinkServicer):
                     peer_identity(context), hello.gateway_id, is_revoked=self.is_revoked
                 )
                 not_after = identity.not_after
-            welcome = await self.store.record_hello(hello, auto_register=self.auto_register)
+            welcome = await self.record_hello(hello)
         except HelloRejected as exc:
             log.warning("link.hello.rejected", gateway_id=hello.gateway_id, error=exc.detail)
             await context.abort(exc.code, exc.detail)

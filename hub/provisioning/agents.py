@@ -169,7 +169,15 @@ class AgentRow:
         names = {f.name for f in fields(cls)}
         return cls(**{k: row[k] for k in row.keys() if k in names})  # noqa: SIM118
 
-    def snapshot(self, link_up_since: float | None) -> AgentLifecycle:
+    def snapshot(
+        self,
+        link_up_since: float | None,
+        *,
+        gateway_reachable: bool = True,
+        gateway_up_since: float | None = None,
+    ) -> AgentLifecycle:
+        """The lifecycle fields, with what only the reconciler knows (not persisted): when
+        the sidecar's link came up, and what the sidecar last said of its gateway."""
         return AgentLifecycle(
             status=Status(self.status),
             reason=WaitReason(self.status_reason) if self.status_reason else None,
@@ -184,6 +192,8 @@ class AgentRow:
             phase=Phase(self.phase),
             delivery_failures=self.delivery_failures,
             link_up_since=link_up_since,
+            gateway_reachable=gateway_reachable,
+            gateway_up_since=gateway_up_since,
             paused=self.paused_at is not None,
         )
 

@@ -680,4 +680,5 @@ def _delete_in(tx: Transition, row: AgentRow, delete_files: bool) -> None:
                 delete_files=delete_files,
             )
         ),
+        now=tx.now,
     )

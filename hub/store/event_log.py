@@ -75,6 +75,7 @@ def record_run_observed_in(conn: sqlite3.Connection, gateway_id: str, run: pb.Ru
         agent_id=run.agent_id,
         run_id=run.run_id,
         outcome=pb.RunObserved.Outcome.Name(run.outcome),
+        model_turn=run.model_turn,
         message=run.message,
         generation=run.generation,
     )

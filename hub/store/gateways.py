@@ -21,6 +21,7 @@ from hub.store.database import Database
 from hub.store.errors import Refusal, StoreError, UnknownGateway
 from hub.store.event_log import add_event, events_in
 from hub.store.outbox import (
+    ConfirmedCommand,
     QueuedCommand,
     command_status_in,
     commands_after_in,
@@ -139,93 +140,13 @@ class GatewayStore:
     async def record_hello(
         self, hello: pb.Hello, *, auto_register: bool, now: float | None = None
     ) -> Welcome:
-        """Mark the gateway connected with what its Hello says; confirm applied commands."""
+        """Mark the gateway connected with what its Hello says; confirm applied commands.
+        (The hub records Hellos through the reconciler, which also learns what the
+        confirmed commands did: `record_hello_in`.)"""
 
         def op(conn: sqlite3.Connection) -> Welcome:
             at = time.time() if now is None else now
-            row = conn.execute(
-                "SELECT * FROM gateways WHERE id = ?", (hello.gateway_id,)
-            ).fetchone()
-            if row is None:
-                if not auto_register:
-                    raise UnknownGateway(
-                        f"gateway {hello.gateway_id} is not registered on this hub"
-                    )
-                name = hello.hostname or hello.gateway_id
-                conn.execute(
-                    "INSERT INTO gateways (id, name, created_at, updated_at) VALUES (?, ?, ?, ?)",
-                    (hello.gateway_id, name, at, at),
-                )
-                add_event(
-                    conn,
-                    "gateway.registered",
-                    gateway_id=hello.gateway_id,
-                    at=at,
-                    via="insecure_dev_hello",
-                )
-            before = gateway_in(conn, hello.gateway_id)
-            reported = hello.workspace_root or None
-            if hello.follows_hub_workspace_root and before.declared_workspace_root:
-                reported = before.declared_workspace_root  # where it writes from the Welcome on
-            root = effective_workspace_root(before.declared_workspace_root, reported)
-            stale = _files_stale_in(conn, before, root, hello.agent_api_url or None)
-            conn.execute(
-                """UPDATE gateways SET connected = 1, connected_at = ?, last_seen_at = ?,
-                       updated_at = ?, sidecar_version = ?, openclaw_version = ?,
-                       openclaw_protocol = ?, gateway_generation = ?, workspace_root = ?,
-                       agent_api_url = ?, hostname = ?, reported_workspace_root = ?,
-                       follows_hub_workspace_root = ?, files_stale = files_stale OR ?
-                   WHERE id = ?""",
-                (
-                    at,
-                    at,
-                    at,
-                    hello.sidecar_version,
-                    hello.openclaw_version or None,
-                    hello.openclaw_protocol or None,
-                    int(hello.gateway_generation),
-                    root,
-                    hello.agent_api_url or None,
-                    hello.hostname or None,
-                    reported,
-                    hello.follows_hub_workspace_root,
-                    stale,
-                    hello.gateway_id,
-                ),
-            )
-            if hello.unmanaged_reported:
-                _record_unmanaged_in(conn, hello.gateway_id, hello.unmanaged)
-            problem = workspace_root_problem(
-                before.declared_workspace_root,
-                reported,
-                hello.follows_hub_workspace_root,
-                connected_once=True,
-            )
-            if problem is not None:
-                add_event(
-                    conn,
-                    "gateway.workspace_root.mismatch",
-                    gateway_id=hello.gateway_id,
-                    at=at,
-                    declared=before.declared_workspace_root,
-                    reported=reported,
-                    detail=problem,
-                )
-            confirm_through_in(conn, hello.gateway_id, hello.last_applied_sequence, at)
-            add_event(
-                conn,
-                "gateway.connected",
-                gateway_id=hello.gateway_id,
-                at=at,
-                sidecar_version=hello.sidecar_version,
-                last_applied_sequence=hello.last_applied_sequence,
-            )
-            gateway = gateway_in(conn, hello.gateway_id)
-            return Welcome(
-                gateway_name=gateway.name,
-                last_sequence=gateway.next_sequence - 1,
-                workspace_root=gateway.declared_workspace_root or "",
-            )
+            return record_hello_in(conn, hello, auto_register=auto_register, at=at)[0]
 
         return await self.db.write(op)
 
@@ -258,45 +179,9 @@ class GatewayStore:
         return await self.db.write(op)
 
     async def record_gateway_state(self, gateway_id: str, state: pb.GatewayState) -> None:
-        def op(conn: sqlite3.Connection) -> None:
-            at = time.time()
-            conn.execute(
-                """UPDATE gateways SET reachable = ?, unreachable_reason = ?,
-                       openclaw_version = COALESCE(NULLIF(?, ''), openclaw_version),
-                       openclaw_protocol = COALESCE(NULLIF(?, 0), openclaw_protocol),
-                       gateway_generation = CASE WHEN ? = 0 THEN gateway_generation ELSE ? END,
-                       config_valid = ?, config_error = ?, last_touched_version = ?,
-                       last_seen_at = ?, updated_at = ?
-                   WHERE id = ?""",
-                (
-                    int(state.reachable),
-                    state.unreachable_reason or None,
-                    state.openclaw_version,
-                    state.openclaw_protocol,
-                    int(state.generation),
-                    int(state.generation),
-                    int(state.config_valid),
-                    state.config_error or None,
-                    state.last_touched_version or None,
-                    at,
-                    at,
-                    gateway_id,
-                ),
-            )
-            if state.unmanaged_reported:
-                _record_unmanaged_in(conn, gateway_id, state.unmanaged)
-            for drift in state.drift:
-                add_event(
-                    conn,
-                    "gateway.drift",
-                    gateway_id=gateway_id,
-                    agent_id=drift.agent_id,
-                    at=at,
-                    drift=pb.Drift.Kind.Name(drift.kind),
-                    detail=drift.detail,
-                )
-
-        await self.db.write(op)
+        await self.db.write(
+            lambda conn: record_gateway_state_in(conn, gateway_id, state, time.time())
+        )
 
     async def delete_gateway(self, gateway_id: str) -> list[int]:
         """Delete a gateway without boards; revoke its certificates. Returns revoked serials."""
@@ -461,6 +346,137 @@ def _record_certificate(
         "INSERT INTO certificates (serial, gateway_id, issued_at, not_after) VALUES (?, ?, ?, ?)",
         (f"{serial:x}", gateway_id, now, not_after),
     )
+
+
+def record_hello_in(
+    conn: sqlite3.Connection, hello: pb.Hello, *, auto_register: bool, at: float
+) -> tuple[Welcome, list[ConfirmedCommand]]:
+    """Mark the gateway connected with what its Hello says (and the gateway state it
+    carries), and confirm the commands it says were processed; returns the Welcome and
+    the confirmed commands whose results the hub never got."""
+    row = conn.execute("SELECT * FROM gateways WHERE id = ?", (hello.gateway_id,)).fetchone()
+    if row is None:
+        if not auto_register:
+            raise UnknownGateway(f"gateway {hello.gateway_id} is not registered on this hub")
+        name = hello.hostname or hello.gateway_id
+        conn.execute(
+            "INSERT INTO gateways (id, name, created_at, updated_at) VALUES (?, ?, ?, ?)",
+            (hello.gateway_id, name, at, at),
+        )
+        add_event(
+            conn,
+            "gateway.registered",
+            gateway_id=hello.gateway_id,
+            at=at,
+            via="insecure_dev_hello",
+        )
+    before = gateway_in(conn, hello.gateway_id)
+    reported = hello.workspace_root or None
+    if hello.follows_hub_workspace_root and before.declared_workspace_root:
+        reported = before.declared_workspace_root  # where it writes from the Welcome on
+    root = effective_workspace_root(before.declared_workspace_root, reported)
+    stale = _files_stale_in(conn, before, root, hello.agent_api_url or None)
+    conn.execute(
+        """UPDATE gateways SET connected = 1, connected_at = ?, last_seen_at = ?,
+               updated_at = ?, sidecar_version = ?, openclaw_version = ?,
+               openclaw_protocol = ?, gateway_generation = ?, workspace_root = ?,
+               agent_api_url = ?, hostname = ?, reported_workspace_root = ?,
+               follows_hub_workspace_root = ?, files_stale = files_stale OR ?
+           WHERE id = ?""",
+        (
+            at,
+            at,
+            at,
+            hello.sidecar_version,
+            hello.openclaw_version or None,
+            hello.openclaw_protocol or None,
+            int(hello.gateway_generation),
+            root,
+            hello.agent_api_url or None,
+            hello.hostname or None,
+            reported,
+            hello.follows_hub_workspace_root,
+            stale,
+            hello.gateway_id,
+        ),
+    )
+    if hello.unmanaged_reported:
+        _record_unmanaged_in(conn, hello.gateway_id, hello.unmanaged)
+    problem = workspace_root_problem(
+        before.declared_workspace_root,
+        reported,
+        hello.follows_hub_workspace_root,
+        connected_once=True,
+    )
+    if problem is not None:
+        add_event(
+            conn,
+            "gateway.workspace_root.mismatch",
+            gateway_id=hello.gateway_id,
+            at=at,
+            declared=before.declared_workspace_root,
+            reported=reported,
+            detail=problem,
+        )
+    if hello.HasField("gateway_state"):
+        record_gateway_state_in(conn, hello.gateway_id, hello.gateway_state, at)
+    confirmed = confirm_through_in(conn, hello.gateway_id, hello.last_applied_sequence, at)
+    add_event(
+        conn,
+        "gateway.connected",
+        gateway_id=hello.gateway_id,
+        at=at,
+        sidecar_version=hello.sidecar_version,
+        last_applied_sequence=hello.last_applied_sequence,
+        confirmed_without_result=len(confirmed),
+    )
+    gateway = gateway_in(conn, hello.gateway_id)
+    welcome = Welcome(
+        gateway_name=gateway.name,
+        last_sequence=gateway.next_sequence - 1,
+        workspace_root=gateway.declared_workspace_root or "",
+    )
+    return welcome, confirmed
+
+
+def record_gateway_state_in(
+    conn: sqlite3.Connection, gateway_id: str, state: pb.GatewayState, at: float
+) -> None:
+    conn.execute(
+        """UPDATE gateways SET reachable = ?, unreachable_reason = ?,
+               openclaw_version = COALESCE(NULLIF(?, ''), openclaw_version),
+               openclaw_protocol = COALESCE(NULLIF(?, 0), openclaw_protocol),
+               gateway_generation = CASE WHEN ? = 0 THEN gateway_generation ELSE ? END,
+               config_valid = ?, config_error = ?, last_touched_version = ?,
+               last_seen_at = ?, updated_at = ?
+           WHERE id = ?""",
+        (
+            int(state.reachable),
+            state.unreachable_reason or None,
+            state.openclaw_version,
+            state.openclaw_protocol,
+            int(state.generation),
+            int(state.generation),
+            int(state.config_valid),
+            state.config_error or None,
+            state.last_touched_version or None,
+            at,
+            at,
+            gateway_id,
+        ),
+    )
+    if state.unmanaged_reported:
+        _record_unmanaged_in(conn, gateway_id, state.unmanaged)
+    for drift in state.drift:
+        add_event(
+            conn,
+            "gateway.drift",
+            gateway_id=gateway_id,
+            agent_id=drift.agent_id,
+            at=at,
+            drift=pb.Drift.Kind.Name(drift.kind),
+            detail=drift.detail,
+        )
 
 
 MAX_UNMANAGED = 500

@@ -44,9 +44,12 @@ _COMMAND_KINDS = {
 }
 
 
-def enqueue_command_in(conn: Connection, gateway_id: str, command: pb.Command) -> int:
+def enqueue_command_in(
+    conn: Connection, gateway_id: str, command: pb.Command, *, now: float | None = None
+) -> int:
     """Append `command` to the outbox inside the caller's transaction (same commit as the
-    row change that caused it); return its sequence."""
+    row change that caused it); return its sequence. `now`: the caller's clock (the
+    lifecycle's, which a command's outcome is then judged by)."""
     row = conn.execute("SELECT next_sequence FROM gateways WHERE id = ?", (gateway_id,)).fetchone()
     if row is None:
         raise UnknownGateway(f"gateway {gateway_id} does not exist")
@@ -74,7 +77,7 @@ def enqueue_command_in(conn: Connection, gateway_id: str, command: pb.Command) -
             getattr(action, "agent_id", None) or None,
             getattr(action, "generation", 0),
             payload,
-            time.time(),
+            time.time() if now is None else now,
         ),
     )
     conn.execute("UPDATE gateways SET next_sequence = ? WHERE id = ?", (sequence + 1, gateway_id))
@@ -90,8 +93,33 @@ def enqueue_command_in(conn: Connection, gateway_id: str, command: pb.Command) -
     return sequence
 
 
-def confirm_through_in(conn: sqlite3.Connection, gateway_id: str, sequence: int, at: float) -> None:
-    """The sidecar says it applied everything up to `sequence`: record acks we missed."""
+@dataclass(frozen=True)
+class ConfirmedCommand:
+    """A command a Hello confirmed whose result never reached the hub."""
+
+    sequence: int
+    kind: str
+    agent_id: str | None  # the gateway agent id
+    generation: int
+    payload: bytes
+    created_at: float
+
+
+def confirm_through_in(
+    conn: sqlite3.Connection, gateway_id: str, sequence: int, at: float
+) -> list[ConfirmedCommand]:
+    """The sidecar says it processed everything up to `sequence`: record the acks we
+    missed, and return those commands (their outcome is for the lifecycle to learn)."""
+    missed = [
+        ConfirmedCommand(
+            r["sequence"], r["kind"], r["agent_id"], r["generation"], r["payload"], r["created_at"]
+        )
+        for r in conn.execute(
+            """SELECT sequence, kind, agent_id, generation, payload, created_at FROM commands
+               WHERE gateway_id = ? AND sequence <= ? AND acked_at IS NULL ORDER BY sequence""",
+            (gateway_id, sequence),
+        ).fetchall()
+    ]
     conn.execute(
         """UPDATE commands SET acked_at = ?, outcome = 'CONFIRMED_BY_HELLO'
            WHERE gateway_id = ? AND sequence <= ? AND acked_at IS NULL""",
@@ -102,6 +130,7 @@ def confirm_through_in(conn: sqlite3.Connection, gateway_id: str, sequence: int,
         "WHERE id = ?",
         (sequence, gateway_id),
     )
+    return missed
 
 
 def record_command_results_in(

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from protos.contract import GatewayGeneration
+from protos.contract import GatewayErrorKind, GatewayGeneration
 
 
 @dataclass(frozen=True)
@@ -58,9 +58,13 @@ class RunState(enum.StrEnum):
 
 @dataclass(frozen=True)
 class RunOutcome:
+    """How a run ended. `model_turn`: the model really ran in it (assistant output, or usage
+    the gateway reported for the run); a FINAL without a turn is no evidence of the agent."""
+
     run_id: str
     state: RunState
     message: str = ""
+    model_turn: bool = False
 
 
 @dataclass(frozen=True)
@@ -101,23 +105,45 @@ class SessionPage:
 
 
 class GatewayError(Exception):
-    """A gateway call failed. `code` is stable and machine-readable; the message says the fix."""
+    """A gateway call failed. `code` is stable and machine-readable; the message says the fix.
+
+    `kind` says what asking again can do (protos.contract.GatewayErrorKind): RETRY (the
+    default: the gateway works and may answer differently soon), PERMANENT, or
+    UNREACHABLE (no working connection). `retry_after_s`: the gateway named a wait.
+    """
 
     code = "gateway_error"
-    retryable = True
+    kind: GatewayErrorKind = GatewayErrorKind.RETRY
+    retry_after_s: float = 0.0
 
-    def __init__(self, message: str, *, code: str | None = None, retryable: bool | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        retryable: bool | None = None,
+        kind: GatewayErrorKind | None = None,
+        retry_after_s: float = 0.0,
+    ):
         super().__init__(message)
         if code is not None:
             self.code = code
-        if retryable is not None:
-            self.retryable = retryable
+        if kind is not None:
+            self.kind = kind
+        elif retryable is not None and not retryable:
+            self.kind = GatewayErrorKind.PERMANENT
+        self.retry_after_s = max(0.0, retry_after_s)
+
+    @property
+    def retryable(self) -> bool:
+        return self.kind.retryable
 
 
 class GatewayUnavailable(GatewayError):
     """No working connection to the gateway right now (down, token mismatch, scopes cleared)."""
 
     code = "gateway_unreachable"
+    kind = GatewayErrorKind.UNREACHABLE
 
 
 class GatewayClient(Protocol):

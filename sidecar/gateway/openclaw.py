@@ -2,15 +2,18 @@
 
 Each operation is a few gateway methods sent with the connection's `call()` and
 `read()`: ensure or remove an agent and wait until agents.list agrees, set the
-heartbeat (config.patch guarded by baseHash; the checklist in the heartbeat cron job's
-scratch), wake (chat.send) and follow the run from `chat` events, reset a session, read
-the live status and sessions. Sockets, frames and reconnecting are the connection's
+heartbeat (guarded by baseHash: config.patch, or config.set on 2026.3, which restarts
+after every patch; the checklist in the heartbeat cron job's scratch), wake
+(chat.send) and follow the run from `chat` events, with the `agent` events that show
+whether the model really ran, reset a session, read the live status and sessions.
+Sockets, frames and reconnecting are the connection's
 (sidecar/gateway/connection.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
 from collections import OrderedDict
@@ -20,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from missioncontrol.log import get_logger
-from protos.contract import GatewayGeneration
+from protos.contract import GatewayErrorKind, GatewayGeneration
 from sidecar.gateway import (
     AgentEntry,
     GatewayError,
@@ -34,8 +37,20 @@ from sidecar.gateway import (
 from sidecar.gateway import protocol as proto
 from sidecar.gateway.connection import ConnectionPolicy, GatewayConnection
 from sidecar.gateway.protocol import ClientIdentity, GatewayRequestError, GatewayTimeout
+from sidecar.openclaw_config import OpenClawConfig, read_config
 
 log = get_logger("sidecar.gateway")
+
+
+@dataclass(frozen=True)
+class _Wake:
+    """A wake this client sent: what to send again if the gateway supersedes its run."""
+
+    agent_id: str
+    message: str
+    key: str
+    origin: str  # the run id the caller of wake() waits on
+    resends: int = 0
 
 
 @dataclass(frozen=True)
@@ -46,6 +61,8 @@ class ClientPolicy(ConnectionPolicy):
     agent_visible_timeout_s: float = 20.0  # create -> listed in agents.list
     conflict_retries: int = 5  # config.patch baseHash / cron scratch revision conflicts
     finished_runs_kept: int = 512  # run outcomes remembered for late wait_run calls
+    superseded_resends: int = 2  # a wake whose run the gateway superseded is sent again
+    abort_wait_s: float = 15.0  # a removed agent's aborted runs, until they end
 
 
 DEFAULT_POLICY = ClientPolicy()
@@ -62,11 +79,17 @@ class OpenClawGatewayClient:
         identity: ClientIdentity | None = None,
     ) -> None:
         self._policy = policy
+        self._config_path = config_path
         self._connection = GatewayConnection(config_path, self._policy, identity=identity)
         self._run_waiters: dict[str, list[asyncio.Future[RunOutcome]]] = {}
         self._finished_runs: OrderedDict[str, RunOutcome] = OrderedDict()
+        self._turns: OrderedDict[str, None] = OrderedDict()  # runs that showed a model turn
+        self._wakes: OrderedDict[str, _Wake] = OrderedDict()  # runs this client started
+        self._superseded: OrderedDict[str, None] = OrderedDict()  # runs sent again
+        self._resends: set[asyncio.Task[None]] = set()
         # Subscribed first, so a run's end is recorded before anyone else hears of it.
         self._connection.subscribe(self._track_run, "chat")
+        self._connection.subscribe(self._track_turn, "agent")
         # The connection's own requests, for what the operations below do not cover.
         self.call = self._connection.call
         self.call_multi = self._connection.call_multi
@@ -79,6 +102,9 @@ class OpenClawGatewayClient:
         await self._connection.start()
 
     async def stop(self) -> None:
+        for task in list(self._resends):
+            task.cancel()
+        await asyncio.gather(*self._resends, return_exceptions=True)
         await self._connection.stop()
 
     async def __aenter__(self) -> OpenClawGatewayClient:
@@ -111,6 +137,14 @@ class OpenClawGatewayClient:
             if isinstance(agent, Mapping) and agent.get("id") == agent_id:
                 return agent
         return None
+
+    async def _being_loaded(self, agent_id: str) -> bool:
+        """The gateway has the agent, loaded or loading: listed in agents.list, or already
+        in openclaw.json (agents.list lags agents.create by about 0.5-0.8 s)."""
+        if await self._listed_agent(agent_id) is not None:
+            return True
+        config = await asyncio.to_thread(read_config, self._config_path)
+        return isinstance(config, OpenClawConfig) and agent_id in config.entries
 
     async def _wait_listed(self, agent_id: str, *, present: bool) -> Mapping[str, Any] | None:
         """Poll agents.list until the id is (or is no longer) listed, within a bound."""
@@ -182,6 +216,7 @@ class OpenClawGatewayClient:
         return True
 
     async def remove_agent(self, agent_id: str, *, delete_files: bool) -> None:
+        await self._end_runs(agent_id)
         try:
             await self._connection.call(
                 "agents.delete", {"agentId": agent_id, "deleteFiles": delete_files}
@@ -194,6 +229,32 @@ class OpenClawGatewayClient:
         await self._wait_listed(agent_id, present=False)
         log.info("gateway.agent.removed", agent_id=agent_id, delete_files=delete_files)
 
+    async def _end_runs(self, agent_id: str) -> None:
+        """Abort the runs this client started for the agent and wait (bounded) for their
+        ends: a run still going when its agent is removed writes the agent's session
+        under the gateway's state again when it ends, after the removal cleaned it."""
+        active = {
+            wake.origin
+            for wake in self._wakes.values()
+            if wake.agent_id == agent_id and wake.origin not in self._finished_runs
+        }
+        if not active:
+            return
+        try:
+            await self._connection.call(
+                "chat.abort", {"sessionKey": proto.main_session_key(agent_id)}
+            )
+        except GatewayError as exc:  # the removal goes on; what the run leaves is removed
+            log.warning("gateway.run.abort_failed", agent_id=agent_id, error=str(exc))
+            return
+        ends = [self.wait_run(run_id, self._policy.abort_wait_s) for run_id in sorted(active)]
+        outcomes = await asyncio.gather(*ends)
+        log.info(
+            "gateway.runs.aborted",
+            agent_id=agent_id,
+            runs=[f"{o.run_id}:{o.state.value}" for o in outcomes],
+        )
+
     # ------------------------------------------------------------ heartbeat
 
     async def set_heartbeat(self, agent_id: str, heartbeat: HeartbeatSpec) -> None:
@@ -204,27 +265,51 @@ class OpenClawGatewayClient:
         generation = await self._generation()
         if generation is GatewayGeneration.LEGACY_2026_3:
             # The hub renders HEARTBEAT.md for this generation; only the cadence goes here.
-            await self._patch_config(lambda cfg: _legacy_heartbeat_patch(cfg, agent_id, block))
+            # config.set, not config.patch: 2026.3 restarts itself 2 s after every
+            # config.patch (SIGUSR1; the runs in flight, such as the wake this apply is
+            # about to send, are lost with it) and allows 3 per minute. config.set writes
+            # the file, and the gateway hot-applies agents.* as for a hand edit.
+            written = await self._write_config(
+                lambda cfg: _legacy_config_with_heartbeat(cfg, agent_id, block)
+            )
         else:
-            patch = {"agents": {"entries": {agent_id: {"heartbeat": block}}}}
-            await self._patch_config(lambda _cfg: patch)
+            written = await self._patch_config(
+                lambda cfg: _current_heartbeat_patch(cfg, agent_id, block)
+            )
             await self._set_checklist(agent_id, heartbeat.checklist)
-        log.info("gateway.heartbeat.set", agent_id=agent_id, **block)
+        log.info("gateway.heartbeat.set", agent_id=agent_id, changed=written, **block)
 
     async def _patch_config(
-        self, build: Callable[[Mapping[str, Any]], Mapping[str, Any]]
-    ) -> Mapping[str, Any]:
-        """config.patch guarded by baseHash; on a concurrent write re-read and retry."""
+        self, build: Callable[[Mapping[str, Any]], Mapping[str, Any] | None]
+    ) -> bool:
+        """config.patch guarded by baseHash; on a concurrent write re-read and retry.
+        `build` returns None when the config already says it: nothing is written."""
+        return await self._guarded_write("config.patch", build)
+
+    async def _write_config(
+        self, build: Callable[[Mapping[str, Any]], Mapping[str, Any] | None]
+    ) -> bool:
+        """config.set of the whole file guarded by baseHash (the gateway restores the
+        values config.get redacts); None from `build`: nothing to write."""
+        return await self._guarded_write("config.set", build)
+
+    async def _guarded_write(
+        self, method: str, build: Callable[[Mapping[str, Any]], Mapping[str, Any] | None]
+    ) -> bool:
         for attempt in range(self._policy.conflict_retries + 1):
             current = await self._connection.read("config.get", {})
             parsed = current.get("parsed") or current.get("config") or {}
-            params = {"raw": json.dumps(build(parsed)), "baseHash": current.get("hash")}
+            document = build(parsed)
+            if document is None:
+                return False
+            params = {"raw": json.dumps(document), "baseHash": current.get("hash")}
             try:
-                return await self._connection.call("config.patch", params)
+                await self._connection.call(method, params)
+                return True
             except GatewayRequestError as exc:
                 if not proto.is_config_conflict(exc) or attempt == self._policy.conflict_retries:
                     raise
-                log.info("gateway.config_patch.conflict", attempt=attempt + 1)
+                log.info("gateway.config_write.conflict", method=method, attempt=attempt + 1)
         raise AssertionError("unreachable")
 
     async def _set_checklist(self, agent_id: str, checklist: str) -> None:
@@ -277,24 +362,25 @@ class OpenClawGatewayClient:
     async def wake(self, agent_id: str, message: str, idempotency_key: str) -> str:
         # Every terminal chat event is recorded as it arrives (bounded, see _track_run),
         # so a run that ends before this ack, or before wait_run is called, is not missed.
+        # The run id is the idempotency key: known before the send, in case the run ends
+        # before its ack arrives.
+        wake = _Wake(agent_id, message, idempotency_key, origin=idempotency_key)
+        self._remember_wake(idempotency_key, wake)
         started = time.monotonic()
         try:
-            payload = await self._connection.call(
-                "chat.send",
-                {
-                    "sessionKey": proto.main_session_key(agent_id),
-                    "message": message,
-                    "idempotencyKey": idempotency_key,
-                },
-            )
-        except GatewayRequestError:
+            payload = await self._send_chat(agent_id, message, idempotency_key)
+        except GatewayRequestError as exc:
             # A repeated key whose run already failed is answered with that run's error;
             # it is the same run, and its outcome is known.
             if idempotency_key in self._finished_runs:
                 log.info("gateway.wake.duplicate", agent_id=agent_id, run_id=idempotency_key)
                 return idempotency_key
+            if proto.is_agent_not_loaded(exc):
+                return await self._wake_once_loaded(agent_id, message, idempotency_key, exc)
             raise
         run_id = str(payload.get("runId") or idempotency_key)
+        if run_id != idempotency_key:
+            self._remember_wake(run_id, dataclasses.replace(wake, origin=run_id))
         log.info(
             "gateway.wake.sent",
             agent_id=agent_id,
@@ -303,6 +389,80 @@ class OpenClawGatewayClient:
             ack_ms=round((time.monotonic() - started) * 1000, 1),
         )
         return run_id
+
+    async def _send_chat(self, agent_id: str, message: str, idempotency_key: str) -> Any:
+        return await self._connection.call(
+            "chat.send",
+            {
+                "sessionKey": proto.main_session_key(agent_id),
+                "message": message,
+                "idempotencyKey": idempotency_key,
+            },
+        )
+
+    def _remember_wake(self, run_id: str, wake: _Wake) -> None:
+        self._wakes[run_id] = wake
+        while len(self._wakes) > self._policy.finished_runs_kept:
+            self._wakes.popitem(last=False)
+
+    async def _resend(self, wake: _Wake) -> None:
+        """The gateway superseded the wake's run (a reload of its own, such as the one an
+        apply's config change causes, replaced the runtime the run started on): the
+        model never saw the wake. Send it again under a derived key; the caller keeps
+        waiting on the first run id."""
+        key = f"{wake.key}:{wake.resends + 1}"  # `key` stays the first send's
+        again = dataclasses.replace(wake, resends=wake.resends + 1)
+        self._remember_wake(key, again)
+        try:
+            payload = await self._send_chat(wake.agent_id, wake.message, key)
+        except GatewayError as exc:
+            self._finish_run(
+                wake.origin,
+                RunOutcome(
+                    wake.origin,
+                    RunState.ERROR,
+                    f"the gateway superseded the wake's run and refused it again: {exc}",
+                ),
+            )
+            return
+        run_id = str(payload.get("runId") or key)
+        if run_id != key:
+            self._remember_wake(run_id, again)
+        log.info("gateway.wake.resent", agent_id=wake.agent_id, run_id=run_id, origin=wake.origin)
+
+    async def _wake_once_loaded(
+        self, agent_id: str, message: str, idempotency_key: str, refused: GatewayRequestError
+    ) -> str:
+        """chat.send said the agent "no longer exists in configuration". The gateway says
+        that both for an agent it is (re)loading (just created or re-applied) and for one
+        that is gone: listed in agents.list, it is loading, so send again for a while (a
+        retryable error if it stays refused); not listed, it is gone (permanent)."""
+        deadline = time.monotonic() + self._policy.agent_visible_timeout_s
+        while await self._being_loaded(agent_id):
+            if time.monotonic() >= deadline:
+                raise refused  # classified RETRY: the command is retried in place
+            await asyncio.sleep(self._policy.poll_interval_s)
+            try:
+                payload = await self._send_chat(agent_id, message, idempotency_key)
+            except GatewayRequestError as exc:
+                if not proto.is_agent_not_loaded(exc):
+                    raise
+                refused = exc
+                continue
+            run_id = str(payload.get("runId") or idempotency_key)
+            if run_id != idempotency_key:
+                self._remember_wake(
+                    run_id, _Wake(agent_id, message, idempotency_key, origin=run_id)
+                )
+            log.info("gateway.wake.sent", agent_id=agent_id, run_id=run_id, after_reload=True)
+            return run_id
+        raise GatewayError(
+            f"agent {agent_id} is not on the gateway (chat.send: {refused.gateway_message}); "
+            "its entry was removed from openclaw.json: the sidecar restores managed entries "
+            "unless --no-restore-removed-entries, or re-apply the agent from the hub",
+            code="agent_missing",
+            kind=GatewayErrorKind.PERMANENT,
+        )
 
     async def wait_run(self, run_id: str, timeout_s: float) -> RunOutcome:
         finished = self._finished_runs.get(run_id)
@@ -322,21 +482,62 @@ class OpenClawGatewayClient:
             if waiters and future in waiters:
                 waiters.remove(future)
 
+    def _track_turn(self, event: str, payload: Any) -> None:
+        """Remember the runs whose events show that the model ran (bounded, like outcomes)."""
+        evidence = proto.turn_evidence(event, payload)
+        if evidence is None:
+            return
+        self._turns[evidence.run_id] = None
+        self._turns.move_to_end(evidence.run_id)
+        while len(self._turns) > self._policy.finished_runs_kept:
+            self._turns.popitem(last=False)
+
     def _track_run(self, event: str, payload: Any) -> None:
         """A `chat` event: record the run's end if it ended, and tell whoever waits for it."""
         if not isinstance(payload, Mapping):
             return
+        self._track_turn(event, payload)  # chat deltas carry the model's output too
         run_id = payload.get("runId")
-        outcome = proto.run_outcome(payload)
+        outcome = proto.run_outcome(payload, model_turn=run_id in self._turns)
         if not isinstance(run_id, str) or outcome is None:
             return
+        if run_id in self._finished_runs or run_id in self._superseded:
+            # 2026.9 ends a failed run twice (its error, then the same as a notice): the
+            # first end is the run's.
+            return
+        wake = self._wakes.get(run_id)
+        if (
+            wake is not None
+            and outcome.state is RunState.ERROR
+            and proto.is_superseded_run(outcome.message)
+            and wake.resends < self._policy.superseded_resends
+        ):
+            self._superseded[run_id] = None
+            while len(self._superseded) > self._policy.finished_runs_kept:
+                self._superseded.popitem(last=False)
+            log.info("gateway.run.superseded", run_id=run_id, origin=wake.origin)
+            task = asyncio.create_task(self._resend(wake))
+            self._resends.add(task)
+            task.add_done_callback(self._resends.discard)
+            return
+        origin = wake.origin if wake is not None else run_id
+        if origin != run_id:
+            self._finished_runs[run_id] = outcome
+        self._finish_run(origin, dataclasses.replace(outcome, run_id=origin))
+
+    def _finish_run(self, run_id: str, outcome: RunOutcome) -> None:
         self._finished_runs[run_id] = outcome
         while len(self._finished_runs) > self._policy.finished_runs_kept:
             self._finished_runs.popitem(last=False)
         for future in self._run_waiters.pop(run_id, []):
             if not future.done():
                 future.set_result(outcome)
-        log.info("gateway.run.ended", run_id=run_id, state=outcome.state.value)
+        log.info(
+            "gateway.run.ended",
+            run_id=run_id,
+            state=outcome.state.value,
+            model_turn=outcome.model_turn,
+        )
 
     # ------------------------------------------------------------ sessions and status
 
@@ -379,26 +580,44 @@ def _agent_update(entry: AgentEntry, listed: Mapping[str, Any]) -> dict[str, Any
     return changes
 
 
-def _legacy_heartbeat_patch(
+def _current_heartbeat_patch(
     config: Mapping[str, Any], agent_id: str, block: Mapping[str, Any]
-) -> Mapping[str, Any]:
-    """2026.3 keeps the roster in an array, which a merge patch replaces whole."""
+) -> Mapping[str, Any] | None:
+    """The merge patch that sets the agent's heartbeat; None if the entry already has it."""
+    agents = config.get("agents")
+    entries = agents.get("entries") if isinstance(agents, Mapping) else None
+    entry = entries.get(agent_id) if isinstance(entries, Mapping) else None
+    current = entry.get("heartbeat") if isinstance(entry, Mapping) else None
+    if isinstance(current, Mapping) and {**current, **block} == dict(current):
+        return None
+    return {"agents": {"entries": {agent_id: {"heartbeat": block}}}}
+
+
+def _legacy_config_with_heartbeat(
+    config: Mapping[str, Any], agent_id: str, block: Mapping[str, Any]
+) -> Mapping[str, Any] | None:
+    """The whole 2026.3 config with the agent's heartbeat set in the `agents.list` array;
+    None if it already has it."""
     agents = config.get("agents")
     roster = agents.get("list") if isinstance(agents, Mapping) else None
-    if not isinstance(roster, list):
+    if not isinstance(agents, Mapping) or not isinstance(roster, list):
         roster = []
     updated = []
-    found = False
+    found = changed = False
     for item in roster:
         if isinstance(item, Mapping) and item.get("id") == agent_id:
             heartbeat = dict(item.get("heartbeat") or {})
-            heartbeat.update(block)
-            item = {**item, "heartbeat": heartbeat}
             found = True
+            if {**heartbeat, **block} != heartbeat:
+                heartbeat.update(block)
+                item = {**item, "heartbeat": heartbeat}
+                changed = True
         updated.append(item)
     if not found:
         raise GatewayError(
             f"agent {agent_id} is not in agents.list of openclaw.json; ensure it first",
             code="agent_missing",
         )
-    return {"agents": {"list": updated}}
+    if not changed:
+        return None
+    return {**config, "agents": {**(agents or {}), "list": updated}}

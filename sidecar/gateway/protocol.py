@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from missioncontrol.text import encodable
-from protos.contract import GatewayGeneration
+from protos.contract import GatewayErrorKind, GatewayGeneration
 from sidecar.gateway import (
     AgentRuntime,
     GatewayError,
@@ -43,6 +43,9 @@ DEFAULT_TICK_INTERVAL_MS = 30_000
 CLOSE_TOKEN_ROTATED = 4001
 # How the gateway words a run that failed before the model replied.
 FAILED_BEFORE_REPLY = "⚠️ Agent failed before reply:"
+# The gateway's own notices in a run's text (failures, a missing workspace) start with this;
+# they are not model output.
+GATEWAY_NOTICE_PREFIX = "⚠️"
 
 
 @dataclass(frozen=True)
@@ -203,9 +206,14 @@ class GatewayRequestError(GatewayError):
         message: str,
         details: Mapping[str, Any] | None = None,
         *,
-        retryable: bool | None = None,
+        kind: GatewayErrorKind | None = None,
+        retry_after_s: float = 0.0,
     ) -> None:
-        super().__init__(f"{method}: {gateway_code}: {message}", retryable=retryable)
+        super().__init__(
+            f"{method}: {gateway_code}: {message}",
+            kind=kind if kind is not None else classify_error(gateway_code, message, details),
+            retry_after_s=retry_after_s,
+        )
         self.method = method
         self.gateway_code = gateway_code
         self.gateway_message = message
@@ -311,14 +319,87 @@ def check_scopes(hello: Hello, identity: ClientIdentity) -> GatewayScopesCleared
     return scopes_cleared_error(hello.scopes, identity)
 
 
+# Codes whose errors pass by themselves: the gateway is busy, restarting or reloading.
+_RETRY_CODES = frozenset({"UNAVAILABLE", "INTERNAL", "TIMEOUT", "AGENT_TIMEOUT"})
+# Codes and detail codes that refuse the sidecar itself: nothing it sends works until an
+# operator fixes the pairing, the token or the scopes (the cause the agent waits on).
+_REFUSED_CODES = frozenset({"NOT_PAIRED", "FORBIDDEN"})
+_REFUSED_DETAILS = frozenset(
+    {"MISSING_SCOPE", "DEVICE_IDENTITY_REQUIRED", "AUTH_TOKEN_MISMATCH", "PAIRING_REQUIRED"}
+)
+# How both generations word an answer that asking again can change, whatever its code
+# (2026.9 answers INVALID_REQUEST for a session or config that changed under the request,
+# and for an agent that is being reloaded: "no longer exists in configuration").
+_RETRY_WORDING = (
+    "retry",
+    "try again",
+    "no longer exists in configuration",
+    "superseded",
+    "still active",
+    "still shutting down",
+    "is busy",
+    "rate limit",
+)
+
+
+def classify_error(
+    gateway_code: str,
+    message: str,
+    details: Mapping[str, Any] | None = None,
+    *,
+    retryable: bool | None = None,
+) -> GatewayErrorKind:
+    """What a gateway error means, from what the gateway says: the one place this is decided.
+
+    An explicit `retryable` flag in the error wins. Then the code: UNAVAILABLE and its kin
+    pass (RETRY); NOT_PAIRED, FORBIDDEN and their detail codes refuse the sidecar itself
+    (UNREACHABLE: it can do nothing on this gateway until an operator fixes it). Then the
+    wording: "retry", "try again", "no longer exists in configuration" (an agent being
+    reloaded) and their kin say asking again can succeed. Anything else is PERMANENT: the
+    same request would be refused the same way.
+    """
+    if retryable is not None:
+        return GatewayErrorKind.RETRY if retryable else GatewayErrorKind.PERMANENT
+    detail_code = str(_mapping(details).get("code") or "")
+    if gateway_code in _REFUSED_CODES or detail_code in _REFUSED_DETAILS:
+        return GatewayErrorKind.UNREACHABLE
+    if gateway_code in _RETRY_CODES:
+        return GatewayErrorKind.RETRY
+    text = message.lower()
+    if any(words in text for words in _RETRY_WORDING):
+        return GatewayErrorKind.RETRY
+    return GatewayErrorKind.PERMANENT
+
+
 def request_error(method: str, error: Mapping[str, Any]) -> GatewayRequestError:
+    """A `res` frame's error as a GatewayRequestError, classified (see classify_error)."""
     gateway_code = str(error.get("code") or "UNKNOWN")
+    message = str(error.get("message") or "")
     details = _mapping(error.get("details"))
-    # Unavailable / internal errors may pass; a refused request will be refused again.
-    retryable = gateway_code in {"UNAVAILABLE", "INTERNAL", "TIMEOUT"}
+    flag = error.get("retryable")
+    retry_after_ms = error.get("retryAfterMs")
     return GatewayRequestError(
-        method, gateway_code, str(error.get("message") or ""), details, retryable=retryable
+        method,
+        gateway_code,
+        message,
+        details,
+        kind=classify_error(
+            gateway_code, message, details, retryable=flag if isinstance(flag, bool) else None
+        ),
+        retry_after_s=retry_after_ms / 1000 if isinstance(retry_after_ms, int | float) else 0.0,
     )
+
+
+def is_superseded_run(message: str) -> bool:
+    """A run that failed because the gateway replaced its runtime under it (2026.9, on
+    a reload of its config: "prepared model runtime plugin generation was superseded").
+    The model never saw the run's message; sending it again succeeds."""
+    return "was superseded" in message.lower()
+
+
+def is_agent_not_loaded(exc: GatewayRequestError) -> bool:
+    """chat.send for an agent the runtime does not have (yet, or any more)."""
+    return "no longer exists in configuration" in exc.gateway_message.lower()
 
 
 def is_not_found(exc: GatewayRequestError) -> bool:
@@ -422,8 +503,63 @@ def _list(value: Any) -> list[Any]:
 # ---------------------------------------------------------------- runs
 
 
-def run_outcome(payload: Mapping[str, Any]) -> RunOutcome | None:
-    """A terminal `chat` event as a RunOutcome; None for status and delta events."""
+@dataclass(frozen=True)
+class TurnEvidence:
+    """What one event shows of a model turn in its run."""
+
+    run_id: str
+    output_chars: int = 0  # assistant text the model streamed (not a gateway notice)
+    usage_tokens: int = 0  # tokens the gateway's usage report counted
+
+
+def turn_evidence(event: str, payload: Any) -> TurnEvidence | None:
+    """The evidence of a model turn an event carries, or None.
+
+    Both generations stream the model's output as `agent` events (stream `assistant`,
+    `data.text`/`data.delta`) and `chat` deltas; 2026.9 adds a `usage` stream with token
+    counts. A run that never reached the model has none of these: a wake folded into a
+    run already going ends `final` at once with no message, and a model endpoint that
+    refuses connections gives empty `assistant` events between retries.
+    """
+    if not isinstance(payload, Mapping):
+        return None
+    run_id = payload.get("runId")
+    if not isinstance(run_id, str) or not run_id:
+        return None
+    if event == "agent":
+        data = _mapping(payload.get("data"))
+        stream = payload.get("stream")
+        if stream == "assistant":
+            text = data.get("text") or data.get("delta")
+            chars = _output_chars(text if isinstance(text, str) else "")
+            return TurnEvidence(run_id, output_chars=chars) if chars else None
+        if stream == "usage":
+            tokens = sum(
+                value
+                for key, value in data.items()
+                if "token" in key.lower() and isinstance(value, int) and value > 0
+            )
+            return TurnEvidence(run_id, usage_tokens=tokens) if tokens else None
+        return None
+    if event == "chat" and payload.get("state") == "delta":
+        delta = payload.get("deltaText")
+        text = delta if isinstance(delta, str) else _message_text(payload.get("message"))
+        chars = _output_chars(text)
+        return TurnEvidence(run_id, output_chars=chars) if chars else None
+    return None
+
+
+def _output_chars(text: str) -> int:
+    text = text.strip()
+    return 0 if not text or text.startswith(GATEWAY_NOTICE_PREFIX) else len(text)
+
+
+def run_outcome(payload: Mapping[str, Any], *, model_turn: bool = False) -> RunOutcome | None:
+    """A terminal `chat` event as a RunOutcome; None for status and delta events.
+
+    `model_turn` is whether the run's events showed a model turn (`turn_evidence`); the
+    final message alone is not evidence (the gateway writes its own notices there).
+    """
     run_id = str(payload.get("runId"))
     state = payload.get("state")
     if state == "final":
@@ -432,7 +568,7 @@ def run_outcome(payload: Mapping[str, Any]) -> RunOutcome | None:
             # 2026.3 ends a run that never reached the model (no credentials, ...) as a
             # "final" whose only text is this warning; it is a failure, not a check-in.
             return RunOutcome(run_id, RunState.ERROR, text.removeprefix("⚠️").strip())
-        return RunOutcome(run_id, RunState.FINAL, text)
+        return RunOutcome(run_id, RunState.FINAL, text, model_turn=model_turn)
     if state == "error":
         text = payload.get("errorMessage") or payload.get("error") or "run failed"
         return RunOutcome(run_id, RunState.ERROR, str(text))

@@ -168,10 +168,12 @@ class _Factory:
 
 @contextlib.contextmanager
 def _gateway(root: Path, model_port: int) -> Iterator[Any]:
-    from tests.interop.conftest import booted_gateway
-    from tests.interop.scripted_model import provider_config
+    """The interop suite's gateway (OPENCLAW_VERSION, default the current generation)."""
+    from tests.interop.conftest import DEFAULT_VERSIONS
+    from tests.interop.conftest import _booted as booted_gateway
 
-    with booted_gateway(_Factory(root), provider_config(model_port)) as gateway:  # type: ignore[arg-type]
+    version = os.environ.get("OPENCLAW_VERSION", "").strip() or DEFAULT_VERSIONS[0]
+    with booted_gateway(_Factory(root), version, model_port) as gateway:  # type: ignore[arg-type]
         yield gateway
 
 

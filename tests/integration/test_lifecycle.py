@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -134,7 +133,7 @@ async def test_provision_wake_heartbeat_online(
     assert gateway.count("wake") == 1
 
 
-async def test_no_checkin_means_three_wakes_spaced_by_the_deadline_then_offline(
+async def test_failed_runs_mean_three_wakes_then_offline(
     hub: Hub, connected: tuple[Sidecar, RecordingGateway]
 ) -> None:
     _, gateway = connected
@@ -151,18 +150,7 @@ async def test_no_checkin_means_three_wakes_spaced_by_the_deadline_then_offline(
     events = {e["kind"] for e in await hub.store.events("gw-life")}
     assert "lifecycle.reconcile.retriggered" in events
     assert "lifecycle.reconcile.max_attempts_reached" in events
-    times = sorted(_wake_times(await hub.store.events("gw-life")))
-    gaps = [b - a for a, b in itertools.pairwise(times)]
-    assert all(gap >= DEADLINE_S * 0.9 for gap in gaps), gaps
-
-
-def _wake_times(events: list[dict[str, Any]]) -> list[float]:
-    return [
-        e["at"]
-        for e in events
-        if e["kind"] == "command.queued"
-        and e["detail"].get("command") in ("wake_agent", "apply_agent")
-    ]
+    # A silent agent's wakes follow the deadline: test_lifecycle_outcomes.py moves the clock.
 
 
 async def test_a_run_that_reaches_final_is_a_runtime_checkin(
@@ -204,11 +192,13 @@ async def test_unreachable_gateway_does_not_burn_attempts_and_shows_the_reason(
     _, gateway = connected
     gateway.set_reachable(False)
     agent = await provision(hub)
+    # The reason shows as soon as the sidecar says its gateway is down; the apply's
+    # FAILED result (the sidecar retries it in place) then says why.
     waiting = await wait_for(
-        lambda: _reason(hub, agent["id"], "gateway_unreachable"), what="gateway_unreachable shown"
+        lambda: _reason_and_error(hub, agent["id"], "gateway_unreachable", "down"),
+        what="gateway_unreachable shown with the sidecar's error",
     )
     assert waiting["wake_attempts"] == 0
-    assert "down" in (waiting["last_provision_error"] or "")
     gateway.set_reachable(True)
     online = await wait_for(
         lambda: _status(hub, agent["id"], "online"),
@@ -312,6 +302,13 @@ async def _status(hub: Hub, agent_id: str, status: str) -> dict[str, Any] | None
 async def _reason(hub: Hub, agent_id: str, reason: str) -> dict[str, Any] | None:
     state = await agent_state(hub, agent_id)
     return state if state["status_reason"] == reason else None
+
+
+async def _reason_and_error(
+    hub: Hub, agent_id: str, reason: str, error: str
+) -> dict[str, Any] | None:
+    state = await _reason(hub, agent_id, reason)
+    return state if state and error in (state["last_provision_error"] or "") else None
 
 
 async def _changed(hub: Hub, agent_id: str, name: str, before: Any) -> bool:

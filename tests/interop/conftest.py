@@ -1,18 +1,26 @@
-"""A real OpenClaw gateway per test module, on loopback, in a private home directory.
+"""One real OpenClaw gateway per test session and generation, on loopback, in a private
+home directory.
 
-The gateway comes from npm (`install_openclaw.sh`, cached under .cache/openclaw/);
-`OPENCLAW_VERSION` picks the release (default 2026.9.6). Each module gets a fresh
-HOME, state dir, TMPDIR, free port and token, and the gateway is stopped by PID at the
-end (its whole process group, so the spawn broker goes too).
+The gateways come from npm (`install_openclaw.sh`, cached under .cache/openclaw/).
+Every interop test runs against each version in `OPENCLAW_VERSIONS` (default: the
+current generation and the 2026.3 one, so a claim about either is a result of every
+run); `OPENCLAW_VERSION` runs one only. pytest groups the tests by version, so each
+gateway boots once (a fresh HOME, state dir, TMPDIR, free port and token) and is
+stopped by PID when its tests are done (its whole process group, so the spawn broker
+goes too). Tests share it, so each test owns its own agents (fresh ids) and undoes the
+hand edits it makes to openclaw.json.
 
-`gateway` boots with the minimal config (no model provider); `gateway_with_model`
-boots with the scripted model (tests/interop/scripted_model.py) as its only provider,
-which the gateway then takes as every agent's model.
+The gateway's only model provider is the scripted model (tests/interop/scripted_model.py)
+on a port reserved with the gateway, which the gateway then takes as every agent's
+model. A test that runs agents serves the model there with the behaviour it needs
+(answer, run the check-in curl, reject the credentials, answer slowly); a test that
+serves nothing gets a model endpoint that refuses connections.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -24,20 +32,25 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from sidecar.openclaw_config import write_atomic
-from tests.interop.scripted_model import provider_config
+from tests.interop.scripted_model import ScriptedModel, provider_config
+from tests.support import JumpClock
+
+if TYPE_CHECKING:
+    from hub.app import Hub
+    from sidecar.app import Sidecar
 
 log = logging.getLogger("interop")
 
 INSTALL_SCRIPT = Path(__file__).with_name("install_openclaw.sh")
-DEFAULT_VERSION = "2026.9.6"
+DEFAULT_VERSIONS = ("2026.9.6", "2026.3.8")  # the current generation, and 2026.3
 INSTALL_TIMEOUT_S = 900
 READY_TIMEOUT_S = 60
 STOP_TIMEOUT_S = 10
@@ -74,6 +87,7 @@ class RunningGateway:
     pid: int
     boot_s: float
     launcher: Path
+    model_port: int  # where the scripted model is expected (tests serve it)
     env: dict[str, str] = field(repr=False)
 
     @property
@@ -214,12 +228,22 @@ def _merged(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]
     return out
 
 
+def versions() -> list[str]:
+    """The OpenClaw versions the interop tests run against."""
+    single = os.environ.get("OPENCLAW_VERSION", "").strip()
+    if single:
+        return [single]
+    listed = os.environ.get("OPENCLAW_VERSIONS", "")
+    return [v.strip() for v in listed.split(",") if v.strip()] or list(DEFAULT_VERSIONS)
+
+
 @contextlib.contextmanager
-def booted_gateway(
-    tmp_path_factory: pytest.TempPathFactory, extra_config: Mapping[str, Any] | None = None
+def _booted(
+    tmp_path_factory: pytest.TempPathFactory,
+    version: str,
+    model_port: int,
 ) -> Iterator[RunningGateway]:
-    """Install, configure (base config plus `extra_config`), boot; stop by PID on exit."""
-    version = os.environ.get("OPENCLAW_VERSION", DEFAULT_VERSION)
+    """Install, configure (base config plus the scripted provider), boot; stop by PID."""
     launcher = _install(version)
     root = tmp_path_factory.mktemp("openclaw")
     home = root / "home"
@@ -240,7 +264,7 @@ def booted_gateway(
         },
         "update": {"checkOnStart": False},
     }
-    config = _merged(config, extra_config or {})
+    config = _merged(config, provider_config(model_port))
     write_atomic(config_path, json.dumps(config, indent=2) + "\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPENCLAW_")}
     env.update(
@@ -281,33 +305,135 @@ def booted_gateway(
             pid=proc.pid,
             boot_s=boot_s,
             launcher=launcher,
+            model_port=model_port,
             env=env,
         )
     finally:
         _stop(proc, state_dir)
 
 
-@pytest.fixture(scope="module")
-def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
-    """A gateway with the minimal config: no model provider, so agent runs end in an error."""
-    with booted_gateway(tmp_path_factory) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def scripted_model_port() -> int:
-    """The loopback port the scripted model (tests/interop/scripted_model.py) listens on.
-
-    Reserved before the gateway boots, because the provider's baseUrl must be in the
-    config the gateway starts with; each test then serves the model on it.
-    """
-    return _free_port()
-
-
-@pytest.fixture(scope="module")
-def gateway_with_model(
-    tmp_path_factory: pytest.TempPathFactory, scripted_model_port: int
+@pytest.fixture(scope="session", params=versions())
+def openclaw(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[RunningGateway]:
-    """A gateway whose only model provider is the scripted one (`scripted/scripted-1`)."""
-    with booted_gateway(tmp_path_factory, provider_config(scripted_model_port)) as running:
+    """The session's gateway of one version (the test id names it)."""
+    with _booted(tmp_path_factory, request.param, _free_port()) as running:
         yield running
+
+
+@pytest.fixture
+def gateway(openclaw: RunningGateway) -> RunningGateway:
+    """The gateway this test runs against (shared by the session: own your agents)."""
+    return openclaw
+
+
+@pytest.fixture
+def scripted_model_port(openclaw: RunningGateway) -> int:
+    """The loopback port the gateway expects the scripted model on."""
+    return openclaw.model_port
+
+
+@pytest.fixture
+async def model(scripted_model_port: int) -> AsyncIterator[ScriptedModel]:
+    """The scripted model served for this test (it answers with text unless told)."""
+    async with ScriptedModel(scripted_model_port) as server:
+        yield server
+
+
+@dataclass
+class Stack:
+    """A hub and an in-process sidecar with the real gateway client, on `gateway`."""
+
+    hub: Hub
+    sidecar: Sidecar
+    model: ScriptedModel | None  # None: nothing serves the model (connections refused)
+    gateway: RunningGateway
+    clock: JumpClock
+    gateway_id: str
+
+
+@contextlib.asynccontextmanager
+async def linked_stack(
+    gateway: RunningGateway,
+    model: ScriptedModel | None,
+    tmp_path: Path,
+    gateway_id: str,
+    *,
+    checkin_deadline_s: float = 30.0,
+) -> AsyncIterator[Stack]:
+    """Hub (its clock a JumpClock) -> sidecar (real gateway client, local agent API) ->
+    the real gateway; both linked and the gateway reachable before the block runs.
+
+    The hub's clock starts two check-in windows and a second behind the real one: its
+    restart and reconnect grace are over when the block begins, and a time the sidecar
+    reports (its own clock, ahead) is clamped to the hub's now, so reports are ordered as
+    they arrive. A test moves deadlines with `stack.clock.advance`."""
+    from hub.app import Hub
+    from sidecar.app import Sidecar
+    from sidecar.gateway.openclaw import OpenClawGatewayClient
+    from tests.support import fast_backoff, hub_config, sidecar_config, wait_for
+
+    grace_s = 2 * checkin_deadline_s + 1  # the hub's restart and reconnect grace, and a bit
+    clock = JumpClock()
+    clock.advance(-2 * grace_s)  # behind the sidecar's clock by the grace once it is over
+    hub = Hub(
+        dataclasses.replace(hub_config(tmp_path / "hub"), checkin_deadline_s=checkin_deadline_s),
+        clock=clock,
+    )
+    await hub.start()
+    assert hub.addresses is not None
+    config = dataclasses.replace(
+        sidecar_config(
+            tmp_path / "sc",
+            hub.addresses.link,
+            gateway_id=gateway_id,
+            workspace_root=gateway.workspace_root,
+        ),
+        openclaw_config=gateway.config_path,
+    )
+    sidecar = Sidecar(config, link_backoff=fast_backoff())
+    assert isinstance(sidecar.gateway, OpenClawGatewayClient)  # the real client, not a fake
+
+    async def linked() -> bool:
+        # Linked, and the hub knows the workspace root and agent API it renders files for.
+        row = await hub.store.get_gateway(gateway_id)
+        return bool(
+            hub.registry.get(gateway_id) and row and row.workspace_root and row.agent_api_url
+        )
+
+    await sidecar.start()
+    try:
+        await wait_for(lambda: sidecar.gateway.info.reachable, timeout_s=30, what="gateway up")
+        await wait_for(linked, timeout_s=30, what="sidecar link up")
+        clock.advance(grace_s)
+        yield Stack(hub, sidecar, model, gateway, clock, gateway_id)
+    finally:
+        await sidecar.stop()
+        # Let the hub record the disconnect before it closes its database.
+        with contextlib.suppress(AssertionError):
+            await wait_for(lambda: hub.registry.get(gateway_id) is None, what="link closed")
+        await hub.stop()
+
+
+@pytest.fixture(autouse=True)
+async def _runs_left_behind_are_aborted(request: pytest.FixtureRequest) -> AsyncIterator[None]:
+    """Tests share the session's gateway: a run one leaves going (a model that refuses
+    connections makes 2026.9 retry for about 70 s; a slow model) must not hold up the
+    next test's. At the end of each test, the runs of the agents it created are aborted."""
+    if "openclaw" not in request.fixturenames:
+        yield
+        return
+    gateway: RunningGateway = request.getfixturevalue("openclaw")
+    before = set(gateway.roster())
+    yield
+    created = set(gateway.roster()) - before
+    if not created:
+        return
+    from sidecar.gateway.openclaw import OpenClawGatewayClient
+
+    async with OpenClawGatewayClient(gateway.config_path) as client:
+        with contextlib.suppress(Exception):
+            await client.wait_ready(10)
+            for agent_id in sorted(created):
+                with contextlib.suppress(Exception):
+                    await client.call("chat.abort", {"sessionKey": f"agent:{agent_id}:main"})

@@ -11,6 +11,14 @@ is chosen per test with `behaviour`:
   message says to run a check-in command (a `curl ... /heartbeat` line), answer with
   one `exec` tool call running that command verbatim; once the tool result is back,
   await `before_final(request)` (if set) and answer with text quoting the result.
+- `Behaviour.REJECT_CREDENTIALS`: answer every request 401, as a provider does for a
+  missing or wrong key. Both generations fail the run at once (no retries), with the
+  provider's words: the stand-in for "no model credentials" on a gateway that has a
+  provider configured.
+
+`delay_s` holds every answer that long (a slow model: a second wake then arrives while
+the first run is still going). Not serving the model at all gives an endpoint that
+refuses connections: 2026.9 retries the run for about 70 s, 2026.3 fails it at once.
 
 What the gateway sends and accepts (openclaw-agent-exec.md §2): the turn's own text is
 the first user message after the system prompt; a gateway-injected "internal context"
@@ -22,6 +30,7 @@ continuation pass) are answered with text.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import json
 import re
@@ -37,6 +46,7 @@ from aiohttp import web
 PROVIDER = "scripted"
 MODEL_ID = "scripted-1"
 MODEL_REF = f"{PROVIDER}/{MODEL_ID}"
+REJECTED = "Incorrect API key provided (scripted)"
 API_KEY = "scripted-local"  # a non-secret marker; the gateway sends it as a Bearer token
 INTERNAL_CONTEXT_MARK = "<<<BEGIN_OPENCLAW_INTERNAL_CONTEXT>>>"
 _RUNTIME_AGENT = re.compile(r"^Runtime: (?:[^\n]*? \| )?agent=([A-Za-z0-9_-]+)", re.MULTILINE)
@@ -73,6 +83,7 @@ def provider_config(port: int) -> dict[str, Any]:
 class Behaviour(enum.Enum):
     REPLY = "reply"
     CHECK_IN = "check_in"
+    REJECT_CREDENTIALS = "reject_credentials"
 
 
 @dataclass(frozen=True)
@@ -82,7 +93,7 @@ class ModelRequest:
     received_at: float  # time.perf_counter()
     body: Mapping[str, Any]
     agent_id: str | None  # from the gateway's `Runtime: agent=...` line
-    reply: str  # "text" or "tool_call"
+    reply: str  # "text", "tool_call" or "rejected"
     command: str | None = None  # the exec command, for a tool call
 
     @property
@@ -115,6 +126,7 @@ class ScriptedModel:
     before_final: Callable[[ModelRequest], Awaitable[None]] | None = None
     before_reply: Callable[[ModelRequest], Awaitable[None]] | None = None
     reply_text: str = "Mission Control wake received; nothing else to do."
+    delay_s: float = 0.0
     requests: list[ModelRequest] = field(default_factory=list)
     _runner: web.AppRunner | None = field(default=None, repr=False)
 
@@ -160,6 +172,15 @@ class ScriptedModel:
         messages = body.get("messages") or []
         received_at = time.perf_counter()
         agent_id = _agent_id(messages)
+        if self.behaviour is Behaviour.REJECT_CREDENTIALS:
+            self.requests.append(ModelRequest(received_at, body, agent_id, "rejected"))
+            await asyncio.sleep(self.delay_s)
+            error = {
+                "message": REJECTED,
+                "type": "invalid_request_error",
+                "code": "invalid_api_key",
+            }
+            return web.json_response({"error": error}, status=401)
         command = self._command_to_run(body)
         if command is not None:
             self.requests.append(ModelRequest(received_at, body, agent_id, "tool_call", command))
@@ -200,6 +221,7 @@ class ScriptedModel:
         text: str = "",
         tool_call: dict[str, Any] | None = None,
     ) -> web.StreamResponse:
+        await asyncio.sleep(self.delay_s)  # recorded as received already: the call is under way
         completion_id = f"chatcmpl-{secrets.token_hex(6)}"
         created = int(time.time())
         finish = "tool_calls" if tool_call else "stop"

@@ -32,9 +32,8 @@ import pytest
 
 from hub.app import Hub
 from protos import link_pb2 as pb
-from sidecar.app import Sidecar
 from sidecar.gateway.openclaw import OpenClawGatewayClient
-from tests.interop.conftest import RunningGateway, record_timing
+from tests.interop.conftest import RunningGateway, Stack, linked_stack, record_timing
 from tests.interop.scripted_model import (
     MODEL_ID,
     MODEL_REF,
@@ -42,7 +41,7 @@ from tests.interop.scripted_model import (
     ModelRequest,
     ScriptedModel,
 )
-from tests.support import api, fast_backoff, hub_config, sidecar_config, wait_for
+from tests.support import api, wait_for
 
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(600)]
 
@@ -54,58 +53,14 @@ RUN_TIMEOUT_S = 90.0
 EXEC_REFUSALS = ("exec denied", "Headless runs cannot wait", "Cannot resolve sandbox")
 
 
-@dataclasses.dataclass
-class Stack:
-    hub: Hub
-    sidecar: Sidecar
-    model: ScriptedModel
-    gateway: RunningGateway
-
-
-@pytest.fixture
-async def model(scripted_model_port: int) -> AsyncIterator[ScriptedModel]:
-    async with ScriptedModel(scripted_model_port) as server:
-        yield server
-
-
 @pytest.fixture
 async def stack(
-    gateway_with_model: RunningGateway, model: ScriptedModel, tmp_path: Path
+    gateway: RunningGateway, model: ScriptedModel, tmp_path: Path
 ) -> AsyncIterator[Stack]:
-    gateway = gateway_with_model
-    hub = Hub(
-        dataclasses.replace(hub_config(tmp_path / "hub"), checkin_deadline_s=CHECKIN_DEADLINE_S)
-    )
-    await hub.start()
-    assert hub.addresses is not None
-    config = dataclasses.replace(
-        sidecar_config(
-            tmp_path / "sc",
-            hub.addresses.link,
-            gateway_id=GATEWAY_ID,
-            workspace_root=gateway.workspace_root,
-        ),
-        openclaw_config=gateway.config_path,
-    )
-    sidecar = Sidecar(config, link_backoff=fast_backoff())
-    assert isinstance(sidecar.gateway, OpenClawGatewayClient)  # the real client, not a fake
-    await sidecar.start()
-    try:
-        await wait_for(lambda: sidecar.gateway.info.reachable, timeout_s=30, what="gateway up")
-        await wait_for(lambda: _connected(hub), timeout_s=30, what="sidecar link up")
-        yield Stack(hub, sidecar, model, gateway)
-    finally:
-        await sidecar.stop()
-        # Let the hub record the disconnect before it closes its database.
-        with contextlib.suppress(AssertionError):
-            await wait_for(lambda: hub.registry.get(GATEWAY_ID) is None, what="link closed")
-        await hub.stop()
-
-
-async def _connected(hub: Hub) -> bool:
-    """Linked, and the hub knows the workspace root and agent API it renders files for."""
-    row = await hub.store.get_gateway(GATEWAY_ID)
-    return bool(hub.registry.get(GATEWAY_ID) and row and row.workspace_root and row.agent_api_url)
+    async with linked_stack(
+        gateway, model, tmp_path, GATEWAY_ID, checkin_deadline_s=CHECKIN_DEADLINE_S
+    ) as linked:
+        yield linked
 
 
 # ------------------------------------------------------------------ hub REST API
@@ -216,13 +171,22 @@ async def provision_and_wake(stack: Stack, name: str) -> Provisioned:
 
 
 async def agent_model(stack: Stack, gateway_agent_id: str) -> str | None:
-    """The model the gateway resolves for the agent (agents.list)."""
+    """The model the gateway runs the agent on. 2026.9 resolves it in agents.list; 2026.3
+    lists only id and name there (a model only when the agent has one of its own, and the
+    hub names none), so read it from the agent's main session, which records the
+    provider and model its run used."""
     assert isinstance(stack.sidecar.gateway, OpenClawGatewayClient)
     listed = await stack.sidecar.gateway.read("agents.list", {})
     for agent in listed.get("agents", []):
         if agent.get("id") == gateway_agent_id:
             model = agent.get("model")
-            return model.get("primary") if isinstance(model, dict) else model
+            if model:
+                return str(model.get("primary") if isinstance(model, dict) else model)
+    sessions = await stack.sidecar.gateway.read("sessions.list", {})
+    for session in sessions.get("sessions", []):
+        if session.get("key") == f"agent:{gateway_agent_id}:main" and session.get("model"):
+            provider = session.get("modelProvider")
+            return f"{provider}/{session['model']}" if provider else str(session["model"])
     return None
 
 
@@ -252,9 +216,11 @@ async def test_a_wake_run_reaching_final_brings_the_agent_online(stack: Stack) -
     assert online["wake_attempts"] == 0
     assert online["checkin_deadline_at"] is None
     assert online["last_seen_at"] is not None
-    # The real run reached `final` because the scripted model answered it.
+    # The real run reached `final` with a model turn because the scripted model answered it.
     runs = await _events(hub, "agent.run.observed", p.gateway_agent_id)
-    assert [r["detail"]["outcome"] for r in runs] == ["FINAL"], runs
+    assert [(r["detail"]["outcome"], r["detail"]["model_turn"]) for r in runs] == [
+        ("FINAL", True)
+    ], runs
     requests = model.for_agent(p.gateway_agent_id)
     assert requests, "the gateway never asked the scripted model for this agent"
     assert requests[0].body["model"] == MODEL_ID and requests[0].body["stream"] is True

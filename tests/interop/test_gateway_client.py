@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import uuid
@@ -21,6 +22,7 @@ from sidecar.gateway.protocol import (
 )
 from sidecar.openclaw_config import write_atomic
 from tests.interop.conftest import RunningGateway, record_timing
+from tests.interop.scripted_model import Behaviour, ScriptedModel
 
 # The first test's setup may install OpenClaw from npm (a minute or more on a cold cache).
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(600)]
@@ -136,7 +138,9 @@ async def test_set_heartbeat_sets_cadence_and_checklist(
     record_timing("set_heartbeat (patch + checklist)", time.monotonic() - started)
     assert gateway.roster()[entry.agent_id]["heartbeat"] == {"every": "30m", "target": "none"}
     if gateway.generation_is_legacy:
-        return  # 2026.3 reads the checklist from HEARTBEAT.md, which the hub renders
+        # 2026.3 reads the checklist from HEARTBEAT.md, which the hub renders.
+        await client.set_heartbeat(entry.agent_id, HeartbeatSpec(0, "none", ""))  # quiet
+        return
     jobs = await client.call("cron.list", {"agentId": entry.agent_id, "includeDisabled": True})
     job = next(j for j in jobs["jobs"] if j["declarationKey"] == f"heartbeat:{entry.agent_id}")
     scratch = await client.call("cron.scratch.get", {"jobId": job["id"]})
@@ -148,11 +152,13 @@ async def test_set_heartbeat_sets_cadence_and_checklist(
     scratch = await client.call("cron.scratch.get", {"jobId": job["id"]})
     assert scratch["scratch"]["content"] == checklist + "- more\n"
     assert scratch["currentRevision"] == 2
+    await client.set_heartbeat(entry.agent_id, HeartbeatSpec(0, "none", ""))  # quiet again
 
 
-async def test_wake_without_model_credentials_ends_in_error_with_gateway_message(
-    gateway: RunningGateway, client: OpenClawGatewayClient
+async def test_wake_whose_model_rejects_the_credentials_ends_in_error_with_its_message(
+    gateway: RunningGateway, client: OpenClawGatewayClient, model: ScriptedModel
 ) -> None:
+    model.behaviour = Behaviour.REJECT_CREDENTIALS
     entry = new_agent(gateway)
     await client.ensure_agent(entry)
     key = str(uuid.uuid4())
@@ -161,10 +167,11 @@ async def test_wake_without_model_credentials_ends_in_error_with_gateway_message
     record_timing("wake ack (chat.send)", time.monotonic() - started)
     assert run_id
     outcome = await client.wait_run(run_id, timeout_s=60)
-    record_timing("wake to run end (no model: error)", time.monotonic() - started)
+    record_timing("wake to run end (model rejects the key: error)", time.monotonic() - started)
     assert outcome.run_id == run_id
     assert outcome.state is RunState.ERROR, outcome
     assert outcome.message and outcome.message != "run failed"
+    assert not outcome.model_turn
     # The outcome is remembered: asking again after the end answers at once.
     assert await client.wait_run(run_id, timeout_s=0.1) == outcome
     # Same idempotency key, same run.
@@ -172,8 +179,9 @@ async def test_wake_without_model_credentials_ends_in_error_with_gateway_message
 
 
 async def test_agent_method_answers_twice_under_one_request_id(
-    gateway: RunningGateway, client: OpenClawGatewayClient
+    gateway: RunningGateway, client: OpenClawGatewayClient, model: ScriptedModel
 ) -> None:
+    model.behaviour = Behaviour.REJECT_CREDENTIALS
     entry = new_agent(gateway)
     await client.ensure_agent(entry)
     accepted, ended = await client.call_multi(
@@ -188,9 +196,13 @@ async def test_agent_method_answers_twice_under_one_request_id(
         timeout_s=60,
     )
     assert accepted.unwrap()["status"] == "accepted"
-    # No model credentials: the second answer under the same id is the run's failure.
-    assert ended.error is not None, ended
-    assert ended.error.method == "agent" and ended.error.gateway_message
+    # The model rejects the key: the second answer under the same id is the run's failure,
+    # as an error (2026.9), or as a result whose run stopped on an error (2026.3).
+    if gateway.generation_is_legacy and ended.error is None:
+        assert '"stopReason": "error"' in json.dumps(ended.payload), ended
+    else:
+        assert ended.error is not None, ended
+        assert ended.error.method == "agent" and ended.error.gateway_message
 
 
 async def test_wrong_token_is_refused_with_auth_token_mismatch(
@@ -246,15 +258,27 @@ async def test_token_rotation_closes_the_socket_and_client_reconnects_with_new_t
     def rotate(document: dict[str, object]) -> None:
         document["gateway"]["auth"]["token"] = new_token  # type: ignore[index]
 
+    original = gateway.token
     started = time.monotonic()
     gateway.edit_config(rotate)
-    await eventually(
-        lambda: any(close_code in c.unreachable_reason for c in changes), 10, "socket closed"
-    )
-    await eventually(lambda: bool(changes) and changes[-1].reachable, 30, "reconnected")
-    record_timing("token rotation to reconnected", time.monotonic() - started)
-    assert await client.list_agent_ids()
-    gateway.token = new_token
+    try:
+        closed = lambda: any(close_code in c.unreachable_reason for c in changes)  # noqa: E731
+        with contextlib.suppress(pytest.fail.Exception):
+            await eventually(closed, 5, "socket closed")
+        if not closed():
+            # A busy 2026.9 now and then misses a hand edit made just after writes of its
+            # own (no "config change detected" in its log): the same file written again
+            # is noticed. What is tested is what happens once the gateway applies it.
+            gateway.edit_config(rotate)
+            await eventually(closed, 10, "socket closed")
+        await eventually(lambda: bool(changes) and changes[-1].reachable, 30, "reconnected")
+        record_timing("token rotation to reconnected", time.monotonic() - started)
+        assert await client.list_agent_ids()
+        gateway.token = new_token
+    finally:
+        if gateway.token != new_token:
+            # Later tests share this gateway: put back the token it runs with.
+            gateway.edit_config(lambda d: d["gateway"]["auth"].__setitem__("token", original))
 
 
 async def test_calls_fail_fast_with_the_reason_when_the_gateway_is_unreachable(

@@ -13,8 +13,6 @@ gateway -> agent runs on the scripted model.
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -23,11 +21,10 @@ import aiohttp
 import pytest
 
 from hub.app import Hub
-from sidecar.app import Sidecar
 from sidecar.gateway.openclaw import OpenClawGatewayClient
-from tests.interop.conftest import RunningGateway
+from tests.interop.conftest import RunningGateway, Stack, linked_stack
 from tests.interop.scripted_model import Behaviour, ScriptedModel
-from tests.support import api, fast_backoff, hub_config, sidecar_config, wait_for
+from tests.support import api, wait_for
 
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(600)]
 
@@ -35,44 +32,12 @@ GATEWAY_ID = "gw-parity-e2e"
 RUN_TIMEOUT_S = 90.0
 
 
-@dataclasses.dataclass
-class Stack:
-    hub: Hub
-    sidecar: Sidecar
-    model: ScriptedModel
-    gateway: RunningGateway
-
-
 @pytest.fixture
 async def stack(
-    gateway_with_model: RunningGateway, scripted_model_port: int, tmp_path: Path
+    gateway: RunningGateway, model: ScriptedModel, tmp_path: Path
 ) -> AsyncIterator[Stack]:
-    gateway = gateway_with_model
-    async with ScriptedModel(scripted_model_port) as model:
-        hub = Hub(hub_config(tmp_path / "hub"))
-        await hub.start()
-        assert hub.addresses is not None
-        config = dataclasses.replace(
-            sidecar_config(
-                tmp_path / "sc",
-                hub.addresses.link,
-                gateway_id=GATEWAY_ID,
-                workspace_root=gateway.workspace_root,
-            ),
-            openclaw_config=gateway.config_path,
-        )
-        sidecar = Sidecar(config, link_backoff=fast_backoff())
-        assert isinstance(sidecar.gateway, OpenClawGatewayClient)  # the real client
-        await sidecar.start()
-        try:
-            await wait_for(lambda: sidecar.gateway.info.reachable, timeout_s=30, what="gateway")
-            await wait_for(lambda: hub.registry.get(GATEWAY_ID), timeout_s=30, what="link up")
-            yield Stack(hub, sidecar, model, gateway)
-        finally:
-            await sidecar.stop()
-            with contextlib.suppress(AssertionError):
-                await wait_for(lambda: hub.registry.get(GATEWAY_ID) is None, what="link closed")
-            await hub.stop()
+    async with linked_stack(gateway, model, tmp_path, GATEWAY_ID) as linked:
+        yield linked
 
 
 async def online(hub: Hub, agent_id: str) -> dict[str, Any] | None:
@@ -116,6 +81,7 @@ async def as_agent(
 
 async def test_an_approval_resolved_by_an_admin_reaches_the_real_lead(stack: Stack) -> None:
     hub, model = stack.hub, stack.model
+    assert model is not None
     model.behaviour = Behaviour.REPLY
     status, board = await api(
         hub, "POST", "/api/v1/boards", {"name": "Release", "gateway_id": GATEWAY_ID}
@@ -184,6 +150,7 @@ async def test_an_approval_resolved_by_an_admin_reaches_the_real_lead(stack: Sta
 
 async def test_a_paused_agents_heartbeat_job_is_off_in_openclaw_json(stack: Stack) -> None:
     hub, model = stack.hub, stack.model
+    assert model is not None
     model.behaviour = Behaviour.REPLY
     status, board = await api(
         hub, "POST", "/api/v1/boards", {"name": "Ops", "gateway_id": GATEWAY_ID}

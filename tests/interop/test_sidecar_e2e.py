@@ -15,13 +15,17 @@ from hub.store.gateways import GatewayRow
 from protos import link_pb2 as pb
 from sidecar.app import Sidecar
 from tests.interop.conftest import RunningGateway, record_timing
+from tests.interop.scripted_model import Behaviour, ScriptedModel
 from tests.support import api, fast_backoff, hub_config, sidecar_config, wait_for
 
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(600)]
 
 
 @pytest.fixture
-async def chain(gateway: RunningGateway, tmp_path: Path) -> AsyncIterator[tuple[Hub, Sidecar]]:
+async def chain(
+    gateway: RunningGateway, model: ScriptedModel, tmp_path: Path
+) -> AsyncIterator[tuple[Hub, Sidecar]]:
+    model.behaviour = Behaviour.REJECT_CREDENTIALS  # every wake run fails, with a reason
     hub = Hub(hub_config(tmp_path / "hub"))
     await hub.start()
     assert hub.addresses is not None
@@ -96,7 +100,7 @@ async def test_apply_agent_through_the_hub_reaches_the_real_gateway(
     assert entries[agent_id]["workspace"] == str(workspace)
     assert (workspace / "AGENTS.md").read_text() == "# E2E agent\n"
     assert (workspace / ".mc-agent-token").stat().st_mode & 0o777 == 0o600
-    # No model is configured: the wake run ends in an error the gateway explains.
+    # The model rejects the key: the wake run ends in an error the gateway explains.
     events = await wait_for(
         lambda: hub.store.events("gw-e2e", "agent.run.observed"), timeout_s=120, what="run outcome"
     )
@@ -169,5 +173,6 @@ async def test_live_status_sessions_and_session_reset_through_the_sidecar(
     after = await main_session()
     assert after is not None and after["updated_at"] > before["updated_at"]
     if not gateway.generation_is_legacy:
-        # The woken run failed (no model): a reset session carries no run status.
+        # The woken run failed (the model rejected the key): a reset session carries no
+        # run status.
         assert before["status"] == "failed" and after["status"] is None

@@ -7,25 +7,37 @@ import json
 import pytest
 
 from protos import link_pb2 as pb
-from protos.contract import GatewayGeneration
-from sidecar.gateway import GatewayRuntime, GatewayUnavailable, RunOutcome, RunState, SessionPage
+from protos.contract import GatewayErrorKind, GatewayGeneration
+from sidecar.gateway import (
+    GatewayError,
+    GatewayRuntime,
+    GatewayUnavailable,
+    RunOutcome,
+    RunState,
+    SessionPage,
+)
 from sidecar.gateway.protocol import (
     ClientIdentity,
     GatewayHandshakeError,
     GatewayNotPaired,
     GatewayProtocolMismatch,
+    GatewayTimeout,
     GatewayTokenMismatch,
+    TurnEvidence,
     check_scopes,
     connect_params,
     decode_frame,
     detect_generation,
     handshake_error,
     heartbeat_every,
+    is_agent_not_loaded,
     main_session_key,
     parse_hello,
     parse_sessions,
     parse_status,
+    request_error,
     run_outcome,
+    turn_evidence,
 )
 from sidecar.gateway.queries import GatewayQueries
 from tests.support import RecordingGateway, wait_for
@@ -255,6 +267,122 @@ def test_sessions_payload_is_sorted_newest_first_and_tolerates_old_rows() -> Non
 
 def test_main_session_key_is_the_one_wakes_use() -> None:
     assert main_session_key("mc-1") == "agent:mc-1:main"
+
+
+# ---------------------------------------------------------------- what an error means
+# Errors as the real gateways answered them (2026.9.6 and 2026.3.8, loopback probes);
+# tests/interop/test_gateway_errors.py provokes each class against a running gateway.
+
+OBSERVED_ERRORS = [
+    # The gateway asks to be asked again.
+    ("chat.send", {"code": "INVALID_REQUEST",
+                   "message": 'Agent "mc-4e77" no longer exists in configuration'}, "RETRY"),
+    ("sessions.reset", {"code": "UNAVAILABLE", "message":
+        "Session agent:mc-2d:main is still active; try again in a moment."}, "RETRY"),
+    ("config.patch", {"code": "UNAVAILABLE", "message": "config.patch persisted but was not "
+        "applied to the active Gateway (superseded); run config.get, then use config.apply"},
+     "RETRY"),
+    ("config.patch", {"code": "INVALID_REQUEST",
+                      "message": "config changed since last load; re-run config.get and retry"},
+     "RETRY"),
+    ("config.patch", {"code": "UNAVAILABLE", "message": "rate limit exceeded for config.patch; "
+        "retry after 57s", "retryable": True, "retryAfterMs": 56230,
+        "details": {"method": "config.patch", "limit": "3 per 60s"}}, "RETRY"),
+    ("chat.send", {"code": "INVALID_REQUEST", "message": "session routing changed; review and "
+                   "retry", "details": {"reason": "session-routing-changed"}}, "RETRY"),
+    ("chat.send", {"code": "UNAVAILABLE", "message": "Previous run is still shutting down. "
+                   "Please try again in a moment.", "retryable": True, "retryAfterMs": 250},
+     "RETRY"),
+    # The request can never succeed as sent.
+    ("agents.update", {"code": "INVALID_REQUEST",
+                       "message": "invalid agents.update params: at root: unexpected property "
+                       "'bogus'"}, "PERMANENT"),
+    ("agents.files.set", {"code": "INVALID_REQUEST", "message": 'unsupported file "../x.md"'},
+     "PERMANENT"),
+    ("agents.delete", {"code": "INVALID_REQUEST", "message": 'agent "nope" not found'},
+     "PERMANENT"),
+    ("agents.create", {"code": "INVALID_REQUEST", "message": 'agent "mc-1" already exists'},
+     "PERMANENT"),
+    # The gateway refuses the sidecar itself: nothing works until an operator fixes it.
+    ("agents.list", {"code": "FORBIDDEN", "message": "missing scope: operator.read",
+                     "details": {"code": "MISSING_SCOPE", "missingScope": "operator.read"}},
+     "UNREACHABLE"),
+    ("connect", {"code": "NOT_PAIRED", "message": "device identity required",
+                 "details": {"code": "DEVICE_IDENTITY_REQUIRED"}}, "UNREACHABLE"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("method", "error", "kind"), OBSERVED_ERRORS)
+def test_each_gateway_error_is_classified_from_what_it_says(
+    method: str, error: dict[str, object], kind: str
+) -> None:
+    classified = request_error(method, error)
+    assert classified.kind is GatewayErrorKind[kind]
+    assert classified.retryable is (kind != "PERMANENT")
+    assert method in str(classified) and str(error["message"]) in str(classified)
+
+
+def test_an_explicit_retryable_flag_and_retry_after_win() -> None:
+    error = request_error(
+        "x", {"code": "INVALID_REQUEST", "message": "odd", "retryable": True, "retryAfterMs": 1500}
+    )
+    assert error.kind is GatewayErrorKind.RETRY and error.retry_after_s == 1.5
+    refused = request_error("x", {"code": "UNAVAILABLE", "message": "x", "retryable": False})
+    assert refused.kind is GatewayErrorKind.PERMANENT and not refused.retryable
+
+
+def test_connection_level_errors_say_the_gateway_is_unreachable() -> None:
+    assert GatewayUnavailable("down").kind is GatewayErrorKind.UNREACHABLE
+    assert GatewayTimeout("slow").kind is GatewayErrorKind.RETRY
+    assert GatewayError("x", retryable=False).kind is GatewayErrorKind.PERMANENT
+
+
+def test_unknown_agent_wording_is_the_loading_agent_wording() -> None:
+    # The gateway says the same for an agent it is loading and one that is gone; the
+    # client checks agents.list before it calls a wake refused for good.
+    error = request_error("chat.send", OBSERVED_ERRORS[0][1])
+    assert is_agent_not_loaded(error)
+
+
+# ---------------------------------------------------------------- evidence of a model turn
+
+
+@pytest.mark.parametrize(
+    ("event", "payload", "evidence"),
+    [
+        ("agent", {"runId": "r", "stream": "assistant",
+                   "data": {"text": "Mission Control wake received", "delta": "Mission"}},
+         TurnEvidence("r", output_chars=29)),
+        ("agent", {"runId": "r", "stream": "usage", "data": {"outputTokens": 20}},
+         TurnEvidence("r", usage_tokens=20)),
+        ("chat", {"runId": "r", "state": "delta", "deltaText": "hi there"},
+         TurnEvidence("r", output_chars=8)),
+        ("chat", {"runId": "r", "state": "delta", "message": _text("from the message")},
+         TurnEvidence("r", output_chars=16)),
+        # A model endpoint that refuses connections: empty output between retries.
+        ("agent", {"runId": "r", "stream": "assistant",
+                   "data": {"text": "", "delta": "", "replace": True}}, None),
+        ("agent", {"runId": "r", "stream": "usage", "data": {"outputTokens": 0}}, None),
+        ("agent", {"runId": "r", "stream": "lifecycle", "data": {"phase": "model"}}, None),
+        ("agent", {"runId": "r", "stream": "assistant",
+                   "data": {"text": "⚠️ This agent's workspace is missing on the gateway host"}},
+         None),
+        ("chat", {"runId": "r", "state": "final", "message": _text("final text alone")}, None),
+        ("agent", {"stream": "assistant", "data": {"text": "no run id"}}, None),
+    ],
+    ids=["assistant", "usage", "delta", "delta-message", "empty-retry", "zero-usage",
+         "lifecycle", "gateway-notice", "final-only", "no-run-id"],
+)  # fmt: skip
+def test_turn_evidence_is_model_output_or_usage(
+    event: str, payload: dict[str, object], evidence: TurnEvidence | None
+) -> None:
+    assert turn_evidence(event, payload) == evidence
+
+
+def test_a_final_is_a_turn_only_with_evidence() -> None:
+    final = {"runId": "r", "state": "final", "message": _text("done")}
+    assert run_outcome(final) == RunOutcome("r", RunState.FINAL, "done", model_turn=False)
+    assert run_outcome(final, model_turn=True) == RunOutcome("r", RunState.FINAL, "done", True)
 
 
 HOSTILE_NUMBERS = [2**70, -(2**70), 1e300, -1.0, float("inf"), float("-inf"), float("nan"), True]

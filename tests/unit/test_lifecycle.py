@@ -19,17 +19,27 @@ from hub.lifecycle.decisions import (
     CancelDeadline,
     CheckIn,
     CheckInSource,
+    CommandFacts,
+    CommandKind,
     DeadlineDue,
     DeleteRequested,
     Event,
+    ForgetAgent,
+    GatewayReachable,
+    GatewayUnreachable,
     Log,
     LogEvent,
     Phase,
     Policy,
     PresenceTick,
     QueueApply,
+    RemovalConfirmed,
+    RemovalRefused,
     ResendApply,
+    ResultFacts,
+    ResultOutcome,
     RunFailed,
+    RunWithoutTurn,
     ScheduleDeadline,
     SendWake,
     SidecarDisconnected,
@@ -38,17 +48,24 @@ from hub.lifecycle.decisions import (
     WaitReason,
     WakeDelivered,
     WakeUndeliverable,
+    confirmation_events,
     gateway_suspect,
     is_missing,
     is_stuck,
+    path_down,
+    result_events,
+    run_event,
     step,
+    wait_reason,
 )
+from protos.contract import GatewayErrorKind
 
 POLICY = Policy()
 T0 = 1_000_000.0  # hub start; agents below are created well after the restart grace
 NOW = T0 + 3600.0
 LINK_UP = NOW - 3600.0  # link up long enough that reconnect grace does not interfere
 UNREACHABLE = WaitReason.GATEWAY_UNREACHABLE
+BUSY = WaitReason.GATEWAY_BUSY
 
 
 def fresh(**changes: object) -> AgentLifecycle:
@@ -239,16 +256,83 @@ def test_checkin_after_giving_up_brings_the_agent_back() -> None:
     assert LogEvent.CHECKED_IN in logs(actions)
 
 
-def test_run_failure_is_shown_and_carried_into_the_offline_error() -> None:
-    snapshot, _ = run(
+def test_a_failed_run_is_an_answer_the_verdict_is_due_at_once() -> None:
+    snapshot, actions = run(
         provisioned_and_woken(), [(NOW + 3, RunFailed(1, "No route-compatible auth"))]
     )
     assert snapshot.reason is WaitReason.WAKE_FAILED
-    assert snapshot.checkin_deadline_at == NOW + 30  # still waits for the deadline
-    snapshot = dataclasses.replace(snapshot, wake_attempts=3)
-    snapshot, _ = deadline_passes(snapshot)
-    assert snapshot.status is Status.OFFLINE
+    assert snapshot.checkin_deadline_at == NOW + 3  # not NOW + 30
+    assert ScheduleDeadline(NOW + 3, 1) in actions and LogEvent.RUN_FAILED in logs(actions)
+    snapshot, actions = deadline_passes(snapshot)
+    assert commands(actions) == [SendWake(1, 2)]  # the next attempt, at once
+
+
+def test_a_failed_third_run_goes_offline_at_once_with_its_error() -> None:
+    snapshot = dataclasses.replace(provisioned_and_woken(), wake_attempts=3)
+    snapshot, _ = run(snapshot, [(NOW + 12, RunFailed(1, "No route-compatible auth"))])
+    snapshot, actions = deadline_passes(snapshot)
+    assert snapshot.status is Status.OFFLINE and commands(actions) == []
     assert "No route-compatible auth" in (snapshot.last_provision_error or "")
+
+
+def test_a_failed_run_of_an_earlier_wake_does_not_answer_the_latest() -> None:
+    snapshot = provisioned_and_woken()
+    snapshot, _ = run(snapshot, [(NOW + 40, RunFailed(1, "connection refused", latest=False))])
+    assert snapshot.checkin_deadline_at == NOW + 30  # the latest wake keeps its deadline
+    assert "connection refused" in (snapshot.last_provision_error or "")
+
+
+def test_a_failed_run_still_waits_out_the_restart_grace() -> None:
+    restarted = Policy(hub_started_at=NOW)
+    snapshot = dataclasses.replace(provisioned_and_woken(), wake_attempts=3)
+    snapshot, _ = run(snapshot, [(NOW + 2, RunFailed(1, "boom"))], restarted)
+    snapshot, actions = run(snapshot, [(NOW + 2, DeadlineDue(NOW + 2, 1))], restarted)
+    assert snapshot.status is Status.PROVISIONING and commands(actions) == []
+    assert snapshot.checkin_deadline_at == NOW + restarted.restart_grace_s
+
+
+def test_a_failed_run_after_the_gateway_came_back_is_judged_at_once() -> None:
+    # 2026.3 restarts itself on some config writes: the run that fails after it is back
+    # is the answer the gateway's grace waits for.
+    back = dataclasses.replace(provisioned_and_woken(), gateway_up_since=NOW + 1)
+    snapshot, _ = run(back, [(NOW + 2, RunFailed(1, "401 Incorrect API key"))])
+    snapshot, actions = deadline_passes(snapshot)
+    assert commands(actions) == [SendWake(1, 2)]
+    silent, actions = run(back, [(NOW + 31, DeadlineDue(NOW + 30, 1))])
+    assert commands(actions) == []  # silence is still judged only after the grace
+    assert silent.checkin_deadline_at == NOW + 1 + POLICY.restart_grace_s
+
+
+# ------------------------------------------------- a check-in is evidence
+
+
+def test_a_run_final_without_a_model_turn_is_not_a_checkin() -> None:
+    woken = provisioned_and_woken()
+    event = run_event(
+        final=True, model_turn=False, generation=1, message="", at=NOW + 2, latest=True
+    )
+    assert isinstance(event, RunWithoutTurn)
+    snapshot, actions = run(woken, [(NOW + 2, event)])
+    assert snapshot.status is Status.PROVISIONING and snapshot.last_seen_at is None
+    assert snapshot.checkin_deadline_at == NOW + 30  # no answer either: the deadline stands
+    assert LogEvent.RUN_WITHOUT_TURN in logs(actions)
+    assert "without a model turn" in (snapshot.last_provision_error or "")
+
+
+@pytest.mark.parametrize(
+    ("final", "model_turn", "expected"),
+    [(True, True, CheckIn), (True, False, RunWithoutTurn), (False, True, RunFailed),
+     (False, False, RunFailed)],
+)  # fmt: skip
+def test_run_event_needs_a_model_turn_for_a_checkin(
+    final: bool, model_turn: bool, expected: type
+) -> None:
+    event = run_event(
+        final=final, model_turn=model_turn, generation=1, message="m", at=NOW, latest=True
+    )
+    assert type(event) is expected
+    if isinstance(event, CheckIn):
+        assert event.source is CheckInSource.RUN_FINAL
 
 
 # ---------------------------------------------------------- undeliverable wakes
@@ -267,7 +351,7 @@ def test_wake_not_counted_while_sidecar_disconnected() -> None:
     assert snapshot.wake_attempts == 1
 
 
-def test_undeliverable_wake_is_not_an_attempt_and_shows_the_reason() -> None:
+def test_undeliverable_wake_is_not_an_attempt_and_waits_for_the_sidecars_retry() -> None:
     snapshot, actions = run(
         fresh(),
         [
@@ -277,29 +361,43 @@ def test_undeliverable_wake_is_not_an_attempt_and_shows_the_reason() -> None:
         ],
     )
     assert snapshot.wake_attempts == 0 and snapshot.reason is UNREACHABLE
-    assert snapshot.phase is Phase.RETRY_WAKE
+    assert snapshot.phase is Phase.WAKING  # the sidecar retries the command in place
     assert snapshot.last_provision_error == "gateway refused the connection"
     assert snapshot.checkin_deadline_at == NOW + 31
     assert LogEvent.WAKE_UNDELIVERABLE in logs(actions)
     snapshot, actions = deadline_passes(snapshot)
-    assert commands(actions) == [SendWake(1, attempt=1)]  # the apply landed: only the wake again
+    assert commands(actions) == []  # no copy from the hub: it would be a second wake
+    snapshot = deliver_pending_wake(snapshot, NOW + 40)  # the sidecar's retry landed
+    assert snapshot.phase is Phase.AWAITING_CHECKIN and snapshot.wake_attempts == 1
 
 
-def test_undeliverable_wakes_back_off() -> None:
+def test_a_wake_the_sidecar_gave_up_on_is_resent_by_the_hub_with_backoff() -> None:
     snapshot, _ = run(fresh(), [(NOW, ApplyRequested(1, wake=True)), (NOW, ApplyConfirmed(1))])
     delays = []
     for _ in range(6):
         at = snapshot.checkin_deadline_at or NOW
-        snapshot, _ = run(snapshot, [(at, WakeUndeliverable(1, WaitReason.WAKE_FAILED))])
-        assert snapshot.checkin_deadline_at is not None
+        refused = WakeUndeliverable(1, WaitReason.WAKE_FAILED, "refused", permanent=True)
+        snapshot, _ = run(snapshot, [(at, refused)])
+        assert snapshot.phase is Phase.RETRY_WAKE and snapshot.checkin_deadline_at is not None
         delays.append(snapshot.checkin_deadline_at - at)
-        snapshot, _ = deadline_passes(snapshot)
+        snapshot, actions = deadline_passes(snapshot)
+        assert commands(actions) == [SendWake(1, attempt=1)]  # the apply landed: only the wake
     assert delays == [30, 60, 120, 240, 300, 300]
     assert snapshot.wake_attempts == 0
 
 
-def test_failed_apply_is_resent_unchanged_not_rerendered() -> None:
-    snapshot, _ = run(
+def test_a_late_delivery_of_a_wake_given_up_on_is_counted_not_repeated() -> None:
+    snapshot, _ = run(fresh(), [(NOW, ApplyRequested(1, wake=True)), (NOW, ApplyConfirmed(1))])
+    refused = WakeUndeliverable(1, WaitReason.WAKE_FAILED, "refused", permanent=True)
+    snapshot, _ = run(snapshot, [(NOW + 1, refused), (NOW + 5, WakeDelivered(1, NOW + 4))])
+    assert snapshot.phase is Phase.AWAITING_CHECKIN and snapshot.wake_attempts == 1
+    snapshot, _ = run(snapshot, [(NOW + 6, CheckIn(NOW + 6, CheckInSource.RUN_FINAL))])
+    assert snapshot.status is Status.ONLINE and snapshot.phase is Phase.IDLE
+    assert snapshot.checkin_deadline_at is None  # nothing left to resend: no extra wake
+
+
+def test_failed_apply_is_retried_by_the_sidecar_not_resent() -> None:
+    snapshot, actions = run(
         fresh(),
         [
             (NOW, ApplyRequested(1, wake=True)),
@@ -307,11 +405,20 @@ def test_failed_apply_is_resent_unchanged_not_rerendered() -> None:
         ],
     )
     assert snapshot.status is Status.PROVISIONING and snapshot.reason is UNREACHABLE
+    assert snapshot.phase is Phase.WAKING
     snapshot, actions = deadline_passes(snapshot)
+    assert commands(actions) == []
+
+
+def test_an_apply_to_resend_is_resent_unchanged_not_rerendered() -> None:
+    # A row from before sidecars retried in place (or a cycle answered before its apply).
+    waiting = fresh(lifecycle_generation=1, phase=Phase.RETRY_WAKE, checkin_deadline_at=NOW)
+    snapshot, actions = run(waiting, [(NOW, DeadlineDue(NOW, 1))])
     assert commands(actions) == [ResendApply(1, wake=True)]  # it holds the token file
+    assert snapshot.phase is Phase.WAKING
 
 
-def test_failed_rewake_schedules_retry_under_current_generation() -> None:
+def test_failed_rewake_waits_for_the_sidecar_under_current_generation() -> None:
     # The reference's defect #4: a failed re-wake left the agent `updating` forever.
     online = fresh(status=Status.ONLINE, last_seen_at=NOW - 5, lifecycle_generation=4,
                    applied_generation=4)  # fmt: skip
@@ -331,7 +438,9 @@ def test_failed_rewake_schedules_retry_under_current_generation() -> None:
     assert actions[-1] == ScheduleDeadline(NOW + 61, 5)  # same generation: not dropped as stale
     assert not is_stuck(snapshot)
     snapshot, actions = deadline_passes(snapshot)
-    assert commands(actions) == [SendWake(5, 2)]
+    assert commands(actions) == []  # the sidecar still holds SendWake(5, 2)
+    snapshot = deliver_pending_wake(snapshot, NOW + 70)
+    assert snapshot.wake_attempts == 2 and snapshot.phase is Phase.AWAITING_CHECKIN
 
 
 def test_permanently_refused_apply_leaves_a_clear_state() -> None:
@@ -382,7 +491,22 @@ def test_online_agent_keeps_its_status_across_a_disconnect() -> None:
     assert snapshot.reason is None and snapshot.status is Status.ONLINE and actions == []
 
 
-def test_reconnect_resends_what_failed_at_once() -> None:
+def test_reconnect_resends_what_the_sidecar_gave_up_on_at_once() -> None:
+    snapshot, _ = run(
+        fresh(),
+        [
+            (NOW, ApplyRequested(1, wake=True)),
+            (NOW, ApplyConfirmed(1)),
+            (NOW, WakeUndeliverable(1, UNREACHABLE, "refused", permanent=True)),
+            (NOW + 1, SidecarDisconnected()),
+        ],
+    )
+    snapshot, actions = run(snapshot, [(NOW + 2, SidecarReconnected())])
+    assert commands(actions) == [SendWake(1, attempt=1)]
+    assert snapshot.phase is Phase.WAKING and snapshot.checkin_deadline_at == NOW + 32
+
+
+def test_reconnect_waits_for_the_replayed_command() -> None:
     snapshot, _ = run(
         fresh(),
         [
@@ -392,7 +516,7 @@ def test_reconnect_resends_what_failed_at_once() -> None:
         ],
     )
     snapshot, actions = run(snapshot, [(NOW + 2, SidecarReconnected())])
-    assert commands(actions) == [ResendApply(1, wake=True)]
+    assert commands(actions) == []  # the outbox replays it
     assert snapshot.phase is Phase.WAKING and snapshot.checkin_deadline_at == NOW + 32
 
 
@@ -474,15 +598,17 @@ def test_apply_without_wake_on_a_live_agent_returns_to_online() -> None:
     assert CancelDeadline() in actions
 
 
-def test_failed_apply_without_wake_is_retried() -> None:
+def test_failed_apply_without_wake_waits_for_the_sidecars_retry() -> None:
     snapshot = fresh(status=Status.ONLINE, last_seen_at=NOW, lifecycle_generation=2,
                      applied_generation=2)  # fmt: skip
     snapshot, _ = run(
-        snapshot, [(NOW, ApplyRequested(3, wake=False)), (NOW, ApplyFailed(3, UNREACHABLE, "x"))]
+        snapshot, [(NOW, ApplyRequested(3, wake=False)), (NOW, ApplyFailed(3, BUSY, "busy"))]
     )
-    assert snapshot.phase is Phase.RETRY_APPLY and snapshot.reason is UNREACHABLE
+    assert snapshot.phase is Phase.APPLYING and snapshot.reason is BUSY
     snapshot, actions = deadline_passes(snapshot)
-    assert commands(actions) == [ResendApply(3, wake=False)]
+    assert commands(actions) == []
+    snapshot, _ = run(snapshot, [(NOW + 40, ApplyConfirmed(3))])
+    assert snapshot.status is Status.ONLINE and snapshot.phase is Phase.IDLE
 
 
 def test_apply_during_a_wake_cycle_carries_the_wake_and_starts_a_new_cycle() -> None:
@@ -550,16 +676,180 @@ def test_a_row_that_was_never_applied_counts_as_stuck() -> None:
     assert not is_stuck(provisioned_and_woken())
 
 
+# ------------------------------------------------ the gateway is blamed, not the agent
+
+
+def test_never_offline_while_the_gateway_is_known_unreachable() -> None:
+    snapshot = dataclasses.replace(provisioned_and_woken(), wake_attempts=3)
+    snapshot, actions = run(snapshot, [(NOW + 5, GatewayUnreachable())])
+    assert snapshot.reason is UNREACHABLE and snapshot.checkin_deadline_at is None
+    assert CancelDeadline() in actions and not is_stuck(snapshot)
+    for event in (DeadlineDue(NOW + 30, 1), PresenceTick(), RunFailed(1, "aborted")):
+        held, actions = run(snapshot, [(NOW + 31, event)])
+        assert held.status is Status.PROVISIONING and commands(actions) == []
+
+
+def test_a_gateway_back_gets_the_grace_before_any_verdict() -> None:
+    snapshot = dataclasses.replace(provisioned_and_woken(), wake_attempts=3)
+    snapshot, _ = run(snapshot, [(NOW + 5, GatewayUnreachable()), (NOW + 26, GatewayReachable())])
+    assert snapshot.reason is None
+    assert snapshot.checkin_deadline_at == NOW + 26 + POLICY.restart_grace_s
+    snapshot, _ = deadline_passes(snapshot)
+    assert snapshot.status is Status.OFFLINE
+
+
+def test_presence_waits_for_an_unreachable_gateway() -> None:
+    snapshot = fresh(status=Status.ONLINE, last_seen_at=NOW, heartbeat_interval_s=300)
+    snapshot, _ = run(snapshot, [(NOW + 1, GatewayUnreachable()), (NOW + 2000, PresenceTick())])
+    assert snapshot.status is Status.ONLINE
+    snapshot, _ = run(snapshot, [(NOW + 2001, GatewayReachable())])
+    same, _ = run(snapshot, [(NOW + 2002, PresenceTick())])
+    assert same.status is Status.ONLINE  # within the grace after the gateway came back
+    later, _ = run(snapshot, [(NOW + 2001 + POLICY.restart_grace_s, PresenceTick())])
+    assert later.status is Status.OFFLINE
+
+
+def test_a_disconnected_sidecar_stays_the_reason_over_its_gateway() -> None:
+    snapshot, _ = run(
+        provisioned_and_woken(), [(NOW + 1, SidecarDisconnected()), (NOW + 2, GatewayUnreachable())]
+    )
+    assert snapshot.reason is WaitReason.SIDECAR_DISCONNECTED
+    snapshot, _ = run(snapshot, [(NOW + 3, SidecarReconnected())])
+    assert snapshot.reason is UNREACHABLE and snapshot.checkin_deadline_at is None
+
+
+# ------------------------------------------- every outcome advances the lifecycle
+
+APPLY_WAKE = CommandFacts(CommandKind.APPLY, 1, wakes=True, queued_at=NOW - 1)
+APPLY = CommandFacts(CommandKind.APPLY, 1, queued_at=NOW - 1)
+WAKE = CommandFacts(CommandKind.WAKE, 1, queued_at=NOW - 1)
+REMOVE = CommandFacts(CommandKind.REMOVE, 1, queued_at=NOW - 1)
+
+
+def waiting_on(command: CommandFacts) -> AgentLifecycle:
+    """An agent whose lifecycle waits for `command`'s outcome, as the hub queued it."""
+    if command.kind is CommandKind.REMOVE:
+        snapshot, _ = run(provisioned_and_woken(NOW - 10), [(NOW - 1, DeleteRequested())])
+        return snapshot
+    if command.kind is CommandKind.WAKE:
+        snapshot, _ = deadline_passes(provisioned_and_woken(NOW - 31))
+        return snapshot
+    seen = fresh(status=Status.ONLINE, last_seen_at=NOW - 5, lifecycle_generation=0)
+    snapshot, _ = run(seen, [(NOW - 1, ApplyRequested(1, wake=command.wakes))])
+    return snapshot
+
+
+def moved_on(before: AgentLifecycle, after: AgentLifecycle, actions: list[Action]) -> bool:
+    """The outcome was taken: the lifecycle no longer waits for that command's result."""
+    if before.status is Status.DELETING:
+        return any(isinstance(a, ForgetAgent) for a in actions)
+    return after.phase is not before.phase or after.wake_attempts != before.wake_attempts
+
+
+RESULTS = [
+    ResultFacts(ResultOutcome.APPLIED, wake_delivered=True, observed_at=NOW),
+    ResultFacts(ResultOutcome.APPLIED, observed_at=NOW),
+    ResultFacts(ResultOutcome.ALREADY_APPLIED, observed_at=NOW),
+    ResultFacts(ResultOutcome.REJECTED, error_kind=GatewayErrorKind.PERMANENT, error="no"),
+    ResultFacts(ResultOutcome.FAILED, error_kind=GatewayErrorKind.RETRY, error="busy"),
+    ResultFacts(ResultOutcome.FAILED, error_kind=GatewayErrorKind.UNREACHABLE, error="down"),
+    ResultFacts(ResultOutcome.FAILED, error_code="gateway_unreachable", error="old sidecar"),
+]
+
+
+@pytest.mark.parametrize("command", [APPLY_WAKE, APPLY, WAKE, REMOVE], ids=str)
+@pytest.mark.parametrize("result", RESULTS, ids=lambda r: f"{r.outcome}-{r.error_kind.name}")
+def test_every_command_result_advances_the_lifecycle(
+    command: CommandFacts, result: ResultFacts
+) -> None:
+    if command.kind is CommandKind.WAKE and result.outcome is ResultOutcome.APPLIED:
+        result = dataclasses.replace(result, wake_delivered=True)  # a wake APPLIED is delivered
+    before = waiting_on(command)
+    after, actions = run(before, [(NOW, e) for e in result_events(command, result)])
+    assert not is_stuck(after)
+    if result.outcome is ResultOutcome.FAILED:
+        # The sidecar keeps it and retries in place: still waiting, saying why.
+        if before.status is not Status.DELETING:
+            assert after.phase is before.phase and after.reason is not None
+            assert commands(actions) == []  # no copy of it from the hub
+        return
+    if command.kind is CommandKind.WAKE and result.outcome is ResultOutcome.ALREADY_APPLIED:
+        return  # superseded by a newer generation, which has its own command
+    assert moved_on(before, after, actions), (before, after)
+
+
+@pytest.mark.parametrize("command", [APPLY_WAKE, APPLY, WAKE, REMOVE], ids=str)
+@pytest.mark.parametrize("inventory", [None, 0, 1, 2], ids=lambda g: f"inventory-{g}")
+def test_every_command_confirmed_by_a_hello_advances_the_lifecycle(
+    command: CommandFacts, inventory: int | None
+) -> None:
+    """The result was lost (hub or sidecar restarted); the Hello says it was processed."""
+    before = waiting_on(command)
+    disconnected, _ = run(before, [(NOW, SidecarDisconnected())])
+    events = confirmation_events(command, inventory)
+    after, actions = run(disconnected, [(NOW + 1, e) for e in events])
+    after, more = run(after, [(NOW + 1, SidecarReconnected())])
+    actions += more
+    assert not is_stuck(after)
+    if command.kind is CommandKind.WAKE and inventory is not None and inventory > 1:
+        return  # superseded
+    assert moved_on(before, after, actions), (before, after)
+
+
+def test_a_lost_apply_result_is_confirmed_with_its_wake_counted_from_the_queue_time() -> None:
+    events = confirmation_events(APPLY_WAKE, applied_generation=1)
+    assert events == [ApplyConfirmed(1), WakeDelivered(1, NOW - 1)]
+    snapshot, _ = run(waiting_on(APPLY_WAKE), [(NOW, e) for e in events])
+    assert snapshot.phase is Phase.AWAITING_CHECKIN and snapshot.last_wake_sent_at == NOW - 1
+    snapshot, _ = run(snapshot, [(NOW + 1, CheckIn(NOW))])  # a beat buffered since the wake
+    assert snapshot.status is Status.ONLINE
+
+
+def test_an_apply_the_sidecar_never_took_is_a_refusal() -> None:
+    (event,) = confirmation_events(APPLY_WAKE, applied_generation=0)
+    assert isinstance(event, ApplyFailed) and event.permanent
+    assert "refused generation 1" in event.message
+
+
+def test_a_deleted_agent_is_forgotten_once_its_removal_is_confirmed_or_refused() -> None:
+    deleting = waiting_on(REMOVE)
+    for event, refused in ((RemovalConfirmed(1), ""), (RemovalRefused(1, "kept"), "kept")):
+        _, actions = run(deleting, [(NOW, event)])
+        assert ForgetAgent(refused=refused) in actions
+    # An agent that is not deleting is never forgotten by a stray removal outcome.
+    _, actions = run(provisioned_and_woken(), [(NOW, RemovalConfirmed(1))])
+    assert not any(isinstance(a, ForgetAgent) for a in actions)
+
+
+@pytest.mark.parametrize(
+    ("kind", "code", "reason"),
+    [(GatewayErrorKind.UNREACHABLE, "", UNREACHABLE), (GatewayErrorKind.RETRY, "", BUSY),
+     (GatewayErrorKind.PERMANENT, "", WaitReason.WAKE_FAILED),
+     (GatewayErrorKind.UNSPECIFIED, "gateway_timeout", UNREACHABLE),
+     (GatewayErrorKind.UNSPECIFIED, "io_error", WaitReason.WAKE_FAILED)],
+)  # fmt: skip
+def test_the_wait_reason_follows_the_sidecars_classification(
+    kind: GatewayErrorKind, code: str, reason: WaitReason
+) -> None:
+    assert wait_reason(kind, code) is reason
+
+
 # ===================================================== random event sequences
 
 
 class LifecycleMachine(RuleBasedStateMachine):
-    """One agent, a sidecar with an ordered outbox, a clock, and a reconciler's schedule.
+    """One agent, its sidecar and gateway, a clock, and a reconciler's schedule.
 
     Every action the lifecycle returns is carried out the way the hub would: commands
-    go to the outbox, deadlines to the schedule. The sidecar answers commands in order
-    while connected, successfully or not; random stale and out-of-order events are
-    mixed in. Invariants are checked after every step.
+    go to the outbox, deadlines to the schedule, ForgetAgent ends the agent. The sidecar
+    takes commands in order while connected and answers them the way sidecar/commands.py
+    does: applied (a wake with it delivered), refused, or failed and kept at the head to
+    retry in place (always, while the gateway is down). A result may be lost with the
+    stream (the hub or the sidecar killed meanwhile): the next Hello confirms the command
+    with the sidecar's inventory. Delivered wakes start runs that end with a model turn,
+    without one, or in an error. Random stale and out-of-order events are mixed in.
+    Invariants are checked after every step; the last one probes that from any state a
+    working sidecar and a silent agent bring the agent to rest: online, offline or gone.
     """
 
     def __init__(self) -> None:
@@ -567,23 +857,42 @@ class LifecycleMachine(RuleBasedStateMachine):
         self.policy = Policy(hub_started_at=0.0)
         self.now = 0.0
         self.snapshot = AgentLifecycle(link_up_since=0.0, heartbeat_interval_s=60)
-        self.outbox: list[Action] = []
+        self.outbox: list[CommandFacts] = []  # the hub's outbox, in the sidecar's order
         self.scheduled: tuple[float, int] | None = None
+        self.sidecar_generation: int | None = None  # the sidecar's inventory of the agent
+        self.lost: list[CommandFacts] = []  # processed, results lost with the stream
+        self.runs: list[int] = []  # generations of delivered wakes whose runs still go
+        self.gateway_up = True
+        self.forgotten = False
+        self.agent_ran = False  # the agent heartbeated, or a run of it had a model turn
         self.delivered_in_cycle = 0
         self.last_new_apply = 0
 
     # ---- plumbing
 
     def feed(self, event: Event) -> None:
+        assert not self.forgotten
         before = self.snapshot
         after, actions = step(before, event, self.policy, self.now)
         for action in actions:
-            if isinstance(action, QueueApply | ResendApply | SendWake):
-                self.outbox.append(action)
+            if isinstance(action, QueueApply | ResendApply):
+                wakes = action.wake
+                self.no_second_wake(action.generation, wakes)
+                self.outbox.append(
+                    CommandFacts(CommandKind.APPLY, action.generation, wakes, self.now)
+                )
+            elif isinstance(action, SendWake):
+                self.no_second_wake(action.generation, True)
+                self.outbox.append(
+                    CommandFacts(CommandKind.WAKE, action.generation, True, self.now)
+                )
             elif isinstance(action, ScheduleDeadline):
                 self.scheduled = (action.at, action.generation)
             elif isinstance(action, CancelDeadline):
                 self.scheduled = None
+            elif isinstance(action, ForgetAgent):
+                assert before.status is Status.DELETING, "forgot an agent nobody deleted"
+                self.forgotten = True
             if isinstance(action, Log):
                 # Fields go to structlog as keywords: `event` is its own positional name.
                 assert "event" not in action.as_dict()
@@ -597,10 +906,14 @@ class LifecycleMachine(RuleBasedStateMachine):
         # Properties of every single step (also checked while probing for settlement).
         assert after.lifecycle_generation >= before.lifecycle_generation
         assert after.applied_generation <= after.lifecycle_generation
+        # Status never lies: only a check-in (evidence that the agent ran) is presence.
+        if not isinstance(event, CheckIn):
+            assert after.last_seen_at == before.last_seen_at, "presence without a check-in"
         assert after.status is not Status.ONLINE or after.last_seen_at is not None
+        assert after.status is not Status.ONLINE or self.agent_ran, "online, yet it never ran"
         if after.status is Status.OFFLINE and before.status is not Status.OFFLINE:
             refused = isinstance(event, ApplyFailed) and event.permanent
-            assert after.link_up_since is not None or refused, "offline while disconnected"
+            assert path_down(after) is None or refused, "offline while the path is down"
         if (
             isinstance(event, ApplyRequested)
             and after.lifecycle_generation > before.lifecycle_generation
@@ -614,22 +927,76 @@ class LifecycleMachine(RuleBasedStateMachine):
         assert self.delivered_in_cycle <= self.policy.max_wakes, "too many wakes in one cycle"
         self.snapshot = after
 
-    def answer_next_command(
-        self, *, ok: bool, wake_ok: bool = True, permanent: bool = False
-    ) -> None:
-        command = self.outbox.pop(0)
-        generation = command.generation
-        if isinstance(command, QueueApply | ResendApply):
-            if not ok:
-                self.feed(ApplyFailed(generation, UNREACHABLE, "down", permanent=permanent))
-                return
-            self.feed(ApplyConfirmed(generation))
-            if not command.wake:
-                return
-        if wake_ok and ok:
-            self.feed(WakeDelivered(generation, self.now))
-        else:
-            self.feed(WakeUndeliverable(generation, WaitReason.WAKE_FAILED, "refused"))
+    def no_second_wake(self, generation: int, wakes: bool) -> None:
+        """The hub never queues a wake while one of the same generation is still with the
+        sidecar (its retry would land too: the agent woken twice)."""
+        if wakes:
+            pending = [c for c in self.outbox if c.wakes and c.generation == generation]
+            assert not pending, f"second wake queued for generation {generation}: {pending}"
+
+    def process_next(self, answer: str, *, lose: bool = False) -> None:
+        """The sidecar takes the head of the outbox: 'ok', 'reject' or 'fail'."""
+        command = self.outbox[0]
+        if not self.gateway_up:
+            answer = "fail"
+        result = self.sidecar_applies(command, answer)
+        if result.outcome is not ResultOutcome.FAILED:
+            self.outbox.pop(0)
+        if lose and result.outcome is not ResultOutcome.FAILED:
+            self.lost.append(command)
+            self.feed(SidecarDisconnected())  # the stream went with the result
+            return
+        for event in result_events(command, result):
+            if not self.forgotten:
+                self.feed(event)
+
+    def sidecar_applies(self, command: CommandFacts, answer: str) -> ResultFacts:
+        """What sidecar/commands.py does with `command`, as a result."""
+        known = self.sidecar_generation
+        if answer == "fail":
+            kind = GatewayErrorKind.UNREACHABLE if not self.gateway_up else GatewayErrorKind.RETRY
+            return ResultFacts(ResultOutcome.FAILED, error_kind=kind, error="try again")
+        if command.kind is CommandKind.REMOVE:
+            if known is not None and known > command.generation:
+                return ResultFacts(ResultOutcome.ALREADY_APPLIED, observed_at=self.now)
+        elif command.kind is CommandKind.APPLY:
+            if known is not None and known >= command.generation:
+                return ResultFacts(ResultOutcome.ALREADY_APPLIED, observed_at=self.now)
+        elif known is not None and known > command.generation:
+            return ResultFacts(ResultOutcome.ALREADY_APPLIED, observed_at=self.now)
+        if answer == "reject":
+            error = GatewayErrorKind.PERMANENT
+            return ResultFacts(ResultOutcome.REJECTED, error_kind=error, error="refused")
+        if command.kind is CommandKind.REMOVE:
+            self.sidecar_generation = None
+        elif command.kind is CommandKind.APPLY:
+            self.sidecar_generation = command.generation
+        delivered = command.wakes
+        if delivered:
+            self.runs.append(command.generation)
+        return ResultFacts(ResultOutcome.APPLIED, wake_delivered=delivered, observed_at=self.now)
+
+    def hello(self) -> None:
+        """The sidecar reconnects: the Hello confirms what it processed, then the link is up."""
+        for command in self.lost:
+            for event in confirmation_events(command, self.sidecar_generation):
+                if not self.forgotten:
+                    self.feed(event)
+        self.lost = []
+        if self.forgotten:
+            return
+        if not self.gateway_up:
+            self.feed(GatewayUnreachable())  # what the Hello says of the gateway
+        self.feed(SidecarReconnected())
+
+    def fire_deadline(self, suspect: bool) -> None:
+        assert self.scheduled is not None
+        at, generation = self.scheduled
+        self.now = max(self.now, at)
+        self.feed(DeadlineDue(at, generation, gateway_suspect=suspect))
+
+    def link_up(self) -> bool:
+        return not self.forgotten and self.snapshot.link_up_since is not None
 
     # ---- rules
 
@@ -641,52 +1008,83 @@ class LifecycleMachine(RuleBasedStateMachine):
     def time_passes(self, seconds: float) -> None:
         self.now += seconds
 
+    @precondition(lambda self: not self.forgotten)
     @rule(wake=st.booleans(), stale=st.booleans())
     def apply_requested(self, wake: bool, stale: bool) -> None:
         generation = self.snapshot.lifecycle_generation + (0 if stale else 1)
         self.feed(ApplyRequested(generation, wake=wake))
 
-    @precondition(lambda self: self.outbox and self.snapshot.link_up_since is not None)
-    @rule(ok=st.booleans(), wake_ok=st.booleans(), permanent=st.booleans())
-    def sidecar_answers(self, ok: bool, wake_ok: bool, permanent: bool) -> None:
-        self.answer_next_command(ok=ok, wake_ok=wake_ok, permanent=permanent and not ok)
+    @precondition(lambda self: self.outbox and self.link_up())
+    @rule(answer=st.sampled_from(["ok", "reject", "fail"]), lose=st.booleans())
+    def sidecar_answers(self, answer: str, lose: bool) -> None:
+        self.process_next(answer, lose=lose)
 
-    @precondition(lambda self: self.snapshot.link_up_since is not None)
+    @precondition(lambda self: self.link_up() and self.gateway_up)
     @rule()
     def sidecar_works_agent_stays_silent(self) -> None:
         """The common path to a verdict: every command lands, the next deadline passes."""
-        while self.outbox:
-            self.answer_next_command(ok=True)
-        if self.scheduled is not None:
-            self.deadline_fires(suspect=False)
+        while self.outbox and not self.forgotten:
+            self.process_next("ok")
+        if self.scheduled is not None and not self.forgotten:
+            self.fire_deadline(suspect=False)
 
-    @precondition(lambda self: self.snapshot.link_up_since is not None)
+    @precondition(lambda self: self.link_up())
     @rule()
     def sidecar_disconnects(self) -> None:
         self.feed(SidecarDisconnected())
 
-    @precondition(lambda self: self.snapshot.link_up_since is None)
+    @precondition(lambda self: not self.forgotten and self.snapshot.link_up_since is None)
     @rule()
     def sidecar_reconnects(self) -> None:
-        self.feed(SidecarReconnected())
+        self.hello()
 
-    @rule(lag=st.floats(min_value=0, max_value=100, allow_nan=False), final=st.booleans())
-    def agent_checks_in(self, lag: float, final: bool) -> None:
-        source = CheckInSource.RUN_FINAL if final else CheckInSource.HEARTBEAT
-        self.feed(CheckIn(self.now - lag, source))
+    @precondition(lambda self: self.link_up() and self.gateway_up)
+    @rule()
+    def gateway_goes_down(self) -> None:
+        self.gateway_up = False
+        self.feed(GatewayUnreachable())
 
-    @precondition(lambda self: self.scheduled is not None)
+    @precondition(lambda self: not self.gateway_up)
+    @rule()
+    def gateway_comes_back(self) -> None:
+        self.gateway_up = True
+        if self.link_up():
+            self.feed(GatewayReachable())
+
+    @precondition(lambda self: not self.forgotten)
+    @rule(lag=st.floats(min_value=0, max_value=100, allow_nan=False))
+    def agent_heartbeats(self, lag: float) -> None:
+        self.agent_ran = True
+        self.feed(CheckIn(self.now - lag, CheckInSource.HEARTBEAT))
+
+    @precondition(lambda self: self.runs and self.link_up())
+    @rule(data=st.data(), how=st.sampled_from(["turn", "no_turn", "error"]))
+    def a_wake_run_ends(self, data: st.DataObject, how: str) -> None:
+        index = data.draw(st.integers(min_value=0, max_value=len(self.runs) - 1))
+        generation = self.runs.pop(index)
+        self.agent_ran = self.agent_ran or how == "turn"
+        event = run_event(
+            final=how != "error",
+            model_turn=how == "turn",
+            generation=generation,
+            message="run ended",
+            at=self.now,
+            latest=index == len(self.runs),  # no wake was delivered after this one
+        )
+        self.feed(event)
+
+    @precondition(lambda self: self.scheduled is not None and not self.forgotten)
     @rule(suspect=st.booleans())
     def deadline_fires(self, suspect: bool) -> None:
-        assert self.scheduled is not None
-        at, generation = self.scheduled
-        self.now = max(self.now, at)
-        self.feed(DeadlineDue(at, generation, gateway_suspect=suspect))
+        self.fire_deadline(suspect)
 
+    @precondition(lambda self: not self.forgotten)
     @rule(
         at=st.floats(min_value=0, max_value=1e6, allow_nan=False),
         generation=st.integers(min_value=0, max_value=10),
-        kind=st.sampled_from(["deadline", "delivered", "undeliverable", "run_failed", "confirmed"]),
+        kind=st.sampled_from(
+            ["deadline", "delivered", "undeliverable", "run_failed", "no_turn", "confirmed"]
+        ),
     )
     def stray_event(self, at: float, generation: int, kind: str) -> None:
         # Duplicates, reordering, results of commands long superseded.
@@ -694,44 +1092,58 @@ class LifecycleMachine(RuleBasedStateMachine):
             "deadline": DeadlineDue(at, generation),
             "delivered": WakeDelivered(generation, min(at, self.now)),
             "undeliverable": WakeUndeliverable(generation, UNREACHABLE),
-            "run_failed": RunFailed(generation, "error"),
+            "run_failed": RunFailed(generation, "error", latest=False),
+            "no_turn": RunWithoutTurn(generation),
             "confirmed": ApplyConfirmed(generation),
         }[kind]
         if isinstance(event, WakeDelivered) and not any(
-            isinstance(c, SendWake | QueueApply | ResendApply) and c.generation == generation
-            for c in self.outbox
+            c.wakes and c.generation == generation for c in self.outbox
         ):
             return  # a delivery report needs a command that could have been delivered
+        if isinstance(event, ApplyConfirmed | WakeUndeliverable) and not any(
+            c.generation == generation for c in [*self.outbox, *self.lost]
+        ):
+            return  # so does a report of its outcome
         self.feed(event)
 
+    @precondition(lambda self: not self.forgotten)
     @rule(suspect=st.booleans())
     def presence_tick(self, suspect: bool) -> None:
         self.feed(PresenceTick(gateway_suspect=suspect))
 
-    @precondition(lambda self: self.snapshot.status is not Status.DELETING)
-    @rule(
-        interval=st.sampled_from([0, 60, 600]),
-        data=st.data(),
-    )
-    def heartbeat_interval_changes(self, interval: int, data: st.DataObject) -> None:
+    @precondition(lambda self: not self.forgotten and self.snapshot.status is not Status.DELETING)
+    @rule(interval=st.sampled_from([0, 60, 600]))
+    def heartbeat_interval_changes(self, interval: int) -> None:
         self.snapshot = dataclasses.replace(self.snapshot, heartbeat_interval_s=interval)
+
+    @precondition(lambda self: not self.forgotten and self.snapshot.status is not Status.DELETING)
+    @rule()
+    def operator_deletes(self) -> None:
+        generation = self.snapshot.lifecycle_generation
+        self.feed(DeleteRequested())
+        self.outbox.append(CommandFacts(CommandKind.REMOVE, generation, queued_at=self.now))
 
     # ---- invariants
 
     @invariant()
     def never_stuck(self) -> None:
+        if self.forgotten:
+            return
         s = self.snapshot
         assert not is_stuck(s), s
         if s.phase is Phase.IDLE and s.status is not Status.DELETING:
             assert s.status in (Status.ONLINE, Status.OFFLINE), s
         if s.phase is not Phase.IDLE:
-            if s.link_up_since is None:
-                assert s.reason is WaitReason.SIDECAR_DISCONNECTED and s.checkin_deadline_at is None
+            down = path_down(s)
+            if down is not None:
+                assert s.reason is down and s.checkin_deadline_at is None
             else:
                 assert s.checkin_deadline_at is not None
 
     @invariant()
     def schedule_follows_the_snapshot(self) -> None:
+        if self.forgotten:
+            return
         s = self.snapshot
         expected = (
             None
@@ -742,26 +1154,32 @@ class LifecycleMachine(RuleBasedStateMachine):
 
     @invariant()
     def the_agent_always_settles(self) -> None:
-        """From here, with a working sidecar and a silent agent, it ends online or offline."""
+        """From here, once the sidecar and its gateway work and the agent stays silent, it
+        ends online, offline, or (deleted) gone: no state without a way out."""
         probe = LifecycleMachine.__new__(LifecycleMachine)
         probe.__dict__.update(self.__dict__)
         probe.outbox = list(self.outbox)
-        if probe.snapshot.link_up_since is None:
-            probe.feed(SidecarReconnected())
-        for _ in range(60):
+        probe.lost = list(self.lost)
+        probe.runs = []  # the agent's runs never end: it stays silent
+        probe.gateway_up = True
+        if not probe.forgotten and probe.snapshot.link_up_since is None:
+            probe.hello()
+        elif not probe.forgotten and not self.gateway_up:
+            probe.feed(GatewayReachable())
+        for _ in range(80):
+            if probe.forgotten:
+                return
             s = probe.snapshot
-            if s.phase is Phase.IDLE:
-                assert s.status in (Status.ONLINE, Status.OFFLINE, Status.DELETING)
+            if s.phase is Phase.IDLE and s.status is not Status.DELETING:
+                assert s.status in (Status.ONLINE, Status.OFFLINE)
                 return
             if probe.outbox:
-                probe.answer_next_command(ok=True)
+                probe.process_next("ok")
             elif probe.scheduled is not None:
-                at, generation = probe.scheduled
-                probe.now = max(probe.now, at)
-                probe.feed(DeadlineDue(at, generation))
+                probe.fire_deadline(suspect=False)
             else:
                 raise AssertionError(f"nothing will move this agent on: {s}")
-        raise AssertionError(f"did not settle within 60 steps: {probe.snapshot}")
+        raise AssertionError(f"did not settle within 80 steps: {probe.snapshot}")
 
 
 TestLifecycleMachine = LifecycleMachine.TestCase

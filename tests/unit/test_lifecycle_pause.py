@@ -96,6 +96,10 @@ def test_every_event_leaves_a_paused_agent_paused_and_never_wakes_it() -> None:
         lc.DeadlineDue(NOW, 3),
         lc.SidecarDisconnected(),
         lc.SidecarReconnected(),
+        lc.GatewayUnreachable(),
+        lc.GatewayReachable(),
+        lc.RunWithoutTurn(3),
+        lc.RemovalConfirmed(3),
         lc.PresenceTick(gateway_suspect=True),
     ]
     for phase in lc.Phase:
@@ -107,3 +111,13 @@ def test_every_event_leaves_a_paused_agent_paused_and_never_wakes_it() -> None:
             assert not lc.is_stuck(after) or after.phase is lc.Phase.IDLE, (phase, event)
     deleting, _ = lc.step(paused(), lc.DeleteRequested(), POLICY, NOW)
     assert deleting.status is lc.Status.DELETING
+
+
+def test_a_paused_agents_apply_waits_for_its_gateway_and_goes_out_when_it_is_back() -> None:
+    failed = paused(phase=lc.Phase.RETRY_APPLY, lifecycle_generation=4, checkin_deadline_at=NOW)
+    down, actions = lc.step(failed, lc.GatewayUnreachable(), POLICY, NOW)
+    assert down.reason is lc.WaitReason.GATEWAY_UNREACHABLE and down.checkin_deadline_at is None
+    assert not lc.is_stuck(down)
+    back, actions = lc.step(down, lc.GatewayReachable(), POLICY, NOW + 10)
+    assert lc.ResendApply(4, wake=False) in actions and not wakes(actions)
+    assert back.phase is lc.Phase.APPLYING and back.reason is None and back.paused
