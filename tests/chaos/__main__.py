@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import os
 import sys
 import tempfile
@@ -38,12 +37,6 @@ def main(argv: list[str] | None = None) -> int:
         "--short", action="store_true", help="the short version make test runs (4 small rounds)"
     )
     parser.add_argument(
-        "--strict",
-        action="store_true",
-        default=os.environ.get("CHAOS_STRICT", "") not in ("", "0"),
-        help="count agents stuck by the known lost-result defect as violations [env CHAOS_STRICT]",
-    )
-    parser.add_argument(
         "--keep", action="store_true", help="keep the run's directory (logs, databases)"
     )
     args = parser.parse_args(argv)
@@ -54,7 +47,6 @@ def main(argv: list[str] | None = None) -> int:
         settings = ChaosSettings.short(seed, root, storm=int(storm or 100))
     else:
         settings = ChaosSettings(seed, args.rounds, root, storm_sidecars=int(storm or 200))
-    settings = dataclasses.replace(settings, strict=args.strict)
     try:
         report = asyncio.run(ChaosRun(settings).run())
     except Exception as exc:

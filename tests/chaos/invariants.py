@@ -60,34 +60,18 @@ class Unsettled:
         )
 
 
-# A defect being fixed elsewhere: a command whose result never reached the hub is only
-# confirmed by the sidecar's next Hello, and that does not move the lifecycle (the agent
-# stays provisioning/deleting). Agents stuck that way are reported apart, as this known
-# failure, unless the run is strict; once the fix lands none are found.
-KNOWN_LOST_RESULT = "known: lost command result, confirmed by Hello, lifecycle never moved"
-
-
-@dataclass(frozen=True)
-class Settling:
-    waiting: list[str]  # not settled yet (a violation once the bound has passed)
-    known: list[str]  # stuck by the known lost-result defect
-
-    @property
-    def settled(self) -> bool:
-        return not self.waiting
-
-
-def unsettled(hub_db: Path, gateway_id: str) -> Settling:
-    """Agents, boards and commands of the gateway still on their way.
+def unsettled(hub_db: Path, gateway_id: str) -> list[str]:
+    """Agents, boards and commands of the gateway still on their way; [] when settled.
 
     Settled: every agent `online` or `offline` with nothing outstanding (phase idle, its
-    generation applied), no agent or board `deleting`, every queued command acked.
+    generation applied), no agent or board `deleting`, every queued command acked. An
+    agent whose command only a Hello confirmed says so (its result was lost on the way).
     """
     conn = read_only(hub_db)
     try:
         agents = conn.execute(
             "SELECT gateway_agent_id, status, phase, lifecycle_generation, applied_generation, "
-            "status_reason, board_id FROM agents WHERE gateway_id = ?",
+            "status_reason FROM agents WHERE gateway_id = ?",
             (gateway_id,),
         ).fetchall()
         boards = conn.execute(
@@ -108,22 +92,19 @@ def unsettled(hub_db: Path, gateway_id: str) -> Settling:
         }
     finally:
         conn.close()
-    waiting: list[str] = []
-    known: list[str] = []
-    known_boards: set[str] = set()
-    for a in agents:
-        if a[1] in SETTLED_STATUSES and a[2] == "idle" and a[4] == a[3]:
-            continue
-        line = str(Unsettled(a[0], a[1], a[2], a[3], a[4], a[5]))
-        if a[1] in ("provisioning", "updating", "deleting") and (a[0], a[3]) in by_hello:
-            known.append(f"{line} ({KNOWN_LOST_RESULT})")
-            known_boards.add(a[6])
-        else:
-            waiting.append(line)
-    for b in boards:
-        (known if b[0] in known_boards else waiting).append(f"board {b[0]}: deleting")
+    waiting = [
+        str(Unsettled(a[0], a[1], a[2], a[3], a[4], a[5]))
+        + (
+            " (its command was confirmed by a Hello: the result was lost)"
+            if (a[0], a[3]) in by_hello
+            else ""
+        )
+        for a in agents
+        if a[1] not in SETTLED_STATUSES or a[2] != "idle" or a[4] != a[3]
+    ]
+    waiting += [f"board {b[0]}: deleting" for b in boards]
     waiting += [f"command {c[0]} ({c[1]} {c[2]}): not acked" for c in pending]
-    return Settling(waiting, known)
+    return waiting
 
 
 def hub_agents(hub_db: Path, gateway_id: str) -> dict[str, dict[str, Any]]:

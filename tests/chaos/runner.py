@@ -71,7 +71,6 @@ class ChaosSettings:
     writes_per_round: tuple[int, int] = (4, 10)
     max_pause_s: float = 20.0
     say: Callable[[str], None] = print
-    strict: bool = False  # the known defect's stuck agents count as violations too
 
     @classmethod
     def short(cls, seed: int, root: Path, rounds: int = 4, storm: int = 100) -> ChaosSettings:
@@ -107,7 +106,6 @@ class Report:
     rounds_run: int
     violations: list[Violation]
     figures: Figures
-    known: list[str]
     acked: int
     unanswered: int
     refused: int
@@ -128,12 +126,6 @@ class Report:
             ),
             _figure("time to settle after the strike healed", f.settle_s),
         ]
-        if self.known:
-            lines.append(
-                f"  {len(self.known)} agent(s) stuck by a known defect (not counted; --strict "
-                "counts them):"
-            )
-            lines += [f"    {line}" for line in self.known]
         if self.violations:
             lines.append(f"  {len(self.violations)} invariant violation(s):")
             lines += [f"    {v}" for v in self.violations]
@@ -191,7 +183,6 @@ class ChaosRun:
         self.sidecar: Program | None = None
         self.gateway: Any = None
         self.world: World | None = None
-        self.known: dict[str, str] = {}  # agent -> how the known defect left it
 
     def _say(self, line: str) -> None:
         self.s.say(f"[{time.monotonic() - self._t0:6.1f} s] {line}")
@@ -237,7 +228,6 @@ class ChaosRun:
             rounds_run=rounds_run,
             violations=self.violations,
             figures=self.figures,
-            known=sorted(self.known.values()),
             acked=world.acked if world else 0,
             unanswered=world.unanswered if world else 0,
             refused=world.refused if world else 0,
@@ -319,9 +309,9 @@ class ChaosRun:
         await asyncio.sleep(strike_at_s)
         healed_at = await self._strike(session, kind, kill_down_s, pause_s)
         await churn
-        settle_s, settling = await self._settle(healed_at)
-        found = self._stuck(settling)
-        if settling.settled:
+        settle_s, waiting = await self._settle(healed_at)
+        found = [("no agent stuck", waiting)] if waiting else []
+        if not waiting:
             self.figures.settle_s.append(settle_s)
         found += await self._check(session)
         for invariant, details in found:
@@ -329,8 +319,7 @@ class ChaosRun:
         acked = sum(1 for o in outcomes if o.endswith(("200", "201", "202")))
         self._say(
             f"round {index + 1}/{self.s.rounds} {kind:<13} {ops} writes ({acked} acked), "
-            + (f"settled in {settle_s:.1f} s" if settling.settled else "NOT settled")
-            + (f" ({len(settling.known)} stuck by the known defect)" if settling.known else "")
+            + (f"settled in {settle_s:.1f} s" if not waiting else "NOT settled")
             + (f", {sum(len(d) for _, d in found)} violation(s)" if found else ", ok")
         )
         if found:
@@ -341,15 +330,6 @@ class ChaosRun:
         with contextlib.suppress(NoAnswer):
             await self.world.resync(session)
         return True
-
-    def _stuck(self, settling: invariants.Settling) -> list[tuple[str, list[str]]]:
-        """The settling verdict as violations; the known defect's cases apart unless strict."""
-        found = [("no agent stuck", settling.waiting)] if settling.waiting else []
-        if self.s.strict and settling.known:
-            found.append(("no agent stuck", settling.known))
-        for line in settling.known:
-            self.known.setdefault(line.split(":", 1)[0], line)
-        return found
 
     async def _churn(
         self, session: aiohttp.ClientSession, rng: random.Random, ops: int, out: list[str]
@@ -387,24 +367,24 @@ class ChaosRun:
         program.resume()
         return time.monotonic()
 
-    async def _settle(self, healed_at: float) -> tuple[float, invariants.Settling]:
-        """Seconds from the heal until settled twice in a row 1 s apart, and what waits."""
+    async def _settle(self, healed_at: float) -> tuple[float, list[str]]:
+        """Seconds from the heal until settled twice in a row 1 s apart, or what still waits."""
         assert self.world is not None
-        settling = invariants.Settling([], [])
+        waiting: list[str] = []
         settled_since: float | None = None
         await asyncio.sleep(1.0)  # a request a paused hub held is answered by now
         while time.monotonic() - healed_at < SETTLE_BOUND_S:
-            settling = await asyncio.to_thread(
+            waiting = await asyncio.to_thread(
                 invariants.unsettled, self.hub_db, self.world.gateway_id
             )
-            if not settling.settled:
+            if waiting:
                 settled_since = None
             elif settled_since is None:
                 settled_since = time.monotonic()
             elif time.monotonic() - settled_since >= 1.0:
-                return settled_since - healed_at, settling
+                return settled_since - healed_at, []
             await asyncio.sleep(0.5)
-        return SETTLE_BOUND_S, settling
+        return SETTLE_BOUND_S, waiting
 
     async def _check(self, session: aiohttp.ClientSession) -> list[tuple[str, list[str]]]:
         assert self.world is not None and self.sidecar is not None
@@ -480,8 +460,9 @@ class ChaosRun:
             self.figures.storm_reconnect_s += back
             self._say(f"storm: all {n} back {max(back):.1f} s after the hub was ready")
             self.figures.relink_after_hub_s.append(await self._linked(session, "after the storm"))
-            _, settling = await self._settle(time.monotonic())
-            found = self._stuck(settling) + await self._check(session)
+            _, waiting = await self._settle(time.monotonic())
+            found = [("no agent stuck", waiting)] if waiting else []
+            found += await self._check(session)
             for invariant, details in found:
                 self.violations += [Violation(-1, "storm", invariant, d) for d in details]
         finally:
