@@ -124,3 +124,52 @@ def test_temp_files_and_a_damaged_database_are_found(tmp_path: Path) -> None:
         handle.seek((root - 1) * page + 8)
         handle.write(b"\xff" * 64)
     assert invariants.integrity(db) != []
+
+
+def test_settling_names_each_agent_board_and_command_still_on_its_way(tmp_path: Path) -> None:
+    from hub.store.database import connect, migrate
+
+    db = tmp_path / "hub.sqlite3"
+    conn = connect(db)
+    migrate(conn)
+    conn.execute("INSERT INTO gateways (id, name, created_at, updated_at) VALUES ('g', 'g', 0, 0)")
+    conn.execute(
+        "INSERT INTO boards (id, gateway_id, name, slug, created_at, updated_at, status) "
+        "VALUES ('b', 'g', 'b', 'b', 0, 0, 'active')"
+    )
+
+    def agent(
+        gateway_agent_id: str, status: str, phase: str, generation: int, applied: int
+    ) -> None:
+        conn.execute(
+            "INSERT INTO agents (id, gateway_id, board_id, kind, gateway_agent_id, name, status, "
+            "phase, lifecycle_generation, applied_generation, created_at, updated_at) "
+            "VALUES (?, 'g', 'b', 'worker', ?, 'n', ?, ?, ?, ?, 0, 0)",
+            (gateway_agent_id, gateway_agent_id, status, phase, generation, applied),
+        )
+
+    agent("mc-online", "online", "idle", 2, 2)
+    agent("mc-offline", "offline", "idle", 1, 1)
+    conn.commit()
+    assert invariants.unsettled(db, "g") == []
+
+    agent("mc-stuck", "provisioning", "waking", 1, 0)
+    conn.execute(
+        "INSERT INTO commands (gateway_id, sequence, kind, agent_id, generation, payload, "
+        "created_at, acked_at, outcome) VALUES ('g', 1, 'apply_agent', 'mc-stuck', 1, x'', 0, 1, "
+        "'CONFIRMED_BY_HELLO')"
+    )
+    conn.execute(
+        "INSERT INTO commands (gateway_id, sequence, kind, agent_id, generation, payload, "
+        "created_at) VALUES ('g', 2, 'wake_agent', 'mc-online', 2, x'', 0)"
+    )
+    conn.execute("UPDATE boards SET status = 'deleting'")
+    conn.commit()
+    conn.close()
+    found = invariants.unsettled(db, "g")
+    assert found == [
+        "mc-stuck: provisioning/waking generation 1 applied 0 reason None (its command was "
+        "confirmed by a Hello: the result was lost)",
+        "board b: deleting",
+        "command 2 (wake_agent mc-online): not acked",
+    ]
