@@ -12,13 +12,14 @@ ENROLL_LISTEN ?= 127.0.0.1:7444
 PYTEST_ARGS ?=
 CHROMIUM ?= chromium
 
-.PHONY: help install proto run demo test unit integration interop e2e browser bench bench-quick lint fmt wheel clean
+.PHONY: help install proto run demo test unit integration interop chaos e2e browser bench bench-quick lint fmt wheel clean
 
 help:
 	@echo "make demo       hub, a real OpenClaw gateway, a sidecar and two agents on this machine"
 	@echo "make run        start the hub with embedded SQLite under ./var/"
 	@echo "make test       lint, then the whole test suite (unit, integration, interop)"
 	@echo "make interop    only the tests against a real OpenClaw gateway"
+	@echo "make chaos      seeded crashes and partitions against a real gateway (CHAOS_ROUNDS, CHAOS_SEED)"
 	@echo "make e2e        only the dashboard's browser tests (headless Chromium)"
 	@echo "make bench      benchmarks (figures and ratios against the raw stack)"
 	@echo "make lint       ruff check, format check, mypy"
@@ -90,6 +91,10 @@ browser:
 
 interop: install
 	$(BIN)/python -m pytest -m interop tests/interop $(PYTEST_ARGS)
+
+# CHAOS_ROUNDS rounds (default 100); CHAOS_SEED=N replays a run; CHAOS_ARGS=--keep keeps its files.
+chaos: install
+	$(BIN)/python -m tests.chaos $(CHAOS_ARGS)
 
 bench: install
 	$(BIN)/python -m bench $(BENCH_ARGS)
