@@ -100,6 +100,7 @@ class Sidecar:
             self.gateway,
             on_run_observed=self._report_run,
             on_unmanage=self._unmanage,
+            on_manage=self._manage,
             on_applied=self.metrics.command_applied,
             gateway_state_dir=config.openclaw_config.parent,
         )
@@ -233,6 +234,10 @@ class Sidecar:
             self.own_changes.changed(result.agent_id)
             self.watcher.set_managed(a.agent_id for a in self.state.agents())
         self.link.send(pb.SidecarMessage(command_result=result))
+
+    def _manage(self, agent_id: str) -> None:
+        self.own_changes.changed(agent_id)
+        self.watcher.set_managed({a.agent_id for a in self.state.agents()} | {agent_id})
 
     def _unmanage(self, agent_id: str) -> None:
         self.watcher.set_managed(a.agent_id for a in self.state.agents() if a.agent_id != agent_id)

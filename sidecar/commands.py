@@ -100,6 +100,7 @@ class CommandApplier:
         *,
         wake_run_timeout_s: float = WAKE_RUN_TIMEOUT_S,
         on_unmanage: Callable[[str], None] = lambda agent_id: None,
+        on_manage: Callable[[str], None] = lambda agent_id: None,
         on_applied: Callable[[str, int, float], None] = lambda kind, outcome, seconds: None,
         gateway_state_dir: Path | None = None,
     ) -> None:
@@ -111,6 +112,9 @@ class CommandApplier:
         # Told before the sidecar removes an entry, so the config watcher does not take our
         # own removal for a hand edit and restore it.
         self.on_unmanage = on_unmanage
+        # Told before an apply edits the gateway's config, for the same reason: the watcher
+        # may see the new entry before the result is in, and must not call it a hand edit.
+        self.on_manage = on_manage
         self.on_applied = on_applied  # (command kind, outcome, seconds): metrics
         # Where the gateway keeps each agent's own state (`agents/<id>/`): what a removal
         # leaves there, the sidecar removes.
@@ -152,6 +156,8 @@ class CommandApplier:
                 f"command type {kind!r} is not supported by this sidecar; upgrade the sidecar",
             )
         self.retry_after_s = 0.0
+        if kind == "apply_agent" and result.agent_id:
+            self.on_manage(result.agent_id)
         try:
             done = await handler(command)
         except WorkspaceError as exc:

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+import structlog
 
 from hub.app import Hub
 from hub.demo.scripted_model import Behaviour, ScriptedModel
@@ -52,6 +53,25 @@ async def _version_recorded(hub: Hub) -> GatewayRow | None:
     return row if row is not None and row.openclaw_version else None
 
 
+def _apply(agent_id: str, workspace: Path) -> pb.Command:
+    """An ApplyAgent of a new agent with a token file, a heartbeat and a wake."""
+    return pb.Command(
+        apply_agent=pb.ApplyAgent(
+            agent_id=agent_id,
+            generation=1,
+            display_name="E2E Worker",
+            workspace_path=str(workspace),
+            files=[
+                pb.WorkspaceFile(name="AGENTS.md", content=b"# E2E agent\n"),
+                pb.WorkspaceFile(name="SOUL.md", content=b"# Soul\n"),
+                pb.WorkspaceFile(name=".mc-agent-token", content=b"t.s", secret=True),
+            ],
+            heartbeat=pb.HeartbeatSettings(every_s=600, target="none", checklist="- check in\n"),
+            wake_message="Your workspace is ready.",
+        )
+    )
+
+
 async def _acked(hub: Hub, sequence: int) -> dict | None:
     row = await hub.store.command_status("gw-e2e", sequence)
     return row if row and row["acked_at"] else None
@@ -70,26 +90,7 @@ async def test_apply_agent_through_the_hub_reaches_the_real_gateway(
     agent_id = f"mc-{uuid.uuid4()}"
     workspace = gateway.workspace_root / f"workspace-{agent_id}"
     queued_at = time.perf_counter()
-    sequence = await hub.store.enqueue_command(
-        "gw-e2e",
-        pb.Command(
-            apply_agent=pb.ApplyAgent(
-                agent_id=agent_id,
-                generation=1,
-                display_name="E2E Worker",
-                workspace_path=str(workspace),
-                files=[
-                    pb.WorkspaceFile(name="AGENTS.md", content=b"# E2E agent\n"),
-                    pb.WorkspaceFile(name="SOUL.md", content=b"# Soul\n"),
-                    pb.WorkspaceFile(name=".mc-agent-token", content=b"t.s", secret=True),
-                ],
-                heartbeat=pb.HeartbeatSettings(
-                    every_s=600, target="none", checklist="- check in\n"
-                ),
-                wake_message="Your workspace is ready.",
-            )
-        ),
-    )
+    sequence = await hub.store.enqueue_command("gw-e2e", _apply(agent_id, workspace))
     row = await wait_for(lambda: _acked(hub, sequence), timeout_s=120, what="apply acked")
     applied_s = time.perf_counter() - queued_at
     print(f"queued -> entry, files, heartbeat and wake acked: {applied_s:.2f} s")
@@ -119,6 +120,46 @@ async def test_apply_agent_through_the_hub_reaches_the_real_gateway(
     entries = config["agents"].get("entries") or {a["id"]: a for a in config["agents"]["list"]}
     assert agent_id not in entries
     assert (workspace / "AGENTS.md").exists()  # deleteFiles false: the workspace stays
+
+
+def _roster_ids(sidecar: Sidecar) -> set[str]:
+    """The agents of openclaw.json as the sidecar's config watcher last read it."""
+    report = sidecar.watcher.last_report
+    return {e.agent_id for e in (report.roster or ())} if report else set()
+
+
+async def test_the_sidecars_own_create_and_removal_are_never_reported_as_drift(
+    chain: tuple[Hub, Sidecar], gateway: RunningGateway
+) -> None:
+    # The config watcher can see the sidecar's own new entry before the apply's result is
+    # in (and the removal before it is done): neither is a hand edit, for any agent.
+    hub, sidecar = chain
+    agent_id = f"mc-{uuid.uuid4()}"
+    with structlog.testing.capture_logs() as logs:
+        applied = await hub.store.enqueue_command(
+            "gw-e2e", _apply(agent_id, gateway.workspace_root / f"workspace-{agent_id}")
+        )
+        await wait_for(lambda: _acked(hub, applied), timeout_s=120, what="apply acked")
+        await wait_for(
+            lambda: agent_id in _roster_ids(sidecar),
+            timeout_s=30,
+            what="the watcher saw the new entry",
+        )
+        removal = await hub.store.enqueue_command(
+            "gw-e2e",
+            pb.Command(
+                remove_agent=pb.RemoveAgent(agent_id=agent_id, generation=1, delete_files=True)
+            ),
+        )
+        await wait_for(lambda: _acked(hub, removal), timeout_s=60, what="remove acked")
+        await wait_for(
+            lambda: agent_id not in _roster_ids(sidecar),
+            timeout_s=30,
+            what="the watcher saw the entry gone",
+        )
+    drift = [e for e in logs if e["event"] == "gateway.config.drift" and e["agent_id"] == agent_id]
+    assert drift == []
+    assert agent_id not in gateway.roster()  # nothing restored it either
 
 
 async def test_live_status_sessions_and_session_reset_through_the_sidecar(
