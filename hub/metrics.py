@@ -202,7 +202,8 @@ class HubMetrics:
         self.commands_pending.set(total)
         self.outbox_depth_max.set(deepest)
         self.outbox_oldest_pending.set(max(0.0, now - oldest) if oldest else 0.0)
-        self.db_size.set(_size(db.path) + _size(db.path.with_name(db.path.name + "-wal")))
+        if db.path is not None:  # the SQLite file; PostgreSQL reports its own sizes
+            self.db_size.set(_size(db.path) + _size(db.path.with_name(db.path.name + "-wal")))
 
     def middleware(self) -> Callable[..., Awaitable[web.StreamResponse]]:
         """Counts and times every API request by its route template (bounded labels)."""
