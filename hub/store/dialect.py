@@ -131,6 +131,16 @@ COMPAT_FUNCTIONS = (
     CREATE OR REPLACE FUNCTION mc_json_array_final(items TEXT[]) RETURNS TEXT
     LANGUAGE SQL IMMUTABLE AS $$ SELECT array_to_json(items)::text $$
     """,
+    # SUM(a = b): SQLite counts the rows where a comparison holds (its truth is 0 or 1)
+    """
+    CREATE OR REPLACE FUNCTION mc_count_true(total BIGINT, holds BOOLEAN) RETURNS BIGINT
+    LANGUAGE SQL IMMUTABLE AS $$ SELECT total + CASE WHEN holds THEN 1 ELSE 0 END $$
+    """,
+    """
+    CREATE OR REPLACE AGGREGATE sum(BOOLEAN) (
+        SFUNC = mc_count_true, STYPE = BIGINT, INITCOND = '0'
+    )
+    """,
     # json_group_array(x): the group's values as one JSON array text ('[]' for none)
     """
     CREATE OR REPLACE AGGREGATE json_group_array(TEXT) (

@@ -18,7 +18,7 @@ from decimal import Decimal
 from typing import Any, cast
 
 import psycopg
-from psycopg.adapt import Loader
+from psycopg.adapt import Dumper, Loader
 from psycopg_pool import ConnectionPool
 
 from hub.pki.secrets_box import SecretBox
@@ -95,8 +95,23 @@ class _NumberLoader(Loader):
         return int(number) if number == number.to_integral_value() else float(number)
 
 
+class _BoolAsSqlite(Dumper):
+    """A Python bool as SQLite reads it: 1 or 0 in an INTEGER flag column, and still a
+    truth value where SQL wants one (`NOT ?`, `CASE WHEN ?`). An untyped '1' or '0'
+    is both: PostgreSQL types it by where it stands."""
+
+    oid = 0  # unknown: typed by its context
+
+    def dump(self, obj: Any) -> bytes:
+        return b"1" if obj else b"0"
+
+    def quote(self, obj: Any) -> bytes:
+        return b"'1'" if obj else b"'0'"
+
+
 def _configure(conn: psycopg.Connection[Any]) -> None:
     conn.adapters.register_loader("numeric", _NumberLoader)
+    conn.adapters.register_dumper(bool, _BoolAsSqlite)
 
 
 class PgConnection(Notices):

@@ -54,8 +54,8 @@ class MessageGateway(RecordingGateway):
 
 
 @pytest.fixture
-async def hub(tmp_path: Path) -> AsyncIterator[Hub]:
-    async with running_hub(tmp_path / "hub", webhook_retry=FAST_RETRY) as instance:
+async def hub(tmp_path: Path, database: str) -> AsyncIterator[Hub]:
+    async with running_hub(tmp_path / "hub", database, webhook_retry=FAST_RETRY) as instance:
         yield instance
 
 
