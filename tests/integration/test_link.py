@@ -457,16 +457,24 @@ async def test_readyz_reports_503_while_the_database_cannot_be_written(
 ) -> None:
     import sqlite3
 
+    import psycopg
+
     status, body = await http("/readyz")
     assert (status, body["ready"]) == (200, True)
-    blocker = sqlite3.connect(hub.config.database_path, isolation_level=None)
-    try:
+    blocker: Any
+    if hub.config.on_sqlite:
+        blocker = sqlite3.connect(hub.config.database_path, isolation_level=None)
         blocker.execute("BEGIN EXCLUSIVE")
+    else:  # another session holding the lock every write needs
+        blocker = psycopg.connect(hub.config.database_url, autocommit=True)
+        blocker.execute("BEGIN")
+        blocker.execute("LOCK TABLE schema_version IN ACCESS EXCLUSIVE MODE")
+    try:
         status, body = await http("/readyz")
         assert status == 503
         assert body["ready"] is False
         assert body["failing"][0]["check"] == "database"
-        assert "locked" in body["failing"][0]["detail"]
+        assert "lock" in body["failing"][0]["detail"]
     finally:
         blocker.execute("ROLLBACK")
         blocker.close()
