@@ -319,7 +319,8 @@ class Database:
             engine = SqliteEngine(path)
         self.engine = engine
         self.secrets = secrets
-        self.path = path  # the SQLite file; None on another engine
+        # the SQLite file; None on another engine
+        self.path = engine.path if isinstance(engine, SqliteEngine) else None
         self.commit_interval_s = commit_interval_s
         self.before_migration = before_migration
         self.on_commit = on_commit

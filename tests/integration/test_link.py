@@ -215,9 +215,11 @@ async def test_command_queued_while_sidecar_offline_is_applied_once_after_it_con
 
 
 async def test_hub_restart_mid_stream_applies_each_command_exactly_once(
-    tmp_path: Path, free_port: Callable[[], int]
+    tmp_path: Path, free_port: Callable[[], int], database: str
 ) -> None:
-    config = hub_config(tmp_path / "hub", link_port=free_port(), http_port=free_port())
+    config = hub_config(
+        tmp_path / "hub", link_port=free_port(), http_port=free_port(), database=database
+    )
     hub = Hub(config)
     await hub.start()
     gateway = RecordingGateway()
