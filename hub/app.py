@@ -106,7 +106,8 @@ class Hub:
         )
         self.store = GatewayStore(self.db)
         self.registry = SessionRegistry()
-        self.db.listen(OUTBOX, self.registry.notify_outbox)
+        # every hub: a command queued on another hub reaches the stream this one holds
+        self.db.listen(OUTBOX, self.registry.notify_outbox, every_hub=True)
         self.db.listen(OUTBOX, self.metrics.commands_queued_notice)
         self.backups = BackupScheduler(
             config.database_path,

@@ -111,6 +111,11 @@ class Engine(Protocol):
 
     def probe_writable(self, timeout_s: float) -> None: ...
 
+    def share_notices(self, channels: set[str], deliver: Callable[[str, str], None]) -> None:
+        """Tell the other hubs on this database the notices on `channels` (str payloads)
+        and call `deliver(channel, payload)`, from any thread, for theirs."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -290,6 +295,9 @@ class SqliteEngine:
         finally:
             conn.close()
 
+    def share_notices(self, channels: set[str], deliver: Callable[[str, str], None]) -> None:
+        """One hub per file: there is no other hub to tell."""
+
     def close(self) -> None:
         """Nothing is shared between the connections to close."""
 
@@ -331,14 +339,32 @@ class Database:
             max_workers=engine.reader_threads, thread_name_prefix="hub-db-read"
         )
         self._listeners: dict[str, list[Callable[[Any], None]]] = {}
+        self._every_hub: dict[str, list[Callable[[Any], None]]] = {}
         self._closed = False
 
-    def listen(self, channel: str, listener: Callable[[Any], None]) -> None:
-        """Call `listener(payload)` for every notice on `channel`, after its commit."""
+    def listen(
+        self, channel: str, listener: Callable[[Any], None], *, every_hub: bool = False
+    ) -> None:
+        """Call `listener(payload)` for every notice on `channel`, after its commit;
+        `every_hub`: also for the notices other hubs on the same database leave there
+        (PostgreSQL; their payloads are strings). Register before `open`."""
         self._listeners.setdefault(channel, []).append(listener)
+        if every_hub:
+            self._every_hub.setdefault(channel, []).append(listener)
 
     def open(self) -> None:
-        conn = self.engine.open_writer(self.secrets, self.before_migration)
+        if self._every_hub:  # first: the writer's connection carries the shared channels
+            loop = asyncio.get_running_loop()
+
+            def deliver(channel: str, payload: str) -> None:  # from the engine's thread
+                loop.call_soon_threadsafe(self._deliver_from_another_hub, channel, payload)
+
+            self.engine.share_notices(set(self._every_hub), deliver)
+        try:
+            conn = self.engine.open_writer(self.secrets, self.before_migration)
+        except BaseException:
+            self.engine.close()  # the listener, if it started
+            raise
         self._writer = threading.Thread(
             target=self._run_writer, args=(conn,), name="hub-db-writer", daemon=True
         )
@@ -490,6 +516,13 @@ class Database:
                 job.loop.call_soon_threadsafe(self._deliver, notices)
             job.loop.call_soon_threadsafe(_settle, job.future, result, error)
         return committed
+
+    def _deliver_from_another_hub(self, channel: str, payload: str) -> None:
+        for listener in self._every_hub.get(channel, ()):
+            try:
+                listener(payload)
+            except Exception:  # one listener's bug must not cost the others their notice
+                log.exception("database.notice.failed", channel=channel, from_another_hub=True)
 
     def _deliver(self, notices: list[Notice]) -> None:
         for channel, payload in notices:

@@ -37,6 +37,9 @@ log = get_logger("hub.store")
 
 MIGRATION_LOCK = 0x6D635F6875625F76  # pg_advisory_xact_lock key: "mc_hub_v", migrations
 READER_POOL_MAX = 4
+NOTIFY_PREFIX = "mc_hub_"  # the PostgreSQL channel of the store's notice channel X
+LISTEN_POLL_S = 0.5  # how often the listener looks up from waiting (to stop)
+LISTEN_RETRY_S = 1.0
 CONNECT_TIMEOUT_S = 10
 
 
@@ -115,12 +118,20 @@ def _configure(conn: psycopg.Connection[Any]) -> None:
 
 
 class PgConnection(Notices):
-    """A psycopg connection speaking the subset of sqlite3.Connection the hub uses."""
+    """A psycopg connection speaking the subset of sqlite3.Connection the hub uses.
+    On the writer, a notice on a shared channel is also a NOTIFY in the job's
+    transaction: the other hubs hear it on commit, and not if the job rolls back."""
 
     dialect = "postgresql"
+    shared: frozenset[str] = frozenset()
 
     def __init__(self, raw: psycopg.Connection[Any]) -> None:
         self.raw = raw
+
+    def notify(self, channel: str, payload: Any) -> None:
+        super().notify(channel, payload)
+        if channel in self.shared and isinstance(payload, str):
+            self.execute("SELECT pg_notify(?, ?)", (NOTIFY_PREFIX + channel, payload))
 
     def execute(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> Any:
         return self.raw.execute(to_postgresql(sql), params)
@@ -217,10 +228,17 @@ class PostgresEngine:
         self.describe = redacted(url)
         self._pool: ConnectionPool[Any] | None = None
         self._pool_lock = threading.Lock()
+        self._shared: frozenset[str] = frozenset()
+        self._writer_pids: set[int] = set()  # our own NOTIFYs, heard back, are skipped
+        self._listener: threading.Thread | None = None
+        self._stopping = threading.Event()
 
     def _open(self) -> PgConnection:
         try:
-            return PgConnection(_connect(self.url))
+            conn = PgConnection(_connect(self.url))
+            conn.shared = self._shared
+            self._writer_pids.add(conn.raw.info.backend_pid)
+            return conn
         except psycopg.Error as exc:
             raise DatabaseError(
                 f"cannot connect to PostgreSQL at {self.describe}: {exc}".strip()
@@ -254,6 +272,7 @@ class PostgresEngine:
             log.error("database.reconnect.failed", error=str(exc))
             return conn
         fresh.secrets = pg.secrets
+        fresh.shared = pg.shared
         log.warning("database.reconnected", database=self.describe)
         return cast(Connection, fresh)
 
@@ -295,7 +314,43 @@ class PostgresEngine:
         finally:
             raw.close()
 
+    def share_notices(self, channels: set[str], deliver: Callable[[str, str], None]) -> None:
+        self._shared = frozenset(channels)
+        self._listener = threading.Thread(
+            target=self._listen, args=(deliver,), name="hub-db-listen", daemon=True
+        )
+        self._listener.start()
+
+    def _listen(self, deliver: Callable[[str, str], None]) -> None:
+        """LISTEN on the shared channels until the engine closes; reconnect on failure
+        (a notice missed meanwhile only delays: the outbox is replayed on reconnect)."""
+        while not self._stopping.is_set():
+            try:
+                with psycopg.connect(
+                    self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S
+                ) as conn:
+                    for channel in sorted(self._shared):
+                        conn.execute(f'LISTEN "{NOTIFY_PREFIX}{channel}"')
+                    log.info("database.listening", channels=sorted(self._shared))
+                    while not self._stopping.is_set():
+                        for notice in conn.notifies(timeout=LISTEN_POLL_S):
+                            if notice.pid in self._writer_pids:
+                                continue  # ours: delivered locally after the commit
+                            deliver(notice.channel.removeprefix(NOTIFY_PREFIX), notice.payload)
+            except psycopg.Error as exc:
+                if self._stopping.is_set():
+                    break
+                log.error("database.listen.failed", error=str(exc), retry_s=LISTEN_RETRY_S)
+                self._stopping.wait(LISTEN_RETRY_S)
+            except Exception:
+                log.exception("database.listen.failed")
+                self._stopping.wait(LISTEN_RETRY_S)
+        log.info("database.listen.stopped")
+
     def close(self) -> None:
+        self._stopping.set()
+        if self._listener is not None:
+            self._listener.join(timeout=LISTEN_POLL_S * 4 + CONNECT_TIMEOUT_S)
         with self._pool_lock:
             pool, self._pool = self._pool, None
         if pool is not None:

@@ -279,3 +279,45 @@ async def test_the_writer_reconnects_after_the_server_restarts(
     finally:
         await db.close()
         postgres_server.drop_database(name)
+
+
+async def test_a_notice_left_on_one_hub_reaches_the_other_hubs_once_committed(
+    postgres_server: PostgresServer,
+) -> None:
+    """Two stores on one PostgreSQL: an every-hub listener hears the other's committed
+    notices (LISTEN/NOTIFY), its own once (not echoed back), and none rolled back."""
+    name = postgres_server.create_database()
+    url = postgres_server.url(name)
+    heard: dict[str, list[str]] = {"a": [], "b": []}
+    local_only: list[str] = []
+    hubs = {}
+    for hub in ("a", "b"):
+        db = Database(commit_interval_s=0.01, engine=engine_for(url))
+        db.listen("outbox", heard[hub].append, every_hub=True)
+        if hub == "b":
+            db.listen("outbox", local_only.append)  # this hub's notices only
+        db.open()
+        hubs[hub] = db
+    try:
+        await asyncio.sleep(0.5)  # both listening (a notice before that is only late)
+
+        def rolled_back(conn: Connection) -> None:
+            conn.notify("outbox", "gw-rolled-back")
+            raise ValueError("refused")
+
+        with pytest.raises(ValueError):
+            await hubs["a"].write(rolled_back)
+        await hubs["a"].write(lambda conn: conn.notify("outbox", "gw-1"))
+        await hubs["b"].write(lambda conn: conn.notify("outbox", "gw-2"))
+        for _ in range(100):
+            if "gw-1" in heard["b"] and "gw-2" in heard["a"]:
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)  # room for an echo or a duplicate to show up
+        assert heard["a"] == ["gw-1", "gw-2"]
+        assert heard["b"] == ["gw-1", "gw-2"] or heard["b"] == ["gw-2", "gw-1"]
+        assert local_only == ["gw-2"]
+    finally:
+        for db in hubs.values():
+            await db.close()
+        postgres_server.drop_database(name)
