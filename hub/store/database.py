@@ -1,4 +1,5 @@
-"""SQLite access for the hub: one writer that group-commits, one reader, migrations.
+"""The hub's database: one writer that group-commits, readers, migrations, over an
+engine (an SQLite file here; PostgreSQL in hub/store/postgres.py, `--database`).
 
 Every write goes through `Database.write(fn)`: `fn(connection)` runs on the
 writer thread inside a transaction shared with whatever else is queued. The
