@@ -57,9 +57,7 @@ async def run(sizes: Sizes) -> Section:
     with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
         path = Path(tmp) / "hub.sqlite3"
         agents = seed(path, gateways=sizes.ingest_gateways, agents_per_gateway=AGENTS_PER_GATEWAY)
-        by_gateway: dict[str, list[SeededAgent]] = {}
-        for agent in agents:
-            by_gateway.setdefault(agent.gateway_id, []).append(agent)
+        by_gateway = _by_gateway(agents)
         real = Figure(
             f"Reconciler.heartbeats, {len(agents):,} agents",
             "beats/s",
@@ -101,9 +99,7 @@ async def _on_postgresql(sizes: Sizes, section: Section) -> list[Figure]:
             agents_per_gateway=AGENTS_PER_GATEWAY,
             database=url,
         )
-        by_gateway: dict[str, list[SeededAgent]] = {}
-        for agent in agents:
-            by_gateway.setdefault(agent.gateway_id, []).append(agent)
+        by_gateway = _by_gateway(agents)
         real = Figure(
             f"Reconciler.heartbeats on PostgreSQL, {len(agents):,} agents",
             "beats/s",
@@ -126,6 +122,13 @@ async def _on_postgresql(sizes: Sizes, section: Section) -> list[Figure]:
         return [real, commits]
     finally:
         await asyncio.to_thread(server.stop)
+
+
+def _by_gateway(agents: list[SeededAgent]) -> dict[str, list[SeededAgent]]:
+    by_gateway: dict[str, list[SeededAgent]] = {}
+    for agent in agents:
+        by_gateway.setdefault(agent.gateway_id, []).append(agent)
+    return by_gateway
 
 
 def _submitters(sizes: Sizes) -> int:
@@ -237,9 +240,7 @@ async def _end_to_end(sizes: Sizes) -> Figure:
         sidecars: list[RelaySidecar] = []
         try:
             pin_to(LOAD_CORE)
-            by_gateway: dict[str, list[SeededAgent]] = {}
-            for agent in agents:
-                by_gateway.setdefault(agent.gateway_id, []).append(agent)
+            by_gateway = _by_gateway(agents)
             target = f"127.0.0.1:{address.link_port}"
             for i, (gateway_id, members) in enumerate(by_gateway.items()):
                 sidecar = RelaySidecar(
