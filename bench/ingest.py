@@ -107,7 +107,7 @@ async def _on_postgresql(sizes: Sizes, section: Section) -> list[Figure]:
             "bare batched psycopg",
         )
         commits = Figure("group commits on PostgreSQL under that load", "commits/s", [])
-        for _ in range(sizes.runs):
+        for _ in range(1 if sizes.quick else sizes.runs):  # quick: the figure, not its spread
             beats_s, commits_s, per_commit = await _real_ingest(
                 url, by_gateway, sizes.ingest_duration_s, _submitters(sizes)
             )
