@@ -9,15 +9,14 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-import psycopg
-
 from hub.store.database import Engine, SqliteEngine
 
 SQLITE_PREFIX = "sqlite://"
 POSTGRES_PREFIXES = ("postgresql://", "postgres://")
 
-# A constraint refused a write (a duplicate key, say), on either engine.
-IntegrityError: tuple[type[Exception], ...] = (sqlite3.IntegrityError, psycopg.IntegrityError)
+# A constraint refused a write (a duplicate key, say), on either engine: the PostgreSQL
+# engine raises psycopg's as a subclass of this (so psycopg is imported only when used).
+IntegrityError = sqlite3.IntegrityError
 
 
 class DatabaseUrlError(ValueError):

@@ -11,6 +11,7 @@ together on one database migrate it once.
 from __future__ import annotations
 
 import re
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -117,6 +118,10 @@ def _configure(conn: psycopg.Connection[Any]) -> None:
     conn.adapters.register_dumper(bool, _BoolAsSqlite)
 
 
+class PgIntegrityError(sqlite3.IntegrityError):
+    """psycopg's IntegrityError as the store's callers catch it on either engine."""
+
+
 class PgConnection(Notices):
     """A psycopg connection speaking the subset of sqlite3.Connection the hub uses.
     On the writer, a notice on a shared channel is also a NOTIFY in the job's
@@ -134,11 +139,17 @@ class PgConnection(Notices):
             self.execute("SELECT pg_notify(?, ?)", (NOTIFY_PREFIX + channel, payload))
 
     def execute(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> Any:
-        return self.raw.execute(to_postgresql(sql), params)
+        try:
+            return self.raw.execute(to_postgresql(sql), params)
+        except psycopg.IntegrityError as exc:
+            raise PgIntegrityError(str(exc)) from exc
 
     def executemany(self, sql: str, rows: Iterable[Sequence[Any] | Mapping[str, Any]]) -> Any:
         cursor = self.raw.cursor()
-        cursor.executemany(to_postgresql(sql), list(rows))
+        try:
+            cursor.executemany(to_postgresql(sql), list(rows))
+        except psycopg.IntegrityError as exc:
+            raise PgIntegrityError(str(exc)) from exc
         return cursor
 
     @property
@@ -220,7 +231,7 @@ class PostgresEngine:
 
     name = "postgresql"
     begin_sql = "BEGIN"
-    errors: tuple[type[Exception], ...] = (psycopg.Error,)
+    errors: tuple[type[Exception], ...] = (psycopg.Error, PgIntegrityError)
     reader_threads = READER_POOL_MAX
 
     def __init__(self, url: str) -> None:
