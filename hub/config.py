@@ -136,8 +136,8 @@ SERVE_OPTIONS = (
     ),
     Option(
         "database",
-        "where the hub keeps its rows: sqlite:///PATH (default: DATA_DIR/hub.sqlite3) or "
-        "postgresql://USER:PASSWORD@HOST:PORT/DATABASE (several hubs may share one)",
+        "where the hub keeps its rows: sqlite:// and a path (default: DATA_DIR/hub.sqlite3) "
+        "or postgresql://USER:PASSWORD@HOST:PORT/DATABASE",
         "",
         lambda text: check_database_url(text) if text else "",
         metavar="URL",

@@ -1,7 +1,8 @@
 """Which engine a `--database` URL names, and what both engines raise alike.
 
-`sqlite:///PATH` (the default, a file in the data directory) or `postgresql://...`
-(libpq's URL: user, password, host, port, database, options).
+`sqlite://` and a path (`sqlite:///srv/mc-hub/hub.sqlite3`; the default is the data
+directory's hub.sqlite3) or `postgresql://...` (libpq's URL: user, password, host, port,
+database, options).
 """
 
 from __future__ import annotations
