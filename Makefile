@@ -12,7 +12,7 @@ ENROLL_LISTEN ?= 127.0.0.1:7444
 PYTEST_ARGS ?=
 CHROMIUM ?= chromium
 
-.PHONY: help install proto run demo test unit integration interop chaos e2e browser bench bench-quick lint fmt wheel clean
+.PHONY: help install proto run demo test unit integration interop chaos e2e browser postgres bench bench-quick lint fmt wheel clean
 
 help:
 	@echo "make demo       hub, a real OpenClaw gateway, a sidecar and two agents on this machine"
@@ -21,6 +21,7 @@ help:
 	@echo "make interop    only the tests against a real OpenClaw gateway"
 	@echo "make chaos      seeded crashes and partitions against a real gateway (CHAOS_ROUNDS, CHAOS_SEED)"
 	@echo "make e2e        only the dashboard's browser tests (headless Chromium)"
+	@echo "make postgres   the PostgreSQL server binaries the store tests start (Debian's)"
 	@echo "make bench      benchmarks (figures and ratios against the raw stack)"
 	@echo "make lint       ruff check, format check, mypy"
 	@echo "make proto      regenerate the gRPC modules from protos/*.proto"
@@ -63,13 +64,13 @@ fmt: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-test: lint browser
+test: lint browser postgres
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 unit: install
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
 
-integration: install
+integration: install postgres
 	$(BIN)/python -m pytest tests/integration $(PYTEST_ARGS)
 
 e2e: install browser
@@ -87,6 +88,26 @@ browser:
 	      || echo "make: apt-get could not install chromium; the browser tests will be skipped" >&2; \
 	  else \
 	    echo "make: no Chromium for the browser tests: install it (Debian/Ubuntu: sudo apt-get install -y chromium; macOS: brew install --cask chromium) or set CHROMIUM=/path/to/chromium; until then tests/e2e is skipped" >&2; \
+	  fi; }
+
+# The store's tests run on SQLite and on a real PostgreSQL that they start themselves on
+# loopback (tests/postgres_server.py) from the distribution's server binaries: installed
+# from Debian's packages when missing and we may (no cluster of the package's own is
+# created or started), else say how.
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 \
+	  || [ -n "$$MC_TEST_POSTGRES_BIN" ] || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Debian's postgresql for the store tests (their PostgreSQL half)"; \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    mkdir -p /etc/postgresql-common; \
+	    [ -e /etc/postgresql-common/createcluster.conf ] \
+	      || echo "create_main_cluster = false" > /etc/postgresql-common/createcluster.conf; \
+	    apt-get install -y -qq postgresql >/dev/null 2>&1 \
+	      || { apt-get update -qq && apt-get install -y -qq postgresql >/dev/null; } \
+	      || echo "make: apt-get could not install postgresql; the PostgreSQL half of the store tests will be skipped" >&2; \
+	  else \
+	    echo "make: no PostgreSQL server for the store tests: install it (Debian/Ubuntu: sudo apt-get install -y postgresql; macOS: brew install postgresql) or set MC_TEST_POSTGRES_BIN=/path/to/bin; until then the PostgreSQL half of the store tests is skipped" >&2; \
 	  fi; }
 
 interop: install

@@ -1,4 +1,5 @@
-"""Hub ingest: heartbeats/s from the link into SQLite, and beat-to-durable latency.
+"""Hub ingest: heartbeats/s from the link into SQLite (and PostgreSQL), and
+beat-to-durable latency.
 
 Throughput: `Reconciler.heartbeats` (the hub's report path for a HeartbeatBatch) on
 real agent rows, the real group-committing `Database` at the hub's default commit
@@ -19,6 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import psycopg
+
 from bench.harness import (
     LOAD_CORE,
     Figure,
@@ -36,9 +39,11 @@ from bench.sidecars import RelaySidecar
 from hub.lifecycle.decisions import Policy
 from hub.lifecycle.reconciler import Reconciler
 from hub.store.database import Database, connect
+from hub.store.engines import engine_for
 from hub.store.gateways import GatewayStore
 from protos import link_pb2 as pb
 from protos.contract import timestamp
+from tests.postgres_server import PostgresServer, PostgresUnavailable
 
 AGENTS_PER_GATEWAY = 10
 # Beats offered per commit interval: well above what one writer takes, so the figure is
@@ -52,9 +57,7 @@ async def run(sizes: Sizes) -> Section:
     with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
         path = Path(tmp) / "hub.sqlite3"
         agents = seed(path, gateways=sizes.ingest_gateways, agents_per_gateway=AGENTS_PER_GATEWAY)
-        by_gateway: dict[str, list[SeededAgent]] = {}
-        for agent in agents:
-            by_gateway.setdefault(agent.gateway_id, []).append(agent)
+        by_gateway = _by_gateway(agents)
         real = Figure(
             f"Reconciler.heartbeats, {len(agents):,} agents",
             "beats/s",
@@ -75,8 +78,57 @@ async def run(sizes: Sizes) -> Section:
             f"commit interval {COMMIT_INTERVAL_S:g} s (hub default); "
             f"{_submitters(sizes)} batches of {AGENTS_PER_GATEWAY} beats in flight per gateway"
         )
+    section.figures += await _on_postgresql(sizes, section)
     section.figures.append(await _end_to_end(sizes))
     return section
+
+
+async def _on_postgresql(sizes: Sizes, section: Section) -> list[Figure]:
+    """The same ingest on a real PostgreSQL on loopback (the tests' throwaway server),
+    beside bare batched psycopg: one transaction per batch, one statement each."""
+    try:
+        server = await asyncio.to_thread(PostgresServer().start)
+    except PostgresUnavailable as exc:
+        section.notes.append(f"PostgreSQL figures skipped: {exc}")
+        return []
+    try:
+        url = server.url(server.create_database())
+        agents = seed(
+            Path(),
+            gateways=sizes.ingest_gateways,
+            agents_per_gateway=AGENTS_PER_GATEWAY,
+            database=url,
+        )
+        by_gateway = _by_gateway(agents)
+        real = Figure(
+            f"Reconciler.heartbeats on PostgreSQL, {len(agents):,} agents",
+            "beats/s",
+            [],
+            "bare batched psycopg",
+        )
+        commits = Figure("group commits on PostgreSQL under that load", "commits/s", [])
+        for _ in range(1 if sizes.quick else sizes.runs):  # quick: the figure, not its spread
+            beats_s, commits_s, per_commit = await _real_ingest(
+                url, by_gateway, sizes.ingest_duration_s, _submitters(sizes)
+            )
+            real.runs.append(beats_s)
+            commits.runs.append(commits_s)
+            real.baseline_runs.append(
+                await asyncio.to_thread(_bare_ingest_pg, url, agents, max(per_commit, 10))
+            )
+        section.notes.append(
+            "PostgreSQL: a throwaway server on loopback with fsync off (SQL cost, not disk)"
+        )
+        return [real, commits]
+    finally:
+        await asyncio.to_thread(server.stop)
+
+
+def _by_gateway(agents: list[SeededAgent]) -> dict[str, list[SeededAgent]]:
+    by_gateway: dict[str, list[SeededAgent]] = {}
+    for agent in agents:
+        by_gateway.setdefault(agent.gateway_id, []).append(agent)
+    return by_gateway
 
 
 def _submitters(sizes: Sizes) -> int:
@@ -84,9 +136,11 @@ def _submitters(sizes: Sizes) -> int:
 
 
 async def _real_ingest(
-    path: Path, by_gateway: dict[str, list[SeededAgent]], duration_s: float, submitters: int
+    where: Path | str, by_gateway: dict[str, list[SeededAgent]], duration_s: float, submitters: int
 ) -> tuple[float, float, int]:
-    db = Database(path, COMMIT_INTERVAL_S)
+    """`where`: the SQLite file, or a PostgreSQL URL."""
+    engine = engine_for(where) if isinstance(where, str) else None
+    db = Database(where if engine is None else None, COMMIT_INTERVAL_S, engine=engine)
     db.open()
     reconciler = Reconciler(db, GatewayStore(db), Policy(hub_started_at=time.time()))
     done = 0
@@ -145,6 +199,26 @@ def _bare_ingest(path: Path, agents: list[SeededAgent], per_commit: int) -> floa
         conn.close()
 
 
+def _bare_ingest_pg(url: str, agents: list[SeededAgent], per_commit: int) -> float:
+    with psycopg.connect(url, autocommit=True) as conn:
+        total = min(len(agents) * 5, 200_000)
+        ids = [a.id for a in agents]
+        started = time.perf_counter()
+        written = 0
+        while written < total:
+            now = time.time()
+            batch = [ids[(written + i) % len(ids)] for i in range(per_commit)]
+            with conn.transaction():
+                conn.execute(
+                    "UPDATE agents SET last_seen_at = beat.at FROM "
+                    "unnest(%s::text[], %s::double precision[]) AS beat(id, at) "
+                    "WHERE agents.id = beat.id",
+                    (batch, [now] * len(batch)),
+                )
+            written += per_commit
+        return written / (time.perf_counter() - started)
+
+
 async def _end_to_end(sizes: Sizes) -> Figure:
     figure = Figure(
         f"beat at sidecar -> durable in hub, p99 ({sizes.e2e_sidecars} relays)",
@@ -166,9 +240,7 @@ async def _end_to_end(sizes: Sizes) -> Figure:
         sidecars: list[RelaySidecar] = []
         try:
             pin_to(LOAD_CORE)
-            by_gateway: dict[str, list[SeededAgent]] = {}
-            for agent in agents:
-                by_gateway.setdefault(agent.gateway_id, []).append(agent)
+            by_gateway = _by_gateway(agents)
             target = f"127.0.0.1:{address.link_port}"
             for i, (gateway_id, members) in enumerate(by_gateway.items()):
                 sidecar = RelaySidecar(

@@ -13,7 +13,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from hub.store.database import connect, migrate
+from hub.store.database import Connection, connect, migrate
+from hub.store.engines import engine_for
 
 
 @dataclass(frozen=True)
@@ -34,12 +35,18 @@ def seed(
     agents_per_gateway: int,
     heartbeat_interval_s: int = 600,
     deadlines: list[float] | None = None,
+    database: str = "",
 ) -> list[SeededAgent]:
-    """Create the hub database at `path` with online agents (or, with `deadlines`, agents
-    woken 30 s before their check-in deadline and not yet checked in: one deadline each)."""
+    """Create the hub database at `path` (or the PostgreSQL `database` URL) with online
+    agents (or, with `deadlines`, agents woken 30 s before their check-in deadline and
+    not yet checked in: one deadline each)."""
     now = time.time()
-    conn = connect(path)
-    migrate(conn)
+    conn: Connection
+    if database:
+        conn = engine_for(database).open_writer(None, None)  # migrated
+    else:
+        conn = connect(path)
+        migrate(conn)
     agents: list[SeededAgent] = []
     conn.execute("BEGIN")
     conn.executemany(

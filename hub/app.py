@@ -52,6 +52,7 @@ from hub.store.backup import (
     pre_migration_backup,
 )
 from hub.store.database import Database, DatabaseError
+from hub.store.engines import engine_for
 from hub.store.event_log import ACTIVITY
 from hub.store.gateways import GatewayStore
 from hub.store.outbox import OUTBOX, OUTBOX_SECRETS
@@ -98,15 +99,19 @@ class Hub:
         self.lock = DataDirLock(config.data_dir)
         hub_key = load_or_create_secret(config.data_dir / "hub.key")
         self.db = Database(
-            config.database_path,
-            config.commit_interval_s,
-            before_migration=pre_migration_backup(config.database_path, config.backup_dir),
+            commit_interval_s=config.commit_interval_s,
+            engine=engine_for(config.database_url),
+            # SQLite only: a PostgreSQL store is backed up with the database's own tools
+            before_migration=pre_migration_backup(config.database_path, config.backup_dir)
+            if config.on_sqlite
+            else None,
             on_commit=self.metrics.committed,
             secrets=SecretBox.from_hub_key(hub_key, OUTBOX_SECRETS),
         )
         self.store = GatewayStore(self.db)
         self.registry = SessionRegistry()
-        self.db.listen(OUTBOX, self.registry.notify_outbox)
+        # every hub: a command queued on another hub reaches the stream this one holds
+        self.db.listen(OUTBOX, self.registry.notify_outbox, every_hub=True)
         self.db.listen(OUTBOX, self.metrics.commands_queued_notice)
         self.backups = BackupScheduler(
             config.database_path,
@@ -323,7 +328,7 @@ class Hub:
             link=str(link),
             enroll=str(enroll) if enroll else None,
             insecure_dev=config.insecure_dev,
-            database=str(config.database_path),
+            database=self.db.engine.describe,
         )
         if config.insecure_dev:
             log.warning(

@@ -16,6 +16,7 @@ from hub.fleet_cli import COMMANDS as FLEET_COMMANDS
 from hub.fleet_cli import add_fleet_parsers, fleet_main
 from hub.operations import COMMANDS as OPERATIONS
 from hub.operations import add_operations_parsers, operations_main
+from hub.store.engines import engine_for
 from hub.system_service import COMMANDS as SERVICE_COMMANDS
 from hub.system_service import add_service_parsers, service_main
 from missioncontrol import log as logs
@@ -287,7 +288,7 @@ def banner(
             f"  dashboard: {http}/   (log in with the admin token)",
             f"  REST API:  {http}/api/v1   (health: {http}/healthz)",
             f"  link:      {link}{insecure}",
-            f"  database:  {config.database_path}",
+            f"  database:  {engine_for(config.database_url).describe}",
             f"  {token_line}",
             "",
             f'  try:       curl{cacert} -H "{bearer}" {http}/api/v1/gateways',

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hub.store.engines import check_database_url, sqlite_path, sqlite_url
 from missioncontrol.netaddr import HostPort
 from missioncontrol.private_files import InsecurePermissionsError, read_private_file
 from missioncontrol.settings import (
@@ -134,6 +135,14 @@ SERVE_OPTIONS = (
         metavar="SECONDS",
     ),
     Option(
+        "database",
+        "where the hub keeps its rows: sqlite:// and a path (default: DATA_DIR/hub.sqlite3) "
+        "or postgresql://USER:PASSWORD@HOST:PORT/DATABASE",
+        "",
+        lambda text: check_database_url(text) if text else "",
+        metavar="URL",
+    ),
+    Option(
         "backup-interval",
         "seconds between scheduled online backups of the database (0: none)",
         0.0,
@@ -197,6 +206,15 @@ class HubConfig:
     backup_keep: int = 7
     backup_dir_setting: Path | None = None  # None: DATA_DIR/backups
     metrics_public: bool = False
+    database: str = ""  # a --database URL; "" is the SQLite file in the data directory
+
+    @property
+    def database_url(self) -> str:
+        return self.database or sqlite_url(self.data_dir / "hub.sqlite3")
+
+    @property
+    def on_sqlite(self) -> bool:
+        return sqlite_path(self.database_url) is not None
 
     @property
     def backup_dir(self) -> Path:
@@ -211,9 +229,16 @@ class HubConfig:
 
     @property
     def database_path(self) -> Path:
-        return self.data_dir / "hub.sqlite3"
+        """The SQLite file (backups, doctor); with PostgreSQL, where it would be."""
+        return sqlite_path(self.database_url) or self.data_dir / "hub.sqlite3"
 
     def validate(self) -> None:
+        if self.backup_interval_s > 0 and not self.on_sqlite:
+            raise SettingsError(
+                "--backup-interval copies the SQLite file; a PostgreSQL store is backed up "
+                "with PostgreSQL's own tools (pg_dump, or base backups with WAL archiving): "
+                "drop --backup-interval or use an sqlite:/// database"
+            )
         if self.insecure_dev and not self.link_listen.is_loopback:
             raise SettingsError(
                 f"--insecure-dev refuses to serve the link on {self.link_listen}: without TLS "
@@ -327,6 +352,7 @@ def build_config(args: argparse.Namespace, environ: Mapping[str, str] = os.envir
         backup_keep=values["backup_keep"],
         backup_dir_setting=values["backup_dir"],
         metrics_public=values["metrics_public"],
+        database=values["database"],
     )
     config.validate()
     return config

@@ -100,7 +100,9 @@ class HubMetrics:
             registry=r,
         )
         self.db_size = Gauge(
-            "mc_hub_db_size_bytes", "database file plus its write-ahead log", registry=r
+            "mc_hub_db_size_bytes",
+            "database file plus its write-ahead log (PostgreSQL: the database's size)",
+            registry=r,
         )
         self.wakes = Counter(
             "mc_hub_reconciler_wakes", "wakes queued (first wakes and re-wakes)", registry=r
@@ -203,7 +205,7 @@ class HubMetrics:
         self.link_streams.set(streams)
         now = time.time()
 
-        def read(conn: Any) -> tuple[int, int, float | None]:
+        def read(conn: Any) -> tuple[int, int, float | None, int | None]:
             total, deepest = conn.execute(
                 "SELECT COALESCE(SUM(next_sequence - 1 - acked_sequence), 0), "
                 "COALESCE(MAX(next_sequence - 1 - acked_sequence), 0) FROM gateways"
@@ -211,13 +213,18 @@ class HubMetrics:
             oldest = conn.execute(
                 "SELECT MIN(created_at) FROM commands WHERE acked_at IS NULL"
             ).fetchone()[0]
-            return int(total), int(deepest), oldest
+            size = None  # the SQLite file is measured on disk, below
+            if conn.dialect == "postgresql":
+                size = conn.execute("SELECT pg_database_size(current_database())").fetchone()[0]
+            return int(total), int(deepest), oldest, size
 
-        total, deepest, oldest = await db.read(read)
+        total, deepest, oldest, size = await db.read(read)
         self.commands_pending.set(total)
         self.outbox_depth_max.set(deepest)
         self.outbox_oldest_pending.set(max(0.0, now - oldest) if oldest else 0.0)
-        self.db_size.set(_size(db.path) + _size(db.path.with_name(db.path.name + "-wal")))
+        if db.path is not None:
+            size = _size(db.path) + _size(db.path.with_name(db.path.name + "-wal"))
+        self.db_size.set(size or 0)
 
     def middleware(self) -> Callable[..., Awaitable[web.StreamResponse]]:
         """Counts and times every API request by its route template (bounded labels)."""

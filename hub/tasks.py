@@ -70,7 +70,8 @@ class TaskRow:
 # A task row with its tags (sorted), for every query that builds a TaskRow.
 _TASK = (
     "SELECT tasks.*, (SELECT json_group_array(tag) FROM "
-    "(SELECT tag FROM task_tags WHERE task_id = tasks.id ORDER BY tag)) AS tags FROM tasks"
+    "(SELECT tag FROM task_tags WHERE task_id = tasks.id ORDER BY tag) AS ordered) AS tags "
+    "FROM tasks"
 )
 MAX_TAGS = 20
 TAG_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9:._/-]{0,63}$"

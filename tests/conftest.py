@@ -1,21 +1,66 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from hub.app import Hub
+from hub.store.database import Database
+from hub.store.engines import engine_for
 from missioncontrol import log as logs
+from tests.postgres_server import PostgresServer, PostgresUnavailable
 from tests.support import hub_config
 
 logs.configure("warning", "json")
 
+ENGINES = ("sqlite", "postgresql")
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One real PostgreSQL on loopback for the session, started on first use."""
+    try:
+        server = PostgresServer().start()
+    except PostgresUnavailable as exc:
+        pytest.skip(f"PostgreSQL half skipped: {exc}")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(params=ENGINES)
+def database(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The --database of a test's hub, once per engine: "" (the SQLite file in the data
+    directory) and a fresh database on the session's PostgreSQL."""
+    if request.param == "sqlite":
+        yield ""
+        return
+    server: PostgresServer = request.getfixturevalue("postgres_server")
+    name = server.create_database()
+    yield server.url(name)
+    server.drop_database(name)
+
 
 @pytest.fixture
-async def hub(tmp_path: Path) -> AsyncIterator[Hub]:
-    """A real hub on loopback: SQLite file, gRPC link server, aiohttp API."""
-    instance = Hub(hub_config(tmp_path / "hub"))
+def open_database(database: str, tmp_path: Path) -> Callable[..., Database]:
+    """Opens a store on the test's engine (`database`); the caller closes it."""
+
+    def make(commit_interval_s: float = 1.0, **options: object) -> Database:
+        url = database or f"sqlite://{tmp_path / 'hub.sqlite3'}"
+        db = Database(commit_interval_s=commit_interval_s, engine=engine_for(url), **options)  # type: ignore[arg-type]
+        db.open()
+        return db
+
+    return make
+
+
+@pytest.fixture
+async def hub(tmp_path: Path, database: str) -> AsyncIterator[Hub]:
+    """A real hub on loopback on each engine: gRPC link server, aiohttp API, and an
+    SQLite file or a PostgreSQL database."""
+    instance = Hub(hub_config(tmp_path / "hub", database=database))
     await instance.start()
     yield instance
     await instance.stop()

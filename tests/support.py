@@ -41,8 +41,12 @@ from sidecar.link.backoff import Backoff
 ADMIN_TOKEN = "test-admin-token-" + "x" * 48
 
 
-def hub_config(data_dir: Path, *, link_port: int = 0, http_port: int = 0) -> HubConfig:
+def hub_config(
+    data_dir: Path, *, link_port: int = 0, http_port: int = 0, database: str = ""
+) -> HubConfig:
+    """`database`: a --database URL ("" the SQLite file in `data_dir`)."""
     return HubConfig(
+        database=database,
         data_dir=data_dir,
         http_listen=HostPort("127.0.0.1", http_port),
         link_listen=HostPort("127.0.0.1", link_port),
@@ -57,11 +61,11 @@ def hub_config(data_dir: Path, *, link_port: int = 0, http_port: int = 0) -> Hub
 
 
 @asynccontextmanager
-async def running_hub(data_dir: Path, **options: Any) -> AsyncIterator[Hub]:
+async def running_hub(data_dir: Path, database: str = "", **options: Any) -> AsyncIterator[Hub]:
     """A real hub on loopback (see hub_config), started and stopped around the block."""
     from hub.app import Hub
 
-    hub = Hub(hub_config(data_dir), **options)
+    hub = Hub(hub_config(data_dir, database=database), **options)
     await hub.start()
     try:
         yield hub

@@ -8,6 +8,8 @@ tests/integration/test_presence.py checks the two agree.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from hub.lifecycle.decisions import Phase, Policy, Status
 from hub.store.database import Connection
 
@@ -21,3 +23,28 @@ def silent_agents_in(conn: Connection, now: float, policy: Policy) -> list[str]:
         (Status.ONLINE.value, Phase.IDLE.value, now, policy.offline_after_intervals),
     )
     return [row[0] for row in rows]
+
+
+def touch_steady_in(conn: Connection, gateway_id: str, seen: Mapping[str, float]) -> int:
+    """Move presence for the agents in `seen` (gateway agent id -> observed time) that are
+    online with nothing outstanding, in one statement for the whole batch; observed times
+    never go backwards. Returns how many were steady."""
+    if conn.dialect == "postgresql":
+        # One statement whatever the batch's size: the beats travel as two arrays.
+        return int(
+            conn.execute(
+                """UPDATE agents SET last_seen_at = GREATEST(COALESCE(last_seen_at, 0), beat.at)
+                   FROM unnest(?::text[], ?::double precision[]) AS beat(agent, at)
+                   WHERE gateway_id = ? AND gateway_agent_id = beat.agent
+                     AND status = 'online' AND phase = 'idle'""",
+                (list(seen), list(seen.values()), gateway_id),
+            ).rowcount
+        )
+    return int(
+        conn.executemany(
+            """UPDATE agents SET last_seen_at = MAX(COALESCE(last_seen_at, 0), ?)
+               WHERE gateway_id = ? AND gateway_agent_id = ?
+                 AND status = 'online' AND phase = 'idle'""",
+            [(at, gateway_id, agent_id) for agent_id, at in seen.items()],
+        ).rowcount
+    )

@@ -29,7 +29,7 @@ from hub.boards import finish_deleting
 from hub.events import EventBus
 from hub.lifecycle import decisions as lc
 from hub.lifecycle.deadlines import DeadlineSchedule, Due
-from hub.lifecycle.presence import silent_agents_in
+from hub.lifecycle.presence import silent_agents_in, touch_steady_in
 from hub.provisioning.agents import (
     AgentRow,
     RenderOptions,
@@ -184,14 +184,8 @@ class Reconciler:
         def op(tx: Transition) -> None:
             conn, now = tx.conn, tx.now
             seen = {b.agent_id: min(epoch_s(b.observed_at), now) for b in batch.beats}
-            # Steady state (online, nothing outstanding): only presence moves, in one
-            # statement for the whole batch; observed times never go backwards.
-            steady = conn.executemany(
-                """UPDATE agents SET last_seen_at = MAX(COALESCE(last_seen_at, 0), ?)
-                   WHERE gateway_id = ? AND gateway_agent_id = ?
-                     AND status = 'online' AND phase = 'idle'""",
-                [(at, gateway_id, agent_id) for agent_id, at in seen.items()],
-            ).rowcount
+            # Steady state (online, nothing outstanding): only presence moves.
+            steady = touch_steady_in(conn, gateway_id, seen)
             # Everyone else has a lifecycle decision waiting on this check-in.
             ids = list(seen) if steady < len(seen) else []
             for start in range(0, len(ids), 500):

@@ -35,6 +35,7 @@ from hub.provisioning.rendering import (
     render_file_set,
     render_wake_message,
 )
+from hub.store.engines import IntegrityError
 from hub.store.errors import Refusal, StoreError
 from hub.store.gateways import gateway_in
 from hub.users import user_profile
@@ -331,7 +332,7 @@ def insert_agent_in(
                 now,
             ),
         )
-    except sqlite3.IntegrityError:
+    except IntegrityError:
         raise AgentConflict(
             f"gateway {gateway_id} already has an agent with the gateway id {gateway_agent_id}"
         ) from None

@@ -1,4 +1,5 @@
-"""SQLite access for the hub: one writer that group-commits, one reader, migrations.
+"""The hub's database: one writer that group-commits, readers, migrations, over an
+engine (an SQLite file here; PostgreSQL in hub/store/postgres.py, `--database`).
 
 Every write goes through `Database.write(fn)`: `fn(connection)` runs on the
 writer thread inside a transaction shared with whatever else is queued. The
@@ -27,7 +28,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from hub.pki.secrets_box import SecretBox
 from hub.store.migrations import MIGRATIONS
@@ -57,12 +58,14 @@ class DatabaseNewerError(DatabaseError):
 Notice = tuple[str | None, Any]  # (channel, payload); channel None: payload is a callable
 
 
-class Connection(sqlite3.Connection):
-    """A hub database connection. On the writer, jobs leave notices for after their commit;
-    `secrets` seals what the store keeps that no copy of the database may reveal."""
+class Notices:
+    """What every engine's connection carries: on the writer, jobs leave notices for
+    after their commit; `secrets` seals what the store keeps that no copy of the database
+    may reveal; `dialect` names the engine, for the few statements written per engine."""
 
     notices: list[Notice] | None = None  # None: not inside a write job (a reader)
     secrets: SecretBox | None = None
+    dialect = "sqlite"
 
     def notify(self, channel: str, payload: Any) -> None:
         """Deliver `payload` to the channel's listeners once this job's commit is durable."""
@@ -76,6 +79,45 @@ class Connection(sqlite3.Connection):
         if self.notices is None:
             raise DatabaseError("notices can only be left by a write job (Database.write)")
         return self.notices
+
+
+class Connection(Notices, sqlite3.Connection):
+    """A hub SQLite connection (the PostgreSQL engine's connection speaks the same
+    subset: execute, executemany, rows by name and position; hub/store/postgres.py)."""
+
+
+class Engine(Protocol):
+    """Where a Database keeps its rows: the group-committing writer and the readers are
+    the same for every engine; an engine opens their connections and migrates."""
+
+    name: str  # "sqlite" | "postgresql"
+    describe: str  # for messages and logs (never a password)
+    begin_sql: str  # what opens a group commit's transaction
+    errors: tuple[type[Exception], ...]  # what a failed statement raises
+    reader_threads: int
+
+    def open_writer(
+        self, secrets: SecretBox | None, before: Callable[[SchemaState, int], None] | None
+    ) -> Connection:
+        """The writer's connection, with the schema migrated to this program's version."""
+        ...
+
+    def recover(self, conn: Connection) -> Connection:
+        """The writer's connection to go on with after a failed commit."""
+        ...
+
+    def read(self, fn: Callable[[Connection], T], secrets: SecretBox | None) -> T:
+        """Run `fn` on a reader connection (called on a reader thread)."""
+        ...
+
+    def probe_writable(self, timeout_s: float) -> None: ...
+
+    def share_notices(self, channels: set[str], deliver: Callable[[str, str], None]) -> None:
+        """Tell the other hubs on this database the notices on `channels` (str payloads)
+        and call `deliver(channel, payload)`, from any thread, for theirs."""
+        ...
+
+    def close(self) -> None: ...
 
 
 @dataclass
@@ -169,14 +211,7 @@ def migrate(
     `before(state, target)` runs first when an existing database is about to move (the
     hub backs it up there); each applied version records this program's version."""
     ensure_schema_table(conn)
-    state = schema_state(conn)
-    current = state.version
-    known = len(MIGRATIONS)
-    if current > known:
-        raise DatabaseNewerError(newer_schema_message(state))
-    if before is not None and 0 < current < known:
-        before(state, known)
-    for version, script in enumerate(MIGRATIONS[current:], start=current + 1):
+    for version, script in pending_migrations(schema_state(conn), before):
         conn.execute("BEGIN IMMEDIATE")
         try:
             for statement in script:
@@ -191,56 +226,145 @@ def migrate(
             conn.execute("ROLLBACK")
             raise
         log.info("database.migrated", version=version, program_version=VERSION)
-    return known
+    return len(MIGRATIONS)
+
+
+def pending_migrations(
+    state: SchemaState, before: Callable[[SchemaState, int], None] | None
+) -> list[tuple[int, tuple[str, ...]]]:
+    """The migrations a database at `state` needs, each with the version it reaches (the
+    same decision on every engine): refuses a newer database; calls `before` when an
+    existing one is about to move."""
+    current, known = state.version, len(MIGRATIONS)
+    if current > known:
+        raise DatabaseNewerError(newer_schema_message(state))
+    if before is not None and 0 < current < known:
+        before(state, known)
+    return list(enumerate(MIGRATIONS[current:], start=current + 1))
+
+
+class SqliteEngine:
+    """One SQLite file: WAL, so the reader is never blocked by the writer."""
+
+    name = "sqlite"
+    begin_sql = "BEGIN IMMEDIATE"
+    errors: tuple[type[Exception], ...] = (sqlite3.Error,)
+    reader_threads = 1
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.describe = str(path)
+        self._reader_local = threading.local()
+
+    def open_writer(
+        self, secrets: SecretBox | None, before: Callable[[SchemaState, int], None] | None
+    ) -> Connection:
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            conn = connect(self.path)
+        except sqlite3.Error as exc:
+            raise DatabaseError(f"cannot open database {self.path}: {exc}") from exc
+        conn.secrets = secrets
+        try:
+            migrate(conn, before=before)
+        except sqlite3.Error as exc:
+            conn.close()
+            raise DatabaseError(f"cannot open database {self.path}: {exc}") from exc
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def recover(self, conn: Connection) -> Connection:
+        return conn  # a failed SQLite commit leaves the connection usable
+
+    def read(self, fn: Callable[[Connection], T], secrets: SecretBox | None) -> T:
+        conn = getattr(self._reader_local, "conn", None)
+        if conn is None:
+            conn = connect(self.path)
+            conn.execute("PRAGMA query_only = ON")
+            conn.secrets = secrets
+            self._reader_local.conn = conn
+        return fn(conn)
+
+    def probe_writable(self, timeout_s: float) -> None:
+        conn = sqlite3.connect(self.path, timeout=timeout_s, isolation_level=None)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("UPDATE schema_version SET applied_at = applied_at WHERE 0")
+            conn.execute("ROLLBACK")
+        finally:
+            conn.close()
+
+    def share_notices(self, channels: set[str], deliver: Callable[[str, str], None]) -> None:
+        """One hub per file: there is no other hub to tell."""
+
+    def close(self) -> None:
+        """Nothing is shared between the connections to close."""
 
 
 class Database:
-    """The hub's single SQLite database: group-committing writer plus a reader."""
+    """The hub's database: a group-committing writer plus readers, over one engine
+    (an SQLite file by default; PostgreSQL with `engine=`, see `open_store`)."""
 
     def __init__(
         self,
-        path: Path,
+        path: Path | None = None,
         commit_interval_s: float = 1.0,
         *,
+        engine: Engine | None = None,
         before_migration: Callable[[SchemaState, int], None] | None = None,
         on_commit: Callable[[int, float], None] | None = None,
         secrets: SecretBox | None = None,
     ) -> None:
-        """`before_migration(state, target)` runs before an existing database's schema
-        moves (the hub takes a backup there); `on_commit(jobs, seconds)` after each group
-        commit, on the writer thread (metrics); `secrets` seals the secrets rows keep
-        (agent token files in queued commands)."""
+        """`path` is an SQLite file, or `engine` another engine; `before_migration(state,
+        target)` runs before an existing database's schema moves (the hub takes a backup
+        there); `on_commit(jobs, seconds)` after each group commit, on the writer thread
+        (metrics); `secrets` seals the secrets rows keep (agent token files in queued
+        commands)."""
+        if engine is None:
+            if path is None:
+                raise ValueError("Database needs an SQLite path or an engine")
+            engine = SqliteEngine(path)
+        self.engine = engine
         self.secrets = secrets
-        self.path = path
+        # the SQLite file; None on another engine
+        self.path = engine.path if isinstance(engine, SqliteEngine) else None
         self.commit_interval_s = commit_interval_s
         self.before_migration = before_migration
         self.on_commit = on_commit
         self.stats = WriterStats()
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
-        self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hub-db-read")
-        self._reader_local = threading.local()
+        self._reader = ThreadPoolExecutor(
+            max_workers=engine.reader_threads, thread_name_prefix="hub-db-read"
+        )
         self._listeners: dict[str, list[Callable[[Any], None]]] = {}
+        self._every_hub: dict[str, list[Callable[[Any], None]]] = {}
         self._closed = False
 
-    def listen(self, channel: str, listener: Callable[[Any], None]) -> None:
-        """Call `listener(payload)` for every notice on `channel`, after its commit."""
+    def listen(
+        self, channel: str, listener: Callable[[Any], None], *, every_hub: bool = False
+    ) -> None:
+        """Call `listener(payload)` for every notice on `channel`, after its commit;
+        `every_hub`: also for the notices other hubs on the same database leave there
+        (PostgreSQL; their payloads are strings). Register before `open`."""
         self._listeners.setdefault(channel, []).append(listener)
+        if every_hub:
+            self._every_hub.setdefault(channel, []).append(listener)
 
     def open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if self._every_hub:  # first: the writer's connection carries the shared channels
+            loop = asyncio.get_running_loop()
+
+            def deliver(channel: str, payload: str) -> None:  # from the engine's thread
+                loop.call_soon_threadsafe(self._deliver_from_another_hub, channel, payload)
+
+            self.engine.share_notices(set(self._every_hub), deliver)
         try:
-            conn = connect(self.path)
-        except sqlite3.Error as exc:
-            raise DatabaseError(f"cannot open database {self.path}: {exc}") from exc
-        conn.secrets = self.secrets
-        try:
-            migrate(conn, before=self.before_migration)
-        except sqlite3.Error as exc:
-            conn.close()
-            raise DatabaseError(f"cannot open database {self.path}: {exc}") from exc
+            conn = self.engine.open_writer(self.secrets, self.before_migration)
         except BaseException:
-            conn.close()
+            self.engine.close()  # the listener, if it started
             raise
         self._writer = threading.Thread(
             target=self._run_writer, args=(conn,), name="hub-db-writer", daemon=True
@@ -279,23 +403,11 @@ class Database:
         return await loop.run_in_executor(self._reader, self._read_job, fn)
 
     def _read_job(self, fn: Callable[[Connection], T]) -> T:
-        conn = getattr(self._reader_local, "conn", None)
-        if conn is None:
-            conn = connect(self.path)
-            conn.execute("PRAGMA query_only = ON")
-            conn.secrets = self.secrets
-            self._reader_local.conn = conn
-        return fn(conn)
+        return self.engine.read(fn, self.secrets)
 
     def probe_writable(self, timeout_s: float = 1.0) -> None:
         """Take the write lock on a separate connection and release it; raise if impossible."""
-        conn = sqlite3.connect(self.path, timeout=timeout_s, isolation_level=None)
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            conn.execute("UPDATE schema_version SET applied_at = applied_at WHERE 0")
-            conn.execute("ROLLBACK")
-        finally:
-            conn.close()
+        self.engine.probe_writable(timeout_s)
 
     async def close(self) -> None:
         """Commit what is queued, then stop the writer and the reader."""
@@ -306,6 +418,7 @@ class Database:
         if self._writer is not None:
             await asyncio.to_thread(self._writer.join)
         self._reader.shutdown(wait=True)
+        await asyncio.to_thread(self.engine.close)
 
     # ------------------------------------------------------------- writer
 
@@ -351,14 +464,16 @@ class Database:
                     stopping = True
                     break
                 batch.append(job)
-            self._commit_batch(conn, batch)
+            if not self._commit_batch(conn, batch):
+                conn = self.engine.recover(conn)
         conn.close()
 
-    def _commit_batch(self, conn: Connection, batch: list[_Job]) -> None:
+    def _commit_batch(self, conn: Connection, batch: list[_Job]) -> bool:
+        """Commit `batch` (False: the commit failed; every job's caller gets the error)."""
         outcomes: list[tuple[_Job, Any, BaseException | None, list[Notice]]] = []
         started = time.monotonic()
         try:
-            conn.execute("BEGIN IMMEDIATE")
+            conn.execute(self.engine.begin_sql)
             for job in batch:
                 conn.execute("SAVEPOINT job")
                 conn.notices = []
@@ -374,7 +489,7 @@ class Database:
                 finally:
                     conn.notices = None
             conn.execute("COMMIT")
-        except sqlite3.Error as exc:
+        except self.engine.errors as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             self.stats.last_error = str(exc)
@@ -382,7 +497,9 @@ class Database:
             log.error("database.commit.failed", error=str(exc), jobs=len(batch))
             failure = DatabaseError(f"database write failed: {exc}")
             outcomes = [(job, None, failure, []) for job in batch]
+            committed = False
         else:
+            committed = True
             self.stats.commits += 1
             self.stats.jobs += len(batch)
             self.stats.last_error = None
@@ -399,6 +516,14 @@ class Database:
             if notices:
                 job.loop.call_soon_threadsafe(self._deliver, notices)
             job.loop.call_soon_threadsafe(_settle, job.future, result, error)
+        return committed
+
+    def _deliver_from_another_hub(self, channel: str, payload: str) -> None:
+        for listener in self._every_hub.get(channel, ()):
+            try:
+                listener(payload)
+            except Exception:  # one listener's bug must not cost the others their notice
+                log.exception("database.notice.failed", channel=channel, from_another_hub=True)
 
     def _deliver(self, notices: list[Notice]) -> None:
         for channel, payload in notices:

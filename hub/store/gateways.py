@@ -391,7 +391,7 @@ def record_hello_in(
                updated_at = ?, sidecar_version = ?, openclaw_version = ?,
                openclaw_protocol = ?, gateway_generation = ?, workspace_root = ?,
                agent_api_url = ?, hostname = ?, reported_workspace_root = ?,
-               follows_hub_workspace_root = ?, files_stale = files_stale OR ?
+               follows_hub_workspace_root = ?, files_stale = MAX(files_stale, ?)
            WHERE id = ?""",
         (
             at,

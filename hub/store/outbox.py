@@ -51,7 +51,13 @@ def enqueue_command_in(
     """Append `command` to the outbox inside the caller's transaction (same commit as the
     row change that caused it); return its sequence. `now`: the caller's clock (the
     lifecycle's, which a command's outcome is then judged by)."""
-    row = conn.execute("SELECT next_sequence FROM gateways WHERE id = ?", (gateway_id,)).fetchone()
+    # Taking the number is the write that locks the gateway's row: a concurrent hub's
+    # transaction waits here, then numbers after this one (no gap, no duplicate).
+    row = conn.execute(
+        "UPDATE gateways SET next_sequence = next_sequence + 1 WHERE id = ? "
+        "RETURNING next_sequence - 1",
+        (gateway_id,),
+    ).fetchone()
     if row is None:
         raise UnknownGateway(f"gateway {gateway_id} does not exist")
     sequence = row[0]
@@ -81,7 +87,6 @@ def enqueue_command_in(
             time.time() if now is None else now,
         ),
     )
-    conn.execute("UPDATE gateways SET next_sequence = ? WHERE id = ?", (sequence + 1, gateway_id))
     conn.notify(OUTBOX, gateway_id)  # the gateway's stream, if any, sends it after the commit
     add_event(
         conn,

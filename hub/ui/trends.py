@@ -48,7 +48,8 @@ def fleet_counts_in(conn: sqlite3.Connection) -> Counts:
 
 def record_sample_in(conn: sqlite3.Connection, at: float, counts: Counts) -> None:
     conn.execute(
-        "INSERT OR REPLACE INTO fleet_samples (at, counts) VALUES (?, ?)",
+        "INSERT INTO fleet_samples (at, counts) VALUES (?, ?) "
+        "ON CONFLICT (at) DO UPDATE SET counts = excluded.counts",
         (at, json.dumps(counts, separators=(",", ":"), sort_keys=True)),
     )
     conn.execute("DELETE FROM fleet_samples WHERE at < ?", (at - KEEP_SAMPLES_S,))

@@ -111,9 +111,11 @@ async def _has(hub: Hub, query: str, kind: str) -> bool:
     return kind in await kinds(hub, query)
 
 
-async def test_the_stream_resumes_by_last_event_id_across_a_hub_restart(tmp_path: Path) -> None:
+async def test_the_stream_resumes_by_last_event_id_across_a_hub_restart(
+    tmp_path: Path, database: str
+) -> None:
     data = tmp_path / "hub"
-    async with running_hub(data) as hub:
+    async with running_hub(data, database=database) as hub:
         gateway = await gateway_with_root(hub)
         board = await board_on(hub, gateway["id"])
         async with SseListener(hub, f"/api/v1/activity/stream?board_id={board['id']}") as sse:
@@ -140,7 +142,7 @@ async def test_the_stream_resumes_by_last_event_id_across_a_hub_restart(tmp_path
         await api(
             hub, "PATCH", f"/api/v1/boards/{board['id']}/tasks/{task['id']}", {"status": "done"}
         )
-    async with running_hub(data) as hub:
+    async with running_hub(data, database=database) as hub:
         await api(hub, "POST", f"/api/v1/boards/{board['id']}/tasks", {"title": "Two"})
         async with SseListener(
             hub,
@@ -167,9 +169,10 @@ async def test_the_stream_resumes_by_last_event_id_across_a_hub_restart(tmp_path
 
 async def test_the_agent_stream_resumes_with_current_state_after_a_restart(
     tmp_path: Path,
+    database: str,
 ) -> None:
     data = tmp_path / "hub"
-    async with running_hub(data) as hub:
+    async with running_hub(data, database=database) as hub:
         gateway = await gateway_with_root(hub)
         board = await board_on(hub, gateway["id"])
         async with SseListener(hub, f"/api/v1/agents/stream?board_id={board['id']}") as sse:
@@ -191,7 +194,7 @@ async def test_the_agent_stream_resumes_with_current_state_after_a_restart(
             got = await resumed.wait(lambda e: e.data["agent"]["id"] == second["id"], "replayed")
             assert int(got.id or 0) > int(first.id or 0)
     async with (
-        running_hub(data) as hub,
+        running_hub(data, database=database) as hub,
         SseListener(
             hub, f"/api/v1/agents/stream?board_id={board['id']}", {"Last-Event-ID": str(first.id)}
         ) as after_restart,

@@ -113,10 +113,10 @@ async def test_wrong_admin_token_is_401_and_unknown_routes_are_json_404(
 
 
 async def test_admin_rate_limit_answers_429_with_retry_after(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, database: str
 ) -> None:
     monkeypatch.setattr(hub_api, "ADMIN_RATE", (1.0, 3))
-    instance = Hub(hub_config(tmp_path / "hub"))
+    instance = Hub(hub_config(tmp_path / "hub", database=database))
     await instance.start()
     try:
         assert instance.addresses is not None

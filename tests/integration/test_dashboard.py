@@ -69,8 +69,8 @@ def clock() -> JumpClock:
 
 
 @pytest.fixture
-async def hub(tmp_path: Path, clock: JumpClock) -> AsyncIterator[Hub]:
-    instance = Hub(hub_config(tmp_path / "hub"), clock=clock)
+async def hub(tmp_path: Path, clock: JumpClock, database: str) -> AsyncIterator[Hub]:
+    instance = Hub(hub_config(tmp_path / "hub", database=database), clock=clock)
     await instance.start()
     yield instance
     await instance.stop()

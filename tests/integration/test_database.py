@@ -2,20 +2,31 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from hub.store.database import COMMIT_BURST, Connection, Database, DatabaseError
+from hub.store.engines import IntegrityError
 from hub.store.migrations import MIGRATIONS
+
+OpenDatabase = Callable[..., Database]
 
 
 @pytest.fixture
-async def db(tmp_path: Path):
-    database = Database(tmp_path / "hub.sqlite3", commit_interval_s=0.2)
-    database.open()
+async def db(open_database: OpenDatabase):
+    database = open_database(commit_interval_s=0.2)
     yield database
     await database.close()
+
+
+def raw_connection(database: str, tmp_path: Path):
+    """A plain connection of the engine's own driver, beside the hub's."""
+    if database:
+        return psycopg.connect(database, autocommit=True)
+    return sqlite3.connect(tmp_path / "hub.sqlite3", isolation_level=None)
 
 
 def insert_gateway(gateway_id: str):
@@ -55,9 +66,8 @@ async def test_sustained_writes_commit_about_once_per_interval(db: Database) -> 
     assert commits < 200 / 10
 
 
-async def test_a_few_interactive_writes_in_a_row_are_not_held(tmp_path: Path) -> None:
-    database = Database(tmp_path / "hub.sqlite3", commit_interval_s=5.0)
-    database.open()
+async def test_a_few_interactive_writes_in_a_row_are_not_held(open_database: OpenDatabase) -> None:
+    database = open_database(commit_interval_s=5.0)
     try:
         loop = asyncio.get_running_loop()
         started = loop.time()
@@ -68,9 +78,8 @@ async def test_a_few_interactive_writes_in_a_row_are_not_held(tmp_path: Path) ->
         await database.close()
 
 
-async def test_an_idle_write_commits_immediately(tmp_path: Path) -> None:
-    database = Database(tmp_path / "hub.sqlite3", commit_interval_s=5.0)
-    database.open()
+async def test_an_idle_write_commits_immediately(open_database: OpenDatabase) -> None:
+    database = open_database(commit_interval_s=5.0)
     try:
         loop = asyncio.get_running_loop()
         started = loop.time()
@@ -99,40 +108,69 @@ async def test_a_failing_job_rolls_back_alone(db: Database) -> None:
     assert ids == ["after", "before"]
 
 
-async def test_queued_writes_are_flushed_on_close(tmp_path: Path) -> None:
-    database = Database(tmp_path / "hub.sqlite3", commit_interval_s=0.5)
-    database.open()
-    await database.write(insert_gateway("first"))
-    pending = [asyncio.ensure_future(database.write(insert_gateway(f"q{i}"))) for i in range(20)]
+async def test_queued_writes_are_flushed_on_close(
+    open_database: OpenDatabase, database: str, tmp_path: Path
+) -> None:
+    db = open_database(commit_interval_s=0.5)
+    await db.write(insert_gateway("first"))
+    pending = [asyncio.ensure_future(db.write(insert_gateway(f"q{i}"))) for i in range(20)]
     await asyncio.sleep(0)
-    await database.close()
+    await db.close()
     await asyncio.gather(*pending)
-    conn = sqlite3.connect(tmp_path / "hub.sqlite3")
+    conn = raw_connection(database, tmp_path)
     assert conn.execute("SELECT COUNT(*) FROM gateways").fetchone()[0] == 21
+    conn.close()
 
 
-def test_schema_is_versioned_and_a_newer_database_is_refused(tmp_path: Path) -> None:
-    path = tmp_path / "hub.sqlite3"
-    Database(path).open()
-    conn = sqlite3.connect(path)
+async def test_schema_is_versioned_and_a_newer_database_is_refused(
+    open_database: OpenDatabase, database: str, tmp_path: Path
+) -> None:
+    await open_database().close()
+    conn = raw_connection(database, tmp_path)
     assert conn.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] == len(MIGRATIONS)
-    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    if not database:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    mark = "%s" if database else "?"
     conn.execute(
-        "INSERT INTO schema_version (version, applied_at, program_version) VALUES (?, 0, ?)",
+        "INSERT INTO schema_version (version, applied_at, program_version) "
+        f"VALUES ({mark}, 0, {mark})",
         (len(MIGRATIONS) + 1, "9.4.2"),
     )
-    conn.commit()
+    conn.close()
     with pytest.raises(DatabaseError, match="newer than this hub") as refused:
-        Database(path).open()
+        open_database()
     # It names the program that wrote it, so the operator knows what to run.
     assert "written by mc-hub 9.4.2" in str(refused.value)
     assert "run mc-hub 9.4.2 or newer" in str(refused.value)
 
 
-def test_database_enforces_one_lead_per_board_and_one_main_per_gateway(tmp_path: Path) -> None:
-    path = tmp_path / "hub.sqlite3"
-    Database(path).open()
-    conn = sqlite3.connect(path)
+async def test_opening_again_applies_nothing_and_keeps_the_rows(
+    open_database: OpenDatabase, database: str, tmp_path: Path
+) -> None:
+    db = open_database()
+    await db.write(insert_gateway("kept"))
+    await db.close()
+    db = open_database()
+    try:
+        ids = await db.read(lambda c: [r[0] for r in c.execute("SELECT id FROM gateways")])
+        versions = await db.read(
+            lambda c: [r[0] for r in c.execute("SELECT version FROM schema_version")]
+        )
+    finally:
+        await db.close()
+    assert ids == ["kept"]
+    assert versions == list(range(1, len(MIGRATIONS) + 1))  # each applied once, in order
+
+
+async def test_database_enforces_one_lead_per_board_and_one_main_per_gateway(
+    open_database: OpenDatabase, database: str, tmp_path: Path
+) -> None:
+    await open_database().close()
+    conn = raw_connection(database, tmp_path)
+    if database:  # the same statements through the hub's dialect
+        from hub.store.postgres import PgConnection
+
+        conn = PgConnection(conn)
     conn.execute("INSERT INTO gateways (id, name, created_at, updated_at) VALUES ('g', 'g', 0, 0)")
     conn.execute(
         "INSERT INTO boards (id, gateway_id, name, slug, created_at, updated_at) "
@@ -148,21 +186,24 @@ def test_database_enforces_one_lead_per_board_and_one_main_per_gateway(tmp_path:
 
     agent("lead-1", "lead", "b")
     agent("main-1", "main", None)
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises(IntegrityError):
         agent("lead-2", "lead", "b")
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises(IntegrityError):
         agent("main-2", "main", None)
+    conn.close()
 
 
 async def test_notices_arrive_after_the_commit_and_before_the_writer_resumes(
-    db: Database,
+    db: Database, database: str, tmp_path: Path
 ) -> None:
     heard: list[tuple[str, bool]] = []
 
     def committed(gateway_id: str) -> bool:
-        conn = sqlite3.connect(db.path)  # another connection sees only committed rows
+        conn = raw_connection(database, tmp_path)  # sees only committed rows
         try:
-            found = conn.execute("SELECT 1 FROM gateways WHERE id = ?", (gateway_id,)).fetchone()
+            found = conn.execute(
+                f"SELECT 1 FROM gateways WHERE id = {'%s' if database else '?'}", (gateway_id,)
+            ).fetchone()
         finally:
             conn.close()
         return found is not None

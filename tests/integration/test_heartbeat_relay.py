@@ -67,9 +67,11 @@ async def test_200_beats_from_50_agents_in_one_second_go_out_in_at_most_two_batc
 
 
 async def test_hub_outage_keeps_the_latest_beat_per_agent_and_delivers_its_observed_at(
-    tmp_path: Path, free_port: Callable[[], int]
+    tmp_path: Path, free_port: Callable[[], int], database: str
 ) -> None:
-    config = hub_config(tmp_path / "hub", link_port=free_port(), http_port=free_port())
+    config = hub_config(
+        tmp_path / "hub", link_port=free_port(), http_port=free_port(), database=database
+    )
     hub = Hub(config)
     await hub.start()
     try:
@@ -108,9 +110,11 @@ async def test_hub_outage_keeps_the_latest_beat_per_agent_and_delivers_its_obser
 
 
 async def test_sidecar_restart_while_hub_is_down_delivers_persisted_beats(
-    tmp_path: Path, free_port: Callable[[], int]
+    tmp_path: Path, free_port: Callable[[], int], database: str
 ) -> None:
-    config = hub_config(tmp_path / "hub", link_port=free_port(), http_port=free_port())
+    config = hub_config(
+        tmp_path / "hub", link_port=free_port(), http_port=free_port(), database=database
+    )
     hub = Hub(config)
     await hub.start()
     try:
@@ -154,9 +158,11 @@ async def test_sidecar_restart_while_hub_is_down_delivers_persisted_beats(
 
 
 async def test_unacked_batch_is_resent_after_reconnect_unless_a_newer_beat_replaced_it(
-    tmp_path: Path, free_port: Callable[[], int]
+    tmp_path: Path, free_port: Callable[[], int], database: str
 ) -> None:
-    config = hub_config(tmp_path / "hub", link_port=free_port(), http_port=free_port())
+    config = hub_config(
+        tmp_path / "hub", link_port=free_port(), http_port=free_port(), database=database
+    )
     hub = Hub(config)
     await hub.start()
     try:

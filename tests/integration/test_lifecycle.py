@@ -33,8 +33,8 @@ def clock() -> JumpClock:
 
 
 @pytest.fixture
-async def hub(tmp_path: Path, clock: JumpClock) -> AsyncIterator[Hub]:
-    instance = lifecycle_hub(tmp_path, clock)
+async def hub(tmp_path: Path, clock: JumpClock, database: str) -> AsyncIterator[Hub]:
+    instance = lifecycle_hub(tmp_path, clock, database=database)
     await instance.start()
     yield instance
     await instance.stop()

@@ -215,9 +215,11 @@ async def test_command_queued_while_sidecar_offline_is_applied_once_after_it_con
 
 
 async def test_hub_restart_mid_stream_applies_each_command_exactly_once(
-    tmp_path: Path, free_port: Callable[[], int]
+    tmp_path: Path, free_port: Callable[[], int], database: str
 ) -> None:
-    config = hub_config(tmp_path / "hub", link_port=free_port(), http_port=free_port())
+    config = hub_config(
+        tmp_path / "hub", link_port=free_port(), http_port=free_port(), database=database
+    )
     hub = Hub(config)
     await hub.start()
     gateway = RecordingGateway()
@@ -457,16 +459,24 @@ async def test_readyz_reports_503_while_the_database_cannot_be_written(
 ) -> None:
     import sqlite3
 
+    import psycopg
+
     status, body = await http("/readyz")
     assert (status, body["ready"]) == (200, True)
-    blocker = sqlite3.connect(hub.config.database_path, isolation_level=None)
-    try:
+    blocker: Any
+    if hub.config.on_sqlite:
+        blocker = sqlite3.connect(hub.config.database_path, isolation_level=None)
         blocker.execute("BEGIN EXCLUSIVE")
+    else:  # another session holding the lock every write needs
+        blocker = psycopg.connect(hub.config.database_url, autocommit=True)
+        blocker.execute("BEGIN")
+        blocker.execute("LOCK TABLE schema_version IN ACCESS EXCLUSIVE MODE")
+    try:
         status, body = await http("/readyz")
         assert status == 503
         assert body["ready"] is False
         assert body["failing"][0]["check"] == "database"
-        assert "locked" in body["failing"][0]["detail"]
+        assert "lock" in body["failing"][0]["detail"]
     finally:
         blocker.execute("ROLLBACK")
         blocker.close()

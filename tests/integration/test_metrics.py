@@ -52,8 +52,8 @@ def metrics_url(hub: Hub) -> str:
     return f"{hub.addresses.http_url}/metrics"
 
 
-async def test_hub_and_sidecar_metrics_scrape_and_move(tmp_path: Path) -> None:
-    async with running_hub(tmp_path / "hub") as hub:
+async def test_hub_and_sidecar_metrics_scrape_and_move(tmp_path: Path, database: str) -> None:
+    async with running_hub(tmp_path / "hub", database=database) as hub:
         status, _, _ = await scrape(metrics_url(hub))
         assert status == 401  # the admin token is required by default
         status, before, content_type = await scrape(metrics_url(hub), ADMIN_TOKEN)

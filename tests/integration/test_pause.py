@@ -32,8 +32,10 @@ def clock() -> JumpClock:
 
 
 @pytest.fixture
-async def hub(tmp_path: Path, clock: JumpClock) -> AsyncIterator[Hub]:
-    config = dataclasses.replace(hub_config(tmp_path / "hub"), checkin_deadline_s=DEADLINE_S)
+async def hub(tmp_path: Path, clock: JumpClock, database: str) -> AsyncIterator[Hub]:
+    config = dataclasses.replace(
+        hub_config(tmp_path / "hub", database=database), checkin_deadline_s=DEADLINE_S
+    )
     instance = Hub(config, clock=clock, webhook_retry=RetryPolicy(initial_s=0.05, max_s=0.2))
     await instance.start()
     yield instance

@@ -1,10 +1,10 @@
-"""The presence sweep's SQL and the lifecycle's presence rule agree, on a real SQLite file."""
+"""The presence sweep's SQL and the lifecycle's presence rule agree, on each engine."""
 
 from __future__ import annotations
 
 import itertools
 import time
-from pathlib import Path
+from collections.abc import Callable
 
 from hub.lifecycle import decisions as lc
 from hub.lifecycle.presence import silent_agents_in
@@ -18,9 +18,10 @@ SILENCES = (None, 0.0, 599.0, 1199.0, 1200.0, 1201.0, 5000.0)  # seconds since t
 INTERVALS = (0, 600)
 
 
-async def test_sweep_selects_exactly_the_agents_the_rule_calls_expired(tmp_path: Path) -> None:
-    db = Database(tmp_path / "hub.sqlite3", commit_interval_s=0.01)
-    db.open()
+async def test_sweep_selects_exactly_the_agents_the_rule_calls_expired(
+    open_database: Callable[..., Database],
+) -> None:
+    db = open_database(commit_interval_s=0.01)
     policy = lc.Policy(hub_started_at=time.time())
     cases = list(itertools.product(STATUSES, PHASES, SILENCES, INTERVALS))
 

@@ -69,8 +69,9 @@ async def test_sync_job_reapplies_every_agent_without_rotating_tokens(
 
 async def test_jobs_survive_a_hub_restart_and_a_cut_short_one_says_what_was_not_queued(
     tmp_path: Path,
+    database: str,
 ) -> None:
-    hub = Hub(hub_config(tmp_path / "hub"))
+    hub = Hub(hub_config(tmp_path / "hub", database=database))
     await hub.start()
     try:
         async with connected_sidecar(hub, tmp_path, "gw-r") as (_, gateway):
@@ -88,7 +89,7 @@ async def test_jobs_survive_a_hub_restart_and_a_cut_short_one_says_what_was_not_
     finally:
         await hub.stop()
 
-    hub = Hub(hub_config(tmp_path / "hub"))
+    hub = Hub(hub_config(tmp_path / "hub", database=database))
     await hub.start()
     try:
         status, again = await api(hub, "GET", path)

@@ -54,8 +54,8 @@ class MessageGateway(RecordingGateway):
 
 
 @pytest.fixture
-async def hub(tmp_path: Path) -> AsyncIterator[Hub]:
-    async with running_hub(tmp_path / "hub", webhook_retry=FAST_RETRY) as instance:
+async def hub(tmp_path: Path, database: str) -> AsyncIterator[Hub]:
+    async with running_hub(tmp_path / "hub", database, webhook_retry=FAST_RETRY) as instance:
         yield instance
 
 
@@ -369,14 +369,16 @@ async def test_a_replayed_signed_payload_is_not_stored_or_delivered_twice(
     assert page["total"] == 1
 
 
-async def test_a_replay_after_a_hub_restart_is_still_recognised(tmp_path: Path) -> None:
+async def test_a_replay_after_a_hub_restart_is_still_recognised(
+    tmp_path: Path, database: str
+) -> None:
     body = b'{"delivery": "after-restart"}'
     headers = {"X-Hub-Signature-256": "sha256=" + sign(body)}
-    async with running_hub(tmp_path / "hub", webhook_retry=FAST_RETRY) as hub:
+    async with running_hub(tmp_path / "hub", webhook_retry=FAST_RETRY, database=database) as hub:
         webhook = await create_webhook(hub, await add_board(hub), secret=SECRET)
         status, _, first = await post(hub, webhook["endpoint_path"], body, headers)
         assert status == 202 and first["duplicate"] is False
-    async with running_hub(tmp_path / "hub", webhook_retry=FAST_RETRY) as hub:
+    async with running_hub(tmp_path / "hub", webhook_retry=FAST_RETRY, database=database) as hub:
         status, _, again = await post(hub, webhook["endpoint_path"], body, headers)
         assert status == 202 and again["duplicate"] is True
         assert again["payload_id"] == first["payload_id"]
@@ -465,9 +467,11 @@ async def test_delivery_is_retried_until_the_board_has_a_lead(
     assert agent == lead["gateway_agent_id"]
 
 
-async def test_delivery_gives_up_after_bounded_attempts_and_says_why(tmp_path: Path) -> None:
+async def test_delivery_gives_up_after_bounded_attempts_and_says_why(
+    tmp_path: Path, database: str
+) -> None:
     retry = RetryPolicy(initial_s=0.02, max_s=0.05, max_attempts=3)
-    async with running_hub(tmp_path / "bounded", webhook_retry=retry) as hub:
+    async with running_hub(tmp_path / "bounded", webhook_retry=retry, database=database) as hub:
         await _gives_up_after_bounded_attempts(hub, await add_board(hub))
 
 

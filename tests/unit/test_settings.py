@@ -145,3 +145,44 @@ def test_the_rest_api_beyond_loopback_is_tls_unless_a_proxy_is_named(tmp_path: P
         _serve_config(tmp_path, "--http-listen", "10.0.0.5:8000", "--insecure-dev")
     with pytest.raises(SettingsError, match="go together"):
         _serve_config(tmp_path, "--http-tls-cert", str(tmp_path / "cert.pem"))
+
+
+def test_the_database_is_the_data_directorys_sqlite_file_unless_a_url_names_another(
+    tmp_path: Path,
+) -> None:
+    env = {"MC_ADMIN_TOKEN": "t" * 60}
+    default = hub_config.build_config(hub_args("--data-dir", str(tmp_path)), env)
+    assert default.database_url == f"sqlite://{tmp_path / 'hub.sqlite3'}"
+    assert default.on_sqlite and default.database_path == tmp_path / "hub.sqlite3"
+    other = hub_config.build_config(
+        hub_args("--data-dir", str(tmp_path), "--database", f"sqlite://{tmp_path / 'x.db'}"), env
+    )
+    assert other.database_path == tmp_path / "x.db"
+    url = "postgresql://mc:secret@127.0.0.1:5432/mc"
+    pg = hub_config.build_config(
+        hub_args("--data-dir", str(tmp_path)), {**env, "MC_HUB_DATABASE": url}
+    )
+    assert pg.database_url == url and not pg.on_sqlite
+
+
+def test_a_database_url_naming_no_engine_is_refused_with_both_forms(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match=r"sqlite:///PATH.*postgresql://"):
+        hub_config.build_config(
+            hub_args("--data-dir", str(tmp_path), "--database", "mysql://x/y"),
+            {"MC_ADMIN_TOKEN": "t" * 60},
+        )
+
+
+def test_scheduled_backups_are_refused_on_postgresql_naming_its_tools(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match="pg_dump"):
+        hub_config.build_config(
+            hub_args(
+                "--data-dir",
+                str(tmp_path),
+                "--database",
+                "postgresql://mc@127.0.0.1/mc",
+                "--backup-interval",
+                "60",
+            ),
+            {"MC_ADMIN_TOKEN": "t" * 60},
+        )
