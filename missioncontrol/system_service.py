@@ -381,7 +381,9 @@ def settings_to_write(
     written: dict[str, Any] = {}
     for option in options:
         value = pinned.get(option.key, values[option.key])
-        if option.key in pinned or (value is not None and value != defaults[option.key]):
+        if value is None and defaults[option.key] is not None:
+            written[option.key] = "off"  # turned off (e.g. --metrics-listen off): say so
+        elif option.key in pinned or (value is not None and value != defaults[option.key]):
             written[option.key] = setting_text(value)
     return written
 

@@ -11,7 +11,7 @@ import pytest
 from hub.config import ENV_PREFIX as HUB_PREFIX
 from hub.config import SERVE_OPTIONS
 from missioncontrol.sd_notify import socket_address, watchdog_interval_s
-from missioncontrol.settings import resolve
+from missioncontrol.settings import load_config_file, resolve
 from missioncontrol.system_service import (
     Account,
     Manager,
@@ -29,6 +29,8 @@ from missioncontrol.system_service import (
     systemd_quote,
     toml_text,
 )
+from sidecar.config import ENV_PREFIX as SIDECAR_PREFIX
+from sidecar.config import RUN_OPTIONS as SIDECAR_OPTIONS
 
 ALICE = Account("alice", "staff", Path("/home/alice"), uid=1000)
 
@@ -193,3 +195,29 @@ def test_an_account_enters_a_directory_only_through_the_execute_bit_that_applies
     owner = Account("owner", "owners", Path("/nonexistent"), uid=directory.stat().st_uid)
     directory.chmod(0o007)  # the owner's own bits apply to the owner, not the others'
     assert not owner.can_enter(directory)
+
+
+def test_every_setting_turned_off_survives_the_written_config_file(tmp_path: Path) -> None:
+    # The class: a setting whose "off" resolves to None (a default that is not None) was
+    # left out of the service's file, so the service ran with the default instead
+    # (--metrics-listen off became 127.0.0.1:18791, and two sidecars on a host collided).
+    tried = []
+    for options, prefix in ((SERVE_OPTIONS, HUB_PREFIX), (SIDECAR_OPTIONS, SIDECAR_PREFIX)):
+        defaults = resolve(options, argparse.Namespace(), {}, prefix, {})
+        turned_off = []
+        for option in options:
+            if option.switch or defaults[option.key] is None:
+                continue
+            try:
+                off = option.convert("off")
+            except ValueError:
+                continue
+            if off is None:
+                turned_off.append(option.key)
+        values = {**defaults, **dict.fromkeys(turned_off)}
+        path = tmp_path / f"{prefix}service.toml"
+        path.write_text(toml_text("test", settings_to_write(options, values, prefix, {})))
+        again = resolve(options, argparse.Namespace(), {}, prefix, load_config_file(path), path)
+        assert {key: again[key] for key in turned_off} == dict.fromkeys(turned_off)
+        tried += turned_off
+    assert "metrics_listen" in tried  # the test tries something
