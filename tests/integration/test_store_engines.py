@@ -86,8 +86,11 @@ def postgres_indexes(url: str) -> set[str]:
         return {
             r[0]
             for r in conn.execute(
+                # The indexes the migrations create: not those backing a key constraint
+                # (SQLite's have no SQL either). Not by name: `_` is a LIKE wildcard, and
+                # `gateway_labels_key` is a created index.
                 "SELECT indexname FROM pg_indexes WHERE schemaname = 'public' "
-                "AND indexname NOT LIKE '%_pkey' AND indexname NOT LIKE '%_key'"
+                "AND indexname NOT IN (SELECT conname FROM pg_constraint)"
             )
         }
 

@@ -296,6 +296,16 @@ def openclaw(
 
 
 @pytest.fixture
+def own_gateway(
+    openclaw: RunningGateway, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningGateway]:
+    """A gateway of the session's version for this test alone: for a test whose hand
+    edits the shared one can miss after many edits of its own and of other tests."""
+    with _booted(tmp_path_factory, openclaw.version, _free_port()) as running:
+        yield running
+
+
+@pytest.fixture
 def gateway(openclaw: RunningGateway) -> RunningGateway:
     """The gateway this test runs against (shared by the session: own your agents)."""
     return openclaw
