@@ -550,14 +550,13 @@ class RolloutService:
             ch.Existing(a.id, a.name, a.board_id, str(a.kind))
             for a in agents_of_gateway_in(conn, gateway_id)
         ]
-        boards = {
-            str(name).casefold(): str(board_id)
-            for board_id, name in conn.execute(
-                "SELECT id, name FROM boards WHERE gateway_id = ? AND status != 'deleting' "
-                "ORDER BY created_at, id",
-                (gateway_id,),
-            ).fetchall()
-        }
+        boards: dict[str, str] = {}
+        for board_id, name in conn.execute(
+            "SELECT id, name FROM boards WHERE gateway_id = ? AND status != 'deleting' "
+            "ORDER BY created_at, id",
+            (gateway_id,),
+        ).fetchall():
+            boards.setdefault(str(name).casefold(), str(board_id))  # the oldest of a name
         plan = ch.plan_agents(row.change["agents"], existing, boards)
         records: list[dict[str, Any]] = []
         errors = list(plan.conflicts)

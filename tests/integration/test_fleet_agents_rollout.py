@@ -10,6 +10,7 @@ sidecars.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -49,9 +50,12 @@ def states(body: dict[str, Any]) -> list[list[str]]:
 
 
 async def test_agents_are_created_canary_first_once_each_and_rolled_back(
-    tmp_path: Path, free_port: Callable[[], int]
+    tmp_path: Path, free_port: Callable[[], int], database: str
 ) -> None:
-    config = tls_config(tmp_path / "hub", link_port=free_port(), http_port=free_port())
+    config = dataclasses.replace(
+        tls_config(tmp_path / "hub", link_port=free_port(), http_port=free_port()),
+        database=database,  # on both engines: its SQL is the store's one dialect
+    )
     hub = Hub(config)
     await hub.start()
     running = True
