@@ -629,9 +629,10 @@ class RolloutService:
         ):
             return
         errors: list[str] = []
+        alive = {a.id for a in agents_of_gateway_in(conn, gateway_id)}
         for record in target.agents:
             if record.get("created"):  # an `agents` rollout's: removed (unless gone already)
-                if any(a.id == record["agent_id"] for a in agents_of_gateway_in(conn, gateway_id)):
+                if record["agent_id"] in alive:
                     self.provisioning.delete_agent_in(tx, record["agent_id"])
                 continue
             # An agent deleted meanwhile has nothing to restore: the others go on.
