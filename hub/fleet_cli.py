@@ -50,6 +50,12 @@ def add_fleet_parsers(commands: argparse._SubParsersAction[argparse.ArgumentPars
     change.add_argument(
         "--reapply", action="store_true", help="render and apply the agents' files again"
     )
+    change.add_argument(
+        "--create-agents",
+        metavar="FILE",
+        help="a JSON list of agents to create on every gateway (as POST /api/v1/agents "
+        "takes them, with `board` naming the board on each gateway, or none for its main)",
+    )
     start.add_argument("--agents", choices=("main", "all"), default="main")
     start.add_argument("--canary", type=int, default=1, help="gateways in the first wave [1]")
     start.add_argument(
@@ -201,6 +207,12 @@ def rollout_body(args: argparse.Namespace) -> dict[str, Any]:
         change = {"kind": "templates", "soul_template": _read_file(args.soul_template)}
     elif args.identity_template:
         change = {"kind": "templates", "identity_template": _read_file(args.identity_template)}
+    elif args.create_agents:
+        try:
+            agents = json.loads(_read_file(args.create_agents))
+        except ValueError as exc:
+            raise CliError(f"--create-agents {args.create_agents}: not JSON ({exc})") from None
+        change = {"kind": "agents", "agents": agents}
     else:
         change = {"kind": "reapply"}
     try:

@@ -7,12 +7,13 @@ import time
 from typing import Any, Literal
 
 from aiohttp import web
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from hub.api.core import MULTILINE, Api, Call, Page, Query, Strict
 from hub.api.deps import HttpDeps, deps
 from hub.api.gateways import join_token, label_error, selector_of
-from hub.api.schemas import JoinToken, Ok
+from hub.api.schemas import AgentCreate, JoinToken, Ok
+from hub.fleet import changes as ch
 from hub.fleet import rollouts as ro
 from hub.fleet.drift import DriftReport, drift_in
 from hub.fleet.driver import Plan, RolloutSpec, RolloutView
@@ -147,11 +148,56 @@ class ReapplyChange(Strict):
     reset_sessions: bool = False
 
 
+class FleetAgent(AgentCreate):
+    """One agent to create on every gateway: the agent create request, with the board
+    named (each gateway has its own) instead of its id, and no gateway."""
+
+    board: str | None = Field(
+        None,
+        min_length=1,
+        max_length=200,
+        description="the board of this name on each gateway; null: the gateway's main agent",
+    )
+
+    @model_validator(mode="after")
+    def _placed_per_gateway(self) -> FleetAgent:
+        if self.board_id is not None or self.gateway_id is not None:
+            raise ValueError(
+                "board_id and gateway_id differ per gateway: name the board with `board` "
+                "(null for the gateway's main agent) and choose gateways with the selector"
+            )
+        if self.status is not None:
+            raise ValueError("status is controlled by the lifecycle; leave it out")
+        if self.is_gateway_main and self.board is not None:
+            raise ValueError("a gateway's main agent has no board: send board null")
+        if self.is_board_lead and self.board is None:
+            raise ValueError("a lead leads a board: name it with `board`")
+        return self
+
+    def entry(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "board": self.board,
+            "is_board_lead": self.is_board_lead,
+            "identity_profile": self.identity_profile,
+            "heartbeat_config": self.heartbeat_config.config() if self.heartbeat_config else None,
+            "identity_template": self.identity_template,
+            "soul_template": self.soul_template,
+        }
+
+
+class AgentsChange(Strict):
+    kind: Literal["agents"]
+    agents: list[FleetAgent] = Field(min_length=1, max_length=ch.MAX_AGENTS)
+
+
 class RolloutCreate(Strict):
     """One change to the gateways `selector` picks, in waves gated on their health."""
 
     selector: str = Field("", max_length=1000, description="e.g. env=prod,region!=us")
-    change: HeartbeatChange | TemplatesChange | ReapplyChange = Field(discriminator="kind")
+    change: HeartbeatChange | TemplatesChange | ReapplyChange | AgentsChange = Field(
+        discriminator="kind"
+    )
     name: str = Field("", max_length=200)
     agents: Literal["main", "all"] = Field(
         "main", description="which agents of each gateway: its main agent, or all of them"
@@ -168,7 +214,10 @@ class RolloutCreate(Strict):
     dry_run: bool = Field(False, description="list the waves and gateways; change nothing")
 
     def spec(self) -> RolloutSpec:
-        change = self.change.model_dump(exclude_unset=True)
+        if isinstance(self.change, AgentsChange):  # the create request's shape, per gateway
+            change: dict[str, Any] = {"agents": [a.entry() for a in self.change.agents]}
+        else:
+            change = self.change.model_dump(exclude_unset=True)
         change["kind"] = self.change.kind
         return RolloutSpec(
             selector=self.selector,

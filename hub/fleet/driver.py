@@ -40,7 +40,8 @@ from hub.fleet.store import (
 )
 from hub.lifecycle.reconciler import Reconciler, Transition
 from hub.provisioning.agents import AgentError, AgentRow, RenderOptions, agents_of_gateway_in
-from hub.provisioning.service import Provisioning
+from hub.provisioning.rendering import AgentKind
+from hub.provisioning.service import AgentSpec, Provisioning
 from hub.store.database import Connection, Database
 from hub.store.errors import Refusal, StoreError
 from hub.store.event_log import add_event
@@ -94,6 +95,24 @@ class RolloutView:
     rollout: RolloutRow
     targets: list[TargetRow]
     names: dict[str, str]  # gateway id -> name
+
+
+def agent_spec(agent: dict[str, Any], gateway_id: str, board_id: str | None) -> AgentSpec:
+    """What creates one of an `agents` change's agents on a gateway (as the API's create)."""
+    kind = (
+        AgentKind.MAIN
+        if board_id is None
+        else AgentKind.LEAD
+        if agent.get("is_board_lead")
+        else AgentKind.WORKER
+    )
+    return AgentSpec(
+        name=agent["name"],
+        board_id=board_id,
+        gateway_id=gateway_id if board_id is None else None,
+        kind=kind,
+        **{k: agent.get(k) for k in ch.AGENT_FIELDS},
+    )
 
 
 class RolloutService:
@@ -454,6 +473,9 @@ class RolloutService:
         ):
             return  # paused, aborted or applied meanwhile
         change = row.change
+        if change["kind"] == "agents":
+            self._create_agents_in(tx, row, target)
+            return
         agents = [
             a for a in agents_of_gateway_in(conn, gateway_id) if ch.selects(a, row.agents, change)
         ]
@@ -488,10 +510,21 @@ class RolloutService:
             state, reason = ro.TargetState.SKIPPED, f"no {row.agents} agent to change"
         else:
             state, reason = ro.TargetState.APPLIED, None
+        self._applied_in(tx, rollout_id, target, state, reason, records)
+
+    def _applied_in(
+        self,
+        tx: Transition,
+        rollout_id: str,
+        target: TargetRow,
+        state: ro.TargetState,
+        reason: str | None,
+        records: list[dict[str, Any]],
+    ) -> None:
         update_target_in(
-            conn,
+            tx.conn,
             rollout_id,
-            gateway_id,
+            target.gateway_id,
             state=state,
             reason=reason,
             applied_at=tx.now,
@@ -499,15 +532,68 @@ class RolloutService:
             agents=records,
         )
         add_event(
-            conn,
+            tx.conn,
             f"rollout.gateway.{state}",
-            gateway_id=gateway_id,
+            gateway_id=target.gateway_id,
             at=tx.now,
             rollout_id=rollout_id,
             wave=target.wave + 1,
             agents=len(records),
             reason=reason,
         )
+
+    def _create_agents_in(self, tx: Transition, row: RolloutRow, target: TargetRow) -> None:
+        """An `agents` change on one gateway: all of its new agents or, on a conflict,
+        none (the gateway fails; those already there are left alone either way)."""
+        conn, gateway_id = tx.conn, target.gateway_id
+        existing = [
+            ch.Existing(a.id, a.name, a.board_id, str(a.kind))
+            for a in agents_of_gateway_in(conn, gateway_id)
+        ]
+        boards: dict[str, str] = {}
+        for board_id, name in conn.execute(
+            "SELECT id, name FROM boards WHERE gateway_id = ? AND status != 'deleting' "
+            "ORDER BY created_at, id",
+            (gateway_id,),
+        ).fetchall():
+            boards.setdefault(str(name).casefold(), str(board_id))  # the oldest of a name
+        plan = ch.plan_agents(row.change["agents"], existing, boards)
+        records: list[dict[str, Any]] = []
+        errors = list(plan.conflicts)
+        if not errors:
+            conn.execute("SAVEPOINT rollout_agents")
+            try:
+                for agent, board_id in plan.create:
+                    created = self.provisioning.create_agent_in(
+                        tx, agent_spec(agent, gateway_id, board_id)
+                    )
+                    records.append(
+                        {
+                            "agent_id": created.id,
+                            "name": created.name,
+                            "generation": created.lifecycle_generation,
+                            "created": True,
+                        }
+                    )
+            except (AgentError, StoreError) as exc:  # a name taken meanwhile, a bad render
+                conn.execute("ROLLBACK TO rollout_agents")
+                for record in records:
+                    tx.changed.pop(record["agent_id"], None)
+                errors.append(f"{agent['name']}: {exc}")
+                records = []
+            finally:
+                conn.execute("RELEASE rollout_agents")
+        if errors:
+            state = ro.TargetState.FAILED
+            reason: str | None = (
+                f"{len(errors)} agent(s) cannot be created: {'; '.join(errors[:3])}"
+            )
+        elif not records:
+            state = ro.TargetState.SKIPPED
+            reason = f"all {len(plan.present)} agent(s) are already there"
+        else:
+            state, reason = ro.TargetState.APPLIED, None
+        self._applied_in(tx, row.id, target, state, reason, records)
 
     def _agent_in(
         self,
@@ -543,7 +629,12 @@ class RolloutService:
         ):
             return
         errors: list[str] = []
+        alive = {a.id for a in agents_of_gateway_in(conn, gateway_id)}
         for record in target.agents:
+            if record.get("created"):  # an `agents` rollout's: removed (unless gone already)
+                if record["agent_id"] in alive:
+                    self.provisioning.delete_agent_in(tx, record["agent_id"])
+                continue
             # An agent deleted meanwhile has nothing to restore: the others go on.
             restored, error = self._agent_in(tx, record["agent_id"], record["previous"], wake=False)
             if restored is None:

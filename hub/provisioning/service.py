@@ -116,6 +116,11 @@ class Provisioning:
         create = self._creator(spec)
         return await self.reconciler.write(create)
 
+    def create_agent_in(self, tx: Transition, spec: AgentSpec) -> AgentRow:
+        """One agent a fleet rollout creates, inside the rollout's transaction for its
+        gateway (checked as `create_agent` checks it)."""
+        return self._creator(spec)(tx)
+
     def _creator(self, spec: AgentSpec) -> Callable[[Transition], AgentRow]:
         """What creates the agent inside a transaction (checked and its token minted now)."""
         minted = self.keyring.mint()
@@ -630,6 +635,10 @@ class Provisioning:
         await self.reconciler.write(
             lambda tx: _delete_in(tx, require_agent(tx.conn, agent_id), delete_files)
         )
+
+    def delete_agent_in(self, tx: Transition, agent_id: str) -> None:
+        """A rollout's rollback of an agent it created, inside its gateway's transaction."""
+        _delete_in(tx, require_agent(tx.conn, agent_id), True)
 
     async def delete_board(self, board_id: str) -> bool:
         """Remove the board's agents through their sidecars; the board goes with the last

@@ -80,6 +80,34 @@ async def test_an_operator_rolls_a_cadence_out_from_the_terminal(hub: Hub, tmp_p
         assert code == 1 and "selector" in err and "key=value" in err
 
 
+async def test_an_operator_creates_agents_on_the_fleet_from_a_file(
+    hub: Hub, tmp_path: Path
+) -> None:
+    async with connected_sidecar(hub, tmp_path, "gw-agents"):
+        await api(hub, "PUT", "/api/v1/gateways/gw-agents/labels", {"labels": {"env": "dev"}})
+        agents = tmp_path / "agents.json"
+        agents.write_text('[{"name": "main", "heartbeat_config": {"every": "30m"}}]')
+        code, out, err = await mc_hub(
+            hub, "rollout", "start", "--selector", "env=dev", "--create-agents", str(agents),
+            "--dry-run",
+        )  # fmt: skip
+        assert code == 0, err
+        assert "wave 1/1, 1 gateway(s)" in out
+
+        agents.write_text('[{"name": "a"}, {"name": "b"}]')
+        code, _, err = await mc_hub(
+            hub, "rollout", "start", "--selector", "env=dev", "--create-agents", str(agents)
+        )
+        assert code == 1 and "422" in err and "one main agent" in err
+        agents.write_text("[{name: a}]")
+        code, _, err = await mc_hub(
+            hub, "rollout", "start", "--selector", "env=dev", "--create-agents", str(agents)
+        )
+        assert code == 1 and "not JSON" in err
+        _, page = await api(hub, "GET", "/api/v1/agents?gateway_id=gw-agents")
+        assert page["items"] == []  # nothing was created by the refused or dry runs
+
+
 async def rollout_state_is(hub: Hub, rollout_id: str, status: str) -> bool:
     _, body = await api(hub, "GET", f"/api/v1/rollouts/{rollout_id}")
     return bool(body["status"] == status)
