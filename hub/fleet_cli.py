@@ -16,7 +16,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -95,6 +95,16 @@ def add_fleet_parsers(commands: argparse._SubParsersAction[argparse.ArgumentPars
         "--reapply", action="store_true", help="heal them: re-apply in a rollout (waves, gates)"
     )
     _client_options(drift)
+    query = views.add_parser(
+        "query", help="ask every selected sidecar one question; answers as they arrive"
+    )
+    query.add_argument("question", choices=("status", "heartbeats", "file"))
+    query.add_argument("--file", help="the workspace file, for `file` (e.g. SOUL.md)")
+    query.add_argument("--selector", default="")
+    query.add_argument(
+        "--timeout", type=float, default=10.0, metavar="SECONDS", help="the deadline [10]"
+    )
+    _client_options(query)
 
 
 def _client_options(parser: argparse.ArgumentParser) -> None:
@@ -162,16 +172,46 @@ class HubClient:
         return cls(url, token, context)
 
     def call(self, method: str, path: str, body: Any = None) -> Any:
+        with self._open(method, path, body) as response:
+            return json.loads(response.read() or b"null")
+
+    def events(
+        self, method: str, path: str, body: Any = None, *, quiet_s: float = HTTP_TIMEOUT_S
+    ) -> Iterator[tuple[str, Any]]:
+        """A server-sent event stream's (event, data) pairs, each as it arrives; `quiet_s`
+        is how long the stream may stay silent."""
+        with self._open(method, path, body, "text/event-stream", quiet_s) as response:
+            name = "message"
+            for raw in response:
+                line = raw.decode("utf-8", "replace").rstrip("\r\n")
+                if line.startswith("event:"):
+                    name = line.removeprefix("event:").strip()
+                elif line.startswith("data:"):
+                    yield name, json.loads(line.removeprefix("data:"))
+                elif not line:
+                    name = "message"
+
+    def _open(
+        self,
+        method: str,
+        path: str,
+        body: Any,
+        accept: str = "application/json",
+        timeout_s: float = HTTP_TIMEOUT_S,
+    ) -> Any:
         data = None if body is None else json.dumps(body).encode()
         request = urllib.request.Request(
             self.url + path,
             data=data,
             method=method,
-            headers={"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"},
+            headers={
+                "Authorization": f"Bearer {self.token}",
+                "Content-Type": "application/json",
+                "Accept": accept,
+            },
         )
         try:
-            with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_S, context=self.context) as r:
-                return json.loads(r.read() or b"null")
+            return urllib.request.urlopen(request, timeout=timeout_s, context=self.context)
         except urllib.error.HTTPError as exc:
             try:
                 detail = json.loads(exc.read()).get("detail")
@@ -348,11 +388,73 @@ def _drift(client: HubClient, args: argparse.Namespace, out: TextIO) -> int:
     return 3 if report["drifted"] else 0
 
 
+def _query(client: HubClient, args: argparse.Namespace, out: TextIO) -> int:
+    """One line per answer as it arrives (--json: one JSON object per line); exit 3 unless
+    every selected gateway answered."""
+    body: dict[str, Any] = {
+        "selector": args.selector,
+        "question": args.question,
+        "timeout_s": args.timeout,
+    }
+    if args.file is not None:
+        body["file"] = args.file
+    summary: Any = None
+    quiet_s = max(HTTP_TIMEOUT_S, args.timeout + 10)  # answers may all come at the deadline
+    for event, data in client.events("POST", "/api/v1/fleet/query", body, quiet_s=quiet_s):
+        if args.json:
+            print(json.dumps({"event": event, **data}), file=out, flush=True)
+        elif event == "query":
+            print(f"asking {data['selected']} gateway(s): {data['question']}", file=out, flush=True)
+        elif event == "answer":
+            print(answer_line(data), file=out, flush=True)
+        if event == "done":
+            summary = data
+    if summary is None:
+        raise CliError("the hub ended the query's stream before its summary; ask again")
+    if not args.json:
+        print(
+            f"{summary['answered']} answered, {summary['failed']} failed, "
+            f"{summary['no_answer']} no answer, {summary['disconnected']} disconnected "
+            f"in {summary['elapsed_ms'] / 1000:.1f} s",
+            file=out,
+        )
+    return 0 if summary["answered"] == summary["selected"] else 3
+
+
+def answer_line(answer: Mapping[str, Any]) -> str:
+    head = f"{answer['gateway_name']:<24} {answer['outcome']:<12}"
+    if answer["outcome"] != "answered":
+        return f"{head} {answer['error_code']}: {answer['error']}"
+    data = answer["data"]
+    if "files" in data:
+        parts = [
+            f"{f['name'] or f['gateway_agent_id']}/{f['file']} "
+            + (f["problem"] or f["sha256"][:12])
+            + {True: " (as rendered)", False: " (DIFFERS)", None: ""}[f["matches_rendered"]]
+            for f in data["files"]
+        ]
+        return f"{head} " + ("; ".join(parts) or "no managed agent")
+    if isinstance(data.get("agents"), list):
+        parts = [
+            f"{a['name'] or a['gateway_agent_id']} "
+            + (f"every {a['heartbeat_every_s']} s" if a["heartbeat_enabled"] else "off")
+            for a in data["agents"]
+        ]
+        return f"{head} " + ("; ".join(parts) or "no heartbeat job")
+    reach = "reachable" if data["gateway_reachable"] else "UNREACHABLE"
+    return (
+        f"{head} openclaw {data['openclaw_version'] or '-'} {reach}, "
+        f"{data['agents']} agent(s), {data['sessions']} session(s)"
+    )
+
+
 def _fleet(client: HubClient, args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     from urllib.parse import quote
 
     if args.fleet_command == "drift":
         return _drift(client, args, out)
+    if args.fleet_command == "query":
+        return _query(client, args, out)
     path = "/api/v1/fleet/inventory" + (
         f"?selector={quote(args.selector)}" if args.selector else ""
     )

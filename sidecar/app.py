@@ -132,7 +132,9 @@ class Sidecar:
             agent_api_url=lambda: self.agent_api_url,
             follows_hub_workspace_root=config.follows_hub_workspace_root,
         )
-        self.queries = GatewayQueries(self.gateway, self.reports.gateway_state, self._send)
+        self.queries = GatewayQueries(
+            self.gateway, self.reports.gateway_state, self._send, self.reports.file_digests
+        )
         self.link = LinkClient(
             str(config.hub),
             self.reports.hello,

@@ -32,12 +32,13 @@ from sidecar.config_watch import ConfigReport
 from sidecar.gateway import GatewayClient
 from sidecar.openclaw_config import Drift, DriftKind
 from sidecar.state import LocalState
-from sidecar.workspace import WorkspaceWriter
+from sidecar.workspace import OVERSIZED, WorkspaceWriter
 
 # How long after the sidecar changed an agent the CHANGED drift of its entry is ours.
 OWN_CHANGE_WINDOW_S = 5.0
 MAX_UNMANAGED = 500  # unmanaged entries reported (a hand-kept roster is never this long)
 MAX_REASON_CHARS = 4096
+NOT_HASHABLE = "missing or not a regular file"
 MAX_DETAIL_CHARS = 1024
 MAX_VERSION_CHARS = 64
 
@@ -115,6 +116,34 @@ class Reports:
             # behind a gateway it does not know is down (no report may follow the Hello).
             gateway_state=self.gateway_state(),
         )
+
+    async def file_digests(self, agent_id: str, name: str) -> list[pb.FileDigest] | None:
+        """One workspace file of every managed agent (or of `agent_id`), hashed off the
+        loop; None when `agent_id` is not managed here."""
+        agents = [a for a in self.state.agents() if not agent_id or a.agent_id == agent_id]
+        if agent_id and not agents:
+            return None
+
+        def read() -> list[pb.FileDigest]:
+            digests = []
+            for agent in agents:
+                digest = self.writer.digest(agent.workspace, name)
+                if digest is None:
+                    digests.append(
+                        pb.FileDigest(agent_id=agent.agent_id, file=name, problem=NOT_HASHABLE)
+                    )
+                elif digest.startswith(OVERSIZED):
+                    size = digest.removeprefix(OVERSIZED)
+                    digests.append(
+                        pb.FileDigest(
+                            agent_id=agent.agent_id, file=name, problem=f"oversized: {size} bytes"
+                        )
+                    )
+                else:
+                    digests.append(pb.FileDigest(agent_id=agent.agent_id, file=name, sha256=digest))
+            return digests
+
+        return await asyncio.to_thread(read)
 
     def gateway_state(self, drift: Iterable[Drift] = ()) -> pb.GatewayState:
         info = self.gateway.info

@@ -28,27 +28,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from missioncontrol.agent_api import TOKEN_FILE_NAME
+from missioncontrol.workspace_files import ALLOWED_FILES  # every name a command may write
 
-# Every file name a command may write; anything else is refused.
-ALLOWED_FILES = frozenset(
-    {
-        "AGENTS.md",
-        "SOUL.md",
-        "IDENTITY.md",
-        "USER.md",
-        "MEMORY.md",
-        "TOOLS.md",
-        "HEARTBEAT.md",
-        "BOOTSTRAP.md",
-        "APPROVALS.md",  # a lead's approval guidance (read on demand, never injected)
-        TOKEN_FILE_NAME,
-    }
-)
 MAX_FILE_BYTES = 256 * 1024
 # An agent's own file (MEMORY.md may outgrow what the hub writes) is kept whatever its
 # size; beyond this its hash is a size marker rather than a read of all of it.
 MAX_HASHED_BYTES = 64 * 1024 * 1024
 MAX_FILES = len(ALLOWED_FILES)
+OVERSIZED = "oversized:"  # a digest past the bound: this prefix, then the size in bytes
 TEMP_SUFFIX = ".mc-tmp"
 DIR_MODE = 0o700
 FILE_MODE = 0o644
@@ -105,7 +92,7 @@ def regular_file_digest(path: Path, max_bytes: int | None = None) -> str | None:
     if not stat.S_ISREG(checked.st_mode):
         return None
     if checked.st_size > max_bytes:
-        return f"oversized:{checked.st_size}"
+        return f"{OVERSIZED}{checked.st_size}"
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
@@ -119,7 +106,7 @@ def regular_file_digest(path: Path, max_bytes: int | None = None) -> str | None:
         while chunk := os.read(fd, 256 * 1024):
             read += len(chunk)
             if read > max_bytes:
-                return f"oversized:{read}"
+                return f"{OVERSIZED}{read}"
             digest.update(chunk)
     except OSError:
         return None
@@ -255,6 +242,15 @@ class WorkspaceWriter:
             if digest is not None:
                 found[name] = digest
         return found
+
+    def digest(self, workspace_path: str, name: str) -> str | None:
+        """sha256 of one allow-listed file in a workspace, as `regular_file_digest` reads it."""
+        check_file_name(name)
+        try:
+            workspace = self.resolve(workspace_path)
+        except PathOutsideRoot:
+            return None
+        return regular_file_digest(workspace / name)
 
     def remove_token_file(self, workspace_path: str) -> bool:
         """Delete the workspace's token file (whatever kind of entry it is); True if one was

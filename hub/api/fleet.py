@@ -1,4 +1,5 @@
-"""The fleet: gateway labels, fleet join tokens, the inventory, staged rollouts."""
+"""The fleet: gateway labels, fleet join tokens, the inventory, drift, fleet queries,
+staged rollouts."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from hub.api.deps import HttpDeps, deps
 from hub.api.gateways import join_token, label_error, selector_of
 from hub.api.schemas import AgentCreate, JoinToken, Ok
 from hub.fleet import changes as ch
+from hub.fleet import query as fq
 from hub.fleet import rollouts as ro
 from hub.fleet.drift import DriftReport, drift_in
 from hub.fleet.driver import Plan, RolloutSpec, RolloutView
@@ -27,6 +29,7 @@ from hub.store.gateways import GatewayRow, gateway_in, labels_in, set_labels_in
 from missioncontrol.http import ApiError
 from missioncontrol.timefmt import iso
 from missioncontrol.version import VERSION, VersionSkewError, check_sidecar_version
+from missioncontrol.workspace_files import QUERYABLE_FILES
 
 # ------------------------------------------------------------------------ labels
 
@@ -460,12 +463,140 @@ class DriftHeal(Strict):
     dry_run: bool = False
 
 
+class FleetQueryCreate(Strict):
+    selector: str = Field("", max_length=1024, description="gateways to ask; empty: every one")
+    question: Literal["status", "heartbeats", "file"] = Field(
+        description="status: reachability, versions, pid, memory, agents and sessions counted; "
+        "heartbeats: each agent's heartbeat job as the gateway runs it; "
+        "file: sha256 of one workspace file of every managed agent, beside what the hub rendered"
+    )
+    file: str | None = Field(None, description="the workspace file, for question=file")
+    timeout_s: float = Field(10.0, ge=0.5, le=60.0, description="the whole query's deadline")
+
+    @model_validator(mode="after")
+    def _file_with_its_question(self) -> FleetQueryCreate:
+        if self.question != "file":
+            if self.file is not None:
+                raise ValueError("file is only asked with question=file")
+        elif self.file not in QUERYABLE_FILES:
+            raise ValueError(
+                f"question=file needs file, one of {', '.join(sorted(QUERYABLE_FILES))}"
+            )
+        return self
+
+
+class FleetAnswer(BaseModel):
+    gateway_id: str
+    gateway_name: str
+    outcome: Literal["answered", "failed", "no_answer", "disconnected"]
+    elapsed_ms: int
+    error_code: str | None
+    error: str | None
+    data: dict[str, Any]
+
+
+class FleetQuerySummary(BaseModel):
+    question: str
+    selector: str
+    selected: int
+    answered: int
+    failed: int
+    no_answer: int
+    disconnected: int
+    elapsed_ms: int
+
+
+class FleetQueryRead(BaseModel):
+    summary: FleetQuerySummary
+    answers: list[FleetAnswer]
+
+
 def register(api: Api) -> None:
     _register_labels(api)
     _register_tokens(api)
     _register_inventory(api)
     _register_drift(api)
+    _register_query(api)
     _register_rollouts(api)
+
+
+def _register_query(api: Api) -> None:
+    @api.route(
+        "POST",
+        "/api/v1/fleet/query",
+        summary="Ask every selected sidecar one question; answers as they arrive "
+        "(Accept: text/event-stream: events query, answer, done; else JSON at the end)",
+        tags=("fleet",),
+        body=FleetQueryCreate,
+        response=FleetQueryRead,
+    )
+    async def fleet_query(call: Call) -> Any:
+        body: FleetQueryCreate = call.body
+        d = deps(call.request)
+        selector = selector_of(body.selector)
+        file = body.file or ""
+        targets = await d.db.read(
+            lambda conn: fq.targets_in(conn, fq.selected_in(conn, selector), file)
+        )
+        answers = fq.ask_fleet(
+            d.queries, targets, body.question, file=file, timeout_s=body.timeout_s
+        )
+        started = time.monotonic()
+        got: list[FleetAnswer] = []
+
+        def summary() -> FleetQuerySummary:
+            outcomes = [a.outcome for a in got]
+            return FleetQuerySummary(
+                question=body.question,
+                selector=str(selector),
+                selected=len(targets),
+                answered=outcomes.count("answered"),
+                failed=outcomes.count("failed"),
+                no_answer=outcomes.count("no_answer"),
+                disconnected=outcomes.count("disconnected"),
+                elapsed_ms=round((time.monotonic() - started) * 1000),
+            )
+
+        if "text/event-stream" not in call.request.headers.get("Accept", ""):
+            async for answer in answers:
+                got.append(_answer_read(answer))
+            return FleetQueryRead(summary=summary(), answers=got)
+        response = web.StreamResponse(
+            headers={
+                "Content-Type": "text/event-stream",
+                "Cache-Control": "no-cache",
+                "X-Request-Id": call.request.get("request_id", ""),
+            }
+        )
+        await response.prepare(call.request)
+        try:
+            start = {"question": body.question, "selector": str(selector), "selected": len(targets)}
+            await response.write(_event("query", start | {"timeout_s": body.timeout_s}))
+            async for answer in answers:
+                got.append(_answer_read(answer))
+                await response.write(_event("answer", got[-1].model_dump(mode="json")))
+            await response.write(_event("done", summary().model_dump(mode="json")))
+        except ConnectionResetError:
+            pass  # the caller left; the generator's close stops the questions still out
+        finally:
+            await answers.aclose()
+        return response
+
+
+def _answer_read(answer: fq.Answer) -> FleetAnswer:
+    return FleetAnswer(
+        gateway_id=answer.gateway_id,
+        gateway_name=answer.gateway_name,
+        outcome=answer.outcome.value,
+        elapsed_ms=answer.elapsed_ms,
+        error_code=answer.error_code,
+        error=answer.error,
+        data=answer.data,
+    )
+
+
+def _event(name: str, data: dict[str, Any]) -> bytes:
+    return f"event: {name}\ndata: {json.dumps(data)}\n\n".encode()
 
 
 async def _drift(call: Call, selector_text: str | None) -> tuple[DriftReport, dict[str, str]]:

@@ -45,20 +45,32 @@ class GatewayQueries:
         *,
         agent_id: str = "",
         limit: int = MAX_QUERY_SESSIONS,
+        file: str = "",
+        timeout_s: float | None = None,
     ) -> pb.GatewayQueryResult:
+        """The sidecar's answer; `timeout_s` (default the hub's) is told to the sidecar too,
+        so it answers with the reason before the hub stops waiting."""
         session = self.registry.get(gateway_id)
         if session is None or session.closed:
             raise QueryFailed("sidecar_disconnected", "the gateway's sidecar is not connected")
-        query = pb.GatewayQuery(query_id=next(self._ids), kind=kind, agent_id=agent_id, limit=limit)
+        timeout_s = self.timeout_s if timeout_s is None else timeout_s
+        query = pb.GatewayQuery(
+            query_id=next(self._ids),
+            kind=kind,
+            agent_id=agent_id,
+            limit=limit,
+            file=file,
+            budget_ms=max(1, round(timeout_s * 1000)),
+        )
         future: asyncio.Future[pb.GatewayQueryResult] = asyncio.get_running_loop().create_future()
         self._pending[query.query_id] = (gateway_id, future)
         try:
-            async with asyncio.timeout(self.timeout_s):
+            async with asyncio.timeout(timeout_s):
                 await session.outgoing.put(pb.HubMessage(gateway_query=query))
                 return await future
         except TimeoutError:
             raise QueryFailed(
-                "sidecar_timeout", f"the sidecar did not answer within {self.timeout_s:g} s"
+                "sidecar_timeout", f"the sidecar did not answer within {timeout_s:g} s"
             ) from None
         finally:
             self._pending.pop(query.query_id, None)

@@ -1,7 +1,7 @@
 """Live reads of the gateway asked by the hub (GatewayQuery), each answered once.
 
-An admin's `GET /api/v1/gateway/status` or `/gateway/sessions` arrives here as a
-GatewayQuery on the link. The answer always carries what the sidecar knows of its
+An admin's `GET /api/v1/gateway/status` or `/gateway/sessions`, or a fleet query,
+arrives here as a GatewayQuery on the link. The answer always carries what the sidecar knows of its
 gateway; the gateway's own reads (`status`, `sessions.list`) are added when it
 answers within the budget, otherwise the error says why. Nothing is queued or
 retried: the admin asked now, and asks again. Whatever goes wrong while answering
@@ -12,21 +12,33 @@ waiting out its timeout.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from missioncontrol.log import get_logger
 from missioncontrol.text import displayable
+from missioncontrol.workspace_files import QUERYABLE_FILES
 from protos import link_pb2 as pb
 from protos.contract import GATEWAY_QUERY_TIMEOUT_S, MAX_QUERY_SESSIONS, timestamp
-from sidecar.gateway import GatewayClient, GatewayError, SessionInfo
+from sidecar.gateway import GatewayClient, GatewayError, GatewayRuntime, SessionInfo
 
 log = get_logger("sidecar.gateway_queries")
 
 MAX_IN_FLIGHT = 4
 # Answer (with the reason) before the hub stops waiting.
-CALL_BUDGET_S = GATEWAY_QUERY_TIMEOUT_S * 0.8
+BUDGET_SHARE = 0.8
+CALL_BUDGET_S = GATEWAY_QUERY_TIMEOUT_S * BUDGET_SHARE
+# FILE_HASH: the managed agents' digests of one file (None: that agent is not managed).
+FileDigests = Callable[[str, str], Awaitable[list[pb.FileDigest] | None]]
+
+
+class QueryRefused(Exception):
+    """The query itself cannot be answered (a bad name, an agent not managed here)."""
+
+    def __init__(self, message: str, code: str = "invalid_query") -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class GatewayQueries:
@@ -35,10 +47,12 @@ class GatewayQueries:
         gateway: GatewayClient,
         state: Callable[[], pb.GatewayState],
         send: Callable[[pb.SidecarMessage], None],
+        file_digests: FileDigests | None = None,
     ) -> None:
         self._gateway = gateway
         self._state = state
         self._send = send
+        self._file_digests = file_digests
         self._tasks: set[asyncio.Task[None]] = set()
 
     def submit(self, query: pb.GatewayQuery) -> None:
@@ -62,16 +76,20 @@ class GatewayQueries:
 
     async def _answer(self, query: pb.GatewayQuery) -> None:
         result = self._result(query)
-        info = self._gateway.info
+        budget_s = _budget_s(query)
         try:
-            if not info.reachable:
-                raise GatewayError(info.unreachable_reason, code="gateway_unreachable")
-            async with asyncio.timeout(CALL_BUDGET_S):
-                await self._read(query, result)
+            async with asyncio.timeout(budget_s):
+                if query.kind == pb.GatewayQuery.FILE_HASH:
+                    await self._hash(query, result)
+                else:
+                    info = self._gateway.info
+                    if not info.reachable:
+                        raise GatewayError(info.unreachable_reason, code="gateway_unreachable")
+                    await self._read(query, result)
         except TimeoutError:
             result.error_code = "gateway_timeout"
-            result.error = f"the gateway did not answer within {CALL_BUDGET_S:g} s"
-        except GatewayError as exc:
+            result.error = f"the gateway did not answer within {budget_s:g} s"
+        except (GatewayError, QueryRefused) as exc:
             result.error_code = exc.code
             result.error = displayable(str(exc), max_chars=4096)
         except Exception as exc:
@@ -91,26 +109,33 @@ class GatewayQueries:
             )
         self._send(pb.SidecarMessage(gateway_query_result=result))
 
+    async def _hash(self, query: pb.GatewayQuery, result: pb.GatewayQueryResult) -> None:
+        if query.file not in QUERYABLE_FILES:
+            raise QueryRefused(
+                f"file {displayable(query.file, max_chars=80)!r} cannot be asked for; "
+                f"ask for one of {', '.join(sorted(QUERYABLE_FILES))}"
+            )
+        if self._file_digests is None:
+            raise QueryRefused("this sidecar reads no workspace files", code="unsupported")
+        digests = await self._file_digests(query.agent_id, query.file)
+        if digests is None:
+            raise QueryRefused(
+                f"agent {displayable(query.agent_id, max_chars=80)!r} is not managed by this "
+                "sidecar",
+                code="unknown_agent",
+            )
+        result.files.extend(digests)
+
     async def _read(self, query: pb.GatewayQuery, result: pb.GatewayQueryResult) -> None:
         limit = min(query.limit or MAX_QUERY_SESSIONS, MAX_QUERY_SESSIONS)
-        if query.kind == pb.GatewayQuery.STATUS:
+        if query.kind in (pb.GatewayQuery.STATUS, pb.GatewayQuery.HEARTBEATS):
+            if query.kind == pb.GatewayQuery.HEARTBEATS:
+                result.runtime.CopyFrom(_runtime(await self._gateway.runtime_status()))
+                return
             runtime, page = await asyncio.gather(
                 self._gateway.runtime_status(), self._gateway.list_sessions(limit=limit)
             )
-            result.runtime.CopyFrom(
-                pb.GatewayRuntime(
-                    pid=_u32(runtime.pid),
-                    rss_bytes=_u64(runtime.rss_bytes),
-                    agents=[
-                        pb.AgentRuntime(
-                            agent_id=a.agent_id,
-                            heartbeat_enabled=a.heartbeat_enabled,
-                            heartbeat_every_s=_u32(a.heartbeat_every_s),
-                        )
-                        for a in runtime.agents
-                    ],
-                )
-            )
+            result.runtime.CopyFrom(_runtime(runtime))
             total = max(page.total, runtime.sessions_count)
         elif query.kind == pb.GatewayQuery.SESSIONS:
             page = await self._gateway.list_sessions(query.agent_id, limit)
@@ -122,6 +147,28 @@ class GatewayQueries:
             )
         result.sessions.extend(_session(s) for s in page.sessions[:limit])
         result.sessions_total = _u32(total)
+
+
+def _budget_s(query: pb.GatewayQuery) -> float:
+    """Answer before the hub stops waiting: its deadline for this query, if it gave one."""
+    if not query.budget_ms:
+        return CALL_BUDGET_S
+    return min(CALL_BUDGET_S, query.budget_ms / 1000 * BUDGET_SHARE)
+
+
+def _runtime(runtime: GatewayRuntime) -> pb.GatewayRuntime:
+    return pb.GatewayRuntime(
+        pid=_u32(runtime.pid),
+        rss_bytes=_u64(runtime.rss_bytes),
+        agents=[
+            pb.AgentRuntime(
+                agent_id=a.agent_id,
+                heartbeat_enabled=a.heartbeat_enabled,
+                heartbeat_every_s=_u32(a.heartbeat_every_s),
+            )
+            for a in runtime.agents
+        ],
+    )
 
 
 def _kind_name(kind: int) -> str:

@@ -130,3 +130,32 @@ def test_join_token_labels_are_checked_before_anything_is_written(tmp_path: Path
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "10 use(s), labels env=prod,region=eu" in result.stdout
+
+
+async def test_an_operator_asks_the_fleet_a_question_from_the_terminal(
+    hub: Hub, tmp_path: Path
+) -> None:
+    async with connected_sidecar(hub, tmp_path, "gw-ask") as (_, gateway):
+        await api(hub, "PATCH", "/api/v1/gateways/gw-ask", {"name": "ask-host"})
+        await api(hub, "PUT", "/api/v1/gateways/gw-ask/labels", {"labels": {"env": "dev"}})
+        await api(hub, "POST", "/api/v1/gateways", {"name": "never-connected"})
+        await api(hub, "POST", "/api/v1/agents", {"name": "m", "gateway_id": "gw-ask"})
+        await wait_for(lambda: gateway.count("wake") == 1, what="main agent applied and woken")
+
+        code, out, err = await mc_hub(hub, "fleet", "query", "heartbeats", "--selector", "env=dev")
+        assert code == 0, err
+        lines = out.splitlines()
+        assert lines[0] == "asking 1 gateway(s): heartbeats"
+        assert lines[1].startswith("ask-host") and "answered" in lines[1]
+        assert "m every 600 s" in lines[1]
+        assert lines[-1].startswith("1 answered, 0 failed, 0 no answer, 0 disconnected in ")
+
+        code, out, err = await mc_hub(hub, "fleet", "query", "file", "--file", "SOUL.md")
+        assert code == 3, err  # not every gateway answered
+        assert "m/SOUL.md" in out and "(as rendered)" in out
+        assert "never-connected" in out and "sidecar_disconnected" in out
+        code, out, err = await mc_hub(hub, "fleet", "query", "status", "--json")
+        assert [line.startswith('{"event": ') for line in out.splitlines()] == [True] * 4
+
+        code, _, err = await mc_hub(hub, "fleet", "query", "file", "--file", ".mc-agent-token")
+        assert code == 1 and "422" in err and "file" in err

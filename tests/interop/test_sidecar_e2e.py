@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 import uuid
@@ -207,6 +208,22 @@ async def test_live_status_sessions_and_session_reset_through_the_sidecar(
     assert "main" in runtime  # the gateway's own agent is shown too
     assert read["sessions_count"] >= 1
     assert agent_id in {s["gateway_agent_id"] for s in read["sessions"]}
+
+    # The same gateway through a fleet query: its heartbeat jobs, and a file hashed on the host.
+    for question, extra in (("heartbeats", {}), ("file", {"file": "AGENTS.md"})):
+        status, fleet = await api(
+            hub, "POST", "/api/v1/fleet/query", {"question": question, **extra}
+        )
+        assert status == 200, fleet
+        [answer] = [a for a in fleet["answers"] if a["gateway_id"] == "gw-e2e"]
+        assert answer["outcome"] == "answered", answer
+        if question == "heartbeats":
+            beats = {a["gateway_agent_id"]: a for a in answer["data"]["agents"]}
+            assert beats[agent_id]["heartbeat_enabled"], beats
+            assert beats[agent_id]["heartbeat_every_s"] == 600
+        else:
+            files = {f["gateway_agent_id"]: f for f in answer["data"]["files"]}
+            assert files[agent_id]["sha256"] == hashlib.sha256(b"# Live\n").hexdigest()
 
     second = await hub.store.enqueue_command("gw-e2e", apply(2, reset_session=True))
     row = await wait_for(lambda: _acked(hub, second), timeout_s=120, what="reset acked")

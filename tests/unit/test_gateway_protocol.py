@@ -413,7 +413,9 @@ class NumbersGateway(RecordingGateway):
         )
 
 
-@pytest.mark.parametrize("kind", [pb.GatewayQuery.STATUS, pb.GatewayQuery.SESSIONS])
+@pytest.mark.parametrize(
+    "kind", [pb.GatewayQuery.STATUS, pb.GatewayQuery.SESSIONS, pb.GatewayQuery.HEARTBEATS]
+)
 @pytest.mark.parametrize("number", HOSTILE_NUMBERS)
 async def test_every_number_the_gateway_reports_fits_the_answer(number: object, kind: int) -> None:
     sent: list[pb.SidecarMessage] = []
