@@ -295,6 +295,10 @@ class CommandApplier:
         known = self.state.agent(spec.agent_id)
         if known is not None and known.generation > spec.generation:
             return _Done(outcome=Outcome.ALREADY_APPLIED)  # superseded by a newer apply
+        if spec.fresh_session:
+            # The recovery ladder's last rung: whatever state the old session is in
+            # (a context the model chokes on, a run that never ends) is left behind.
+            await self.gateway.reset_session(spec.agent_id)
         run_id = await self._wake(spec.agent_id, spec.generation, command.sequence, spec.message)
         return _Done(run_id=run_id, wake_delivered=True)
 

@@ -354,6 +354,7 @@ class AgentRead(BaseModel):
     paused: bool  # Mission Control's "paused": heartbeat job off, never woken or marked offline
     paused_at: str | None
     paused_by: str | None  # "agent" (POST /agents/{id}/pause) or "board" (with its board)
+    recovery: str | None  # went quiet: "nudged", then "fresh_session", before offline
     created_at: str | None
     updated_at: str | None
 

@@ -38,8 +38,16 @@ The rules (DESIGN.md "Lifecycle policy"; mission-control.md §3 is what we repla
   result (`result_events`), or, when the result was lost, the Hello that
   confirms the command with the sidecar's inventory (`confirmation_events`). A
   deleting agent is forgotten once its removal is confirmed or refused.
-- Presence: an `online` agent with nothing outstanding goes `offline` when it has
-  not heartbeated for `offline_after_intervals` x its heartbeat interval.
+- Presence, with a recovery ladder: an `online` agent with nothing outstanding that
+  has not checked in for `offline_after_intervals` x its heartbeat interval is first
+  *nudged* (a wake into its existing session), then, if that is not answered within
+  `checkin_deadline_s`, *woken in a fresh session*, and only then marked `offline`,
+  with the cause the hub knows (`cause`: the sidecar's report of what keeps the agent
+  from running, else the last run's error) rather than a generic silence. A check-in
+  or an apply ends the ladder; a failed run is an answer and moves it on at once; the
+  guarantees above hold on every rung (never offline while the path is down, within a
+  grace, or while the gateway is suspect). `Policy(recovery_ladder=False)` marks a
+  silent agent offline at once instead.
 
 One deadline per agent: `checkin_deadline_at` is the next time the reconciler must
 look at the agent: the check-in deadline after a delivered wake, the retry time
@@ -98,6 +106,13 @@ class Phase(enum.StrEnum):
     RETRY_WAKE = "retry_wake"  # the wake was not delivered: resend it at the deadline
 
 
+class Recovery(enum.StrEnum):
+    """The rung of the recovery ladder an agent that went quiet is on (persisted)."""
+
+    NUDGED = "nudged"  # woken in its existing session
+    FRESH_SESSION = "fresh_session"  # woken in a fresh session: the last rung before offline
+
+
 class CheckInSource(enum.StrEnum):
     HEARTBEAT = "heartbeat"
     RUN_FINAL = "run_final"  # a wake run reached `final`: the runtime itself checked in
@@ -119,6 +134,8 @@ class LogEvent(enum.StrEnum):
     STALE_EVENT = "lifecycle.event.stale"
     RUN_FAILED = "lifecycle.run.failed"
     RUN_WITHOUT_TURN = "lifecycle.run.no_turn"  # a run reported final that is no check-in
+    RECOVERY_NUDGE = "lifecycle.recovery.nudge"  # a quiet agent is nudged
+    RECOVERY_FRESH_SESSION = "lifecycle.recovery.fresh_session"  # the nudge went unanswered
     REMOVED = "lifecycle.remove.confirmed"
     REMOVAL_REFUSED = "lifecycle.remove.refused"
 
@@ -148,7 +165,8 @@ class Policy:
 
     checkin_deadline_s: float = 30.0
     max_wakes: int = 3
-    offline_after_intervals: float = 2.0  # offline after 2 x the agent's heartbeat interval
+    offline_after_intervals: float = 2.0  # quiet after 2 x the agent's heartbeat interval
+    recovery_ladder: bool = True  # a quiet agent is nudged, then woken afresh, then offline
     restart_grace_windows: float = 2.0  # no offline verdicts for 2 check-in windows after a restart
     suspect_min_missing: int = 3  # fewer missing agents say nothing about the gateway
     retry_max_s: float = 300.0  # backoff ceiling for undelivered wakes and failed applies
@@ -213,6 +231,10 @@ class AgentLifecycle:
     gateway_reachable: bool = True
     gateway_up_since: float | None = None  # when it last became reachable again
     paused: bool = False  # paused by an admin (or with its board): see `_while_paused`
+    recovery: Recovery | None = None  # the ladder's rung, while a quiet agent is recovered
+    # Not persisted here: what keeps the agent from running as far as the hub knows (the
+    # sidecar's cause, or the last run's error); named when the ladder ends offline.
+    cause: str | None = None
 
 
 # ------------------------------------------------------------------------ events
@@ -388,6 +410,7 @@ class SendWake:
 
     generation: int
     attempt: int  # 1-based number of the wake within this check-in cycle
+    recovery: Recovery | None = None  # a rung of the ladder: FRESH_SESSION starts one afresh
 
 
 @dataclass(frozen=True)
@@ -498,6 +521,7 @@ def _on_apply_requested(
         reason=None,
         last_provision_error=None,
         delivery_failures=0,
+        recovery=None,
     )
     out.actions.append(QueueApply(e.generation, wake))
     out.log(LogEvent.ENQUEUED, command="apply_agent", generation=e.generation, wake=wake)
@@ -685,6 +709,8 @@ def _on_deadline_due(
             ),
         )
         return _arm(s, now + policy.restart_grace_s + policy.checkin_deadline_s)
+    if s.recovery is not None:
+        return _climb(dataclasses.replace(s, reason=None), policy, now, out)
     if s.wake_attempts >= policy.max_wakes:
         error = f"agent did not check in after {s.wake_attempts} wakes; max wake attempts reached"
         if s.last_provision_error:
@@ -779,14 +805,64 @@ def _on_presence_tick(
     if path_down(s) is not None or now < verdicts_not_before(s, policy):
         return s
     silent_s = now - s.last_seen_at
+    if policy.recovery_ladder:
+        out.log(
+            LogEvent.RECOVERY_NUDGE, silent_s=round(silent_s), interval_s=s.heartbeat_interval_s
+        )
+        s = dataclasses.replace(
+            s,
+            recovery=Recovery.NUDGED,
+            wake_attempts=0,
+            delivery_failures=0,
+            last_provision_error=None,  # from here on, the ladder's own runs' errors
+        )
+        return _send_wake(s, policy, now, out)
     out.log(LogEvent.WENT_OFFLINE, silent_s=round(silent_s), interval_s=s.heartbeat_interval_s)
     return dataclasses.replace(
         s,
         status=Status.OFFLINE,
-        last_provision_error=(
-            f"no heartbeat for {silent_s:.0f} s; it heartbeats every {s.heartbeat_interval_s} s"
-        ),
+        last_provision_error=_silence(s, now) + (f"; cause: {s.cause}" if s.cause else ""),
     )
+
+
+def _climb(s: AgentLifecycle, policy: Policy, now: float, out: _Out) -> AgentLifecycle:
+    """The ladder's rung went unanswered: wake in a fresh session, or end offline."""
+    if s.recovery is Recovery.NUDGED:
+        out.log(LogEvent.RECOVERY_FRESH_SESSION, attempt=s.wake_attempts + 1)
+        return _send_wake(dataclasses.replace(s, recovery=Recovery.FRESH_SESSION), policy, now, out)
+    out.log(
+        LogEvent.WENT_OFFLINE,
+        silent_s=round(now - (s.last_seen_at or now)),
+        interval_s=s.heartbeat_interval_s,
+        ladder="exhausted",
+        cause=s.cause or s.last_provision_error or "",
+    )
+    return dataclasses.replace(
+        s,
+        status=Status.OFFLINE,
+        phase=Phase.IDLE,
+        reason=None,
+        checkin_deadline_at=None,
+        recovery=None,
+        last_provision_error=(
+            _silence(s, now) + "; a nudge and a wake in a fresh session went unanswered"
+            + _cause(s)
+        ),
+    )  # fmt: skip
+
+
+def _silence(s: AgentLifecycle, now: float) -> str:
+    silent_s = now - (s.last_seen_at or now)
+    return f"no check-in for {silent_s:.0f} s; it heartbeats every {s.heartbeat_interval_s} s"
+
+
+def _cause(s: AgentLifecycle) -> str:
+    """What the hub knows of why: the sidecar's cause, else the ladder's own failed run."""
+    if s.cause:
+        return f"; cause: {s.cause}"
+    if s.last_provision_error:
+        return f"; {s.last_provision_error}"
+    return "; no cause reported (check the gateway's logs and `openclaw status`)"
 
 
 def _while_deleting(s: AgentLifecycle, event: Event, out: _Out, now: float) -> AgentLifecycle:
@@ -909,7 +985,9 @@ def _while_paused(
 
 
 def _paused_idle(s: AgentLifecycle) -> AgentLifecycle:
-    return dataclasses.replace(s, phase=Phase.IDLE, reason=None, checkin_deadline_at=None)
+    return dataclasses.replace(
+        s, phase=Phase.IDLE, reason=None, checkin_deadline_at=None, recovery=None
+    )
 
 
 _HANDLERS: dict[type, Any] = {
@@ -1002,7 +1080,7 @@ def _resend(s: AgentLifecycle, policy: Policy, now: float, out: _Out) -> AgentLi
 
 def _send_wake(s: AgentLifecycle, policy: Policy, now: float, out: _Out) -> AgentLifecycle:
     attempt = s.wake_attempts + 1  # counted only once delivered
-    out.actions.append(SendWake(s.lifecycle_generation, attempt))
+    out.actions.append(SendWake(s.lifecycle_generation, attempt, s.recovery))
     out.log(
         LogEvent.ENQUEUED, command="wake_agent", generation=s.lifecycle_generation, attempt=attempt
     )
@@ -1027,6 +1105,7 @@ def _cycle_answered(s: AgentLifecycle, policy: Policy, now: float) -> AgentLifec
         reason=None,
         last_provision_error=None,
         delivery_failures=0,
+        recovery=None,
     )
     if s.applied_generation < s.lifecycle_generation and s.phase is not Phase.AWAITING_CHECKIN:
         # The wake is answered but this generation's apply has not landed yet.

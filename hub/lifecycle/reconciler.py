@@ -402,7 +402,14 @@ class Reconciler:
                 enqueue_command_in(
                     conn,
                     row.gateway_id,
-                    build_wake(conn, row, action.generation, action.attempt, self.policy.max_wakes),
+                    build_wake(
+                        conn,
+                        row,
+                        action.generation,
+                        action.attempt,
+                        self.policy.max_wakes,
+                        action.recovery,
+                    ),
                     now=now,
                 )
             elif isinstance(action, lc.ScheduleDeadline):

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from hub.boards import board_profile
-from hub.lifecycle.decisions import AgentLifecycle, Phase, Status, WaitReason
+from hub.lifecycle.decisions import AgentLifecycle, Phase, Recovery, Status, WaitReason
 from hub.provisioning.agent_tokens import MintedToken, StoredToken
 from hub.provisioning.rendering import (
     AgentContext,
@@ -164,6 +164,7 @@ class AgentRow:
     role_soul: str | None = None  # from the souls directory (hub/provisioning/souls.py)
     paused_at: float | None = None  # paused: heartbeat job off, never woken or judged silent
     paused_by: str | None = None  # "agent" (paused itself) or "board" (with its board)
+    recovery: str | None = None  # the recovery ladder's rung (hub/lifecycle/decisions.py)
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> AgentRow:
@@ -196,6 +197,7 @@ class AgentRow:
             gateway_reachable=gateway_reachable,
             gateway_up_since=gateway_up_since,
             paused=self.paused_at is not None,
+            recovery=Recovery(self.recovery) if self.recovery else None,
         )
 
 
@@ -480,7 +482,7 @@ def save_snapshot(conn: sqlite3.Connection, agent_id: str, s: AgentLifecycle, no
         """UPDATE agents SET status = ?, status_reason = ?, lifecycle_generation = ?,
                applied_generation = ?, wake_attempts = ?, checkin_deadline_at = ?,
                last_wake_sent_at = ?, last_seen_at = ?, last_provision_error = ?,
-               phase = ?, delivery_failures = ?, updated_at = ?
+               phase = ?, delivery_failures = ?, recovery = ?, updated_at = ?
            WHERE id = ?""",
         (
             s.status.value,
@@ -494,6 +496,7 @@ def save_snapshot(conn: sqlite3.Connection, agent_id: str, s: AgentLifecycle, no
             s.last_provision_error,
             s.phase.value,
             s.delivery_failures,
+            s.recovery.value if s.recovery else None,
             now,
             agent_id,
         ),
@@ -639,15 +642,30 @@ def build_apply(
 
 
 def build_wake(
-    conn: sqlite3.Connection, agent: AgentRow, generation: int, attempt: int, max_wakes: int
+    conn: sqlite3.Connection,
+    agent: AgentRow,
+    generation: int,
+    attempt: int,
+    max_wakes: int,
+    recovery: Recovery | None = None,
 ) -> pb.Command:
+    """A WakeAgent; on the recovery ladder's last rung, into a fresh session."""
     context, gateway_generation = render_context(conn, agent)
     message = render_wake_message(
-        gateway_generation, context, action=ApplyAction.UPDATE, attempt=attempt, max_wakes=max_wakes
+        gateway_generation,
+        context,
+        action=ApplyAction.UPDATE,
+        attempt=attempt,
+        max_wakes=max_wakes,
+        recovery=recovery.value if recovery else "",
     )
     return pb.Command(
         wake_agent=pb.WakeAgent(
-            agent_id=agent.gateway_agent_id, generation=generation, message=message, attempt=attempt
+            agent_id=agent.gateway_agent_id,
+            generation=generation,
+            message=message,
+            attempt=attempt,
+            fresh_session=recovery is Recovery.FRESH_SESSION,
         )
     )
 
@@ -693,6 +711,7 @@ def agent_json(agent: AgentRow) -> dict[str, Any]:
         "paused": agent.paused_at is not None,
         "paused_at": iso(agent.paused_at),
         "paused_by": agent.paused_by,
+        "recovery": agent.recovery,
         "created_at": iso(agent.created_at),
         "updated_at": iso(agent.updated_at),
     }

@@ -497,14 +497,18 @@ def render_wake_message(
     action: ApplyAction,
     attempt: int = 1,
     max_wakes: int = 3,
+    recovery: str = "",
 ) -> str:
-    """The chat message that wakes the agent (ApplyAgent.wake_message, WakeAgent.message).
+    """The chat message that wakes the agent (ApplyAgent.wake_message, WakeAgent.message);
+    `recovery`: a rung of the recovery ladder ("nudged", "fresh_session").
 
     It carries the check-in command itself, because a woken agent must check in
     within the deadline and should not have to find the command in its files first.
     """
     variables = context.variables()
-    variables.update(action=str(ApplyAction(action)), attempt=attempt, max_wakes=max_wakes)
+    variables.update(
+        action=str(ApplyAction(action)), attempt=attempt, max_wakes=max_wakes, recovery=recovery
+    )
     text = _render_named(_generation(generation), _WAKE_TEMPLATE, variables).strip()
     if len(text) > MAX_WAKE_MESSAGE_CHARS:
         raise RenderError(f"the wake message renders to {len(text)} characters")

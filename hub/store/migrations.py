@@ -509,6 +509,9 @@ V13 = (
     "CREATE TABLE alert_cursor (id INTEGER PRIMARY KEY CHECK (id = 1), event_id INTEGER NOT NULL)",
 )
 
+# Presence: the recovery ladder's rung an agent that went quiet is on (NULL: none).
+V14 = ("ALTER TABLE agents ADD COLUMN recovery TEXT",)
+
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
-    V1, V2, V3, V4, V5, V6, V7, V8, V9, V10, V11, V12, V13
+    V1, V2, V3, V4, V5, V6, V7, V8, V9, V10, V11, V12, V13, V14
 )  # fmt: skip

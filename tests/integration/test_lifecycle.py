@@ -14,6 +14,7 @@ from hub.app import Hub
 from protos import link_pb2 as pb
 from protos.contract import timestamp
 from sidecar.app import Sidecar
+from sidecar.gateway import RunState
 from tests import support
 from tests.support import JumpClock, RecordingGateway, api, hub_config, wait_for
 
@@ -349,10 +350,10 @@ async def test_token_rotation_writes_a_new_token_and_keeps_the_old_for_the_grace
     assert graced[0].not_after is not None and graced[0].not_after <= time.time() + 1.6
 
 
-async def test_online_agent_goes_offline_after_twice_its_heartbeat_interval(
+async def test_a_quiet_agent_climbs_the_recovery_ladder_then_goes_offline_with_the_cause(
     hub: Hub, connected: tuple[Sidecar, RecordingGateway], clock: JumpClock
 ) -> None:
-    sidecar, _ = connected
+    sidecar, gateway = connected
     agent = await provision(hub, every="1s")
     online = await wait_for(lambda: _status(hub, agent["id"], "online"), what="online")
     assert online["heartbeat_config"]["every"] == "1s"
@@ -361,12 +362,29 @@ async def test_online_agent_goes_offline_after_twice_its_heartbeat_interval(
     await wait_for(
         lambda: _changed(hub, agent["id"], "last_seen_at", before), what="the beat recorded"
     )
-    # Silent for less than twice the interval: still online.
+    # Silent for less than twice the interval: still online, nothing sent.
+    woken = gateway.count("wake")
     clock.advance(1.5)
     await hub.reconciler.sweep_presence()
     assert (await agent_state(hub, agent["id"]))["status"] == "online"
+    assert gateway.count("wake") == woken
+    # From here its runs fail: neither the nudge nor the fresh session brings it back.
+    gateway.run_outcome = RunState.ERROR
+    gateway.run_message = "No API key found for provider openai"
     clock.advance(1.0)  # 2.5 s of silence in all
     await hub.reconciler.sweep_presence()
-    offline = await agent_state(hub, agent["id"])
-    assert offline["status"] == "offline"
-    assert offline["wake_attempts"] == 0  # presence, not the wake cycle
+    offline = await wait_for(
+        lambda: _status(hub, agent["id"], "offline"), timeout_s=30, what="offline after the ladder"
+    )
+    assert gateway.count("wake") == woken + 2  # the nudge, then the wake in a fresh session
+    assert gateway.count("reset_session") == 1  # only the last rung starts afresh
+    assert offline["recovery"] is None and offline["checkin_deadline_at"] is None
+    error = offline["last_provision_error"] or ""
+    assert "a nudge and a wake in a fresh session went unanswered" in error
+    assert "No API key found for provider openai" in error  # the cause, not just silence
+    kinds = [e["kind"] for e in await hub.store.events("gw-life")]
+    nudge, fresh = (
+        kinds.index("lifecycle.recovery.nudge"),
+        kinds.index("lifecycle.recovery.fresh_session"),
+    )
+    assert nudge < fresh < len(kinds) - 1 - kinds[::-1].index("lifecycle.presence.offline")

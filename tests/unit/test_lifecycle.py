@@ -33,6 +33,7 @@ from hub.lifecycle.decisions import (
     Policy,
     PresenceTick,
     QueueApply,
+    Recovery,
     RemovalConfirmed,
     RemovalRefused,
     ResendApply,
@@ -618,13 +619,14 @@ def test_apply_during_a_wake_cycle_carries_the_wake_and_starts_a_new_cycle() -> 
     assert snapshot.wake_attempts == 0 and snapshot.lifecycle_generation == 2
 
 
-def test_presence_goes_offline_after_two_intervals_without_heartbeat() -> None:
+def test_without_the_ladder_presence_goes_offline_after_two_intervals_of_silence() -> None:
+    policy = Policy(recovery_ladder=False)
     snapshot = fresh(status=Status.ONLINE, last_seen_at=NOW, heartbeat_interval_s=300)
-    same, _ = run(snapshot, [(NOW + 600, PresenceTick())])
+    same, _ = run(snapshot, [(NOW + 600, PresenceTick())], policy)
     assert same.status is Status.ONLINE
-    snapshot, actions = run(snapshot, [(NOW + 601, PresenceTick())])
+    snapshot, actions = run(snapshot, [(NOW + 601, PresenceTick())], policy)
     assert snapshot.status is Status.OFFLINE
-    assert "no heartbeat for 601 s" in (snapshot.last_provision_error or "")
+    assert "no check-in for 601 s" in (snapshot.last_provision_error or "")
     assert LogEvent.WENT_OFFLINE in logs(actions)
 
 
@@ -705,8 +707,9 @@ def test_presence_waits_for_an_unreachable_gateway() -> None:
     snapshot, _ = run(snapshot, [(NOW + 2001, GatewayReachable())])
     same, _ = run(snapshot, [(NOW + 2002, PresenceTick())])
     assert same.status is Status.ONLINE  # within the grace after the gateway came back
-    later, _ = run(snapshot, [(NOW + 2001 + POLICY.restart_grace_s, PresenceTick())])
-    assert later.status is Status.OFFLINE
+    later, actions = run(snapshot, [(NOW + 2001 + POLICY.restart_grace_s, PresenceTick())])
+    assert later.recovery is Recovery.NUDGED  # judged now: the ladder's first rung
+    assert [a for a in actions if isinstance(a, SendWake)] == [SendWake(0, 1, Recovery.NUDGED)]
 
 
 def test_a_disconnected_sidecar_stays_the_reason_over_its_gateway() -> None:

@@ -528,3 +528,20 @@ def test_override_with_syntax_error_names_the_line() -> None:
 def test_override_rendering_empty_is_not_written() -> None:
     files = render(soul_template="{% if is_main_agent %}main{% endif %}")
     assert files.get("SOUL.md") is None
+
+
+@pytest.mark.parametrize("generation", [LEGACY, CURRENT])
+def test_the_recovery_ladders_wakes_say_why_and_carry_the_check_in(
+    generation: GatewayGeneration,
+) -> None:
+    context = make_context()
+    plain = render_wake_message(generation, context, action=ApplyAction.UPDATE)
+    nudge = render_wake_message(generation, context, action=ApplyAction.UPDATE, recovery="nudged")
+    fresh = render_wake_message(
+        generation, context, action=ApplyAction.UPDATE, recovery="fresh_session"
+    )
+    for text in (nudge, fresh):
+        assert text.startswith(f"Mission Control: {context.agent_name}, no check-in has arrived")
+        assert "updated" not in text.split("\n")[0]
+        assert plain.split("\n", 1)[1] == text.split("\n", 1)[1]  # the same command after it
+    assert "fresh session" in fresh and "fresh session" not in nudge
