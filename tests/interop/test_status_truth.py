@@ -12,6 +12,9 @@ gateway client) -> real OpenClaw gateway -> agent runs -> the scripted model.
   run's turn is.
 - A model that rejects the credentials: every run ends in an error, and each error
   starts the next wake at once (no deadline passes in this test), 3 in all.
+- The recovery ladder: an online agent gone quiet, its model now rejecting the key, is
+  nudged, then woken in a fresh session, each failed run moving it on at once, and is
+  offline with the gateway's error as the cause.
 
 Deadlines are moved with the hub's clock, never waited out.
 """
@@ -25,6 +28,7 @@ from typing import Any
 import pytest
 
 from hub.demo.scripted_model import Behaviour, ScriptedModel
+from protos import link_pb2 as pb
 from tests.interop.conftest import RunningGateway, Stack, linked_stack
 from tests.support import api, wait_for
 
@@ -55,14 +59,14 @@ async def unserved(gateway: RunningGateway, tmp_path: Path) -> AsyncIterator[Sta
         yield stack
 
 
-async def create_agent(stack: Stack, name: str) -> dict[str, Any]:
+async def create_agent(stack: Stack, name: str, **extra: Any) -> dict[str, Any]:
     hub = stack.hub
     status, board = await api(
         hub, "POST", "/api/v1/boards", {"name": f"{name} board", "gateway_id": GATEWAY_ID}
     )
     assert status == 201, board
     status, agent = await api(
-        hub, "POST", "/api/v1/agents", {"name": name, "board_id": board["id"]}
+        hub, "POST", "/api/v1/agents", {"name": name, "board_id": board["id"], **extra}
     )
     assert status == 201, agent
     return agent
@@ -185,6 +189,51 @@ async def test_each_failed_run_starts_the_next_wake_at_once(
         # (2026.9 keeps a provider whose key was refused in a cooldown: the later runs fail
         # without asking the model again.)
         assert model.for_agent(agent["gateway_agent_id"])
+
+
+async def test_a_quiet_agent_climbs_the_ladder_and_goes_offline_naming_the_model_error(
+    served: Stack,
+) -> None:
+    stack = served
+    model = stack.model
+    assert model is not None
+    every_s = 60  # the gateway's own first heartbeat run comes after the test is done
+    agent = await create_agent(stack, "Quiet Agent", heartbeat_config={"every": "1m"})
+    gw_agent = agent["gateway_agent_id"]
+    await wait_for(
+        lambda: _status(stack, agent["id"], "online"), timeout_s=RUN_TIMEOUT_S, what="online"
+    )
+    seen = len(await runs(stack, gw_agent))
+    model.behaviour = Behaviour.REJECT_CREDENTIALS  # from now on every run fails
+    # Silent for two intervals (the hub's clock stays behind the sidecar's, so each rung's
+    # deadline lies ahead: only the failed runs move the ladder on).
+    stack.clock.advance(2 * every_s + 1)
+    await stack.hub.reconciler.sweep_presence()
+    offline = await wait_for(
+        lambda: _status(stack, agent["id"], "offline"),
+        timeout_s=RUN_TIMEOUT_S,
+        what="offline at the ladder's end",
+    )
+    kinds = [e["kind"] for e in await stack.hub.store.events(GATEWAY_ID) if e["agent_id"] in (
+        agent["id"], gw_agent)]  # fmt: skip
+    assert "lifecycle.recovery.nudge" in kinds and "lifecycle.recovery.fresh_session" in kinds
+    commands = [
+        pb.Command.FromString(c.payload)
+        for c in await stack.hub.store.commands_after(GATEWAY_ID, 0, limit=1000)
+    ]
+    wakes = [
+        c.wake_agent
+        for c in commands
+        if c.WhichOneof("action") == "wake_agent" and c.wake_agent.agent_id == gw_agent
+    ]
+    # The nudge wakes the existing session, the last rung a fresh one (the sidecar resets
+    # it first: sessions.reset, tested against this gateway in test_sidecar_e2e.py).
+    assert [w.fresh_session for w in wakes][-2:] == [False, True], wakes
+    ladder = (await runs(stack, gw_agent))[seen:]
+    assert [r["outcome"] for r in ladder] == ["ERROR", "ERROR"], ladder
+    error = offline["last_provision_error"]
+    assert "a nudge and a wake in a fresh session went unanswered" in error
+    assert ladder[-1]["message"] in error  # the cause: what the gateway said of the model
 
 
 # ------------------------------------------------------------------------- helpers
