@@ -190,6 +190,11 @@ def summary(kind: str, detail: Mapping[str, Any]) -> str:
             return f"task {d.get('title', '')!r} created"
         case "task.moved":
             return f"task {d.get('title', '')!r} moved {d.get('from')} → {d.get('to')}"
+        case "task.commented":
+            return f"comment on a task by {'an agent' if d.get('by') == 'agent' else 'a user'}"
+        case "agent.heartbeat.governed":
+            how = "backed off" if d.get("to_s", 0) > d.get("from_s", 0) else "restored"
+            return f"heartbeat {how}: every {d.get('from_s')} s → {d.get('to_s')} s"
         case "approval.requested":
             return f"approval requested: {d.get('action_type')}"
         case "approval.resolved":

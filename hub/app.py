@@ -29,6 +29,7 @@ from hub.events import EventBus
 from hub.feeds import Feed
 from hub.fleet.driver import RolloutService
 from hub.gateways import GatewayService
+from hub.governor import HeartbeatGovernor
 from hub.lifecycle.decisions import Policy
 from hub.lifecycle.reconciler import Reconciler
 from hub.link.agent_calls import AgentCallForwarder
@@ -173,6 +174,8 @@ class Hub:
             on_attempt=self.metrics.alert_attempted,
         )
         self.db.listen(ACTIVITY, self.alerts.event_committed)
+        self.governor = HeartbeatGovernor(self.db, self.reconciler, clock=clock)
+        self.db.listen(ACTIVITY, self.governor.event_committed)
         self.gateways = GatewayService(self.store, self.registry, self.revocations, self.issuer)
         self.api = build_api(metrics_public=config.metrics_public)
         # Built once the HTTP port is bound: forwarded agent calls replay on it.
@@ -231,6 +234,7 @@ class Hub:
         await self.webhooks.start()
         await self.alerts.start()
         await self.rollouts.start()
+        await self.governor.start()
 
         http_socket = self._http_socket = _bind(config.http_listen, "--http-listen")
         http = HostPort(config.http_listen.host, http_socket.getsockname()[1])
@@ -303,6 +307,7 @@ class Hub:
             link_address=str(link),
             metrics=self.metrics,
             alerts=self.alerts,
+            governor=self.governor,
         )
         # One limiter for failed admin-token checks: the API's and the dashboard's login.
         failed_auth = FailedAuthLimiter()
@@ -383,6 +388,7 @@ class Hub:
             await self.dashboard.stop()
         await self.template_sync.stop()
         await self.rollouts.stop()
+        await self.governor.stop()
         await self.backups.stop()
         await self.reconciler.stop()
         await self.webhooks.stop()

@@ -284,6 +284,16 @@ def add_comment(
         (comment_id, task_id, author_kind, author_id, body, now),
     )
     row = conn.execute("SELECT * FROM task_comments WHERE id = ?", (comment_id,)).fetchone()
+    board = conn.execute("SELECT board_id FROM tasks WHERE id = ?", (task_id,)).fetchone()
+    add_event(
+        conn,
+        "task.commented",
+        board_id=board[0] if board else None,
+        agent_id=author_id if author_kind == "agent" else None,
+        at=now,
+        task_id=task_id,
+        by=author_kind,
+    )
     return CommentRow.from_row(row)
 
 

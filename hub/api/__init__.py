@@ -16,6 +16,7 @@ from hub.api import (
     fleet,
     gateway_live,
     gateways,
+    governor,
     health,
     identity,
     memory,
@@ -55,6 +56,7 @@ def build_api(*, metrics_public: bool = False) -> Api:
         board_groups,
         alerts,
         fleet,
+        governor,
     ):
         module.register(api)
     board_webhooks.register(api)

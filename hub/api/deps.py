@@ -12,6 +12,7 @@ from hub.events import EventBus
 from hub.feeds import Feed
 from hub.fleet.driver import RolloutService
 from hub.gateways import GatewayService
+from hub.governor import HeartbeatGovernor
 from hub.lifecycle.reconciler import Reconciler
 from hub.link.queries import GatewayQueries
 from hub.link.server import SessionRegistry
@@ -47,6 +48,7 @@ class HttpDeps:
     memory: Feed = field(default_factory=lambda: Feed("memory"))  # board memory notes, live
     metrics: HubMetrics | None = None  # GET /metrics and the per-request counts
     alerts: AlertService | None = None  # alert rules, their watcher and sender
+    governor: HeartbeatGovernor | None = None  # a quiet board's heartbeats backed off
 
 
 DEPS = web.AppKey("deps", HttpDeps)

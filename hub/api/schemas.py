@@ -355,6 +355,8 @@ class AgentRead(BaseModel):
     paused_at: str | None
     paused_by: str | None  # "agent" (POST /agents/{id}/pause) or "board" (with its board)
     recovery: str | None  # went quiet: "nudged", then "fresh_session", before offline
+    heartbeat_every_s: int  # the cadence the gateway runs now (0: off; the governor may stretch it)
+    heartbeat_governor_step: int  # 0: its own cadence; n: backed off n steps (a quiet board)
     created_at: str | None
     updated_at: str | None
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -262,6 +261,8 @@ def register(api: Api) -> None:
         board_id, _ = _ids(call)
         body: TaskCreate = call.body
 
+        clock = deps(call.request).reconciler.clock  # the lifecycle's clock
+
         def op(conn: Connection, _: None) -> TaskRow:
             return create_task(
                 conn,
@@ -273,7 +274,7 @@ def register(api: Api) -> None:
                 due_at=due_timestamp(body.due_at),
                 assigned_agent_id=body.assigned_agent_id,
                 created_by=ADMIN_AUTHOR,
-                now=time.time(),
+                now=clock(),
                 tags=body.tags,
             )
 
@@ -303,8 +304,10 @@ def register(api: Api) -> None:
         board_id, task_id = _ids(call)
         changes = call.body.changes()
 
+        clock = deps(call.request).reconciler.clock  # the lifecycle's clock
+
         def op(conn: Connection, before: TaskRow) -> tuple[TaskRow, TaskRow]:
-            return before, update_task(conn, before, changes, now=time.time())
+            return before, update_task(conn, before, changes, now=clock())
 
         before, task = await deps(call.request).db.write_checked(
             lambda conn: require_task_in(conn, board_id, task_id), op
@@ -367,6 +370,8 @@ def register(api: Api) -> None:
         board_id, task_id = _ids(call)
         message = call.body.message
 
+        clock = deps(call.request).reconciler.clock  # the lifecycle's clock
+
         def op(conn: Connection, _: TaskRow) -> CommentRow:
             return add_comment(
                 conn,
@@ -374,7 +379,7 @@ def register(api: Api) -> None:
                 author_kind="user",
                 author_id=ADMIN_AUTHOR,
                 body=message,
-                now=time.time(),
+                now=clock(),
             )
 
         comment = await deps(call.request).db.write_checked(

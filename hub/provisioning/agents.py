@@ -165,6 +165,8 @@ class AgentRow:
     paused_at: float | None = None  # paused: heartbeat job off, never woken or judged silent
     paused_by: str | None = None  # "agent" (paused itself) or "board" (with its board)
     recovery: str | None = None  # the recovery ladder's rung (hub/lifecycle/decisions.py)
+    heartbeat_governor: str | None = None  # its own governor setting (JSON), over its board's
+    governor_step: int = 0  # how far the governor backed its cadence off (0: its own)
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> AgentRow:
@@ -347,6 +349,8 @@ _UPDATABLE_COLUMNS = frozenset(
         "identity_profile",
         "heartbeat_config",
         "heartbeat_interval_s",
+        "heartbeat_governor",
+        "governor_step",
         "identity_template",
         "soul_template",
         "role_soul",
@@ -712,6 +716,8 @@ def agent_json(agent: AgentRow) -> dict[str, Any]:
         "paused_at": iso(agent.paused_at),
         "paused_by": agent.paused_by,
         "recovery": agent.recovery,
+        "heartbeat_every_s": agent.heartbeat_interval_s,
+        "heartbeat_governor_step": agent.governor_step,
         "created_at": iso(agent.created_at),
         "updated_at": iso(agent.updated_at),
     }

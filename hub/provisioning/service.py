@@ -449,6 +449,7 @@ class Provisioning:
             if heartbeat is not None and heartbeat[0] != json.loads(row.heartbeat_config):
                 values["heartbeat_config"] = json.dumps(heartbeat[0])
                 values["heartbeat_interval_s"] = heartbeat[1]
+                values["governor_step"] = 0  # its own cadence; the governor looks again
             for key in ("identity_template", "soul_template"):
                 if key in changes and changes[key] != getattr(row, key):
                     values[key] = changes[key]

@@ -16,6 +16,9 @@ from protos import link_pb2 as pb
 # Notice channel: each event row, as `event_row` gives it, once its commit is durable
 # (the activity stream's live part; hub/feeds.py).
 ACTIVITY = "activity"
+# What counts as work on a board (boards.last_activity_at; the heartbeat governor backs
+# a quiet board's agents off): tasks, approvals, board memory, messages to its agents.
+BOARD_ACTIVITY = ("task.", "approval.", "board.memory.", "agent.message.")
 
 
 def add_event(
@@ -49,6 +52,12 @@ def add_event(
            RETURNING id, board_id""",
         values,
     ).fetchone()
+    if row[1] is not None and kind.startswith(BOARD_ACTIVITY):
+        conn.execute(
+            "UPDATE boards SET last_activity_at = ? WHERE id = ? "
+            "AND (last_activity_at IS NULL OR last_activity_at < ?)",
+            (values["at"], row[1], values["at"]),
+        )
     if getattr(conn, "notices", None) is not None:  # a write job: tell the streams on commit
         conn.notify(  # type: ignore[attr-defined]
             ACTIVITY, {**values, "id": row[0], "board_id": row[1], "detail": detail}

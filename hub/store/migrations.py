@@ -509,8 +509,16 @@ V13 = (
     "CREATE TABLE alert_cursor (id INTEGER PRIMARY KEY CHECK (id = 1), event_id INTEGER NOT NULL)",
 )
 
-# Presence: the recovery ladder's rung an agent that went quiet is on (NULL: none).
-V14 = ("ALTER TABLE agents ADD COLUMN recovery TEXT",)
+# Presence: the recovery ladder's rung an agent that went quiet is on (NULL: none); the
+# heartbeat governor's settings (JSON) on boards and agents, a board's last activity, and
+# how far an agent's cadence is backed off.
+V14 = (
+    "ALTER TABLE agents ADD COLUMN recovery TEXT",
+    "ALTER TABLE boards ADD COLUMN heartbeat_governor TEXT",
+    "ALTER TABLE boards ADD COLUMN last_activity_at REAL",
+    "ALTER TABLE agents ADD COLUMN heartbeat_governor TEXT",
+    "ALTER TABLE agents ADD COLUMN governor_step INTEGER NOT NULL DEFAULT 0",
+)
 
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
     V1, V2, V3, V4, V5, V6, V7, V8, V9, V10, V11, V12, V13, V14
