@@ -26,9 +26,14 @@ from missioncontrol.timefmt import iso
 from protos import link_pb2 as pb
 from protos.contract import MAX_QUERY_SESSIONS, GatewayGeneration, epoch_s
 
-# How each failure reads over HTTP: the sidecar is away or busy (503, retry), it did not
-# answer in time (504), or the gateway behind it failed (502).
-FAILURE_STATUS = {"sidecar_disconnected": 503, "busy": 503, "sidecar_timeout": 504}
+# How each failure reads over HTTP: the sidecar is away or busy (503, retry), it or the
+# gateway behind it did not answer in time (504), or the gateway failed (502).
+FAILURE_STATUS = {
+    "sidecar_disconnected": 503,
+    "busy": 503,
+    "sidecar_timeout": 504,
+    "gateway_timeout": 504,
+}
 
 
 class GatewayTarget(Query):

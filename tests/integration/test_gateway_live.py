@@ -155,8 +155,14 @@ async def test_a_slow_sidecar_times_out_and_a_vanishing_one_fails_fast(
     hub.queries.timeout_s = 0.5
     async with connected_sidecar(hub, tmp_path, GW) as (sidecar, gateway):
         gateway.query_delay_s = 3.0
+        # The sidecar is told the hub's deadline: it answers why before the hub gives up.
         status, body = await api(hub, "GET", f"/api/v1/gateway/sessions?gateway_id={GW}")
-        assert status == 504 and "within 0.5 s" in body["detail"]
+        assert status == 504 and "gateway did not answer within 0.4 s" in body["detail"], body
+        answer = sidecar.link.on_gateway_query
+        sidecar.link.on_gateway_query = lambda query: None  # a sidecar that never answers
+        status, body = await api(hub, "GET", f"/api/v1/gateway/sessions?gateway_id={GW}")
+        assert status == 504 and "sidecar did not answer within 0.5 s" in body["detail"], body
+        sidecar.link.on_gateway_query = answer
 
         # The sidecar going away mid-query answers at once, not at the deadline.
         hub.queries.timeout_s = 30.0
