@@ -19,7 +19,7 @@ from pathlib import Path
 from bench.harness import Section, Sizes, machine, markdown_table, raise_fd_limit, text_table
 from bench.harness import write_json as write_results
 
-# Run order: newest parts last (the local agent API, then the dashboard).
+# Run order: newest parts last (the local agent API, the dashboard, then rollouts).
 BENCHMARKS: dict[str, str] = {
     "tokens": "Token check",
     "reconciler": "Reconciler",
@@ -28,6 +28,7 @@ BENCHMARKS: dict[str, str] = {
     "fleet": "Simulated fleet",
     "agent_api": "Local heartbeat API",
     "dashboard": "Dashboard",
+    "rollout": "Fleet rollout",
 }
 DEFAULT_JSON = Path("bench-results/latest.json")
 

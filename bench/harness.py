@@ -55,6 +55,7 @@ class Sizes:
     api_duration_s: float
     dashboard_gateways: int  # x 10 agents each
     dashboard_requests: int  # per page and run
+    rollout_gateways: int  # x 1 agent each
 
     @classmethod
     def for_mode(cls, *, quick: bool, fleet: int | None, runs: int | None) -> Sizes:
@@ -80,6 +81,7 @@ class Sizes:
                 api_duration_s=1.0,
                 dashboard_gateways=100,
                 dashboard_requests=8,
+                rollout_gateways=50,
             )
         return cls(
             quick=False,
@@ -102,6 +104,7 @@ class Sizes:
             api_duration_s=3.0,
             dashboard_gateways=1_000,
             dashboard_requests=30,
+            rollout_gateways=1_000,
         )
 
 

@@ -1,7 +1,9 @@
 """The real hub (`hub.app.Hub`, insecure-dev on loopback) in a process of its own.
 
 The parent talks to it over a pipe: "stats" answers the writer's commit count and the
-number of open streams; None stops the hub in its documented order and ends the process.
+number of open streams; ("template_sync", gateway ids) starts the hub's template sync job
+on each of them at once, as its API would, and answers once all are queued; None stops
+the hub in its documented order and ends the process.
 """
 
 from __future__ import annotations
@@ -40,6 +42,11 @@ def hub_stats(hub: Child) -> dict[str, Any]:
     return hub.ask("stats", 30.0)
 
 
+def start_template_sync(hub: Child, gateway_ids: list[str]) -> dict[str, Any]:
+    """Start a template sync job on each gateway, all at once, inside the hub process."""
+    return hub.ask(("template_sync", gateway_ids), 300.0)
+
+
 def _main(conn: mpc.Connection, data_dir: str, link_port: int, http_port: int) -> None:
     report_errors(conn, lambda: asyncio.run(_serve(conn, Path(data_dir), link_port, http_port)))
 
@@ -47,6 +54,7 @@ def _main(conn: mpc.Connection, data_dir: str, link_port: int, http_port: int) -
 async def _serve(conn: mpc.Connection, data_dir: Path, link_port: int, http_port: int) -> None:
     from hub.app import Hub
     from hub.config import HubConfig
+    from hub.provisioning.template_sync import SyncOptions
     from missioncontrol.netaddr import HostPort
 
     pin_to(SERVER_CORE)
@@ -77,6 +85,11 @@ async def _serve(conn: mpc.Connection, data_dir: Path, link_port: int, http_port
                         "streams": len(hub.registry),
                     }
                 )
+            elif isinstance(request, tuple) and request[0] == "template_sync":
+                jobs = await asyncio.gather(
+                    *(hub.template_sync.start_job(g, SyncOptions()) for g in request[1])
+                )
+                conn.send({"jobs": len(jobs)})
     finally:
         asyncio.get_running_loop().remove_reader(conn.fileno())
         await hub.stop()

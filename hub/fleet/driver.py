@@ -376,7 +376,18 @@ class RolloutService:
             watching_since=self.watching_since,
         )
         again = False
+        # The pass's verdicts commit in one write: one paced group commit per gateway,
+        # awaited in turn, would hold a wave of n gateways for n commit intervals.
+        # `decide` lists them before anything that depends on them.
+        marks = [a for a in actions if isinstance(a, ro.MarkGateway)]
+        if marks:
+            await self.db.write(lambda conn: self._mark_all_in(conn, row, marks))
+            for mark in marks:
+                self._progress(row.id, type(mark).__name__, mark.gateway_id)
+            again = True  # the wave may be decided now
         for action in actions:
+            if isinstance(action, ro.MarkGateway):
+                continue
             again = await self._carry_out(row, action) or again
             self._progress(row.id, type(action).__name__, getattr(action, "gateway_id", None))
         return again
@@ -389,11 +400,6 @@ class RolloutService:
             case ro.RollbackGateway(gateway_id):
                 await self.reconciler.write(lambda tx: self._roll_back_in(tx, row.id, gateway_id))
                 return True
-            case ro.MarkGateway(gateway_id, state, reason):
-                await self.db.write(
-                    lambda conn: self._mark_in(conn, row, gateway_id, state, reason)
-                )
-                return True  # the wave may be decided now
             case ro.StartWave(wave):
                 return await self._move(row, ro.Status.RUNNING, "rollout.wave.started", wave=wave)
             case ro.Halt(wave, reason):
@@ -437,6 +443,13 @@ class RolloutService:
             level(event, rollout_id=row.id, wave=None if wave is None else wave + 1, reason=reason)
         return moved and status is ro.Status.RUNNING  # a new wave: apply it now
 
+    def _mark_all_in(
+        self, conn: Connection, row: RolloutRow, marks: Sequence[ro.MarkGateway]
+    ) -> None:
+        now = self.clock()
+        for mark in marks:
+            self._mark_in(conn, row, mark.gateway_id, mark.state, mark.reason, now)
+
     def _mark_in(
         self,
         conn: Connection,
@@ -444,11 +457,11 @@ class RolloutService:
         gateway_id: str,
         state: ro.TargetState,
         reason: str | None,
+        now: float,
     ) -> None:
         target = target_in(conn, row.id, gateway_id)
         if target is None or target.state is not ro.TargetState.APPLIED:
             return
-        now = self.clock()
         update_target_in(conn, row.id, gateway_id, state=state, reason=reason, decided_at=now)
         add_event(
             conn,
