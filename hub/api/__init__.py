@@ -22,6 +22,7 @@ from hub.api import (
     metrics,
     tasks,
     template_sync,
+    usage,
 )
 from hub.api import webhooks as board_webhooks
 from hub.api.agent_auth import AgentAuthenticator
@@ -55,6 +56,7 @@ def build_api(*, metrics_public: bool = False) -> Api:
         board_groups,
         alerts,
         fleet,
+        usage,
     ):
         module.register(api)
     board_webhooks.register(api)
