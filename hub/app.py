@@ -162,7 +162,7 @@ class Hub:
             ),
         )
         self.queries = GatewayQueries(self.registry)
-        self.usage = UsageLedger(self.db, clock)
+        self.usage = UsageLedger(self.db, clock, on_growth=self.metrics.agent_tokens.inc)
         self.webhooks = WebhookService.from_hub_key(
             self.db, hub_key, retry=webhook_retry, clock=clock
         )

@@ -87,14 +87,22 @@ def acceptable_day(text: str, now: float) -> bool:
     return today - dt.timedelta(days=MAX_PAST_DAYS) <= day <= today + dt.timedelta(days=1)
 
 
-def record_usage_in(conn: Connection, gateway_id: str, report: pb.UsageReport, now: float) -> int:
-    """Keep the report's figures (the highest per session and day); returns how many
-    were taken. Figures that cannot be kept (no session, a bad day) are skipped."""
+@dataclass(frozen=True)
+class Recorded:
+    taken: int  # figures kept (the others could not be: no session, a bad day)
+    growth: int  # tokens the kept figures added to what the hub held before
+
+
+def record_usage_in(
+    conn: Connection, gateway_id: str, report: pb.UsageReport, now: float
+) -> Recorded:
+    """Keep the report's figures (the highest per session and day). Figures that cannot
+    be kept (no session, a bad day) are skipped."""
     items = list(report.sessions)[:MAX_USAGE_SESSIONS]
     if len(report.sessions) > MAX_USAGE_SESSIONS:
         log.warning("usage.report.truncated", gateway_id=gateway_id, sessions=len(report.sessions))
     agents = _hub_agents(conn, gateway_id, {i.agent_id for i in items if i.agent_id})
-    rows: list[tuple[Any, ...]] = []
+    rows: dict[tuple[str, str], tuple[Any, ...]] = {}  # (session id, day) -> row
     for item in items:
         session_id = item.session_id or item.session_key
         if not session_id or not item.agent_id or not acceptable_day(item.day, now):
@@ -108,23 +116,42 @@ def record_usage_in(conn: Connection, gateway_id: str, report: pb.UsageReport, n
             continue
         agent_id, board_id = agents.get(item.agent_id, (None, None))
         observed = min(epoch_s(item.observed_at), now) if item.HasField("observed_at") else now
-        rows.append(
-            (
-                gateway_id,
-                session_id,
-                item.day,
-                item.agent_id,
-                item.session_key,
-                agent_id,
-                board_id,
-                *(min(getattr(item, name), MAX_TOKENS) for name in FIELDS),
-                observed,
-                now,
-            )
+        held = rows.get((session_id, item.day))
+        if held is not None and held[7] >= min(item.total_tokens, MAX_TOKENS):
+            continue  # the same session and day twice in one report: the higher counts
+        rows[(session_id, item.day)] = (
+            gateway_id,
+            session_id,
+            item.day,
+            item.agent_id,
+            item.session_key,
+            agent_id,
+            board_id,
+            *(min(getattr(item, name), MAX_TOKENS) for name in FIELDS),
+            observed,
+            now,
         )
-    if rows:
-        conn.executemany(_UPSERT, rows)
-    return len(rows)
+    if not rows:
+        return Recorded(0, 0)
+    before = _held_totals(conn, gateway_id, set(rows))
+    conn.executemany(_UPSERT, list(rows.values()))
+    growth = sum(max(0, row[7] - before.get(key, 0)) for key, row in rows.items())
+    return Recorded(len(rows), growth)
+
+
+def _held_totals(
+    conn: Connection, gateway_id: str, keys: set[tuple[str, str]]
+) -> dict[tuple[str, str], int]:
+    """The totals the hub holds for these (session id, day) of one gateway."""
+    sessions = sorted({session for session, _ in keys})
+    days = sorted({day for _, day in keys})
+    found = conn.execute(
+        f"""SELECT session_id, day, total_tokens FROM token_usage
+            WHERE gateway_id = ? AND session_id IN ({",".join("?" * len(sessions))})
+              AND day IN ({",".join("?" * len(days))})""",
+        (gateway_id, *sessions, *days),
+    ).fetchall()
+    return {(row[0], row[1]): int(row[2]) for row in found if (row[0], row[1]) in keys}
 
 
 def _hub_agents(
@@ -266,14 +293,23 @@ def usage_in(conn: Connection, f: UsageFilter) -> UsageSummary:
 class UsageLedger:
     """The hub's token usage: the link records reports here, the API reads it."""
 
-    def __init__(self, db: Database, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        db: Database,
+        clock: Callable[[], float] = time.time,
+        on_growth: Callable[[int], None] | None = None,
+    ) -> None:
         self.db = db
         self.clock = clock
+        self.on_growth = on_growth  # tokens added, once committed (the hub's metric)
 
-    async def record(self, gateway_id: str, report: pb.UsageReport) -> int:
+    async def record(self, gateway_id: str, report: pb.UsageReport) -> Recorded:
         now = self.clock()
         # Bulk traffic: rides the paced group commit, one transaction per report.
-        return await self.db.write(lambda conn: record_usage_in(conn, gateway_id, report, now))
+        recorded = await self.db.write(lambda conn: record_usage_in(conn, gateway_id, report, now))
+        if recorded.growth and self.on_growth is not None:
+            self.on_growth(recorded.growth)
+        return recorded
 
     async def summary(self, f: UsageFilter) -> UsageSummary:
         return await self.db.read(lambda conn: usage_in(conn, f))

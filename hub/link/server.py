@@ -166,7 +166,7 @@ class QueryAnswers(Protocol):
 
 
 class UsageSink(Protocol):
-    async def record(self, gateway_id: str, report: pb.UsageReport) -> int: ...
+    async def record(self, gateway_id: str, report: pb.UsageReport) -> object: ...
 
 
 class CertificateRenewer(Protocol):

@@ -82,6 +82,9 @@ async def test_tokens_reach_the_api_per_agent_and_board_per_day(hub: Hub, tmp_pa
         empty = await _usage(hub, "?since=2026-01-01&until=2026-01-02")
         assert empty["agents"] == [] and empty["total"]["total_tokens"] == 0
 
+        # The hub's metric counts what the figures grew by, all agents together.
+        assert hub.metrics.registry.get_sample_value("mc_hub_agent_tokens_total") == 3310
+
 
 async def test_bad_days_are_a_422_naming_the_fix(hub: Hub) -> None:
     status, read = await api(hub, "GET", "/api/v1/usage?since=2026-12-02&until=2026-12-01")

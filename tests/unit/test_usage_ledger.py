@@ -76,18 +76,22 @@ async def totals(ledger: UsageLedger, f: UsageFilter = DAYS) -> dict[tuple[str, 
 
 
 async def test_a_repeated_report_adds_nothing(ledger: UsageLedger) -> None:
-    await ledger.record("gw", report(figure(1200)))
-    await ledger.record("gw", report(figure(1200)))
-    await ledger.record("gw", report(figure(1200)))
+    growth = [(await ledger.record("gw", report(figure(1200)))).growth for _ in range(3)]
+    assert growth == [1200, 0, 0]
     assert await totals(ledger) == {(TODAY, "mc-a"): 1200}
+    # The same session and day twice in one report: the higher figure counts, once.
+    both = await ledger.record("gw", report(figure(1500), figure(1300)))
+    assert (both.taken, both.growth) == (1, 300)
+    assert await totals(ledger) == {(TODAY, "mc-a"): 1500}
 
 
 async def test_a_growing_figure_replaces_and_a_late_smaller_one_lowers_nothing(
     ledger: UsageLedger,
 ) -> None:
     await ledger.record("gw", report(figure(1000, observed_at=NOW - 60)))
-    await ledger.record("gw", report(figure(3000, observed_at=NOW)))
-    await ledger.record("gw", report(figure(2000, observed_at=NOW - 30)))  # arrived late
+    assert (await ledger.record("gw", report(figure(3000, observed_at=NOW)))).growth == 2000
+    late = await ledger.record("gw", report(figure(2000, observed_at=NOW - 30)))
+    assert late.growth == 0
     summary = await ledger.summary(DAYS)
     [agent] = summary.agents
     assert agent.tokens.total_tokens == 3000
@@ -160,7 +164,7 @@ async def test_an_unknown_agent_counts_for_its_gateway_and_is_named_once_known(
 async def test_figures_that_cannot_be_kept_are_skipped_and_the_rest_kept(
     ledger: UsageLedger,
 ) -> None:
-    taken = await ledger.record(
+    recorded = await ledger.record(
         "gw",
         report(
             figure(10, day="2026-13-01"),  # no such day
@@ -171,7 +175,7 @@ async def test_figures_that_cannot_be_kept_are_skipped_and_the_rest_kept(
             figure(77),
         ),
     )
-    assert taken == 2
+    assert (recorded.taken, recorded.growth) == (2, 2**63 - 1 + 77)
     assert await totals(ledger) == {(YESTERDAY, "mc-a"): 2**63 - 1, (TODAY, "mc-a"): 77}
 
 
