@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import structlog
+
 from hub.app import Hub
 from sidecar.usage import UsagePolicy, utc_day
 from tests.support import api, connected_sidecar, wait_for
@@ -91,3 +93,24 @@ async def test_bad_days_are_a_422_naming_the_fix(hub: Hub) -> None:
     assert status == 422 and "swap" in str(read)
     status, read = await api(hub, "GET", "/api/v1/usage?since=yesterday")
     assert status == 422
+
+
+async def test_a_hub_that_takes_no_usage_ignores_the_reports_and_keeps_the_stream(
+    hub: Hub, tmp_path: Path
+) -> None:
+    assert hub.link is not None
+    hub.link.usage = None  # as a hub built without the ledger
+    async with connected_sidecar(hub, tmp_path, GW, usage_policy=FAST) as (sidecar, gateway):
+        made = await _provision(hub)
+        await wait_for(lambda: gateway.count("wake") == 2, what="both agents woken")
+        with structlog.testing.capture_logs() as logs:
+            gateway.tokens[made["red"]["gateway_agent_id"]] = 500
+            await wait_for(lambda: sidecar.usage.reports_sent >= 1, what="a report sent")
+            await wait_for(
+                lambda: any(e["event"] == "link.message.ignored" for e in logs),
+                what="the hub ignoring it",
+            )
+        assert (await _usage(hub))["total"]["total_tokens"] == 0
+        streams = sidecar.link.streams_opened
+        status, _ = await api(hub, "GET", f"/api/v1/gateway/sessions?gateway_id={GW}")
+        assert status == 200 and sidecar.link.streams_opened == streams  # the same stream
