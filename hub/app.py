@@ -59,6 +59,7 @@ from hub.store.gateways import GatewayStore
 from hub.store.outbox import OUTBOX, OUTBOX_SECRETS
 from hub.ui.dashboard import Dashboard
 from hub.ui.live import LinkNotices
+from hub.usage import UsageLedger
 from hub.webhooks.rules import RetryPolicy
 from hub.webhooks.service import WebhookService
 from missioncontrol.http import FailedAuthLimiter
@@ -162,6 +163,7 @@ class Hub:
             ),
         )
         self.queries = GatewayQueries(self.registry)
+        self.usage = UsageLedger(self.db, clock, on_growth=self.metrics.agent_tokens.inc)
         self.webhooks = WebhookService.from_hub_key(
             self.db, hub_key, retry=webhook_retry, clock=clock
         )
@@ -258,6 +260,7 @@ class Hub:
                 hello, auto_register=config.insecure_dev
             ),
             on_sidecar_ahead=self.convergence.sidecar_ahead,
+            usage=self.usage,
         )
         self._grpc = grpc.aio.server(options=server_options())
         pb_grpc.add_LinkServicer_to_server(self.link, self._grpc)

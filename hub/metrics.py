@@ -80,6 +80,12 @@ class HubMetrics:
         self.heartbeats = Counter(
             "mc_hub_heartbeats_ingested", "agent heartbeats received and stored", registry=r
         )
+        self.agent_tokens = Counter(
+            "mc_hub_agent_tokens",
+            "tokens agents used, all agents, as their gateways count them (GET /api/v1/usage "
+            "has them per agent and board)",
+            registry=r,
+        )
         self.heartbeat_batches = Counter(
             "mc_hub_heartbeat_batches_ingested",
             "heartbeat batches stored (one per sidecar flush)",

@@ -36,6 +36,9 @@ HEARTBEAT_FLUSH_MS = 1_000
 GATEWAY_QUERY_TIMEOUT_S = 10.0
 MAX_QUERY_SESSIONS = 200
 
+# A UsageReport carries at most this many (session, day) figures; more wait for the next.
+MAX_USAGE_SESSIONS = 200
+
 
 class GatewayGeneration(enum.IntEnum):
     """Which file set and roster shape a gateway takes; the values are the proto enum's."""

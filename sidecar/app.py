@@ -2,7 +2,8 @@
 
 Start: local state and credential index -> agent API (bound first, so the Hello
 names its real port and a taken port fails before anything else starts) ->
-heartbeat relay -> gateway client -> config watcher -> command queue -> link.
+heartbeat relay -> gateway client -> config watcher -> command queue -> link -> usage
+relay (token usage of managed agents' sessions, sidecar/usage.py).
 The /metrics listener (--metrics-listen) starts right after the agent API.
 Stop: the agent API and /metrics first (no new heartbeats), then the link (no new commands),
 the command queue and run watchers, the config watcher, the gateway client, then
@@ -44,6 +45,7 @@ from sidecar.metrics import MetricsServer, Readings, SidecarMetrics
 from sidecar.openclaw_config import Drift, DriftKind
 from sidecar.reports import OwnChanges, Reports
 from sidecar.state import LocalState
+from sidecar.usage import UsagePolicy, UsageRelay
 from sidecar.workspace import WorkspaceWriter, atomic_write
 
 log = get_logger("sidecar.app")
@@ -68,6 +70,7 @@ class Sidecar:
         link_backoff: Backoff | None = None,
         agent_api_limits: AgentApiLimits | None = None,
         writer: WorkspaceWriter | None = None,
+        usage_policy: UsagePolicy | None = None,
     ) -> None:
         self.config = config
         # Without --workspace-root the sidecar writes where the hub declares (saved here once
@@ -147,7 +150,15 @@ class Sidecar:
             on_agent_call_result=self.hub_calls.on_result,
             on_gateway_query=self.queries.submit,
         )
+        self.usage = UsageRelay(
+            self.gateway,
+            self._send,
+            lambda: {a.agent_id for a in self.state.agents()},
+            self._hub_connected,
+            policy=usage_policy,
+        )
         self.link.on_status(self.relay.on_link_status)
+        self.link.on_status(lambda status: self.usage.link_changed(status.connected))
         self.link.on_status(
             lambda status: None if status.connected else self.hub_calls.on_link_down()
         )
@@ -246,6 +257,7 @@ class Sidecar:
 
     def _report_run(self, run: pb.RunObserved) -> None:
         self.link.send(pb.SidecarMessage(run_observed=run))
+        self.usage.run_ended()
 
     def _on_gateway_info(self, info: GatewayInfo) -> None:
         if info.version:
@@ -282,6 +294,7 @@ class Sidecar:
         self._tasks = [
             self.queue.start(),
             start_long_lived(self.link.run(), name="sidecar-link", log=log),
+            self.usage.start(),
         ]
         if self.renewal is not None:
             self._tasks.append(self.renewal.start())

@@ -35,8 +35,10 @@ from sidecar.gateway import (
     RunState,
     SessionInfo,
     SessionPage,
+    SessionTokens,
 )
 from sidecar.link.backoff import Backoff
+from sidecar.usage import UsagePolicy, utc_day
 
 ADMIN_TOKEN = "test-admin-token-" + "x" * 48
 
@@ -149,6 +151,11 @@ class RecordingGateway:
     wake_refusals: list[GatewayError] = field(default_factory=list)
     # Set: agents are ensured and removed only once it is set (an apply under way).
     hold: asyncio.Event | None = None
+    # Tokens each agent's main session used today, as sessions.usage counts them; tests
+    # raise them (a raise also moves the session's updatedAt, as a run does).
+    tokens: dict[str, int] = field(default_factory=dict)
+    session_ids: dict[str, str] = field(default_factory=dict)  # a reset: a new id
+    tokens_day: str | None = None  # the UTC day `tokens` count (None: today)
     _listeners: list[Callable[[GatewayInfo], None]] = field(default_factory=list)
 
     @property
@@ -231,9 +238,10 @@ class RecordingGateway:
                 kind="direct",
                 is_main=True,
                 status="failed" if self.run_outcome is RunState.ERROR else "done",
-                updated_at_ms=1_795_000_000_000 + index,
+                updated_at_ms=1_795_000_000_000 + index + self.tokens.get(agent_id, 0),
                 last_run_error=self.run_message,
                 model="scripted/test",
+                total_tokens=self.tokens.get(agent_id, 0),
             )
             for agent_id, index in sorted(woken.items(), key=lambda kv: -kv[1])
         ]
@@ -255,6 +263,15 @@ class RecordingGateway:
         every = [s for s in self._sessions() if not agent_id or s.agent_id == agent_id]
         return SessionPage(tuple(every[:limit]), len(every))
 
+    async def session_tokens(self, key: str, day: str) -> SessionTokens | None:
+        self._check()
+        agent_id = key.split(":")[1] if key.count(":") >= 2 else ""
+        if agent_id not in self.tokens or day != (self.tokens_day or utc_day(time.time())):
+            return None
+        total = self.tokens[agent_id]
+        session_id = self.session_ids.get(agent_id, f"session-{agent_id}")
+        return SessionTokens(key, session_id, day, total, input=total * 5 // 6, output=total // 6)
+
 
 def fast_backoff() -> Backoff:
     """Link reconnect pacing for tests: a dropped sidecar is back within a fraction of a second."""
@@ -272,6 +289,7 @@ def make_sidecar(
     limits: AgentApiLimits | None = None,
     follows_hub: bool = False,
     agent_api_listen: HostPort | None = None,
+    usage_policy: UsagePolicy | None = None,
 ) -> Sidecar:
     """A sidecar (not started) for `hub`: state in tmp_path/name, workspaces in
     tmp_path/workspaces, an in-memory gateway unless one is given. `follows_hub`: started
@@ -293,6 +311,7 @@ def make_sidecar(
         gateway=gateway or RecordingGateway(),
         link_backoff=fast_backoff(),
         agent_api_limits=limits,
+        usage_policy=usage_policy,
     )
 
 
@@ -310,11 +329,18 @@ async def connected_sidecar(
     gateway: RecordingGateway | None = None,
     *,
     workspaces: str = "ws",
+    usage_policy: UsagePolicy | None = None,
 ) -> AsyncIterator[tuple[Sidecar, RecordingGateway]]:
     """A started sidecar connected to `hub` over the link, stopped on exit."""
     gateway = gateway or RecordingGateway()
     sidecar = make_sidecar(
-        tmp_path, hub, gateway, gateway_id=gateway_id, name="sc", workspaces=workspaces
+        tmp_path,
+        hub,
+        gateway,
+        gateway_id=gateway_id,
+        name="sc",
+        workspaces=workspaces,
+        usage_policy=usage_policy,
     )
     await sidecar.start()
     try:

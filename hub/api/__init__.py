@@ -23,6 +23,7 @@ from hub.api import (
     metrics,
     tasks,
     template_sync,
+    usage,
 )
 from hub.api import webhooks as board_webhooks
 from hub.api.agent_auth import AgentAuthenticator
@@ -57,6 +58,7 @@ def build_api(*, metrics_public: bool = False) -> Api:
         alerts,
         fleet,
         governor,
+        usage,
     ):
         module.register(api)
     board_webhooks.register(api)

@@ -165,6 +165,10 @@ class QueryAnswers(Protocol):
     def link_closed(self, gateway_id: str) -> None: ...
 
 
+class UsageSink(Protocol):
+    async def record(self, gateway_id: str, report: pb.UsageReport) -> object: ...
+
+
 class CertificateRenewer(Protocol):
     async def renew(self, gateway_id: str, csr_pem: bytes) -> bytes: ...
 
@@ -184,6 +188,7 @@ class LinkService(pb_grpc.LinkServicer):
         queries: QueryAnswers | None = None,
         on_sidecar_ahead: Callable[[str, pb.Hello], Awaitable[object]] | None = None,
         record_hello: Callable[[pb.Hello], Awaitable[Welcome]] | None = None,
+        usage: UsageSink | None = None,
     ) -> None:
         """`is_revoked` set: mutual TLS, every stream needs a valid client certificate
         naming the gateway its Hello names. `on_sidecar_ahead(gateway_id, hello)`: the
@@ -202,6 +207,7 @@ class LinkService(pb_grpc.LinkServicer):
         self.on_link = on_link  # the gateway's stream opened (True) or closed (False)
         self.agent_calls = agent_calls
         self.queries = queries
+        self.usage = usage  # token usage reports (hub/usage.py); None: ignored
         self.on_sidecar_ahead = on_sidecar_ahead
         self.accepting = True
         self._teardowns: set[asyncio.Task[None]] = set()
@@ -437,6 +443,8 @@ class LinkService(pb_grpc.LinkServicer):
                     spawn(self.reports.run_observed(session.gateway_id, message.run_observed), kind)
                 elif kind == "renew":
                     spawn(self._renew(session, message.renew), kind)
+                elif kind == "usage" and self.usage is not None:
+                    spawn(self._usage(session, message.usage), kind)
                 elif kind == "agent_call" and self.agent_calls is not None:
                     spawn(self._agent_call(session, message.agent_call), kind)
                 elif kind == "gateway_state":
@@ -459,6 +467,10 @@ class LinkService(pb_grpc.LinkServicer):
         assert self.agent_calls is not None
         result = await self.agent_calls.handle(session.gateway_id, call)
         await session.outgoing.put(pb.HubMessage(agent_call_result=result))
+
+    async def _usage(self, session: SidecarSession, report: pb.UsageReport) -> None:
+        assert self.usage is not None
+        await self.usage.record(session.gateway_id, report)
 
     async def _renew(self, session: SidecarSession, request: pb.RenewRequest) -> None:
         response = pb.RenewResponse()

@@ -520,6 +520,34 @@ V14 = (
     "ALTER TABLE agents ADD COLUMN governor_step INTEGER NOT NULL DEFAULT 0",
 )
 
+# Usage: tokens per gateway session and UTC day, as the gateway counts them from the
+# session's transcript and the sidecar relays them (the day's whole count so far; the
+# highest heard is kept). The hub's agent and board are those of the gateway agent when
+# it was first heard of; no foreign keys, so the history outlives a deleted agent.
+V15 = (
+    """
+    CREATE TABLE token_usage (
+        gateway_id         TEXT NOT NULL,
+        session_id         TEXT NOT NULL,
+        day                TEXT NOT NULL,  -- 'YYYY-MM-DD', UTC
+        gateway_agent_id   TEXT NOT NULL,
+        session_key        TEXT NOT NULL,
+        agent_id           TEXT,
+        board_id           TEXT,
+        total_tokens       INTEGER NOT NULL,
+        input_tokens       INTEGER NOT NULL DEFAULT 0,
+        output_tokens      INTEGER NOT NULL DEFAULT 0,
+        cache_read_tokens  INTEGER NOT NULL DEFAULT 0,
+        cache_write_tokens INTEGER NOT NULL DEFAULT 0,
+        observed_at        REAL NOT NULL,
+        updated_at         REAL NOT NULL,
+        PRIMARY KEY (gateway_id, session_id, day)
+    )
+    """,
+    "CREATE INDEX token_usage_day ON token_usage(day, agent_id)",
+    "CREATE INDEX token_usage_board ON token_usage(board_id, day)",
+)
+
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
-    V1, V2, V3, V4, V5, V6, V7, V8, V9, V10, V11, V12, V13, V14
+    V1, V2, V3, V4, V5, V6, V7, V8, V9, V10, V11, V12, V13, V14, V15
 )  # fmt: skip

@@ -104,6 +104,23 @@ class SessionPage:
     total: int
 
 
+@dataclass(frozen=True)
+class SessionTokens:
+    """One session's tokens on one UTC day, as the gateway counts them from the session's
+    transcript (`sessions.usage`): the day's whole count so far, never an increment.
+    (`SessionInfo.total_tokens` is not this: both generations report there the size of the
+    last prompt, which falls when the context is compacted.)"""
+
+    key: str
+    session_id: str
+    day: str  # "YYYY-MM-DD", UTC
+    total: int
+    input: int = 0
+    output: int = 0
+    cache_read: int = 0
+    cache_write: int = 0
+
+
 class GatewayError(Exception):
     """A gateway call failed. `code` is stable and machine-readable; the message says the fix.
 
@@ -183,3 +200,7 @@ class GatewayClient(Protocol):
 
     async def list_sessions(self, agent_id: str = "", limit: int = 100) -> SessionPage:
         """Sessions, most recently updated first; only `agent_id`'s when given."""
+
+    async def session_tokens(self, key: str, day: str) -> SessionTokens | None:
+        """The tokens session `key` used on UTC day `day` ("YYYY-MM-DD"); None when the
+        gateway has no transcript for it."""

@@ -33,6 +33,7 @@ from sidecar.gateway import (
     RunOutcome,
     RunState,
     SessionPage,
+    SessionTokens,
 )
 from sidecar.gateway import protocol as proto
 from sidecar.gateway.connection import ConnectionPolicy, GatewayConnection
@@ -555,6 +556,12 @@ class OpenClawGatewayClient:
         if agent_id:
             params["agentId"] = agent_id
         return proto.parse_sessions(await self._connection.read("sessions.list", params))
+
+    async def session_tokens(self, key: str, day: str) -> SessionTokens | None:
+        payload = await self._connection.read(
+            "sessions.usage", proto.session_usage_params(key, day)
+        )
+        return proto.parse_session_tokens(payload if isinstance(payload, Mapping) else {}, key, day)
 
 
 def _agent_update(entry: AgentEntry, listed: Mapping[str, Any]) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from sidecar.gateway import (
     RunState,
     SessionInfo,
     SessionPage,
+    SessionTokens,
 )
 
 # Protocol 4 is current; 2026.3 gateways speak only 3. Both accept a 3..4 offer and
@@ -476,6 +477,39 @@ def parse_sessions(payload: Mapping[str, Any]) -> SessionPage:
     sessions.sort(key=lambda s: s.updated_at_ms, reverse=True)
     total = _int(payload.get("totalCount", payload.get("count", len(sessions))))
     return SessionPage(tuple(sessions), max(total, len(sessions)))
+
+
+def session_usage_params(key: str, day: str) -> dict[str, Any]:
+    """`sessions.usage` params for one session on one UTC day (both generations)."""
+    return {"key": key, "startDate": day, "endDate": day, "mode": "utc", "limit": 1}
+
+
+def parse_session_tokens(payload: Mapping[str, Any], key: str, day: str) -> SessionTokens | None:
+    """The `sessions.usage` answer for one session and day; None without a transcript.
+
+    Both generations count from the transcript's per-message usage; the totals are the
+    sum of input, output and cache reads and writes unless the gateway gives its own."""
+    for row in _list(payload.get("sessions")):
+        if not isinstance(row, Mapping) or row.get("key") != key:
+            continue
+        usage = row.get("usage")
+        if not isinstance(usage, Mapping):
+            return None
+        parts = [
+            max(0, _int(usage.get(name))) for name in ("input", "output", "cacheRead", "cacheWrite")
+        ]
+        total = max(0, _int(usage.get("totalTokens"))) or sum(parts)
+        return SessionTokens(
+            key=key,
+            session_id=str(row.get("sessionId") or ""),
+            day=day,
+            total=total,
+            input=parts[0],
+            output=parts[1],
+            cache_read=parts[2],
+            cache_write=parts[3],
+        )
+    return None
 
 
 def _agent_of_key(key: str) -> str:

@@ -12,6 +12,7 @@ end is logged as `task.loop.ended`).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
 from collections.abc import AsyncIterator
@@ -30,11 +31,19 @@ from protos import link_pb2 as pb
 from protos.contract import LINK_PROTOCOL
 from sidecar.app import Sidecar
 from sidecar.commands import CommandApplier, CommandQueue
-from sidecar.gateway import AgentEntry, GatewayRuntime, RunState, SessionInfo, SessionPage
+from sidecar.gateway import (
+    AgentEntry,
+    GatewayRuntime,
+    RunState,
+    SessionInfo,
+    SessionPage,
+    SessionTokens,
+)
 from sidecar.gateway.openclaw import OpenClawGatewayClient
 from sidecar.link.client import LinkClient, LinkStatus
 from sidecar.link.heartbeats import HeartbeatRelay
 from sidecar.state import LocalState
+from sidecar.usage import UsagePolicy
 from sidecar.workspace import WorkspaceWriter
 from tests.integration.agent_setup import agent_env, last_seen
 from tests.support import (
@@ -83,6 +92,7 @@ async def test_every_loop_of_a_running_hub_and_sidecar_is_started_long_lived(
             "link-read",
             "link-outbox",
             "rollout-driver",
+            "sidecar-usage",
         }
         # The hub starts a stream's tasks as it registers it: wait for them, bounded.
         await wait_for(lambda: expected <= long_lived_names(), what="every loop started long-lived")
@@ -305,6 +315,61 @@ async def test_a_gateway_answer_the_link_cannot_carry_still_gets_the_hub_an_answ
         assert "gateway.query.crashed" in read["error"]
         status, page = await api(hub, "GET", "/api/v1/gateway/sessions?gateway_id=gw-hostile")
         assert status == 502 and "gateway.query.crashed" in page["detail"], page
+    assert not loop_ends(logs)
+
+
+# ---------------------------------------------------------------- usage relay
+
+
+@dataclass
+class FlakyUsageGateway(RecordingGateway):
+    """A sessions listing raises once; one agent's figures carry what protobuf cannot."""
+
+    fail_next: bool = False
+    bad_agent: str = ""
+
+    async def list_sessions(self, agent_id: str = "", limit: int = 100) -> SessionPage:
+        if self.fail_next:
+            self.fail_next = False
+            raise RuntimeError("a listing nobody expected")
+        return await super().list_sessions(agent_id, limit)
+
+    async def session_tokens(self, key: str, day: str) -> SessionTokens | None:
+        figures = await super().session_tokens(key, day)
+        if figures is not None and self.bad_agent and self.bad_agent in key:
+            return dataclasses.replace(figures, session_id=BAD_TEXT)
+        return figures
+
+
+async def test_a_failed_usage_pass_or_figure_the_link_cannot_carry_does_not_stop_the_relay(
+    hub: Hub, tmp_path: Path
+) -> None:
+    gateway = FlakyUsageGateway()
+    fast = UsagePolicy(interval_s=0.1, jitter=0.0, after_run_s=0.05, settle_s=0.0, first_pass_s=0.0)
+    async with connected_sidecar(hub, tmp_path, "gw-usage-flaky", gateway, usage_policy=fast):
+        with structlog.testing.capture_logs() as logs:
+            _, board = await api(
+                hub, "POST", "/api/v1/boards", {"name": "b", "gateway_id": "gw-usage-flaky"}
+            )
+            agents = []
+            for name in ("odd", "plain"):
+                _, agent = await api(
+                    hub, "POST", "/api/v1/agents", {"name": name, "board_id": board["id"]}
+                )
+                agents.append(agent)
+            await wait_for(lambda: gateway.count("wake") == 2, what="both agents woken")
+            odd, plain = (a["gateway_agent_id"] for a in agents)
+            gateway.bad_agent = odd
+            gateway.fail_next = True
+            await wait_for(lambda: not gateway.fail_next, what="a pass that failed")
+            gateway.tokens.update({odd: 70, plain: 30})
+
+            async def both_counted() -> bool:
+                _, read = await api(hub, "GET", "/api/v1/usage")
+                return bool(read["total"]["total_tokens"] == 100)
+
+            await wait_for(both_counted, what="both agents' tokens counted")
+    assert any(e["event"] == "usage.pass.failed" for e in logs)
     assert not loop_ends(logs)
 
 

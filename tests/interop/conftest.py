@@ -49,6 +49,7 @@ from tests.support import JumpClock
 if TYPE_CHECKING:
     from hub.app import Hub
     from sidecar.app import Sidecar
+    from sidecar.usage import UsagePolicy
 
 log = logging.getLogger("interop")
 
@@ -344,6 +345,7 @@ async def linked_stack(
     gateway_id: str,
     *,
     checkin_deadline_s: float = 30.0,
+    usage_policy: UsagePolicy | None = None,
 ) -> AsyncIterator[Stack]:
     """Hub (its clock a JumpClock) -> sidecar (real gateway client, local agent API) ->
     the real gateway; both linked and the gateway reachable before the block runs.
@@ -375,7 +377,7 @@ async def linked_stack(
         ),
         openclaw_config=gateway.config_path,
     )
-    sidecar = Sidecar(config, link_backoff=fast_backoff())
+    sidecar = Sidecar(config, link_backoff=fast_backoff(), usage_policy=usage_policy)
     assert isinstance(sidecar.gateway, OpenClawGatewayClient)  # the real client, not a fake
 
     async def linked() -> bool:
