@@ -24,7 +24,7 @@ from hub.api.schemas import (
     HeartbeatConfig,
     TokenRotate,
 )
-from hub.api.streams import last_event_id
+from hub.api.streams import last_event_id, sse_response
 from hub.events import StreamEnded
 from hub.provisioning.agents import (
     AgentError,
@@ -272,13 +272,7 @@ async def _stream(call: Call) -> web.StreamResponse:
             raise ApiError(422, "since must be an ISO 8601 timestamp") from None
     resume = last_event_id(call, q.last_event_id)
     subscription = d.events.subscribe(q.board_id, AGENT_EVENTS)
-    response = web.StreamResponse(
-        headers={
-            "Content-Type": "text/event-stream",
-            "Cache-Control": "no-cache",
-            "X-Request-Id": call.request.get("request_id", ""),
-        }
-    )
+    response = sse_response(call)
     await response.prepare(call.request)
     sent = 0
     try:

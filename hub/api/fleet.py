@@ -14,6 +14,7 @@ from hub.api.core import MULTILINE, Api, Call, Page, Query, Strict
 from hub.api.deps import HttpDeps, deps
 from hub.api.gateways import join_token, label_error, selector_of
 from hub.api.schemas import AgentCreate, JoinToken, Ok
+from hub.api.streams import sse_response
 from hub.fleet import changes as ch
 from hub.fleet import query as fq
 from hub.fleet import rollouts as ro
@@ -561,13 +562,7 @@ def _register_query(api: Api) -> None:
             async for answer in answers:
                 got.append(_answer_read(answer))
             return FleetQueryRead(summary=summary(), answers=got)
-        response = web.StreamResponse(
-            headers={
-                "Content-Type": "text/event-stream",
-                "Cache-Control": "no-cache",
-                "X-Request-Id": call.request.get("request_id", ""),
-            }
-        )
+        response = sse_response(call)
         await response.prepare(call.request)
         try:
             start = {"question": body.question, "selector": str(selector), "selected": len(targets)}

@@ -37,6 +37,17 @@ def last_event_id(call: Call, query_value: int | None) -> int | None:
     return query_value
 
 
+def sse_response(call: Call) -> web.StreamResponse:
+    """An event stream's response, not yet prepared."""
+    return web.StreamResponse(
+        headers={
+            "Content-Type": "text/event-stream",
+            "Cache-Control": "no-cache",
+            "X-Request-Id": call.request.get("request_id", ""),
+        }
+    )
+
+
 async def durable_stream(
     call: Call,
     subscription: FeedSubscription,
@@ -48,13 +59,7 @@ async def durable_stream(
 ) -> web.StreamResponse:
     """Serve `subscription` as SSE: rows after `after` first (`replay(after_id, limit)`,
     oldest first), then live ones. `frame(row)` is the event name and its data."""
-    response = web.StreamResponse(
-        headers={
-            "Content-Type": "text/event-stream",
-            "Cache-Control": "no-cache",
-            "X-Request-Id": call.request.get("request_id", ""),
-        }
-    )
+    response = sse_response(call)
     sent = after or 0
     try:
         await response.prepare(call.request)
