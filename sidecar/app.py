@@ -3,7 +3,8 @@
 Start: local state and credential index -> agent API (bound first, so the Hello
 names its real port and a taken port fails before anything else starts) ->
 heartbeat relay -> gateway client -> config watcher -> command queue -> link -> usage
-relay (token usage of managed agents' sessions, sidecar/usage.py).
+relay (token usage of managed agents' sessions, sidecar/usage.py) -> runtime watch (runs
+as check-ins, conditions as causes: sidecar/runtime_watch.py).
 The /metrics listener (--metrics-listen) starts right after the agent API.
 Stop: the agent API and /metrics first (no new heartbeats), then the link (no new commands),
 the command queue and run watchers, the config watcher, the gateway client, then
@@ -44,6 +45,7 @@ from sidecar.link.identity import renewal_due_at
 from sidecar.metrics import MetricsServer, Readings, SidecarMetrics
 from sidecar.openclaw_config import Drift, DriftKind
 from sidecar.reports import OwnChanges, Reports
+from sidecar.runtime_watch import RuntimeWatch
 from sidecar.state import LocalState
 from sidecar.usage import UsagePolicy, UsageRelay
 from sidecar.workspace import WorkspaceWriter, atomic_write
@@ -135,6 +137,15 @@ class Sidecar:
             agent_api_url=lambda: self.agent_api_url,
             follows_hub_workspace_root=config.follows_hub_workspace_root,
         )
+        self.runtime = RuntimeWatch(
+            self.gateway,
+            self.relay,
+            self.state,
+            self.own_changes,
+            self._report_gateway,
+            restore=config.restore_removed_entries,
+        )
+        self.reports.conditions = self.runtime.report
         self.queries = GatewayQueries(
             self.gateway, self.reports.gateway_state, self._send, self.reports.file_digests
         )
@@ -262,10 +273,13 @@ class Sidecar:
     def _on_gateway_info(self, info: GatewayInfo) -> None:
         if info.version:
             self.watcher.set_gateway_version(info.version)
+        if info.reachable:
+            self.runtime.poke()  # back (perhaps restarted): see what it runs now
         self._report_gateway()
 
     def _on_config(self, report: ConfigReport) -> None:
         self.reports.config = report
+        self.runtime.poke()  # a hand edit may have taken a heartbeat away
         drift = self.own_changes.reportable(report.drift)
         for item in drift:
             log.info(
@@ -295,6 +309,7 @@ class Sidecar:
             self.queue.start(),
             start_long_lived(self.link.run(), name="sidecar-link", log=log),
             self.usage.start(),
+            self.runtime.start(),
         ]
         if self.renewal is not None:
             self._tasks.append(self.renewal.start())

@@ -243,7 +243,12 @@ class CommandApplier:
             await self.gateway.reset_session(spec.agent_id)
         done = _Done(
             upsert=AgentState(
-                spec.agent_id, spec.generation, str(workspace), hashes, spec.hub_agent_id
+                spec.agent_id,
+                spec.generation,
+                str(workspace),
+                hashes,
+                spec.hub_agent_id,
+                heartbeat=_heartbeat(spec.heartbeat) if spec.HasField("heartbeat") else None,
             ),
             credentials={spec.agent_id: _credentials(spec.agent_id, list(spec.credentials))},
         )
@@ -311,7 +316,13 @@ class CommandApplier:
         if known is None:
             return _Done()
         return _Done(
-            upsert=AgentState(known.agent_id, spec.generation, known.workspace, known.files)
+            upsert=AgentState(
+                known.agent_id,
+                spec.generation,
+                known.workspace,
+                known.files,
+                heartbeat=_heartbeat(spec.heartbeat),
+            )
         )
 
     async def _set_credentials(self, command: pb.Command) -> _Done:

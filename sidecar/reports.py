@@ -57,6 +57,11 @@ class OwnChanges:
         """The sidecar just applied a command to this agent."""
         self._changed_at[agent_id] = self._clock()
 
+    def recent(self, agent_id: str) -> bool:
+        """Whether the sidecar changed this agent within the window."""
+        changed_at = self._changed_at.get(agent_id)
+        return changed_at is not None and self._clock() - changed_at < self.window_s
+
     def reportable(self, drift: Iterable[Drift]) -> list[Drift]:
         """All drift but CHANGED for an agent the sidecar changed within the window."""
         now = self._clock()
@@ -84,6 +89,8 @@ class Reports:
     # openclaw.json as the config watcher last reported it; None before its first pass.
     config: ConfigReport | None = None
     follows_hub_workspace_root: bool = False  # no --workspace-root: the hub's root is used
+    # What keeps managed agents from running (sidecar/runtime_watch.py); None: not checked.
+    conditions: Callable[[], list[pb.AgentCondition]] | None = None
 
     async def hello(self) -> pb.Hello:
         info = self.gateway.info
@@ -165,6 +172,9 @@ class Reports:
             unmanaged=self._unmanaged(),
             unmanaged_reported=self._roster_known(),
         )
+        if self.conditions is not None:
+            state.conditions.extend(self.conditions())
+            state.conditions_reported = True
         for item in drift:
             state.drift.add(
                 agent_id=displayable(item.agent_id, max_chars=128),

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from missioncontrol.private_files import PRIVATE_FILE_MODE, ensure_private_dir
+from sidecar.gateway import HeartbeatSpec
 
 SCHEMA = (
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
@@ -40,6 +41,14 @@ SCHEMA = (
     """CREATE TABLE IF NOT EXISTS hub_agent_ids (
         agent_id     TEXT PRIMARY KEY,
         hub_agent_id TEXT NOT NULL
+    )""",
+    # The heartbeat each managed agent should have on the gateway, as the hub last set it,
+    # so a job removed by hand can be noticed and put back (a table of its own, as above).
+    """CREATE TABLE IF NOT EXISTS heartbeats (
+        agent_id  TEXT PRIMARY KEY,
+        every_s   INTEGER NOT NULL,
+        target    TEXT NOT NULL,
+        checklist TEXT NOT NULL
     )""",
     # Latest heartbeat per agent not yet acknowledged by the hub (written while it is away).
     """CREATE TABLE IF NOT EXISTS pending_beats (
@@ -69,6 +78,7 @@ class PendingBeat:
     observed_at: float
     status: str = ""
     current_task_id: str = ""
+    runtime: bool = False  # a run the gateway finished, not a call to the agent API
 
 
 @dataclass(frozen=True)
@@ -78,6 +88,7 @@ class AgentState:
     workspace: str
     files: dict[str, str] = field(default_factory=dict)  # name -> sha256 hex
     hub_agent_id: str = ""  # the hub's id; "" leaves the one recorded before as it is
+    heartbeat: HeartbeatSpec | None = None  # set: the heartbeat the hub just applied
 
 
 class LocalState:
@@ -93,6 +104,11 @@ class LocalState:
         self._conn.execute("PRAGMA synchronous = FULL")
         for statement in SCHEMA:
             self._conn.execute(statement)
+        columns = {r["name"] for r in self._conn.execute("PRAGMA table_info(pending_beats)")}
+        if "runtime" not in columns:  # a state file of an older version
+            self._conn.execute(
+                "ALTER TABLE pending_beats ADD COLUMN runtime INTEGER NOT NULL DEFAULT 0"
+            )
         for suffix in ("-wal", "-shm"):  # left by an older version with the umask's mode
             companion = path.with_name(path.name + suffix)
             if companion.exists():
@@ -177,6 +193,17 @@ class LocalState:
                         time.time(),
                     ),
                 )
+                if agent.heartbeat is not None:
+                    self._conn.execute(
+                        "INSERT OR REPLACE INTO heartbeats (agent_id, every_s, target, checklist) "
+                        "VALUES (?, ?, ?, ?)",
+                        (
+                            agent.agent_id,
+                            agent.heartbeat.every_s,
+                            agent.heartbeat.target,
+                            agent.heartbeat.checklist,
+                        ),
+                    )
                 if agent.hub_agent_id:
                     self._conn.execute(
                         "INSERT OR REPLACE INTO hub_agent_ids (agent_id, hub_agent_id) "
@@ -187,6 +214,7 @@ class LocalState:
                 self._conn.execute("DELETE FROM agents WHERE agent_id = ?", (agent_id,))
                 self._conn.execute("DELETE FROM credentials WHERE agent_id = ?", (agent_id,))
                 self._conn.execute("DELETE FROM hub_agent_ids WHERE agent_id = ?", (agent_id,))
+                self._conn.execute("DELETE FROM heartbeats WHERE agent_id = ?", (agent_id,))
             for agent_id, creds in (credentials or {}).items():
                 self._conn.execute("DELETE FROM credentials WHERE agent_id = ?", (agent_id,))
                 self._conn.executemany(
@@ -209,12 +237,26 @@ class LocalState:
         ).fetchall()
         return [Credential(r["token_id"], r["agent_id"], r["sha256"], r["not_after"]) for r in rows]
 
+    def heartbeats(self) -> dict[str, HeartbeatSpec]:
+        """The heartbeat the hub last applied to each managed agent (agents applied by an
+        older version have none recorded until their next apply)."""
+        rows = self._conn.execute("SELECT * FROM heartbeats").fetchall()
+        return {
+            r["agent_id"]: HeartbeatSpec(r["every_s"], r["target"], r["checklist"]) for r in rows
+        }
+
     # ------------------------------------------------------------ heartbeats
 
     def pending_beats(self) -> list[PendingBeat]:
         rows = self._conn.execute("SELECT * FROM pending_beats ORDER BY agent_id").fetchall()
         return [
-            PendingBeat(r["agent_id"], r["observed_at"], r["status"], r["current_task_id"])
+            PendingBeat(
+                r["agent_id"],
+                r["observed_at"],
+                r["status"],
+                r["current_task_id"],
+                runtime=r["runtime"] == 1,
+            )
             for r in rows
         ]
 
@@ -224,8 +266,11 @@ class LocalState:
             self._conn.execute("BEGIN IMMEDIATE")
             self._conn.executemany(
                 "INSERT OR REPLACE INTO pending_beats "
-                "(agent_id, observed_at, status, current_task_id) VALUES (?, ?, ?, ?)",
-                [(b.agent_id, b.observed_at, b.status, b.current_task_id) for b in beats],
+                "(agent_id, observed_at, status, current_task_id, runtime) VALUES (?, ?, ?, ?, ?)",
+                [
+                    (b.agent_id, b.observed_at, b.status, b.current_task_id, int(b.runtime))
+                    for b in beats
+                ],
             )
 
     def drop_pending_beats(self, acked: Iterable[PendingBeat]) -> None:

@@ -31,8 +31,10 @@ from sidecar.gateway import (
     GatewayRuntime,
     GatewayUnavailable,
     HeartbeatSpec,
+    ProviderAuth,
     RunOutcome,
     RunState,
+    RuntimeEvent,
     SessionInfo,
     SessionPage,
     SessionTokens,
@@ -156,7 +158,12 @@ class RecordingGateway:
     tokens: dict[str, int] = field(default_factory=dict)
     session_ids: dict[str, str] = field(default_factory=dict)  # a reset: a new id
     tokens_day: str | None = None  # the UTC day `tokens` count (None: today)
+    # Agents whose heartbeat job the gateway does not run (removed by hand); a
+    # set_heartbeat with a cadence puts it back, as config.patch does.
+    heartbeat_off: set[str] = field(default_factory=set)
+    provider_auth: list[ProviderAuth] | None = None  # None: no models.authStatus
     _listeners: list[Callable[[GatewayInfo], None]] = field(default_factory=list)
+    _runtime_listeners: list[Callable[[RuntimeEvent], None]] = field(default_factory=list)
 
     @property
     def info(self) -> GatewayInfo:
@@ -168,6 +175,14 @@ class RecordingGateway:
 
     def on_info_change(self, callback: Callable[[GatewayInfo], None]) -> None:
         self._listeners.append(callback)
+
+    def on_runtime_event(self, callback: Callable[[RuntimeEvent], None]) -> None:
+        self._runtime_listeners.append(callback)
+
+    def emit(self, event: RuntimeEvent) -> None:
+        """What the gateway would broadcast: a run's end, a heartbeat job's change."""
+        for listener in self._runtime_listeners:
+            listener(event)
 
     async def start(self) -> None:
         return None
@@ -204,6 +219,8 @@ class RecordingGateway:
     async def set_heartbeat(self, agent_id: str, heartbeat: HeartbeatSpec) -> None:
         self._check()
         self.calls.append(("set_heartbeat", agent_id, heartbeat.every_s))
+        if heartbeat.every_s:
+            self.heartbeat_off.discard(agent_id)
 
     async def wake(self, agent_id: str, message: str, idempotency_key: str) -> str:
         self._check()
@@ -250,12 +267,22 @@ class RecordingGateway:
         self._check()
         await asyncio.sleep(self.query_delay_s)
         ensured = dict.fromkeys(c[1] for c in self.calls if c[0] == "ensure_agent")
+        every = {c[1]: c[2] for c in self.calls if c[0] == "set_heartbeat"}
         return GatewayRuntime(
             sessions_count=len(self._sessions()),
-            agents=tuple(AgentRuntime(a, True, 600) for a in ensured),
+            agents=tuple(
+                AgentRuntime(a, True, every.get(a) or 600)
+                if a not in self.heartbeat_off
+                else AgentRuntime(a, False, 0)
+                for a in ensured
+            ),
             pid=4242,
             rss_bytes=64 << 20,
         )
+
+    async def model_auth(self) -> list[ProviderAuth] | None:
+        self._check()
+        return self.provider_auth
 
     async def list_sessions(self, agent_id: str = "", limit: int = 100) -> SessionPage:
         self._check()

@@ -357,6 +357,10 @@ class AgentRead(BaseModel):
     recovery: str | None  # went quiet: "nudged", then "fresh_session", before offline
     heartbeat_every_s: int  # the cadence the gateway runs now (0: off; the governor may stretch it)
     heartbeat_governor_step: int  # 0: its own cadence; n: backed off n steps (a quiet board)
+    last_checkin_source: str | None  # "heartbeat" (the agent API), "runtime" (a run), "wake"
+    cause_code: str | None  # what its sidecar finds keeps it from running: "heartbeat_missing",
+    cause: str | None  # "model_auth", "runs_failing", "gateway_unreachable"; with the fix
+    cause_since: str | None
     created_at: str | None
     updated_at: str | None
 

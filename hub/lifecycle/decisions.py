@@ -114,8 +114,9 @@ class Recovery(enum.StrEnum):
 
 
 class CheckInSource(enum.StrEnum):
-    HEARTBEAT = "heartbeat"
-    RUN_FINAL = "run_final"  # a wake run reached `final`: the runtime itself checked in
+    HEARTBEAT = "heartbeat"  # the agent called its sidecar's heartbeat endpoint
+    RUNTIME = "runtime"  # the gateway finished a heartbeat or chat run of it (a model turn)
+    WAKE = "wake"  # the run of a wake the hub sent reached `final` with a model turn
 
 
 class LogEvent(enum.StrEnum):
@@ -232,8 +233,9 @@ class AgentLifecycle:
     gateway_up_since: float | None = None  # when it last became reachable again
     paused: bool = False  # paused by an admin (or with its board): see `_while_paused`
     recovery: Recovery | None = None  # the ladder's rung, while a quiet agent is recovered
-    # Not persisted here: what keeps the agent from running as far as the hub knows (the
-    # sidecar's cause, or the last run's error); named when the ladder ends offline.
+    last_checkin_source: CheckInSource | None = None  # of the latest check-in
+    # Not persisted here: what keeps the agent from running as far as its sidecar found
+    # (kept by the store from its reports); named when the ladder ends offline.
     cause: str | None = None
 
 
@@ -650,10 +652,12 @@ def _on_check_in(
 ) -> AgentLifecycle:
     at = min(e.at, now)
     before = s
+    latest = s.last_seen_at is None or at >= s.last_seen_at
     s = dataclasses.replace(
         s,
         status=Status.ONLINE,
-        last_seen_at=at if s.last_seen_at is None else max(s.last_seen_at, at),
+        last_seen_at=at if latest else s.last_seen_at,
+        last_checkin_source=e.source if latest else s.last_checkin_source,
     )
     if s.phase in (Phase.AWAITING_CHECKIN, Phase.WAKING, Phase.RETRY_WAKE) and _answered_by(s, at):
         out.log(LogEvent.CHECKED_IN, source=str(e.source), answered_wake=s.wake_attempts)
@@ -715,7 +719,9 @@ def _on_deadline_due(
         error = f"agent did not check in after {s.wake_attempts} wakes; max wake attempts reached"
         if s.last_provision_error:
             error += f"; last error: {s.last_provision_error}"
-        out.log(LogEvent.MAX_ATTEMPTS_REACHED, attempts=s.wake_attempts)
+        if s.cause:
+            error += f"; cause: {s.cause}"
+        out.log(LogEvent.MAX_ATTEMPTS_REACHED, attempts=s.wake_attempts, cause=s.cause or "")
         return dataclasses.replace(
             s,
             status=Status.OFFLINE,
@@ -1316,6 +1322,6 @@ def run_event(
     a failed one answers the wake it belongs to if that is the agent's latest (`latest`)."""
     if final:
         if model_turn:
-            return CheckIn(at=at, source=CheckInSource.RUN_FINAL)
+            return CheckIn(at=at, source=CheckInSource.WAKE)
         return RunWithoutTurn(generation, message)
     return RunFailed(generation, message, latest=latest)

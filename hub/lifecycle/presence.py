@@ -8,9 +8,9 @@ tests/integration/test_presence.py checks the two agree.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Set
 
-from hub.lifecycle.decisions import Phase, Policy, Status
+from hub.lifecycle.decisions import CheckInSource, Phase, Policy, Status
 from hub.store.database import Connection
 
 
@@ -25,26 +25,42 @@ def silent_agents_in(conn: Connection, now: float, policy: Policy) -> list[str]:
     return [row[0] for row in rows]
 
 
-def touch_steady_in(conn: Connection, gateway_id: str, seen: Mapping[str, float]) -> int:
+def touch_steady_in(
+    conn: Connection, gateway_id: str, seen: Mapping[str, float], runtime: Set[str] = frozenset()
+) -> int:
     """Move presence for the agents in `seen` (gateway agent id -> observed time) that are
     online with nothing outstanding, in one statement for the whole batch; observed times
-    never go backwards. Returns how many were steady."""
+    never go backwards, and the check-in's source (`runtime`: the beats that were runs the
+    gateway finished, else the agent's own) moves with the time. Returns how many were
+    steady."""
+    sources = [
+        CheckInSource.RUNTIME.value if agent in runtime else CheckInSource.HEARTBEAT.value
+        for agent in seen
+    ]
     if conn.dialect == "postgresql":
-        # One statement whatever the batch's size: the beats travel as two arrays.
+        # One statement whatever the batch's size: the beats travel as three arrays.
         return int(
             conn.execute(
-                """UPDATE agents SET last_seen_at = GREATEST(COALESCE(last_seen_at, 0), beat.at)
-                   FROM unnest(?::text[], ?::double precision[]) AS beat(agent, at)
+                """UPDATE agents SET last_seen_at = GREATEST(COALESCE(last_seen_at, 0), beat.at),
+                       last_checkin_source = CASE WHEN beat.at >= COALESCE(last_seen_at, 0)
+                           THEN beat.source ELSE last_checkin_source END
+                   FROM unnest(?::text[], ?::double precision[], ?::text[])
+                        AS beat(agent, at, source)
                    WHERE gateway_id = ? AND gateway_agent_id = beat.agent
                      AND status = 'online' AND phase = 'idle'""",
-                (list(seen), list(seen.values()), gateway_id),
+                (list(seen), list(seen.values()), sources, gateway_id),
             ).rowcount
         )
     return int(
         conn.executemany(
-            """UPDATE agents SET last_seen_at = MAX(COALESCE(last_seen_at, 0), ?)
-               WHERE gateway_id = ? AND gateway_agent_id = ?
+            """UPDATE agents SET last_seen_at = MAX(COALESCE(last_seen_at, 0), ?1),
+                   last_checkin_source = CASE WHEN ?1 >= COALESCE(last_seen_at, 0)
+                       THEN ?2 ELSE last_checkin_source END
+               WHERE gateway_id = ?3 AND gateway_agent_id = ?4
                  AND status = 'online' AND phase = 'idle'""",
-            [(at, gateway_id, agent_id) for agent_id, at in seen.items()],
+            [
+                (at, source, gateway_id, agent_id)
+                for (agent_id, at), source in zip(seen.items(), sources, strict=True)
+            ],
         ).rowcount
     )

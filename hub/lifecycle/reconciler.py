@@ -184,8 +184,9 @@ class Reconciler:
         def op(tx: Transition) -> None:
             conn, now = tx.conn, tx.now
             seen = {b.agent_id: min(epoch_s(b.observed_at), now) for b in batch.beats}
+            runtime = {b.agent_id for b in batch.beats if b.source == pb.BEAT_SOURCE_RUNTIME}
             # Steady state (online, nothing outstanding): only presence moves.
-            steady = touch_steady_in(conn, gateway_id, seen)
+            steady = touch_steady_in(conn, gateway_id, seen, runtime)
             # Everyone else has a lifecycle decision waiting on this check-in.
             ids = list(seen) if steady < len(seen) else []
             for start in range(0, len(ids), 500):
@@ -199,7 +200,12 @@ class Reconciler:
                 ).fetchall()
                 for agent_id, gw_agent_id, last_seen in rows:
                     at = max(seen[gw_agent_id], last_seen or 0.0)
-                    tx.step(agent_id, lc.CheckIn(at=at))
+                    source = (
+                        lc.CheckInSource.RUNTIME
+                        if gw_agent_id in runtime
+                        else lc.CheckInSource.HEARTBEAT
+                    )
+                    tx.step(agent_id, lc.CheckIn(at=at, source=source))
             conn.execute("UPDATE gateways SET last_seen_at = ? WHERE id = ?", (now, gateway_id))
             record_work_states_in(conn, gateway_id, batch.beats, seen)  # what agents say they do
 

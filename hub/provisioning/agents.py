@@ -23,7 +23,14 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from hub.boards import board_profile
-from hub.lifecycle.decisions import AgentLifecycle, Phase, Recovery, Status, WaitReason
+from hub.lifecycle.decisions import (
+    AgentLifecycle,
+    CheckInSource,
+    Phase,
+    Recovery,
+    Status,
+    WaitReason,
+)
 from hub.provisioning.agent_tokens import MintedToken, StoredToken
 from hub.provisioning.rendering import (
     AgentContext,
@@ -167,6 +174,10 @@ class AgentRow:
     recovery: str | None = None  # the recovery ladder's rung (hub/lifecycle/decisions.py)
     heartbeat_governor: str | None = None  # its own governor setting (JSON), over its board's
     governor_step: int = 0  # how far the governor backed its cadence off (0: its own)
+    last_checkin_source: str | None = None  # "heartbeat", "runtime" or "wake"
+    cause_code: str | None = None  # what its sidecar found keeps it from running, if anything
+    cause: str | None = None
+    cause_since: float | None = None
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> AgentRow:
@@ -200,6 +211,10 @@ class AgentRow:
             gateway_up_since=gateway_up_since,
             paused=self.paused_at is not None,
             recovery=Recovery(self.recovery) if self.recovery else None,
+            last_checkin_source=(
+                CheckInSource(self.last_checkin_source) if self.last_checkin_source else None
+            ),
+            cause=self.cause,
         )
 
 
@@ -486,7 +501,8 @@ def save_snapshot(conn: sqlite3.Connection, agent_id: str, s: AgentLifecycle, no
         """UPDATE agents SET status = ?, status_reason = ?, lifecycle_generation = ?,
                applied_generation = ?, wake_attempts = ?, checkin_deadline_at = ?,
                last_wake_sent_at = ?, last_seen_at = ?, last_provision_error = ?,
-               phase = ?, delivery_failures = ?, recovery = ?, updated_at = ?
+               phase = ?, delivery_failures = ?, recovery = ?, last_checkin_source = ?,
+               updated_at = ?
            WHERE id = ?""",
         (
             s.status.value,
@@ -501,6 +517,7 @@ def save_snapshot(conn: sqlite3.Connection, agent_id: str, s: AgentLifecycle, no
             s.phase.value,
             s.delivery_failures,
             s.recovery.value if s.recovery else None,
+            s.last_checkin_source.value if s.last_checkin_source else None,
             now,
             agent_id,
         ),
@@ -718,6 +735,10 @@ def agent_json(agent: AgentRow) -> dict[str, Any]:
         "recovery": agent.recovery,
         "heartbeat_every_s": agent.heartbeat_interval_s,
         "heartbeat_governor_step": agent.governor_step,
+        "last_checkin_source": agent.last_checkin_source,
+        "cause_code": agent.cause_code,
+        "cause": agent.cause,
+        "cause_since": iso(agent.cause_since),
         "created_at": iso(agent.created_at),
         "updated_at": iso(agent.updated_at),
     }

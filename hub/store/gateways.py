@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from hub.lifecycle.causes import record_causes_in
 from hub.pki.join_tokens import JoinTokenRecord, JoinTokenUsedError
 from hub.store.database import Database
 from hub.store.errors import Refusal, StoreError, UnknownGateway
@@ -486,6 +487,8 @@ def record_gateway_state_in(
     )
     if state.unmanaged_reported:
         _record_unmanaged_in(conn, gateway_id, state.unmanaged)
+    if state.conditions_reported:
+        record_causes_in(conn, gateway_id, state.conditions, at)
     for drift in state.drift:
         add_event(
             conn,

@@ -548,6 +548,16 @@ V15 = (
     "CREATE INDEX token_usage_board ON token_usage(board_id, day)",
 )
 
+# Presence from what the gateway does: where an agent's last check-in came from
+# (heartbeat, runtime, wake), and what its sidecar found keeps it from running (the cause
+# named when it goes quiet), with when that was first found.
+V16 = (
+    "ALTER TABLE agents ADD COLUMN last_checkin_source TEXT",
+    "ALTER TABLE agents ADD COLUMN cause_code TEXT",
+    "ALTER TABLE agents ADD COLUMN cause TEXT",
+    "ALTER TABLE agents ADD COLUMN cause_since REAL",
+)
+
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
-    V1, V2, V3, V4, V5, V6, V7, V8, V9, V10, V11, V12, V13, V14, V15
+    V1, V2, V3, V4, V5, V6, V7, V8, V9, V10, V11, V12, V13, V14, V15, V16
 )  # fmt: skip

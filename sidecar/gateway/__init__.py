@@ -67,6 +67,45 @@ class RunOutcome:
     model_turn: bool = False
 
 
+class RunKind(enum.StrEnum):
+    WAKE = "wake"  # started by this sidecar's wake (reported with its command)
+    CHAT = "chat"  # a chat run from anywhere else: a channel, the control UI, another client
+    HEARTBEAT = "heartbeat"  # a run of the agent's heartbeat cron job
+
+
+@dataclass(frozen=True)
+class RunEnded:
+    """A run of some agent reached its end on the gateway, whoever started it."""
+
+    agent_id: str
+    kind: RunKind
+    outcome: RunOutcome
+
+
+@dataclass(frozen=True)
+class HeartbeatJobChanged:
+    """The gateway added or removed an agent's heartbeat cron job."""
+
+    agent_id: str
+    present: bool
+
+
+RuntimeEvent = RunEnded | HeartbeatJobChanged
+
+
+@dataclass(frozen=True)
+class ProviderAuth:
+    """A model provider's sign-in as the gateway sees it (`models.authStatus`)."""
+
+    provider: str
+    status: str  # "ok", "static", "expiring", "expired", "missing"
+    expires_in_s: int | None = None
+
+    @property
+    def failing(self) -> bool:
+        return self.status in ("expired", "missing")
+
+
 @dataclass(frozen=True)
 class AgentRuntime:
     agent_id: str
@@ -177,6 +216,10 @@ class GatewayClient(Protocol):
     def on_info_change(self, callback: Callable[[GatewayInfo], None]) -> None:
         """Call `callback` whenever reachability, version, protocol or generation change."""
 
+    def on_runtime_event(self, callback: Callable[[RuntimeEvent], None]) -> None:
+        """Call `callback` for every run that ends (whoever started it) and every change of
+        an agent's heartbeat job, as the gateway reports them."""
+
     async def ensure_agent(self, entry: AgentEntry) -> None:
         """Create or update the entry; return once the gateway lists the agent as usable."""
 
@@ -197,6 +240,9 @@ class GatewayClient(Protocol):
 
     async def runtime_status(self) -> GatewayRuntime:
         """The gateway's live status: version, per-agent heartbeat, session count."""
+
+    async def model_auth(self) -> list[ProviderAuth] | None:
+        """The model providers' sign-in status; None where the gateway cannot tell."""
 
     async def list_sessions(self, agent_id: str = "", limit: int = 100) -> SessionPage:
         """Sessions, most recently updated first; only `agent_id`'s when given."""

@@ -29,9 +29,14 @@ from sidecar.gateway import (
     GatewayError,
     GatewayInfo,
     GatewayRuntime,
+    HeartbeatJobChanged,
     HeartbeatSpec,
+    ProviderAuth,
+    RunEnded,
+    RunKind,
     RunOutcome,
     RunState,
+    RuntimeEvent,
     SessionPage,
     SessionTokens,
 )
@@ -41,6 +46,9 @@ from sidecar.gateway.protocol import ClientIdentity, GatewayRequestError, Gatewa
 from sidecar.openclaw_config import OpenClawConfig, read_config
 
 log = get_logger("sidecar.gateway")
+
+# A failed heartbeat's `heartbeat` event precedes its job's `cron` event by milliseconds.
+HEARTBEAT_FAILURE_PAIRING_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -88,9 +96,14 @@ class OpenClawGatewayClient:
         self._wakes: OrderedDict[str, _Wake] = OrderedDict()  # runs this client started
         self._superseded: OrderedDict[str, None] = OrderedDict()  # runs sent again
         self._resends: set[asyncio.Task[None]] = set()
+        self._runtime_listeners: list[Callable[[RuntimeEvent], None]] = []
+        # The last failed heartbeat's words: its cron event says only "agent-runner-failure".
+        self._heartbeat_failure: tuple[float, str] = (0.0, "")
         # Subscribed first, so a run's end is recorded before anyone else hears of it.
         self._connection.subscribe(self._track_run, "chat")
         self._connection.subscribe(self._track_turn, "agent")
+        self._connection.subscribe(self._track_heartbeat, "heartbeat")
+        self._connection.subscribe(self._track_cron, "cron")
         # The connection's own requests, for what the operations below do not cover.
         self.call = self._connection.call
         self.call_multi = self._connection.call_multi
@@ -121,6 +134,16 @@ class OpenClawGatewayClient:
 
     def on_info_change(self, callback: Callable[[GatewayInfo], None]) -> None:
         self._connection.on_info_change(callback)
+
+    def on_runtime_event(self, callback: Callable[[RuntimeEvent], None]) -> None:
+        self._runtime_listeners.append(callback)
+
+    def _emit(self, event: RuntimeEvent) -> None:
+        for listener in list(self._runtime_listeners):
+            try:
+                listener(event)
+            except Exception:  # one listener's bug must not cost the others the event
+                log.exception("gateway.runtime_listener.failed", runtime_event=type(event).__name__)
 
     async def _generation(self) -> GatewayGeneration:
         """The connected gateway's generation (waits briefly for a connection)."""
@@ -525,6 +548,34 @@ class OpenClawGatewayClient:
         if origin != run_id:
             self._finished_runs[run_id] = outcome
         self._finish_run(origin, dataclasses.replace(outcome, run_id=origin))
+        agent_id = proto.run_agent(payload) or (wake.agent_id if wake is not None else "")
+        if agent_id:
+            kind = RunKind.WAKE if wake is not None else RunKind.CHAT
+            self._emit(RunEnded(agent_id, kind, self._finished_runs[origin]))
+
+    def _track_heartbeat(self, event: str, payload: Any) -> None:
+        """A `heartbeat` event names no agent, but says why a failed heartbeat failed; the
+        job's `cron` event that follows it at once names the agent."""
+        if isinstance(payload, Mapping) and payload.get("status") == "failed":
+            detail = str(payload.get("preview") or payload.get("reason") or "")
+            self._heartbeat_failure = (time.monotonic(), detail)
+
+    def _track_cron(self, event: str, payload: Any) -> None:
+        """Heartbeat jobs' `cron` events: a run's end, or the job added or removed."""
+        if not isinstance(payload, Mapping):
+            return
+        agent_id = proto.heartbeat_job_agent(payload)
+        if not agent_id:
+            return
+        action = payload.get("action")
+        if action in ("added", "removed"):
+            self._emit(HeartbeatJobChanged(agent_id, present=action == "added"))
+            return
+        failed_at, detail = self._heartbeat_failure
+        recent = time.monotonic() - failed_at < HEARTBEAT_FAILURE_PAIRING_S
+        outcome = proto.heartbeat_run_outcome(payload, detail if recent else "")
+        if outcome is not None:
+            self._emit(RunEnded(agent_id, RunKind.HEARTBEAT, outcome))
 
     def _finish_run(self, run_id: str, outcome: RunOutcome) -> None:
         self._finished_runs[run_id] = outcome
@@ -550,6 +601,11 @@ class OpenClawGatewayClient:
     async def runtime_status(self) -> GatewayRuntime:
         # `status` is live; `health` is a cached snapshot that lags behind config changes.
         return proto.parse_status(await self._connection.read("status", {}))
+
+    async def model_auth(self) -> list[ProviderAuth] | None:
+        if "models.authStatus" not in (await self._connection.ready_hello()).methods:
+            return None  # 2026.3 has no such method
+        return proto.parse_model_auth(await self._connection.read("models.authStatus", {}))
 
     async def list_sessions(self, agent_id: str = "", limit: int = 100) -> SessionPage:
         params: dict[str, Any] = {"limit": max(1, limit)}

@@ -22,6 +22,7 @@ from sidecar.gateway import (
     GatewayError,
     GatewayRuntime,
     GatewayUnavailable,
+    ProviderAuth,
     RunOutcome,
     RunState,
     SessionInfo,
@@ -624,3 +625,65 @@ def _message_text(message: Any) -> str:
             if isinstance(part, Mapping) and part.get("type") == "text"
         )
     return ""
+
+
+def run_agent(payload: Mapping[str, Any]) -> str:
+    """The agent a `chat` event's run belongs to (2026.3 names only the session key)."""
+    agent_id = payload.get("agentId")
+    if isinstance(agent_id, str) and agent_id:
+        return agent_id
+    key = payload.get("sessionKey")
+    return _agent_of_key(key) if isinstance(key, str) else ""
+
+
+HEARTBEAT_JOB_PREFIX = "heartbeat:"
+
+
+def heartbeat_job_agent(payload: Mapping[str, Any]) -> str:
+    """The agent whose heartbeat cron job a `cron` event is about; "" for other jobs."""
+    job = _mapping(payload.get("job"))
+    key = job.get("declarationKey")
+    if not isinstance(key, str) or not key.startswith(HEARTBEAT_JOB_PREFIX):
+        return ""
+    agent_id = job.get("agentId")
+    if isinstance(agent_id, str) and agent_id:
+        return agent_id
+    return key.removeprefix(HEARTBEAT_JOB_PREFIX)
+
+
+def heartbeat_run_outcome(payload: Mapping[str, Any], detail: str = "") -> RunOutcome | None:
+    """A heartbeat job's `cron` event `finished` as a RunOutcome; None for other actions.
+
+    Heartbeat runs broadcast no `chat` or `agent` events, so this is the only end there
+    is. `ok` means the model ran (a run whose model fails ends `error`); `skipped` means
+    it never reached the model (no delivery route), so it is no turn. `detail`: the
+    `heartbeat` event's preview, which says why a failed run failed (the cron event
+    only says "agent-runner-failure")."""
+    if payload.get("action") != "finished":
+        return None
+    run_id = str(payload.get("runId") or "")
+    status = payload.get("status")
+    if status == "ok":
+        return RunOutcome(run_id, RunState.FINAL, str(payload.get("summary") or ""), True)
+    if status == "error":
+        text = detail or str(payload.get("error") or "heartbeat run failed")
+        return RunOutcome(run_id, RunState.ERROR, text.removeprefix("⚠️").strip())
+    return RunOutcome(run_id, RunState.FINAL, str(payload.get("error") or status or ""))
+
+
+def parse_model_auth(payload: Mapping[str, Any]) -> list[ProviderAuth]:
+    """`models.authStatus`: one entry per provider the gateway knows credentials for."""
+    out = []
+    for row in _list(payload.get("providers")):
+        if not isinstance(row, Mapping) or not row.get("provider"):
+            continue
+        expiry = _mapping(row.get("expiry"))
+        remaining = expiry.get("remainingMs")
+        out.append(
+            ProviderAuth(
+                provider=str(row["provider"]),
+                status=str(row.get("status") or "static"),
+                expires_in_s=_int(remaining) // 1000 if remaining is not None else None,
+            )
+        )
+    return out

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import sqlite3
 import time
 from collections.abc import Callable, Iterable
@@ -56,6 +57,7 @@ SendReport = Callable[[pb.SidecarMessage], None]
 @dataclass
 class RelayStats:
     received: int = 0
+    runtime: int = 0  # runs the gateway finished, taken as check-ins
     batches_sent: int = 0
     beats_sent: int = 0
     batches_acked: int = 0
@@ -108,6 +110,22 @@ class HeartbeatRelay:
         beat = PendingBeat(agent_id, self.clock(), status, current_task_id)
         self._pending[agent_id] = beat
         self.stats.received += 1
+        self._unsaved = True
+        self._send_wakeup.set()
+        self._persist_wakeup.set()
+        return beat
+
+    def record_runtime(self, agent_id: str) -> PendingBeat:
+        """Take a run the gateway finished for the agent, now, as its check-in. A beat of
+        the agent's own that is still pending keeps its words (status, task) and its
+        source; only its time moves."""
+        pending = self._pending.get(agent_id)
+        if pending is not None and not pending.runtime:
+            beat = dataclasses.replace(pending, observed_at=max(pending.observed_at, self.clock()))
+        else:
+            beat = PendingBeat(agent_id, self.clock(), runtime=True)
+        self._pending[agent_id] = beat
+        self.stats.runtime += 1
         self._unsaved = True
         self._send_wakeup.set()
         self._persist_wakeup.set()
@@ -229,6 +247,7 @@ class HeartbeatRelay:
                     observed_at=timestamp(beat.observed_at),
                     status=beat.status,
                     current_task_id=beat.current_task_id,
+                    source=pb.BEAT_SOURCE_RUNTIME if beat.runtime else pb.BEAT_SOURCE_AGENT_API,
                 )
             except (ValueError, TypeError) as exc:  # text the link cannot carry
                 del beats[beat.agent_id]

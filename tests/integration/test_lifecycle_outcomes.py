@@ -173,7 +173,7 @@ async def test_a_run_with_a_model_turn_is_the_runtime_checkin(
         online = await wait_for(lambda: status_is(hub, agent["id"], "online"), what="online")
         assert online["wake_attempts"] == 0 and online["last_seen_at"] is not None
         (checkin,) = await events(hub, "lifecycle.checkin.accepted")
-        assert checkin["detail"]["source"] == "run_final"
+        assert checkin["detail"]["source"] == "wake"
     finally:
         await sidecar.stop()
 

@@ -232,7 +232,7 @@ async def test_a_wake_run_reaching_final_brings_the_agent_online(stack: Stack) -
     assert await agent_model(stack, p.gateway_agent_id) == MODEL_REF
     # The runtime signal checked it in: no heartbeat was sent or accepted.
     checkins = await _events(hub, "lifecycle.checkin.accepted", p.id)
-    assert [c["detail"]["source"] for c in checkins] == ["run_final"], checkins
+    assert [c["detail"]["source"] for c in checkins] == ["wake"], checkins
     assert stack.sidecar.relay.stats.received == 0
     assert all(r.reply == "text" for r in requests)
 

@@ -163,7 +163,7 @@ async def test_a_wake_folded_into_a_running_turn_is_not_a_checkin_but_that_turn_
         what="online from the first run's turn",
     )
     assert online["wake_attempts"] == 0
-    assert [c["source"] for c in await checkins(stack, agent["id"])] == ["run_final"]
+    assert [c["source"] for c in await checkins(stack, agent["id"])] == ["wake"]
     ended = await runs(stack, gw_agent)
     assert sorted(r["model_turn"] for r in ended) == [False, True], ended
 

@@ -198,7 +198,7 @@ def test_checkin_after_wake_resets_attempts_and_clears_deadline() -> None:
 
 def test_run_final_is_a_checkin() -> None:
     snapshot, _ = run(
-        provisioned_and_woken(), [(NOW + 7, CheckIn(NOW + 7, CheckInSource.RUN_FINAL))]
+        provisioned_and_woken(), [(NOW + 7, CheckIn(NOW + 7, CheckInSource.WAKE))]
     )
     assert snapshot.status is Status.ONLINE and snapshot.checkin_deadline_at is None
 
@@ -333,7 +333,7 @@ def test_run_event_needs_a_model_turn_for_a_checkin(
     )
     assert type(event) is expected
     if isinstance(event, CheckIn):
-        assert event.source is CheckInSource.RUN_FINAL
+        assert event.source is CheckInSource.WAKE
 
 
 # ---------------------------------------------------------- undeliverable wakes
@@ -392,7 +392,7 @@ def test_a_late_delivery_of_a_wake_given_up_on_is_counted_not_repeated() -> None
     refused = WakeUndeliverable(1, WaitReason.WAKE_FAILED, "refused", permanent=True)
     snapshot, _ = run(snapshot, [(NOW + 1, refused), (NOW + 5, WakeDelivered(1, NOW + 4))])
     assert snapshot.phase is Phase.AWAITING_CHECKIN and snapshot.wake_attempts == 1
-    snapshot, _ = run(snapshot, [(NOW + 6, CheckIn(NOW + 6, CheckInSource.RUN_FINAL))])
+    snapshot, _ = run(snapshot, [(NOW + 6, CheckIn(NOW + 6, CheckInSource.WAKE))])
     assert snapshot.status is Status.ONLINE and snapshot.phase is Phase.IDLE
     assert snapshot.checkin_deadline_at is None  # nothing left to resend: no extra wake
 
