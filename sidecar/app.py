@@ -45,7 +45,7 @@ from sidecar.link.identity import renewal_due_at
 from sidecar.metrics import MetricsServer, Readings, SidecarMetrics
 from sidecar.openclaw_config import Drift, DriftKind
 from sidecar.reports import OwnChanges, Reports
-from sidecar.runtime_watch import RuntimeWatch
+from sidecar.runtime_watch import HOT_RELOAD_S, RuntimeWatch
 from sidecar.state import LocalState
 from sidecar.usage import UsagePolicy, UsageRelay
 from sidecar.workspace import WorkspaceWriter, atomic_write
@@ -279,7 +279,7 @@ class Sidecar:
 
     def _on_config(self, report: ConfigReport) -> None:
         self.reports.config = report
-        self.runtime.poke()  # a hand edit may have taken a heartbeat away
+        self.runtime.poke(after_s=HOT_RELOAD_S)  # a hand edit may have taken a heartbeat away
         drift = self.own_changes.reportable(report.drift)
         for item in drift:
             log.info(

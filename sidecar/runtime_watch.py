@@ -52,6 +52,8 @@ log = get_logger("sidecar.runtime_watch")
 
 CHECK_INTERVAL_S = 60.0
 SETTLE_S = 0.5  # a change comes in bursts (an apply adds and removes jobs): look once after
+# A hand edit of openclaw.json reaches the gateway's runtime about a second later.
+HOT_RELOAD_S = 2.0
 RUNS_FAILING_AFTER = 2  # consecutive failed runs before they are a condition
 MAX_DETAIL_CHARS = 1024
 
@@ -137,9 +139,12 @@ class RuntimeWatch:
             )
         self._changed()
 
-    def poke(self) -> None:
-        """Check again soon (something changed)."""
-        self._wakeup.set()
+    def poke(self, after_s: float = 0.0) -> None:
+        """Check again soon (something changed), or once `after_s` has passed."""
+        if after_s > 0:
+            asyncio.get_running_loop().call_later(after_s, self._wakeup.set)
+        else:
+            self._wakeup.set()
 
     # ------------------------------------------------------------ the set
 
@@ -218,22 +223,19 @@ class RuntimeWatch:
                 # was found stands until a look after the change has settled.
                 if before := self._found.get((agent_id, HEARTBEAT_MISSING)):
                     found[(agent_id, HEARTBEAT_MISSING)] = before
-                self._look_again_in(self.own_changes.window_s + SETTLE_S)
+                self.poke(after_s=self.own_changes.window_s)
                 continue
             restored = self.restore and await self._restore(agent_id, spec)
             found[(agent_id, HEARTBEAT_MISSING)] = self._condition(
                 agent_id, HEARTBEAT_MISSING, _missing_detail(spec, restored=restored)
             )
             if restored:
-                self._look_again_in(self.own_changes.window_s + SETTLE_S)  # is it back?
+                self.poke(after_s=self.own_changes.window_s)  # is it back?
         failing = [p for p in providers or () if p.failing]
         if failing:
             found[("", MODEL_AUTH)] = self._condition("", MODEL_AUTH, _auth_detail(failing))
         self._found = found
         self._changed()
-
-    def _look_again_in(self, delay_s: float) -> None:
-        asyncio.get_running_loop().call_later(delay_s, self.poke)
 
     def _condition(self, agent_id: str, code: str, detail: str) -> Condition:
         before = self._found.get((agent_id, code))

@@ -70,7 +70,7 @@ class RunOutcome:
 class RunKind(enum.StrEnum):
     WAKE = "wake"  # started by this sidecar's wake (reported with its command)
     CHAT = "chat"  # a chat run from anywhere else: a channel, the control UI, another client
-    HEARTBEAT = "heartbeat"  # a run of the agent's heartbeat cron job
+    HEARTBEAT = "heartbeat"  # a run the gateway started itself: its heartbeat, its cron
 
 
 @dataclass(frozen=True)

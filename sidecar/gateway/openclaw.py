@@ -49,6 +49,8 @@ log = get_logger("sidecar.gateway")
 
 # A failed heartbeat's `heartbeat` event precedes its job's `cron` event by milliseconds.
 HEARTBEAT_FAILURE_PAIRING_S = 2.0
+# A chat run's `chat` end follows its `agent` lifecycle end within milliseconds.
+CHAT_END_WAIT_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,7 @@ class OpenClawGatewayClient:
         # Subscribed first, so a run's end is recorded before anyone else hears of it.
         self._connection.subscribe(self._track_run, "chat")
         self._connection.subscribe(self._track_turn, "agent")
+        self._connection.subscribe(self._track_lifecycle, "agent")
         self._connection.subscribe(self._track_heartbeat, "heartbeat")
         self._connection.subscribe(self._track_cron, "cron")
         # The connection's own requests, for what the operations below do not cover.
@@ -553,6 +556,32 @@ class OpenClawGatewayClient:
             kind = RunKind.WAKE if wake is not None else RunKind.CHAT
             self._emit(RunEnded(agent_id, kind, self._finished_runs[origin]))
 
+    def _track_lifecycle(self, event: str, payload: Any) -> None:
+        """A run that ends with no `chat` event is one the gateway started itself: 2026.3's
+        heartbeat runs show only their `agent` events (2026.9's, only `cron` ones)."""
+        if not isinstance(payload, Mapping) or payload.get("stream") != "lifecycle":
+            return
+        data = payload.get("data")
+        phase = data.get("phase") if isinstance(data, Mapping) else None
+        run_id = payload.get("runId")
+        agent_id = proto.run_agent(payload)
+        if phase not in ("end", "error") or not isinstance(run_id, str) or not agent_id:
+            return
+        error = str(data.get("error") or "run failed") if isinstance(data, Mapping) else ""
+        asyncio.get_running_loop().call_later(
+            CHAT_END_WAIT_S, self._ended_without_chat, run_id, agent_id, phase, error
+        )
+
+    def _ended_without_chat(self, run_id: str, agent_id: str, phase: str, error: str) -> None:
+        if run_id in self._finished_runs or run_id in self._superseded or run_id in self._wakes:
+            return  # its chat end came (or it is a wake, whose end is waited for)
+        if phase == "end":
+            outcome = RunOutcome(run_id, RunState.FINAL, "", model_turn=run_id in self._turns)
+        else:
+            outcome = RunOutcome(run_id, RunState.ERROR, error)
+        self._finish_run(run_id, outcome)  # a late chat end is not a second one
+        self._emit(RunEnded(agent_id, RunKind.HEARTBEAT, outcome))
+
     def _track_heartbeat(self, event: str, payload: Any) -> None:
         """A `heartbeat` event names no agent, but says why a failed heartbeat failed; the
         job's `cron` event that follows it at once names the agent."""
@@ -575,6 +604,13 @@ class OpenClawGatewayClient:
         recent = time.monotonic() - failed_at < HEARTBEAT_FAILURE_PAIRING_S
         outcome = proto.heartbeat_run_outcome(payload, detail if recent else "")
         if outcome is not None:
+            log.debug(
+                "gateway.heartbeat.ended",
+                agent_id=agent_id,
+                status=payload.get("status"),
+                state=outcome.state.value,
+                message=outcome.message,
+            )
             self._emit(RunEnded(agent_id, RunKind.HEARTBEAT, outcome))
 
     def _finish_run(self, run_id: str, outcome: RunOutcome) -> None:

@@ -62,7 +62,7 @@ async def unserved(gateway: RunningGateway, tmp_path: Path) -> AsyncIterator[Sta
 async def create_agent(stack: Stack, name: str, **extra: Any) -> dict[str, Any]:
     hub = stack.hub
     status, board = await api(
-        hub, "POST", "/api/v1/boards", {"name": f"{name} board", "gateway_id": GATEWAY_ID}
+        hub, "POST", "/api/v1/boards", {"name": f"{name} board", "gateway_id": stack.gateway_id}
     )
     assert status == 201, board
     status, agent = await api(

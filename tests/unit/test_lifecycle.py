@@ -197,9 +197,7 @@ def test_checkin_after_wake_resets_attempts_and_clears_deadline() -> None:
 
 
 def test_run_final_is_a_checkin() -> None:
-    snapshot, _ = run(
-        provisioned_and_woken(), [(NOW + 7, CheckIn(NOW + 7, CheckInSource.WAKE))]
-    )
+    snapshot, _ = run(provisioned_and_woken(), [(NOW + 7, CheckIn(NOW + 7, CheckInSource.WAKE))])
     assert snapshot.status is Status.ONLINE and snapshot.checkin_deadline_at is None
 
 

@@ -11,6 +11,7 @@ handed to its connection as they would arrive.
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -190,3 +191,65 @@ def test_model_auth_status_as_the_gateway_reports_it() -> None:
     assert providers[3].expires_in_s == 600
     # Gateways without a sign-in picture yet answer with none and say so.
     assert parse_model_auth({"providers": [], "unavailable": {"code": "X"}}) == []
+
+
+# 2026.3's heartbeat run (here the main agent's, woken with `wake {mode: "now"}`): only
+# `agent` events, then a `heartbeat` event naming no agent; no `chat` event at all.
+LEGACY_HEARTBEAT = [
+    ("agent", {"runId": "h1", "stream": "lifecycle", "data": {"phase": "start"},
+               "sessionKey": f"agent:{AGENT}:main"}),
+    ("agent", {"runId": "h1", "stream": "assistant", "data": {"text": REPLY, "delta": REPLY},
+               "sessionKey": f"agent:{AGENT}:main"}),
+    ("agent", {"runId": "h1", "stream": "lifecycle", "data": {"phase": "end"},
+               "sessionKey": f"agent:{AGENT}:main"}),
+    ("heartbeat", {"status": "skipped", "reason": "target-none", "preview": REPLY}),
+]  # fmt: skip
+LEGACY_HEARTBEAT_FAILED = [
+    ("agent", {"runId": "h2", "stream": "lifecycle", "data": {"phase": "start"},
+               "sessionKey": f"agent:{AGENT}:main"}),
+    ("agent", {"runId": "h2", "stream": "lifecycle",
+               "data": {"phase": "error", "error": AUTH_401}, "sessionKey": f"agent:{AGENT}:main"}),
+]  # fmt: skip
+LIFECYCLE_END_C2 = (
+    "agent",
+    {"runId": "c2", "stream": "lifecycle", "data": {"phase": "end"},
+     "sessionKey": f"agent:{AGENT}:main"},
+)  # fmt: skip
+LIFECYCLE_CASES = {
+    "legacy-heartbeat": (LEGACY_HEARTBEAT, [(RunKind.HEARTBEAT, RunState.FINAL, True)]),
+    "legacy-heartbeat-failed": (
+        LEGACY_HEARTBEAT_FAILED,
+        [(RunKind.HEARTBEAT, RunState.ERROR, False, AUTH_401)],
+    ),
+    # A chat run's lifecycle end is followed by its chat end: told once, as a chat.
+    "chat-2026.3-with-lifecycle": (
+        [
+            (
+                "agent",
+                {
+                    "runId": "c2",
+                    "stream": "lifecycle",
+                    "data": {"phase": "end"},
+                    "sessionKey": f"agent:{AGENT}:main",
+                },
+            ),
+            *CHAT_2026_3,
+        ],
+        [(RunKind.CHAT, RunState.FINAL, True)],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", LIFECYCLE_CASES)
+async def test_a_run_that_ends_with_no_chat_event_is_the_gateways_own(
+    case: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("sidecar.gateway.openclaw.CHAT_END_WAIT_S", 0.01)
+    events, expected = LIFECYCLE_CASES[case]
+    client = OpenClawGatewayClient(tmp_path / "openclaw.json")
+    told: list[RuntimeEvent] = []
+    client.on_runtime_event(told.append)
+    for event, payload in events:
+        client._connection._on_event(event, payload)
+    await asyncio.sleep(0.1)  # past the wait for a chat end
+    assert [_seen(e) for e in told] == expected
