@@ -10,8 +10,10 @@ are not taken here: they are reported with the command that woke them (commands.
 Conditions are found on a cadence and at once on a change (an agent's heartbeat job added
 or removed, the gateway back, openclaw.json rewritten):
 - `heartbeat_missing`: the hub set a cadence, the gateway runs no heartbeat for the
-  agent (its heartbeat block removed by hand, the job gone). With the restore policy
-  (`--restore-removed-entries`, as for a removed entry) it is put back.
+  agent (its heartbeat block removed by hand, the job gone); `heartbeat_changed`: it runs
+  one at another cadence (the block changed, or removed where the gateway's default then
+  applies to every agent). With the restore policy (`--restore-removed-entries`, as for
+  a removed entry) it is put back.
 - `model_auth`: the gateway says a model provider's sign-in expired or is missing
   (`models.authStatus`, where the gateway has it).
 - `runs_failing`: the agent's last runs, of any kind, failed; the last error says why.
@@ -58,6 +60,7 @@ RUNS_FAILING_AFTER = 2  # consecutive failed runs before they are a condition
 MAX_DETAIL_CHARS = 1024
 
 HEARTBEAT_MISSING = "heartbeat_missing"
+HEARTBEAT_CHANGED = "heartbeat_changed"
 MODEL_AUTH = "model_auth"
 RUNS_FAILING = "runs_failing"
 GATEWAY_UNREACHABLE = "gateway_unreachable"
@@ -213,22 +216,25 @@ class RuntimeWatch:
             log.info("runtime_watch.check.unavailable", error=str(exc))
             return
         found: dict[tuple[str, str], Condition] = {}
-        running = {a.agent_id for a in runtime.agents if a.heartbeat_enabled}
+        running = {a.agent_id: a.heartbeat_every_s for a in runtime.agents if a.heartbeat_enabled}
         managed = {a.agent_id for a in self.state.agents()}
+        # Agents no longer managed here take their failures with them.
+        self._failures = {a: f for a, f in self._failures.items() if a in managed}
         for agent_id, spec in sorted(self.state.heartbeats().items()):
-            if agent_id not in managed or not spec.every_s or agent_id in running:
+            runs_every = running.get(agent_id)
+            if agent_id not in managed or not spec.every_s or runs_every == spec.every_s:
                 continue
+            code = HEARTBEAT_MISSING if runs_every is None else HEARTBEAT_CHANGED
             if self.own_changes.recent(agent_id):
                 # The sidecar just changed it and the gateway may not show it yet: what
                 # was found stands until a look after the change has settled.
-                if before := self._found.get((agent_id, HEARTBEAT_MISSING)):
-                    found[(agent_id, HEARTBEAT_MISSING)] = before
+                if before := self._found.get((agent_id, code)):
+                    found[(agent_id, code)] = before
                 self.poke(after_s=self.own_changes.window_s)
                 continue
             restored = self.restore and await self._restore(agent_id, spec)
-            found[(agent_id, HEARTBEAT_MISSING)] = self._condition(
-                agent_id, HEARTBEAT_MISSING, _missing_detail(spec, restored=restored)
-            )
+            detail = _heartbeat_detail(spec, runs_every, restored=restored)
+            found[(agent_id, code)] = self._condition(agent_id, code, detail)
             if restored:
                 self.poke(after_s=self.own_changes.window_s)  # is it back?
         failing = [p for p in providers or () if p.failing]
@@ -257,11 +263,19 @@ def _keys(conditions: list[Condition]) -> frozenset[tuple[str, str, str]]:
     return frozenset((c.agent_id, c.code, c.detail) for c in conditions)
 
 
-def _missing_detail(spec: HeartbeatSpec, *, restored: bool) -> str:
-    found = (
-        f"the gateway ran no heartbeat for this agent (the hub set one every {spec.every_s} s): "
-        "its heartbeat block was removed from openclaw.json or its heartbeat job is gone"
-    )
+def _heartbeat_detail(spec: HeartbeatSpec, runs_every: int | None, *, restored: bool) -> str:
+    if runs_every is None:
+        found = (
+            f"the gateway runs no heartbeat for this agent (the hub set one every "
+            f"{spec.every_s} s): its heartbeat block was removed from openclaw.json or its "
+            "heartbeat job is gone"
+        )
+    else:
+        found = (
+            f"the gateway runs this agent's heartbeat every {runs_every} s, not the "
+            f"{spec.every_s} s the hub set (its heartbeat block was changed or removed in "
+            "openclaw.json, leaving the gateway's default)"
+        )
     if restored:
         return found + "; the sidecar put it back"
     return found + (

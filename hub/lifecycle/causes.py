@@ -24,7 +24,13 @@ from protos import link_pb2 as pb
 from protos.contract import epoch_s
 
 # Most telling first: nothing runs behind an unreachable gateway or without a model.
-PRIORITY = ("gateway_unreachable", "model_auth", "runs_failing", "heartbeat_missing")
+PRIORITY = (
+    "gateway_unreachable",
+    "model_auth",
+    "runs_failing",
+    "heartbeat_missing",
+    "heartbeat_changed",
+)
 MAX_DETAIL_CHARS = 1024
 MAX_CONDITIONS = 64  # per agent; a sidecar reports at most four kinds
 _CODE = re.compile(r"[a-z][a-z0-9_]{0,39}")

@@ -18,6 +18,7 @@ from markupsafe import escape
 
 from hub.app import Hub
 from hub.ui.trends import DAY_S, record_sample_in
+from protos import link_pb2 as pb
 from tests.support import (
     ADMIN_TOKEN,
     JumpClock,
@@ -291,6 +292,14 @@ async def test_every_name_is_escaped_on_every_page(
             {"title": "t " + HOSTILE, "assigned_agent_id": agent["id"]},
         )
         await api(hub, "POST", f"/api/v1/boards/{board['id']}/webhooks", {"description": HOSTILE})
+        # What a sidecar reports is text from elsewhere too: the agent's cause.
+        condition = pb.AgentCondition(
+            agent_id=agent["gateway_agent_id"], code="runs_failing", detail=HOSTILE
+        )
+        await hub.reconciler.gateway_state(
+            "gw-x",
+            pb.GatewayState(reachable=True, conditions=[condition], conditions_reported=True),
+        )
         paths = [
             "/ui/",
             "/ui/fleet",
@@ -312,6 +321,7 @@ async def test_every_name_is_escaped_on_every_page(
             assert "<script>alert" not in text and "<img src=x" not in text, path
         _, text, _ = await logged_in.get(f"/ui/agents/{agent['id']}")
         assert str(escape("a " + HOSTILE)) in text  # shown, as text
+        assert str(escape("runs_failing: " + HOSTILE)) in text
 
 
 # -------------------------------------------------------------------- actions

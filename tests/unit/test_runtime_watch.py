@@ -23,6 +23,7 @@ from sidecar.link.heartbeats import HeartbeatRelay
 from sidecar.reports import OwnChanges
 from sidecar.runtime_watch import (
     GATEWAY_UNREACHABLE,
+    HEARTBEAT_CHANGED,
     HEARTBEAT_MISSING,
     MODEL_AUTH,
     RUNS_FAILING,
@@ -143,6 +144,17 @@ async def test_a_missing_heartbeat_is_found_and_put_back(world: World) -> None:
     assert world.watch.conditions() == [] and world.changes == [1, 1]
 
 
+async def test_a_heartbeat_at_another_cadence_is_found_and_put_back(world: World) -> None:
+    world.gateway.calls.append(("set_heartbeat", AGENT, 1800))  # by hand: the default 30 m
+    await world.watch.check()
+    (condition,) = world.watch.conditions()
+    assert (condition.agent_id, condition.code) == (AGENT, HEARTBEAT_CHANGED)
+    assert "every 1800 s, not the 600 s the hub set" in condition.detail
+    assert world.gateway.calls[-1] == ("set_heartbeat", AGENT, 600)
+    await world.watch.check()
+    assert world.watch.conditions() == []
+
+
 async def test_without_the_restore_policy_it_is_only_reported(keeping: World) -> None:
     keeping.gateway.heartbeat_off.add(AGENT)
     await keeping.watch.check()
@@ -207,3 +219,12 @@ async def test_a_heartbeat_job_removed_is_looked_at_at_once(world: World) -> Non
     assert not world.watch._wakeup.is_set()  # not ours
     world.gateway.emit(HeartbeatJobChanged(AGENT, present=False))
     assert world.watch._wakeup.is_set()
+
+
+async def test_an_agent_no_longer_managed_takes_its_conditions_with_it(world: World) -> None:
+    for _ in range(2):
+        world.end(RunKind.CHAT, RunState.ERROR, turn=False, message="boom")
+    assert world.codes() == {(AGENT, RUNS_FAILING)}
+    world.state.record_applied(3, remove=[AGENT])
+    await world.watch.check()
+    assert world.watch.conditions() == []
