@@ -170,7 +170,11 @@ class RuntimeWatch:
         out = list(self._found.values())
         for agent_id, failures in self._failures.items():
             if failures.count >= RUNS_FAILING_AFTER:
-                detail = f"its last {failures.count} runs failed; the last: {failures.last_error}"
+                # No count in the words: they change only when the error does.
+                detail = (
+                    f"its runs keep failing ({RUNS_FAILING_AFTER} or more in a row); "
+                    f"the last: {failures.last_error}"
+                )
                 out.append(Condition(agent_id, RUNS_FAILING, detail, failures.since))
         info = self.gateway.info
         if info.reachable:

@@ -148,7 +148,7 @@ async def test_failing_runs_are_the_cause_the_ladder_names_when_it_ends_offline(
     # Each rung's wake fails at once (an answer), so no deadline needs to pass.
     body = await wait_for(offline, what="offline at the ladder's end")
     assert gateway.count("wake") == 3  # the first wake, the nudge, the fresh session
-    assert "cause: runs_failing: its last 2 runs failed" in body["last_provision_error"]
+    assert "cause: runs_failing: its runs keep failing" in body["last_provision_error"]
 
 
 async def test_gateway_wide_conditions_are_every_agents_cause(

@@ -126,8 +126,10 @@ def test_runs_failing_in_a_row_are_a_condition_until_one_succeeds(world: World) 
     world.end(RunKind.WAKE, RunState.ERROR, turn=False, message="Authentication failed (401)")
     (condition,) = world.watch.conditions()
     assert condition.code == RUNS_FAILING and condition.agent_id == AGENT
-    assert "2 runs failed" in condition.detail and "Authentication failed (401)" in condition.detail
+    assert "keep failing" in condition.detail and "Authentication failed (401)" in condition.detail
     assert world.changes == [1]
+    world.end(RunKind.CHAT, RunState.ERROR, turn=False, message="Authentication failed (401)")
+    assert world.changes == [1]  # the same words: nothing new to tell
     world.end(RunKind.CHAT, RunState.FINAL)
     assert world.codes() == set() and world.changes == [1, 1]
 
