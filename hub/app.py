@@ -57,6 +57,7 @@ from hub.store.engines import engine_for
 from hub.store.event_log import ACTIVITY
 from hub.store.gateways import GatewayStore
 from hub.store.outbox import OUTBOX, OUTBOX_SECRETS
+from hub.store.ownership import OWNERSHIP
 from hub.ui.dashboard import Dashboard
 from hub.ui.live import LinkNotices
 from hub.usage import UsageLedger
@@ -114,6 +115,8 @@ class Hub:
         self.registry = SessionRegistry()
         # every hub: a command queued on another hub reaches the stream this one holds
         self.db.listen(OUTBOX, self.registry.notify_outbox, every_hub=True)
+        # every hub: a stream another hub (or a newer stream here) took ends here
+        self.db.listen(OWNERSHIP, self.registry.owner_changed, every_hub=True)
         self.db.listen(OUTBOX, self.metrics.commands_queued_notice)
         self.backups = BackupScheduler(
             config.database_path,
@@ -148,6 +151,7 @@ class Hub:
             clock=clock,
             on_log=self.metrics.lifecycle_logged,
         )
+        self.db.listen(OWNERSHIP, self.reconciler.owner_changed, every_hub=True)
         self.provisioning = Provisioning(
             self.reconciler, self.keyring, souls=SoulsDirectory(config.souls_dir)
         )
@@ -230,7 +234,8 @@ class Hub:
             self.db.open()
         except (DatabaseError, BackupError) as exc:
             raise HubStartError(str(exc)) from exc
-        await self.store.mark_all_disconnected()
+        if not self.db.shared:  # shared: only a stopped hub's gateways (hub/store/ownership.py)
+            await self.store.mark_all_disconnected()
         await self.revocations.load(self.store)
         await self.reconciler.start()
         await self.webhooks.start()

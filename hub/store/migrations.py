@@ -548,6 +548,24 @@ V15 = (
     "CREATE INDEX token_usage_board ON token_usage(board_id, day)",
 )
 
+# Several hubs on one database: the hub whose session holds a gateway's stream owns the
+# gateway (delivers its commands, judges its agents), as (owner hub, epoch); each taking
+# of it raises the epoch, so a session of an older epoch knows it was superseded. `hubs`
+# lists the hub processes that ran, and when each last said it was alive (an owner that
+# stopped saying so leaves its gateways to be adopted by one that does).
+V16 = (
+    "ALTER TABLE gateways ADD COLUMN owner_hub TEXT",
+    "ALTER TABLE gateways ADD COLUMN owner_epoch INTEGER NOT NULL DEFAULT 0",
+    """
+    CREATE TABLE hubs (
+        id          TEXT PRIMARY KEY,
+        started_at  REAL NOT NULL,
+        alive_at    REAL NOT NULL,
+        stopped_at  REAL
+    )
+    """,
+)
+
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
-    V1, V2, V3, V4, V5, V6, V7, V8, V9, V10, V11, V12, V13, V14, V15
+    V1, V2, V3, V4, V5, V6, V7, V8, V9, V10, V11, V12, V13, V14, V15, V16
 )  # fmt: skip
