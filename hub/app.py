@@ -34,6 +34,7 @@ from hub.lifecycle.decisions import Policy
 from hub.lifecycle.reconciler import Reconciler
 from hub.link.agent_calls import AgentCallForwarder
 from hub.link.queries import GatewayQueries
+from hub.link.relay import RELAY_ANSWER, RELAY_ASK, QueryRelay
 from hub.link.server import LinkService, SessionRegistry
 from hub.memory import MEMORY
 from hub.metrics import HubMetrics, MeteredReports
@@ -167,6 +168,12 @@ class Hub:
             ),
         )
         self.queries = GatewayQueries(self.registry)
+        self.query_relay: QueryRelay | None = None
+        if self.db.shared:  # a live query for a stream another hub holds is asked of it
+            self.query_relay = QueryRelay(self.db, self.store.hub_id, self.queries)
+            self.queries.relay = self.query_relay
+            self.db.listen(RELAY_ASK, self.query_relay.asked, every_hub=True)
+            self.db.listen(RELAY_ANSWER, self.query_relay.answered, every_hub=True)
         self.usage = UsageLedger(self.db, clock, on_growth=self.metrics.agent_tokens.inc)
         self.webhooks = WebhookService.from_hub_key(
             self.db, hub_key, retry=webhook_retry, clock=clock
@@ -399,6 +406,8 @@ class Hub:
         await self.governor.stop()
         await self.backups.stop()
         await self.reconciler.stop()
+        if self.query_relay is not None:
+            await self.query_relay.close()
         await self.webhooks.stop()
         await self.alerts.stop()
         if self.agent_calls is not None:

@@ -552,7 +552,8 @@ V15 = (
 # gateway (delivers its commands, judges its agents), as (owner hub, epoch); each taking
 # of it raises the epoch, so a session of an older epoch knows it was superseded. `hubs`
 # lists the hub processes that ran, and when each last said it was alive (an owner that
-# stopped saying so leaves its gateways to be adopted by one that does).
+# stopped saying so leaves its gateways to be adopted by one that does); a live query
+# asked of a hub without the stream is answered by the owner through `relayed_answers`.
 V16 = (
     "ALTER TABLE gateways ADD COLUMN owner_hub TEXT",
     "ALTER TABLE gateways ADD COLUMN owner_epoch INTEGER NOT NULL DEFAULT 0",
@@ -562,6 +563,17 @@ V16 = (
         started_at  REAL NOT NULL,
         alive_at    REAL NOT NULL,
         stopped_at  REAL
+    )
+    """,
+    # A live query's answer relayed from the hub that owns the gateway to the hub that was
+    # asked (hub/link/relay.py): kept a minute, whatever the asker made of it.
+    """
+    CREATE TABLE relayed_answers (
+        id          TEXT PRIMARY KEY,
+        answer      BLOB,
+        error_code  TEXT,
+        error       TEXT,
+        created_at  REAL NOT NULL
     )
     """,
 )

@@ -324,3 +324,37 @@ def _verdict(row: dict[str, Any]) -> tuple[Any, ...]:
     """What a deadline's verdict moves on an agent's row."""
     fields = ("status", "phase", "wake_attempts", "checkin_deadline_at", "lifecycle_generation")
     return tuple(row[f] for f in fields)
+
+
+async def test_a_live_query_asked_of_a_hub_without_the_stream_is_answered_by_the_owner(
+    tmp_path: Path, shared_database: str
+) -> None:
+    async with hubs(tmp_path, shared_database, 2) as (a, b):
+        gateway = RecordingGateway()
+        sidecar = front_sidecar(tmp_path, b.addresses.link, gateway)  # type: ignore[arg-type]
+        await sidecar.start()
+        try:
+            await wait_for(lambda: _session(b), what="the sidecar's stream on hub B")
+            await new_agent(b, await new_board(b), "Answers Live")
+            await wait_for(lambda: gateway.count("wake") == 1, what="the agent woken")
+            assert a.registry.get(GW) is None
+            status, read = await api(a, "GET", f"/api/v1/gateway/status?gateway_id={GW}")
+            assert status == 200, read
+            assert read["error"] is None and read["connected"] and read["live_read"]
+            assert (read["pid"], read["sessions_count"]) == (4242, 1)
+            status, sessions = await api(a, "GET", f"/api/v1/gateway/sessions?gateway_id={GW}")
+            assert status == 200, sessions
+            assert [s["key"] for s in sessions["sessions"]] == [
+                s["key"] for s in read["sessions"]
+            ]
+        finally:
+            await sidecar.stop()
+        await wait_for(lambda: b.registry.get(GW) is None, what="B's session closed")
+        await wait_for(lambda: _disconnected(a), what="the disconnect recorded")
+        status, read = await api(a, "GET", f"/api/v1/gateway/status?gateway_id={GW}")
+        assert status == 200 and read["error_code"] == "sidecar_disconnected", read
+
+
+async def _disconnected(hub: Hub) -> bool:
+    row = await hub.store.get_gateway(GW)
+    return row is not None and not row.connected
