@@ -32,6 +32,7 @@ from hub.store.errors import Refusal, StoreError, UnknownGateway
 OWNERSHIP = "gateway_owner"
 HUB_ALIVE_S = 5.0  # how often a hub on a shared database says it is alive
 HUB_DEAD_AFTER_S = 30.0  # silent this long: the hub's gateways are adopted by a live one
+HUBS_KEPT_S = 86_400.0  # a hub's row is deleted once it has been silent this long
 
 
 class Superseded(StoreError):
@@ -114,6 +115,8 @@ def hub_started_in(conn: Connection, hub_id: str, now: float) -> None:
 
 def hub_alive_in(conn: Connection, hub_id: str, now: float) -> None:
     conn.execute("UPDATE hubs SET alive_at = ? WHERE id = ?", (now, hub_id))
+    # Every start is a row: those silent for a day are history nobody reads.
+    conn.execute("DELETE FROM hubs WHERE alive_at < ?", (now - HUBS_KEPT_S,))
 
 
 def hub_stopped_in(conn: Connection, hub_id: str, now: float) -> None:
