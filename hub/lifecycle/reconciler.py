@@ -57,7 +57,7 @@ from hub.store.ownership import (
     HUB_ALIVE_S,
     OwnerChange,
     adopt_orphans_in,
-    check_owner_in,
+    hold_ownership_in,
     hub_alive_in,
     hub_started_in,
     hub_stopped_in,
@@ -212,7 +212,7 @@ class Reconciler:
 
         def op(tx: Transition) -> None:
             if epoch is not None:
-                check_owner_in(tx.conn, gateway_id, self.hub_id, epoch)
+                hold_ownership_in(tx.conn, gateway_id, self.hub_id, epoch)
             record_command_results_in(tx.conn, gateway_id, results)  # the ack and its effects
             for result in results:
                 self._on_result(tx, gateway_id, result)
@@ -249,7 +249,7 @@ class Reconciler:
     ) -> None:
         def op(tx: Transition) -> None:
             if epoch is not None:
-                check_owner_in(tx.conn, gateway_id, self.hub_id, epoch)
+                hold_ownership_in(tx.conn, gateway_id, self.hub_id, epoch)
             record_run_observed_in(tx.conn, gateway_id, run)
             row = load_agent_by_gateway_id(tx.conn, gateway_id, run.agent_id)
             if row is None:

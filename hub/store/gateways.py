@@ -29,7 +29,12 @@ from hub.store.outbox import (
     enqueue_command_in,
     record_reported_files_in,
 )
-from hub.store.ownership import check_owner_in, new_hub_id, take_ownership_in
+from hub.store.ownership import (
+    check_owner_in,
+    hold_ownership_in,
+    new_hub_id,
+    take_ownership_in,
+)
 from hub.workspace_root import effective_workspace_root, workspace_root_problem
 from missioncontrol.agent_api import DEFAULT_AGENT_API_URL
 from protos import link_pb2 as pb
@@ -178,7 +183,7 @@ class GatewayStore:
             at = time.time() if now is None else now
             if epoch is not None:
                 try:
-                    check_owner_in(conn, gateway_id, self.hub_id, epoch)
+                    hold_ownership_in(conn, gateway_id, self.hub_id, epoch)
                 except StoreError:
                     return False
             conn.execute(

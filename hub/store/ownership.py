@@ -7,8 +7,8 @@ transaction (the row's lock orders two hubs taking it at once), and leaves an OW
 notice every hub hears: one still holding a session of an older epoch closes it. A
 notice can be lost (a partitioned hub hears nothing), so the epoch is checked again
 where it counts: after each read of the outbox, before its page is sent, and in the
-write of each ack; a superseded session finds there that it no longer owns the
-gateway, and ends.
+write of each ack, under the gateway row's lock; a superseded session finds there that
+it no longer owns the gateway, and ends.
 
 Each hub process has its own id, fresh at every start. On PostgreSQL each hub says it
 is alive every few seconds (`hubs`); a gateway whose owner stopped saying so (a hub that
@@ -95,6 +95,20 @@ def check_owner_in(conn: Connection, gateway_id: str, hub_id: str, epoch: int) -
             f"session's {hub_id} at epoch {epoch}: its sidecar connected again (here or to "
             "another hub); this session ends and the newer one carries on"
         )
+
+
+def hold_ownership_in(conn: Connection, gateway_id: str, hub_id: str, epoch: int) -> None:
+    """In a write: raise Superseded unless `hub_id` owns the gateway at `epoch`, and hold
+    the row's lock to the commit, so a hub taking the gateway meanwhile waits for this
+    write (or this write, waiting for its, then sees the new epoch and is refused)."""
+    held = conn.execute(
+        "UPDATE gateways SET owner_epoch = owner_epoch "
+        "WHERE id = ? AND owner_hub = ? AND owner_epoch = ? RETURNING owner_epoch",
+        (gateway_id, hub_id, epoch),
+    ).fetchone()
+    if held is None:
+        check_owner_in(conn, gateway_id, hub_id, epoch)  # raises, naming the owner
+        raise Superseded(f"gateway {gateway_id} changed owner during the write; retry")
 
 
 def owned_in(conn: Connection, gateway_ids: Sequence[str], hub_id: str) -> set[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -16,6 +17,7 @@ from hub.store.ownership import (
     Superseded,
     adopt_orphans_in,
     check_owner_in,
+    hold_ownership_in,
     hub_alive_in,
     hub_started_in,
     hub_stopped_in,
@@ -25,6 +27,7 @@ from hub.store.ownership import (
 from missioncontrol.version import VERSION
 from protos import link_pb2 as pb
 from protos.contract import LINK_PROTOCOL
+from tests.support import running_hub
 
 OpenDatabase = Callable[..., Database]
 
@@ -108,6 +111,9 @@ async def test_the_owner_check_names_the_newer_owner_and_passes_the_current_one(
                 check_owner_in(conn, "gw-1", store.hub_id, epoch - 1)
             with pytest.raises(Superseded):
                 check_owner_in(conn, "gw-1", store.hub_id, epoch)  # right epoch, wrong hub
+            hold_ownership_in(conn, "gw-1", "hub-b", epoch)  # a write's check: locks the row
+            with pytest.raises(Superseded, match="owned by hub-b"):
+                hold_ownership_in(conn, "gw-1", "hub-b", epoch - 1)
             return owned_in(conn, ["gw-1", "gw-2"], store.hub_id)
 
         assert await db.write(checks) == {"gw-2"}
@@ -154,3 +160,22 @@ async def test_the_gateways_of_a_stopped_or_silent_hub_are_adopted_once(
         assert live is not None and live.owner_hub == "hub-live"
     finally:
         await db.close()
+
+
+async def test_acks_from_a_superseded_session_write_nothing(tmp_path: Path, database: str) -> None:
+    """The reconciler's ack write checks the session's epoch under the row's lock: a
+    result arriving on the old stream after a newer Hello records nothing."""
+    async with running_hub(tmp_path / "hub", database) as hub:
+        old = await hub.reconciler.record_hello(hello("gw-1"), auto_register=True)
+        sequence = await hub.store.enqueue_command(
+            "gw-1", pb.Command(set_heartbeat=pb.SetHeartbeat(agent_id="mc-x", generation=1))
+        )
+        await hub.reconciler.record_hello(hello("gw-1"), auto_register=True)  # a new stream
+        result = pb.CommandResult(sequence=sequence, outcome=pb.CommandResult.APPLIED)
+        with pytest.raises(Superseded):
+            await hub.reconciler.command_results("gw-1", [result], epoch=old.epoch)
+        status = await hub.store.command_status("gw-1", sequence)
+        assert status is not None and status["acked_at"] is None
+        await hub.reconciler.command_results("gw-1", [result], epoch=old.epoch + 1)
+        status = await hub.store.command_status("gw-1", sequence)
+        assert status is not None and status["outcome"] == "APPLIED"

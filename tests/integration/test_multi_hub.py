@@ -344,9 +344,7 @@ async def test_a_live_query_asked_of_a_hub_without_the_stream_is_answered_by_the
             assert (read["pid"], read["sessions_count"]) == (4242, 1)
             status, sessions = await api(a, "GET", f"/api/v1/gateway/sessions?gateway_id={GW}")
             assert status == 200, sessions
-            assert [s["key"] for s in sessions["sessions"]] == [
-                s["key"] for s in read["sessions"]
-            ]
+            assert [s["key"] for s in sessions["sessions"]] == [s["key"] for s in read["sessions"]]
         finally:
             await sidecar.stop()
         await wait_for(lambda: b.registry.get(GW) is None, what="B's session closed")
