@@ -54,7 +54,6 @@ from hub.store.event_log import add_event, record_run_observed_in
 from hub.store.gateways import GatewayStore, Welcome, record_hello_in
 from hub.store.outbox import ConfirmedCommand, enqueue_command_in, record_command_results_in
 from hub.store.ownership import (
-    HUB_ALIVE_S,
     OwnerChange,
     adopt_orphans_in,
     hold_ownership_in,
@@ -133,7 +132,6 @@ class Reconciler:
         self._gateway_down: set[str] = set()
         self._gateway_up_since: dict[str, float] = {}
         self._tasks: list[asyncio.Task[None]] = []
-        self._alive_at = float("-inf")  # monotonic: when this hub last said it is alive
 
     @property
     def hub_id(self) -> str:
@@ -288,10 +286,9 @@ class Reconciler:
         if up:
             self._link_up_since[gateway_id] = self.clock()
         else:
-            self._link_up_since.pop(gateway_id, None)
-            # Unknown until the next Hello says; the disconnect is what agents wait on.
-            self._gateway_down.discard(gateway_id)
-            self._gateway_up_since.pop(gateway_id, None)
+            # Reachability is unknown until the next Hello says; the disconnect is what
+            # agents wait on.
+            self._forget_link(gateway_id)
         await self._step_gateway(
             gateway_id, lc.SidecarReconnected() if up else lc.SidecarDisconnected()
         )
@@ -302,9 +299,13 @@ class Reconciler:
         down until a Hello here). Its agents hear nothing: their new owner has the link."""
         change = OwnerChange.parse(payload)
         if change.hub_id != self.hub_id:
-            self._link_up_since.pop(change.gateway_id, None)
-            self._gateway_down.discard(change.gateway_id)
-            self._gateway_up_since.pop(change.gateway_id, None)
+            self._forget_link(change.gateway_id)
+
+    def _forget_link(self, gateway_id: str) -> None:
+        """What this hub knew of the gateway's link and reachability (not persisted)."""
+        self._link_up_since.pop(gateway_id, None)
+        self._gateway_down.discard(gateway_id)
+        self._gateway_up_since.pop(gateway_id, None)
 
     async def _gateway_reachability(self, gateway_id: str, reachable: bool) -> None:
         """The sidecar said whether its gateway is reachable; agents hear of a change."""
@@ -340,7 +341,8 @@ class Reconciler:
         return judged
 
     async def keep_ownership(self) -> None:
-        """On a shared database: say this hub is alive, adopt the gateways no live hub
+        """On a shared database, at each presence sweep (every PRESENCE_SWEEP_S, well
+        within HUB_DEAD_AFTER_S): say this hub is alive, adopt the gateways no live hub
         owns, and schedule the deadlines on its gateways' rows that are overdue (set by
         another hub, or before this one owned the gateway; the row is the truth)."""
         now = self.clock()
@@ -350,11 +352,11 @@ class Reconciler:
             hub_alive_in(conn, self.hub_id, alive)
             return adopt_orphans_in(conn, self.hub_id, alive)
 
-        if time.monotonic() - self._alive_at >= HUB_ALIVE_S:
-            adopted = await self.db.write(op)
-            self._alive_at = time.monotonic()
-            if adopted:
-                log.info("lifecycle.gateways.adopted", hub_id=self.hub_id, gateways=len(adopted))
+        adopted = await self.db.write(op)
+        for gateway_id in adopted:  # no stream survived its hub: the link is down
+            self._forget_link(gateway_id)
+        if adopted:
+            log.info("lifecycle.gateways.adopted", hub_id=self.hub_id, gateways=len(adopted))
         overdue = await self.db.read(
             lambda conn: conn.execute(
                 """SELECT a.id, a.checkin_deadline_at, a.lifecycle_generation FROM agents a

@@ -11,7 +11,7 @@ write of each ack, under the gateway row's lock; a superseded session finds ther
 it no longer owns the gateway, and ends.
 
 Each hub process has its own id, fresh at every start. On PostgreSQL each hub says it
-is alive every few seconds (`hubs`); a gateway whose owner stopped saying so (a hub that
+is alive at each presence sweep, every few seconds (`hubs`); a gateway whose owner stopped saying so (a hub that
 crashed or stopped) is adopted by one live hub, so its agents are still judged. On
 SQLite the hub is the only one: it judges every gateway (`Database.shared` is off), and a
 Hello still takes the epoch, so a stream replaced by a newer one is fenced the same way.
@@ -30,7 +30,6 @@ from hub.store.errors import Refusal, StoreError, UnknownGateway
 # Notice channel (every hub): a gateway's ownership moved. Payload: JSON
 # {"gateway_id", "epoch", "hub_id"} of the new owner.
 OWNERSHIP = "gateway_owner"
-HUB_ALIVE_S = 5.0  # how often a hub on a shared database says it is alive
 HUB_DEAD_AFTER_S = 30.0  # silent this long: the hub's gateways are adopted by a live one
 HUBS_KEPT_S = 86_400.0  # a hub's row is deleted once it has been silent this long
 

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import dataclasses
 import shutil
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ import pytest
 
 from hub.app import Hub
 from hub.link.server import SidecarSession
-from hub.store.ownership import OWNERSHIP
+from hub.store.ownership import OWNERSHIP, hub_stopped_in
 from missioncontrol.netaddr import HostPort
 from missioncontrol.private_files import load_or_create_secret
 from protos import link_pb2 as pb
@@ -32,6 +33,7 @@ from tests.support import (
     RecordingGateway,
     api,
     fast_backoff,
+    free_ports,
     hub_config,
     sidecar_config,
     sidecar_connected,
@@ -55,7 +57,11 @@ class FrontAddress:
         return HostPort("127.0.0.1", self._server.sockets[0].getsockname()[1])
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection(self.target.host, self.target.port)
+        try:
+            up_reader, up_writer = await asyncio.open_connection(self.target.host, self.target.port)
+        except OSError:  # nothing listens there: the sidecar's connection fails
+            writer.transport.abort()
+            return
         tasks = [
             asyncio.create_task(_pipe(reader, up_writer)),
             asyncio.create_task(_pipe(up_reader, writer)),
@@ -356,3 +362,60 @@ async def test_a_live_query_asked_of_a_hub_without_the_stream_is_answered_by_the
 async def _disconnected(hub: Hub) -> bool:
     row = await hub.store.get_gateway(GW)
     return row is not None and not row.connected
+
+
+async def test_the_gateways_of_a_stopped_hub_are_adopted_and_their_deadlines_judged(
+    tmp_path: Path, shared_database: str
+) -> None:
+    clocks = [JumpClock(), JumpClock()]
+    async with hubs(tmp_path, shared_database, 2, clocks) as (a, b):
+        front = FrontAddress(b.addresses.link)  # type: ignore[union-attr]
+        gateway = RecordingGateway()
+        gateway.runs_end = False  # the wake's run never answers: the deadline decides
+        sidecar = front_sidecar(tmp_path, await front.start(), gateway)
+        await sidecar.start()
+        try:
+            old = await wait_for(lambda: _session(b), what="the sidecar's stream on hub B")
+            agent = await new_agent(b, await new_board(b), "Outlives Its Hub")
+            await wait_for(
+                lambda: _agent_row(b, agent["id"], "checkin_deadline_at"), what="wake delivered"
+            )
+            # B is cut off with the stream it holds; the sidecar reaches no hub.
+            front.target = HostPort("127.0.0.1", free_ports(1)[0])
+            front.partition()
+            _, epoch_b = await owner(a)
+            await a.reconciler.keep_ownership()
+            assert await owner(a) == (b.store.hub_id, epoch_b)  # B is alive: not adopted
+
+            now = time.time()
+            await a.db.write(lambda conn: hub_stopped_in(conn, b.store.hub_id, now))  # B "died"
+            await a.reconciler.keep_ownership()
+            assert await owner(a) == (a.store.hub_id, epoch_b + 1)
+            await wait_for(lambda: old.closed, what="B's stale session superseded")
+            assert old.superseded
+            row = await _agent_row(a, agent["id"], "checkin_deadline_at")
+            assert row is not None  # no disconnect was stepped by the superseded B
+            # Past the deadline, the adopter finds it on the row (it never scheduled it).
+            clocks[0].advance(3600)
+            assert a.reconciler.schedule.get(agent["id"]) is None
+            before = len(await a.store.events(GW))
+            scheduled = a.reconciler.schedule.set
+            taken_up: list[tuple[str, float | None]] = []
+
+            def recording(agent_id: str, at: float | None, generation: int) -> None:
+                taken_up.append((agent_id, at))
+                scheduled(agent_id, at, generation)
+
+            a.reconciler.schedule.set = recording  # type: ignore[method-assign]
+            await a.reconciler.keep_ownership()
+            assert (agent["id"], row["checkin_deadline_at"]) in taken_up
+
+            async def judged() -> list[dict[str, Any]]:
+                events = (await a.store.events(GW))[before:]
+                return [e for e in events if e["agent_id"] == agent["id"]]
+
+            verdicts = await wait_for(judged, what="the adopter's verdict on the deadline")
+            assert verdicts[0]["kind"].startswith("lifecycle."), verdicts
+        finally:
+            await sidecar.stop()
+            await front.close()
