@@ -113,7 +113,7 @@ class Hub:
             secrets=SecretBox.from_hub_key(hub_key, OUTBOX_SECRETS),
         )
         self.store = GatewayStore(self.db)
-        self.registry = SessionRegistry()
+        self.registry = SessionRegistry(shared=self.db.shared)
         # every hub: a command queued on another hub reaches the stream this one holds
         self.db.listen(OUTBOX, self.registry.notify_outbox, every_hub=True)
         # every hub: a stream another hub (or a newer stream here) took ends here

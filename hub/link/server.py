@@ -146,8 +146,10 @@ class SidecarSession:
 class SessionRegistry:
     """Which session currently speaks for each gateway."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, shared: bool = False) -> None:
+        """`shared`: other hubs on the same database hold streams too."""
         self._sessions: dict[str, SidecarSession] = {}
+        self.shared = shared
 
     def attach(self, session: SidecarSession) -> None:
         previous = self._sessions.get(session.gateway_id)
@@ -170,6 +172,11 @@ class SessionRegistry:
 
     def get(self, gateway_id: str) -> SidecarSession | None:
         return self._sessions.get(gateway_id)
+
+    def connected(self, gateway_id: str, recorded: bool) -> bool:
+        """Whether the gateway's sidecar is connected: to this hub, or (`recorded` by the
+        store, on a shared database) to another."""
+        return gateway_id in self._sessions or (self.shared and recorded)
 
     def owner_changed(self, payload: str) -> None:
         """An OWNERSHIP notice (from any hub): a session of an older epoch ends."""

@@ -11,10 +11,11 @@ write of each ack, under the gateway row's lock; a superseded session finds ther
 it no longer owns the gateway, and ends.
 
 Each hub process has its own id, fresh at every start. On PostgreSQL each hub says it
-is alive at each presence sweep, every few seconds (`hubs`); a gateway whose owner stopped saying so (a hub that
-crashed or stopped) is adopted by one live hub, so its agents are still judged. On
-SQLite the hub is the only one: it judges every gateway (`Database.shared` is off), and a
-Hello still takes the epoch, so a stream replaced by a newer one is fenced the same way.
+is alive at each presence sweep, every few seconds (`hubs`); a gateway whose owner
+stopped saying so (a hub that crashed or stopped) is adopted by one live hub, so its
+agents are still judged. On SQLite the hub is the only one: it judges every gateway
+(`Database.shared` is off), and a Hello still takes the epoch, so a stream replaced by
+a newer one is fenced the same way.
 """
 
 from __future__ import annotations

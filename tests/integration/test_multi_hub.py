@@ -344,6 +344,8 @@ async def test_a_live_query_asked_of_a_hub_without_the_stream_is_answered_by_the
             await new_agent(b, await new_board(b), "Answers Live")
             await wait_for(lambda: gateway.count("wake") == 1, what="the agent woken")
             assert a.registry.get(GW) is None
+            status, listed = await api(a, "GET", f"/api/v1/gateways/{GW}")
+            assert status == 200 and listed["connected"], listed  # connected to B
             status, read = await api(a, "GET", f"/api/v1/gateway/status?gateway_id={GW}")
             assert status == 200, read
             assert read["error"] is None and read["connected"] and read["live_read"]
@@ -357,6 +359,8 @@ async def test_a_live_query_asked_of_a_hub_without_the_stream_is_answered_by_the
         await wait_for(lambda: _disconnected(a), what="the disconnect recorded")
         status, read = await api(a, "GET", f"/api/v1/gateway/status?gateway_id={GW}")
         assert status == 200 and read["error_code"] == "sidecar_disconnected", read
+        status, listed = await api(a, "GET", f"/api/v1/gateways/{GW}")
+        assert status == 200 and not listed["connected"], listed
 
 
 async def _disconnected(hub: Hub) -> bool:
