@@ -56,7 +56,7 @@ from hub.store.backup import (
 from hub.store.database import Database, DatabaseError
 from hub.store.engines import engine_for
 from hub.store.event_log import ACTIVITY
-from hub.store.gateways import GatewayStore
+from hub.store.gateways import GATEWAY_DELETED, GatewayStore
 from hub.store.outbox import OUTBOX, OUTBOX_SECRETS
 from hub.store.ownership import OWNERSHIP
 from hub.ui.dashboard import Dashboard
@@ -190,6 +190,8 @@ class Hub:
         self.governor = HeartbeatGovernor(self.db, self.reconciler, clock=clock)
         self.db.listen(ACTIVITY, self.governor.event_committed)
         self.gateways = GatewayService(self.store, self.registry, self.revocations, self.issuer)
+        # every hub: a gateway deleted through any hub is refused and its stream ends
+        self.db.listen(GATEWAY_DELETED, self.gateways.gateway_deleted, every_hub=True)
         self.api = build_api(metrics_public=config.metrics_public)
         # Built once the HTTP port is bound: forwarded agent calls replay on it.
         self.agent_calls: AgentCallForwarder | None = None

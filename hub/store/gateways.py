@@ -39,6 +39,10 @@ from hub.workspace_root import effective_workspace_root, workspace_root_problem
 from missioncontrol.agent_api import DEFAULT_AGENT_API_URL
 from protos import link_pb2 as pb
 
+# Notice channel (every hub): a gateway was deleted (its certificates revoked). Payload:
+# the gateway's id.
+GATEWAY_DELETED = "gateway_deleted"
+
 
 class GatewayInUse(StoreError):
     """The gateway still has boards; they must go first."""
@@ -216,7 +220,7 @@ class GatewayStore:
     async def delete_gateway(self, gateway_id: str) -> list[int]:
         """Delete a gateway without boards; revoke its certificates. Returns revoked serials."""
 
-        def op(conn: sqlite3.Connection) -> list[int]:
+        def op(conn: Connection) -> list[int]:
             gateway_in(conn, gateway_id)
             boards = conn.execute(
                 "SELECT COUNT(*) FROM boards WHERE gateway_id = ?", (gateway_id,)
@@ -249,6 +253,7 @@ class GatewayStore:
                 at=now,
                 revoked_certificates=len(serials),
             )
+            conn.notify(GATEWAY_DELETED, gateway_id)
             return serials
 
         return await self.db.write(op)

@@ -423,3 +423,20 @@ async def test_the_gateways_of_a_stopped_hub_are_adopted_and_their_deadlines_jud
         finally:
             await sidecar.stop()
             await front.close()
+
+
+async def test_a_gateway_deleted_through_one_hub_loses_its_stream_on_another(
+    tmp_path: Path, shared_database: str
+) -> None:
+    async with hubs(tmp_path, shared_database, 2) as (a, b):
+        sidecar = front_sidecar(tmp_path, b.addresses.link, RecordingGateway())  # type: ignore[arg-type]
+        await sidecar.start()
+        try:
+            session = await wait_for(lambda: _session(b), what="the sidecar's stream on hub B")
+            status, body = await api(a, "DELETE", f"/api/v1/gateways/{GW}")
+            assert status in (200, 204), body
+            await wait_for(lambda: session.closed, what="B's session for the deleted gateway")
+            assert session.end_code.name == "UNAUTHENTICATED"
+            assert await b.store.get_gateway(GW) is None
+        finally:
+            await sidecar.stop()
