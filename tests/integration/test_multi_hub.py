@@ -1,7 +1,9 @@
 """Several hubs on one PostgreSQL behind one address: a sidecar that moves from hub A to
 hub B is owned by B with a higher epoch, A's session closes, and every command (queued
-on either hub) is applied once; a superseded session whose notice was lost delivers
-nothing; only the owner judges its gateway's agents.
+through any hub) is applied once, across three hubs too; a superseded session whose
+notice was lost delivers nothing; only the owner judges its gateway's agents, and a
+stopped hub's gateways are adopted; live queries, reads and deletions reach the hub
+that holds the stream.
 
 The address in front is a small TCP relay the test steers: new connections go to the
 hub it names, and a partition cuts the sidecar's side of the open connections while
@@ -440,3 +442,38 @@ async def test_a_gateway_deleted_through_one_hub_loses_its_stream_on_another(
             assert await b.store.get_gateway(GW) is None
         finally:
             await sidecar.stop()
+
+
+async def test_a_sidecar_moving_across_three_hubs_applies_every_command_once(
+    tmp_path: Path, shared_database: str
+) -> None:
+    async with hubs(tmp_path, shared_database, 3) as three:
+        front = FrontAddress(three[0].addresses.link)  # type: ignore[union-attr]
+        gateway = RecordingGateway()
+        sidecar = front_sidecar(tmp_path, await front.start(), gateway)
+        applied = record_applied(sidecar)
+        await sidecar.start()
+        try:
+            await wait_for(lambda: _session(three[0]), what="the sidecar's stream on hub 0")
+            board = await new_board(three[0])
+            epochs = [(await owner(three[0]))[1]]
+            for move, (here, there) in enumerate([(0, 1), (1, 2), (2, 0)]):
+                # Queued through every hub, the one losing the stream included.
+                for index, hub in enumerate(three):
+                    await new_agent(hub, board, f"Move {move} Hub {index}")
+                old = three[here].registry.get(GW)
+                front.target = three[there].addresses.link  # type: ignore[union-attr]
+                front.partition()
+                await wait_for(lambda t=three[there]: _session(t), what=f"the stream on {there}")
+                hub_id, epoch = await owner(three[0])
+                assert hub_id == three[there].store.hub_id and epoch > epochs[-1]
+                epochs.append(epoch)
+                await wait_for(lambda h=three[here]: h.registry.get(GW) is None, what="closed")
+                assert old is not None and old.superseded
+            await wait_for(lambda: _all_applied(three[0], applied), what="every command applied")
+            assert len(applied) == len(set(applied)), applied
+            await wait_for(lambda: _none_unacked(three[0]), what="every command acknowledged")
+            assert gateway.count("ensure_agent") == 9
+        finally:
+            await sidecar.stop()
+            await front.close()
