@@ -34,6 +34,7 @@ from hub.lifecycle.decisions import Policy
 from hub.lifecycle.reconciler import Reconciler
 from hub.link.agent_calls import AgentCallForwarder
 from hub.link.queries import GatewayQueries
+from hub.link.relay import RELAY_ANSWER, RELAY_ASK, QueryRelay
 from hub.link.server import LinkService, SessionRegistry
 from hub.memory import MEMORY
 from hub.metrics import HubMetrics, MeteredReports
@@ -55,8 +56,9 @@ from hub.store.backup import (
 from hub.store.database import Database, DatabaseError
 from hub.store.engines import engine_for
 from hub.store.event_log import ACTIVITY
-from hub.store.gateways import GatewayStore
+from hub.store.gateways import GATEWAY_DELETED, GatewayStore
 from hub.store.outbox import OUTBOX, OUTBOX_SECRETS
+from hub.store.ownership import OWNERSHIP
 from hub.ui.dashboard import Dashboard
 from hub.ui.live import LinkNotices
 from hub.usage import UsageLedger
@@ -111,9 +113,11 @@ class Hub:
             secrets=SecretBox.from_hub_key(hub_key, OUTBOX_SECRETS),
         )
         self.store = GatewayStore(self.db)
-        self.registry = SessionRegistry()
+        self.registry = SessionRegistry(shared=self.db.shared)
         # every hub: a command queued on another hub reaches the stream this one holds
         self.db.listen(OUTBOX, self.registry.notify_outbox, every_hub=True)
+        # every hub: a stream another hub (or a newer stream here) took ends here
+        self.db.listen(OWNERSHIP, self.registry.owner_changed, every_hub=True)
         self.db.listen(OUTBOX, self.metrics.commands_queued_notice)
         self.backups = BackupScheduler(
             config.database_path,
@@ -148,6 +152,7 @@ class Hub:
             clock=clock,
             on_log=self.metrics.lifecycle_logged,
         )
+        self.db.listen(OWNERSHIP, self.reconciler.owner_changed, every_hub=True)
         self.provisioning = Provisioning(
             self.reconciler, self.keyring, souls=SoulsDirectory(config.souls_dir)
         )
@@ -163,6 +168,12 @@ class Hub:
             ),
         )
         self.queries = GatewayQueries(self.registry)
+        self.query_relay: QueryRelay | None = None
+        if self.db.shared:  # a live query for a stream another hub holds is asked of it
+            self.query_relay = QueryRelay(self.db, self.store.hub_id, self.queries)
+            self.queries.relay = self.query_relay
+            self.db.listen(RELAY_ASK, self.query_relay.asked, every_hub=True)
+            self.db.listen(RELAY_ANSWER, self.query_relay.answered, every_hub=True)
         self.usage = UsageLedger(self.db, clock, on_growth=self.metrics.agent_tokens.inc)
         self.webhooks = WebhookService.from_hub_key(
             self.db, hub_key, retry=webhook_retry, clock=clock
@@ -179,6 +190,8 @@ class Hub:
         self.governor = HeartbeatGovernor(self.db, self.reconciler, clock=clock)
         self.db.listen(ACTIVITY, self.governor.event_committed)
         self.gateways = GatewayService(self.store, self.registry, self.revocations, self.issuer)
+        # every hub: a gateway deleted through any hub is refused and its stream ends
+        self.db.listen(GATEWAY_DELETED, self.gateways.gateway_deleted, every_hub=True)
         self.api = build_api(metrics_public=config.metrics_public)
         # Built once the HTTP port is bound: forwarded agent calls replay on it.
         self.agent_calls: AgentCallForwarder | None = None
@@ -230,7 +243,8 @@ class Hub:
             self.db.open()
         except (DatabaseError, BackupError) as exc:
             raise HubStartError(str(exc)) from exc
-        await self.store.mark_all_disconnected()
+        if not self.db.shared:  # shared: only a stopped hub's gateways (hub/store/ownership.py)
+            await self.store.mark_all_disconnected()
         await self.revocations.load(self.store)
         await self.reconciler.start()
         await self.webhooks.start()
@@ -394,6 +408,8 @@ class Hub:
         await self.governor.stop()
         await self.backups.stop()
         await self.reconciler.stop()
+        if self.query_relay is not None:
+            await self.query_relay.close()
         await self.webhooks.stop()
         await self.alerts.stop()
         if self.agent_calls is not None:

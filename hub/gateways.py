@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ class GatewayService:
         self.registry = registry
         self.revocations = revocations
         self.issuer = issuer
+        self._reloads: set[asyncio.Task[None]] = set()
 
     async def create(self, name: str, *, workspace_root: str | None = None) -> CreatedGateway:
         gateway = await self.store.create_gateway(
@@ -62,13 +64,22 @@ class GatewayService:
         return await self.issuer.mint_join_token(gateway_id, ttl_s=ttl_s, uses=uses, labels=labels)
 
     async def delete(self, gateway_id: str) -> None:
-        """Delete the gateway, revoke its certificates and close its stream at once."""
+        """Delete the gateway, revoke its certificates and close its stream at once (on
+        whichever hub holds it: `gateway_deleted` runs on every hub once it commits)."""
         serials = await self.store.delete_gateway(gateway_id)
         self.revocations.add(serials)
+        log.info("gateway.deleted", gateway_id=gateway_id, revoked=len(serials))
+
+    def gateway_deleted(self, gateway_id: str) -> None:
+        """A GATEWAY_DELETED notice (from any hub): the stream this hub holds for the
+        gateway, if any, ends, and the revoked serials are read again (its certificates
+        are refused here too)."""
+        task = asyncio.create_task(self.revocations.load(self.store), name="revocations-load")
+        self._reloads.add(task)
+        task.add_done_callback(self._reloads.discard)
         session = self.registry.get(gateway_id)
         if session is not None:
             session.close(
                 "gateway deleted on the hub; its certificate is revoked",
                 grpc.StatusCode.UNAUTHENTICATED,
             )
-        log.info("gateway.deleted", gateway_id=gateway_id, revoked=len(serials))

@@ -276,8 +276,10 @@ class MeteredReports:
         self._batches = metrics.heartbeat_batches
         self._metrics = metrics
 
-    async def command_results(self, gateway_id: str, results: list[pb.CommandResult]) -> None:
-        await self.inner.command_results(gateway_id, results)
+    async def command_results(
+        self, gateway_id: str, results: list[pb.CommandResult], *, epoch: int | None = None
+    ) -> None:
+        await self.inner.command_results(gateway_id, results, epoch=epoch)
         self._metrics.command_results(results)
 
     async def heartbeats(self, gateway_id: str, batch: pb.HeartbeatBatch) -> None:
@@ -285,8 +287,10 @@ class MeteredReports:
         self._beats.inc(len(batch.beats))
         self._batches.inc()
 
-    async def run_observed(self, gateway_id: str, run: pb.RunObserved) -> None:
-        await self.inner.run_observed(gateway_id, run)
+    async def run_observed(
+        self, gateway_id: str, run: pb.RunObserved, *, epoch: int | None = None
+    ) -> None:
+        await self.inner.run_observed(gateway_id, run, epoch=epoch)
 
     async def gateway_state(self, gateway_id: str, state: pb.GatewayState) -> None:
         await self.inner.gateway_state(gateway_id, state)

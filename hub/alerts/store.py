@@ -315,7 +315,7 @@ def insert_delivery_in(
 
 
 def _not_in(column: str, ids: tuple[str, ...]) -> str:
-    return f"{column} NOT IN ({', '.join('?' for _ in ids)})" if ids else "1"
+    return f"{column} NOT IN ({', '.join('?' for _ in ids)})" if ids else "1 = 1"
 
 
 def due_deliveries_in(

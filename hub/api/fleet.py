@@ -860,7 +860,7 @@ def _register_inventory(api: Api) -> None:
                     id=row.id,
                     name=row.name,
                     labels=own,
-                    connected=d.registry.get(row.id) is not None,
+                    connected=d.registry.connected(row.id, row.connected),
                     last_seen_at=iso(row.last_seen_at),
                     sidecar_version=row.sidecar_version,
                     sidecar_supported=_supported(row.sidecar_version),

@@ -93,7 +93,7 @@ async def live_status(d: HttpDeps, target: Target) -> GatewayStatusRead:
     read = GatewayStatusRead(
         gateway_id=row.id,
         gateway_name=row.name,
-        connected=d.registry.get(row.id) is not None,
+        connected=d.registry.connected(row.id, row.connected),
         live_read=False,
         gateway_reachable=row.reachable,
         gateway_unreachable_reason=row.unreachable_reason,

@@ -59,11 +59,12 @@ def gateway_read(
     row: GatewayRow, registry: SessionRegistry, labels: dict[str, str] | None = None
 ) -> GatewayRead:
     session = registry.get(row.id)
+    connected = registry.connected(row.id, row.connected)
     return GatewayRead(
         id=row.id,
         name=row.name,
         labels=labels or {},
-        connected=session is not None,
+        connected=connected,
         sidecar_version=row.sidecar_version,
         openclaw_version=row.openclaw_version,
         openclaw_protocol=row.openclaw_protocol,
@@ -83,7 +84,7 @@ def gateway_read(
         agent_api_url=row.agent_api_url,
         hostname=row.hostname,
         last_seen_at=iso(session.last_message_at if session else row.last_seen_at),
-        connected_at=iso(row.connected_at) if session else None,
+        connected_at=iso(row.connected_at) if connected else None,
         disconnected_at=iso(row.disconnected_at),
         command_sequence=row.next_sequence - 1,
         acked_sequence=row.acked_sequence,

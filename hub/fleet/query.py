@@ -52,6 +52,7 @@ class GatewayAsked:
     id: str
     name: str
     agents: dict[str, AgentKnown]  # gateway agent id -> the hub's agent
+    connected: bool = True  # as the store last recorded it (a stream on any hub)
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,12 @@ def targets_in(conn: sqlite3.Connection, chosen: list[str], file: str) -> list[G
     """The chosen gateways with their agents (and, for a file question, the digest the
     hub rendered for each), read in one pass."""
     wanted = set(chosen)
-    names = {g: n for g, n in conn.execute("SELECT id, name FROM gateways") if g in wanted}
+    names, connected = {}, set()
+    for g, n, up in conn.execute("SELECT id, name, connected FROM gateways"):
+        if g in wanted:
+            names[g] = n
+            if up:
+                connected.add(g)
     agents: dict[str, dict[str, AgentKnown]] = {g: {} for g in names}
     for row in conn.execute("SELECT * FROM agents WHERE status != 'deleting' ORDER BY id"):
         if row["gateway_id"] not in wanted:
@@ -82,7 +88,7 @@ def targets_in(conn: sqlite3.Connection, chosen: list[str], file: str) -> list[G
         agents[agent.gateway_id][agent.gateway_agent_id] = AgentKnown(
             agent.id, agent.name, rendered
         )
-    return [GatewayAsked(g, names[g], agents[g]) for g in chosen if g in names]
+    return [GatewayAsked(g, names[g], agents[g], g in connected) for g in chosen if g in names]
 
 
 def selected_in(conn: sqlite3.Connection, selector: Any) -> list[str]:
@@ -144,7 +150,8 @@ async def ask_fleet(
     asked = []
     for target in targets:
         session = queries.registry.get(target.id)
-        if session is None or session.closed:
+        # With a relay, another hub may hold the stream: one the store records connected.
+        if (session is None or session.closed) and (queries.relay is None or not target.connected):
             yield Answer(
                 target.id,
                 target.name,

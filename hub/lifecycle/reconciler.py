@@ -8,6 +8,12 @@ row and in a `DeadlineSchedule`; a task wakes at the earliest one. Nothing polls
 the database on a timer except the presence sweep, which asks only for online
 agents whose heartbeats stopped.
 
+On a database several hubs share, a hub judges only the agents of the gateways it owns
+(hub/store/ownership.py): a hub that holds no stream for a gateway must not decide its
+agents are gone. The owner's presence sweep also takes up the deadlines on its
+gateways' rows that came due unjudged (set by another hub, or from before it owned
+them), and adopts the gateways of hubs that stopped.
+
 It is also the link's report sink: Hellos, command results, heartbeats, run outcomes
 and gateway state from sidecars arrive here and become lifecycle events (through the
 pure `result_events`, `confirmation_events` and `run_event`). A Hello is recorded in
@@ -47,6 +53,15 @@ from hub.store.database import Connection, Database
 from hub.store.event_log import add_event, record_run_observed_in
 from hub.store.gateways import GatewayStore, Welcome, record_hello_in
 from hub.store.outbox import ConfirmedCommand, enqueue_command_in, record_command_results_in
+from hub.store.ownership import (
+    OwnerChange,
+    adopt_orphans_in,
+    hold_ownership_in,
+    hub_alive_in,
+    hub_started_in,
+    hub_stopped_in,
+    owned_in,
+)
 from hub.tasks import unassign_agent_tasks
 from hub.work_state import record_work_states_in
 from missioncontrol.log import get_logger
@@ -118,9 +133,17 @@ class Reconciler:
         self._gateway_up_since: dict[str, float] = {}
         self._tasks: list[asyncio.Task[None]] = []
 
+    @property
+    def hub_id(self) -> str:
+        return self.store.hub_id
+
     # ------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
+        if self.db.shared:
+            started = time.time()  # hubs judge each other's liveness by wall time
+            await self.db.write(lambda conn: hub_started_in(conn, self.hub_id, started))
+            await self.keep_ownership()
         rows = await self.db.read(
             lambda conn: conn.execute(
                 "SELECT id, checkin_deadline_at, lifecycle_generation FROM agents "
@@ -139,6 +162,13 @@ class Reconciler:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.db.shared and self._tasks:
+            # Another hub may adopt this one's gateways at once, not after HUB_DEAD_AFTER_S.
+            stopped = time.time()
+            try:
+                await self.db.write(lambda conn: hub_stopped_in(conn, self.hub_id, stopped))
+            except Exception as exc:  # stopping goes on; the others wait out the silence
+                log.warning("lifecycle.hub.stop_unrecorded", error=str(exc))
 
     async def write(self, op: Callable[[Transition], T], *, urgent: bool = True) -> T:
         """Run `op` in a store transaction in which it may step agents."""
@@ -161,7 +191,7 @@ class Reconciler:
 
         def op(tx: Transition) -> Welcome:
             welcome, confirmed = record_hello_in(
-                tx.conn, hello, auto_register=auto_register, at=tx.now
+                tx.conn, hello, auto_register=auto_register, at=tx.now, hub_id=self.hub_id
             )
             for command in confirmed:
                 self._on_confirmed(tx, gateway_id, command, inventory)
@@ -172,8 +202,15 @@ class Reconciler:
             await self._gateway_reachability(gateway_id, hello.gateway_state.reachable)
         return welcome
 
-    async def command_results(self, gateway_id: str, results: list[pb.CommandResult]) -> None:
+    async def command_results(
+        self, gateway_id: str, results: list[pb.CommandResult], *, epoch: int | None = None
+    ) -> None:
+        """Acks from the gateway's stream; with the session's `epoch`, only while that
+        session still owns the gateway (else Superseded, and nothing is written)."""
+
         def op(tx: Transition) -> None:
+            if epoch is not None:
+                hold_ownership_in(tx.conn, gateway_id, self.hub_id, epoch)
             record_command_results_in(tx.conn, gateway_id, results)  # the ack and its effects
             for result in results:
                 self._on_result(tx, gateway_id, result)
@@ -211,8 +248,12 @@ class Reconciler:
 
         await self.write(op, urgent=False)  # bulk traffic: rides the paced group commit
 
-    async def run_observed(self, gateway_id: str, run: pb.RunObserved) -> None:
+    async def run_observed(
+        self, gateway_id: str, run: pb.RunObserved, *, epoch: int | None = None
+    ) -> None:
         def op(tx: Transition) -> None:
+            if epoch is not None:
+                hold_ownership_in(tx.conn, gateway_id, self.hub_id, epoch)
             record_run_observed_in(tx.conn, gateway_id, run)
             row = load_agent_by_gateway_id(tx.conn, gateway_id, run.agent_id)
             if row is None:
@@ -251,13 +292,26 @@ class Reconciler:
         if up:
             self._link_up_since[gateway_id] = self.clock()
         else:
-            self._link_up_since.pop(gateway_id, None)
-            # Unknown until the next Hello says; the disconnect is what agents wait on.
-            self._gateway_down.discard(gateway_id)
-            self._gateway_up_since.pop(gateway_id, None)
+            # Reachability is unknown until the next Hello says; the disconnect is what
+            # agents wait on.
+            self._forget_link(gateway_id)
         await self._step_gateway(
             gateway_id, lc.SidecarReconnected() if up else lc.SidecarDisconnected()
         )
+
+    def owner_changed(self, payload: str) -> None:
+        """An OWNERSHIP notice: a gateway another hub took is not this hub's to judge, so
+        what this hub knew of its link is forgotten (were it adopted back, its link is
+        down until a Hello here). Its agents hear nothing: their new owner has the link."""
+        change = OwnerChange.parse(payload)
+        if change.hub_id != self.hub_id:
+            self._forget_link(change.gateway_id)
+
+    def _forget_link(self, gateway_id: str) -> None:
+        """What this hub knew of the gateway's link and reachability (not persisted)."""
+        self._link_up_since.pop(gateway_id, None)
+        self._gateway_down.discard(gateway_id)
+        self._gateway_up_since.pop(gateway_id, None)
 
     async def _gateway_reachability(self, gateway_id: str, reachable: bool) -> None:
         """The sidecar said whether its gateway is reachable; agents hear of a change."""
@@ -291,6 +345,36 @@ class Reconciler:
             await self._deadlines_due(due)
             judged += len(due)
         return judged
+
+    async def keep_ownership(self) -> None:
+        """On a shared database, at each presence sweep (every PRESENCE_SWEEP_S, well
+        within HUB_DEAD_AFTER_S): say this hub is alive, adopt the gateways no live hub
+        owns, and schedule the deadlines on its gateways' rows that are overdue (set by
+        another hub, or before this one owned the gateway; the row is the truth)."""
+        now = self.clock()
+
+        def op(conn: Connection) -> list[str]:
+            alive = time.time()  # hubs judge each other's liveness by wall time
+            hub_alive_in(conn, self.hub_id, alive)
+            return adopt_orphans_in(conn, self.hub_id, alive)
+
+        adopted = await self.db.write(op)
+        for gateway_id in adopted:  # no stream survived its hub: the link is down
+            self._forget_link(gateway_id)
+        if adopted:
+            log.info("lifecycle.gateways.adopted", hub_id=self.hub_id, gateways=len(adopted))
+        overdue = await self.db.read(
+            lambda conn: conn.execute(
+                """SELECT a.id, a.checkin_deadline_at, a.lifecycle_generation FROM agents a
+                   JOIN gateways g ON g.id = a.gateway_id
+                   WHERE a.checkin_deadline_at IS NOT NULL AND a.checkin_deadline_at <= ?
+                     AND g.owner_hub = ?""",
+                (now - self.presence_sweep_s, self.hub_id),
+            ).fetchall()
+        )
+        for agent_id, at, generation in overdue:
+            if self.schedule.get(agent_id) is None:
+                self.schedule.set(agent_id, at, generation)
 
     async def sweep_presence(self) -> None:
         """Judge the online agents whose heartbeats stopped (the presence rule)."""
@@ -496,10 +580,14 @@ class Reconciler:
 
         def op(tx: Transition) -> None:
             suspects: dict[str, bool] = {}
-            for agent_id in agent_ids:
-                row = load_agent(tx.conn, agent_id)
-                if row is None:
-                    continue
+            rows = [row for a in agent_ids if (row := load_agent(tx.conn, a)) is not None]
+            if self.db.shared:
+                # Only the gateway's owner judges (it holds the stream, or adopted the
+                # gateway); the owner's sweep takes up the deadlines skipped here.
+                owned = owned_in(tx.conn, sorted({r.gateway_id for r in rows}), self.hub_id)
+                rows = [row for row in rows if row.gateway_id in owned]
+            for row in rows:
+                agent_id = row.id
                 if row.gateway_id not in suspects:
                     suspects[row.gateway_id] = self._gateway_suspect(tx, row.gateway_id)
                 tx.step(agent_id, event(agent_id, suspects[row.gateway_id]))
@@ -526,6 +614,8 @@ class Reconciler:
         while True:
             await asyncio.sleep(self.presence_sweep_s)
             try:
+                if self.db.shared:
+                    await self.keep_ownership()
                 await self.sweep_presence()
             except Exception as exc:
                 log.error("lifecycle.presence.failed", error=str(exc))

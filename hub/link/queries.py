@@ -4,6 +4,8 @@ The hub holds no live view of a gateway's sessions or runtime; an admin's
 `GET /api/v1/gateway/status` or `/gateway/sessions` becomes a GatewayQuery on
 the gateway's current stream and waits (bounded) for the matching result.
 Queries are not queued: with no connected sidecar the caller learns so at once.
+On a database several hubs share, a query for a gateway whose stream another hub holds
+is relayed to that hub (hub/link/relay.py).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import asyncio
 import itertools
 import sqlite3
 from dataclasses import dataclass
+from typing import Protocol
 
 from hub.link.server import SessionRegistry
 from hub.store.errors import Refusal, StoreError
@@ -31,10 +34,17 @@ class QueryFailed(Exception):
         self.code = code
 
 
+class Relay(Protocol):
+    async def ask(
+        self, gateway_id: str, query: pb.GatewayQuery, timeout_s: float
+    ) -> pb.GatewayQueryResult: ...
+
+
 class GatewayQueries:
     def __init__(self, registry: SessionRegistry, timeout_s: float = GATEWAY_QUERY_TIMEOUT_S):
         self.registry = registry
         self.timeout_s = timeout_s
+        self.relay: Relay | None = None  # set on a shared database: asks the owning hub
         self._ids = itertools.count(1)
         self._pending: dict[int, tuple[str, asyncio.Future[pb.GatewayQueryResult]]] = {}
 
@@ -47,12 +57,12 @@ class GatewayQueries:
         limit: int = MAX_QUERY_SESSIONS,
         file: str = "",
         timeout_s: float | None = None,
+        relayed: bool = False,
     ) -> pb.GatewayQueryResult:
         """The sidecar's answer; `timeout_s` (default the hub's) is told to the sidecar too,
-        so it answers with the reason before the hub stops waiting."""
+        so it answers with the reason before the hub stops waiting. Without the stream
+        here, the hub that holds it is asked (unless the query was `relayed` here)."""
         session = self.registry.get(gateway_id)
-        if session is None or session.closed:
-            raise QueryFailed("sidecar_disconnected", "the gateway's sidecar is not connected")
         timeout_s = self.timeout_s if timeout_s is None else timeout_s
         query = pb.GatewayQuery(
             query_id=next(self._ids),
@@ -62,6 +72,10 @@ class GatewayQueries:
             file=file,
             budget_ms=max(1, round(timeout_s * 1000)),
         )
+        if session is None or session.closed:
+            if self.relay is not None and not relayed:
+                return await self.relay.ask(gateway_id, query, timeout_s)
+            raise QueryFailed("sidecar_disconnected", "the gateway's sidecar is not connected")
         future: asyncio.Future[pb.GatewayQueryResult] = asyncio.get_running_loop().create_future()
         self._pending[query.query_id] = (gateway_id, future)
         try:

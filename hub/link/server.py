@@ -4,6 +4,12 @@ A session reads the sidecar's messages in one task and pumps the gateway's
 outbox into the stream from another; its lifetime is the stream's. The
 registry knows which session currently speaks for each gateway, so a sidecar
 that reconnects over a half-dead connection replaces its old session cleanly.
+
+Each session carries the ownership epoch its Hello took (hub/store/ownership.py): a
+newer one, taken by a stream on this hub or another, supersedes it. The registry
+hears of that (OWNERSHIP notices, from every hub) and closes it; and since a notice
+can be lost, the outbox pump and the ack writes check the epoch again, so a
+superseded session delivers nothing and acknowledges nothing.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from hub.link.peer import PeerRejectedError, authorize_peer, peer_identity
 from hub.pki.ca import CAError
 from hub.store.errors import UnknownGateway
 from hub.store.gateways import GatewayStore, Welcome
+from hub.store.ownership import OwnerChange, Superseded
 from missioncontrol.log import get_logger
 from missioncontrol.pki import certificate_identity, validate_gateway_id
 from missioncontrol.tasks import start_long_lived
@@ -73,11 +80,17 @@ def check_hello(hello: pb.Hello) -> None:
 class ReportSink(Protocol):
     """Where a session hands what sidecars report (the lifecycle service in production)."""
 
-    async def command_results(self, gateway_id: str, results: list[pb.CommandResult]) -> None: ...
+    async def command_results(
+        self, gateway_id: str, results: list[pb.CommandResult], *, epoch: int | None = None
+    ) -> None:
+        """`epoch`: the session's; refused (Superseded) once it no longer owns the gateway."""
+        ...
 
     async def heartbeats(self, gateway_id: str, batch: pb.HeartbeatBatch) -> None: ...
 
-    async def run_observed(self, gateway_id: str, run: pb.RunObserved) -> None: ...
+    async def run_observed(
+        self, gateway_id: str, run: pb.RunObserved, *, epoch: int | None = None
+    ) -> None: ...
 
     async def gateway_state(self, gateway_id: str, state: pb.GatewayState) -> None: ...
 
@@ -97,7 +110,23 @@ class SidecarSession:
     end_reason: str = "stream closed"
     end_code: grpc.StatusCode = grpc.StatusCode.OK
     certificate_expires_at: float | None = None  # mTLS: the stream ends with its certificate
+    epoch: int = 0  # the gateway's ownership epoch this session's Hello took
+    superseded: bool = False  # a newer epoch owns the gateway: this session may not write
     closed: bool = False
+
+    def supersede(self, detail: str) -> None:
+        """A newer session owns the gateway: end this one, writing nothing more for it."""
+        if not self.superseded:
+            log.info(
+                "link.session.superseded",
+                gateway_id=self.gateway_id,
+                session=self.session_id,
+                epoch=self.epoch,
+                detail=detail,
+            )
+        self.superseded = True
+        # UNAVAILABLE: were the sidecar still reading this stream, it would connect again.
+        self.close(f"superseded: {detail}", grpc.StatusCode.UNAVAILABLE)
 
     def close(self, reason: str, code: grpc.StatusCode = grpc.StatusCode.OK) -> None:
         """End the stream; a non-OK `code` tells the sidecar why. The first reason wins."""
@@ -117,8 +146,10 @@ class SidecarSession:
 class SessionRegistry:
     """Which session currently speaks for each gateway."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, shared: bool = False) -> None:
+        """`shared`: other hubs on the same database hold streams too."""
         self._sessions: dict[str, SidecarSession] = {}
+        self.shared = shared
 
     def attach(self, session: SidecarSession) -> None:
         previous = self._sessions.get(session.gateway_id)
@@ -141,6 +172,18 @@ class SessionRegistry:
 
     def get(self, gateway_id: str) -> SidecarSession | None:
         return self._sessions.get(gateway_id)
+
+    def connected(self, gateway_id: str, recorded: bool) -> bool:
+        """Whether the gateway's sidecar is connected: to this hub, or (`recorded` by the
+        store, on a shared database) to another."""
+        return gateway_id in self._sessions or (self.shared and recorded)
+
+    def owner_changed(self, payload: str) -> None:
+        """An OWNERSHIP notice (from any hub): a session of an older epoch ends."""
+        change = OwnerChange.parse(payload)
+        session = self._sessions.get(change.gateway_id)
+        if session is not None and session.epoch < change.epoch:
+            session.supersede(f"hub {change.hub_id} owns the gateway at epoch {change.epoch}")
 
     def notify_outbox(self, gateway_id: str) -> None:
         session = self._sessions.get(gateway_id)
@@ -259,7 +302,7 @@ class LinkService(pb_grpc.LinkServicer):
                 f"{exc}; it was deleted, or enroll this sidecar first",
             )
 
-        session = SidecarSession(gateway_id=hello.gateway_id, hello=hello)
+        session = SidecarSession(gateway_id=hello.gateway_id, hello=hello, epoch=welcome.epoch)
         self.registry.attach(session)
         tasks: list[asyncio.Task[None]] = []
         # From here on the session is registered: whatever ends this handler (even a
@@ -316,6 +359,7 @@ class LinkService(pb_grpc.LinkServicer):
                     name="link-outbox",
                     log=log,
                     on_end=ended("outbox pump"),
+                    may_return=True,  # superseded: the session is closed already
                 ),
             ]
             if not_after is not None:
@@ -361,10 +405,15 @@ class LinkService(pb_grpc.LinkServicer):
         # "not connected" without "disconnected_at".
         current = self.registry.get(session.gateway_id) is session
         if current:
-            await self.store.record_disconnect(
-                session.gateway_id, session.end_reason, connected_since=session.opened_at
+            # A superseded session's gateway is another session's now: the disconnect is
+            # not recorded, and its agents hear of none (their owner still has a stream).
+            owned = not session.superseded and await self.store.record_disconnect(
+                session.gateway_id,
+                session.end_reason,
+                connected_since=session.opened_at,
+                epoch=session.epoch,
             )
-            if self.on_link is not None:
+            if owned and self.on_link is not None:
                 await self.on_link(session.gateway_id, False)
             if self.queries is not None:
                 self.queries.link_closed(session.gateway_id)
@@ -380,7 +429,15 @@ class LinkService(pb_grpc.LinkServicer):
     async def _pump_outbox(self, session: SidecarSession, cursor: int) -> None:
         while True:
             session.outbox_changed.clear()
-            page = await self.store.commands_after(session.gateway_id, cursor, OUTBOX_PAGE)
+            try:
+                # Fenced: a page is sent only if the session still owns the gateway once
+                # it is read, so a superseded session (its notice lost) delivers nothing.
+                page = await self.store.commands_after(
+                    session.gateway_id, cursor, OUTBOX_PAGE, epoch=session.epoch
+                )
+            except Superseded as exc:
+                session.supersede(str(exc))
+                return
             for queued in page:
                 await session.outgoing.put(
                     pb.HubMessage(command=pb.Command.FromString(queued.payload))
@@ -399,6 +456,8 @@ class LinkService(pb_grpc.LinkServicer):
             async def run() -> None:
                 try:
                     await work
+                except Superseded as exc:  # another session owns the gateway now
+                    session.supersede(str(exc))
                 except Exception as exc:  # a bad report must not end the stream
                     log.error(
                         "link.report.failed",
@@ -431,16 +490,25 @@ class LinkService(pb_grpc.LinkServicer):
                         error=repr(exc),
                     )
                     continue
+                if session.superseded:  # its reports are the newer session's to make
+                    continue
                 await writes.acquire()
                 if kind == "command_result":
                     spawn(
-                        self.reports.command_results(session.gateway_id, [message.command_result]),
+                        self.reports.command_results(
+                            session.gateway_id, [message.command_result], epoch=session.epoch
+                        ),
                         kind,
                     )
                 elif kind == "heartbeats":
                     spawn(self._heartbeats(session, message.heartbeats), kind)
                 elif kind == "run_observed":
-                    spawn(self.reports.run_observed(session.gateway_id, message.run_observed), kind)
+                    spawn(
+                        self.reports.run_observed(
+                            session.gateway_id, message.run_observed, epoch=session.epoch
+                        ),
+                        kind,
+                    )
                 elif kind == "renew":
                     spawn(self._renew(session, message.renew), kind)
                 elif kind == "usage" and self.usage is not None:

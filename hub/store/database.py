@@ -343,6 +343,12 @@ class Database:
         self._every_hub: dict[str, list[Callable[[Any], None]]] = {}
         self._closed = False
 
+    @property
+    def shared(self) -> bool:
+        """Whether other hubs may use this database too (PostgreSQL; an SQLite file is
+        one hub's)."""
+        return not isinstance(self.engine, SqliteEngine)
+
     def listen(
         self, channel: str, listener: Callable[[Any], None], *, every_hub: bool = False
     ) -> None:

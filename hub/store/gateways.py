@@ -18,7 +18,7 @@ from typing import Any
 
 from hub.lifecycle.causes import record_causes_in
 from hub.pki.join_tokens import JoinTokenRecord, JoinTokenUsedError
-from hub.store.database import Database
+from hub.store.database import Connection, Database
 from hub.store.errors import Refusal, StoreError, UnknownGateway
 from hub.store.event_log import add_event, events_in
 from hub.store.outbox import (
@@ -30,9 +30,19 @@ from hub.store.outbox import (
     enqueue_command_in,
     record_reported_files_in,
 )
+from hub.store.ownership import (
+    check_owner_in,
+    hold_ownership_in,
+    new_hub_id,
+    take_ownership_in,
+)
 from hub.workspace_root import effective_workspace_root, workspace_root_problem
 from missioncontrol.agent_api import DEFAULT_AGENT_API_URL
 from protos import link_pb2 as pb
+
+# Notice channel (every hub): a gateway was deleted (its certificates revoked). Payload:
+# the gateway's id.
+GATEWAY_DELETED = "gateway_deleted"
 
 
 class GatewayInUse(StoreError):
@@ -70,6 +80,8 @@ class GatewayRow:
     follows_hub_workspace_root: bool = False  # the sidecar writes under the declared root
     unmanaged_agents: str = "[]"  # JSON: openclaw.json entries the hub does not manage
     files_stale: bool = False  # rendered with a root or API address the sidecar contradicts
+    owner_hub: str | None = None  # the hub instance that owns it (hub/store/ownership.py)
+    owner_epoch: int = 0  # raised by each taking of ownership
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> GatewayRow:
@@ -87,11 +99,15 @@ class Welcome:
     gateway_name: str
     last_sequence: int
     workspace_root: str = ""  # the declared root a following sidecar writes under
+    epoch: int = 0  # the gateway's ownership epoch the Hello took (hub/store/ownership.py)
 
 
 class GatewayStore:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, *, hub_id: str | None = None) -> None:
+        """`hub_id`: this hub process's id, the owner its sessions' Hellos record (a
+        fresh one by default: every start is a new owner)."""
         self.db = db
+        self.hub_id = hub_id or new_hub_id()
 
     # ----------------------------------------------------------- gateways
 
@@ -146,19 +162,35 @@ class GatewayStore:
         (The hub records Hellos through the reconciler, which also learns what the
         confirmed commands did: `record_hello_in`.)"""
 
-        def op(conn: sqlite3.Connection) -> Welcome:
+        def op(conn: Connection) -> Welcome:
             at = time.time() if now is None else now
-            return record_hello_in(conn, hello, auto_register=auto_register, at=at)[0]
+            return record_hello_in(
+                conn, hello, auto_register=auto_register, at=at, hub_id=self.hub_id
+            )[0]
 
         return await self.db.write(op)
 
     async def record_disconnect(
-        self, gateway_id: str, reason: str, *, connected_since: float, now: float | None = None
-    ) -> None:
-        """Mark the gateway disconnected, unless a newer stream connected meanwhile."""
+        self,
+        gateway_id: str,
+        reason: str,
+        *,
+        connected_since: float,
+        epoch: int | None = None,
+        now: float | None = None,
+    ) -> bool:
+        """Mark the gateway disconnected, unless a newer stream connected meanwhile (or,
+        given the session's `epoch`, unless another session owns the gateway now, here or
+        on another hub). Returns whether it was recorded (the session was still the
+        gateway's): only then do its agents hear of the disconnect."""
 
-        def op(conn: sqlite3.Connection) -> None:
+        def op(conn: Connection) -> bool:
             at = time.time() if now is None else now
+            if epoch is not None:
+                try:
+                    hold_ownership_in(conn, gateway_id, self.hub_id, epoch)
+                except StoreError:
+                    return False
             conn.execute(
                 """UPDATE gateways SET connected = 0, disconnected_at = ?, last_seen_at = ?,
                        updated_at = ?
@@ -166,8 +198,9 @@ class GatewayStore:
                 (at, at, at, gateway_id, connected_since),
             )
             add_event(conn, "gateway.disconnected", gateway_id=gateway_id, at=at, reason=reason)
+            return True
 
-        await self.db.write(op)
+        return await self.db.write(op)
 
     async def mark_all_disconnected(self) -> int:
         """At startup: no stream survives a hub restart."""
@@ -188,7 +221,7 @@ class GatewayStore:
     async def delete_gateway(self, gateway_id: str) -> list[int]:
         """Delete a gateway without boards; revoke its certificates. Returns revoked serials."""
 
-        def op(conn: sqlite3.Connection) -> list[int]:
+        def op(conn: Connection) -> list[int]:
             gateway_in(conn, gateway_id)
             boards = conn.execute(
                 "SELECT COUNT(*) FROM boards WHERE gateway_id = ?", (gateway_id,)
@@ -221,6 +254,7 @@ class GatewayStore:
                 at=now,
                 revoked_certificates=len(serials),
             )
+            conn.notify(GATEWAY_DELETED, gateway_id)
             return serials
 
         return await self.db.write(op)
@@ -335,11 +369,20 @@ class GatewayStore:
         return await self.db.write(lambda conn: enqueue_command_in(conn, gateway_id, command))
 
     async def commands_after(
-        self, gateway_id: str, after_sequence: int, limit: int = 100
+        self, gateway_id: str, after_sequence: int, limit: int = 100, *, epoch: int | None = None
     ) -> list[QueuedCommand]:
-        return await self.db.read(
-            lambda conn: commands_after_in(conn, gateway_id, after_sequence, limit)
-        )
+        """The next page of the gateway's outbox. With a session's `epoch`, only while
+        this hub still owns the gateway at that epoch, checked after the page is read
+        (raises Superseded): a page read before another hub took the gateway is the
+        last this session may send."""
+
+        def op(conn: Connection) -> list[QueuedCommand]:
+            page = commands_after_in(conn, gateway_id, after_sequence, limit)
+            if epoch is not None:
+                check_owner_in(conn, gateway_id, self.hub_id, epoch)
+            return page
+
+        return await self.db.read(op)
 
     async def command_status(self, gateway_id: str, sequence: int) -> dict[str, Any] | None:
         return await self.db.read(lambda conn: command_status_in(conn, gateway_id, sequence))
@@ -360,11 +403,17 @@ def _record_certificate(
 
 
 def record_hello_in(
-    conn: sqlite3.Connection, hello: pb.Hello, *, auto_register: bool, at: float
+    conn: Connection,
+    hello: pb.Hello,
+    *,
+    auto_register: bool,
+    at: float,
+    hub_id: str | None = None,
 ) -> tuple[Welcome, list[ConfirmedCommand]]:
     """Mark the gateway connected with what its Hello says (and the gateway state it
-    carries), and confirm the commands it says were processed; returns the Welcome and
-    the confirmed commands whose results the hub never got."""
+    carries), and confirm the commands it says were processed; with `hub_id`, that hub
+    takes the gateway's ownership (the Welcome carries the epoch). Returns the Welcome
+    and the confirmed commands whose results the hub never got."""
     row = conn.execute("SELECT * FROM gateways WHERE id = ?", (hello.gateway_id,)).fetchone()
     if row is None:
         if not auto_register:
@@ -450,11 +499,13 @@ def record_hello_in(
         last_applied_sequence=hello.last_applied_sequence,
         confirmed_without_result=len(confirmed),
     )
+    epoch = take_ownership_in(conn, hello.gateway_id, hub_id) if hub_id is not None else 0
     gateway = gateway_in(conn, hello.gateway_id)
     welcome = Welcome(
         gateway_name=gateway.name,
         last_sequence=gateway.next_sequence - 1,
         workspace_root=gateway.declared_workspace_root or "",
+        epoch=epoch,
     )
     return welcome, confirmed
 

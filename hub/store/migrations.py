@@ -558,6 +558,36 @@ V16 = (
     "ALTER TABLE agents ADD COLUMN cause_since REAL",
 )
 
+# Several hubs on one database: the hub whose session holds a gateway's stream owns the
+# gateway (delivers its commands, judges its agents), as (owner hub, epoch); each taking
+# of it raises the epoch, so a session of an older epoch knows it was superseded. `hubs`
+# lists the hub processes that ran, and when each last said it was alive (an owner that
+# stopped saying so leaves its gateways to be adopted by one that does); a live query
+# asked of a hub without the stream is answered by the owner through `relayed_answers`.
+V17 = (
+    "ALTER TABLE gateways ADD COLUMN owner_hub TEXT",
+    "ALTER TABLE gateways ADD COLUMN owner_epoch INTEGER NOT NULL DEFAULT 0",
+    """
+    CREATE TABLE hubs (
+        id          TEXT PRIMARY KEY,
+        started_at  REAL NOT NULL,
+        alive_at    REAL NOT NULL,
+        stopped_at  REAL
+    )
+    """,
+    # A live query's answer relayed from the hub that owns the gateway to the hub that was
+    # asked (hub/link/relay.py): kept a minute, whatever the asker made of it.
+    """
+    CREATE TABLE relayed_answers (
+        id          TEXT PRIMARY KEY,
+        answer      BLOB,
+        error_code  TEXT,
+        error       TEXT,
+        created_at  REAL NOT NULL
+    )
+    """,
+)
+
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
-    V1, V2, V3, V4, V5, V6, V7, V8, V9, V10, V11, V12, V13, V14, V15, V16
+    V1, V2, V3, V4, V5, V6, V7, V8, V9, V10, V11, V12, V13, V14, V15, V16, V17
 )  # fmt: skip

@@ -11,6 +11,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from hub.alerts.store import due_deliveries_in
 from hub.lifecycle.presence import touch_steady_in
 from hub.store.database import Connection, Database, DatabaseError
 from hub.store.engines import engine_for
@@ -324,3 +325,14 @@ async def test_a_notice_left_on_one_hub_reaches_the_other_hubs_once_committed(
         for db in hubs.values():
             await db.close()
         postgres_server.drop_database(name)
+
+
+async def test_due_alert_deliveries_are_read_with_none_under_way(
+    open_database: OpenDatabase,
+) -> None:
+    """With nothing to exclude, the query's filter is still a truth value on both engines."""
+    db = open_database()
+    try:
+        assert await db.read(lambda conn: due_deliveries_in(conn, 0.0, (), 10)) == []
+    finally:
+        await db.close()
