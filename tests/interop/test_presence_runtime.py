@@ -79,6 +79,14 @@ async def _runtime_after(stack: Stack, agent_id: str, seen: str) -> dict[str, An
     return body if fresh else None
 
 
+async def _chat(client: OpenClawGatewayClient, gw_agent: str, message: str) -> str:
+    """A chat in the agent's main session from this other client; returns its run id."""
+    run_id = uuid.uuid4().hex
+    params = {"sessionKey": f"agent:{gw_agent}:main", "message": message, "idempotencyKey": run_id}
+    await client.call("chat.send", params)
+    return run_id
+
+
 async def _heartbeat_job(client: OpenClawGatewayClient, agent_id: str) -> str:
     jobs = await client.read("cron.list", {"agentId": agent_id, "includeDisabled": True})
     return next(j["id"] for j in jobs["jobs"] if j["declarationKey"] == f"heartbeat:{agent_id}")
@@ -98,14 +106,7 @@ async def test_the_gateways_own_runs_keep_an_agent_online_with_no_curl(
         for _attempt in range(4):
             if gateway.generation_is_legacy:
                 kind = "a chat run from another client"
-                await client.call(
-                    "chat.send",
-                    {
-                        "sessionKey": f"agent:{gw_agent}:main",
-                        "message": "What is on the board today?",
-                        "idempotencyKey": uuid.uuid4().hex,
-                    },
-                )
+                await _chat(client, gw_agent, "What is on the board today?")
             else:
                 kind = "its heartbeat job's run"
                 job = await _heartbeat_job(client, gw_agent)
@@ -176,12 +177,7 @@ async def test_a_model_that_rejects_the_key_is_the_agents_cause(
     stack.model.behaviour = Behaviour.REJECT_CREDENTIALS
     async with operator(gateway) as client:
         for _ in range(2):  # two chats from another client, each failing
-            run_id = uuid.uuid4().hex
-            await client.call(
-                "chat.send",
-                {"sessionKey": f"agent:{gw_agent}:main", "message": "hi", "idempotencyKey": run_id},
-            )
-            await client.wait_run(run_id, RUN_TIMEOUT_S)
+            await client.wait_run(await _chat(client, gw_agent, "hi"), RUN_TIMEOUT_S)
     body = await wait_for(
         lambda: _field_is(stack, agent["id"], "cause_code", "runs_failing"),
         timeout_s=RUN_TIMEOUT_S,
