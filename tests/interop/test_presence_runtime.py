@@ -15,12 +15,14 @@ the wake's is the gateway's own run.
   as the agent's cause, and put back.
 - A model that rejects the key: the agent's runs fail, and the failure is its cause.
 - A provider whose sign-in is missing (2026.9's `models.authStatus`) is every agent's
-  cause.
+  cause, and so is the gateway gone (its process killed).
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -212,3 +214,25 @@ async def test_a_provider_without_its_sign_in_is_every_agents_cause(
         assert "mc-signed-out (missing)" in body["cause"], body
     finally:
         gateway.write_config(before)
+
+
+async def test_a_gateway_gone_is_every_agents_cause(
+    own_gateway: RunningGateway, tmp_path: Path
+) -> None:
+    """This test's own gateway, killed: the sidecar loses its socket at once."""
+    async with linked_stack(own_gateway, None, tmp_path, GATEWAY_ID) as stack:
+        agent = await create_agent(stack, "Gateway Gone")
+        await wait_for(
+            lambda: _field_is(stack, agent["id"], "applied_generation", 1),
+            timeout_s=RUN_TIMEOUT_S,
+            what="applied",
+        )
+        assert (await state(stack, agent["id"]))["cause_code"] is None
+        os.killpg(own_gateway.pid, signal.SIGKILL)
+        body = await wait_for(
+            lambda: _field_is(stack, agent["id"], "cause_code", "gateway_unreachable"),
+            timeout_s=60,
+            what="the gateway's loss as the cause",
+        )
+        assert body["cause"].startswith("gateway_unreachable: "), body
+        assert body["status"] != "offline"  # the gateway is blamed, not the agent
