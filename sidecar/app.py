@@ -194,6 +194,8 @@ class Sidecar:
             link_connected=self.link.status.connected,
             link_streams_opened=self.link.streams_opened,
             gateway_reachable=self.gateway.info.reachable,
+            runtime_checkins=self.relay.stats.runtime,
+            conditions=self.runtime.count(),
         )
 
     def _send(self, message: pb.SidecarMessage) -> None:

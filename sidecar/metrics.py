@@ -6,6 +6,8 @@ counter increment, pre-bound per reason. Link and gateway state are read at scra
 
 Names (all prefixed mc_sidecar_):
   heartbeats_accepted_total                  beats the local API took
+  runtime_checkins_total                     gateway runs (heartbeat, chat) taken as check-ins
+  agent_conditions                           conditions found now (runtime_watch.py)
   heartbeats_refused_total{reason}           unauthenticated, forbidden, invalid, too_large,
                                              rate_limited, other
   heartbeats_unacknowledged                  agents whose latest beat the hub has not acked
@@ -55,6 +57,8 @@ class Readings:
     link_connected: bool
     link_streams_opened: int
     gateway_reachable: bool
+    runtime_checkins: int = 0
+    conditions: int = 0
 
 
 class _ReadingsCollector(Collector):
@@ -83,6 +87,17 @@ class _ReadingsCollector(Collector):
                 "mc_sidecar_heartbeats_accepted",
                 "heartbeats the local agent API accepted",
                 r.heartbeats_accepted if r else 0,
+            ),
+            counter(
+                "mc_sidecar_runtime_checkins",
+                "runs the gateway finished for managed agents (heartbeat, chat) taken as check-ins",
+                r.runtime_checkins if r else 0,
+            ),
+            gauge(
+                "mc_sidecar_agent_conditions",
+                "what keeps managed agents from running, found now (heartbeat missing, runs "
+                "failing, provider sign-in, gateway unreachable)",
+                r.conditions if r else 0,
             ),
             gauge(
                 "mc_sidecar_heartbeats_unacknowledged",

@@ -157,6 +157,10 @@ class RuntimeWatch:
         self._reported = _keys(out)
         return out
 
+    def count(self) -> int:
+        """How many conditions hold now (for metrics: reads, tells no one)."""
+        return len(self._compute())
+
     def report(self) -> list[pb.AgentCondition]:
         """The conditions as the GatewayState carries them."""
         return [

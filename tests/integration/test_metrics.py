@@ -11,6 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from hub.app import Hub
 from missioncontrol.netaddr import HostPort
 from sidecar.app import Sidecar
+from sidecar.gateway import RunEnded, RunKind, RunOutcome, RunState
 from tests.integration.agent_setup import GATEWAY, all_commands_acked, provision
 from tests.support import (
     ADMIN_TOKEN,
@@ -97,6 +98,17 @@ async def test_hub_and_sidecar_metrics_scrape_and_move(tmp_path: Path, database:
             assert value(side, "mc_sidecar_heartbeats_refused_total", reason="unauthenticated") == 1
             assert value(side, "mc_sidecar_link_connected") == 1
             assert value(side, "mc_sidecar_gateway_reachable") == 1
+            assert value(side, "mc_sidecar_runtime_checkins_total") == 0
+            assert value(side, "mc_sidecar_agent_conditions") == 0
+            gateway = sidecar.gateway
+            assert isinstance(gateway, RecordingGateway)
+            turn = RunOutcome("run", RunState.FINAL, "", model_turn=True)
+            gateway.emit(RunEnded(next(iter(tokens)), RunKind.HEARTBEAT, turn))
+            gateway.set_reachable(False)
+            _, side, _ = await scrape(sidecar_url)
+            assert value(side, "mc_sidecar_runtime_checkins_total") == 1
+            assert value(side, "mc_sidecar_agent_conditions") == 1  # the gateway is gone
+            gateway.set_reachable(True)
             assert value(side, "mc_sidecar_link_streams_opened_total") == 1
             assert (
                 value(

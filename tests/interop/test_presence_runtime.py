@@ -15,12 +15,14 @@ the wake's is the gateway's own run.
   as the agent's cause, and put back.
 - A model that rejects the key: the agent's runs fail, and the failure is its cause.
 - A provider whose sign-in is missing (2026.9's `models.authStatus`) is every agent's
-  cause.
+  cause, and so is the gateway gone (its process killed).
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -79,6 +81,14 @@ async def _runtime_after(stack: Stack, agent_id: str, seen: str) -> dict[str, An
     return body if fresh else None
 
 
+async def _chat(client: OpenClawGatewayClient, gw_agent: str, message: str) -> str:
+    """A chat in the agent's main session from this other client; returns its run id."""
+    run_id = uuid.uuid4().hex
+    params = {"sessionKey": f"agent:{gw_agent}:main", "message": message, "idempotencyKey": run_id}
+    await client.call("chat.send", params)
+    return run_id
+
+
 async def _heartbeat_job(client: OpenClawGatewayClient, agent_id: str) -> str:
     jobs = await client.read("cron.list", {"agentId": agent_id, "includeDisabled": True})
     return next(j["id"] for j in jobs["jobs"] if j["declarationKey"] == f"heartbeat:{agent_id}")
@@ -98,14 +108,7 @@ async def test_the_gateways_own_runs_keep_an_agent_online_with_no_curl(
         for _attempt in range(4):
             if gateway.generation_is_legacy:
                 kind = "a chat run from another client"
-                await client.call(
-                    "chat.send",
-                    {
-                        "sessionKey": f"agent:{gw_agent}:main",
-                        "message": "What is on the board today?",
-                        "idempotencyKey": uuid.uuid4().hex,
-                    },
-                )
+                await _chat(client, gw_agent, "What is on the board today?")
             else:
                 kind = "its heartbeat job's run"
                 job = await _heartbeat_job(client, gw_agent)
@@ -176,12 +179,7 @@ async def test_a_model_that_rejects_the_key_is_the_agents_cause(
     stack.model.behaviour = Behaviour.REJECT_CREDENTIALS
     async with operator(gateway) as client:
         for _ in range(2):  # two chats from another client, each failing
-            run_id = uuid.uuid4().hex
-            await client.call(
-                "chat.send",
-                {"sessionKey": f"agent:{gw_agent}:main", "message": "hi", "idempotencyKey": run_id},
-            )
-            await client.wait_run(run_id, RUN_TIMEOUT_S)
+            await client.wait_run(await _chat(client, gw_agent, "hi"), RUN_TIMEOUT_S)
     body = await wait_for(
         lambda: _field_is(stack, agent["id"], "cause_code", "runs_failing"),
         timeout_s=RUN_TIMEOUT_S,
@@ -216,3 +214,25 @@ async def test_a_provider_without_its_sign_in_is_every_agents_cause(
         assert "mc-signed-out (missing)" in body["cause"], body
     finally:
         gateway.write_config(before)
+
+
+async def test_a_gateway_gone_is_every_agents_cause(
+    own_gateway: RunningGateway, tmp_path: Path
+) -> None:
+    """This test's own gateway, killed: the sidecar loses its socket at once."""
+    async with linked_stack(own_gateway, None, tmp_path, GATEWAY_ID) as stack:
+        agent = await create_agent(stack, "Gateway Gone")
+        await wait_for(
+            lambda: _field_is(stack, agent["id"], "applied_generation", 1),
+            timeout_s=RUN_TIMEOUT_S,
+            what="applied",
+        )
+        assert (await state(stack, agent["id"]))["cause_code"] is None
+        os.killpg(own_gateway.pid, signal.SIGKILL)
+        body = await wait_for(
+            lambda: _field_is(stack, agent["id"], "cause_code", "gateway_unreachable"),
+            timeout_s=60,
+            what="the gateway's loss as the cause",
+        )
+        assert body["cause"].startswith("gateway_unreachable: "), body
+        assert body["status"] != "offline"  # the gateway is blamed, not the agent

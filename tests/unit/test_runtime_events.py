@@ -108,15 +108,20 @@ def _seen(event: RuntimeEvent) -> tuple[Any, ...]:
     return (*seen, outcome.message) if outcome.state is RunState.ERROR else seen
 
 
-@pytest.mark.parametrize("case", CASES)
-async def test_each_run_and_job_change_is_told_once(case: str, tmp_path: Path) -> None:
-    events, expected = CASES[case]
+def _told(tmp_path: Path, events: list[tuple[str, Any]]) -> list[RuntimeEvent]:
+    """What the client tells of `events`, handed to its connection as they would arrive."""
     client = OpenClawGatewayClient(tmp_path / "openclaw.json")
     told: list[RuntimeEvent] = []
     client.on_runtime_event(told.append)
     for event, payload in events:
         client._connection._on_event(event, payload)
-    assert [_seen(e) for e in told] == expected
+    return told
+
+
+@pytest.mark.parametrize("case", CASES)
+async def test_each_run_and_job_change_is_told_once(case: str, tmp_path: Path) -> None:
+    events, expected = CASES[case]
+    assert [_seen(e) for e in _told(tmp_path, events)] == expected
 
 
 async def test_a_wake_run_is_told_as_a_wake(tmp_path: Path) -> None:
@@ -161,12 +166,7 @@ async def test_a_listener_that_fails_costs_the_others_nothing(tmp_path: Path) ->
     ],
 )
 async def test_malformed_cron_events_are_ignored(payload: Any, tmp_path: Path) -> None:
-    client = OpenClawGatewayClient(tmp_path / "openclaw.json")
-    told: list[RuntimeEvent] = []
-    client.on_runtime_event(told.append)
-    client._connection._on_event("cron", payload)
-    client._connection._on_event("heartbeat", payload)
-    assert told == []
+    assert _told(tmp_path, [("cron", payload), ("heartbeat", payload)]) == []
 
 
 def test_model_auth_status_as_the_gateway_reports_it() -> None:
@@ -246,10 +246,6 @@ async def test_a_run_that_ends_with_no_chat_event_is_the_gateways_own(
 ) -> None:
     monkeypatch.setattr("sidecar.gateway.openclaw.CHAT_END_WAIT_S", 0.01)
     events, expected = LIFECYCLE_CASES[case]
-    client = OpenClawGatewayClient(tmp_path / "openclaw.json")
-    told: list[RuntimeEvent] = []
-    client.on_runtime_event(told.append)
-    for event, payload in events:
-        client._connection._on_event(event, payload)
+    told = _told(tmp_path, events)
     await asyncio.sleep(0.1)  # past the wait for a chat end
     assert [_seen(e) for e in told] == expected
