@@ -20,10 +20,12 @@ Time comes from the injected `clock`, so a test moves time instead of sleeping.
 from __future__ import annotations
 
 import asyncio
+import functools
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from hub.boards import finish_deleting
 from hub.events import EventBus
@@ -33,6 +35,7 @@ from hub.lifecycle.presence import silent_agents_in, touch_steady_in
 from hub.provisioning.agents import (
     AgentRow,
     RenderOptions,
+    RenderSources,
     agent_json,
     build_apply,
     build_wake,
@@ -41,12 +44,20 @@ from hub.provisioning.agents import (
     load_agent_by_gateway_id,
     require_agent,
     save_snapshot,
+    save_snapshots_in,
+    wake_command,
+    with_snapshot,
 )
 from hub.provisioning.rendering import ApplyAction
 from hub.store.database import Connection, Database
-from hub.store.event_log import add_event, record_run_observed_in
+from hub.store.event_log import EventBatch, add_event, record_run_observed_in
 from hub.store.gateways import GatewayStore, Welcome, record_hello_in
-from hub.store.outbox import ConfirmedCommand, enqueue_command_in, record_command_results_in
+from hub.store.outbox import (
+    ConfirmedCommand,
+    OutboxBatch,
+    enqueue_command_in,
+    record_command_results_in,
+)
 from hub.tasks import unassign_agent_tasks
 from hub.work_state import record_work_states_in
 from missioncontrol.log import get_logger
@@ -74,7 +85,8 @@ class Transition:
     now: float
     deadlines: list[tuple[str, float | None, int]] = field(default_factory=list)
     logs: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
-    changed: dict[str, dict[str, Any]] = field(default_factory=dict)  # agent id -> API view
+    # agent id -> its API view (or what makes it: built only if someone watches)
+    changed: dict[str, dict[str, Any] | Callable[[], dict[str, Any]]] = field(default_factory=dict)
 
     def step(
         self, agent_id: str, event: lc.Event, render: RenderOptions | None = None
@@ -368,15 +380,10 @@ class Reconciler:
         row = load_agent(conn, agent_id)
         if row is None:
             return None
-        before = row.snapshot(
-            self._link_up_since.get(row.gateway_id),
-            gateway_reachable=row.gateway_id not in self._gateway_down,
-            gateway_up_since=self._gateway_up_since.get(row.gateway_id),
-        )
-        after, actions = lc.step(before, event, self.policy, now)
+        after, actions = lc.step(self._snapshot(row), event, self.policy, now)
         save_snapshot(conn, agent_id, after, now)
         row = require_agent(conn, agent_id)
-        tx.changed[agent_id] = agent_json(row)
+        tx.changed[agent_id] = functools.partial(agent_json, row)
         forget: lc.ForgetAgent | None = None
         for action in actions:
             if isinstance(action, lc.QueueApply):
@@ -434,6 +441,13 @@ class Reconciler:
             return None
         return row
 
+    def _snapshot(self, row: AgentRow) -> lc.AgentLifecycle:
+        return row.snapshot(
+            self._link_up_since.get(row.gateway_id),
+            gateway_reachable=row.gateway_id not in self._gateway_down,
+            gateway_up_since=self._gateway_up_since.get(row.gateway_id),
+        )
+
     def _apply_effects(self, tx: Transition) -> None:
         for agent_id, at, generation in tx.deadlines:
             self.schedule.set(agent_id, at, generation)
@@ -442,7 +456,8 @@ class Reconciler:
             if self.on_log is not None:
                 self.on_log(event, fields)
         if self.events is not None:
-            for view in tx.changed.values():
+            for changed in tx.changed.values():
+                view = changed if isinstance(changed, dict) else changed()
                 self.events.publish(
                     "agent", view, board_id=view["board_id"], gateway_id=view["gateway_id"]
                 )
@@ -486,29 +501,106 @@ class Reconciler:
         self, agent_ids: list[str], event: Callable[[str, bool], lc.Event], *, urgent: bool = True
     ) -> None:
         """Step each agent with a verdict event that knows whether its gateway is suspect
-        (more than half of its agents missing at once: blame the gateway, not the agents)."""
+        (more than half of its agents missing at once: blame the gateway, not the agents).
+
+        Set-based, as a due batch can hold thousands: one query loads the agents with
+        everyone on their gateways, each is decided in memory (`lc.step`, as `tx.step`
+        would), and the outcomes are written a statement per kind (`_write_verdicts`)."""
 
         def op(tx: Transition) -> None:
+            rows = AgentRow.from_rows(
+                tx.conn.execute(
+                    """SELECT * FROM agents WHERE gateway_id IN (SELECT gateway_id FROM agents
+                           WHERE id IN (SELECT value FROM json_each(?)))""",
+                    (json.dumps(agent_ids),),
+                ).fetchall()
+            )
+            by_id = {row.id: row for row in rows}
+            peers: dict[str, list[AgentRow]] = {}
+            for row in rows:
+                if row.status != "deleting":
+                    peers.setdefault(row.gateway_id, []).append(row)
             suspects: dict[str, bool] = {}
+            verdicts: list[_Verdict] = []
             for agent_id in agent_ids:
-                row = load_agent(tx.conn, agent_id)
-                if row is None:
+                found = by_id.get(agent_id)
+                if found is None:
                     continue
-                if row.gateway_id not in suspects:
-                    suspects[row.gateway_id] = self._gateway_suspect(tx, row.gateway_id)
-                tx.step(agent_id, event(agent_id, suspects[row.gateway_id]))
+                gateway_id = found.gateway_id
+                if gateway_id not in suspects:
+                    suspects[gateway_id] = self._gateway_suspect(
+                        gateway_id, peers.get(gateway_id, []), tx.now
+                    )
+                verdict = event(agent_id, suspects[gateway_id])
+                after, actions = lc.step(self._snapshot(found), verdict, self.policy, tx.now)
+                verdicts.append(_Verdict(found, verdict, after, actions))
+            self._write_verdicts(tx, verdicts)
 
         await self.write(op, urgent=urgent)
 
-    def _gateway_suspect(self, tx: Transition, gateway_id: str) -> bool:
+    def _write_verdicts(self, tx: Transition, verdicts: list[_Verdict]) -> None:
+        """Carry out decided steps as `_step_in` does, a statement per kind for them all.
+        A step asking for more than a wake, log lines and its deadline (an apply, a
+        removal) is rare here; it goes through `tx.step` after the others."""
+        conn, now = tx.conn, tx.now
+        bulk: list[_Verdict] = []
+        rest: list[_Verdict] = []
+        for v in verdicts:
+            (bulk if all(isinstance(a, _BULK_ACTIONS) for a in v.actions) else rest).append(v)
+        # A wake renders from the agent's gateway, board and profile: none of that is in
+        # the snapshot, so the row as loaded renders it as the saved one would.
+        sources = RenderSources.load(
+            conn, [v.row for v in bulk if any(isinstance(a, lc.SendWake) for a in v.actions)]
+        )
+        events = EventBatch(conn)
+        outbox = OutboxBatch(conn, events, now=now)
+        for v in bulk:
+            row, agent_id = v.row, v.row.id
+            tx.changed[agent_id] = functools.partial(_view_after, row, v.after, now)
+            for action in v.actions:
+                if isinstance(action, lc.SendWake):
+                    context, generation = sources.context(row)
+                    outbox.add(
+                        row.gateway_id,
+                        wake_command(
+                            row,
+                            context,
+                            generation,
+                            action.generation,
+                            action.attempt,
+                            self.policy.max_wakes,
+                            action.recovery,
+                        ),
+                    )
+                elif isinstance(action, lc.ScheduleDeadline):
+                    tx.deadlines.append((agent_id, action.at, action.generation))
+                elif isinstance(action, lc.CancelDeadline):
+                    tx.deadlines.append((agent_id, None, 0))
+                elif isinstance(action, lc.Log):
+                    detail = action.as_dict()
+                    tx.logs.append(
+                        (
+                            action.event.value,
+                            {"agent_id": agent_id, "gateway_id": row.gateway_id, **detail},
+                        )
+                    )
+                    events.add(
+                        action.event.value,
+                        gateway_id=row.gateway_id,
+                        agent_id=agent_id,
+                        at=now,
+                        **detail,
+                    )
+        save_snapshots_in(conn, [(v.row.id, v.after) for v in bulk], now)
+        outbox.flush()
+        events.flush()
+        for v in rest:
+            tx.step(v.row.id, v.event)
+
+    def _gateway_suspect(self, gateway_id: str, rows: list[AgentRow], now: float) -> bool:
+        """`rows`: the gateway's agents that are not being deleted."""
         link_up = self._link_up_since.get(gateway_id)
-        rows = [
-            AgentRow.from_row(r)
-            for r in tx.conn.execute(
-                "SELECT * FROM agents WHERE gateway_id = ? AND status != 'deleting'", (gateway_id,)
-            ).fetchall()
-        ]
-        missed = sum(lc.is_missing(r.snapshot(link_up), self.policy, tx.now) for r in rows)
+        missed = sum(lc.is_missing(r.snapshot(link_up), self.policy, now) for r in rows)
         suspect = lc.gateway_suspect(missed, len(rows), self.policy)
         if suspect:
             log.warning(
@@ -523,6 +615,22 @@ class Reconciler:
                 await self.sweep_presence()
             except Exception as exc:
                 log.error("lifecycle.presence.failed", error=str(exc))
+
+
+# What `_write_verdicts` carries out a statement per kind; any other action, one by one.
+_BULK_ACTIONS = (lc.SendWake, lc.ScheduleDeadline, lc.CancelDeadline, lc.Log)
+
+
+class _Verdict(NamedTuple):
+    row: AgentRow  # as loaded, before the step
+    event: lc.Event
+    after: lc.AgentLifecycle
+    actions: tuple[lc.Action, ...]
+
+
+def _view_after(row: AgentRow, after: lc.AgentLifecycle, now: float) -> dict[str, Any]:
+    """The API view of `row` once `after` is saved."""
+    return agent_json(with_snapshot(row, after, now))
 
 
 def _command_facts(command: Any) -> lc.CommandFacts:
