@@ -500,43 +500,46 @@ class Reconciler:
     async def _judge(
         self, agent_ids: list[str], event: Callable[[str, bool], lc.Event], *, urgent: bool = True
     ) -> None:
+        await self.write(lambda tx: self.judge_in(tx, agent_ids, event), urgent=urgent)
+
+    def judge_in(
+        self, tx: Transition, agent_ids: list[str], event: Callable[[str, bool], lc.Event]
+    ) -> None:
         """Step each agent with a verdict event that knows whether its gateway is suspect
         (more than half of its agents missing at once: blame the gateway, not the agents).
 
         Set-based, as a due batch can hold thousands: one query loads the agents with
         everyone on their gateways, each is decided in memory (`lc.step`, as `tx.step`
-        would), and the outcomes are written a statement per kind (`_write_verdicts`)."""
-
-        def op(tx: Transition) -> None:
-            rows = AgentRow.from_rows(
-                tx.conn.execute(
-                    """SELECT * FROM agents WHERE gateway_id IN (SELECT gateway_id FROM agents
-                           WHERE id IN (SELECT value FROM json_each(?)))""",
-                    (json.dumps(agent_ids),),
-                ).fetchall()
-            )
-            by_id = {row.id: row for row in rows}
-            peers: dict[str, list[AgentRow]] = {}
-            for row in rows:
-                if row.status != "deleting":
-                    peers.setdefault(row.gateway_id, []).append(row)
-            suspects: dict[str, bool] = {}
-            verdicts: list[_Verdict] = []
-            for agent_id in agent_ids:
-                found = by_id.get(agent_id)
-                if found is None:
-                    continue
-                gateway_id = found.gateway_id
-                if gateway_id not in suspects:
-                    suspects[gateway_id] = self._gateway_suspect(
-                        gateway_id, peers.get(gateway_id, []), tx.now
-                    )
-                verdict = event(agent_id, suspects[gateway_id])
-                after, actions = lc.step(self._snapshot(found), verdict, self.policy, tx.now)
-                verdicts.append(_Verdict(found, verdict, after, actions))
-            self._write_verdicts(tx, verdicts)
-
-        await self.write(op, urgent=urgent)
+        would), and the outcomes are written a statement per kind (`_write_verdicts`).
+        What it writes is what stepping them one by one in `agent_ids` order writes
+        (tests/integration/test_reconciler_batch.py)."""
+        rows = AgentRow.from_rows(
+            tx.conn.execute(
+                """SELECT * FROM agents WHERE gateway_id IN (SELECT gateway_id FROM agents
+                       WHERE id IN (SELECT value FROM json_each(?)))""",
+                (json.dumps(agent_ids),),
+            ).fetchall()
+        )
+        by_id = {row.id: row for row in rows}
+        peers: dict[str, list[AgentRow]] = {}
+        for row in rows:
+            if row.status != "deleting":
+                peers.setdefault(row.gateway_id, []).append(row)
+        suspects: dict[str, bool] = {}
+        verdicts: list[_Verdict] = []
+        for agent_id in agent_ids:
+            found = by_id.get(agent_id)
+            if found is None:
+                continue
+            gateway_id = found.gateway_id
+            if gateway_id not in suspects:
+                suspects[gateway_id] = self._gateway_suspect(
+                    gateway_id, peers.get(gateway_id, []), tx.now
+                )
+            verdict = event(agent_id, suspects[gateway_id])
+            after, actions = lc.step(self._snapshot(found), verdict, self.policy, tx.now)
+            verdicts.append(_Verdict(found, verdict, after, actions))
+        self._write_verdicts(tx, verdicts)
 
     def _write_verdicts(self, tx: Transition, verdicts: list[_Verdict]) -> None:
         """Carry out decided steps as `_step_in` does, a statement per kind for them all.
@@ -571,6 +574,7 @@ class Reconciler:
                             self.policy.max_wakes,
                             action.recovery,
                         ),
+                        board_id=row.board_id,
                     )
                 elif isinstance(action, lc.ScheduleDeadline):
                     tx.deadlines.append((agent_id, action.at, action.generation))
@@ -588,6 +592,7 @@ class Reconciler:
                         action.event.value,
                         gateway_id=row.gateway_id,
                         agent_id=agent_id,
+                        board_id=row.board_id,  # what add_event would look up
                         at=now,
                         **detail,
                     )
@@ -599,6 +604,8 @@ class Reconciler:
 
     def _gateway_suspect(self, gateway_id: str, rows: list[AgentRow], now: float) -> bool:
         """`rows`: the gateway's agents that are not being deleted."""
+        if not lc.may_be_suspect(len(rows), self.policy):
+            return False
         link_up = self._link_up_since.get(gateway_id)
         missed = sum(lc.is_missing(r.snapshot(link_up), self.policy, now) for r in rows)
         suspect = lc.gateway_suspect(missed, len(rows), self.policy)

@@ -179,7 +179,11 @@ class AgentRow:
         """`from_row` for a query's rows (their columns are looked up once)."""
         if not rows:
             return []
-        columns = [(i, k) for i, k in enumerate(rows[0].keys()) if k in _ROW_FIELDS]
+        index = {k: i for i, k in enumerate(rows[0].keys())}
+        if all(name in index for name in _ROW_ORDER):  # every field: build by position
+            at = [index[name] for name in _ROW_ORDER]
+            return [cls(*[row[i] for i in at]) for row in rows]
+        columns = [(i, k) for k, i in index.items() if k in _ROW_FIELDS]
         return [cls(**{k: row[i] for i, k in columns}) for row in rows]
 
     def snapshot(
@@ -212,7 +216,8 @@ class AgentRow:
         )
 
 
-_ROW_FIELDS = frozenset(f.name for f in fields(AgentRow))
+_ROW_ORDER = tuple(f.name for f in fields(AgentRow))
+_ROW_FIELDS = frozenset(_ROW_ORDER)
 
 
 class AgentPaused(AgentError):

@@ -553,6 +553,7 @@ _ENV = ImmutableSandboxedEnvironment(
     keep_trailing_newline=True,
     trim_blocks=True,
     lstrip_blocks=True,
+    auto_reload=False,  # package data: a template changes with a new install, not while running
 )
 _ENV.filters["shq"] = shlex.quote  # shell-quote a path for our own templates' commands
 _OVERRIDE_FILTERS = frozenset({"default", "d", "lower", "upper", "title", "capitalize", "trim"})
@@ -612,7 +613,12 @@ def _render_override(name: str, source: str, variables: dict[str, Any]) -> str:
 def _bounded(name: str, value: Any) -> str:
     """Cut one input to its limit; single-line fields lose newlines and control characters."""
     text = "" if value is None else str(value)
-    if name in _MULTILINE_FIELDS:
+    if text.isprintable():  # no control character, and no whitespace but " "
+        if name in _MULTILINE_FIELDS:
+            text = text.strip()
+        elif "  " in text or text[:1] == " " or text[-1:] == " ":
+            text = " ".join(text.split())
+    elif name in _MULTILINE_FIELDS:
         text = _CONTROL.sub("", text.replace("\r\n", "\n").replace("\r", "\n")).strip()
         text = re.sub(r"\n{3,}", "\n\n", text)
     else:

@@ -88,12 +88,15 @@ class OutboxBatch:
         self.now = now
         self._queued: list[tuple[str, pb.Command, dict[str, Any]]] = []
 
-    def add(self, gateway_id: str, command: pb.Command) -> None:
+    def add(self, gateway_id: str, command: pb.Command, *, board_id: str | None = None) -> None:
+        """Queue `command`; `board_id`: its agent's board, when the caller has the row
+        (the event log would look it up)."""
         kind = command.WhichOneof("action")
         detail = self.events.add(
             "command.queued",
             gateway_id=gateway_id,
             agent_id=_agent_of(command),
+            board_id=board_id,
             sequence=None,  # numbered at the flush
             command=kind,
         )
