@@ -71,6 +71,7 @@ Outcome = pb.CommandResult.Outcome
 PRESENCE_SWEEP_S = 5.0
 DEADLINE_BATCH = 1000
 DEADLINE_BATCHES_IN_FLIGHT = 4
+DEADLINE_BATCHES_QUEUED = 2  # of those, waiting for the writer to begin them
 # A Hello confirmed a command whose result never arrived; the lifecycle learns its outcome.
 CONFIRMED_WITHOUT_RESULT = "lifecycle.command.confirmed_without_result"
 
@@ -139,8 +140,7 @@ class Reconciler:
                 "WHERE checkin_deadline_at IS NOT NULL"
             ).fetchall()
         )
-        for agent_id, at, generation in rows:
-            self.schedule.set(agent_id, at, generation)
+        self.schedule.load((agent_id, at, generation) for agent_id, at, generation in rows)
         self._tasks = [
             start_long_lived(self._deadline_loop(), name="reconciler-deadlines", log=log),
             start_long_lived(self._presence_loop(), name="reconciler-presence", log=log),
@@ -463,25 +463,45 @@ class Reconciler:
                 )
 
     async def _deadline_loop(self) -> None:
-        # Batches are judged concurrently so one batch's commit does not hold the next.
-        in_flight: set[asyncio.Task[None]] = set()
+        # Batches are judged concurrently so one batch's commit does not hold the next:
+        # the next is queued while the writer judges this one, so the writer does not
+        # wait while the loop carries out a commit's effects. Only DEADLINE_BATCHES_QUEUED
+        # wait for the writer at once: a group commit takes every waiting job, and
+        # batches committed together all finish, and leave the writer idle, together.
+        loop = asyncio.get_running_loop()
+        in_flight: dict[asyncio.Task[None], asyncio.Event] = {}  # -> set once it began
+        changed = asyncio.Event()
+
+        def finished(task: asyncio.Task[None]) -> None:
+            in_flight.pop(task, None)
+            changed.set()
+
         try:
             while True:
                 due = self.schedule.pop_due(self.clock(), DEADLINE_BATCH)
                 if not due:
                     await self.schedule.wait(self.clock)
                     continue
-                if len(in_flight) >= DEADLINE_BATCHES_IN_FLIGHT:
-                    await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
-                task = asyncio.create_task(self._deadlines_due(due))
-                in_flight.add(task)
-                task.add_done_callback(in_flight.discard)
+                while len(in_flight) >= DEADLINE_BATCHES_IN_FLIGHT or (
+                    sum(not b.is_set() for b in in_flight.values()) >= DEADLINE_BATCHES_QUEUED
+                ):
+                    changed.clear()
+                    await changed.wait()
+                began = asyncio.Event()
+
+                def begin(began: asyncio.Event = began) -> None:  # on the writer's thread
+                    loop.call_soon_threadsafe(began.set)
+                    loop.call_soon_threadsafe(changed.set)
+
+                task = asyncio.create_task(self._deadlines_due(due, begin))
+                in_flight[task] = began
+                task.add_done_callback(finished)
         finally:
             for task in in_flight:
                 task.cancel()
             await asyncio.gather(*in_flight, return_exceptions=True)
 
-    async def _deadlines_due(self, due: list[Due]) -> None:
+    async def _deadlines_due(self, due: list[Due], begin: Callable[[], None] | None = None) -> None:
         deadlines = {d.agent_id: d for d in due}
 
         def event(agent_id: str, suspect: bool) -> lc.Event:
@@ -491,16 +511,28 @@ class Reconciler:
             )
 
         try:
-            await self._judge(list(deadlines), event)
+            await self._judge(list(deadlines), event, begin=begin)
         except Exception as exc:  # keep the loop alive; the rows still hold the deadlines
             log.error("lifecycle.reconcile.failed", error=str(exc), agents=len(due))
             for d in due:
                 self.schedule.set(d.agent_id, d.at + self.policy.checkin_deadline_s, d.generation)
 
     async def _judge(
-        self, agent_ids: list[str], event: Callable[[str, bool], lc.Event], *, urgent: bool = True
+        self,
+        agent_ids: list[str],
+        event: Callable[[str, bool], lc.Event],
+        *,
+        urgent: bool = True,
+        begin: Callable[[], None] | None = None,
     ) -> None:
-        await self.write(lambda tx: self.judge_in(tx, agent_ids, event), urgent=urgent)
+        """`judge_in` in a write; `begin()` is called (on the writer) when it starts."""
+
+        def op(tx: Transition) -> None:
+            if begin is not None:
+                begin()
+            self.judge_in(tx, agent_ids, event)
+
+        await self.write(op, urgent=urgent)
 
     def judge_in(
         self, tx: Transition, agent_ids: list[str], event: Callable[[str, bool], lc.Event]

@@ -34,6 +34,7 @@ from hub.provisioning.rendering import (
     RenderError,
     UserProfile,
     check_override_template,
+    profile_values,
     render_file_set,
     render_wake_message,
 )
@@ -601,6 +602,11 @@ class RenderSources:
     boards: dict[str, BoardProfile]
     user: UserProfile
     mains: dict[str, str]  # gateway id -> its main agent's gateway agent id
+    # Worked out once per batch: agents with the same profile share what it renders to.
+    _identities: dict[str, IdentityProfile] = field(default_factory=dict, repr=False)
+    _profiles: dict[tuple[str, str | None, str], Mapping[str, str]] = field(
+        default_factory=dict, repr=False
+    )
 
     @classmethod
     def load(cls, conn: sqlite3.Connection, agents: list[AgentRow]) -> RenderSources:
@@ -626,7 +632,24 @@ class RenderSources:
         if gateway is None:
             raise UnknownGateway(f"gateway {agent.gateway_id} does not exist")
         board = self.boards.get(agent.board_id) if agent.board_id else None
-        return _context_of(agent, gateway, board, self.user, self.mains.get(agent.gateway_id))
+        identity = self._identities.get(agent.identity_profile)
+        if identity is None:
+            identity = IdentityProfile.from_mapping(json.loads(agent.identity_profile))
+            self._identities[agent.identity_profile] = identity
+        soul = (agent.role_soul or "") if AgentKind(agent.kind) is AgentKind.WORKER else ""
+        key = (agent.identity_profile, agent.board_id, soul)
+        profile = self._profiles.get(key)
+        if profile is None:
+            profile = self._profiles[key] = profile_values(identity, self.user, board, soul)
+        return _context_of(
+            agent,
+            gateway,
+            board,
+            self.user,
+            self.mains.get(agent.gateway_id),
+            identity=identity,
+            profile=profile,
+        )
 
 
 def _context_of(
@@ -635,6 +658,9 @@ def _context_of(
     board: BoardProfile | None,
     user: UserProfile,
     main_agent: str | None,
+    *,
+    identity: IdentityProfile | None = None,
+    profile: Mapping[str, str] | None = None,
 ) -> tuple[AgentContext, GatewayGeneration]:
     if not gateway.workspace_root:
         raise AgentError(
@@ -664,10 +690,13 @@ def _context_of(
             workspace_path=agent.workspace_path
             or workspace_path(gateway.workspace_root, agent.gateway_agent_id),
             heartbeat_interval_s=agent.heartbeat_interval_s,
-            identity=IdentityProfile.from_mapping(json.loads(agent.identity_profile)),
+            identity=identity
+            if identity is not None
+            else IdentityProfile.from_mapping(json.loads(agent.identity_profile)),
             user=user,
             board=board,
             role_soul=agent.role_soul or "",
+            profile=profile,
         )
     except RenderError as exc:
         raise AgentError(f"cannot render the agent's files: {exc}") from None

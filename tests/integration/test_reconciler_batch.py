@@ -75,6 +75,13 @@ def _seed(conn: Connection) -> None:
                 NOW - 50 if status == "online" else None,
             ),
         )
+    # Profiles the wakes render from: a2's own identity, c1's and c2's role soul (only a
+    # worker's is rendered).
+    conn.execute(
+        "UPDATE agents SET identity_profile = ? WHERE id = 'a2'",
+        (json.dumps({"role": "Reviewer", "emoji": ":owl:"}),),
+    )
+    conn.execute("UPDATE agents SET role_soul = '# Soul\n\nBe kind.' WHERE id IN ('c1', 'c2')")
     # c1's stored apply (generation 2): what a resend sends again.
     apply = pb.Command(
         sequence=11,
