@@ -192,6 +192,21 @@ def board_profile(conn: sqlite3.Connection, board_id: str) -> BoardProfile | Non
         board = load_board(conn, board_id)
     except BoardNotFound:
         return None
+    return _profile(board)
+
+
+def board_profiles_in(conn: sqlite3.Connection, board_ids: list[str]) -> dict[str, BoardProfile]:
+    """`board_profile` for many boards in one query; a board that does not exist is absent."""
+    if not board_ids:
+        return {}
+    rows = conn.execute(
+        "SELECT * FROM boards WHERE id IN (SELECT value FROM json_each(?))",
+        (json.dumps(board_ids),),
+    ).fetchall()
+    return {row["id"]: _profile(board_dict(row)) for row in rows}
+
+
+def _profile(board: dict[str, Any]) -> BoardProfile:
     return BoardProfile(
         id=board["id"],
         name=board["name"],

@@ -11,12 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import heapq
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from typing import NamedTuple
 
 
-@dataclass(frozen=True, order=True)
-class Due:
+class Due(NamedTuple):
+    """Ordered by time first; a tuple, so the heap compares them in C (100,000 at a start)."""
+
     at: float
     agent_id: str
     generation: int
@@ -39,6 +40,16 @@ class DeadlineSchedule:
         due = Due(at, agent_id, generation)
         self._current[agent_id] = due
         heapq.heappush(self._heap, due)
+        self._changed.set()
+
+    def load(self, deadlines: Iterable[tuple[str, float, int]]) -> None:
+        """`set` for many (agent id, at, generation) at once, in linear time: the rows'
+        deadlines when the hub starts."""
+        for agent_id, at, generation in deadlines:
+            due = Due(at, agent_id, generation)
+            self._current[agent_id] = due
+            self._heap.append(due)
+        heapq.heapify(self._heap)
         self._changed.set()
 
     def get(self, agent_id: str) -> Due | None:

@@ -208,6 +208,12 @@ def gateway_suspect(missed: int, total: int, policy: Policy) -> bool:
     return missed >= policy.suspect_min_missing and 2 * missed > total
 
 
+def may_be_suspect(total: int, policy: Policy) -> bool:
+    """Whether a gateway of `total` agents can be suspect at all (`gateway_suspect` needs
+    at least `suspect_min_missing` of them missing): if not, nobody need be counted."""
+    return total >= policy.suspect_min_missing
+
+
 # ---------------------------------------------------------------------- snapshot
 
 

@@ -26,10 +26,12 @@ Time comes from the injected `clock`, so a test moves time instead of sleeping.
 from __future__ import annotations
 
 import asyncio
+import functools
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from hub.boards import finish_deleting
 from hub.events import EventBus
@@ -39,6 +41,7 @@ from hub.lifecycle.presence import silent_agents_in, touch_steady_in
 from hub.provisioning.agents import (
     AgentRow,
     RenderOptions,
+    RenderSources,
     agent_json,
     build_apply,
     build_wake,
@@ -47,12 +50,20 @@ from hub.provisioning.agents import (
     load_agent_by_gateway_id,
     require_agent,
     save_snapshot,
+    save_snapshots_in,
+    wake_command,
+    with_snapshot,
 )
 from hub.provisioning.rendering import ApplyAction
 from hub.store.database import Connection, Database
-from hub.store.event_log import add_event, record_run_observed_in
+from hub.store.event_log import EventBatch, add_event, record_run_observed_in
 from hub.store.gateways import GatewayStore, Welcome, record_hello_in
-from hub.store.outbox import ConfirmedCommand, enqueue_command_in, record_command_results_in
+from hub.store.outbox import (
+    ConfirmedCommand,
+    OutboxBatch,
+    enqueue_command_in,
+    record_command_results_in,
+)
 from hub.store.ownership import (
     OwnerChange,
     adopt_orphans_in,
@@ -75,6 +86,7 @@ Outcome = pb.CommandResult.Outcome
 PRESENCE_SWEEP_S = 5.0
 DEADLINE_BATCH = 1000
 DEADLINE_BATCHES_IN_FLIGHT = 4
+DEADLINE_BATCHES_QUEUED = 2  # of those, waiting for the writer to begin them
 # A Hello confirmed a command whose result never arrived; the lifecycle learns its outcome.
 CONFIRMED_WITHOUT_RESULT = "lifecycle.command.confirmed_without_result"
 
@@ -89,7 +101,8 @@ class Transition:
     now: float
     deadlines: list[tuple[str, float | None, int]] = field(default_factory=list)
     logs: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
-    changed: dict[str, dict[str, Any]] = field(default_factory=dict)  # agent id -> API view
+    # agent id -> its API view (or what makes it: built only if someone watches)
+    changed: dict[str, dict[str, Any] | Callable[[], dict[str, Any]]] = field(default_factory=dict)
 
     def step(
         self, agent_id: str, event: lc.Event, render: RenderOptions | None = None
@@ -150,8 +163,7 @@ class Reconciler:
                 "WHERE checkin_deadline_at IS NOT NULL"
             ).fetchall()
         )
-        for agent_id, at, generation in rows:
-            self.schedule.set(agent_id, at, generation)
+        self.schedule.load((agent_id, at, generation) for agent_id, at, generation in rows)
         self._tasks = [
             start_long_lived(self._deadline_loop(), name="reconciler-deadlines", log=log),
             start_long_lived(self._presence_loop(), name="reconciler-presence", log=log),
@@ -458,15 +470,10 @@ class Reconciler:
         row = load_agent(conn, agent_id)
         if row is None:
             return None
-        before = row.snapshot(
-            self._link_up_since.get(row.gateway_id),
-            gateway_reachable=row.gateway_id not in self._gateway_down,
-            gateway_up_since=self._gateway_up_since.get(row.gateway_id),
-        )
-        after, actions = lc.step(before, event, self.policy, now)
+        after, actions = lc.step(self._snapshot(row), event, self.policy, now)
         save_snapshot(conn, agent_id, after, now)
         row = require_agent(conn, agent_id)
-        tx.changed[agent_id] = agent_json(row)
+        tx.changed[agent_id] = functools.partial(agent_json, row)
         forget: lc.ForgetAgent | None = None
         for action in actions:
             if isinstance(action, lc.QueueApply):
@@ -524,6 +531,13 @@ class Reconciler:
             return None
         return row
 
+    def _snapshot(self, row: AgentRow) -> lc.AgentLifecycle:
+        return row.snapshot(
+            self._link_up_since.get(row.gateway_id),
+            gateway_reachable=row.gateway_id not in self._gateway_down,
+            gateway_up_since=self._gateway_up_since.get(row.gateway_id),
+        )
+
     def _apply_effects(self, tx: Transition) -> None:
         for agent_id, at, generation in tx.deadlines:
             self.schedule.set(agent_id, at, generation)
@@ -532,31 +546,52 @@ class Reconciler:
             if self.on_log is not None:
                 self.on_log(event, fields)
         if self.events is not None:
-            for view in tx.changed.values():
+            for changed in tx.changed.values():
+                view = changed if isinstance(changed, dict) else changed()
                 self.events.publish(
                     "agent", view, board_id=view["board_id"], gateway_id=view["gateway_id"]
                 )
 
     async def _deadline_loop(self) -> None:
-        # Batches are judged concurrently so one batch's commit does not hold the next.
-        in_flight: set[asyncio.Task[None]] = set()
+        # Batches are judged concurrently so one batch's commit does not hold the next:
+        # the next is queued while the writer judges this one, so the writer does not
+        # wait while the loop carries out a commit's effects. Only DEADLINE_BATCHES_QUEUED
+        # wait for the writer at once: a group commit takes every waiting job, and
+        # batches committed together all finish, and leave the writer idle, together.
+        loop = asyncio.get_running_loop()
+        in_flight: dict[asyncio.Task[None], asyncio.Event] = {}  # -> set once it began
+        changed = asyncio.Event()
+
+        def finished(task: asyncio.Task[None]) -> None:
+            in_flight.pop(task, None)
+            changed.set()
+
         try:
             while True:
                 due = self.schedule.pop_due(self.clock(), DEADLINE_BATCH)
                 if not due:
                     await self.schedule.wait(self.clock)
                     continue
-                if len(in_flight) >= DEADLINE_BATCHES_IN_FLIGHT:
-                    await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
-                task = asyncio.create_task(self._deadlines_due(due))
-                in_flight.add(task)
-                task.add_done_callback(in_flight.discard)
+                while len(in_flight) >= DEADLINE_BATCHES_IN_FLIGHT or (
+                    sum(not b.is_set() for b in in_flight.values()) >= DEADLINE_BATCHES_QUEUED
+                ):
+                    changed.clear()
+                    await changed.wait()
+                began = asyncio.Event()
+
+                def begin(began: asyncio.Event = began) -> None:  # on the writer's thread
+                    loop.call_soon_threadsafe(began.set)
+                    loop.call_soon_threadsafe(changed.set)
+
+                task = asyncio.create_task(self._deadlines_due(due, begin))
+                in_flight[task] = began
+                task.add_done_callback(finished)
         finally:
             for task in in_flight:
                 task.cancel()
             await asyncio.gather(*in_flight, return_exceptions=True)
 
-    async def _deadlines_due(self, due: list[Due]) -> None:
+    async def _deadlines_due(self, due: list[Due], begin: Callable[[], None] | None = None) -> None:
         deadlines = {d.agent_id: d for d in due}
 
         def event(agent_id: str, suspect: bool) -> lc.Event:
@@ -566,43 +601,140 @@ class Reconciler:
             )
 
         try:
-            await self._judge(list(deadlines), event)
+            await self._judge(list(deadlines), event, begin=begin)
         except Exception as exc:  # keep the loop alive; the rows still hold the deadlines
             log.error("lifecycle.reconcile.failed", error=str(exc), agents=len(due))
             for d in due:
                 self.schedule.set(d.agent_id, d.at + self.policy.checkin_deadline_s, d.generation)
 
     async def _judge(
-        self, agent_ids: list[str], event: Callable[[str, bool], lc.Event], *, urgent: bool = True
+        self,
+        agent_ids: list[str],
+        event: Callable[[str, bool], lc.Event],
+        *,
+        urgent: bool = True,
+        begin: Callable[[], None] | None = None,
     ) -> None:
-        """Step each agent with a verdict event that knows whether its gateway is suspect
-        (more than half of its agents missing at once: blame the gateway, not the agents)."""
+        """`judge_in` in a write; `begin()` is called (on the writer) when it starts."""
 
         def op(tx: Transition) -> None:
-            suspects: dict[str, bool] = {}
-            rows = [row for a in agent_ids if (row := load_agent(tx.conn, a)) is not None]
-            if self.db.shared:
-                # Only the gateway's owner judges (it holds the stream, or adopted the
-                # gateway); the owner's sweep takes up the deadlines skipped here.
-                owned = owned_in(tx.conn, sorted({r.gateway_id for r in rows}), self.hub_id)
-                rows = [row for row in rows if row.gateway_id in owned]
-            for row in rows:
-                agent_id = row.id
-                if row.gateway_id not in suspects:
-                    suspects[row.gateway_id] = self._gateway_suspect(tx, row.gateway_id)
-                tx.step(agent_id, event(agent_id, suspects[row.gateway_id]))
+            if begin is not None:
+                begin()
+            self.judge_in(tx, agent_ids, event)
 
         await self.write(op, urgent=urgent)
 
-    def _gateway_suspect(self, tx: Transition, gateway_id: str) -> bool:
-        link_up = self._link_up_since.get(gateway_id)
-        rows = [
-            AgentRow.from_row(r)
-            for r in tx.conn.execute(
-                "SELECT * FROM agents WHERE gateway_id = ? AND status != 'deleting'", (gateway_id,)
+    def judge_in(
+        self, tx: Transition, agent_ids: list[str], event: Callable[[str, bool], lc.Event]
+    ) -> None:
+        """Step each agent with a verdict event that knows whether its gateway is suspect
+        (more than half of its agents missing at once: blame the gateway, not the agents).
+
+        Set-based, as a due batch can hold thousands: one query loads the agents with
+        everyone on their gateways, each is decided in memory (`lc.step`, as `tx.step`
+        would), and the outcomes are written a statement per kind (`_write_verdicts`).
+        What it writes is what stepping them one by one in `agent_ids` order writes
+        (tests/integration/test_reconciler_batch.py)."""
+        rows = AgentRow.from_rows(
+            tx.conn.execute(
+                """SELECT * FROM agents WHERE gateway_id IN (SELECT gateway_id FROM agents
+                       WHERE id IN (SELECT value FROM json_each(?)))""",
+                (json.dumps(agent_ids),),
             ).fetchall()
-        ]
-        missed = sum(lc.is_missing(r.snapshot(link_up), self.policy, tx.now) for r in rows)
+        )
+        if self.db.shared:
+            # Only the gateway's owner judges (it holds the stream, or adopted the
+            # gateway); the owner's sweep takes up the deadlines skipped here.
+            owned = owned_in(tx.conn, sorted({r.gateway_id for r in rows}), self.hub_id)
+            rows = [row for row in rows if row.gateway_id in owned]
+        by_id = {row.id: row for row in rows}
+        peers: dict[str, list[AgentRow]] = {}
+        for row in rows:
+            if row.status != "deleting":
+                peers.setdefault(row.gateway_id, []).append(row)
+        suspects: dict[str, bool] = {}
+        verdicts: list[_Verdict] = []
+        for agent_id in agent_ids:
+            found = by_id.get(agent_id)
+            if found is None:
+                continue
+            gateway_id = found.gateway_id
+            if gateway_id not in suspects:
+                suspects[gateway_id] = self._gateway_suspect(
+                    gateway_id, peers.get(gateway_id, []), tx.now
+                )
+            verdict = event(agent_id, suspects[gateway_id])
+            after, actions = lc.step(self._snapshot(found), verdict, self.policy, tx.now)
+            verdicts.append(_Verdict(found, verdict, after, actions))
+        self._write_verdicts(tx, verdicts)
+
+    def _write_verdicts(self, tx: Transition, verdicts: list[_Verdict]) -> None:
+        """Carry out decided steps as `_step_in` does, a statement per kind for them all.
+        A step asking for more than a wake, log lines and its deadline (an apply, a
+        removal) is rare here; it goes through `tx.step` after the others."""
+        conn, now = tx.conn, tx.now
+        bulk: list[_Verdict] = []
+        rest: list[_Verdict] = []
+        for v in verdicts:
+            (bulk if all(isinstance(a, _BULK_ACTIONS) for a in v.actions) else rest).append(v)
+        # A wake renders from the agent's gateway, board and profile: none of that is in
+        # the snapshot, so the row as loaded renders it as the saved one would.
+        sources = RenderSources.load(
+            conn, [v.row for v in bulk if any(isinstance(a, lc.SendWake) for a in v.actions)]
+        )
+        events = EventBatch(conn)
+        outbox = OutboxBatch(conn, events, now=now)
+        for v in bulk:
+            row, agent_id = v.row, v.row.id
+            tx.changed[agent_id] = functools.partial(_view_after, row, v.after, now)
+            for action in v.actions:
+                if isinstance(action, lc.SendWake):
+                    context, generation = sources.context(row)
+                    outbox.add(
+                        row.gateway_id,
+                        wake_command(
+                            row,
+                            context,
+                            generation,
+                            action.generation,
+                            action.attempt,
+                            self.policy.max_wakes,
+                            action.recovery,
+                        ),
+                        board_id=row.board_id,
+                    )
+                elif isinstance(action, lc.ScheduleDeadline):
+                    tx.deadlines.append((agent_id, action.at, action.generation))
+                elif isinstance(action, lc.CancelDeadline):
+                    tx.deadlines.append((agent_id, None, 0))
+                elif isinstance(action, lc.Log):
+                    detail = action.as_dict()
+                    tx.logs.append(
+                        (
+                            action.event.value,
+                            {"agent_id": agent_id, "gateway_id": row.gateway_id, **detail},
+                        )
+                    )
+                    events.add(
+                        action.event.value,
+                        gateway_id=row.gateway_id,
+                        agent_id=agent_id,
+                        board_id=row.board_id,  # what add_event would look up
+                        at=now,
+                        **detail,
+                    )
+        save_snapshots_in(conn, [(v.row.id, v.after) for v in bulk], now)
+        outbox.flush()
+        events.flush()
+        for v in rest:
+            tx.step(v.row.id, v.event)
+
+    def _gateway_suspect(self, gateway_id: str, rows: list[AgentRow], now: float) -> bool:
+        """`rows`: the gateway's agents that are not being deleted."""
+        if not lc.may_be_suspect(len(rows), self.policy):
+            return False
+        link_up = self._link_up_since.get(gateway_id)
+        missed = sum(lc.is_missing(r.snapshot(link_up), self.policy, now) for r in rows)
         suspect = lc.gateway_suspect(missed, len(rows), self.policy)
         if suspect:
             log.warning(
@@ -619,6 +751,22 @@ class Reconciler:
                 await self.sweep_presence()
             except Exception as exc:
                 log.error("lifecycle.presence.failed", error=str(exc))
+
+
+# What `_write_verdicts` carries out a statement per kind; any other action, one by one.
+_BULK_ACTIONS = (lc.SendWake, lc.ScheduleDeadline, lc.CancelDeadline, lc.Log)
+
+
+class _Verdict(NamedTuple):
+    row: AgentRow  # as loaded, before the step
+    event: lc.Event
+    after: lc.AgentLifecycle
+    actions: tuple[lc.Action, ...]
+
+
+def _view_after(row: AgentRow, after: lc.AgentLifecycle, now: float) -> dict[str, Any]:
+    """The API view of `row` once `after` is saved."""
+    return agent_json(with_snapshot(row, after, now))
 
 
 def _command_facts(command: Any) -> lc.CommandFacts:

@@ -19,10 +19,10 @@ import json
 import re
 import sqlite3
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from hub.boards import board_profile
+from hub.boards import board_profile, board_profiles_in
 from hub.lifecycle.decisions import (
     AgentLifecycle,
     CheckInSource,
@@ -36,15 +36,18 @@ from hub.provisioning.rendering import (
     AgentContext,
     AgentKind,
     ApplyAction,
+    BoardProfile,
     IdentityProfile,
     RenderError,
+    UserProfile,
     check_override_template,
+    profile_values,
     render_file_set,
     render_wake_message,
 )
 from hub.store.engines import IntegrityError
-from hub.store.errors import Refusal, StoreError
-from hub.store.gateways import gateway_in
+from hub.store.errors import Refusal, StoreError, UnknownGateway
+from hub.store.gateways import GatewayRow, gateway_in, gateways_in
 from hub.users import user_profile
 from missioncontrol.agent_api import DEFAULT_AGENT_API_URL
 from missioncontrol.timefmt import iso
@@ -181,8 +184,19 @@ class AgentRow:
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> AgentRow:
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: row[k] for k in row.keys() if k in names})  # noqa: SIM118
+        return cls(**{k: v for k, v in zip(row.keys(), row, strict=True) if k in _ROW_FIELDS})
+
+    @classmethod
+    def from_rows(cls, rows: list[Any]) -> list[AgentRow]:
+        """`from_row` for a query's rows (their columns are looked up once)."""
+        if not rows:
+            return []
+        index = {k: i for i, k in enumerate(rows[0].keys())}
+        if all(name in index for name in _ROW_ORDER):  # every field: build by position
+            at = [index[name] for name in _ROW_ORDER]
+            return [cls(*[row[i] for i in at]) for row in rows]
+        columns = [(i, k) for k, i in index.items() if k in _ROW_FIELDS]
+        return [cls(**{k: row[i] for i, k in columns}) for row in rows]
 
     def snapshot(
         self,
@@ -216,6 +230,10 @@ class AgentRow:
             ),
             cause=self.cause,
         )
+
+
+_ROW_ORDER = tuple(f.name for f in fields(AgentRow))
+_ROW_FIELDS = frozenset(_ROW_ORDER)
 
 
 class AgentPaused(AgentError):
@@ -496,32 +514,64 @@ def load_agent_by_gateway_id(
     return AgentRow.from_row(row) if row else None
 
 
-def save_snapshot(conn: sqlite3.Connection, agent_id: str, s: AgentLifecycle, now: float) -> None:
-    conn.execute(
-        """UPDATE agents SET status = ?, status_reason = ?, lifecycle_generation = ?,
-               applied_generation = ?, wake_attempts = ?, checkin_deadline_at = ?,
-               last_wake_sent_at = ?, last_seen_at = ?, last_provision_error = ?,
-               phase = ?, delivery_failures = ?, recovery = ?, last_checkin_source = ?,
-               updated_at = ?
-           WHERE id = ?""",
-        (
-            s.status.value,
-            s.reason.value if s.reason else None,
-            s.lifecycle_generation,
-            s.applied_generation,
-            s.wake_attempts,
-            s.checkin_deadline_at,
-            s.last_wake_sent_at,
-            s.last_seen_at,
-            s.last_provision_error,
-            s.phase.value,
-            s.delivery_failures,
-            s.recovery.value if s.recovery else None,
-            s.last_checkin_source.value if s.last_checkin_source else None,
-            now,
-            agent_id,
-        ),
+# The agent columns a lifecycle snapshot writes (`_snapshot_values` gives them, in order).
+_SNAPSHOT_COLUMNS = (
+    "status",
+    "status_reason",
+    "lifecycle_generation",
+    "applied_generation",
+    "wake_attempts",
+    "checkin_deadline_at",
+    "last_wake_sent_at",
+    "last_seen_at",
+    "last_provision_error",
+    "phase",
+    "delivery_failures",
+    "recovery",
+    "last_checkin_source",
+    "updated_at",
+)
+_SAVE_SNAPSHOT = (
+    f"UPDATE agents SET {', '.join(f'{c} = ?' for c in _SNAPSHOT_COLUMNS)} WHERE id = ?"
+)
+
+
+def _snapshot_values(s: AgentLifecycle, now: float) -> tuple[Any, ...]:
+    return (
+        s.status.value,
+        s.reason.value if s.reason else None,
+        s.lifecycle_generation,
+        s.applied_generation,
+        s.wake_attempts,
+        s.checkin_deadline_at,
+        s.last_wake_sent_at,
+        s.last_seen_at,
+        s.last_provision_error,
+        s.phase.value,
+        s.delivery_failures,
+        s.recovery.value if s.recovery else None,
+        s.last_checkin_source.value if s.last_checkin_source else None,
+        now,
     )
+
+
+def save_snapshot(conn: sqlite3.Connection, agent_id: str, s: AgentLifecycle, now: float) -> None:
+    conn.execute(_SAVE_SNAPSHOT, (*_snapshot_values(s, now), agent_id))
+
+
+def save_snapshots_in(
+    conn: sqlite3.Connection, snapshots: list[tuple[str, AgentLifecycle]], now: float
+) -> None:
+    """`save_snapshot` for many agents, in one statement."""
+    if snapshots:
+        conn.executemany(
+            _SAVE_SNAPSHOT, [(*_snapshot_values(s, now), agent_id) for agent_id, s in snapshots]
+        )
+
+
+def with_snapshot(row: AgentRow, s: AgentLifecycle, now: float) -> AgentRow:
+    """The row as `save_snapshot(conn, row.id, s, now)` leaves it, without reading it back."""
+    return replace(row, **dict(zip(_SNAPSHOT_COLUMNS, _snapshot_values(s, now), strict=True)))
 
 
 def accepted_tokens(conn: sqlite3.Connection, agent_id: str, now: float) -> list[StoredToken]:
@@ -547,7 +597,88 @@ def render_context(
     conn: sqlite3.Connection, agent: AgentRow
 ) -> tuple[AgentContext, GatewayGeneration]:
     """The template context for an agent, from its gateway, board and profile."""
-    gateway = gateway_in(conn, agent.gateway_id)
+    main = conn.execute(
+        "SELECT gateway_agent_id FROM agents WHERE gateway_id = ? AND kind = 'main'",
+        (agent.gateway_id,),
+    ).fetchone()
+    return _context_of(
+        agent,
+        gateway_in(conn, agent.gateway_id),
+        board_profile(conn, agent.board_id) if agent.board_id else None,
+        user_profile(conn),
+        main[0] if main else None,
+    )
+
+
+@dataclass(frozen=True)
+class RenderSources:
+    """What `render_context` reads from the store, for many agents at once: their
+    gateways, boards, the user's profile and each gateway's main agent."""
+
+    gateways: dict[str, GatewayRow]
+    boards: dict[str, BoardProfile]
+    user: UserProfile
+    mains: dict[str, str]  # gateway id -> its main agent's gateway agent id
+    # Worked out once per batch: agents with the same profile share what it renders to.
+    _identities: dict[str, IdentityProfile] = field(default_factory=dict, repr=False)
+    _profiles: dict[tuple[str, str | None, str], Mapping[str, str]] = field(
+        default_factory=dict, repr=False
+    )
+
+    @classmethod
+    def load(cls, conn: sqlite3.Connection, agents: list[AgentRow]) -> RenderSources:
+        """Four queries, however many agents (none for none)."""
+        if not agents:
+            return cls({}, {}, UserProfile(), {})
+        gateway_ids = sorted({a.gateway_id for a in agents})
+        mains = conn.execute(
+            "SELECT gateway_id, gateway_agent_id FROM agents WHERE kind = 'main' "
+            "AND gateway_id IN (SELECT value FROM json_each(?))",
+            (json.dumps(gateway_ids),),
+        ).fetchall()
+        return cls(
+            gateways_in(conn, gateway_ids),
+            board_profiles_in(conn, sorted({a.board_id for a in agents if a.board_id})),
+            user_profile(conn),
+            {row[0]: row[1] for row in mains},
+        )
+
+    def context(self, agent: AgentRow) -> tuple[AgentContext, GatewayGeneration]:
+        """`render_context(conn, agent)`, from what was loaded."""
+        gateway = self.gateways.get(agent.gateway_id)
+        if gateway is None:
+            raise UnknownGateway(f"gateway {agent.gateway_id} does not exist")
+        board = self.boards.get(agent.board_id) if agent.board_id else None
+        identity = self._identities.get(agent.identity_profile)
+        if identity is None:
+            identity = IdentityProfile.from_mapping(json.loads(agent.identity_profile))
+            self._identities[agent.identity_profile] = identity
+        soul = (agent.role_soul or "") if AgentKind(agent.kind) is AgentKind.WORKER else ""
+        key = (agent.identity_profile, agent.board_id, soul)
+        profile = self._profiles.get(key)
+        if profile is None:
+            profile = self._profiles[key] = profile_values(identity, self.user, board, soul)
+        return _context_of(
+            agent,
+            gateway,
+            board,
+            self.user,
+            self.mains.get(agent.gateway_id),
+            identity=identity,
+            profile=profile,
+        )
+
+
+def _context_of(
+    agent: AgentRow,
+    gateway: GatewayRow,
+    board: BoardProfile | None,
+    user: UserProfile,
+    main_agent: str | None,
+    *,
+    identity: IdentityProfile | None = None,
+    profile: Mapping[str, str] | None = None,
+) -> tuple[AgentContext, GatewayGeneration]:
     if not gateway.workspace_root:
         raise AgentError(
             f"gateway {gateway.id} has no workspace root yet: declare one "
@@ -560,15 +691,10 @@ def render_context(
     generation = GatewayGeneration.of(gateway.gateway_generation)
     if generation is GatewayGeneration.UNKNOWN:
         generation = GatewayGeneration.CURRENT
-    board = board_profile(conn, agent.board_id) if agent.board_id else None
     session_key = f"agent:{agent.gateway_agent_id}:main"
     # Named only when the gateway has a main agent: a session that does not exist would
     # send the agent looking for it.
-    main = conn.execute(
-        "SELECT gateway_agent_id FROM agents WHERE gateway_id = ? AND kind = 'main'",
-        (gateway.id,),
-    ).fetchone()
-    main_key = f"agent:{main[0]}:main" if main else ""
+    main_key = f"agent:{main_agent}:main" if main_agent else ""
     try:
         context = AgentContext(
             agent_name=agent.name,
@@ -581,10 +707,13 @@ def render_context(
             workspace_path=agent.workspace_path
             or workspace_path(gateway.workspace_root, agent.gateway_agent_id),
             heartbeat_interval_s=agent.heartbeat_interval_s,
-            identity=IdentityProfile.from_mapping(json.loads(agent.identity_profile)),
-            user=user_profile(conn),
+            identity=identity
+            if identity is not None
+            else IdentityProfile.from_mapping(json.loads(agent.identity_profile)),
+            user=user,
             board=board,
             role_soul=agent.role_soul or "",
+            profile=profile,
         )
     except RenderError as exc:
         raise AgentError(f"cannot render the agent's files: {exc}") from None
@@ -672,6 +801,21 @@ def build_wake(
 ) -> pb.Command:
     """A WakeAgent; on the recovery ladder's last rung, into a fresh session."""
     context, gateway_generation = render_context(conn, agent)
+    return wake_command(
+        agent, context, gateway_generation, generation, attempt, max_wakes, recovery
+    )
+
+
+def wake_command(
+    agent: AgentRow,
+    context: AgentContext,
+    gateway_generation: GatewayGeneration,
+    generation: int,
+    attempt: int,
+    max_wakes: int,
+    recovery: Recovery | None = None,
+) -> pb.Command:
+    """`build_wake` from the agent's render context (`RenderSources.context`)."""
     message = render_wake_message(
         gateway_generation,
         context,

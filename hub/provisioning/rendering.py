@@ -270,6 +270,9 @@ class AgentContext:
     user: UserProfile = field(default_factory=UserProfile)
     board: BoardProfile | None = None
     role_soul: str = ""  # a worker's role soul from the souls directory (Markdown)
+    # `profile_values` of this context's identity, user, board and worker soul, when
+    # already worked out for another agent that has the same (not part of its value).
+    profile: Mapping[str, str] | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kind", AgentKind(self.kind))  # accept the store's text too
@@ -301,6 +304,11 @@ class AgentContext:
             raise RenderError(f"heartbeat_interval_s {self.heartbeat_interval_s} must be >= 0")
 
     @property
+    def worker_soul(self) -> str:
+        """The role soul the templates see: a worker's only."""
+        return self.role_soul if self.kind is AgentKind.WORKER else ""
+
+    @property
     def token_path(self) -> str:
         return f"{self.workspace_path.rstrip('/')}/{TOKEN_FILE_NAME}"
 
@@ -310,35 +318,10 @@ class AgentContext:
         auth_header = f'-H "{TOKEN_HEADER}: $(cat {shlex.quote(self.token_path)})"'
         board = self.board
         rules = board.rules if board is not None else BoardRules()
-        raw: dict[str, Any] = {
-            "agent_name": self.agent_name,
-            "identity_role": self.identity.role or DEFAULT_ROLE,
-            "identity_communication_style": (
-                self.identity.communication_style or DEFAULT_COMMUNICATION_STYLE
-            ),
-            "identity_emoji": self.identity.emoji or DEFAULT_EMOJI,
-            "identity_autonomy_level": self.identity.autonomy_level,
-            "identity_verbosity": self.identity.verbosity,
-            "identity_output_format": self.identity.output_format,
-            "identity_update_cadence": self.identity.update_cadence,
-            "identity_purpose": self.identity.purpose,
-            "identity_personality": self.identity.personality,
-            "identity_custom_instructions": self.identity.custom_instructions,
-            "user_name": self.user.name,
-            "user_preferred_name": self.user.preferred_name,
-            "user_pronouns": self.user.pronouns,
-            "user_timezone": self.user.timezone,
-            "user_notes": self.user.notes,
-            "user_context": self.user.context,
-            "board_name": board.name if board else "",
-            "board_type": board.board_type if board else "",
-            "board_description": board.description if board else "",
-            "board_objective": board.objective if board else "",
-            "board_success_metrics": _metrics_text(board.success_metrics) if board else "",
-            "board_target_date": _date_text(board.target_date) if board else "",
-            "role_soul": self.role_soul if self.kind is AgentKind.WORKER else "",
-        }
-        values: dict[str, Any] = {name: _bounded(name, text) for name, text in raw.items()}
+        profile = self.profile
+        if profile is None:
+            profile = profile_values(self.identity, self.user, board, self.worker_soul)
+        values: dict[str, Any] = {"agent_name": _bounded("agent_name", self.agent_name), **profile}
         values.update(
             # Mission Control's names, for override templates written for it.
             directory_role_soul_markdown=values["role_soul"],
@@ -373,6 +356,41 @@ class AgentContext:
             board_rule_max_agents=max(int(rules.max_agents), 0),
         )
         return values
+
+
+def profile_values(
+    identity: IdentityProfile, user: UserProfile, board: BoardProfile | None, worker_soul: str
+) -> dict[str, str]:
+    """The template inputs an agent's identity, user, board and worker soul give, bounded
+    (the same for every agent that shares them)."""
+    raw: dict[str, Any] = {
+        "identity_role": identity.role or DEFAULT_ROLE,
+        "identity_communication_style": (
+            identity.communication_style or DEFAULT_COMMUNICATION_STYLE
+        ),
+        "identity_emoji": identity.emoji or DEFAULT_EMOJI,
+        "identity_autonomy_level": identity.autonomy_level,
+        "identity_verbosity": identity.verbosity,
+        "identity_output_format": identity.output_format,
+        "identity_update_cadence": identity.update_cadence,
+        "identity_purpose": identity.purpose,
+        "identity_personality": identity.personality,
+        "identity_custom_instructions": identity.custom_instructions,
+        "user_name": user.name,
+        "user_preferred_name": user.preferred_name,
+        "user_pronouns": user.pronouns,
+        "user_timezone": user.timezone,
+        "user_notes": user.notes,
+        "user_context": user.context,
+        "board_name": board.name if board else "",
+        "board_type": board.board_type if board else "",
+        "board_description": board.description if board else "",
+        "board_objective": board.objective if board else "",
+        "board_success_metrics": _metrics_text(board.success_metrics) if board else "",
+        "board_target_date": _date_text(board.target_date) if board else "",
+        "role_soul": worker_soul,
+    }
+    return {name: _bounded(name, text) for name, text in raw.items()}
 
 
 # ------------------------------------------------------------------ results
@@ -553,6 +571,7 @@ _ENV = ImmutableSandboxedEnvironment(
     keep_trailing_newline=True,
     trim_blocks=True,
     lstrip_blocks=True,
+    auto_reload=False,  # package data: a template changes with a new install, not while running
 )
 _ENV.filters["shq"] = shlex.quote  # shell-quote a path for our own templates' commands
 _OVERRIDE_FILTERS = frozenset({"default", "d", "lower", "upper", "title", "capitalize", "trim"})
@@ -612,7 +631,12 @@ def _render_override(name: str, source: str, variables: dict[str, Any]) -> str:
 def _bounded(name: str, value: Any) -> str:
     """Cut one input to its limit; single-line fields lose newlines and control characters."""
     text = "" if value is None else str(value)
-    if name in _MULTILINE_FIELDS:
+    if text.isprintable():  # no control character, and no whitespace but " "
+        if name in _MULTILINE_FIELDS:
+            text = text.strip()
+        elif "  " in text or text[:1] == " " or text[-1:] == " ":
+            text = " ".join(text.split())
+    elif name in _MULTILINE_FIELDS:
         text = _CONTROL.sub("", text.replace("\r\n", "\n").replace("\r", "\n")).strip()
         text = re.sub(r"\n{3,}", "\n\n", text)
     else:

@@ -64,6 +64,88 @@ def add_event(
         )
 
 
+class EventBatch:
+    """Many `add_event` calls as a few statements: `add` in the order the events happen,
+    then `flush` once, in the same transaction (rows, board activity and ACTIVITY
+    notices as `add_event` leaves them). An entry's detail may be filled in after it is
+    added and before the flush (`add` returns it): a queued command's sequence number."""
+
+    _CHUNK = 256  # rows per INSERT; the rest in halving chunks, so few statement texts
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self._entries: list[tuple[dict[str, Any], dict[str, Any]]] = []
+
+    def add(
+        self,
+        kind: str,
+        *,
+        gateway_id: str | None = None,
+        agent_id: str | None = None,
+        board_id: str | None = None,
+        at: float | None = None,
+        **detail: Any,
+    ) -> dict[str, Any]:
+        """Log one event at the flush (arguments as `add_event`); returns its detail."""
+        values = {
+            "at": time.time() if at is None else at,
+            "kind": kind,
+            "gateway_id": gateway_id,
+            "agent_id": agent_id,
+            "board_id": board_id,
+        }
+        self._entries.append((values, detail))
+        return detail
+
+    def flush(self) -> None:
+        entries, self._entries = self._entries, []
+        start = 0
+        while start < len(entries):
+            size = self._CHUNK
+            while size > len(entries) - start:
+                size //= 2
+            self._insert(entries[start : start + size])
+            start += size
+
+    def _insert(self, entries: list[tuple[dict[str, Any], dict[str, Any]]]) -> None:
+        conn = self.conn
+        params: list[Any] = []
+        for values, detail in entries:
+            values["detail"] = json.dumps(detail, separators=(",", ":"), default=str)
+            agent_id, gateway_id = values["agent_id"], values["gateway_id"]
+            params += (values["at"], values["kind"], gateway_id, agent_id)
+            params += (values["board_id"], agent_id, gateway_id, agent_id, values["detail"])
+        rows = conn.execute(
+            f"""INSERT INTO events (at, kind, gateway_id, agent_id, board_id, detail)
+                VALUES {", ".join([_EVENT_VALUES] * len(entries))}
+                RETURNING id, board_id""",
+            params,
+        ).fetchall()
+        # RETURNING gives the rows in no particular order; their ids increase in the
+        # order the VALUES list them (one statement, ids from one counter).
+        rows.sort(key=lambda r: r[0])
+        notify = getattr(conn, "notices", None) is not None
+        active: dict[str, float] = {}
+        for (values, detail), (event_id, board_id) in zip(entries, rows, strict=True):
+            if board_id is not None and values["kind"].startswith(BOARD_ACTIVITY):
+                active[board_id] = max(values["at"], active.get(board_id, values["at"]))
+            if notify:
+                conn.notify(  # type: ignore[attr-defined]
+                    ACTIVITY, {**values, "id": event_id, "board_id": board_id, "detail": detail}
+                )
+        if active:
+            conn.executemany(
+                "UPDATE boards SET last_activity_at = ? WHERE id = ? "
+                "AND (last_activity_at IS NULL OR last_activity_at < ?)",
+                [(at, board_id, at) for board_id, at in active.items()],
+            )
+
+
+# One event's row as `add_event` writes it (the board, when not given, is its agent's).
+_EVENT_VALUES = """(?, ?, ?, ?, COALESCE(?, (SELECT board_id FROM agents WHERE id = ?),
+    (SELECT board_id FROM agents WHERE gateway_id = ? AND gateway_agent_id = ?)), ?)"""
+
+
 def events_in(
     conn: sqlite3.Connection, gateway_id: str | None = None, kind: str | None = None
 ) -> list[dict[str, Any]]:

@@ -692,6 +692,17 @@ def gateway_in(conn: sqlite3.Connection, gateway_id: str) -> GatewayRow:
     return GatewayRow.from_row(row)
 
 
+def gateways_in(conn: sqlite3.Connection, gateway_ids: list[str]) -> dict[str, GatewayRow]:
+    """`gateway_in` for many gateways in one query; one that does not exist is absent."""
+    if not gateway_ids:
+        return {}
+    rows = conn.execute(
+        "SELECT * FROM gateways WHERE id IN (SELECT value FROM json_each(?))",
+        (json.dumps(gateway_ids),),
+    ).fetchall()
+    return {row["id"]: GatewayRow.from_row(row) for row in rows}
+
+
 # ------------------------------------------------------------------ reads (dashboard)
 
 GATEWAY_STATES = ("connected", "disconnected", "never_connected")

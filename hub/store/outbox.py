@@ -16,7 +16,7 @@ from typing import Any
 
 from hub.store.database import Connection
 from hub.store.errors import StoreError, UnknownGateway
-from hub.store.event_log import add_event
+from hub.store.event_log import EventBatch, add_event
 from protos import link_pb2 as pb
 from protos.contract import MAX_COMMAND_BYTES, epoch_s, timestamp
 
@@ -61,6 +61,100 @@ def enqueue_command_in(
     if row is None:
         raise UnknownGateway(f"gateway {gateway_id} does not exist")
     sequence = row[0]
+    values = _command_row(conn, gateway_id, sequence, command, now)
+    conn.execute(_INSERT_COMMAND, values)
+    conn.notify(OUTBOX, gateway_id)  # the gateway's stream, if any, sends it after the commit
+    add_event(
+        conn,
+        "command.queued",
+        gateway_id=gateway_id,
+        agent_id=_agent_of(command),
+        sequence=sequence,
+        command=values[2],
+    )
+    return sequence
+
+
+class OutboxBatch:
+    """Many `enqueue_command_in` calls as a few statements, in the caller's transaction:
+    `add` commands in order, then `flush` once (before `events.flush()`). The same
+    guarantees: each gateway's numbers follow on without gap or duplicate, in the order
+    the commands were added, and the streams are told after the commit; each command's
+    `command.queued` entry takes its place in `events` where it was added."""
+
+    def __init__(self, conn: Connection, events: EventBatch, *, now: float | None = None) -> None:
+        self.conn = conn
+        self.events = events
+        self.now = now
+        self._queued: list[tuple[str, pb.Command, dict[str, Any]]] = []
+
+    def add(self, gateway_id: str, command: pb.Command, *, board_id: str | None = None) -> None:
+        """Queue `command`; `board_id`: its agent's board, when the caller has the row
+        (the event log would look it up)."""
+        kind = command.WhichOneof("action")
+        detail = self.events.add(
+            "command.queued",
+            gateway_id=gateway_id,
+            agent_id=_agent_of(command),
+            board_id=board_id,
+            sequence=None,  # numbered at the flush
+            command=kind,
+        )
+        self._queued.append((gateway_id, command, detail))
+
+    def flush(self) -> None:
+        """Number, store and announce what was added (its events are written by the
+        events' flush)."""
+        queued, self._queued = self._queued, []
+        if not queued:
+            return
+        conn = self.conn
+        counts: dict[str, int] = {}
+        for gateway_id, _, _ in queued:
+            counts[gateway_id] = counts.get(gateway_id, 0) + 1
+        gateway_ids = sorted(counts)  # one lock order, whoever else numbers these gateways
+        # Taking the numbers locks the gateways' rows (as in enqueue_command_in); read
+        # back inside the same transaction, they are this batch's alone.
+        conn.executemany(
+            "UPDATE gateways SET next_sequence = next_sequence + ? WHERE id = ?",
+            [(counts[g], g) for g in gateway_ids],
+        )
+        next_of = {
+            r[0]: r[1]
+            for r in conn.execute(
+                "SELECT id, next_sequence FROM gateways WHERE id IN "
+                "(SELECT value FROM json_each(?))",
+                (json.dumps(gateway_ids),),
+            ).fetchall()
+        }
+        missing = [g for g in gateway_ids if g not in next_of]
+        if missing:
+            raise UnknownGateway(f"gateway {missing[0]} does not exist")
+        sequence_of = {g: next_of[g] - counts[g] for g in gateway_ids}
+        rows = []
+        for gateway_id, command, detail in queued:
+            sequence = sequence_of[gateway_id]
+            sequence_of[gateway_id] = sequence + 1
+            rows.append(_command_row(conn, gateway_id, sequence, command, self.now))
+            detail["sequence"] = sequence
+        conn.executemany(_INSERT_COMMAND, rows)
+        for gateway_id in counts:  # the gateway's stream, if any, sends them after the commit
+            conn.notify(OUTBOX, gateway_id)
+
+
+_INSERT_COMMAND = """INSERT INTO commands (gateway_id, sequence, kind, agent_id, generation,
+    payload, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)"""
+
+
+def _agent_of(command: pb.Command) -> str | None:
+    kind = command.WhichOneof("action")
+    return getattr(getattr(command, kind), "agent_id", None) if kind else None
+
+
+def _command_row(
+    conn: Connection, gateway_id: str, sequence: int, command: pb.Command, now: float | None
+) -> tuple[Any, ...]:
+    """The commands row of `command` numbered `sequence` (its payload sealed, checked)."""
     command.sequence = sequence
     if not command.HasField("issued_at"):
         command.issued_at.CopyFrom(timestamp())
@@ -74,29 +168,15 @@ def enqueue_command_in(
     if kind not in _COMMAND_KINDS:
         raise StoreError("command has no action")
     action = getattr(command, kind)
-    conn.execute(
-        """INSERT INTO commands (gateway_id, sequence, kind, agent_id, generation, payload,
-               created_at) VALUES (?, ?, ?, ?, ?, ?, ?)""",
-        (
-            gateway_id,
-            sequence,
-            kind,
-            getattr(action, "agent_id", None) or None,
-            getattr(action, "generation", 0),
-            payload,
-            time.time() if now is None else now,
-        ),
+    return (
+        gateway_id,
+        sequence,
+        kind,
+        getattr(action, "agent_id", None) or None,
+        getattr(action, "generation", 0),
+        payload,
+        time.time() if now is None else now,
     )
-    conn.notify(OUTBOX, gateway_id)  # the gateway's stream, if any, sends it after the commit
-    add_event(
-        conn,
-        "command.queued",
-        gateway_id=gateway_id,
-        agent_id=getattr(action, "agent_id", None),
-        sequence=sequence,
-        command=kind,
-    )
-    return sequence
 
 
 @dataclass(frozen=True)

@@ -69,3 +69,14 @@ async def test_wait_returns_at_once_when_something_is_already_due() -> None:
     schedule.set("a", 5.0, 1)
     async with asyncio.timeout(5):
         await schedule.wait(lambda: 10.0)
+
+
+def test_deadlines_loaded_at_once_come_due_as_if_set_one_by_one() -> None:
+    loaded, one_by_one = DeadlineSchedule(), DeadlineSchedule()
+    deadlines = [("b", 20.0, 1), ("a", 10.0, 1), ("c", 30.0, 2), ("a", 5.0, 2), ("d", 20.0, 1)]
+    loaded.load(deadlines)
+    for agent_id, at, generation in deadlines:
+        one_by_one.set(agent_id, at, generation)
+    assert len(loaded) == len(one_by_one) == 4
+    assert loaded.pop_due(25.0, limit=10) == one_by_one.pop_due(25.0, limit=10)
+    assert loaded.pop_due(25.0, limit=10) == [] and loaded.next_at() == 30.0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from importlib import resources
 from typing import Any
 
@@ -10,6 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from hub.provisioning import rendering
 from hub.provisioning.agent_tokens import TokenKeyring
 from hub.provisioning.rendering import (
     FIELD_LIMITS,
@@ -545,3 +547,30 @@ def test_the_recovery_ladders_wakes_say_why_and_carry_the_check_in(
         assert "updated" not in text.split("\n")[0]
         assert plain.split("\n", 1)[1] == text.split("\n", 1)[1]  # the same command after it
     assert "fresh session" in fresh and "fresh session" not in nudge
+
+
+def _bounded_by_the_rule(name: str, text: str) -> str:
+    """What `_bounded` does to every input (its shortcut for plain text must agree)."""
+    if name in rendering._MULTILINE_FIELDS:
+        text = rendering._CONTROL.sub("", text.replace("\r\n", "\n").replace("\r", "\n"))
+        text = re.sub(r"\n{3,}", "\n\n", text.strip())
+    else:
+        text = " ".join(rendering._CONTROL.sub(" ", text).split())
+    limit = FIELD_LIMITS[name]
+    if len(text) > limit:
+        text = text[: limit - len(rendering._TRUNCATION_MARK)].rstrip() + rendering._TRUNCATION_MARK
+    return text
+
+
+@given(
+    name=st.sampled_from(sorted(FIELD_LIMITS)),
+    text=st.text(
+        alphabet=st.sampled_from("ab \n\r\t\x00\x1f\x7f\x85\xa0\u2028\u3000é") | st.characters(),
+        max_size=80,
+    ),
+)
+@settings(max_examples=400)
+def test_inputs_are_bounded_the_same_with_or_without_the_plain_text_shortcut(
+    name: str, text: str
+) -> None:
+    assert rendering._bounded(name, text) == _bounded_by_the_rule(name, text)
