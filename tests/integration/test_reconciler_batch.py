@@ -15,6 +15,7 @@ from hub.store.database import Connection, Database
 from hub.store.event_log import ACTIVITY
 from hub.store.gateways import GatewayStore
 from hub.store.outbox import OUTBOX
+from hub.store.ownership import take_ownership_in
 from protos import link_pb2 as pb
 
 NOW = 1_800_000_000.0
@@ -191,6 +192,9 @@ async def test_a_batch_writes_what_stepping_each_agent_alone_writes(
     reconciler = Reconciler(db, GatewayStore(db), POLICY, clock=lambda: clock[0])
     try:
         await db.write(_seed)
+        # This hub holds the gateways' streams: it owns them, and judges their agents.
+        for gateway_id in FIRST_SEQUENCE:
+            await db.write(lambda conn, g=gateway_id: take_ownership_in(conn, g, reconciler.hub_id))
         for gateway_id in FIRST_SEQUENCE:
             await reconciler.link_changed(gateway_id, True)
         clock[0] = NOW
