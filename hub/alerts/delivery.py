@@ -8,6 +8,12 @@ webhook `RetryPolicy`'s capped exponential backoff, until it gives up. Rows are 
 truth: an attempt cut short by a hub stop leaves its delivery pending, and the next
 hub sends it (at least once; receivers dedupe by the alert id header).
 
+Every hub on a shared database runs a sender: there, due deliveries are claimed in a
+write that locks them where it reads them and holds them for a lease (their next
+attempt moved past the attempt's timeout), so one hub sends each; a hub that dies
+mid-attempt leaves them to another once the lease ends. Alone on SQLite the hub reads
+them, as before.
+
 Outbound HTTP runs on the loop (aiohttp), never follows redirects, sends a bounded
 body and reads at most an excerpt of the answer. The worker does not poll: it sleeps
 until the earliest due attempt and is woken when an alert is queued.
@@ -28,7 +34,12 @@ from hub.alerts.rules import (
     SIGNATURE_HEADER,
     AlertPolicy,
 )
-from hub.alerts.store import due_deliveries_in, next_due_at_in, record_attempt_in
+from hub.alerts.store import (
+    claim_due_deliveries_in,
+    due_deliveries_in,
+    next_due_at_in,
+    record_attempt_in,
+)
 from hub.pki.secrets_box import SecretBox, SecretBoxError
 from hub.store.database import Connection, Database
 from hub.webhooks.rules import sign
@@ -40,6 +51,7 @@ from missioncontrol.version import VERSION
 log = get_logger("hub.alerts")
 
 USER_AGENT = f"mc-hub/{VERSION} (alerts)"
+CLAIM_MARGIN_S = 30.0  # a claim outlasts the attempt's timeout by this (the write after it)
 
 
 class AlertSender:
@@ -114,7 +126,15 @@ class AlertSender:
             rows = due_deliveries_in(conn, self.clock(), busy, room)
             return rows, next_due_at_in(conn, (*busy, *(r["id"] for r in rows)))
 
-        rows, next_due_at = await self.db.read(read)
+        def claim(conn: Connection) -> tuple[list[Any], float | None]:
+            lease_s = self.policy.attempt_timeout_s + CLAIM_MARGIN_S
+            rows = claim_due_deliveries_in(conn, self.clock(), busy, room, lease_s)
+            return rows, next_due_at_in(conn, (*busy, *(r["id"] for r in rows)))
+
+        if self.db.shared:
+            rows, next_due_at = await self.db.write(claim, urgent=True)
+        else:
+            rows, next_due_at = await self.db.read(read)
         for row in rows:
             delivery_id = row["id"]
             self._in_flight[delivery_id] = asyncio.get_running_loop().create_task(

@@ -8,6 +8,11 @@ lost nor sent twice across a restart. Conditions that no event marks when they b
 true (a gateway away longer than N seconds, a certificate within N days of its end)
 are checked on a cadence and at the moment the next disconnect crosses its threshold;
 link events move that moment.
+
+Every hub on a shared database runs the watchers: each pass takes its advisory lock
+first (hub/store/claims.py), so one hub at a time reads past the cursor or checks the
+conditions, and sees what the previous pass committed; a hub that finds the lock taken
+looks again shortly, in case the holder's pass began before its news.
 """
 
 from __future__ import annotations
@@ -60,6 +65,7 @@ from hub.alerts.store import (
     update_rule_in,
 )
 from hub.pki.secrets_box import SecretBox
+from hub.store.claims import Singleton, singleton_in
 from hub.store.database import Connection, Database
 from hub.store.gateways import certificates_expiring_in, gateway_names_in
 from missioncontrol.log import get_logger
@@ -71,6 +77,7 @@ SECRET_BOX_PURPOSE = "alert-secrets"
 EVENT_BATCH = 500
 MAX_TIMED_SUBJECTS = 10_000  # gateways looked at per check and rule
 PASS_RETRY_S = 5.0  # after a failed pass (the database refused a write)
+CONTENDED_RETRY_S = 1.0  # another hub held the pass: look again after this
 
 
 @dataclass
@@ -81,6 +88,7 @@ class _Raised:
     suppressed: list[tuple[Rule, Alert]] = field(default_factory=list)
     skipped: list[tuple[str, int, str]] = field(default_factory=list)  # rule, event, error
     more: bool = False  # the pass stopped at its batch size
+    contended: bool = False  # another hub's pass was under way: this one did nothing
     next_check_at: float | None = None
 
 
@@ -150,11 +158,16 @@ class AlertService:
                 await asyncio.sleep(PASS_RETRY_S)
                 continue
             self._report(raised)
-            if not raised.more:
+            if raised.contended:
+                await wait_until(self._events_due, self.clock() + CONTENDED_RETRY_S, self.clock)
+            elif not raised.more:
                 await self._events_due.wait()
 
     def _match_events_in(self, conn: Connection) -> _Raised:
         raised = _Raised()
+        if not singleton_in(conn, Singleton.ALERT_EVENTS):
+            raised.contended = True
+            return raised
         after = cursor_in(conn)
         events, until = events_after_in(conn, after, WATCHED_EVENTS, EVENT_BATCH)
         rules = enabled_rules_in(conn, EVENT_KINDS) if events else []
@@ -197,6 +210,9 @@ class AlertService:
         if not rules:
             return raised
         now = self.clock()
+        if not singleton_in(conn, Singleton.ALERT_CONDITIONS):
+            raised.next_check_at = now + CONTENDED_RETRY_S
+            return raised
         next_check_at = now + self.policy.check_interval_s
         away = [r for r in rules if r.kind is AlertKind.GATEWAY_DISCONNECTED]
         if away:

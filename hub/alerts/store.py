@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hub.alerts.rules import AlertKind, Rule, SubjectState, response_excerpt, rule_problem
+from hub.store.claims import skip_locked
+from hub.store.database import Connection
 from hub.store.errors import Refusal, StoreError
 from missioncontrol.timefmt import iso
 
@@ -330,6 +332,29 @@ def due_deliveries_in(
             ORDER BY d.next_attempt_at LIMIT ?""",
         (now, *exclude, limit),
     ).fetchall()
+
+
+def claim_due_deliveries_in(
+    conn: Connection, now: float, exclude: tuple[str, ...], limit: int, lease_s: float
+) -> list[sqlite3.Row]:
+    """Like `due_deliveries_in`, for a hub among others: the rows are locked where they
+    are read (another hub's claim skips them) and not due again for `lease_s`, so no
+    other hub sends them meanwhile; the attempt's outcome sets when they are due next.
+    A hub that dies mid-attempt leaves them due once the lease ends."""
+    rows = conn.execute(
+        f"""SELECT d.id, d.rule_id, d.payload, d.attempts, r.url, r.secret_sealed
+            FROM alert_deliveries d JOIN alert_rules r ON r.id = d.rule_id
+            WHERE d.state = 'pending' AND d.next_attempt_at <= ? AND {_not_in("d.id", exclude)}
+            ORDER BY d.next_attempt_at LIMIT ?"""
+        + skip_locked(conn, "d"),
+        (now, *exclude, limit),
+    ).fetchall()
+    if rows:
+        conn.executemany(
+            "UPDATE alert_deliveries SET next_attempt_at = ? WHERE id = ?",
+            [(now + lease_s, row["id"]) for row in rows],
+        )
+    return rows
 
 
 def next_due_at_in(conn: sqlite3.Connection, exclude: tuple[str, ...] = ()) -> float | None:

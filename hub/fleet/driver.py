@@ -8,6 +8,12 @@ service: every selected agent's row and new generation, the ApplyAgent commands 
 gateway's own outbox sequence, and the target marked applied, commit together. So a
 gateway is applied once, even across a restart mid-wave. Progress is logged as
 `rollout.*` events, which the activity trail and its live stream carry.
+
+Every hub on a shared database runs a driver. Each write that moves a rollout on first
+takes the rollout's advisory lock (hub/store/claims.py) and checks its state again
+under it: a hub that finds the lock taken leaves that step to the hub that has it, and
+a step already taken is seen as taken. So a wave starts once and a gateway is applied
+once, whichever hubs decide it.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ from hub.lifecycle.reconciler import Reconciler, Transition
 from hub.provisioning.agents import AgentError, AgentRow, RenderOptions, agents_of_gateway_in
 from hub.provisioning.rendering import AgentKind
 from hub.provisioning.service import AgentSpec, Provisioning
+from hub.store.claims import Singleton, singleton_in
 from hub.store.database import Connection, Database
 from hub.store.errors import Refusal, StoreError
 from hub.store.event_log import add_event
@@ -424,6 +431,8 @@ class RolloutService:
         )
 
         def op(conn: Connection) -> bool:
+            if not singleton_in(conn, Singleton.ROLLOUT, row.id):
+                return False
             now = self.clock()
             moved = set_status_in(
                 conn, row.id, status, now=now, reason=reason, expect=expect, wave=wave
@@ -446,6 +455,8 @@ class RolloutService:
     def _mark_all_in(
         self, conn: Connection, row: RolloutRow, marks: Sequence[ro.MarkGateway]
     ) -> None:
+        if not singleton_in(conn, Singleton.ROLLOUT, row.id):
+            return
         now = self.clock()
         for mark in marks:
             self._mark_in(conn, row, mark.gateway_id, mark.state, mark.reason, now)
@@ -476,6 +487,8 @@ class RolloutService:
     def _apply_in(self, tx: Transition, rollout_id: str, gateway_id: str) -> None:
         """The rollout's change on one gateway: every selected agent, one transaction."""
         conn = tx.conn
+        if not singleton_in(conn, Singleton.ROLLOUT, rollout_id):
+            return  # another hub is moving this rollout on
         row = rollout_in(conn, rollout_id)
         target = target_in(conn, rollout_id, gateway_id)
         if (
@@ -633,6 +646,8 @@ class RolloutService:
     def _roll_back_in(self, tx: Transition, rollout_id: str, gateway_id: str) -> None:
         """The values the rollout replaced on one gateway, re-applied: one transaction."""
         conn = tx.conn
+        if not singleton_in(conn, Singleton.ROLLOUT, rollout_id):
+            return  # another hub is moving this rollout on
         row = rollout_in(conn, rollout_id)
         target = target_in(conn, rollout_id, gateway_id)
         if (

@@ -78,12 +78,13 @@ def to_postgresql(sql: str) -> str:
 
     `?` and `:name` become `%s` and `%(name)s`; `a IS ?` compares NULLs as SQLite does;
     LIKE is ILIKE (SQLite's LIKE ignores ASCII case); INSERT OR IGNORE is ON CONFLICT DO
-    NOTHING; two-argument MAX/MIN are GREATEST/LEAST. A literal `%` is doubled, since
-    psycopg reads `%` as a mark even inside quotes."""
+    NOTHING; two-argument MAX/MIN are GREATEST/LEAST; LIMIT -1 (no limit) is LIMIT ALL.
+    A literal `%` is doubled, since psycopg reads `%` as a mark even inside quotes."""
     code, kept = _masked(sql.replace("%", "%%"))
     code = re.sub(r"\bIS\s+NOT\s+\?", "IS DISTINCT FROM ?", code, flags=re.IGNORECASE)
     code = re.sub(r"\bIS\s+\?", "IS NOT DISTINCT FROM ?", code, flags=re.IGNORECASE)
     code = re.sub(r"\bLIKE\b", "ILIKE", code, flags=re.IGNORECASE)
+    code = re.sub(r"\bLIMIT\s+-1\b", "LIMIT ALL", code, flags=re.IGNORECASE)
     if re.search(r"\bINSERT\s+OR\s+IGNORE\b", code, re.IGNORECASE):
         code = _on_conflict_do_nothing(code)
     code = _scalar_extremes(code)

@@ -5,7 +5,9 @@ board's lead): the webhook's description is the instruction, the payload follows
 fenced as external, untrusted data. The command is queued in the gateway's outbox
 in the same transaction that marks the payload delivered; the outbox is persisted
 and replayed to the sidecar until acknowledged, so a queued delivery is not lost
-when a sidecar is offline.
+when a sidecar is offline. Every hub on a shared database runs this worker: a pass
+locks the payloads it reads until the commit that marks them (hub/store/claims.py), so
+each is delivered by one hub, and a hub that dies mid-pass leaves them due.
 
 Without a target agent a delivery is retried with capped exponential backoff, up to
 `RetryPolicy.max_attempts`, and `last_error` says why. The worker does not poll: it

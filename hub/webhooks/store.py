@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from hub.store.claims import skip_locked
+from hub.store.database import Connection
 from hub.store.errors import Refusal, StoreError
 from missioncontrol.text import displayable
 from missioncontrol.timefmt import iso
@@ -297,9 +299,10 @@ def insert_payload_in(
 
 
 def due_payloads_in(
-    conn: sqlite3.Connection, now: float, preview_bytes: int, limit: int
+    conn: Connection, now: float, preview_bytes: int, limit: int
 ) -> list[sqlite3.Row]:
-    """Undelivered payloads due at `now`, earliest first, with what their wake needs."""
+    """Undelivered payloads due at `now`, earliest first, with what their wake needs;
+    locked to the caller's commit, which marks them (another hub's pass skips them)."""
     return conn.execute(
         """SELECT p.id, p.webhook_id, p.board_id, p.content_type, p.received_at,
                   p.delivery_attempts, substr(p.payload, 1, ?) AS preview,
@@ -309,7 +312,8 @@ def due_payloads_in(
            JOIN board_webhooks w ON w.id = p.webhook_id
            JOIN boards b ON b.id = w.board_id
            WHERE p.delivered_at IS NULL AND p.next_attempt_at <= ?
-           ORDER BY p.next_attempt_at LIMIT ?""",
+           ORDER BY p.next_attempt_at LIMIT ?"""
+        + skip_locked(conn, "p"),
         (preview_bytes, now, limit),
     ).fetchall()
 

@@ -27,6 +27,10 @@ from hub.store.dialect import schema_for_postgresql, to_postgresql
         ("SELECT 1 FROM t WHERE a IS NOT ?", "SELECT 1 FROM t WHERE a IS DISTINCT FROM %s"),
         ("SELECT 1 FROM t WHERE a IS NULL", "SELECT 1 FROM t WHERE a IS NULL"),
         ("SELECT MAX(a) FROM t", "SELECT MAX(a) FROM t"),
+        (
+            "SELECT id FROM t ORDER BY at DESC LIMIT -1 OFFSET ?",
+            "SELECT id FROM t ORDER BY at DESC LIMIT ALL OFFSET %s",
+        ),
         ("UPDATE t SET a = MAX(a, ?)", "UPDATE t SET a = GREATEST(a, %s)"),
         (
             "UPDATE g SET s = MAX(s, MIN(?, n - 1))",
