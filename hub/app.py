@@ -36,6 +36,7 @@ from hub.link.agent_calls import AgentCallForwarder
 from hub.link.queries import GatewayQueries
 from hub.link.relay import RELAY_ANSWER, RELAY_ASK, QueryRelay
 from hub.link.server import LinkService, SessionRegistry
+from hub.live_relay import LiveRelay
 from hub.memory import MEMORY
 from hub.metrics import HubMetrics, MeteredReports
 from hub.pki.ca import CertificateAuthority
@@ -142,6 +143,10 @@ class Hub:
         self.db.listen(ACTIVITY, self.activity.publish)
         self.memory = Feed("memory")  # board memory notes, to the live memory streams
         self.db.listen(MEMORY, self.memory.publish)
+        # other hubs on the database: their agent changes and events, to these streams too
+        self.live_relay = LiveRelay(self.db, self.events, self.activity)
+        if self.db.shared:
+            self.live_relay.attach()
         self.clock = clock
         self.link_notices = LinkNotices(self.events)  # the dashboard sees sidecars come and go
         self.reconciler = Reconciler(
@@ -394,6 +399,7 @@ class Hub:
         if self.link is not None:
             await self.link.wait_closed()
         self._link_serving = False
+        await self.live_relay.stop()
         self.events.close()  # live streams end now rather than at the shutdown timeout
         self.activity.close()
         self.memory.close()

@@ -38,6 +38,7 @@ from hub.events import EventBus
 from hub.lifecycle import decisions as lc
 from hub.lifecycle.deadlines import DeadlineSchedule, Due
 from hub.lifecycle.presence import silent_agents_in, touch_steady_in
+from hub.live_relay import agents_changed_in
 from hub.provisioning.agents import (
     AgentRow,
     RenderOptions,
@@ -189,6 +190,7 @@ class Reconciler:
             transition = Transition(self, conn, self.clock())
             result = op(transition)
             conn.after_commit(transition._committed)
+            agents_changed_in(conn, transition.changed.values())  # the other hubs' streams
             return result
 
         return await self.db.write(job, urgent=urgent)

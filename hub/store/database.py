@@ -359,6 +359,13 @@ class Database:
         if every_hub:
             self._every_hub.setdefault(channel, []).append(listener)
 
+    def listen_elsewhere(self, channel: str, listener: Callable[[str], None]) -> None:
+        """Call `listener(payload)` for the notices only the other hubs on the same
+        database leave on `channel` (PostgreSQL; str payloads), never this hub's own:
+        what this hub already did after its commit, the others learn of from these.
+        Register before `open`."""
+        self._every_hub.setdefault(channel, []).append(listener)
+
     def open(self) -> None:
         if self._every_hub:  # first: the writer's connection carries the shared channels
             loop = asyncio.get_running_loop()

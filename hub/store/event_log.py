@@ -16,6 +16,9 @@ from protos import link_pb2 as pb
 # Notice channel: each event row, as `event_row` gives it, once its commit is durable
 # (the activity stream's live part; hub/feeds.py).
 ACTIVITY = "activity"
+# Notice channel (PostgreSQL, the other hubs): an event row's id, once its commit is
+# durable, so their activity streams read it back (hub/live_relay.py).
+EVENT_LOGGED = "event_logged"
 # What counts as work on a board (boards.last_activity_at; the heartbeat governor backs
 # a quiet board's agents off): tasks, approvals, board memory, messages to its agents.
 BOARD_ACTIVITY = ("task.", "approval.", "board.memory.", "agent.message.")
@@ -62,6 +65,8 @@ def add_event(
         conn.notify(  # type: ignore[attr-defined]
             ACTIVITY, {**values, "id": row[0], "board_id": row[1], "detail": detail}
         )
+        if getattr(conn, "dialect", "sqlite") == "postgresql":
+            conn.notify(EVENT_LOGGED, str(row[0]))  # type: ignore[attr-defined]
 
 
 class EventBatch:

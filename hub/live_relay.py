@@ -1,0 +1,137 @@
+"""What the other hubs on one PostgreSQL committed, pushed to this hub's live streams.
+
+A hub feeds its own live streams after each commit: agent views to the event bus (the
+agents stream, the dashboard), event rows to the activity feed. So that a stream opened
+on another hub sees the change too, the writing transaction also leaves a small notice
+every hub hears (NOTIFY carries at most 8000 bytes: ids, never rows); each other hub
+reads those rows back, a batch at a time, and feeds its own streams with what it read.
+A notice lost while a hub's listener reconnects costs that hub's streams the change
+(a client reconnecting with Last-Event-ID gets the activity rows from the database). On
+SQLite there is one hub: nothing is sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+from collections.abc import Iterable
+from typing import Any
+
+from hub.events import EventBus
+from hub.feeds import Feed
+from hub.provisioning.agents import agent_json, load_agent
+from hub.store.database import Connection, Database
+from hub.store.event_log import EVENT_LOGGED
+from missioncontrol.log import get_logger
+
+log = get_logger("hub.live_relay")
+
+# Notice channel (PostgreSQL, the other hubs): an agent changed. Payload: JSON
+# {"id", "board_id", "gateway_id"} (the last two say where a deleted agent was).
+AGENT_CHANGED = "agent_changed"
+READ_BATCH = 500  # rows read back at once
+
+
+def agents_changed_in(conn: Connection, views: Iterable[dict[str, Any]]) -> None:
+    """Tell the other hubs, once the caller's transaction commits, that these agents
+    (their API views) changed. Nothing on SQLite."""
+    if conn.dialect != "postgresql":
+        return
+    for view in views:
+        conn.notify(
+            AGENT_CHANGED,
+            json.dumps(
+                {"id": view["id"], "board_id": view["board_id"], "gateway_id": view["gateway_id"]}
+            ),
+        )
+
+
+class LiveRelay:
+    """Reads back what the other hubs' notices name and feeds this hub's streams."""
+
+    def __init__(self, db: Database, events: EventBus, activity: Feed) -> None:
+        self.db = db
+        self.events = events
+        self.activity = activity
+        self._agents: dict[str, dict[str, Any]] = {}  # id -> where it was
+        self._event_ids: set[int] = set()
+        self._task: asyncio.Task[None] | None = None
+        self._stopped = False
+
+    def attach(self) -> None:
+        """Listen to the other hubs (before the database opens)."""
+        self.db.listen_elsewhere(AGENT_CHANGED, self.agent_changed)
+        self.db.listen_elsewhere(EVENT_LOGGED, self.event_logged)
+
+    def agent_changed(self, payload: str) -> None:
+        try:
+            fields = json.loads(payload)
+            self._agents[str(fields["id"])] = fields
+        except (ValueError, KeyError, TypeError):
+            log.warning("live_relay.notice.unreadable", channel=AGENT_CHANGED)
+            return
+        self._wake()
+
+    def event_logged(self, payload: str) -> None:
+        try:
+            self._event_ids.add(int(payload))
+        except ValueError:
+            log.warning("live_relay.notice.unreadable", channel=EVENT_LOGGED)
+            return
+        self._wake()
+
+    async def stop(self) -> None:
+        self._stopped = True
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    def _wake(self) -> None:
+        # One reader at a time: notices arriving meanwhile wait for its next batch.
+        if not self._stopped and (self._task is None or self._task.done()):
+            self._task = asyncio.get_running_loop().create_task(
+                self._read_back(), name="live-relay"
+            )
+
+    async def _read_back(self) -> None:
+        while self._agents or self._event_ids:
+            agents = dict(list(self._agents.items())[:READ_BATCH])
+            for agent_id in agents:
+                del self._agents[agent_id]
+            event_ids = sorted(self._event_ids)[:READ_BATCH]
+            self._event_ids.difference_update(event_ids)
+            try:
+                views, rows = await self.db.read(
+                    functools.partial(_read_in, agents=agents, event_ids=event_ids)
+                )
+            except Exception as exc:  # the streams miss these; the rows are still there
+                log.error("live_relay.read_failed", error=str(exc))
+                continue
+            for view in views:
+                self.events.publish(
+                    "agent", view, board_id=view["board_id"], gateway_id=view["gateway_id"]
+                )
+            for row in rows:
+                self.activity.publish(row)
+
+
+def _read_in(
+    conn: Connection, agents: dict[str, dict[str, Any]], event_ids: list[int]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    views: list[dict[str, Any]] = []
+    for agent_id, where in agents.items():
+        row = load_agent(conn, agent_id)
+        if row is None:  # deleted: what the writing hub's streams said last
+            views.append({**where, "status": "deleted"})
+        else:
+            views.append(agent_json(row))
+    rows: list[dict[str, Any]] = []
+    if event_ids:
+        marks = ", ".join("?" for _ in event_ids)
+        found = conn.execute(
+            f"SELECT * FROM events WHERE id IN ({marks}) ORDER BY id", event_ids
+        ).fetchall()
+        rows = [{**dict(r), "detail": json.loads(r["detail"])} for r in found]
+    return views, rows

@@ -1,0 +1,69 @@
+"""Live streams across hubs on one PostgreSQL: an agent changed through hub A (created,
+renamed, deleted) and an event logged on hub A show up on streams opened on hub B."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from hub.app import Hub
+from tests.integration.test_multi_hub import hubs, shared_database  # noqa: F401
+from tests.integration.test_once_across_hubs import add_gateway_and_board
+from tests.support import SseListener, api
+
+
+def agent_event(agent_id: str, name: str | None = None, status: str | None = None) -> Any:
+    def matches(event: Any) -> bool:
+        view = event.data.get("agent", {})
+        return (
+            event.event == "agent"
+            and view.get("id") == agent_id
+            and (name is None or view.get("name") == name)
+            and (status is None or view.get("status") == status)
+        )
+
+    return matches
+
+
+async def test_an_agent_changed_through_one_hub_streams_live_on_another(
+    tmp_path: Path,
+    shared_database: str,  # noqa: F811
+) -> None:
+    async with hubs(tmp_path, shared_database, 2) as (a, b):
+        board_id = await add_gateway_and_board(a)
+        async with SseListener(b, f"/api/v1/agents/stream?board_id={board_id}") as agents:
+            assert agents.status == 200
+            status, agent = await api(
+                a, "POST", "/api/v1/agents", {"name": "Scout", "board_id": board_id}
+            )
+            assert status == 201, agent
+            await agents.wait(agent_event(agent["id"]), "the new agent on hub B's stream")
+            status, renamed = await api(
+                a, "PATCH", f"/api/v1/agents/{agent['id']}", {"name": "Scout Two"}
+            )
+            assert status == 200, renamed
+            await agents.wait(agent_event(agent["id"], name="Scout Two"), "the rename on B")
+            status, _ = await api(a, "DELETE", f"/api/v1/agents/{agent['id']}")
+            assert status in (200, 202, 204)
+            await agents.wait(
+                agent_event(agent["id"], status="deleting"), "the deletion on hub B's stream"
+            )
+
+
+async def test_an_event_logged_on_one_hub_streams_live_on_anothers_activity_stream(
+    tmp_path: Path,
+    shared_database: str,  # noqa: F811
+) -> None:
+    async with hubs(tmp_path, shared_database, 2) as (a, b):
+        board_id = await add_gateway_and_board(a)
+        hub: Hub = b
+        async with SseListener(hub, f"/api/v1/activity/stream?board_id={board_id}") as sse:
+            status, task = await api(
+                a, "POST", f"/api/v1/boards/{board_id}/tasks", {"title": "Across"}
+            )
+            assert status == 201, task
+            seen = await sse.wait(
+                lambda e: e.data["kind"] == "task.created", "task.created on hub B"
+            )
+            assert seen.data["summary"] == "task 'Across' created"
+            assert int(seen.id or 0) == seen.data["id"]
