@@ -12,11 +12,12 @@ ENROLL_LISTEN ?= 127.0.0.1:7444
 PYTEST_ARGS ?=
 CHROMIUM ?= chromium
 
-.PHONY: help install proto run demo test unit integration interop chaos e2e browser postgres bench bench-quick lint fmt wheel clean
+.PHONY: help install proto run demo hubs test unit integration interop chaos e2e browser postgres bench bench-quick lint fmt wheel clean
 
 help:
 	@echo "make demo       hub, a real OpenClaw gateway, a sidecar and two agents on this machine"
 	@echo "make run        start the hub with embedded SQLite under ./var/"
+	@echo "make hubs       three hubs on one PostgreSQL on loopback (state in var/hubs/)"
 	@echo "make test       lint, then the whole test suite (unit, integration, interop)"
 	@echo "make interop    only the tests against a real OpenClaw gateway"
 	@echo "make chaos      seeded crashes and partitions against a real gateway (CHAOS_ROUNDS, CHAOS_SEED)"
@@ -54,6 +55,11 @@ run: install
 demo: install
 	$(BIN)/mc-hub demo --http-listen $(HTTP_LISTEN) --link-listen $(LINK_LISTEN) \
 	  --enroll-listen $(ENROLL_LISTEN)
+
+# PostgreSQL (Debian's server binaries, see `postgres`) and three hubs sharing it, all on
+# loopback, state in var/hubs/; Ctrl-C stops all of it.
+hubs: install postgres
+	$(BIN)/python -m hub.demo hubs --state-dir var/hubs
 
 lint: install
 	$(BIN)/ruff check .
