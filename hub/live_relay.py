@@ -20,7 +20,7 @@ from typing import Any
 
 from hub.events import EventBus
 from hub.feeds import Feed
-from hub.provisioning.agents import agent_json, load_agent
+from hub.provisioning.agents import AgentRow, agent_json
 from hub.store.database import Connection, Database
 from hub.store.event_log import EVENT_LOGGED
 from missioncontrol.log import get_logger
@@ -121,12 +121,18 @@ def _read_in(
     conn: Connection, agents: dict[str, dict[str, Any]], event_ids: list[int]
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     views: list[dict[str, Any]] = []
-    for agent_id, where in agents.items():
-        row = load_agent(conn, agent_id)
-        if row is None:  # deleted: what the writing hub's streams said last
-            views.append({**where, "status": "deleted"})
-        else:
-            views.append(agent_json(row))
+    if agents:
+        marks = ", ".join("?" for _ in agents)
+        found_agents = {
+            r["id"]: AgentRow.from_row(r)
+            for r in conn.execute(f"SELECT * FROM agents WHERE id IN ({marks})", list(agents))
+        }
+        for agent_id, where in agents.items():
+            row = found_agents.get(agent_id)
+            if row is None:  # deleted: what the writing hub's streams said last
+                views.append({**where, "status": "deleted"})
+            else:
+                views.append(agent_json(row))
     rows: list[dict[str, Any]] = []
     if event_ids:
         marks = ", ".join("?" for _ in event_ids)

@@ -81,12 +81,15 @@ def mc_hub_command() -> list[str]:
 
 @dataclass
 class Hubs:
-    """PostgreSQL and `len(ports)` hubs on it; `start()`, then `stop()` (always)."""
+    """PostgreSQL and `len(ports)` hubs on it; `start()`, then `stop()` (always).
+    Given a `database_url`, the hubs use that database and no server is started;
+    `serve_args` are added to each `mc-hub serve`."""
 
     state_dir: Path
     ports: list[HubPorts]
     postgres_port: int = 0
     database_url: str = ""
+    serve_args: tuple[str, ...] = ()
     hubs: list[RunningHub] = field(default_factory=list)
     postgres: PostgresServer | None = None
 
@@ -96,9 +99,10 @@ class Hubs:
 
     def start(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        kept = None if os.geteuid() == 0 else self.state_dir / "postgres"
-        self.postgres = PostgresServer(root=kept, port=self.postgres_port).start()
-        self.database_url = self.postgres.url(self.postgres.create_database(DATABASE))
+        if not self.database_url:
+            kept = None if os.geteuid() == 0 else self.state_dir / "postgres"
+            self.postgres = PostgresServer(root=kept, port=self.postgres_port).start()
+            self.database_url = self.postgres.url(self.postgres.create_database(DATABASE))
         token = self._admin_token()
         for index, ports in enumerate(self.ports):
             name = f"hub-{index + 1}"
@@ -141,7 +145,7 @@ class Hubs:
     def _share(first: Path, data_dir: Path) -> None:
         for name in SHARED:
             source, target = first / name, data_dir / name
-            if target.exists():
+            if target.exists() or not source.exists():  # no ca/ without TLS (--insecure-dev)
                 continue
             if source.is_dir():
                 shutil.copytree(source, target, copy_function=shutil.copy2)
@@ -156,6 +160,7 @@ class Hubs:
             "--http-listen", f"127.0.0.1:{ports.http}",
             "--link-listen", f"127.0.0.1:{ports.link}",
             "--enroll-listen", f"127.0.0.1:{ports.enroll}",
+            *self.serve_args,
         ]  # fmt: skip
         # The database URL and the token in the environment, not in the process list.
         env = {**os.environ, "MC_HUB_DATABASE": self.database_url, "MC_ADMIN_TOKEN": token}
@@ -198,7 +203,6 @@ class Hubs:
                 f"  {hub.name}  {hub.http_url}  link 127.0.0.1:{hub.ports.link}  "
                 f"enroll 127.0.0.1:{hub.ports.enroll}  (pid {hub.process.pid}, log {hub.log})"
             )
-        assert self.postgres is not None
         lines += [
             f"  database  {self.database_url}",
             "",

@@ -1,0 +1,209 @@
+"""A hub killed under its sidecars: three `mc-hub serve` processes on one PostgreSQL,
+twenty sidecars spread across them through loopback balancers. One hub is killed with
+SIGKILL: its sidecars reconnect to the others within their backoff, their agents are not
+marked offline, and every command queued before and during the failure is applied
+exactly once (the sidecars' applied sequences against the outbox).
+
+Each balancer sends a new connection to its preferred hub and, when nothing listens
+there any more, to the next one, as a TCP load balancer in front of the hubs would."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import psycopg
+
+from hub.demo.hubs import HubPorts, Hubs
+from missioncontrol.netaddr import HostPort
+from protos import link_pb2 as pb
+from sidecar.app import Sidecar
+from tests.integration.test_multi_hub import _pipe, shared_database  # noqa: F401
+from tests.support import RecordingGateway, fast_backoff, free_ports, sidecar_config, wait_for
+
+SIDECARS = 20
+HUBS = 3
+KILLED = 0
+
+
+class Balancer:
+    """One loopback address in front of the hubs: its preferred hub first, then the
+    others in turn, skipping any that refuses the connection."""
+
+    def __init__(self, targets: list[HostPort], preferred: int) -> None:
+        self.order = targets[preferred:] + targets[:preferred]
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> HostPort:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        return HostPort("127.0.0.1", self._server.sockets[0].getsockname()[1])
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        for target in self.order:
+            try:
+                up_reader, up_writer = await asyncio.open_connection(target.host, target.port)
+            except OSError:
+                continue
+            for task in (
+                asyncio.create_task(_pipe(reader, up_writer)),
+                asyncio.create_task(_pipe(up_reader, writer)),
+            ):
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+            return
+        writer.transport.abort()
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+class Admin:
+    """The admin API of the running hubs (the token the hubs were started with)."""
+
+    def __init__(self, hubs: Hubs) -> None:
+        self.hubs = hubs
+        self.token = hubs.admin_token_file.read_text().strip()
+        self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
+
+    async def call(self, hub: int, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        url = f"{self.hubs.hubs[hub].http_url}{path}"
+        headers = {"Authorization": f"Bearer {self.token}"}
+        async with self.session.request(method, url, json=body, headers=headers) as response:
+            return response.status, await response.json()
+
+
+@contextlib.asynccontextmanager
+async def hub_processes(tmp_path: Path, url: str) -> AsyncIterator[Hubs]:
+    ports = free_ports(3 * HUBS)
+    hubs = Hubs(
+        tmp_path / "hubs",
+        [HubPorts(*ports[i : i + 3]) for i in range(0, 3 * HUBS, 3)],
+        database_url=url,
+        serve_args=("--insecure-dev", "--log-level", "warning"),
+    )
+    try:
+        await asyncio.to_thread(hubs.start)
+        yield hubs
+    finally:
+        await asyncio.to_thread(hubs.stop)
+
+
+def record_applied(sidecar: Sidecar) -> list[int]:
+    applied: list[int] = []
+    apply = sidecar.applier.apply
+
+    async def recording(command: pb.Command) -> pb.CommandResult:
+        applied.append(command.sequence)
+        return await apply(command)
+
+    sidecar.applier.apply = recording  # type: ignore[method-assign]
+    return applied
+
+
+async def rows(url: str, sql: str) -> list[tuple[Any, ...]]:
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        cursor = await conn.execute(sql)
+        return [tuple(r) for r in await cursor.fetchall()]
+
+
+async def test_a_killed_hubs_sidecars_move_to_the_others_and_apply_every_command_once(
+    tmp_path: Path,
+    shared_database: str,  # noqa: F811
+) -> None:
+    url = shared_database
+    async with hub_processes(tmp_path, url) as hubs, contextlib.AsyncExitStack() as stack:
+        admin = Admin(hubs)
+        stack.push_async_callback(admin.session.close)
+        links = [HostPort("127.0.0.1", hub.ports.link) for hub in hubs.hubs]
+        fronts = []
+        for preferred in range(HUBS):
+            balancer = Balancer(links, preferred)
+            stack.push_async_callback(balancer.close)
+            fronts.append(await balancer.start())
+        sidecars: dict[str, tuple[Sidecar, list[int]]] = {}
+        for index in range(SIDECARS):
+            gateway_id = f"gw-{index:02d}"
+            config = sidecar_config(
+                tmp_path / f"sc-{index:02d}",
+                fronts[index % HUBS],
+                gateway_id=gateway_id,
+                workspace_root=tmp_path / f"ws-{index:02d}",
+            )
+            sidecar = Sidecar(config, gateway=RecordingGateway(), link_backoff=fast_backoff())
+            applied = record_applied(sidecar)
+            await sidecar.start()
+            stack.push_async_callback(sidecar.stop)
+            sidecars[gateway_id] = (sidecar, applied)
+
+        async def connected() -> dict[str, str]:
+            found = await rows(url, "SELECT id, owner_hub FROM gateways WHERE connected = 1")
+            return {r[0]: r[1] for r in found}
+
+        await wait_for(
+            lambda: _all(connected(), SIDECARS), what="every sidecar connected", timeout_s=30
+        )
+        owners = await connected()
+        # Commands before the failure: a board and an agent on every gateway.
+        agents: dict[str, str] = {}
+        for index, gateway_id in enumerate(sidecars):
+            status, board = await admin.call(
+                index % HUBS,
+                "POST",
+                "/api/v1/boards",
+                {"name": f"B{index}", "gateway_id": gateway_id},
+            )
+            assert status == 201, board
+            status, agent = await admin.call(
+                index % HUBS,
+                "POST",
+                "/api/v1/agents",
+                {"name": f"Agent {index}", "board_id": board["id"]},
+            )
+            assert status == 201, agent
+            agents[gateway_id] = agent["id"]
+        killed_hub = owners["gw-00"]  # sidecar 0 prefers hub KILLED
+        moving = sorted(g for g, owner in owners.items() if owner == killed_hub)
+        assert moving, owners
+
+        hubs.hubs[KILLED].process.kill()  # SIGKILL: no goodbye, its streams just break
+        # Commands during the failure, through the hubs still up.
+        for index, gateway_id in enumerate(sidecars):
+            status, changed = await admin.call(
+                1 + index % (HUBS - 1),
+                "PATCH",
+                f"/api/v1/agents/{agents[gateway_id]}",
+                {"name": f"Agent {index} renamed"},
+            )
+            assert status == 200, changed
+
+        async def moved() -> bool:
+            now = await connected()
+            return len(now) == SIDECARS and all(now[g] != killed_hub for g in moving)
+
+        await wait_for(moved, what="the killed hub's sidecars on the other hubs", timeout_s=20)
+
+        async def settled() -> bool:
+            left = await rows(url, "SELECT COUNT(*) FROM commands WHERE acked_at IS NULL")
+            return int(left[0][0]) == 0
+
+        await wait_for(settled, what="every command acknowledged", timeout_s=30)
+        queued = await rows(url, "SELECT gateway_id, sequence FROM commands ORDER BY sequence")
+        for gateway_id, (_, applied) in sidecars.items():
+            expected = [int(s) for g, s in queued if g == gateway_id]
+            assert sorted(applied) == expected, (gateway_id, applied, expected)
+            assert len(applied) == len(set(applied)), (gateway_id, applied)
+        offline = await rows(url, "SELECT id, status FROM agents WHERE status = 'offline'")
+        assert offline == []
+
+
+async def _all(found: Any, count: int) -> bool:
+    return len(await found) == count
