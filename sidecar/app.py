@@ -150,7 +150,7 @@ class Sidecar:
             self.gateway, self.reports.gateway_state, self._send, self.reports.file_digests
         )
         self.link = LinkClient(
-            str(config.hub),
+            [str(hub) for hub in config.hubs],
             self.reports.hello,
             self.queue,
             credentials=self.renewal.credentials if self.renewal else None,

@@ -25,7 +25,16 @@ from missioncontrol.settings import (
 ENV_PREFIX = "MC_SIDECAR_"
 
 RUN_OPTIONS = (
-    Option("hub", "address of the hub's link listener", None, HostPort.parse, metavar="HOST:PORT"),
+    Option(
+        "hub",
+        "address of the hub's link listener; several, comma-separated, for hubs sharing one "
+        "database (the link moves to the next after a failure)",
+        None,
+        lambda text: tuple(
+            HostPort.parse(part.strip()) for part in text.split(",") if part.strip()
+        ),
+        metavar="HOST:PORT[,HOST:PORT...]",
+    ),
     Option(
         "state-dir",
         "directory for local state, identity and queued heartbeats",
@@ -100,17 +109,23 @@ class SidecarConfig:
     # No --workspace-root was given: use the root the hub declares for this gateway.
     follows_hub_workspace_root: bool = False
     metrics_listen: HostPort | None = None  # None: no /metrics listener
+    more_hubs: tuple[HostPort, ...] = ()  # after `hub`, tried in turn after a failure
+
+    @property
+    def hubs(self) -> tuple[HostPort, ...]:
+        return (self.hub, *self.more_hubs)
 
     @property
     def state_db(self) -> Path:
         return self.state_dir / "state.sqlite3"
 
     def validate(self) -> None:
-        if self.insecure_dev and not self.hub.is_loopback:
-            raise SettingsError(
-                f"--insecure-dev refuses hub address {self.hub}: without TLS the link may only "
-                "go to a loopback address (127.0.0.1 or [::1])"
-            )
+        for hub in self.hubs:
+            if self.insecure_dev and not hub.is_loopback:
+                raise SettingsError(
+                    f"--insecure-dev refuses hub address {hub}: without TLS the link may only "
+                    "go to a loopback address (127.0.0.1 or [::1])"
+                )
         if not self.agent_api_listen.is_loopback:
             raise SettingsError(
                 f"--agent-api-listen {self.agent_api_listen}: the local agent API only listens "
@@ -147,17 +162,19 @@ def build_config(
     args: argparse.Namespace, environ: Mapping[str, str] = os.environ
 ) -> SidecarConfig:
     values = resolve_settings(args, environ)
-    hub = values["hub"]
-    if hub is None and not values["insecure_dev"]:
-        hub = saved_hub(values["state_dir"])
-    if hub is None:
+    hubs: tuple[HostPort, ...] = values["hub"] or ()
+    if not hubs and not values["insecure_dev"]:
+        saved = saved_hub(values["state_dir"])
+        hubs = () if saved is None else (saved,)
+    if not hubs:
         raise SettingsError(
             f"--hub HOST:PORT is required (or {ENV_PREFIX}HUB, or file key hub), unless this "
             "sidecar was enrolled with `mc-sidecar enroll`"
         )
     openclaw_config: Path = values["openclaw_config"].absolute()
     config = SidecarConfig(
-        hub=hub,
+        hub=hubs[0],
+        more_hubs=hubs[1:],
         state_dir=values["state_dir"].absolute(),
         openclaw_config=openclaw_config,
         workspace_root=(values["workspace_root"] or openclaw_config.parent).absolute(),

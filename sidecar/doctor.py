@@ -88,7 +88,8 @@ class SidecarDoctorInput:
     ) -> SidecarDoctorInput:
         state_dir: Path = values["state_dir"].absolute()
         openclaw: Path = values["openclaw_config"].absolute()
-        hub = values["hub"] or (None if values["insecure_dev"] else saved_hub(state_dir))
+        given = values["hub"] or ()  # several: the first is checked
+        hub = given[0] if given else (None if values["insecure_dev"] else saved_hub(state_dir))
         return cls(
             hub=hub,
             state_dir=state_dir,

@@ -210,12 +210,10 @@ class Hubs:
             "# a gateway, through any hub (the answer carries its join token):",
             f'curl -s -H "$H" -d \'{{"name": "host-1", "workspace_root": "/srv/openclaw"}}\' '
             f"{first.http_url}/api/v1/gateways",
-            "# its sidecar: enroll through any hub, then run against one of the links",
+            "# its sidecar: enroll through any hub, then run with every hub's link (it",
+            "# stays with the first that answers and moves to the next when that one fails)",
             f"mc-sidecar enroll --hub 127.0.0.1:{first.ports.enroll} --token 'JOIN'",
-            f"mc-sidecar run --hub 127.0.0.1:{first.ports.link} "
-            "--openclaw-config ~/.openclaw/openclaw.json",
-            f"# links: {links} (a sidecar takes one address: put a TCP load balancer",
-            "# in front of them, or start each sidecar against another hub)",
+            f"mc-sidecar run --hub {links} --openclaw-config ~/.openclaw/openclaw.json",
             "",
             "Ctrl-C stops them all.",
         ]

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -50,7 +50,7 @@ class LinkStatus:
 class LinkClient:
     def __init__(
         self,
-        target: str,
+        target: str | Sequence[str],
         hello: Callable[[], Awaitable[pb.Hello]],
         commands: CommandQueue,
         *,
@@ -62,7 +62,12 @@ class LinkClient:
         on_agent_call_result: Callable[[pb.AgentCallResult], None] = lambda result: None,
         on_gateway_query: Callable[[pb.GatewayQuery], None] = lambda query: None,
     ) -> None:
-        self.target = target
+        # Several addresses: hubs sharing one database. The link stays with the one that
+        # answers and moves to the next after each failure (the hubs hand the gateway over).
+        self.targets = [target] if isinstance(target, str) else list(target)
+        if not self.targets:
+            raise ValueError("the link needs at least one hub address")
+        self.target = self.targets[0]
         self.hello = hello
         self.commands = commands
         self.credentials = credentials
@@ -117,6 +122,12 @@ class LinkClient:
             except Exception as exc:
                 log.warning("link.disconnected", hub=self.target, error=repr(exc))
                 self._set_status(False, repr(exc))
+            self._next_target()
+
+    def _next_target(self) -> None:
+        if len(self.targets) > 1:
+            self.target = self.targets[(self.targets.index(self.target) + 1) % len(self.targets)]
+            log.info("link.hub.next", hub=self.target)
 
     async def _serve_once(self) -> None:
         async with self._channel() as channel:

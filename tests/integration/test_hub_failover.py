@@ -1,16 +1,15 @@
 """A hub killed under its sidecars: three `mc-hub serve` processes on one PostgreSQL,
-twenty sidecars spread across them through loopback balancers. One hub is killed with
-SIGKILL: its sidecars reconnect to the others within their backoff, their agents are not
-marked offline, and every command queued before and during the failure is applied
-exactly once (the sidecars' applied sequences against the outbox).
-
-Each balancer sends a new connection to its preferred hub and, when nothing listens
-there any more, to the next one, as a TCP load balancer in front of the hubs would."""
+twenty sidecars spread across them, each with every hub's address in its list (its own
+hub first). One hub is killed with SIGKILL: its sidecars reconnect to the others within
+their backoff, their agents are not marked offline, and every command queued before and
+during the failure is applied exactly once (the sidecars' applied sequences against the
+outbox)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -22,48 +21,12 @@ from hub.demo.hubs import HubPorts, Hubs
 from missioncontrol.netaddr import HostPort
 from protos import link_pb2 as pb
 from sidecar.app import Sidecar
-from tests.integration.test_multi_hub import _pipe, shared_database  # noqa: F401
+from tests.integration.test_multi_hub import shared_database  # noqa: F401
 from tests.support import RecordingGateway, fast_backoff, free_ports, sidecar_config, wait_for
 
 SIDECARS = 20
 HUBS = 3
 KILLED = 0
-
-
-class Balancer:
-    """One loopback address in front of the hubs: its preferred hub first, then the
-    others in turn, skipping any that refuses the connection."""
-
-    def __init__(self, targets: list[HostPort], preferred: int) -> None:
-        self.order = targets[preferred:] + targets[:preferred]
-        self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    async def start(self) -> HostPort:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
-        return HostPort("127.0.0.1", self._server.sockets[0].getsockname()[1])
-
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        for target in self.order:
-            try:
-                up_reader, up_writer = await asyncio.open_connection(target.host, target.port)
-            except OSError:
-                continue
-            for task in (
-                asyncio.create_task(_pipe(reader, up_writer)),
-                asyncio.create_task(_pipe(up_reader, writer)),
-            ):
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
-            return
-        writer.transport.abort()
-
-    async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
 class Admin:
@@ -124,19 +87,18 @@ async def test_a_killed_hubs_sidecars_move_to_the_others_and_apply_every_command
         admin = Admin(hubs)
         stack.push_async_callback(admin.session.close)
         links = [HostPort("127.0.0.1", hub.ports.link) for hub in hubs.hubs]
-        fronts = []
-        for preferred in range(HUBS):
-            balancer = Balancer(links, preferred)
-            stack.push_async_callback(balancer.close)
-            fronts.append(await balancer.start())
         sidecars: dict[str, tuple[Sidecar, list[int]]] = {}
         for index in range(SIDECARS):
             gateway_id = f"gw-{index:02d}"
-            config = sidecar_config(
-                tmp_path / f"sc-{index:02d}",
-                fronts[index % HUBS],
-                gateway_id=gateway_id,
-                workspace_root=tmp_path / f"ws-{index:02d}",
+            first = index % HUBS  # its own hub first, then the others in turn
+            config = dataclasses.replace(
+                sidecar_config(
+                    tmp_path / f"sc-{index:02d}",
+                    links[first],
+                    gateway_id=gateway_id,
+                    workspace_root=tmp_path / f"ws-{index:02d}",
+                ),
+                more_hubs=tuple(links[first + 1 :] + links[:first]),
             )
             sidecar = Sidecar(config, gateway=RecordingGateway(), link_backoff=fast_backoff())
             applied = record_applied(sidecar)
@@ -170,7 +132,7 @@ async def test_a_killed_hubs_sidecars_move_to_the_others_and_apply_every_command
             )
             assert status == 201, agent
             agents[gateway_id] = agent["id"]
-        killed_hub = owners["gw-00"]  # sidecar 0 prefers hub KILLED
+        killed_hub = owners["gw-00"]  # sidecar 0 has hub KILLED first
         moving = sorted(g for g, owner in owners.items() if owner == killed_hub)
         assert moving, owners
 

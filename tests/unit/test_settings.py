@@ -90,6 +90,27 @@ def test_sidecar_requires_hub_and_defaults_workspace_root_to_config_dir(tmp_path
     assert str(config.agent_api_listen) == "127.0.0.1:18790"
 
 
+def test_a_sidecar_takes_several_hub_addresses_each_held_to_loopback_without_tls(
+    tmp_path: Path,
+) -> None:
+    parser = argparse.ArgumentParser()
+    sidecar_config.add_run_arguments(parser)
+    oc = ["--openclaw-config", str(tmp_path / "oc" / "openclaw.json")]
+    args = parser.parse_args(
+        ["--hub", "127.0.0.1:7501, 127.0.0.1:7502,127.0.0.1:7503", "--insecure-dev", *oc]
+    )
+    config = sidecar_config.build_config(args, {})
+    assert [str(hub) for hub in config.hubs] == [
+        "127.0.0.1:7501",
+        "127.0.0.1:7502",
+        "127.0.0.1:7503",
+    ]
+    assert str(config.hub) == "127.0.0.1:7501"
+    args = parser.parse_args(["--hub", "127.0.0.1:7501,10.0.0.2:7443", "--insecure-dev", *oc])
+    with pytest.raises(SettingsError, match=r"10\.0\.0\.2:7443"):
+        sidecar_config.build_config(args, {})
+
+
 def test_sidecar_agent_api_must_be_loopback() -> None:
     parser = argparse.ArgumentParser()
     sidecar_config.add_run_arguments(parser)
