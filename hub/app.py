@@ -143,8 +143,8 @@ class Hub:
         self.db.listen(ACTIVITY, self.activity.publish)
         self.memory = Feed("memory")  # board memory notes, to the live memory streams
         self.db.listen(MEMORY, self.memory.publish)
-        # other hubs on the database: their agent changes and events, to these streams too
-        self.live_relay = LiveRelay(self.db, self.events, self.activity)
+        # other hubs on the database: their agent changes, events and notes, to these streams
+        self.live_relay = LiveRelay(self.db, self.events, self.activity, self.memory)
         if self.db.shared:
             self.live_relay.attach()
         self.clock = clock

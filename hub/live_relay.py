@@ -4,7 +4,8 @@ A hub feeds its own live streams after each commit: agent views to the event bus
 agents stream, the dashboard), event rows to the activity feed. So that a stream opened
 on another hub sees the change too, the writing transaction also leaves a small notice
 every hub hears (NOTIFY carries at most 8000 bytes: ids, never rows); each other hub
-reads those rows back, a batch at a time, and feeds its own streams with what it read.
+reads those rows back, a batch at a time, and feeds its own streams with what it read
+(a board memory note comes with its `board.memory.added` event: the note is read too).
 A notice lost while a hub's listener reconnects costs that hub's streams the change
 (a client reconnecting with Last-Event-ID gets the activity rows from the database). On
 SQLite there is one hub: nothing is sent.
@@ -20,6 +21,7 @@ from typing import Any
 
 from hub.events import EventBus
 from hub.feeds import Feed
+from hub.memory import memory_row
 from hub.provisioning.agents import AgentRow, agent_json
 from hub.store.database import Connection, Database
 from hub.store.event_log import EVENT_LOGGED
@@ -50,10 +52,11 @@ def agents_changed_in(conn: Connection, views: Iterable[dict[str, Any]]) -> None
 class LiveRelay:
     """Reads back what the other hubs' notices name and feeds this hub's streams."""
 
-    def __init__(self, db: Database, events: EventBus, activity: Feed) -> None:
+    def __init__(self, db: Database, events: EventBus, activity: Feed, memory: Feed) -> None:
         self.db = db
         self.events = events
         self.activity = activity
+        self.memory = memory
         self._agents: dict[str, dict[str, Any]] = {}  # id -> where it was
         self._event_ids: set[int] = set()
         self._task: asyncio.Task[None] | None = None
@@ -103,7 +106,7 @@ class LiveRelay:
             event_ids = sorted(self._event_ids)[:READ_BATCH]
             self._event_ids.difference_update(event_ids)
             try:
-                views, rows = await self.db.read(
+                views, rows, notes = await self.db.read(
                     functools.partial(_read_in, agents=agents, event_ids=event_ids)
                 )
             except Exception as exc:  # the streams miss these; the rows are still there
@@ -115,11 +118,13 @@ class LiveRelay:
                 )
             for row in rows:
                 self.activity.publish(row)
+            for note in notes:
+                self.memory.publish(note)
 
 
 def _read_in(
     conn: Connection, agents: dict[str, dict[str, Any]], event_ids: list[int]
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
     views: list[dict[str, Any]] = []
     if agents:
         marks = ", ".join("?" for _ in agents)
@@ -140,4 +145,12 @@ def _read_in(
             f"SELECT * FROM events WHERE id IN ({marks}) ORDER BY id", event_ids
         ).fetchall()
         rows = [{**dict(r), "detail": json.loads(r["detail"])} for r in found]
-    return views, rows
+    noted = [r["detail"]["memory_id"] for r in rows if r["kind"] == "board.memory.added"]
+    notes: list[dict[str, Any]] = []
+    if noted:
+        marks = ", ".join("?" for _ in noted)
+        found = conn.execute(
+            f"SELECT * FROM board_memory WHERE id IN ({marks}) ORDER BY id", noted
+        ).fetchall()
+        notes = [memory_row(r) for r in found]
+    return views, rows, notes

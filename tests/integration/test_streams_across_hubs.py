@@ -1,5 +1,6 @@
 """Live streams across hubs on one PostgreSQL: an agent changed through hub A (created,
-renamed, deleted) and an event logged on hub A show up on streams opened on hub B."""
+renamed, deleted), an event logged and a memory note added on hub A show up on streams
+opened on hub B."""
 
 from __future__ import annotations
 
@@ -67,3 +68,19 @@ async def test_an_event_logged_on_one_hub_streams_live_on_anothers_activity_stre
             )
             assert seen.data["summary"] == "task 'Across' created"
             assert int(seen.id or 0) == seen.data["id"]
+
+
+async def test_a_memory_note_added_through_one_hub_streams_live_on_another(
+    tmp_path: Path,
+    shared_database: str,  # noqa: F811
+) -> None:
+    async with hubs(tmp_path, shared_database, 2) as (a, b):
+        board_id = await add_gateway_and_board(a)
+        async with SseListener(b, f"/api/v1/boards/{board_id}/memory/stream") as sse:
+            status, note = await api(
+                a, "POST", f"/api/v1/boards/{board_id}/memory", {"content": "blue cluster"}
+            )
+            assert status == 201, note
+            seen = await sse.wait(lambda e: e.data.get("id") == note["id"], "the note on B")
+            assert seen.data["content"] == "blue cluster"
+            assert int(seen.id or 0) == note["id"]
