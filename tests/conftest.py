@@ -44,6 +44,14 @@ def database(request: pytest.FixtureRequest) -> Iterator[str]:
 
 
 @pytest.fixture
+def shared_database(postgres_server: PostgresServer) -> Iterator[str]:
+    """A fresh database on the session's PostgreSQL, for several hubs to share."""
+    name = postgres_server.create_database()
+    yield postgres_server.url(name)
+    postgres_server.drop_database(name)
+
+
+@pytest.fixture
 def open_database(database: str, tmp_path: Path) -> Callable[..., Database]:
     """Opens a store on the test's engine (`database`); the caller closes it."""
 

@@ -21,7 +21,6 @@ from hub.demo.hubs import HubPorts, Hubs
 from missioncontrol.netaddr import HostPort
 from protos import link_pb2 as pb
 from sidecar.app import Sidecar
-from tests.integration.test_multi_hub import shared_database  # noqa: F401
 from tests.support import RecordingGateway, fast_backoff, free_ports, sidecar_config, wait_for
 
 SIDECARS = 20
@@ -80,7 +79,7 @@ async def rows(url: str, sql: str) -> list[tuple[Any, ...]]:
 
 async def test_a_killed_hubs_sidecars_move_to_the_others_and_apply_every_command_once(
     tmp_path: Path,
-    shared_database: str,  # noqa: F811
+    shared_database: str,
 ) -> None:
     url = shared_database
     async with hub_processes(tmp_path, url) as hubs, contextlib.AsyncExitStack() as stack:

@@ -13,10 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
-import shutil
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -26,17 +23,15 @@ from hub.app import Hub
 from hub.link.server import SidecarSession
 from hub.store.ownership import OWNERSHIP, hub_stopped_in
 from missioncontrol.netaddr import HostPort
-from missioncontrol.private_files import load_or_create_secret
 from protos import link_pb2 as pb
 from sidecar.app import Sidecar
-from tests.postgres_server import PostgresServer
+from tests.integration.multi_hub_setup import hubs
 from tests.support import (
     JumpClock,
     RecordingGateway,
     api,
     fast_backoff,
     free_ports,
-    hub_config,
     sidecar_config,
     sidecar_connected,
     wait_for,
@@ -95,38 +90,6 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
             await writer.drain()
     with contextlib.suppress(ConnectionError, RuntimeError):
         writer.close()
-
-
-@pytest.fixture
-def shared_database(postgres_server: PostgresServer) -> Any:
-    name = postgres_server.create_database()
-    yield postgres_server.url(name)
-    postgres_server.drop_database(name)
-
-
-@contextlib.asynccontextmanager
-async def hubs(
-    tmp_path: Path, url: str, count: int, clocks: list[JumpClock] | None = None
-) -> AsyncIterator[list[Hub]]:
-    """`count` hubs on one database, sharing the hub key (queued commands' secrets are
-    sealed with it, so any hub can send what another queued)."""
-    key = tmp_path / "hub-0" / "hub.key"
-    load_or_create_secret(key)
-    started: list[Hub] = []
-    try:
-        for index in range(count):
-            data_dir = tmp_path / f"hub-{index}"
-            if index:
-                data_dir.mkdir(mode=0o700)
-                shutil.copy2(key, data_dir / "hub.key")
-            config = dataclasses.replace(hub_config(data_dir, database=url))
-            hub = Hub(config, clock=clocks[index] if clocks else JumpClock())
-            await hub.start()
-            started.append(hub)
-        yield started
-    finally:
-        for hub in reversed(started):
-            await hub.stop()
 
 
 def front_sidecar(tmp_path: Path, front: HostPort, gateway: RecordingGateway) -> Sidecar:

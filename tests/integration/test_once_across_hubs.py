@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
-import uuid
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -16,32 +14,12 @@ import aiohttp
 
 from hub.app import Hub
 from hub.fleet.driver import RolloutSpec
-from tests.integration.test_multi_hub import hubs, shared_database  # noqa: F401
+from tests.integration.multi_hub_setup import add_gateway_and_board, hubs
 from tests.support import api, wait_for, webhook_receiver
 
-GATEWAY_ID = "gw-once"
+ONCE_GATEWAY = "gw-once"
 COPIES = 12
 SECRET = "alert-secret-" + "s" * 20
-
-
-async def add_gateway_and_board(hub: Hub, gateway_id: str = GATEWAY_ID) -> str:
-    board_id = str(uuid.uuid4())
-    now = time.time()
-
-    def op(conn: Any) -> None:
-        conn.execute(
-            "INSERT INTO gateways (id, name, workspace_root, created_at, updated_at) "
-            "VALUES (?, ?, ?, ?, ?)",
-            (gateway_id, gateway_id, "/srv/openclaw", now, now),
-        )
-        conn.execute(
-            "INSERT INTO boards (id, gateway_id, name, slug, created_at, updated_at) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
-            (board_id, gateway_id, f"Ops {gateway_id}", f"ops-{gateway_id}", now, now),
-        )
-
-    await hub.db.write(op)
-    return board_id
 
 
 async def queued_events(hub: Hub, kind: str) -> list[dict[str, Any]]:
@@ -66,10 +44,10 @@ async def apply_counts(hub: Hub) -> dict[str, int]:
 
 async def test_each_webhook_payload_is_delivered_once_by_one_of_three_hubs(
     tmp_path: Path,
-    shared_database: str,  # noqa: F811
+    shared_database: str,
 ) -> None:
     async with hubs(tmp_path, shared_database, 3) as three:
-        board_id = await add_gateway_and_board(three[0])
+        board_id = await add_gateway_and_board(three[0], ONCE_GATEWAY)
         status, lead = await api(
             three[0],
             "POST",
@@ -110,7 +88,7 @@ async def test_each_webhook_payload_is_delivered_once_by_one_of_three_hubs(
         wakes = await three[0].db.read(
             lambda conn: conn.execute(
                 "SELECT COUNT(*) FROM commands WHERE gateway_id = ? AND kind = 'wake_agent'",
-                (GATEWAY_ID,),
+                (ONCE_GATEWAY,),
             ).fetchone()
         )
         assert int(wakes[0]) == COPIES
@@ -118,7 +96,7 @@ async def test_each_webhook_payload_is_delivered_once_by_one_of_three_hubs(
 
 async def test_each_alert_reaches_its_receiver_once_from_one_of_three_hubs(
     tmp_path: Path,
-    shared_database: str,  # noqa: F811
+    shared_database: str,
 ) -> None:
     async with webhook_receiver(SECRET) as receiver, hubs(tmp_path, shared_database, 3) as three:
         body = {"name": "page", "kind": "agent_offline", "url": receiver.url, "secret": SECRET}
@@ -148,7 +126,7 @@ async def test_each_alert_reaches_its_receiver_once_from_one_of_three_hubs(
 
 async def test_each_gateway_of_a_rollout_wave_is_applied_once_across_hubs(
     tmp_path: Path,
-    shared_database: str,  # noqa: F811
+    shared_database: str,
 ) -> None:
     gateways = [f"gw-roll-{index}" for index in range(4)]
     async with hubs(tmp_path, shared_database, 3) as three:

@@ -8,8 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from hub.app import Hub
-from tests.integration.test_multi_hub import hubs, shared_database  # noqa: F401
-from tests.integration.test_once_across_hubs import add_gateway_and_board
+from tests.integration.multi_hub_setup import add_gateway_and_board, hubs
 from tests.support import SseListener, api
 
 
@@ -28,7 +27,7 @@ def agent_event(agent_id: str, name: str | None = None, status: str | None = Non
 
 async def test_an_agent_changed_through_one_hub_streams_live_on_another(
     tmp_path: Path,
-    shared_database: str,  # noqa: F811
+    shared_database: str,
 ) -> None:
     async with hubs(tmp_path, shared_database, 2) as (a, b):
         board_id = await add_gateway_and_board(a)
@@ -53,7 +52,7 @@ async def test_an_agent_changed_through_one_hub_streams_live_on_another(
 
 async def test_an_event_logged_on_one_hub_streams_live_on_anothers_activity_stream(
     tmp_path: Path,
-    shared_database: str,  # noqa: F811
+    shared_database: str,
 ) -> None:
     async with hubs(tmp_path, shared_database, 2) as (a, b):
         board_id = await add_gateway_and_board(a)
@@ -72,7 +71,7 @@ async def test_an_event_logged_on_one_hub_streams_live_on_anothers_activity_stre
 
 async def test_a_memory_note_added_through_one_hub_streams_live_on_another(
     tmp_path: Path,
-    shared_database: str,  # noqa: F811
+    shared_database: str,
 ) -> None:
     async with hubs(tmp_path, shared_database, 2) as (a, b):
         board_id = await add_gateway_and_board(a)
