@@ -5,7 +5,8 @@ agents stream, the dashboard), event rows to the activity feed. So that a stream
 on another hub sees the change too, the writing transaction also leaves a small notice
 every hub hears (NOTIFY carries at most 8000 bytes: ids, never rows); each other hub
 reads those rows back, a batch at a time, and feeds its own streams with what it read
-(a board memory note comes with its `board.memory.added` event: the note is read too).
+(a board memory note comes with its `board.memory.added` event: the note is read too;
+a gateway's link and a rollout's steps reach the dashboard through their events).
 A notice lost while a hub's listener reconnects costs that hub's streams the change
 (a client reconnecting with Last-Event-ID gets the activity rows from the database). On
 SQLite there is one hub: nothing is sent.
@@ -33,6 +34,7 @@ log = get_logger("hub.live_relay")
 # {"id", "board_id", "gateway_id"} (the last two say where a deleted agent was).
 AGENT_CHANGED = "agent_changed"
 READ_BATCH = 500  # rows read back at once
+LINK_EVENTS = frozenset({"gateway.connected", "gateway.disconnected"})
 
 
 def agents_changed_in(conn: Connection, views: Iterable[dict[str, Any]]) -> None:
@@ -118,8 +120,28 @@ class LiveRelay:
                 )
             for row in rows:
                 self.activity.publish(row)
+                self._publish_from_event(row)
             for note in notes:
                 self.memory.publish(note)
+
+    def _publish_from_event(self, row: dict[str, Any]) -> None:
+        """What the dashboard hears from the writing hub's own bus besides agents: a
+        gateway's link opening or closing, a rollout's step (their events say so)."""
+        kind, gateway_id = row["kind"], row["gateway_id"]
+        if kind in LINK_EVENTS and gateway_id is not None:
+            self.events.publish(
+                "gateway",
+                {"id": gateway_id, "connected": kind == "gateway.connected"},
+                board_id=None,
+                gateway_id=gateway_id,
+            )
+        elif kind.startswith("rollout.") and "rollout_id" in row["detail"]:
+            self.events.publish(
+                "rollout",
+                {"rollout_id": row["detail"]["rollout_id"], "step": kind, "gateway_id": gateway_id},
+                board_id=None,
+                gateway_id=gateway_id,
+            )
 
 
 def _read_in(

@@ -1,6 +1,6 @@
 """Live streams across hubs on one PostgreSQL: an agent changed through hub A (created,
 renamed, deleted), an event logged and a memory note added on hub A show up on streams
-opened on hub B."""
+opened on hub B, and hub B's dashboard hears of links opened on A and of rollout steps."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from hub.app import Hub
+from hub.fleet.driver import RolloutSpec
+from sidecar.app import Sidecar
 from tests.integration.multi_hub_setup import add_gateway_and_board, hubs
-from tests.support import SseListener, api
+from tests.support import RecordingGateway, SseListener, api, fast_backoff, sidecar_config
 
 
 def agent_event(agent_id: str, name: str | None = None, status: str | None = None) -> Any:
@@ -83,3 +85,42 @@ async def test_a_memory_note_added_through_one_hub_streams_live_on_another(
             seen = await sse.wait(lambda e: e.data.get("id") == note["id"], "the note on B")
             assert seen.data["content"] == "blue cluster"
             assert int(seen.id or 0) == note["id"]
+
+
+async def test_the_dashboard_bus_on_another_hub_hears_of_links_and_rollout_steps(
+    tmp_path: Path,
+    shared_database: str,
+) -> None:
+    async with hubs(tmp_path, shared_database, 2) as (a, b):
+        heard = b.events.subscribe(None, frozenset({"gateway", "rollout"}))
+        assert a.addresses is not None
+        config = sidecar_config(tmp_path / "sc", a.addresses.link, gateway_id="gw-dash")
+        sidecar = Sidecar(config, gateway=RecordingGateway(), link_backoff=fast_backoff())
+        await sidecar.start()
+        try:
+            event = await heard.next(10.0)
+            assert event is not None and event.kind == "gateway", event
+            assert event.data == {"id": "gw-dash", "connected": True}
+        finally:
+            await sidecar.stop()
+        event = await heard.next(10.0)
+        assert event is not None and event.data == {"id": "gw-dash", "connected": False}
+        board_id = await add_gateway_and_board(a, "gw-roll")
+        status, agent = await api(
+            a, "POST", "/api/v1/agents", {"name": "Main", "board_id": board_id}
+        )
+        assert status == 201, agent
+        created = await a.rollouts.create(
+            RolloutSpec(
+                selector="",
+                change={"kind": "templates", "soul_template": "# Soul\n"},
+                agents="all",
+                canary=0,
+                percentages=(100,),
+                gateway_ids=("gw-roll",),
+            )
+        )
+        event = await heard.next(10.0)
+        assert event is not None and event.kind == "rollout", event
+        assert event.data["rollout_id"] == created.id
+        heard.close()
