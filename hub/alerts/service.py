@@ -77,7 +77,9 @@ SECRET_BOX_PURPOSE = "alert-secrets"
 EVENT_BATCH = 500
 MAX_TIMED_SUBJECTS = 10_000  # gateways looked at per check and rule
 PASS_RETRY_S = 5.0  # after a failed pass (the database refused a write)
-CONTENDED_RETRY_S = 1.0  # another hub held the pass: look again after this
+CONTENDED_RETRY_S = 1.0  # another hub held the pass, or an event id is missing: look again
+GAP_WAIT_S = 10.0  # a missing event id not committed by then never will be (a rollback's)
+SETTLE_SCAN = 10_000  # event ids looked at per pass for a missing one
 
 
 @dataclass
@@ -89,6 +91,7 @@ class _Raised:
     skipped: list[tuple[str, int, str]] = field(default_factory=list)  # rule, event, error
     more: bool = False  # the pass stopped at its batch size
     contended: bool = False  # another hub's pass was under way: this one did nothing
+    waiting: bool = False  # stopped before a missing event id another hub may still commit
     next_check_at: float | None = None
 
 
@@ -112,6 +115,7 @@ class AlertService:
         self.on_raised = on_raised
         self.sender = AlertSender(db, box, self.policy, clock=clock, on_attempt=on_attempt)
         self._events_due = asyncio.Event()
+        self._missing: dict[int, float] = {}  # event id -> when first seen missing (monotonic)
         self._timed_due = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -158,7 +162,7 @@ class AlertService:
                 await asyncio.sleep(PASS_RETRY_S)
                 continue
             self._report(raised)
-            if raised.contended:
+            if raised.contended or raised.waiting:
                 await wait_until(self._events_due, self.clock() + CONTENDED_RETRY_S, self.clock)
             elif not raised.more:
                 await self._events_due.wait()
@@ -170,6 +174,11 @@ class AlertService:
             return raised
         after = cursor_in(conn)
         events, until = events_after_in(conn, after, WATCHED_EVENTS, EVENT_BATCH)
+        if conn.dialect == "postgresql":
+            settled = self._settled_until_in(conn, after, until)
+            if settled < until:
+                events = [e for e in events if int(e["id"]) <= settled]
+                until, raised.waiting = settled, True
         rules = enabled_rules_in(conn, EVENT_KINDS) if events else []
         now = self.clock()
         for event in events:
@@ -188,6 +197,30 @@ class AlertService:
             set_cursor_in(conn, until)
         raised.more = len(events) == EVENT_BATCH
         return raised
+
+    def _settled_until_in(self, conn: Connection, after: int, until: int) -> int:
+        """How far past `after` the cursor may move: up to `until`, but not past an event
+        id missing for less than GAP_WAIT_S. Hubs sharing a database take event ids in one
+        order and may commit them in another: an id missing now may still commit (the
+        event it names would be passed over), or never (a rolled-back insert's)."""
+        ids = [
+            int(row[0])
+            for row in conn.execute(
+                "SELECT id FROM events WHERE id > ? AND id <= ? ORDER BY id LIMIT ?",
+                (after, until, SETTLE_SCAN),
+            )
+        ]
+        now = time.monotonic()
+        expected = after + 1
+        for found in ids:
+            for missing in range(expected, found):
+                first_seen = self._missing.setdefault(missing, now)
+                if now - first_seen < GAP_WAIT_S:
+                    return missing - 1
+            expected = found + 1
+        for missing in [m for m in self._missing if m < expected]:
+            del self._missing[missing]  # committed, or waited out
+        return until if len(ids) < SETTLE_SCAN else expected - 1
 
     async def _watch_conditions(self) -> None:
         while True:

@@ -265,17 +265,19 @@ def mark_subject_in(
     fired_at: float | None,
 ) -> None:
     """Remember an occurrence: sent at `fired_at` (the held-back count starts again), or
-    held back by the cooldown (`fired_at` None; counted)."""
+    held back by the cooldown (`fired_at` None; counted). The kept row's columns are
+    named with their table: PostgreSQL refuses them bare beside `excluded`."""
     conn.execute(
         """INSERT INTO alert_subjects (rule_id, subject, last_fired_at, fired_occurrence,
                last_occurrence, suppressed)
            VALUES (?, ?, ?, ?, ?, ?)
            ON CONFLICT (rule_id, subject) DO UPDATE SET
                last_occurrence = excluded.last_occurrence,
-               last_fired_at = COALESCE(excluded.last_fired_at, last_fired_at),
-               fired_occurrence = COALESCE(excluded.fired_occurrence, fired_occurrence),
+               last_fired_at = COALESCE(excluded.last_fired_at, alert_subjects.last_fired_at),
+               fired_occurrence = COALESCE(excluded.fired_occurrence,
+                                           alert_subjects.fired_occurrence),
                suppressed = CASE WHEN excluded.last_fired_at IS NULL
-                                 THEN suppressed + 1 ELSE 0 END""",
+                                 THEN alert_subjects.suppressed + 1 ELSE 0 END""",
         (
             rule_id,
             subject,

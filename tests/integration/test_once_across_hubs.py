@@ -1,6 +1,7 @@
 """Work done once although every hub on one PostgreSQL runs its loop: each stored webhook
-payload wakes its agent once, each alert reaches its receiver once, and each gateway of
-a rollout's wave is applied once, whichever hubs were nudged to do it."""
+payload wakes its agent once, each alert reaches its receiver once (an event another hub
+commits late included), and each gateway of a rollout's wave is applied once, whichever
+hubs were nudged to do it."""
 
 from __future__ import annotations
 
@@ -11,9 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import psycopg
 
 from hub.app import Hub
 from hub.fleet.driver import RolloutSpec
+from hub.store.event_log import add_event
 from tests.integration.multi_hub_setup import add_gateway_and_board, hubs
 from tests.support import api, wait_for, webhook_receiver
 
@@ -168,3 +171,43 @@ async def test_each_gateway_of_a_rollout_wave_is_applied_once_across_hubs(
         assert all(e["rollout_id"] == created.id for e in applied)
         after = await apply_counts(three[1])
         assert {g: after[g] - before.get(g, 0) for g in gateways} == dict.fromkeys(gateways, 1)
+
+
+async def test_an_event_committed_late_by_another_hub_is_still_alerted_on(
+    tmp_path: Path,
+    shared_database: str,
+) -> None:
+    """Hub ids are taken in one order and committed in another: an event whose id was
+    taken first but committed after a later one is not passed over by the alert cursor."""
+    async with webhook_receiver(SECRET) as receiver, hubs(tmp_path, shared_database, 2) as two:
+        body = {
+            "name": "halts",
+            "kind": "rollout_halted",
+            "url": receiver.url,
+            "secret": SECRET,
+            "cooldown_s": 0,
+        }
+        status, rule = await api(two[0], "POST", "/api/v1/alerts", body)
+        assert status == 201, rule
+        # Another writer takes an event id and holds its commit back...
+        async with await psycopg.AsyncConnection.connect(shared_database) as late:
+            await late.execute(
+                "INSERT INTO events (at, kind, detail) VALUES "
+                "(extract(epoch from now()), 'rollout.halted', '{\"rollout_id\": \"late\"}')"
+            )
+            # ... while a hub commits an event with the next id: the watchers look at once
+            # (its notice), and must not move their cursor past the id still to come.
+            await two[1].db.write(
+                lambda conn: add_event(conn, "rollout.halted", rollout_id="early")
+            )
+            await asyncio.sleep(1.5)  # let a watcher pass run before the late commit
+            await late.commit()
+        for hub in two:
+            hub.alerts._events_due.set()
+        await wait_for(
+            lambda: len(receiver.bodies()) == 2, what="the alert on the event committed late"
+        )
+        assert sorted(b["subject"] for b in receiver.bodies()) == [
+            "rollout:early",
+            "rollout:late",
+        ]
