@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from hub.events import EventBus
@@ -37,16 +37,25 @@ READ_BATCH = 500  # rows read back at once
 LINK_EVENTS = frozenset({"gateway.connected", "gateway.disconnected"})
 
 
-def agents_changed_in(conn: Connection, views: Iterable[dict[str, Any]]) -> None:
+def agents_changed_in(
+    conn: Connection, changed: Mapping[str, dict[str, Any] | Callable[[], dict[str, Any]]]
+) -> None:
     """Tell the other hubs, once the caller's transaction commits, that these agents
-    (their API views) changed. Nothing on SQLite."""
+    changed (agent id -> its API view, or what makes it: not built for this, since the
+    other hubs read the row back; a deleted agent's view says where it was). Nothing on
+    SQLite."""
     if conn.dialect != "postgresql":
         return
-    for view in views:
+    for agent_id, view in changed.items():
+        where = view if isinstance(view, dict) else {}
         conn.notify(
             AGENT_CHANGED,
             json.dumps(
-                {"id": view["id"], "board_id": view["board_id"], "gateway_id": view["gateway_id"]}
+                {
+                    "id": agent_id,
+                    "board_id": where.get("board_id"),
+                    "gateway_id": where.get("gateway_id"),
+                }
             ),
         )
 

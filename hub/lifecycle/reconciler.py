@@ -190,7 +190,7 @@ class Reconciler:
             transition = Transition(self, conn, self.clock())
             result = op(transition)
             conn.after_commit(transition._committed)
-            agents_changed_in(conn, transition.changed.values())  # the other hubs' streams
+            agents_changed_in(conn, transition.changed)  # the other hubs' streams
             return result
 
         return await self.db.write(job, urgent=urgent)
