@@ -862,6 +862,7 @@ class LifecycleMachine(RuleBasedStateMachine):
         self.scheduled: tuple[float, int] | None = None
         self.sidecar_generation: int | None = None  # the sidecar's inventory of the agent
         self.lost: list[CommandFacts] = []  # processed, results lost with the stream
+        self.processed: list[CommandFacts] = []  # taken off the outbox by the sidecar
         self.runs: list[int] = []  # generations of delivered wakes whose runs still go
         self.gateway_up = True
         self.forgotten = False
@@ -942,7 +943,7 @@ class LifecycleMachine(RuleBasedStateMachine):
             answer = "fail"
         result = self.sidecar_applies(command, answer)
         if result.outcome is not ResultOutcome.FAILED:
-            self.outbox.pop(0)
+            self.processed.append(self.outbox.pop(0))
         if lose and result.outcome is not ResultOutcome.FAILED:
             self.lost.append(command)
             self.feed(SidecarDisconnected())  # the stream went with the result
@@ -1098,9 +1099,11 @@ class LifecycleMachine(RuleBasedStateMachine):
             "confirmed": ApplyConfirmed(generation),
         }[kind]
         if isinstance(event, WakeDelivered) and not any(
-            c.wakes and c.generation == generation for c in self.outbox
+            c.wakes and c.generation == generation for c in self.processed
         ):
-            return  # a delivery report needs a command that could have been delivered
+            # A delivery report (a duplicate, a late one) needs a command the sidecar took:
+            # one still queued has delivered nothing, and delivers when it is taken.
+            return
         if isinstance(event, ApplyConfirmed | WakeUndeliverable) and not any(
             c.generation == generation for c in [*self.outbox, *self.lost]
         ):
@@ -1161,6 +1164,7 @@ class LifecycleMachine(RuleBasedStateMachine):
         probe.__dict__.update(self.__dict__)
         probe.outbox = list(self.outbox)
         probe.lost = list(self.lost)
+        probe.processed = list(self.processed)
         probe.runs = []  # the agent's runs never end: it stays silent
         probe.gateway_up = True
         if not probe.forgotten and probe.snapshot.link_up_since is None:
