@@ -13,6 +13,8 @@ from typing import Any
 
 from hub.app import Hub
 from missioncontrol.private_files import load_or_create_secret
+from protos import link_pb2 as pb
+from sidecar.app import Sidecar
 from tests.support import JumpClock, hub_config
 
 
@@ -61,3 +63,16 @@ async def add_gateway_and_board(hub: Hub, gateway_id: str = "gw-shared") -> str:
 
     await hub.db.write(op)
     return board_id
+
+
+def record_applied(sidecar: Sidecar) -> list[int]:
+    """The sequence of every command the sidecar applies, in order."""
+    applied: list[int] = []
+    apply = sidecar.applier.apply
+
+    async def recording(command: pb.Command) -> pb.CommandResult:
+        applied.append(command.sequence)
+        return await apply(command)
+
+    sidecar.applier.apply = recording  # type: ignore[method-assign]
+    return applied

@@ -19,8 +19,8 @@ import psycopg
 
 from hub.demo.hubs import HubPorts, Hubs
 from missioncontrol.netaddr import HostPort
-from protos import link_pb2 as pb
 from sidecar.app import Sidecar
+from tests.integration.multi_hub_setup import record_applied
 from tests.support import RecordingGateway, fast_backoff, free_ports, sidecar_config, wait_for
 
 SIDECARS = 20
@@ -57,18 +57,6 @@ async def hub_processes(tmp_path: Path, url: str) -> AsyncIterator[Hubs]:
         yield hubs
     finally:
         await asyncio.to_thread(hubs.stop)
-
-
-def record_applied(sidecar: Sidecar) -> list[int]:
-    applied: list[int] = []
-    apply = sidecar.applier.apply
-
-    async def recording(command: pb.Command) -> pb.CommandResult:
-        applied.append(command.sequence)
-        return await apply(command)
-
-    sidecar.applier.apply = recording  # type: ignore[method-assign]
-    return applied
 
 
 async def rows(url: str, sql: str) -> list[tuple[Any, ...]]:

@@ -25,7 +25,7 @@ from hub.store.ownership import OWNERSHIP, hub_stopped_in
 from missioncontrol.netaddr import HostPort
 from protos import link_pb2 as pb
 from sidecar.app import Sidecar
-from tests.integration.multi_hub_setup import hubs
+from tests.integration.multi_hub_setup import hubs, record_applied
 from tests.support import (
     JumpClock,
     RecordingGateway,
@@ -97,19 +97,6 @@ def front_sidecar(tmp_path: Path, front: HostPort, gateway: RecordingGateway) ->
         tmp_path / "sc", front, gateway_id=GW, workspace_root=tmp_path / "workspaces"
     )
     return Sidecar(config, gateway=gateway, link_backoff=fast_backoff())
-
-
-def record_applied(sidecar: Sidecar) -> list[int]:
-    """The sequence of every command the sidecar applies, in order."""
-    applied: list[int] = []
-    apply = sidecar.applier.apply
-
-    async def recording(command: pb.Command) -> pb.CommandResult:
-        applied.append(command.sequence)
-        return await apply(command)
-
-    sidecar.applier.apply = recording  # type: ignore[method-assign]
-    return applied
 
 
 async def queued_sequences(hub: Hub) -> list[int]:
