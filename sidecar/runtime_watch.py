@@ -219,11 +219,19 @@ class RuntimeWatch:
             return  # nothing can be read; `gateway_unreachable` says so
         try:
             runtime = await self.gateway.runtime_status()
-            providers = await self.gateway.model_auth()
         except GatewayError as exc:
-            log.info("runtime_watch.check.unavailable", error=str(exc))
+            log.info("runtime_watch.check.unavailable", read="status", error=str(exc))
             return
         found: dict[tuple[str, str], Condition] = {}
+        # The sign-in read is its own: a gateway that cannot answer it now (its model
+        # catalog loading, a slow usage refresh) must not cost the heartbeat check.
+        providers: list[ProviderAuth] | None = None
+        try:
+            providers = await self.gateway.model_auth()
+        except GatewayError as exc:
+            log.info("runtime_watch.check.unavailable", read="model_auth", error=str(exc))
+            if before := self._found.get(("", MODEL_AUTH)):
+                found[("", MODEL_AUTH)] = before  # what was found stands
         running = {a.agent_id: a.heartbeat_every_s for a in runtime.agents if a.heartbeat_enabled}
         managed = {a.agent_id for a in self.state.agents()}
         # Agents no longer managed here take their failures with them.

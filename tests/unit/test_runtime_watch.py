@@ -230,3 +230,17 @@ async def test_an_agent_no_longer_managed_takes_its_conditions_with_it(world: Wo
     world.state.record_applied(3, remove=[AGENT])
     await world.watch.check()
     assert world.watch.conditions() == []
+
+
+async def test_a_sign_in_read_that_fails_costs_the_heartbeat_check_nothing(world: World) -> None:
+    world.gateway.provider_auth = [ProviderAuth("openai", "expired")]
+    await world.watch.check()
+    world.gateway.heartbeat_off.add(AGENT)
+    world.watch.restore = False
+
+    async def failing() -> None:
+        raise GatewayError("models.authStatus: UNAVAILABLE: catalog not ready")
+
+    world.gateway.model_auth = failing  # type: ignore[assignment,method-assign]
+    await world.watch.check()
+    assert world.codes() == {(AGENT, HEARTBEAT_MISSING), ("", MODEL_AUTH)}
