@@ -153,35 +153,28 @@ class LiveRelay:
             )
 
 
+def _by_ids(conn: Connection, table: str, ids: list[Any]) -> list[Any]:
+    """The rows of `table` with those ids, in id order (none asked: none read)."""
+    if not ids:
+        return []
+    marks = ", ".join("?" for _ in ids)
+    return conn.execute(f"SELECT * FROM {table} WHERE id IN ({marks}) ORDER BY id", ids).fetchall()
+
+
 def _read_in(
     conn: Connection, agents: dict[str, dict[str, Any]], event_ids: list[int]
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    found_agents = {r["id"]: AgentRow.from_row(r) for r in _by_ids(conn, "agents", list(agents))}
     views: list[dict[str, Any]] = []
-    if agents:
-        marks = ", ".join("?" for _ in agents)
-        found_agents = {
-            r["id"]: AgentRow.from_row(r)
-            for r in conn.execute(f"SELECT * FROM agents WHERE id IN ({marks})", list(agents))
-        }
-        for agent_id, where in agents.items():
-            row = found_agents.get(agent_id)
-            if row is None:  # deleted: what the writing hub's streams said last
-                views.append({**where, "status": "deleted"})
-            else:
-                views.append(agent_json(row))
-    rows: list[dict[str, Any]] = []
-    if event_ids:
-        marks = ", ".join("?" for _ in event_ids)
-        found = conn.execute(
-            f"SELECT * FROM events WHERE id IN ({marks}) ORDER BY id", event_ids
-        ).fetchall()
-        rows = [{**dict(r), "detail": json.loads(r["detail"])} for r in found]
+    for agent_id, where in agents.items():
+        row = found_agents.get(agent_id)
+        if row is None:  # deleted: what the writing hub's streams said last
+            views.append({**where, "status": "deleted"})
+        else:
+            views.append(agent_json(row))
+    rows = [
+        {**dict(r), "detail": json.loads(r["detail"])} for r in _by_ids(conn, "events", event_ids)
+    ]
     noted = [r["detail"]["memory_id"] for r in rows if r["kind"] == "board.memory.added"]
-    notes: list[dict[str, Any]] = []
-    if noted:
-        marks = ", ".join("?" for _ in noted)
-        found = conn.execute(
-            f"SELECT * FROM board_memory WHERE id IN ({marks}) ORDER BY id", noted
-        ).fetchall()
-        notes = [memory_row(r) for r in found]
+    notes = [memory_row(r) for r in _by_ids(conn, "board_memory", noted)]
     return views, rows, notes
