@@ -51,6 +51,19 @@ async def served(
         yield stack
 
 
+@pytest.fixture
+async def served_alone(own_gateway: RunningGateway, tmp_path: Path) -> AsyncIterator[Stack]:
+    """A stack on a gateway of its own, for a test whose hand edit of openclaw.json must
+    reach the gateway: late in a long-used shared gateway such an edit was not seen in
+    time (two CI runs)."""
+    async with (
+        ScriptedModel(own_gateway.model_port) as model,
+        linked_stack(own_gateway, model, tmp_path, GATEWAY_ID) as stack,
+    ):
+        stack.sidecar.relay.clock = stack.clock
+        yield stack
+
+
 @contextlib.asynccontextmanager
 async def operator(gateway: RunningGateway) -> AsyncIterator[OpenClawGatewayClient]:
     """Another client of the gateway, as `openclaw` on the host or the control UI is."""
@@ -130,9 +143,9 @@ async def test_the_gateways_own_runs_keep_an_agent_online_with_no_curl(
 
 
 async def test_a_heartbeat_deleted_by_hand_is_noticed_and_put_back(
-    served: Stack, gateway: RunningGateway
+    served_alone: Stack, own_gateway: RunningGateway
 ) -> None:
-    stack = served
+    stack, gateway = served_alone, own_gateway
     agent = await online_agent(stack, "Heartbeat Kept")
     gw_agent = agent["gateway_agent_id"]
     assert "heartbeat" in gateway.roster()[gw_agent]
@@ -190,11 +203,11 @@ async def test_a_model_that_rejects_the_key_is_the_agents_cause(
 
 
 async def test_a_provider_without_its_sign_in_is_every_agents_cause(
-    served: Stack, gateway: RunningGateway
+    served_alone: Stack, own_gateway: RunningGateway
 ) -> None:
+    stack, gateway = served_alone, own_gateway
     if gateway.generation_is_legacy:
         pytest.skip("2026.3 has no models.authStatus: nothing tells the sign-in's state")
-    stack = served
     agent = await online_agent(stack, "Signed Out")
     before = gateway.read_config()
 
