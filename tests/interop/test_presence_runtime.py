@@ -42,8 +42,8 @@ GATEWAY_ID = "gw-presence-runtime"
 EVERY_S = 600  # the agents' heartbeat: far longer than the test, so no tick of its own
 
 
-@pytest.fixture
-async def served(
+@contextlib.asynccontextmanager
+async def _stack(
     gateway: RunningGateway, model: ScriptedModel, tmp_path: Path
 ) -> AsyncIterator[Stack]:
     async with linked_stack(gateway, model, tmp_path, GATEWAY_ID) as stack:
@@ -52,15 +52,21 @@ async def served(
 
 
 @pytest.fixture
+async def served(
+    gateway: RunningGateway, model: ScriptedModel, tmp_path: Path
+) -> AsyncIterator[Stack]:
+    async with _stack(gateway, model, tmp_path) as stack:
+        yield stack
+
+
+@pytest.fixture
 async def served_alone(own_gateway: RunningGateway, tmp_path: Path) -> AsyncIterator[Stack]:
     """A stack on a gateway of its own, for a test whose hand edit of openclaw.json must
-    reach the gateway: late in a long-used shared gateway such an edit was not seen in
-    time (two CI runs)."""
+    reach the gateway's runtime: a long-used shared gateway was seen to miss such edits."""
     async with (
         ScriptedModel(own_gateway.model_port) as model,
-        linked_stack(own_gateway, model, tmp_path, GATEWAY_ID) as stack,
+        _stack(own_gateway, model, tmp_path) as stack,
     ):
-        stack.sidecar.relay.clock = stack.clock
         yield stack
 
 
