@@ -8,6 +8,11 @@ gateway is blamed as a whole ("more than half missed") and every deadline ends i
 BASELINE: the same rows written by hand: read the agent, update it, take the gateway's
 next sequence, insert a prebuilt WakeAgent; 1,000 agents per transaction, back to back.
 Delay BASELINE: an asyncio timer per deadline that commits the same bare write.
+
+On PostgreSQL (the tests' throwaway server on loopback): the same due deadlines, the
+hub's real path on its PostgreSQL engine, beside bare batched psycopg writing the same
+rows a statement per kind for each 1,000 agents (the gateway rows locked for their
+sequence numbers, as the hub does): commands queued per second on either.
 """
 
 from __future__ import annotations
@@ -18,17 +23,22 @@ import tempfile
 import time
 from pathlib import Path
 
+import psycopg
+
 from bench.harness import Figure, Section, Sizes, Target, percentile, wait_until
 from bench.hubproc import COMMIT_INTERVAL_S
 from bench.seed import SeededAgent, seed
 from hub.lifecycle.decisions import Policy
 from hub.lifecycle.reconciler import DEADLINE_BATCH, Reconciler
 from hub.store.database import Database, connect
+from hub.store.engines import engine_for
 from hub.store.gateways import GatewayStore
 from hub.store.outbox import OUTBOX
 from protos import link_pb2 as pb
+from tests.postgres_server import PostgresServer, PostgresUnavailable
 
 CHECKIN_DEADLINE_S = 30.0
+POSTGRES_DEADLINES = 20_000  # at most, on PostgreSQL: a rate, not the 100,000 again
 DELAY_LEAD_S = 3.0  # setup finishes before the first deadline
 DELAY_SPREAD_S = 2.0  # deadlines spread evenly over this window
 
@@ -84,14 +94,20 @@ async def run(sizes: Sizes) -> Section:
             median_delay.runs.append(percentile(delays, 50) * 1000)
             median_delay.baseline_runs.append(percentile(bare, 50) * 1000)
     section.figures += [throughput, rate, delay, median_delay]
+    section.figures += await _on_postgresql(min(count, POSTGRES_DEADLINES), section)
     if runs == 1:
         section.notes.append(f"{count:,} deadlines: one run (it is the long one)")
     section.notes.append(f"commit interval {COMMIT_INTERVAL_S:g} s (hub default)")
     return section
 
 
-def _reconciler(path: Path, on_queued: object = None) -> tuple[Database, Reconciler]:
-    db = Database(path, COMMIT_INTERVAL_S)
+def _reconciler(
+    path: Path, on_queued: object = None, *, url: str = ""
+) -> tuple[Database, Reconciler]:
+    if url:
+        db = Database(commit_interval_s=COMMIT_INTERVAL_S, engine=engine_for(url))
+    else:
+        db = Database(path, COMMIT_INTERVAL_S)
     db.open()
     policy = Policy(
         checkin_deadline_s=CHECKIN_DEADLINE_S,
@@ -112,23 +128,36 @@ async def _connect_all(reconciler: Reconciler, agents: list[SeededAgent]) -> Non
         )
 
 
+WAKES = "SELECT COUNT(*) FROM commands WHERE kind = 'wake_agent'"
+
+
 def _wakes(path: Path) -> int:
     conn = connect(path, readonly=True)
     try:
-        return int(
-            conn.execute("SELECT COUNT(*) FROM commands WHERE kind = 'wake_agent'").fetchone()[0]
-        )
+        return int(conn.execute(WAKES).fetchone()[0])
     finally:
         conn.close()
 
 
-async def _process_all(path: Path, agents: list[SeededAgent]) -> float:
-    db, reconciler = _reconciler(path)
+def _wakes_pg(url: str) -> int:
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute(WAKES).fetchone()
+        return int(row[0]) if row else 0
+
+
+async def _process_all(path: Path, agents: list[SeededAgent], *, url: str = "") -> float:
+    db, reconciler = _reconciler(path, url=url)
     try:
+        if url:  # a shared database: the hub judges the gateways it owns, as its streams do
+            await reconciler.keep_ownership()
         await _connect_all(reconciler, agents)
         started = time.monotonic()
         await reconciler.start()
-        await wait_until(lambda: _wakes(path) >= len(agents), 600.0, "all wakes queued")
+        await wait_until(
+            lambda: (_wakes_pg(url) if url else _wakes(path)) >= len(agents),
+            600.0,
+            "all wakes queued",
+        )
         return time.monotonic() - started
     finally:
         await reconciler.stop()
@@ -174,6 +203,80 @@ def _bare_process_all(path: Path, agents: list[SeededAgent]) -> float:
         return time.monotonic() - started
     finally:
         conn.close()
+
+
+async def _on_postgresql(count: int, section: Section) -> list[Figure]:
+    try:
+        server = await asyncio.to_thread(PostgresServer().start)
+    except PostgresUnavailable as exc:
+        section.notes.append(f"PostgreSQL figures skipped: {exc}")
+        return []
+    figure = Figure(
+        f"{count:,} due deadlines -> wakes queued on PostgreSQL",
+        "commands/s",
+        [],
+        f"bare batched psycopg, {DEADLINE_BATCH}/tx",
+    )
+    try:
+        now = time.time()
+        for name in ("real", "bare"):
+            url = server.url(server.create_database())
+            agents = seed(
+                Path(),
+                gateways=count // 2,
+                agents_per_gateway=2,
+                deadlines=[now - 1] * count,
+                database=url,
+            )
+            if name == "real":
+                figure.runs.append(count / await _process_all(Path(), agents, url=url))
+            else:
+                seconds = await asyncio.to_thread(_bare_process_all_pg, url, agents)
+                figure.baseline_runs.append(count / seconds)
+        section.notes.append(
+            "PostgreSQL: a throwaway server on loopback with fsync off (SQL cost, not disk); "
+            f"{count:,} deadlines, one run"
+        )
+        return [figure]
+    finally:
+        await asyncio.to_thread(server.stop)
+
+
+def _bare_process_all_pg(url: str, agents: list[SeededAgent]) -> float:
+    payload = _wake_payload()
+    with psycopg.connect(url, autocommit=True) as conn:
+        started = time.monotonic()
+        for start in range(0, len(agents), DEADLINE_BATCH):
+            batch = agents[start : start + DEADLINE_BATCH]
+            ids = [a.id for a in batch]
+            now = time.time()
+            with conn.transaction():
+                conn.execute("SELECT * FROM agents WHERE id = ANY(%s)", (ids,)).fetchall()
+                conn.execute(
+                    "UPDATE agents SET phase = 'waking', wake_attempts = 2, "
+                    "checkin_deadline_at = %s, updated_at = %s WHERE id = ANY(%s)",
+                    (now + CHECKIN_DEADLINE_S, now, ids),
+                )
+                taken: dict[str, int] = {}
+                for gateway_id, next_sequence in conn.execute(
+                    "UPDATE gateways SET next_sequence = gateways.next_sequence + n.count "
+                    "FROM (SELECT g, COUNT(*) AS count FROM unnest(%s::text[]) AS g GROUP BY g) "
+                    "AS n WHERE gateways.id = n.g RETURNING gateways.id, "
+                    "gateways.next_sequence - n.count",
+                    ([a.gateway_id for a in batch],),
+                ).fetchall():
+                    taken[gateway_id] = next_sequence
+                rows = []
+                for agent in batch:
+                    rows.append((agent.gateway_id, taken[agent.gateway_id], agent.gateway_agent_id))
+                    taken[agent.gateway_id] += 1  # two agents a gateway: consecutive numbers
+                with conn.cursor() as cur:
+                    cur.executemany(
+                        "INSERT INTO commands (gateway_id, sequence, kind, agent_id, generation, "
+                        "payload, created_at) VALUES (%s, %s, 'wake_agent', %s, 1, %s, %s)",
+                        [(g, seq, a, payload, now) for g, seq, a in rows],
+                    )
+        return time.monotonic() - started
 
 
 def _spread(count: int) -> list[float]:
