@@ -99,6 +99,8 @@ class Sidecar:
         self.relay = HeartbeatRelay(self._send, self.state)
         self.writer = writer or WorkspaceWriter(self.workspace_root)
         self.gateway: GatewayClient = gateway or OpenClawGatewayClient(config.openclaw_config)
+        # Agents whose removal is under way (until it is recorded): nothing restores them.
+        self._removing: set[str] = set()
         self.applier = CommandApplier(
             self.state,
             self.writer,
@@ -144,6 +146,7 @@ class Sidecar:
             self.own_changes,
             self._report_gateway,
             restore=config.restore_removed_entries,
+            being_removed=self._removing.__contains__,
         )
         self.reports.conditions = self.runtime.report
         self.queries = GatewayQueries(
@@ -257,16 +260,25 @@ class Sidecar:
             self.credentials.reload_agent(result.agent_id)
             self._hub_agent_ids = self.state.hub_agent_ids()
         if result.agent_id:
+            if result.outcome != pb.CommandResult.FAILED:
+                self._removing.discard(result.agent_id)  # recorded: gone, or kept for good
             self.own_changes.changed(result.agent_id)
-            self.watcher.set_managed(a.agent_id for a in self.state.agents())
+            self.watcher.set_managed(self._managed())
         self.link.send(pb.SidecarMessage(command_result=result))
+
+    def _managed(self) -> set[str]:
+        """The agents whose entries the sidecar keeps (and restores after a hand edit)."""
+        return {a.agent_id for a in self.state.agents()} - self._removing
 
     def _manage(self, agent_id: str) -> None:
         self.own_changes.changed(agent_id)
-        self.watcher.set_managed({a.agent_id for a in self.state.agents()} | {agent_id})
+        self.watcher.set_managed(self._managed() | {agent_id})
 
     def _unmanage(self, agent_id: str) -> None:
-        self.watcher.set_managed(a.agent_id for a in self.state.agents() if a.agent_id != agent_id)
+        # Kept until the removal is recorded: several may be under way at once, and a
+        # removal done at the gateway but not yet recorded must not look like a hand edit.
+        self._removing.add(agent_id)
+        self.watcher.set_managed(self._managed())
 
     def _report_run(self, run: pb.RunObserved) -> None:
         self.link.send(pb.SidecarMessage(run_observed=run))

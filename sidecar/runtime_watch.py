@@ -91,6 +91,7 @@ class RuntimeWatch:
         on_change: Callable[[], None],
         *,
         restore: bool = True,
+        being_removed: Callable[[str], bool] = lambda agent_id: False,
         check_interval_s: float = CHECK_INTERVAL_S,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -100,6 +101,9 @@ class RuntimeWatch:
         self.own_changes = own_changes
         self.on_change = on_change
         self.restore = restore
+        # A removal under way takes the heartbeat job away first: that is no condition,
+        # and putting the heartbeat back would bring the entry back with it.
+        self.being_removed = being_removed
         self.check_interval_s = check_interval_s
         self.clock = clock
         self._found: dict[tuple[str, str], Condition] = {}  # from the last check
@@ -239,6 +243,8 @@ class RuntimeWatch:
         for agent_id, spec in sorted(self.state.heartbeats().items()):
             runs_every = running.get(agent_id)
             if agent_id not in managed or not spec.every_s or runs_every == spec.every_s:
+                continue
+            if self.being_removed(agent_id):  # asked here, after the reads above awaited
                 continue
             code = HEARTBEAT_MISSING if runs_every is None else HEARTBEAT_CHANGED
             if self.own_changes.recent(agent_id):
