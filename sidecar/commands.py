@@ -17,7 +17,9 @@ may be anything (sidecar/workspace.py), and the event loop serves every agent's 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import itertools
 import re
 import time
 import uuid
@@ -47,6 +49,9 @@ Outcome = pb.CommandResult.Outcome
 WAKE_RUN_TIMEOUT_S = 600.0
 RETRY_AFTER_MAX_S = 120.0  # a gateway's retry-after beyond this is not waited out
 MAX_ERROR_CHARS = 4096
+# Removals sent to the gateway at once, at most (each waits seconds on the gateway).
+REMOVAL_CONCURRENCY = 8
+REMOVAL_GATHER_S = 0.05  # how long a removal waits for more to go with it
 # The gateway's agent ids (the only names its per-agent state directories take).
 _GATEWAY_AGENT_ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 # Key space for wake idempotency keys: same command, same key, same run.
@@ -67,6 +72,16 @@ class _Done:
     credentials: dict[str, list[Credential]] | None = None
     run_id: str = ""
     wake_delivered: bool = False
+
+
+@dataclass
+class Attempt:
+    """A command's result, and what to record once it is its turn (None: it failed, and
+    is retried in place)."""
+
+    result: pb.CommandResult
+    done: _Done | None
+    retry_after_s: float = 0.0  # the gateway asked to wait this long before a retry
 
 
 def _credentials(agent_id: str, creds: list[pb.AgentCredential]) -> list[Credential]:
@@ -119,8 +134,6 @@ class CommandApplier:
         # Where the gateway keeps each agent's own state (`agents/<id>/`): what a removal
         # leaves there, the sidecar removes.
         self.gateway_state_dir = gateway_state_dir
-        # How long the gateway asked to wait before the last FAILED command is tried again.
-        self.retry_after_s = 0.0
         self._watchers: set[asyncio.Task[None]] = set()
         self._handlers: dict[str, Callable[[pb.Command], Awaitable[_Done]]] = {
             "apply_agent": self._apply_agent,
@@ -131,14 +144,37 @@ class CommandApplier:
         }
 
     async def apply(self, command: pb.Command) -> pb.CommandResult:
-        started = time.monotonic()
-        result = await self._apply(command)
-        self.on_applied(
-            command.WhichOneof("action") or "", result.outcome, time.monotonic() - started
-        )
-        return result
+        """Apply one command and record it as processed (unless it failed)."""
+        attempt = await self.attempt(command)
+        if attempt.done is not None:
+            self.record(command.sequence, [attempt.done])
+        return attempt.result
 
-    async def _apply(self, command: pb.Command) -> pb.CommandResult:
+    async def attempt(self, command: pb.Command) -> Attempt:
+        """Apply one command without recording it: the caller records processed commands
+        in sequence order (`record`), so the applied watermark never passes one that
+        failed, also when several are applied at once."""
+        started = time.monotonic()
+        attempt = await self._apply(command)
+        self.on_applied(
+            command.WhichOneof("action") or "", attempt.result.outcome, time.monotonic() - started
+        )
+        return attempt
+
+    def record(self, sequence: int, done: list[_Done]) -> None:
+        """Record every command up to `sequence` as processed, with what `done` changed,
+        in one transaction."""
+        credentials: dict[str, list[Credential]] = {}
+        for d in done:
+            credentials.update(d.credentials or {})
+        self.state.record_applied(
+            sequence,
+            upsert=[d.upsert for d in done if d.upsert],
+            remove=[d.remove for d in done if d.remove],
+            credentials=credentials or None,
+        )
+
+    async def _apply(self, command: pb.Command) -> Attempt:
         kind = command.WhichOneof("action")
         action = getattr(command, kind) if kind else None
         result = pb.CommandResult(
@@ -155,7 +191,6 @@ class CommandApplier:
                 "unknown_command",
                 f"command type {kind!r} is not supported by this sidecar; upgrade the sidecar",
             )
-        self.retry_after_s = 0.0
         if kind == "apply_agent" and result.agent_id:
             self.on_manage(result.agent_id)
         try:
@@ -165,8 +200,9 @@ class CommandApplier:
         except GatewayError as exc:
             outcome = Outcome.FAILED if exc.retryable else Outcome.REJECTED
             result.error_kind = exc.kind.proto
-            self.retry_after_s = exc.retry_after_s
-            return self._finish(result, outcome, exc.code, str(exc))
+            attempt = self._finish(result, outcome, exc.code, str(exc))
+            attempt.retry_after_s = exc.retry_after_s
+            return attempt
         except OSError as exc:
             return self._finish(result, Outcome.FAILED, "io_error", f"{exc}")
         except Exception as exc:  # a bug or a surprise: retried in place, and shown to the hub
@@ -178,30 +214,27 @@ class CommandApplier:
                 f"the sidecar failed unexpectedly applying this command ({exc!r}); it retries; "
                 "if this persists, see the sidecar log (command.apply.failed) and report it",
             )
-        self.state.record_applied(
-            command.sequence,
-            upsert=[done.upsert] if done.upsert else [],
-            remove=[done.remove] if done.remove else [],
-            credentials=done.credentials,
-        )
         result.run_id = done.run_id
         result.wake_delivered = done.wake_delivered
         if done.upsert:
             result.file_sha256.update(done.upsert.files)
-        return self._finish(result, done.outcome)
+        return self._finish(result, done.outcome, done=done)
 
     def _finish(
-        self, result: pb.CommandResult, outcome: int, code: str = "", error: str = ""
-    ) -> pb.CommandResult:
+        self,
+        result: pb.CommandResult,
+        outcome: int,
+        code: str = "",
+        error: str = "",
+        *,
+        done: _Done | None = None,
+    ) -> Attempt:
         result.outcome = outcome  # type: ignore[assignment]
         result.error_code = code
         # Error text quotes the gateway and the file system: make it carriable and bounded.
         error = displayable(error, max_chars=MAX_ERROR_CHARS)
         result.error = error
         result.observed_at.CopyFrom(timestamp())
-        if outcome == Outcome.REJECTED:
-            # Never retried: count it as processed so the queue moves on.
-            self.state.record_applied(result.sequence)
         log.info(
             "command.applied"
             if outcome in (Outcome.APPLIED, Outcome.ALREADY_APPLIED)
@@ -212,7 +245,10 @@ class CommandApplier:
             error_code=code or None,
             error=error or None,
         )
-        return result
+        if outcome == Outcome.FAILED:
+            return Attempt(result, None)  # retried: not processed yet
+        # A rejection is never retried: it counts as processed, so the queue moves on.
+        return Attempt(result, done or _Done())
 
     def _already(self, agent_id: str, generation: int) -> bool:
         known = self.state.agent(agent_id)
@@ -392,7 +428,16 @@ def _heartbeat(settings: pb.HeartbeatSettings) -> HeartbeatSpec:
 
 
 class CommandQueue:
-    """Applies commands strictly in sequence order, retrying retryable failures in place."""
+    """Applies commands in sequence order, retrying retryable failures in place.
+
+    Removals are the one exception to one-at-a-time: a run of consecutive `remove_agent`
+    commands for distinct agents (at most `removal_concurrency`) goes to the gateway at
+    once where the gateway takes that safely (`GatewayInfo.removes_concurrently`), since
+    each waits seconds on the gateway and none depends on another. They are
+    still recorded and answered in sequence order: those before the first failure are
+    recorded together; the failed one is retried in place, and the ones after it are
+    applied again behind it (a removal is idempotent: an absent agent is removed).
+    """
 
     def __init__(
         self,
@@ -401,12 +446,17 @@ class CommandQueue:
         *,
         retry_initial_s: float = 1.0,
         retry_max_s: float = 30.0,
+        removal_concurrency: int = REMOVAL_CONCURRENCY,
     ) -> None:
         self.applier = applier
         self.send_result = send_result
         self.retry_initial_s = retry_initial_s
         self.retry_max_s = retry_max_s
+        self.removal_concurrency = removal_concurrency
         self._pending: asyncio.Queue[pb.Command] = asyncio.Queue()
+        # Taken from `_pending` but not applied yet (looked at for a run of removals, or
+        # to be applied again behind a failed one): these go first.
+        self._held: collections.deque[pb.Command] = collections.deque()
         self._gateway_changed = asyncio.Event()
         applier.gateway.on_info_change(self._on_gateway_info)
 
@@ -419,6 +469,7 @@ class CommandQueue:
 
     def reset(self) -> None:
         """A new stream replays from our last applied sequence: drop what the old one sent."""
+        self._held.clear()
         while not self._pending.empty():
             self._pending.get_nowait()
 
@@ -427,27 +478,105 @@ class CommandQueue:
 
     async def run(self) -> None:
         while True:
-            command = await self._pending.get()
+            command = self._held.popleft() if self._held else await self._pending.get()
             if command.sequence <= self.applier.state.last_applied_sequence:
                 continue  # replayed by the hub, already processed
-            delay = self.retry_initial_s
-            while True:
-                try:
-                    result = await self.applier.apply(command)
-                    self.send_result(result)
-                except Exception as exc:  # the queue outlives any one command
-                    log.exception(
-                        "command.apply.failed", sequence=command.sequence, error=repr(exc)
-                    )
-                    result = pb.CommandResult(sequence=command.sequence, outcome=Outcome.FAILED)
-                if result.outcome != Outcome.FAILED:
-                    break
-                self._gateway_changed.clear()
-                # Not sooner than the gateway asked (2026.3 limits config writes per
-                # connection, so a reconnect still cuts the wait short).
-                wait_s = max(delay, min(self.applier.retry_after_s, RETRY_AFTER_MAX_S))
-                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation.
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(wait_s):
-                        await self._gateway_changed.wait()
-                delay = min(delay * 2, self.retry_max_s)
+            removals = await self._removals_from(command)
+            if len(removals) > 1:
+                # What is left after a failure is applied again, behind it.
+                self._held.extendleft(reversed(await self._apply_together(removals)))
+            else:
+                await self._apply_in_place(command)
+
+    async def _removals_from(self, first: pb.Command) -> list[pb.Command]:
+        """`first`, and if it is a removal, the removals queued right behind it."""
+        run = [first]
+        if first.WhichOneof("action") != "remove_agent":
+            return run
+        if not self.applier.gateway.info.removes_concurrently:
+            return run
+        agents = {first.remove_agent.agent_id}
+        while len(run) < self.removal_concurrency:
+            command = await self._next_nowait()
+            if command is None:
+                break
+            if (
+                command.WhichOneof("action") != "remove_agent"
+                or command.remove_agent.agent_id in agents
+                or command.sequence <= run[-1].sequence
+            ):
+                self._held.appendleft(command)
+                break
+            agents.add(command.remove_agent.agent_id)
+            run.append(command)
+        return run
+
+    async def _next_nowait(self) -> pb.Command | None:
+        """The next command if one is here or arrives within REMOVAL_GATHER_S (a burst of
+        commands reaches the queue one stream message at a time), else None."""
+        if self._held:
+            return self._held.popleft()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(REMOVAL_GATHER_S):
+                return await self._pending.get()
+        return None
+
+    async def _apply_together(self, commands: list[pb.Command]) -> list[pb.Command]:
+        """Apply `commands` at once; record and answer, in order, those before the first
+        failure; retry the failed one in place; return the ones after it."""
+        attempts = await asyncio.gather(*(self.applier.attempt(c) for c in commands))
+        processed = list(itertools.takewhile(lambda a: a.done is not None, attempts))
+        if processed:
+            try:
+                self.applier.record(
+                    processed[-1].result.sequence,
+                    [a.done for a in processed if a.done is not None],
+                )
+            except Exception as exc:  # e.g. local state unwritable: each is applied again
+                log.exception("command.record.failed", error=repr(exc))
+                return commands
+            for attempt in processed:
+                self.send_result(attempt.result)
+        log.info(
+            "command.removals.applied_together",
+            removals=len(commands),
+            processed=len(processed),
+        )
+        if len(processed) == len(commands):
+            return []
+        failed = attempts[len(processed)]
+        self.send_result(failed.result)  # the hub shows why the agent waits
+        await self._apply_in_place(commands[len(processed)], failed=failed)
+        return commands[len(processed) + 1 :]
+
+    async def _apply_in_place(self, command: pb.Command, *, failed: Attempt | None = None) -> None:
+        """Apply `command`, retrying while it fails (`failed`: it just did; wait first)."""
+        delay = self.retry_initial_s
+        while True:
+            attempt = failed or await self._attempt(command)
+            failed = None
+            if attempt.done is not None:
+                return
+            self._gateway_changed.clear()
+            # Not sooner than the gateway asked (2026.3 limits config writes per
+            # connection, so a reconnect still cuts the wait short).
+            wait_s = max(delay, min(attempt.retry_after_s, RETRY_AFTER_MAX_S))
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait_s):
+                    await self._gateway_changed.wait()
+            delay = min(delay * 2, self.retry_max_s)
+
+    async def _attempt(self, command: pb.Command) -> Attempt:
+        """Apply, record and answer one command; a failure of any kind is FAILED."""
+        try:
+            attempt = await self.applier.attempt(command)
+            if attempt.done is not None:
+                self.applier.record(command.sequence, [attempt.done])
+            self.send_result(attempt.result)
+        except Exception as exc:  # the queue outlives any one command
+            log.exception("command.apply.failed", sequence=command.sequence, error=repr(exc))
+            return Attempt(
+                pb.CommandResult(sequence=command.sequence, outcome=Outcome.FAILED), None
+            )
+        return attempt

@@ -31,6 +31,14 @@ class GatewayInfo:
     generation: GatewayGeneration = GatewayGeneration.UNKNOWN
     unreachable_reason: str = ""
 
+    @property
+    def removes_concurrently(self) -> bool:
+        """Whether removals may be sent at once: the current generation takes concurrent
+        `agents.delete` calls one after another on its side, each seen through; 2026.3
+        answers ok to concurrent ones and loses all but a few of their config writes (and
+        removes one in about 70 ms anyway)."""
+        return self.reachable and self.generation is GatewayGeneration.CURRENT
+
 
 @dataclass(frozen=True)
 class AgentEntry:

@@ -391,3 +391,48 @@ async def test_d_deleting_an_agent_after_its_run_trashes_no_token_and_leaves_no_
     # The gateway still moved the rest to its Trash (the sidecar only took the token).
     trash = stack.gateway.home / ".Trash"
     assert any(trash.rglob("AGENTS.md")), "expected the gateway to trash the workspace"
+
+
+BOARD_AGENTS = 6
+
+
+async def test_e_a_deleted_board_removes_its_agents_together_and_none_comes_back(
+    stack: Stack,
+) -> None:
+    """A board's removals reach the gateway as one run (at once on the current
+    generation, one after another on 2026.3, which loses concurrent ones): every agent
+    goes, none reappears, the gateway keeps the others' entries."""
+    hub, model = stack.hub, stack.model
+    model.behaviour = Behaviour.REPLY
+    status, board = await api(
+        hub, "POST", "/api/v1/boards", {"name": "Removed together", "gateway_id": GATEWAY_ID}
+    )
+    assert status == 201, board
+    agents = []
+    for i in range(BOARD_AGENTS):
+        status, agent = await api(
+            hub, "POST", "/api/v1/agents", {"name": f"Removed {i}", "board_id": board["id"]}
+        )
+        assert status == 201, agent
+        agents.append(agent)
+    ids = {a["gateway_agent_id"] for a in agents}
+    await wait_for(
+        lambda: ids <= set(stack.gateway.roster()), timeout_s=180, what="every entry applied"
+    )
+    others = set(stack.gateway.roster()) - ids
+    started = time.perf_counter()
+    status, body = await api(hub, "DELETE", f"/api/v1/boards/{board['id']}")
+    assert status == 202, body
+    for agent in agents:
+        await wait_for(lambda a=agent: _gone(hub, a["id"]), timeout_s=120, what="removal confirmed")
+    removed_s = time.perf_counter() - started
+    record_timing(f"{BOARD_AGENTS} agents removed with their board", removed_s)
+    # And still gone a while later: openclaw.json is what the gateway reloads, and what
+    # a restore (the config watcher's, or a heartbeat put back) would write them into.
+    for _check in range(4):
+        assert not ids & set(stack.gateway.roster()), stack.gateway.roster().keys()
+        await asyncio.sleep(2)
+    assert others <= set(stack.gateway.roster())
+    for agent in agents:
+        workspace = stack.gateway.workspace_root / f"workspace-{agent['gateway_agent_id']}"
+        assert not workspace.exists(), workspace
