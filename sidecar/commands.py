@@ -497,7 +497,7 @@ class CommandQueue:
             return run
         agents = {first.remove_agent.agent_id}
         while len(run) < self.removal_concurrency:
-            command = await self._next_nowait()
+            command = await self._next_soon()
             if command is None:
                 break
             if (
@@ -511,7 +511,7 @@ class CommandQueue:
             run.append(command)
         return run
 
-    async def _next_nowait(self) -> pb.Command | None:
+    async def _next_soon(self) -> pb.Command | None:
         """The next command if one is here or arrives within REMOVAL_GATHER_S (a burst of
         commands reaches the queue one stream message at a time), else None."""
         if self._held:
@@ -532,9 +532,11 @@ class CommandQueue:
                     processed[-1].result.sequence,
                     [a.done for a in processed if a.done is not None],
                 )
-            except Exception as exc:  # e.g. local state unwritable: each is applied again
+            except Exception as exc:  # e.g. local state unwritable: each again, in place
                 log.exception("command.record.failed", error=repr(exc))
-                return commands
+                for command in commands:
+                    await self._apply_in_place(command)
+                return []
             for attempt in processed:
                 self.send_result(attempt.result)
         log.info(

@@ -396,12 +396,27 @@ async def test_d_deleting_an_agent_after_its_run_trashes_no_token_and_leaves_no_
 BOARD_AGENTS = 6
 
 
+@pytest.fixture
+async def stack_alone(own_gateway: RunningGateway, tmp_path: Path) -> AsyncIterator[Stack]:
+    """A stack on a gateway of its own: a burst of removals can make 2026.9 restart
+    itself (it reschedules its cron monitor), which the session's other tests must not
+    share."""
+    async with (
+        ScriptedModel(own_gateway.model_port) as model,
+        linked_stack(
+            own_gateway, model, tmp_path, GATEWAY_ID, checkin_deadline_s=CHECKIN_DEADLINE_S
+        ) as linked,
+    ):
+        yield linked
+
+
 async def test_e_a_deleted_board_removes_its_agents_together_and_none_comes_back(
-    stack: Stack,
+    stack_alone: Stack,
 ) -> None:
     """A board's removals reach the gateway as one run (at once on the current
     generation, one after another on 2026.3, which loses concurrent ones): every agent
     goes, none reappears, the gateway keeps the others' entries."""
+    stack = stack_alone
     hub, model = stack.hub, stack.model
     model.behaviour = Behaviour.REPLY
     status, board = await api(
