@@ -15,6 +15,7 @@ from hub.app import Hub
 from missioncontrol.private_files import load_or_create_secret
 from protos import link_pb2 as pb
 from sidecar.app import Sidecar
+from sidecar.commands import Attempt
 from tests.support import JumpClock, hub_config
 
 
@@ -66,13 +67,13 @@ async def add_gateway_and_board(hub: Hub, gateway_id: str = "gw-shared") -> str:
 
 
 def record_applied(sidecar: Sidecar) -> list[int]:
-    """The sequence of every command the sidecar applies, in order."""
+    """The sequence of every command the sidecar applies (each attempt), in order."""
     applied: list[int] = []
-    apply = sidecar.applier.apply
+    attempt = sidecar.applier.attempt
 
-    async def recording(command: pb.Command) -> pb.CommandResult:
+    async def recording(command: pb.Command) -> Attempt:
         applied.append(command.sequence)
-        return await apply(command)
+        return await attempt(command)
 
-    sidecar.applier.apply = recording  # type: ignore[method-assign]
+    sidecar.applier.attempt = recording  # type: ignore[method-assign]
     return applied
