@@ -94,6 +94,9 @@ class Engine(Protocol):
     describe: str  # for messages and logs (never a password)
     begin_sql: str  # what opens a group commit's transaction
     errors: tuple[type[Exception], ...]  # what a failed statement raises
+    # What a job may meet because of another writer (a deadlock between hubs): it is run
+    # again in a later commit instead of failing.
+    transient_errors: tuple[type[Exception], ...]
     reader_threads: int
 
     def open_writer(
@@ -126,6 +129,11 @@ class _Job:
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[Any]
     urgent: bool = False
+    attempts: int = 0
+
+
+# A job that meets a transient error runs again at most this many times.
+TRANSIENT_RETRIES = 3
 
 
 @dataclass
@@ -249,6 +257,7 @@ class SqliteEngine:
     name = "sqlite"
     begin_sql = "BEGIN IMMEDIATE"
     errors: tuple[type[Exception], ...] = (sqlite3.Error,)
+    transient_errors: tuple[type[Exception], ...] = ()  # one writer: nobody to deadlock with
     reader_threads = 1
 
     def __init__(self, path: Path) -> None:
@@ -484,6 +493,7 @@ class Database:
     def _commit_batch(self, conn: Connection, batch: list[_Job]) -> bool:
         """Commit `batch` (False: the commit failed; every job's caller gets the error)."""
         outcomes: list[tuple[_Job, Any, BaseException | None, list[Notice]]] = []
+        again: list[_Job] = []  # met another writer's locks: into a later commit
         started = time.monotonic()
         try:
             conn.execute(self.engine.begin_sql)
@@ -495,7 +505,15 @@ class Database:
                 except Exception as exc:
                     conn.execute("ROLLBACK TO job")
                     conn.execute("RELEASE job")
-                    outcomes.append((job, None, exc, []))
+                    if (
+                        isinstance(exc, self.engine.transient_errors)
+                        and job.attempts < TRANSIENT_RETRIES
+                    ):
+                        job.attempts += 1
+                        log.warning("database.job.retried", error=str(exc), attempt=job.attempts)
+                        again.append(job)
+                    else:
+                        outcomes.append((job, None, exc, []))
                 else:
                     conn.execute("RELEASE job")
                     outcomes.append((job, result, None, conn.notices))
@@ -510,6 +528,7 @@ class Database:
             log.error("database.commit.failed", error=str(exc), jobs=len(batch))
             failure = DatabaseError(f"database write failed: {exc}")
             outcomes = [(job, None, failure, []) for job in batch]
+            again = []
             committed = False
         else:
             committed = True
@@ -524,6 +543,8 @@ class Database:
                 except Exception:  # an observer's bug must not stop the writer
                     log.exception("database.commit.observer_failed")
         self.stats.last_commit_at = time.monotonic()
+        for job in again:  # this commit released the locks it waited on
+            self._jobs.put(job)
         for job, result, error, notices in outcomes:
             # FIFO on the loop: notices are delivered before the caller resumes.
             if notices:

@@ -232,6 +232,12 @@ class PostgresEngine:
     name = "postgresql"
     begin_sql = "BEGIN"
     errors: tuple[type[Exception], ...] = (psycopg.Error, PgIntegrityError)
+    # Hubs sharing the database lock gateway rows in their own orders (a group commit
+    # holds several jobs' locks): PostgreSQL breaks a cycle by failing one of them.
+    transient_errors: tuple[type[Exception], ...] = (
+        psycopg.errors.DeadlockDetected,
+        psycopg.errors.SerializationFailure,
+    )
     reader_threads = READER_POOL_MAX
 
     def __init__(self, url: str) -> None:
