@@ -344,6 +344,9 @@ class Database:
         self.on_commit = on_commit
         self.stats = WriterStats()
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._again: list[
+            _Job
+        ] = []  # met a transient error: first in the next commit (writer only)
         self._writer: threading.Thread | None = None
         self._reader = ThreadPoolExecutor(
             max_workers=engine.reader_threads, thread_name_prefix="hub-db-read"
@@ -451,13 +454,13 @@ class Database:
         tokens, refilled_at = float(COMMIT_BURST), time.monotonic()
         stopping = False
         while not stopping:
-            first = self._jobs.get()
+            first = self._again.pop(0) if self._again else self._jobs.get()
             if first is None:
                 break
             now = time.monotonic()
             tokens = min(COMMIT_BURST, tokens + (now - refilled_at) / self.commit_interval_s)
             refilled_at = now
-            batch = [first]
+            batch, self._again = [first, *self._again], []
             if tokens < 1 and not first.urgent:
                 # Paced: collect until the bucket refills, or until an urgent job arrives.
                 until = now + (1 - tokens) * self.commit_interval_s
@@ -486,6 +489,10 @@ class Database:
                     stopping = True
                     break
                 batch.append(job)
+            if not self._commit_batch(conn, batch):
+                conn = self.engine.recover(conn)
+        while self._again:  # jobs being retried are owed an answer before the writer ends
+            batch, self._again = self._again, []
             if not self._commit_batch(conn, batch):
                 conn = self.engine.recover(conn)
         conn.close()
@@ -543,8 +550,7 @@ class Database:
                 except Exception:  # an observer's bug must not stop the writer
                     log.exception("database.commit.observer_failed")
         self.stats.last_commit_at = time.monotonic()
-        for job in again:  # this commit released the locks it waited on
-            self._jobs.put(job)
+        self._again.extend(again)  # the next commit: this one released the locks they met
         for job, result, error, notices in outcomes:
             # FIFO on the loop: notices are delivered before the caller resumes.
             if notices:
