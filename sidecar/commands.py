@@ -143,12 +143,12 @@ class CommandApplier:
             "set_credentials": self._set_credentials,
         }
 
-    async def apply(self, command: pb.Command) -> pb.CommandResult:
+    async def apply(self, command: pb.Command) -> Attempt:
         """Apply one command and record it as processed (unless it failed)."""
         attempt = await self.attempt(command)
         if attempt.done is not None:
             self.record(command.sequence, [attempt.done])
-        return attempt.result
+        return attempt
 
     async def attempt(self, command: pb.Command) -> Attempt:
         """Apply one command without recording it: the caller records processed commands
@@ -572,9 +572,7 @@ class CommandQueue:
     async def _attempt(self, command: pb.Command) -> Attempt:
         """Apply, record and answer one command; a failure of any kind is FAILED."""
         try:
-            attempt = await self.applier.attempt(command)
-            if attempt.done is not None:
-                self.applier.record(command.sequence, [attempt.done])
+            attempt = await self.applier.apply(command)
             self.send_result(attempt.result)
         except Exception as exc:  # the queue outlives any one command
             log.exception("command.apply.failed", sequence=command.sequence, error=repr(exc))

@@ -68,14 +68,14 @@ async def apply_then_remove(
             ),
         )
     )
-    assert applied.outcome == pb.CommandResult.APPLIED
+    assert applied.result.outcome == pb.CommandResult.APPLIED
     removed = await applier.apply(
         pb.Command(
             sequence=2,
             remove_agent=pb.RemoveAgent(agent_id=agent, generation=1, delete_files=delete_files),
         )
     )
-    return removed, workspace
+    return removed.result, workspace
 
 
 def gateway_agent_dir(gateway_state: Path, agent: str) -> Path:
@@ -124,6 +124,6 @@ async def test_an_id_that_is_no_gateway_agent_id_removes_nothing_of_the_gateway(
             remove_agent=pb.RemoveAgent(agent_id=agent, generation=1, delete_files=True),
         )
     )
-    assert result.outcome == pb.CommandResult.APPLIED
+    assert result.result.outcome == pb.CommandResult.APPLIED
     assert sentinel.exists() and (gateway_state / "agents" / "Sentinel").exists()
     assert (gateway_state / "agents").exists()
