@@ -140,13 +140,15 @@ class Hub:
             )
         self.events = EventBus(started_at=clock())
         self.activity = Feed("activity")  # committed events, to the live activity streams
-        self.db.listen(ACTIVITY, self.activity.publish)
         self.memory = Feed("memory")  # board memory notes, to the live memory streams
-        self.db.listen(MEMORY, self.memory.publish)
-        # other hubs on the database: their agent changes, events and notes, to these streams
+        # shared database: every hub's rows reach the feeds in id order, and the other
+        # hubs' agent changes and link events the bus
         self.live_relay = LiveRelay(self.db, self.events, self.activity, self.memory)
         if self.db.shared:
             self.live_relay.attach()
+        else:
+            self.db.listen(ACTIVITY, self.activity.publish)
+            self.db.listen(MEMORY, self.memory.publish)
         self.clock = clock
         self.link_notices = LinkNotices(self.events)  # the dashboard sees sidecars come and go
         self.reconciler = Reconciler(
@@ -248,7 +250,9 @@ class Hub:
             self.db.open()
         except (DatabaseError, BackupError) as exc:
             raise HubStartError(str(exc)) from exc
-        if not self.db.shared:  # shared: only a stopped hub's gateways (hub/store/ownership.py)
+        if self.db.shared:
+            await self.live_relay.start()
+        else:  # shared: only a stopped hub's gateways are marked (hub/store/ownership.py)
             await self.store.mark_all_disconnected()
         await self.revocations.load(self.store)
         await self.reconciler.start()

@@ -1,15 +1,19 @@
-"""What the other hubs on one PostgreSQL committed, pushed to this hub's live streams.
+"""What the hubs on one PostgreSQL commit, pushed to this hub's live streams.
 
-A hub feeds its own live streams after each commit: agent views to the event bus (the
-agents stream, the dashboard), event rows to the activity feed. So that a stream opened
-on another hub sees the change too, the writing transaction also leaves a small notice
-every hub hears (NOTIFY carries at most 8000 bytes: ids, never rows); each other hub
-reads those rows back, a batch at a time, and feeds its own streams with what it read
-(a board memory note comes with its `board.memory.added` event: the note is read too;
-a gateway's link and a rollout's steps reach the dashboard through their events).
-A notice lost while a hub's listener reconnects costs that hub's streams the change
-(a client reconnecting with Last-Event-ID gets the activity rows from the database). On
-SQLite there is one hub: nothing is sent.
+On SQLite there is one hub: its streams are fed after each of its commits, and nothing
+here runs. On PostgreSQL several hubs write, and each hub's streams must see them all:
+
+- Feeds (activity, board memory) are resumed by row id (Last-Event-ID), so a stream must
+  see their rows in id order, every hub's alike. The database makes ids rise in commit
+  order (hub/store/postgres.py FEED_ORDER) and tells every hub, this one too, when a
+  commit added rows; `LiveRelay` then reads on from the last row it passed and feeds
+  the streams in id order. A notice missed while the listener reconnects only delays:
+  the next one reads on from the same row.
+- The event bus (the agents stream, the dashboard) is fed by the writing hub after its
+  commit. The others hear a small notice (NOTIFY carries at most 8000 bytes: ids, never
+  rows) and read the agent back; a gateway's link and a rollout's steps reach their
+  dashboards through those events. A notice lost while a hub's listener reconnects
+  costs its bus the change.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from hub.feeds import Feed
 from hub.memory import memory_row
 from hub.provisioning.agents import AgentRow, agent_json
 from hub.store.database import Connection, Database
-from hub.store.event_log import EVENT_LOGGED
+from hub.store.event_log import EVENT_LOGGED, FEED_GREW
 from missioncontrol.log import get_logger
 
 log = get_logger("hub.live_relay")
@@ -61,7 +65,7 @@ def agents_changed_in(
 
 
 class LiveRelay:
-    """Reads back what the other hubs' notices name and feeds this hub's streams."""
+    """Feeds this hub's streams with what the hubs on the database commit (PostgreSQL)."""
 
     def __init__(self, db: Database, events: EventBus, activity: Feed, memory: Feed) -> None:
         self.db = db
@@ -71,12 +75,33 @@ class LiveRelay:
         self._agents: dict[str, dict[str, Any]] = {}  # id -> where it was
         self._event_ids: set[int] = set()
         self._task: asyncio.Task[None] | None = None
+        self._feeds_after: int | None = None  # the last event row the feeds were given
+        self._feeds_behind = False  # a commit added rows the feeds have not read yet
+        self._feeds_task: asyncio.Task[None] | None = None
         self._stopped = False
 
     def attach(self) -> None:
-        """Listen to the other hubs (before the database opens)."""
+        """Listen to the database (before it opens)."""
         self.db.listen_elsewhere(AGENT_CHANGED, self.agent_changed)
         self.db.listen_elsewhere(EVENT_LOGGED, self.event_logged)
+        self.db.listen_in_commit_order(FEED_GREW, self.feed_grew)
+
+    async def start(self) -> None:
+        """Feed the streams from the rows committed from now on (once the database is
+        open; what came before, a stream replays by its Last-Event-ID)."""
+        self._feeds_after = await self.db.read(_last_event_id_in)
+        self.feed_grew()
+
+    def feed_grew(self) -> None:
+        self._feeds_behind = True
+        if (
+            not self._stopped
+            and self._feeds_after is not None
+            and (self._feeds_task is None or self._feeds_task.done())
+        ):
+            self._feeds_task = asyncio.get_running_loop().create_task(
+                self._read_feeds(), name="live-relay-feeds"
+            )
 
     def agent_changed(self, payload: str) -> None:
         try:
@@ -97,10 +122,34 @@ class LiveRelay:
 
     async def stop(self) -> None:
         self._stopped = True
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        tasks = [t for t in (self._task, self._feeds_task) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._task = self._feeds_task = None
+
+    async def _read_feeds(self) -> None:
+        """Read the event rows after the last one given to the feeds, in id order, a
+        batch at a time, until none are left; then the notes their memory events name."""
+        while self._feeds_behind and not self._stopped:
+            self._feeds_behind = False
+            assert self._feeds_after is not None
+            try:
+                rows, notes = await self.db.read(
+                    functools.partial(_feed_rows_in, after=self._feeds_after)
+                )
+            except Exception as exc:  # the rows are still there: the next notice reads on
+                log.error("live_relay.feeds.read_failed", error=str(exc))
+                return
+            for row in rows:
+                self.activity.publish(row)
+                note = notes.get(row["id"])
+                if note is not None:
+                    self.memory.publish(note)
+            if rows:
+                self._feeds_after = rows[-1]["id"]
+            if len(rows) == READ_BATCH:
+                self._feeds_behind = True
 
     def _wake(self) -> None:
         # One reader at a time: notices arriving meanwhile wait for its next batch.
@@ -117,10 +166,10 @@ class LiveRelay:
             event_ids = sorted(self._event_ids)[:READ_BATCH]
             self._event_ids.difference_update(event_ids)
             try:
-                views, rows, notes = await self.db.read(
+                views, rows = await self.db.read(
                     functools.partial(_read_in, agents=agents, event_ids=event_ids)
                 )
-            except Exception as exc:  # the streams miss these; the rows are still there
+            except Exception as exc:  # the bus misses these; the rows are still there
                 log.error("live_relay.read_failed", error=str(exc))
                 continue
             for view in views:
@@ -128,10 +177,7 @@ class LiveRelay:
                     "agent", view, board_id=view["board_id"], gateway_id=view["gateway_id"]
                 )
             for row in rows:
-                self.activity.publish(row)
                 self._publish_from_event(row)
-            for note in notes:
-                self.memory.publish(note)
 
     def _publish_from_event(self, row: dict[str, Any]) -> None:
         """What the dashboard hears from the writing hub's own bus besides agents: a
@@ -163,7 +209,7 @@ def _by_ids(conn: Connection, table: str, ids: list[Any]) -> list[Any]:
 
 def _read_in(
     conn: Connection, agents: dict[str, dict[str, Any]], event_ids: list[int]
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     found_agents = {r["id"]: AgentRow.from_row(r) for r in _by_ids(conn, "agents", list(agents))}
     views: list[dict[str, Any]] = []
     for agent_id, where in agents.items():
@@ -172,9 +218,28 @@ def _read_in(
             views.append({**where, "status": "deleted"})
         else:
             views.append(agent_json(row))
+    return views, [_event_row(r) for r in _by_ids(conn, "events", event_ids)]
+
+
+def _last_event_id_in(conn: Connection) -> int:
+    return int(conn.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0])
+
+
+def _feed_rows_in(
+    conn: Connection, after: int
+) -> tuple[list[dict[str, Any]], dict[int, dict[str, Any]]]:
+    """The event rows after `after` (at most READ_BATCH, in id order), and the notes their
+    `board.memory.added` events name, by event id."""
     rows = [
-        {**dict(r), "detail": json.loads(r["detail"])} for r in _by_ids(conn, "events", event_ids)
+        _event_row(r)
+        for r in conn.execute(
+            "SELECT * FROM events WHERE id > ? ORDER BY id LIMIT ?", (after, READ_BATCH)
+        ).fetchall()
     ]
-    noted = [r["detail"]["memory_id"] for r in rows if r["kind"] == "board.memory.added"]
-    notes = [memory_row(r) for r in _by_ids(conn, "board_memory", noted)]
-    return views, rows, notes
+    noted = {r["detail"]["memory_id"]: r["id"] for r in rows if r["kind"] == "board.memory.added"}
+    notes = {noted[r["id"]]: memory_row(r) for r in _by_ids(conn, "board_memory", list(noted))}
+    return rows, notes
+
+
+def _event_row(row: Any) -> dict[str, Any]:
+    return {**dict(row), "detail": json.loads(row["detail"])}

@@ -115,9 +115,10 @@ class Engine(Protocol):
 
     def probe_writable(self, timeout_s: float) -> None: ...
 
-    def share_notices(self, channels: set[str], deliver: Callable[[str, str], None]) -> None:
+    def share_notices(self, channels: set[str], deliver: Callable[[str, str, bool], None]) -> None:
         """Tell the other hubs on this database the notices on `channels` (str payloads)
-        and call `deliver(channel, payload)`, from any thread, for theirs."""
+        and call `deliver(channel, payload, own)`, from any thread, for each heard on
+        the database, in commit order (`own`: this hub's writer left it)."""
         ...
 
     def close(self) -> None: ...
@@ -305,7 +306,7 @@ class SqliteEngine:
         finally:
             conn.close()
 
-    def share_notices(self, channels: set[str], deliver: Callable[[str, str], None]) -> None:
+    def share_notices(self, channels: set[str], deliver: Callable[[str, str, bool], None]) -> None:
         """One hub per file: there is no other hub to tell."""
 
     def close(self) -> None:
@@ -353,6 +354,7 @@ class Database:
         )
         self._listeners: dict[str, list[Callable[[Any], None]]] = {}
         self._every_hub: dict[str, list[Callable[[Any], None]]] = {}
+        self._in_commit_order: dict[str, list[Callable[[], None]]] = {}
         self._closed = False
 
     @property
@@ -378,14 +380,22 @@ class Database:
         Register before `open`."""
         self._every_hub.setdefault(channel, []).append(listener)
 
+    def listen_in_commit_order(self, channel: str, listener: Callable[[], None]) -> None:
+        """Call `listener()` for each commit that left a notice on `channel` in the
+        database, this hub's and the others', in the order they committed (PostgreSQL,
+        where the database sends them: hub/store/postgres.py FEED_ORDER; never on
+        SQLite). Register before `open`."""
+        self._in_commit_order.setdefault(channel, []).append(listener)
+
     def open(self) -> None:
-        if self._every_hub:  # first: the writer's connection carries the shared channels
+        channels = set(self._every_hub) | set(self._in_commit_order)
+        if channels:  # first: the writer's connection carries the shared channels
             loop = asyncio.get_running_loop()
 
-            def deliver(channel: str, payload: str) -> None:  # from the engine's thread
-                loop.call_soon_threadsafe(self._deliver_from_another_hub, channel, payload)
+            def deliver(channel: str, payload: str, own: bool) -> None:  # engine's thread
+                loop.call_soon_threadsafe(self._deliver_from_database, channel, payload, own)
 
-            self.engine.share_notices(set(self._every_hub), deliver)
+            self.engine.share_notices(channels, deliver)
         try:
             conn = self.engine.open_writer(self.secrets, self.before_migration)
         except BaseException:
@@ -558,12 +568,15 @@ class Database:
             job.loop.call_soon_threadsafe(_settle, job.future, result, error)
         return committed
 
-    def _deliver_from_another_hub(self, channel: str, payload: str) -> None:
-        for listener in self._every_hub.get(channel, ()):
+    def _deliver_from_database(self, channel: str, payload: str, own: bool) -> None:
+        calls = [functools.partial(f) for f in self._in_commit_order.get(channel, ())]
+        if not own:  # this hub's own were delivered locally after their commit
+            calls += [functools.partial(f, payload) for f in self._every_hub.get(channel, ())]
+        for call in calls:
             try:
-                listener(payload)
+                call()
             except Exception:  # one listener's bug must not cost the others their notice
-                log.exception("database.notice.failed", channel=channel, from_another_hub=True)
+                log.exception("database.notice.failed", channel=channel, own=own)
 
     def _deliver(self, notices: list[Notice]) -> None:
         for channel, payload in notices:

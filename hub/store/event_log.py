@@ -19,6 +19,11 @@ ACTIVITY = "activity"
 # Notice channel (PostgreSQL, the other hubs): an event row's id, once its commit is
 # durable, so their activity streams read it back (hub/live_relay.py).
 EVENT_LOGGED = "event_logged"
+# Notice channel (PostgreSQL, every hub, this one too): a transaction added rows to a
+# live feed's table, FEED_TABLES (sent by the database itself; payload empty), so each
+# hub's feeds read on from the last row they passed (hub/live_relay.py).
+FEED_GREW = "feed_grew"
+FEED_TABLES = ("events", "board_memory")
 # What counts as work on a board (boards.last_activity_at; the heartbeat governor backs
 # a quiet board's agents off): tasks, approvals, board memory, messages to its agents.
 BOARD_ACTIVITY = ("task.", "approval.", "board.memory.", "agent.message.")

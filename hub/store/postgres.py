@@ -31,17 +31,60 @@ from hub.store.database import (
     pending_migrations,
 )
 from hub.store.dialect import COMPAT_FUNCTIONS, schema_for_postgresql, to_postgresql
+from hub.store.event_log import FEED_GREW, FEED_TABLES
 from missioncontrol.log import get_logger
 from missioncontrol.version import VERSION
 
 log = get_logger("hub.store")
 
 MIGRATION_LOCK = 0x6D635F6875625F76  # pg_advisory_xact_lock key: "mc_hub_v", migrations
+FEED_ORDER_LOCK = 0x6D635F6875625F66  # pg_advisory_xact_lock key: "mc_hub_f", feed row ids
 READER_POOL_MAX = 4
 NOTIFY_PREFIX = "mc_hub_"  # the PostgreSQL channel of the store's notice channel X
 LISTEN_POLL_S = 0.5  # how often the listener looks up from waiting (to stop)
 LISTEN_RETRY_S = 1.0
 CONNECT_TIMEOUT_S = 10
+
+
+def _trigger_once(table: str, function: str, when: str) -> str:
+    """Create the statement trigger `function` on `table` unless it is there (every hub
+    start runs this: no exclusive lock on a busy table when nothing changes)."""
+    return f"""
+    DO $$ BEGIN
+      IF NOT EXISTS (SELECT 1 FROM pg_trigger
+                     WHERE tgname = '{function}' AND tgrelid = '{table}'::regclass) THEN
+        CREATE TRIGGER {function} {when} INSERT ON {table}
+          FOR EACH STATEMENT EXECUTE FUNCTION {function}();
+      END IF;
+    END $$
+    """
+
+
+# Live streams resume by their rows' ids (Last-Event-ID). Hubs sharing the database draw
+# those ids from one sequence and commit in their own orders, so a row with a smaller id
+# could commit after a stream has passed a larger one, and be skipped. Each INSERT into a
+# feed's table first takes one lock, held to its commit (before the row's id is drawn:
+# a statement trigger runs first), so ids rise in commit order across hubs. Its commit
+# then tells every hub's streams to read on (one notice per transaction: NOTIFY folds
+# equal payloads).
+FEED_ORDER = (
+    f"""
+    CREATE OR REPLACE FUNCTION mc_feed_order() RETURNS trigger LANGUAGE plpgsql AS
+    $$ BEGIN PERFORM pg_advisory_xact_lock({FEED_ORDER_LOCK}); RETURN NULL; END $$
+    """,
+    f"""
+    CREATE OR REPLACE FUNCTION mc_feed_grew() RETURNS trigger LANGUAGE plpgsql AS
+    $$ BEGIN PERFORM pg_notify('{NOTIFY_PREFIX}{FEED_GREW}', ''); RETURN NULL; END $$
+    """,
+    *(
+        statement
+        for table in FEED_TABLES
+        for statement in (
+            _trigger_once(table, "mc_feed_order", "BEFORE"),
+            _trigger_once(table, "mc_feed_grew", "AFTER"),
+        )
+    ),
+)
 
 
 def redacted(url: str) -> str:
@@ -214,7 +257,7 @@ def migrate_pg(
                 (version, time.time(), VERSION),
             )
             applied.append(version)
-        for statement in COMPAT_FUNCTIONS:
+        for statement in (*COMPAT_FUNCTIONS, *FEED_ORDER):
             conn.raw.execute(statement)
         conn.execute("COMMIT")
     except BaseException:
@@ -246,7 +289,7 @@ class PostgresEngine:
         self._pool: ConnectionPool[Any] | None = None
         self._pool_lock = threading.Lock()
         self._shared: frozenset[str] = frozenset()
-        self._writer_pids: set[int] = set()  # our own NOTIFYs, heard back, are skipped
+        self._writer_pids: set[int] = set()  # whose NOTIFYs, heard back, are our own
         self._listener: threading.Thread | None = None
         self._stopping = threading.Event()
 
@@ -331,14 +374,14 @@ class PostgresEngine:
         finally:
             raw.close()
 
-    def share_notices(self, channels: set[str], deliver: Callable[[str, str], None]) -> None:
+    def share_notices(self, channels: set[str], deliver: Callable[[str, str, bool], None]) -> None:
         self._shared = frozenset(channels)
         self._listener = threading.Thread(
             target=self._listen, args=(deliver,), name="hub-db-listen", daemon=True
         )
         self._listener.start()
 
-    def _listen(self, deliver: Callable[[str, str], None]) -> None:
+    def _listen(self, deliver: Callable[[str, str, bool], None]) -> None:
         """LISTEN on the shared channels until the engine closes; reconnect on failure
         (a notice missed meanwhile only delays: the outbox is replayed on reconnect)."""
         while not self._stopping.is_set():
@@ -351,9 +394,11 @@ class PostgresEngine:
                     log.info("database.listening", channels=sorted(self._shared))
                     while not self._stopping.is_set():
                         for notice in conn.notifies(timeout=LISTEN_POLL_S):
-                            if notice.pid in self._writer_pids:
-                                continue  # ours: delivered locally after the commit
-                            deliver(notice.channel.removeprefix(NOTIFY_PREFIX), notice.payload)
+                            deliver(
+                                notice.channel.removeprefix(NOTIFY_PREFIX),
+                                notice.payload,
+                                notice.pid in self._writer_pids,
+                            )
             except psycopg.Error as exc:
                 if self._stopping.is_set():
                     break

@@ -1,14 +1,20 @@
 """Live streams across hubs on one PostgreSQL: an agent changed through hub A (created,
 renamed, deleted), an event logged and a memory note added on hub A show up on streams
-opened on hub B, and hub B's dashboard hears of links opened on A and of rollout steps."""
+opened on hub B, and hub B's dashboard hears of links opened on A and of rollout steps.
+The feeds (activity, memory) see every hub's rows once, in id order, whichever hub
+commits first."""
 
 from __future__ import annotations
 
+import asyncio
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
 from hub.app import Hub
 from hub.fleet.driver import RolloutSpec
+from hub.memory import add_memory_in
 from sidecar.app import Sidecar
 from tests.integration.multi_hub_setup import add_gateway_and_board, hubs
 from tests.support import RecordingGateway, SseListener, api, fast_backoff, sidecar_config
@@ -124,3 +130,76 @@ async def test_the_dashboard_bus_on_another_hub_hears_of_links_and_rollout_steps
         assert event is not None and event.kind == "rollout", event
         assert event.data["rollout_id"] == created.id
         heard.close()
+
+
+async def test_the_feeds_see_every_hubs_rows_once_in_id_order_whichever_commits_first(
+    tmp_path: Path,
+    shared_database: str,
+) -> None:
+    """Hub A adds a note and holds its transaction open; hub B adds one meanwhile. Both
+    feeds' streams on B (and their replays) get both notes, once, in id order: B's row
+    must not take a smaller id than A's and commit first (a stream past it would skip
+    A's), nor reach B's streams ahead of A's."""
+    async with hubs(tmp_path, shared_database, 2) as (a, b):
+        board_id = await add_gateway_and_board(a)
+        paths = {
+            "activity": f"/api/v1/activity/stream?board_id={board_id}",
+            "memory": f"/api/v1/boards/{board_id}/memory/stream",
+        }
+        async with (
+            SseListener(b, paths["activity"]) as activity,
+            SseListener(b, paths["memory"]) as memory,
+        ):
+            inserted = threading.Event()
+
+            def slow_note(conn: Any) -> dict[str, Any]:  # on hub A's writer thread
+                note = add_memory_in(
+                    conn,
+                    board_id,
+                    content="from A, committed last",
+                    author_kind="user",
+                    author_id="admin",
+                    now=time.time(),
+                )
+                inserted.set()
+                time.sleep(1.0)  # hub B writes meanwhile
+                return note
+
+            held = asyncio.create_task(a.db.write(slow_note))
+            assert await asyncio.to_thread(inserted.wait, 10.0)
+            status, from_b = await api(
+                b, "POST", f"/api/v1/boards/{board_id}/memory", {"content": "from B"}
+            )
+            assert status == 201, from_b
+            from_a = await held
+            assert from_a["id"] < from_b["id"], "ids rise in commit order"
+
+            def both_notes(sse: SseListener, id_of: Any) -> Any:
+                def seen(_event: Any) -> bool:
+                    ids = {id_of(e) for e in sse.events}
+                    return {from_a["id"], from_b["id"]} <= ids
+
+                return seen
+
+            def note_of_event(e: Any) -> Any:
+                return e.data.get("detail", {}).get("memory_id")
+
+            def note_id(e: Any) -> Any:
+                return e.data.get("id")
+
+            await activity.wait(both_notes(activity, note_of_event), "both notes' events")
+            await memory.wait(both_notes(memory, note_id), "both notes")
+            for sse in (activity, memory):
+                ids = [int(e.id or 0) for e in sse.events]
+                assert ids == sorted(set(ids)), f"each row once, in id order: {ids}"
+        first = {
+            "activity": min(int(e.id or 0) for e in activity.events),
+            "memory": from_a["id"],
+        }
+        for name, path in paths.items():  # a reconnect replays both, once, in order
+            headers = {"Last-Event-ID": str(first[name] - 1)}
+            async with SseListener(b, path, headers) as replay:
+                id_of = note_of_event if name == "activity" else note_id
+                await replay.wait(both_notes(replay, id_of), f"both, replayed on {name}")
+                ids = [int(e.id or 0) for e in replay.events]
+                assert ids == sorted(set(ids)), f"{name} replay: {ids}"
