@@ -308,8 +308,18 @@ class LinkService(pb_grpc.LinkServicer):
         # From here on the session is registered: whatever ends this handler (even a
         # cancellation while awaiting below) must run the teardown in `finally`.
         try:
-            if self.on_link is not None:
-                await self.on_link(session.gateway_id, True)
+            # The lifecycle's and the dashboard's part of a new link (and any re-render)
+            # runs while the Welcome goes out: a Hello answered only after them waits
+            # for several group commits, and under a reconnect storm past the sidecar's
+            # Welcome timeout, so it reconnects and the hub does it all again. Nothing
+            # the sidecar sends is read, and no command goes out, before they are done.
+            linking = (
+                asyncio.ensure_future(self.on_link(session.gateway_id, True))
+                if self.on_link is not None
+                else None
+            )
+            if linking is not None:
+                tasks.append(linking)  # ended with the stream, as the other tasks are
             log.info(
                 "link.stream.opened",
                 gateway_id=session.gateway_id,
@@ -318,6 +328,19 @@ class LinkService(pb_grpc.LinkServicer):
                 peer=context.peer(),
                 last_applied_sequence=hello.last_applied_sequence,
             )
+            yield pb.HubMessage(
+                welcome=pb.Welcome(
+                    hub_version=VERSION,
+                    link_protocol=LINK_PROTOCOL,
+                    last_sequence=welcome.last_sequence,
+                    server_time=timestamp(),
+                    heartbeat_flush_ms=HEARTBEAT_FLUSH_MS,
+                    gateway_name=welcome.gateway_name,
+                    workspace_root=welcome.workspace_root,
+                )
+            )
+            if linking is not None:
+                await linking
             cursor = hello.last_applied_sequence
             if cursor > welcome.last_sequence:
                 # The hub lost commands (restored backup): the sidecar restarts from ours.
@@ -365,17 +388,6 @@ class LinkService(pb_grpc.LinkServicer):
             if not_after is not None:
                 session.certificate_expires_at = not_after.timestamp()
                 tasks.append(asyncio.create_task(_close_at_expiry(session)))
-            yield pb.HubMessage(
-                welcome=pb.Welcome(
-                    hub_version=VERSION,
-                    link_protocol=LINK_PROTOCOL,
-                    last_sequence=welcome.last_sequence,
-                    server_time=timestamp(),
-                    heartbeat_flush_ms=HEARTBEAT_FLUSH_MS,
-                    gateway_name=welcome.gateway_name,
-                    workspace_root=welcome.workspace_root,
-                )
-            )
             while True:
                 item = await session.outgoing.get()
                 if item is _END:

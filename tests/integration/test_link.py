@@ -26,6 +26,7 @@ from sidecar.link.backoff import Backoff
 from tests.support import (
     ADMIN_TOKEN,
     RecordingGateway,
+    api,
     hub_config,
     make_sidecar,
     running_hub,
@@ -572,3 +573,50 @@ async def test_a_second_hub_cannot_share_the_link_port(tmp_path: Path) -> None:
         with pytest.raises(HubStartError, match=r"--link-listen.*choose another address"):
             await second.start()
         assert second.addresses is None
+
+
+async def test_the_welcome_goes_out_before_the_hubs_link_up_work_and_the_stream_serves_after(
+    hub: Hub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hub's part of a new link (the lifecycle step, a re-render) can wait behind a
+    reconnect storm's group commits: the Welcome must not, or sidecars time out waiting
+    for it and reconnect, and the hub does it all again. No command goes out before
+    that part is done."""
+    await hub.store.create_gateway("gw-w", "welcome")
+    gateway = RecordingGateway()
+    sidecar = make_sidecar(tmp_path, hub, gateway, gateway_id="gw-w")
+    await sidecar.start()
+    try:
+        await wait_for(lambda: sidecar.link.status.connected, what="first link")
+        _, board = await api(hub, "POST", "/api/v1/boards", {"name": "W", "gateway_id": "gw-w"})
+        status, first = await api(
+            hub, "POST", "/api/v1/agents", {"name": "first", "board_id": board["id"]}
+        )
+        assert status == 201, first
+        await wait_for(lambda: gateway.count("ensure_agent") == 1, what="first agent applied")
+    finally:
+        await sidecar.stop()
+    status, second = await api(
+        hub, "POST", "/api/v1/agents", {"name": "second", "board_id": board["id"]}
+    )
+    assert status == 201, second  # queued while the sidecar is away
+    held, started = asyncio.Event(), asyncio.Event()
+    rerender = hub.provisioning.rerender_stale
+
+    async def held_link_up_work(gateway_id: str) -> int:
+        started.set()
+        await held.wait()
+        return await rerender(gateway_id)
+
+    monkeypatch.setattr(hub.provisioning, "rerender_stale", held_link_up_work)
+    again = make_sidecar(tmp_path, hub, gateway, gateway_id="gw-w")
+    await again.start()
+    try:
+        await wait_for(lambda: started.is_set(), what="the hub's link-up work under way")
+        await wait_for(lambda: again.link.status.connected, what="the Welcome, work held")
+        await asyncio.sleep(0.3)
+        assert gateway.count("ensure_agent") == 1, "a command went out before the link-up work"
+        held.set()  # then the queued agent (and both again: the new sidecar's agent API moved)
+        await wait_for(lambda: gateway.count("ensure_agent") >= 2, what="the queued agent")
+    finally:
+        await again.stop()
