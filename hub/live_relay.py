@@ -19,6 +19,7 @@ here runs. On PostgreSQL several hubs write, and each hub's streams must see the
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import json
 from collections.abc import Callable, Mapping
@@ -135,20 +136,17 @@ class LiveRelay:
             self._feeds_behind = False
             assert self._feeds_after is not None
             try:
-                rows, notes = await self.db.read(
-                    functools.partial(_feed_rows_in, after=self._feeds_after)
-                )
+                read = await self.db.read(functools.partial(_feed_rows_in, after=self._feeds_after))
             except Exception as exc:  # the rows are still there: the next notice reads on
                 log.error("live_relay.feeds.read_failed", error=str(exc))
                 return
-            for row in rows:
+            for row in read.rows:
                 self.activity.publish(row)
-                note = notes.get(row["id"])
+                note = read.notes.get(row["id"])
                 if note is not None:
                     self.memory.publish(note)
-            if rows:
-                self._feeds_after = rows[-1]["id"]
-            if len(rows) == READ_BATCH:
+            self._feeds_after = read.last_id
+            if read.full:
                 self._feeds_behind = True
 
     def _wake(self) -> None:
@@ -225,20 +223,40 @@ def _last_event_id_in(conn: Connection) -> int:
     return int(conn.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0])
 
 
-def _feed_rows_in(
-    conn: Connection, after: int
-) -> tuple[list[dict[str, Any]], dict[int, dict[str, Any]]]:
-    """The event rows after `after` (at most READ_BATCH, in id order), and the notes their
-    `board.memory.added` events name, by event id."""
-    rows = [
-        _event_row(r)
-        for r in conn.execute(
-            "SELECT * FROM events WHERE id > ? ORDER BY id LIMIT ?", (after, READ_BATCH)
-        ).fetchall()
-    ]
-    noted = {r["detail"]["memory_id"]: r["id"] for r in rows if r["kind"] == "board.memory.added"}
-    notes = {noted[r["id"]]: memory_row(r) for r in _by_ids(conn, "board_memory", list(noted))}
-    return rows, notes
+@dataclasses.dataclass(frozen=True)
+class _FeedRead:
+    rows: list[dict[str, Any]]  # event rows, in id order
+    notes: dict[int, dict[str, Any]]  # event id -> the note its board.memory.added names
+    last_id: int  # the last row read, given or not
+    full: bool  # as many as one read takes: there may be more
+
+
+def _feed_rows_in(conn: Connection, after: int) -> _FeedRead:
+    """The event rows after `after` (at most READ_BATCH) and the notes their memory
+    events name. A row that cannot be read is left out, loudly, not read again: one bad
+    row must not stop every stream."""
+    raw = conn.execute(
+        "SELECT * FROM events WHERE id > ? ORDER BY id LIMIT ?", (after, READ_BATCH)
+    ).fetchall()
+    rows = []
+    for row in raw:
+        try:
+            rows.append(_event_row(row))
+        except (ValueError, TypeError) as exc:
+            log.error("live_relay.feeds.row_unreadable", event_id=row["id"], error=str(exc))
+    noted = {
+        r["detail"]["memory_id"]: r["id"]
+        for r in rows
+        if r["kind"] == "board.memory.added" and isinstance(r["detail"], dict)
+    }
+    notes = {}
+    for note in _by_ids(conn, "board_memory", list(noted)):
+        try:
+            notes[noted[note["id"]]] = memory_row(note)
+        except (ValueError, TypeError) as exc:
+            log.error("live_relay.feeds.note_unreadable", memory_id=note["id"], error=str(exc))
+    last_id = int(raw[-1]["id"]) if raw else after
+    return _FeedRead(rows, notes, last_id, len(raw) == READ_BATCH)
 
 
 def _event_row(row: Any) -> dict[str, Any]:

@@ -203,3 +203,26 @@ async def test_the_feeds_see_every_hubs_rows_once_in_id_order_whichever_commits_
                 await replay.wait(both_notes(replay, id_of), f"both, replayed on {name}")
                 ids = [int(e.id or 0) for e in replay.events]
                 assert ids == sorted(set(ids)), f"{name} replay: {ids}"
+
+
+async def test_one_unreadable_row_does_not_stop_the_feeds(
+    tmp_path: Path,
+    shared_database: str,
+) -> None:
+    async with hubs(tmp_path, shared_database, 1) as (hub,):
+        board_id = await add_gateway_and_board(hub)
+        async with SseListener(hub, f"/api/v1/boards/{board_id}/memory/stream") as memory:
+
+            def bad_row(conn: Any) -> None:  # a detail that is not JSON
+                conn.execute(
+                    "INSERT INTO events (at, kind, board_id, detail) VALUES (?, ?, ?, ?)",
+                    (time.time(), "board.memory.added", board_id, "{not json"),
+                )
+
+            await hub.db.write(bad_row)
+            status, note = await api(
+                hub, "POST", f"/api/v1/boards/{board_id}/memory", {"content": "after it"}
+            )
+            assert status == 201, note
+            seen = await memory.wait(lambda e: e.data.get("id") == note["id"], "the next note")
+            assert seen.data["content"] == "after it"
