@@ -26,6 +26,7 @@ BENCHMARKS: dict[str, str] = {
     "ingest": "Hub ingest",
     "link": "Link",
     "fleet": "Simulated fleet",
+    "fleet_hubs": "Simulated fleet, two hubs on PostgreSQL",
     "agent_api": "Local heartbeat API",
     "dashboard": "Dashboard",
     "rollout": "Fleet rollout",

@@ -71,8 +71,8 @@ def run(sizes: Sizes) -> Section:
         hub = start_hub(data_dir, address)
         sims: list[Child] = []
         try:
-            sims = _start_fleet(f"127.0.0.1:{address.link_port}", members)
-            connect.runs.append(_wait_all(sims, n, 300.0))
+            sims = start_fleet(f"127.0.0.1:{address.link_port}", members)
+            connect.runs.append(wait_all(sims, n, 300.0))
             _steady(
                 hub.pid,
                 sims,
@@ -84,10 +84,10 @@ def run(sizes: Sizes) -> Section:
                 commits.runs,
             )
             for _ in range(sizes.runs):
-                opened = [status["opened"] for status in _statuses(sims)]
+                opened = [status["opened"] for status in sim_statuses(sims)]
                 hub.stop()
                 hub = start_hub(data_dir, address)
-                reconnect.runs.append(_wait_all(sims, n, 300.0, opened))
+                reconnect.runs.append(wait_all(sims, n, 300.0, opened))
                 time.sleep(PRESENCE_SWEEP_WAIT_S)
                 offline.runs.append(float(count_offline(database)))
         finally:
@@ -98,8 +98,8 @@ def run(sizes: Sizes) -> Section:
         bare = start_link_server("bare", port)
         sims = []
         try:
-            sims = _start_fleet(f"127.0.0.1:{port}", members)
-            _wait_all(sims, n, 300.0)
+            sims = start_fleet(f"127.0.0.1:{port}", members)
+            wait_all(sims, n, 300.0)
             _steady(bare.pid, sims, sizes, cpu.baseline_runs, rss.baseline_runs, [], None, [])
         finally:
             for sim in sims:
@@ -113,7 +113,7 @@ def run(sizes: Sizes) -> Section:
     return section
 
 
-def _start_fleet(target: str, members: list[tuple[str, list[str]]]) -> list[Child]:
+def start_fleet(target: str, members: list[tuple[str, list[str]]]) -> list[Child]:
     sims: list[Child] = []
     try:
         for start in range(0, len(members), SIDECARS_PER_PROCESS):
@@ -132,17 +132,17 @@ def _start_fleet(target: str, members: list[tuple[str, list[str]]]) -> list[Chil
     return sims
 
 
-def _statuses(sims: list[Child]) -> list[dict[str, Any]]:
+def sim_statuses(sims: list[Child]) -> list[dict[str, Any]]:
     return [sim.ask("status", 60.0) for sim in sims]
 
 
-def _wait_all(
+def wait_all(
     sims: list[Child], total: int, timeout_s: float, opened_before: list[list[int]] | None = None
 ) -> float:
     """Seconds until every sidecar reports a live stream (a new one, if `opened_before`)."""
     started = time.monotonic()
     while True:
-        statuses = _statuses(sims)
+        statuses = sim_statuses(sims)
         renewed = opened_before is None or all(
             now > then
             for status, before in zip(statuses, opened_before, strict=True)
@@ -179,4 +179,4 @@ def _steady(
         if stats:
             commits.append((stats()["commits"] - committed) / (after.at - before.at))
     if stats:
-        ack.append(max(s["ack_p99_s"] for s in _statuses(sims)))
+        ack.append(max(s["ack_p99_s"] for s in sim_statuses(sims)))

@@ -27,9 +27,17 @@ class HubAddress:
     http_port: int
 
 
-def start_hub(data_dir: Path, address: HubAddress, *, timeout_s: float = 60.0) -> Child:
-    """Start a hub process and wait until it serves; the caller stops it (`Child.stop`)."""
-    hub = Child(_main, str(data_dir), address.link_port, address.http_port, name="bench-hub")
+def start_hub(
+    data_dir: Path,
+    address: HubAddress,
+    *,
+    database: str = "",
+    name: str = "bench-hub",
+    timeout_s: float = 60.0,
+) -> Child:
+    """Start a hub process (on `database`, a --database URL; default the SQLite file in
+    `data_dir`) and wait until it serves; the caller stops it (`Child.stop`)."""
+    hub = Child(_main, str(data_dir), address.link_port, address.http_port, database, name=name)
     try:
         hub.recv(timeout_s)
     except BaseException:
@@ -47,11 +55,17 @@ def start_template_sync(hub: Child, gateway_ids: list[str]) -> dict[str, Any]:
     return hub.ask(("template_sync", gateway_ids), 300.0)
 
 
-def _main(conn: mpc.Connection, data_dir: str, link_port: int, http_port: int) -> None:
-    report_errors(conn, lambda: asyncio.run(_serve(conn, Path(data_dir), link_port, http_port)))
+def _main(
+    conn: mpc.Connection, data_dir: str, link_port: int, http_port: int, database: str
+) -> None:
+    report_errors(
+        conn, lambda: asyncio.run(_serve(conn, Path(data_dir), link_port, http_port, database))
+    )
 
 
-async def _serve(conn: mpc.Connection, data_dir: Path, link_port: int, http_port: int) -> None:
+async def _serve(
+    conn: mpc.Connection, data_dir: Path, link_port: int, http_port: int, database: str
+) -> None:
     from hub.app import Hub
     from hub.config import HubConfig
     from hub.provisioning.template_sync import SyncOptions
@@ -70,6 +84,7 @@ async def _serve(conn: mpc.Connection, data_dir: Path, link_port: int, http_port
         log_format="json",
         admin_token=ADMIN_TOKEN,
         enroll_listen=HostPort("127.0.0.1", 0),
+        database=database,
     )
     hub = Hub(config)
     await hub.start()

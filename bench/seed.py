@@ -16,6 +16,11 @@ from pathlib import Path
 from hub.store.database import Connection, connect, migrate
 from hub.store.engines import engine_for
 
+# What the seeded agents' files were rendered with; the simulated sidecars' Hello says
+# the same (bench/sidecars.py), so a connect is a connect, not a fleet-wide re-render.
+SEEDED_WORKSPACE_ROOT = "/srv/openclaw"
+SEEDED_AGENT_API_URL = "http://127.0.0.1:18790"
+
 
 @dataclass(frozen=True)
 class SeededAgent:
@@ -52,8 +57,11 @@ def seed(
     conn.executemany(
         "INSERT INTO gateways (id, name, created_at, updated_at, workspace_root, "
         "agent_api_url, gateway_generation) "
-        "VALUES (?, ?, ?, ?, '/srv/openclaw', 'http://127.0.0.1:18790', 2)",
-        [(g, g, now, now) for g in gateway_ids(gateways)],
+        "VALUES (?, ?, ?, ?, ?, ?, 2)",
+        [
+            (g, g, now, now, SEEDED_WORKSPACE_ROOT, SEEDED_AGENT_API_URL)
+            for g in gateway_ids(gateways)
+        ],
     )
     conn.executemany(
         "INSERT INTO boards (id, gateway_id, name, slug, created_at, updated_at) "

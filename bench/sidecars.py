@@ -27,6 +27,7 @@ from bench.harness import (
     raise_fd_limit,
     report_errors,
 )
+from bench.seed import SEEDED_AGENT_API_URL, SEEDED_WORKSPACE_ROOT
 from missioncontrol.version import VERSION
 from protos import link_pb2 as pb
 from protos.contract import HEARTBEAT_FLUSH_MS, LINK_PROTOCOL, epoch_s, timestamp
@@ -72,6 +73,9 @@ async def hello_for(gateway_id: str) -> pb.Hello:
         link_protocol=LINK_PROTOCOL,
         sidecar_version=VERSION,
         hostname=gateway_id,
+        # what bench/seed.py rendered the agents' files with, as a real sidecar says it
+        workspace_root=SEEDED_WORKSPACE_ROOT,
+        agent_api_url=SEEDED_AGENT_API_URL,
     )
 
 
