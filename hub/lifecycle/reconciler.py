@@ -46,6 +46,7 @@ from hub.provisioning.agents import (
     agent_json,
     build_apply,
     build_wake,
+    changes_row,
     last_apply_payload,
     load_agent,
     load_agent_by_gateway_id,
@@ -106,10 +107,16 @@ class Transition:
     changed: dict[str, dict[str, Any] | Callable[[], dict[str, Any]]] = field(default_factory=dict)
 
     def step(
-        self, agent_id: str, event: lc.Event, render: RenderOptions | None = None
+        self,
+        agent_id: str,
+        event: lc.Event,
+        render: RenderOptions | None = None,
+        *,
+        row: AgentRow | None = None,
     ) -> AgentRow | None:
-        """Apply `event` to the agent and carry out the actions; None if it does not exist."""
-        return self.reconciler._step_in(self, agent_id, event, render or RenderOptions())
+        """Apply `event` to the agent (its `row`, if this transaction just read it) and
+        carry out the actions; None if it does not exist."""
+        return self.reconciler._step_in(self, agent_id, event, render or RenderOptions(), row)
 
     def forget(self, row: AgentRow) -> None:
         """The agent's row is gone: its deadline goes, and watchers see it deleted."""
@@ -343,10 +350,11 @@ class Reconciler:
 
     async def _step_gateway(self, gateway_id: str, event: lc.Event) -> None:
         def op(tx: Transition) -> None:
-            for (agent_id,) in tx.conn.execute(
-                "SELECT id FROM agents WHERE gateway_id = ?", (gateway_id,)
+            for found in tx.conn.execute(
+                "SELECT * FROM agents WHERE gateway_id = ?", (gateway_id,)
             ).fetchall():
-                tx.step(agent_id, event)
+                row = AgentRow.from_row(found)
+                tx.step(row.id, event, row=row)
 
         await self.write(op)
 
@@ -466,13 +474,21 @@ class Reconciler:
             tx.step(row.id, event)
 
     def _step_in(
-        self, tx: Transition, agent_id: str, event: lc.Event, render: RenderOptions
+        self,
+        tx: Transition,
+        agent_id: str,
+        event: lc.Event,
+        render: RenderOptions,
+        row: AgentRow | None = None,
     ) -> AgentRow | None:
         conn, now = tx.conn, tx.now
-        row = load_agent(conn, agent_id)
+        row = row or load_agent(conn, agent_id)
         if row is None:
             return None
-        after, actions = lc.step(self._snapshot(row), event, self.policy, now)
+        before = self._snapshot(row)
+        after, actions = lc.step(before, event, self.policy, now)
+        if not actions and not changes_row(before, after):
+            return row  # nothing to write, and no one to tell (a link's time is not kept)
         save_snapshot(conn, agent_id, after, now)
         row = require_agent(conn, agent_id)
         tx.changed[agent_id] = functools.partial(agent_json, row)

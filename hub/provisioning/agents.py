@@ -555,6 +555,12 @@ def _snapshot_values(s: AgentLifecycle, now: float) -> tuple[Any, ...]:
     )
 
 
+def changes_row(before: AgentLifecycle, after: AgentLifecycle) -> bool:
+    """Whether saving `after` over the row `before` was read from would change it (what
+    is not kept, such as since when the gateway's link is up, does not count)."""
+    return _snapshot_values(before, 0.0) != _snapshot_values(after, 0.0)
+
+
 def save_snapshot(conn: sqlite3.Connection, agent_id: str, s: AgentLifecycle, now: float) -> None:
     conn.execute(_SAVE_SNAPSHOT, (*_snapshot_values(s, now), agent_id))
 

@@ -388,3 +388,26 @@ async def test_a_quiet_agent_climbs_the_recovery_ladder_then_goes_offline_with_t
         kinds.index("lifecycle.recovery.fresh_session"),
     )
     assert nudge < fresh < len(kinds) - 1 - kinds[::-1].index("lifecycle.presence.offline")
+
+
+async def test_a_step_that_changes_nothing_kept_writes_nothing_and_tells_no_one(
+    hub: Hub, connected: tuple[Sidecar, RecordingGateway]
+) -> None:
+    """A link coming up again for online agents moves only what is not kept (since when
+    the link is up): their rows are not written and no agent view is pushed, which in a
+    reconnect storm is most of the hub's work per sidecar."""
+    agent = await provision(hub)
+    await wait_for(lambda: _status(hub, agent["id"], "online"), what="online")
+
+    def row_of(conn: Any) -> dict[str, Any]:
+        found = conn.execute("SELECT * FROM agents WHERE id = ?", (agent["id"],)).fetchone()
+        return dict(found)
+
+    before = await hub.db.read(row_of)
+    heard = hub.events.subscribe(None, frozenset({"agent"}))
+    try:
+        await hub.reconciler.link_changed("gw-life", True)
+        assert await hub.db.read(row_of) == before
+        assert await heard.next(0.3) is None
+    finally:
+        heard.close()
