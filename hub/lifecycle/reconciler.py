@@ -380,7 +380,7 @@ class Reconciler:
             hub_alive_in(conn, self.hub_id, alive)
             return adopt_orphans_in(conn, self.hub_id, alive)
 
-        adopted = await self.db.write(op)
+        adopted = await self.db.write(op, urgent=True, first=True)
         for gateway_id in adopted:  # no stream survived its hub: the link is down
             self._forget_link(gateway_id)
         if adopted:

@@ -130,11 +130,15 @@ class _Job:
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[Any]
     urgent: bool = False
+    first: bool = False
     attempts: int = 0
 
 
 # A job that meets a transient error runs again at most this many times.
 TRANSIENT_RETRIES = 3
+# A group commit stops taking jobs once it has run this long (or the commit interval, if
+# longer); the rest go first into the next one.
+MIN_COMMIT_BUDGET_S = 1.0
 
 
 @dataclass
@@ -406,18 +410,22 @@ class Database:
         )
         self._writer.start()
 
-    async def write(self, fn: Callable[[Connection], T], *, urgent: bool = False) -> T:
+    async def write(
+        self, fn: Callable[[Connection], T], *, urgent: bool = False, first: bool = False
+    ) -> T:
         """Run `fn` in the next group commit; return its result once it is durable.
 
         `urgent` writes (a due deadline, an admin's request) commit without waiting
         for the pacing that keeps bulk traffic such as heartbeats to ~1 commit/s;
-        whatever else is queued rides along in the same commit.
+        whatever else is queued rides along in the same commit. A `first` write goes
+        ahead of the jobs queued before it (a hub saying it is alive: behind a storm's
+        backlog it would be late, and the other hubs would take its gateways).
         """
         if self._closed:
             raise DatabaseClosed("database is closed")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        self._jobs.put(_Job(fn, loop, future, urgent))
+        self._jobs.put(_Job(fn, loop, future, urgent, first))
         return await future
 
     async def write_checked(
@@ -511,10 +519,19 @@ class Database:
         """Commit `batch` (False: the commit failed; every job's caller gets the error)."""
         outcomes: list[tuple[_Job, Any, BaseException | None, list[Notice]]] = []
         again: list[_Job] = []  # met another writer's locks: into a later commit
+        later: list[_Job] = []  # past this commit's budget: first into the next one
         started = time.monotonic()
+        budget_at = started + max(self.commit_interval_s, MIN_COMMIT_BUDGET_S)
+        batch.sort(key=lambda job: not job.first)  # stable: the rest keep their order
         try:
             conn.execute(self.engine.begin_sql)
-            for job in batch:
+            for index, job in enumerate(batch):
+                if index and time.monotonic() > budget_at:
+                    # A storm's backlog as one transaction would hold every job's answer
+                    # until the last is done (a Hello's past the sidecar's timeout);
+                    # commits of about an interval's work each keep ~1 commit/s.
+                    later = batch[index:]
+                    break
                 conn.execute("SAVEPOINT job")
                 conn.notices = []
                 try:
@@ -542,17 +559,17 @@ class Database:
                 conn.execute("ROLLBACK")
             self.stats.last_error = str(exc)
             self.stats.last_error_at = time.monotonic()
-            log.error("database.commit.failed", error=str(exc), jobs=len(batch))
+            log.error("database.commit.failed", error=str(exc), jobs=len(batch) - len(later))
             failure = DatabaseError(f"database write failed: {exc}")
-            outcomes = [(job, None, failure, []) for job in batch]
+            outcomes = [(job, None, failure, []) for job in batch[: len(batch) - len(later)]]
             again = []
             committed = False
         else:
             committed = True
             self.stats.commits += 1
-            self.stats.jobs += len(batch)
+            self.stats.jobs += len(batch) - len(later)
             self.stats.last_error = None
-            self.stats.batch_sizes.append(len(batch))
+            self.stats.batch_sizes.append(len(batch) - len(later))
             del self.stats.batch_sizes[:-64]
             if self.on_commit is not None:
                 try:
@@ -560,7 +577,9 @@ class Database:
                 except Exception:  # an observer's bug must not stop the writer
                     log.exception("database.commit.observer_failed")
         self.stats.last_commit_at = time.monotonic()
-        self._again.extend(again)  # the next commit: this one released the locks they met
+        # The next commit: this one released the locks they met; then those it had no
+        # time for, in their order.
+        self._again.extend(again + later)
         for job, result, error, notices in outcomes:
             # FIFO on the loop: notices are delivered before the caller resumes.
             if notices:

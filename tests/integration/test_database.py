@@ -2,13 +2,20 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
 import pytest
 
-from hub.store.database import COMMIT_BURST, Connection, Database, DatabaseError
+from hub.store.database import (
+    COMMIT_BURST,
+    MIN_COMMIT_BUDGET_S,
+    Connection,
+    Database,
+    DatabaseError,
+)
 from hub.store.engines import IntegrityError
 from hub.store.migrations import MIGRATIONS
 
@@ -48,6 +55,77 @@ async def test_a_burst_of_writes_shares_few_commits(db: Database) -> None:
     assert db.stats.commits - commits_before <= 2  # batched, not one commit per write
     count = await db.read(lambda conn: conn.execute("SELECT COUNT(*) FROM gateways").fetchone()[0])
     assert count == 501
+
+
+async def test_a_backlog_commits_in_parts_and_the_first_part_is_answered_first(
+    open_database: OpenDatabase,
+) -> None:
+    """A backlog longer than one commit's budget is not one transaction: the jobs done
+    first are committed and answered while the rest still wait their turn."""
+    db = open_database(commit_interval_s=0.05)
+    try:
+        started: dict[int, float] = {}
+
+        def slow(index: int) -> Callable[[Connection], int]:
+            def op(conn: Connection) -> int:
+                started[index] = time.monotonic()
+                time.sleep(MIN_COMMIT_BUDGET_S / 3)
+                insert_gateway(f"slow-{index}")(conn)
+                return index
+
+            return op
+
+        answered: dict[int, float] = {}
+
+        async def write(index: int) -> None:
+            await db.write(slow(index))
+            answered[index] = time.monotonic()
+
+        commits_before = db.stats.commits
+        await asyncio.gather(*(write(i) for i in range(8)))
+        assert db.stats.commits - commits_before >= 2
+        assert answered[0] < started[7], "the first job waited for the whole backlog"
+        count = await db.read(
+            lambda conn: conn.execute("SELECT COUNT(*) FROM gateways").fetchone()[0]
+        )
+        assert count == 8  # each once, in whichever commit
+    finally:
+        await db.close()
+
+
+async def test_a_first_write_goes_ahead_of_a_backlog(open_database: OpenDatabase) -> None:
+    """A hub's liveness write queued behind a long backlog is done in the next commit,
+    before the backlog's rest (else other hubs would think it dead and take its gateways)."""
+    db = open_database(commit_interval_s=0.05)
+    try:
+        started: dict[str, float] = {}
+
+        def job(name: str, seconds: float) -> Callable[[Connection], None]:
+            def op(conn: Connection) -> None:
+                started[name] = time.monotonic()
+                time.sleep(seconds)
+                insert_gateway(name)(conn)
+
+            return op
+
+        backlog = [
+            asyncio.ensure_future(db.write(job(f"bulk-{i}", MIN_COMMIT_BUDGET_S / 3)))
+            for i in range(8)
+        ]
+        await wait_for_started(started, "bulk-0")
+        await db.write(job("alive", 0.0), urgent=True, first=True)
+        await asyncio.gather(*backlog)
+        assert started["alive"] < started["bulk-7"], started
+    finally:
+        await db.close()
+
+
+async def wait_for_started(started: dict[str, float], name: str) -> None:
+    for _ in range(500):
+        if name in started:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{name} never started")
 
 
 async def test_sustained_writes_commit_about_once_per_interval(db: Database) -> None:
