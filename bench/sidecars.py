@@ -33,7 +33,7 @@ from protos import link_pb2 as pb
 from protos.contract import HEARTBEAT_FLUSH_MS, LINK_PROTOCOL, epoch_s, timestamp
 from sidecar.commands import CommandQueue
 from sidecar.link.client import LinkClient, LinkStatus
-from sidecar.link.heartbeats import HeartbeatRelay
+from sidecar.link.heartbeats import MAX_IN_FLIGHT, HeartbeatRelay
 from sidecar.state import Credential, LocalState
 
 
@@ -148,7 +148,7 @@ class _FleetSidecar:
         self.pending: set[str] = set()
         self.due: list[tuple[float, str]] = []
         self.batch_id = 0
-        self.in_flight: tuple[int, float] | None = None
+        self.in_flight: dict[int, float] = {}  # batch id -> sent at, as the relay keeps them
         self.acked = 0
 
 
@@ -172,9 +172,9 @@ async def _fleet(
 
         def on_ack(batch_id: int, holder: list[_FleetSidecar] = holder) -> None:
             sidecar = holder[0]
-            if sidecar.in_flight and sidecar.in_flight[0] == batch_id:
-                latencies.append(time.monotonic() - sidecar.in_flight[1])
-                sidecar.in_flight = None
+            sent_at = sidecar.in_flight.pop(batch_id, None)
+            if sent_at is not None:
+                latencies.append(time.monotonic() - sent_at)
                 sidecar.acked += 1
 
         sidecar = _FleetSidecar(link_client(target, gateway_id, on_heartbeat_ack=on_ack))
@@ -182,7 +182,7 @@ async def _fleet(
 
         def on_status(status: LinkStatus, sidecar: _FleetSidecar = sidecar) -> None:
             if not status.connected:
-                sidecar.in_flight = None  # the relay requeues; this one just sends anew
+                sidecar.in_flight.clear()  # the relay requeues; this one just sends anew
 
         sidecar.client.on_status(on_status)
         sidecar.due = [(now + random.uniform(0, interval_s), a) for a in agent_ids]
@@ -215,7 +215,8 @@ async def _fleet(
 
 
 async def _relay_ticks(sidecars: list[_FleetSidecar], interval_s: float) -> None:
-    """Each flush interval, every sidecar sends its agents' beats since the last one."""
+    """Each flush interval, every sidecar sends its agents' beats since the last one (up to
+    MAX_IN_FLIGHT batches awaiting their acks, as the relay does)."""
     flush_s = HEARTBEAT_FLUSH_MS / 1000
     while True:
         await asyncio.sleep(flush_s)
@@ -225,7 +226,11 @@ async def _relay_ticks(sidecars: list[_FleetSidecar], interval_s: float) -> None
                 at, agent_id = heapq.heappop(sidecar.due)
                 sidecar.pending.add(agent_id)
                 heapq.heappush(sidecar.due, (at + interval_s, agent_id))
-            if not sidecar.pending or sidecar.in_flight or not sidecar.client.status.connected:
+            if (
+                not sidecar.pending
+                or len(sidecar.in_flight) >= MAX_IN_FLIGHT
+                or not sidecar.client.status.connected
+            ):
                 continue
             sidecar.batch_id += 1
             batch = pb.HeartbeatBatch(batch_id=sidecar.batch_id)
@@ -233,5 +238,5 @@ async def _relay_ticks(sidecars: list[_FleetSidecar], interval_s: float) -> None
             for agent_id in sidecar.pending:
                 batch.beats.add(agent_id=agent_id, observed_at=stamp)
             sidecar.pending.clear()
-            sidecar.in_flight = (sidecar.batch_id, now)
+            sidecar.in_flight[sidecar.batch_id] = now
             sidecar.client.send(pb.SidecarMessage(heartbeats=batch))

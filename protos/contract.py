@@ -28,8 +28,10 @@ MIN_PING_INTERVAL_MS = 4_000
 # How long the hub waits for the first message (Hello) of a new stream.
 HELLO_TIMEOUT_S = 10.0
 
-# Sidecars relay coalesced heartbeats at most this often.
-HEARTBEAT_FLUSH_MS = 1_000
+# Sidecars relay coalesced heartbeats at most this often (the hub says so in its
+# Welcome). Short, since batches are pipelined: a beat waits for the next flush and the
+# hub's next commit (about once a second), so beat -> durable stays near one commit.
+HEARTBEAT_FLUSH_MS = 100
 
 # A gateway query (live status, sessions) is answered within this, or the hub gives up;
 # the sidecar bounds its own gateway calls below it so it can still say why.

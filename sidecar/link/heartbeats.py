@@ -3,13 +3,15 @@
 Agents may heartbeat as often as they like; the hub only needs the latest beat per
 agent. The relay keeps exactly that (one entry per agent, so memory is bounded by
 the number of agents), and sends it as one HeartbeatBatch at most once per flush
-interval (the hub's Welcome says how often; 1 s by default).
+interval (the hub's Welcome says how often).
 
 A batch stays "in flight" until the hub's HeartbeatAck for its id: the hub acks
-only once the beats are committed. One batch is in flight at a time, so an agent
-has at most two entries (in flight and newer). On a disconnect, or when an ack is
-overdue, the in-flight beats go back to pending unless a newer beat replaced them,
-and are sent again after the next Welcome.
+only once the beats are committed. Up to MAX_IN_FLIGHT batches are in flight at once,
+so a beat waits for the next flush, not for the ack of the batch before it (the hub
+commits about once a second: with one batch in flight a beat could wait for two
+commits). An agent has at most MAX_IN_FLIGHT + 1 entries. On a disconnect, or when an
+ack is overdue, the in-flight beats go back to pending unless a newer beat replaced
+them, and are sent again after the next Welcome.
 
 While the hub is unreachable, pending beats are also written to local state, at
 most once per `persist_interval_s` and never per heartbeat, so a sidecar restart
@@ -48,6 +50,9 @@ PERSIST_INTERVAL_S = 1.0
 # The hub acks after its group commit (<= about a second); far beyond that the batch
 # (or its ack) was lost on a stream that still looks alive.
 ACK_TIMEOUT_S = 15.0
+# Batches awaiting their ack at once: a flush interval of 0.1 s and commits about once a
+# second keep about ten in flight on a busy stream; past this bound beats coalesce.
+MAX_IN_FLIGHT = 16
 
 
 # The part of the link the relay needs: queue one report for the hub (LinkClient.send).
@@ -91,7 +96,7 @@ class HeartbeatRelay:
         self.clock = clock
         self.stats = RelayStats()
         self._pending: dict[str, PendingBeat] = {}
-        self._in_flight: _InFlight | None = None
+        self._in_flight: dict[int, _InFlight] = {}  # by batch id, oldest first
         # What local state holds: agent_id -> observed_at of its persisted beat.
         self._persisted: dict[str, float] = {}
         self._connected = False
@@ -132,8 +137,11 @@ class HeartbeatRelay:
         return beat
 
     def unacked(self) -> dict[str, PendingBeat]:
-        """Latest not-yet-acknowledged beat per agent (pending wins over in flight)."""
-        beats = dict(self._in_flight.beats) if self._in_flight else {}
+        """Latest not-yet-acknowledged beat per agent (pending wins over in flight, a
+        later batch over an earlier one)."""
+        beats: dict[str, PendingBeat] = {}
+        for flight in self._in_flight.values():
+            beats.update(flight.beats)
         beats.update(self._pending)
         return beats
 
@@ -151,13 +159,12 @@ class HeartbeatRelay:
         self._persist_wakeup.set()
 
     def on_ack(self, batch_id: int) -> None:
-        flight = self._in_flight
-        if flight is None or flight.batch_id != batch_id:
+        flight = self._in_flight.pop(batch_id, None)
+        if flight is None:
             # An ack for a batch already given up on: its beats were requeued, and are
             # sent again; the hub keeps the newest observed_at, so a repeat is harmless.
             log.debug("heartbeat.ack.stale", batch_id=batch_id)
             return
-        self._in_flight = None
         self.stats.batches_acked += 1
         acked = [
             b
@@ -219,8 +226,9 @@ class HeartbeatRelay:
         while not self._sendable():
             self._send_wakeup.clear()
             timeout = None
-            if self._in_flight is not None:
-                timeout = self._in_flight.sent_at + self.ack_timeout_s - time.monotonic()
+            if self._in_flight:
+                oldest = next(iter(self._in_flight.values()))
+                timeout = oldest.sent_at + self.ack_timeout_s - time.monotonic()
                 if timeout <= 0:
                     self._requeue("ack_timeout")
                     continue
@@ -231,13 +239,12 @@ class HeartbeatRelay:
                     await self._send_wakeup.wait()
 
     def _sendable(self) -> bool:
-        return self._connected and self._in_flight is None and bool(self._pending)
+        return self._connected and len(self._in_flight) < MAX_IN_FLIGHT and bool(self._pending)
 
     def _send_batch(self) -> None:
         beats, self._pending = self._pending, {}
         batch_id = self._next_batch_id
         self._next_batch_id += 1
-        self._in_flight = _InFlight(batch_id, beats, time.monotonic())
         self._last_sent_at = time.monotonic()
         batch = pb.HeartbeatBatch(batch_id=batch_id)
         for beat in list(beats.values()):
@@ -255,25 +262,33 @@ class HeartbeatRelay:
                 continue
             batch.beats.append(item)
         if not batch.beats:
-            self._in_flight = None
             return
+        self._in_flight[batch_id] = _InFlight(batch_id, beats, self._last_sent_at)
         self.send(pb.SidecarMessage(heartbeats=batch))
         self.stats.batches_sent += 1
         self.stats.beats_sent += len(beats)
         log.debug("heartbeat.batch.sent", batch_id=batch_id, beats=len(beats))
 
     def _requeue(self, why: str) -> None:
-        flight, self._in_flight = self._in_flight, None
-        if flight is None:
+        flights, self._in_flight = self._in_flight, {}
+        if not flights:
             return
-        back = 0
-        for agent_id, beat in flight.beats.items():
+        back: dict[str, PendingBeat] = {}
+        for flight in flights.values():  # oldest first: a later batch's beat wins
+            back.update(flight.beats)
+        resent = 0
+        for agent_id, beat in back.items():
             if agent_id not in self._pending:  # a newer beat replaced it: that one goes
                 self._pending[agent_id] = beat
-                back += 1
-        self.stats.resent += back
+                resent += 1
+        self.stats.resent += resent
         self._unsaved = True
-        log.info("heartbeat.batch.requeued", batch_id=flight.batch_id, beats=back, reason=why)
+        log.info(
+            "heartbeat.batch.requeued",
+            batch_ids=list(flights),
+            beats=resent,
+            reason=why,
+        )
 
     async def _persist_loop(self) -> None:
         while True:
@@ -297,8 +312,8 @@ class HeartbeatRelay:
     def _drop(self, beat: PendingBeat, why: str) -> None:
         """Forget a beat that can be neither sent nor stored (the agent's next one goes)."""
         self._pending.pop(beat.agent_id, None)
-        if self._in_flight is not None:
-            self._in_flight.beats.pop(beat.agent_id, None)
+        for flight in self._in_flight.values():
+            flight.beats.pop(beat.agent_id, None)
         log.error("heartbeat.beat.dropped", agent_id=beat.agent_id, error=why)
 
     def _persist(self, beats: Iterable[PendingBeat]) -> None:
