@@ -119,6 +119,7 @@ async def test_a_killed_hubs_sidecars_move_to_the_others_and_apply_every_command
             )
             assert status == 201, agent
             agents[gateway_id] = agent["id"]
+        await wait_for(all_online(url), what="every agent online before the failure", timeout_s=30)
         killed_hub = owners["gw-00"]  # sidecar 0 has hub KILLED first
         moving = sorted(g for g, owner in owners.items() if owner == killed_hub)
         assert moving, owners
@@ -150,8 +151,23 @@ async def test_a_killed_hubs_sidecars_move_to_the_others_and_apply_every_command
             expected = [int(s) for g, s in queued if g == gateway_id]
             assert sorted(applied) == expected, (gateway_id, applied, expected)
             assert len(applied) == len(set(applied)), (gateway_id, applied)
-        offline = await rows(url, "SELECT id, status FROM agents WHERE status = 'offline'")
-        assert offline == []
+        # Online before the failure, online after it (the renames woke them again), and
+        # never marked offline in between.
+        await wait_for(all_online(url), what="every agent online after the move", timeout_s=30)
+        marked = await rows(
+            url,
+            "SELECT agent_id, kind FROM events WHERE kind IN "
+            "('lifecycle.presence.offline', 'lifecycle.reconcile.max_attempts_reached')",
+        )
+        assert marked == []
+
+
+def all_online(url: str) -> Any:
+    async def check() -> bool:
+        found = await rows(url, "SELECT COUNT(*) FROM agents WHERE status = 'online'")
+        return int(found[0][0]) == SIDECARS
+
+    return check
 
 
 async def _all(found: Any, count: int) -> bool:
