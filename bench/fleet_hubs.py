@@ -7,8 +7,8 @@ their agents and commits their beats. Figures: each hub's CPU and group commits 
 second, the database server's CPU (all its processes), the sidecars' beat batch sent ->
 acked durable p99, and the initial connect.
 
-No bare baseline of its own: the single-hub section's bare grpc.aio server holds all N
-sidecars, each hub here half of them.
+BASELINE for each hub's CPU: the bare grpc.aio Link server (bench/linkproc.py) holding
+one hub's share of the sidecars at the same message rate, on the same core.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from bench.harness import (
     proc_sample,
 )
 from bench.hubproc import COMMIT_INTERVAL_S, HubAddress, hub_stats, start_hub
+from bench.linkproc import start_link_server
 from bench.seed import seed
 from hub.demo.postgres_server import PostgresServer, PostgresUnavailable
 
@@ -49,7 +50,12 @@ def run(sizes: Sizes) -> Section:
     except PostgresUnavailable as exc:
         return Section(section.name, section.title, available=False, reason=str(exc))
     cpu = [
-        Figure(f"hub {i + 1} CPU, {n // HUBS:,} of {n:,} sidecars x {m} agents", "% of a core", [])
+        Figure(
+            f"hub {i + 1} CPU, {n // HUBS:,} of {n:,} sidecars x {m} agents",
+            "% of a core",
+            [],
+            "bare grpc.aio, one hub's share",
+        )
         for i in range(HUBS)
     ]
     commits = [
@@ -106,6 +112,12 @@ def run(sizes: Sizes) -> Section:
                     commits[i].runs.append((hub_stats(hub)["commits"] - committed[i]) / seconds)
                 database_cpu.runs.append(cpu_percent(db_before, db_after))
             ack.runs.append(max(s["ack_p99_s"] for s in sim_statuses(sims)))
+        for child in (*sims, *hubs):
+            child.stop()
+        sims, hubs = [], []
+        bare = _bare_cpu(members[:share], sizes)
+        for figure in cpu:
+            figure.baseline_runs += bare
     finally:
         for child in (*sims, *hubs):
             child.stop()
@@ -117,6 +129,26 @@ def run(sizes: Sizes) -> Section:
         "run on core 1"
     )
     return section
+
+
+def _bare_cpu(members: list[tuple[str, list[str]]], sizes: Sizes) -> list[float]:
+    """CPU of the bare Link server holding `members`' sidecars, per steady window."""
+    port = free_port()
+    bare = start_link_server("bare", port)
+    sims: list[Child] = []
+    try:
+        sims = start_fleet(f"127.0.0.1:{port}", members)
+        wait_all(sims, len(members), CONNECT_TIMEOUT_S)
+        runs = []
+        for _ in range(sizes.runs):
+            before = proc_sample(bare.pid)
+            time.sleep(sizes.fleet_window_s / sizes.runs)
+            runs.append(cpu_percent(before, proc_sample(bare.pid)))
+        return runs
+    finally:
+        for sim in sims:
+            sim.stop()
+        bare.stop()
 
 
 def _settle(hubs: list[Child]) -> float:

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(330)
+@pytest.mark.timeout(630)
 def test_quick_bench_reports_every_benchmark_with_figures_and_baselines(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     done = subprocess.run(
@@ -28,7 +28,7 @@ def test_quick_bench_reports_every_benchmark_with_figures_and_baselines(tmp_path
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=600,  # about 3.5 minutes here; a slower machine takes longer
     )
     assert done.returncode == 0, done.stderr[-4000:]
     assert "| benchmark |" in done.stdout  # the markdown table for the README
