@@ -177,8 +177,9 @@ async def test_an_event_committed_late_by_another_hub_is_still_alerted_on(
     tmp_path: Path,
     shared_database: str,
 ) -> None:
-    """Hub ids are taken in one order and committed in another: an event whose id was
-    taken first but committed after a later one is not passed over by the alert cursor."""
+    """A writer that takes an event id and holds its commit back holds back the next
+    event too (ids follow commit order: hub/store/postgres.py FEED_ORDER), so the alert
+    cursor cannot pass over it; both are alerted on."""
     async with webhook_receiver(SECRET) as receiver, hubs(tmp_path, shared_database, 2) as two:
         body = {
             "name": "halts",
@@ -195,13 +196,14 @@ async def test_an_event_committed_late_by_another_hub_is_still_alerted_on(
                 "INSERT INTO events (at, kind, detail) VALUES "
                 "(extract(epoch from now()), 'rollout.halted', '{\"rollout_id\": \"late\"}')"
             )
-            # ... while a hub commits an event with the next id: the watchers look at once
-            # (its notice), and must not move their cursor past the id still to come.
-            await two[1].db.write(
-                lambda conn: add_event(conn, "rollout.halted", rollout_id="early")
+            # ... while a hub logs an event: it waits for the earlier one's commit.
+            early = asyncio.ensure_future(
+                two[1].db.write(lambda conn: add_event(conn, "rollout.halted", rollout_id="early"))
             )
-            await asyncio.sleep(1.5)  # let a watcher pass run before the late commit
+            await asyncio.sleep(1.5)  # a watcher pass runs meanwhile
+            assert not early.done(), "an event took its id while an earlier one was open"
             await late.commit()
+        await early
         for hub in two:
             hub.alerts._events_due.set()
         await wait_for(
