@@ -30,7 +30,7 @@ from hub.feeds import Feed
 from hub.memory import memory_row
 from hub.provisioning.agents import AgentRow, agent_json
 from hub.store.database import Connection, Database
-from hub.store.event_log import EVENT_LOGGED, FEED_GREW
+from hub.store.event_log import EVENT_LOGGED, FEED_GREW, LINK_EVENTS
 from missioncontrol.log import get_logger
 
 log = get_logger("hub.live_relay")
@@ -39,7 +39,6 @@ log = get_logger("hub.live_relay")
 # {"id", "board_id", "gateway_id"} (the last two say where a deleted agent was).
 AGENT_CHANGED = "agent_changed"
 READ_BATCH = 500  # rows read back at once
-LINK_EVENTS = frozenset({"gateway.connected", "gateway.disconnected"})
 
 
 def agents_changed_in(

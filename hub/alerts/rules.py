@@ -27,7 +27,6 @@ SIGNATURE_HEADER = "X-Hub-Signature-256"  # the header inbound webhooks read fir
 ALERT_ID_HEADER = "X-MC-Alert-Id"
 ROLLOUT_HALTED = "rollout.halted"  # written by fleet rollouts when one stops itself
 DRIFT = "gateway.drift"
-LINK_EVENTS = frozenset({"gateway.connected", "gateway.disconnected"})
 
 
 class AlertKind(enum.StrEnum):

@@ -27,7 +27,6 @@ from typing import Any
 from hub.alerts.delivery import AlertSender
 from hub.alerts.rules import (
     EVENT_KINDS,
-    LINK_EVENTS,
     TIMED_KINDS,
     WATCHED_EVENTS,
     Alert,
@@ -67,6 +66,7 @@ from hub.alerts.store import (
 from hub.pki.secrets_box import SecretBox
 from hub.store.claims import Singleton, singleton_in
 from hub.store.database import Connection, Database
+from hub.store.event_log import LINK_EVENTS
 from hub.store.gateways import certificates_expiring_in, gateway_names_in
 from missioncontrol.log import get_logger
 from missioncontrol.tasks import start_long_lived, wait_until

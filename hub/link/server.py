@@ -313,12 +313,9 @@ class LinkService(pb_grpc.LinkServicer):
             # for several group commits, and under a reconnect storm past the sidecar's
             # Welcome timeout, so it reconnects and the hub does it all again. Nothing
             # the sidecar sends is read, and no command goes out, before they are done.
-            linking = (
-                asyncio.ensure_future(self.on_link(session.gateway_id, True))
-                if self.on_link is not None
-                else None
-            )
-            if linking is not None:
+            linking = None
+            if self.on_link is not None:
+                linking = asyncio.ensure_future(self.on_link(session.gateway_id, True))
                 tasks.append(linking)  # ended with the stream, as the other tasks are
             log.info(
                 "link.stream.opened",

@@ -559,17 +559,18 @@ class Database:
                 conn.execute("ROLLBACK")
             self.stats.last_error = str(exc)
             self.stats.last_error_at = time.monotonic()
-            log.error("database.commit.failed", error=str(exc), jobs=len(batch) - len(later))
+            ran = batch[: len(batch) - len(later)]
+            log.error("database.commit.failed", error=str(exc), jobs=len(ran))
             failure = DatabaseError(f"database write failed: {exc}")
-            outcomes = [(job, None, failure, []) for job in batch[: len(batch) - len(later)]]
+            outcomes = [(job, None, failure, []) for job in ran]
             again = []
             committed = False
         else:
             committed = True
             self.stats.commits += 1
-            self.stats.jobs += len(batch) - len(later)
+            self.stats.jobs += len(outcomes) + len(again)
             self.stats.last_error = None
-            self.stats.batch_sizes.append(len(batch) - len(later))
+            self.stats.batch_sizes.append(len(outcomes) + len(again))
             del self.stats.batch_sizes[:-64]
             if self.on_commit is not None:
                 try:

@@ -16,9 +16,11 @@ from protos import link_pb2 as pb
 # Notice channel: each event row, as `event_row` gives it, once its commit is durable
 # (the activity stream's live part; hub/feeds.py).
 ACTIVITY = "activity"
-# Notice channel (PostgreSQL, the other hubs): an event row's id, once its commit is
-# durable, so their activity streams read it back (hub/live_relay.py).
+# Notice channel (PostgreSQL, the other hubs): the id of an event the dashboards' bus
+# carries too (`on_bus`), once its commit is durable, so the other hubs' buses read it
+# back (hub/live_relay.py). Every event reaches the activity streams by FEED_GREW.
 EVENT_LOGGED = "event_logged"
+LINK_EVENTS = frozenset({"gateway.connected", "gateway.disconnected"})
 # Notice channel (PostgreSQL, every hub, this one too): a transaction added rows to a
 # live feed's table, FEED_TABLES (sent by the database itself; payload empty), so each
 # hub's feeds read on from the last row they passed (hub/live_relay.py).
@@ -27,6 +29,12 @@ FEED_TABLES = ("events", "board_memory")
 # What counts as work on a board (boards.last_activity_at; the heartbeat governor backs
 # a quiet board's agents off): tasks, approvals, board memory, messages to its agents.
 BOARD_ACTIVITY = ("task.", "approval.", "board.memory.", "agent.message.")
+
+
+def on_bus(kind: str) -> bool:
+    """Whether the dashboards' bus hears of this kind of event (a sidecar's link opening
+    or closing, a rollout's step), besides the activity streams."""
+    return kind in LINK_EVENTS or kind.startswith("rollout.")
 
 
 def add_event(
@@ -70,7 +78,7 @@ def add_event(
         conn.notify(  # type: ignore[attr-defined]
             ACTIVITY, {**values, "id": row[0], "board_id": row[1], "detail": detail}
         )
-        if getattr(conn, "dialect", "sqlite") == "postgresql":
+        if getattr(conn, "dialect", "sqlite") == "postgresql" and on_bus(kind):
             conn.notify(EVENT_LOGGED, str(row[0]))  # type: ignore[attr-defined]
 
 
