@@ -13,8 +13,10 @@ same sidecars at the same message rate.
 
 from __future__ import annotations
 
+import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -113,6 +115,9 @@ def run(sizes: Sizes) -> Section:
     return section
 
 
+PROGRESS_EVERY_S = 30.0
+
+
 def start_fleet(target: str, members: list[tuple[str, list[str]]]) -> list[Child]:
     sims: list[Child] = []
     try:
@@ -140,9 +145,19 @@ def wait_all(
     sims: list[Child], total: int, timeout_s: float, opened_before: list[list[int]] | None = None
 ) -> float:
     """Seconds until every sidecar reports a live stream (a new one, if `opened_before`)."""
-    started = time.monotonic()
+    started = reported = time.monotonic()
     while True:
         statuses = sim_statuses(sims)
+        if time.monotonic() - reported >= PROGRESS_EVERY_S:  # a long connect shows its pace
+            reported = time.monotonic()
+            connected = sum(s["connected"] for s in statuses)
+            reasons: Counter[str] = sum((Counter(s["down_because"]) for s in statuses), Counter())
+            print(
+                f"bench:   {connected:,} of {total:,} sidecars connected after "
+                f"{reported - started:.0f} s; the others: {dict(reasons.most_common(3))}",
+                file=sys.stderr,
+                flush=True,
+            )
         renewed = opened_before is None or all(
             now > then
             for status, before in zip(statuses, opened_before, strict=True)

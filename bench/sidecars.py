@@ -14,7 +14,10 @@ import asyncio
 import heapq
 import multiprocessing.connection as mpc
 import random
+import re
 import time
+from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, cast
 
@@ -158,6 +161,16 @@ def fleet_main(
     report_errors(conn, lambda: asyncio.run(_fleet(conn, target, fleet, interval_s)))
 
 
+def _reasons(statuses: Iterable[LinkStatus]) -> dict[str, int]:
+    """Why the sidecars not linked now lost (or never got) their stream, by count."""
+    reasons = Counter(
+        re.sub(r"\d+", "N", status.last_error)[:120] or "never linked"
+        for status in statuses
+        if not status.connected
+    )
+    return dict(reasons.most_common(5))
+
+
 async def _fleet(
     conn: mpc.Connection, target: str, fleet: list[tuple[str, list[str]]], interval_s: float
 ) -> None:
@@ -202,6 +215,7 @@ async def _fleet(
                         "acked": sum(s.acked for s in sidecars),
                         "ack_p99_s": percentile(latencies, 99),
                         "ack_samples": len(latencies),
+                        "down_because": _reasons(s.client.status for s in sidecars),
                     }
                 )
             elif request == "reset":

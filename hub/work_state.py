@@ -60,12 +60,15 @@ def work_state_for(reported: str) -> WorkState | None:
 
 
 def record_work_states_in(
-    conn: Connection, gateway_id: str, beats: Iterable[pb.AgentHeartbeat], seen: Mapping[str, float]
+    conn: Connection,
+    beats: Iterable[tuple[str, pb.AgentHeartbeat]],
+    seen: Mapping[tuple[str, str], float],
 ) -> int:
-    """Keep what each beat that says something reports; `seen` holds each beat's clamped
-    time by gateway agent id. One statement for the batch; returns the beats kept."""
+    """Keep what each beat that says something reports (`beats`: gateway id and beat);
+    `seen` holds each beat's clamped time by gateway and gateway agent id. One statement
+    for them all; returns the beats kept."""
     rows = []
-    for beat in beats:
+    for gateway_id, beat in beats:
         status = displayable(beat.status.strip(), max_chars=MAX_STATUS_CHARS)
         task = displayable(beat.current_task_id.strip(), max_chars=MAX_TASK_ID_CHARS) or None
         if not status and task is None:
@@ -77,7 +80,7 @@ def record_work_states_in(
                 "status": status or None,
                 "has_status": bool(status),
                 "task": task,
-                "at": seen[beat.agent_id],
+                "at": seen[gateway_id, beat.agent_id],
                 "gateway_id": gateway_id,
                 "agent_id": beat.agent_id,
             }

@@ -25,42 +25,53 @@ def silent_agents_in(conn: Connection, now: float, policy: Policy) -> list[str]:
     return [row[0] for row in rows]
 
 
+BeatKey = tuple[str, str]  # (gateway id, gateway agent id)
+
+
 def touch_steady_in(
-    conn: Connection, gateway_id: str, seen: Mapping[str, float], runtime: Set[str] = frozenset()
-) -> int:
-    """Move presence for the agents in `seen` (gateway agent id -> observed time) that are
-    online with nothing outstanding, in one statement for the whole batch; observed times
-    never go backwards, and the check-in's source (`runtime`: the beats that were runs the
-    gateway finished, else the agent's own) moves with the time. Returns how many were
-    steady."""
+    conn: Connection, seen: Mapping[BeatKey, float], runtime: Set[BeatKey] = frozenset()
+) -> set[BeatKey]:
+    """Move presence for the agents in `seen` (observed time by gateway and gateway agent
+    id, any number of gateways) that are online with nothing outstanding, in one
+    statement for all of them; observed times never go backwards, and the check-in's
+    source (`runtime`: the beats that were runs the gateway finished, else the agent's
+    own) moves with the time. Returns the beats that may not have been steady (an agent
+    with a lifecycle decision waiting, or none by that id): exactly those on PostgreSQL;
+    on SQLite all of them once any was not."""
+    keys = list(seen)
     sources = [
-        CheckInSource.RUNTIME.value if agent in runtime else CheckInSource.HEARTBEAT.value
-        for agent in seen
+        CheckInSource.RUNTIME.value if key in runtime else CheckInSource.HEARTBEAT.value
+        for key in keys
     ]
     if conn.dialect == "postgresql":
-        # One statement whatever the batch's size: the beats travel as three arrays.
-        return int(
-            conn.execute(
-                """UPDATE agents SET last_seen_at = GREATEST(COALESCE(last_seen_at, 0), beat.at),
-                       last_checkin_source = CASE WHEN beat.at >= COALESCE(last_seen_at, 0)
-                           THEN beat.source ELSE last_checkin_source END
-                   FROM unnest(?::text[], ?::double precision[], ?::text[])
-                        AS beat(agent, at, source)
-                   WHERE gateway_id = ? AND gateway_agent_id = beat.agent
-                     AND status = 'online' AND phase = 'idle'""",
-                (list(seen), list(seen.values()), sources, gateway_id),
-            ).rowcount
-        )
-    return int(
-        conn.executemany(
-            """UPDATE agents SET last_seen_at = MAX(COALESCE(last_seen_at, 0), ?1),
-                   last_checkin_source = CASE WHEN ?1 >= COALESCE(last_seen_at, 0)
-                       THEN ?2 ELSE last_checkin_source END
-               WHERE gateway_id = ?3 AND gateway_agent_id = ?4
-                 AND status = 'online' AND phase = 'idle'""",
-            [
-                (at, source, gateway_id, agent_id)
-                for (agent_id, at), source in zip(seen.items(), sources, strict=True)
-            ],
-        ).rowcount
-    )
+        # One statement and round trip whatever the batch's size: the beats as arrays.
+        steady = conn.execute(
+            """UPDATE agents SET last_seen_at = GREATEST(COALESCE(last_seen_at, 0), beat.at),
+                   last_checkin_source = CASE WHEN beat.at >= COALESCE(last_seen_at, 0)
+                       THEN beat.source ELSE last_checkin_source END
+               FROM unnest(?::text[], ?::text[], ?::double precision[], ?::text[])
+                    AS beat(gateway, agent, at, source)
+               WHERE agents.gateway_id = beat.gateway AND agents.gateway_agent_id = beat.agent
+                 AND status = 'online' AND phase = 'idle'
+               RETURNING agents.gateway_id, agents.gateway_agent_id""",
+            (
+                [gateway for gateway, _ in keys],
+                [agent for _, agent in keys],
+                list(seen.values()),
+                sources,
+            ),
+        ).fetchall()
+        return set(keys) - {(row[0], row[1]) for row in steady}
+    # In-process: executemany beats one statement with RETURNING here.
+    moved = conn.executemany(
+        """UPDATE agents SET last_seen_at = MAX(COALESCE(last_seen_at, 0), ?1),
+               last_checkin_source = CASE WHEN ?1 >= COALESCE(last_seen_at, 0)
+                   THEN ?2 ELSE last_checkin_source END
+           WHERE gateway_id = ?3 AND gateway_agent_id = ?4
+             AND status = 'online' AND phase = 'idle'""",
+        [
+            (at, source, gateway_id, agent_id)
+            for ((gateway_id, agent_id), at), source in zip(seen.items(), sources, strict=True)
+        ],
+    ).rowcount
+    return set() if moved == len(keys) else set(keys)

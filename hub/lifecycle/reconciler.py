@@ -37,7 +37,7 @@ from hub.boards import finish_deleting
 from hub.events import EventBus
 from hub.lifecycle import decisions as lc
 from hub.lifecycle.deadlines import DeadlineSchedule, Due
-from hub.lifecycle.presence import silent_agents_in, touch_steady_in
+from hub.lifecycle.presence import BeatKey, silent_agents_in, touch_steady_in
 from hub.live_relay import agents_changed_in
 from hub.provisioning.agents import (
     AgentRow,
@@ -57,6 +57,7 @@ from hub.provisioning.agents import (
     with_snapshot,
 )
 from hub.provisioning.rendering import ApplyAction
+from hub.store.coalesce import Coalescer
 from hub.store.database import Connection, Database
 from hub.store.event_log import EventBatch, add_event, record_run_observed_in
 from hub.store.gateways import GatewayStore, Welcome, record_hello_in
@@ -153,6 +154,9 @@ class Reconciler:
         self._gateway_down: set[str] = set()
         self._gateway_up_since: dict[str, float] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._beats: Coalescer[tuple[str, pb.HeartbeatBatch], Transition] = Coalescer(
+            "heartbeats", lambda job: self.write(job, urgent=False), self._write_beats
+        )
 
     @property
     def hub_id(self) -> str:
@@ -190,8 +194,11 @@ class Reconciler:
             except Exception as exc:  # stopping goes on; the others wait out the silence
                 log.warning("lifecycle.hub.stop_unrecorded", error=str(exc))
 
-    async def write(self, op: Callable[[Transition], T], *, urgent: bool = True) -> T:
-        """Run `op` in a store transaction in which it may step agents."""
+    async def write(
+        self, op: Callable[[Transition], T], *, urgent: bool = True, abandonable: bool = False
+    ) -> T:
+        """Run `op` in a store transaction in which it may step agents (`urgent`,
+        `abandonable`: as Database.write's)."""
 
         def job(conn: Connection) -> T:
             transition = Transition(self, conn, self.clock())
@@ -200,7 +207,7 @@ class Reconciler:
             agents_changed_in(conn, transition.changed)  # the other hubs' streams
             return result
 
-        return await self.db.write(job, urgent=urgent)
+        return await self.db.write(job, urgent=urgent, abandonable=abandonable)
 
     # ----------------------------------------------------------- report sink
 
@@ -218,7 +225,7 @@ class Reconciler:
                 self._on_confirmed(tx, gateway_id, command, inventory)
             return welcome
 
-        welcome = await self.write(op)
+        welcome = await self.write(op, abandonable=True)  # nothing, if the sidecar gave up
         if hello.HasField("gateway_state"):
             await self._gateway_reachability(gateway_id, hello.gateway_state.reachable)
         return welcome
@@ -239,16 +246,35 @@ class Reconciler:
         await self.write(op)
 
     async def heartbeats(self, gateway_id: str, batch: pb.HeartbeatBatch) -> None:
-        def op(tx: Transition) -> None:
-            conn, now = tx.conn, tx.now
-            seen = {b.agent_id: min(epoch_s(b.observed_at), now) for b in batch.beats}
-            runtime = {b.agent_id for b in batch.beats if b.source == pb.BEAT_SOURCE_RUNTIME}
-            # Steady state (online, nothing outstanding): only presence moves.
-            steady = touch_steady_in(conn, gateway_id, seen, runtime)
-            # Everyone else has a lifecycle decision waiting on this check-in.
-            ids = list(seen) if steady < len(seen) else []
-            for start in range(0, len(ids), 500):
-                chunk = ids[start : start + 500]
+        """A beat batch from a gateway's stream (or the agent API); returns once durable.
+        Bulk traffic: every batch that arrives before the next paced group commit rides
+        in it as one job, a few statements for all of them."""
+        await self._beats.submit((gateway_id, batch))
+
+    def _write_beats(self, tx: Transition, batches: list[tuple[str, pb.HeartbeatBatch]]) -> None:
+        conn, now = tx.conn, tx.now
+        seen: dict[BeatKey, float] = {}  # an agent's latest beat counts, with its source
+        runtime: set[BeatKey] = set()
+        beats: list[tuple[str, pb.AgentHeartbeat]] = []
+        for gateway_id, batch in batches:
+            for beat in batch.beats:
+                key, at = (gateway_id, beat.agent_id), min(epoch_s(beat.observed_at), now)
+                if at >= seen.get(key, at):
+                    seen[key] = at
+                    if beat.source == pb.BEAT_SOURCE_RUNTIME:
+                        runtime.add(key)
+                    else:
+                        runtime.discard(key)
+                beats.append((gateway_id, beat))
+        # Steady state (online, nothing outstanding): only presence moves.
+        unsettled = touch_steady_in(conn, seen, runtime)
+        # Everyone else has a lifecycle decision waiting on this check-in.
+        waiting: dict[str, list[str]] = {}
+        for gateway_id, agent in seen:
+            if (gateway_id, agent) in unsettled:
+                waiting.setdefault(gateway_id, []).append(agent)
+        for gateway_id, agents in waiting.items():
+            for chunk in _chunks(agents):
                 rows = conn.execute(
                     f"""SELECT id, gateway_agent_id, last_seen_at FROM agents
                         WHERE gateway_id = ? AND gateway_agent_id IN
@@ -257,17 +283,19 @@ class Reconciler:
                     (gateway_id, *chunk),
                 ).fetchall()
                 for agent_id, gw_agent_id, last_seen in rows:
-                    at = max(seen[gw_agent_id], last_seen or 0.0)
+                    key = (gateway_id, gw_agent_id)
                     source = (
-                        lc.CheckInSource.RUNTIME
-                        if gw_agent_id in runtime
-                        else lc.CheckInSource.HEARTBEAT
+                        lc.CheckInSource.RUNTIME if key in runtime else lc.CheckInSource.HEARTBEAT
                     )
+                    at = max(seen[key], last_seen or 0.0)
                     tx.step(agent_id, lc.CheckIn(at=at, source=source))
-            conn.execute("UPDATE gateways SET last_seen_at = ? WHERE id = ?", (now, gateway_id))
-            record_work_states_in(conn, gateway_id, batch.beats, seen)  # what agents say they do
-
-        await self.write(op, urgent=False)  # bulk traffic: rides the paced group commit
+        gateways = list(dict.fromkeys(gateway_id for gateway_id, _ in batches))
+        for chunk in _chunks(gateways):
+            conn.execute(
+                f"UPDATE gateways SET last_seen_at = ? WHERE id IN ({','.join('?' * len(chunk))})",
+                (now, *chunk),
+            )
+        record_work_states_in(conn, beats, seen)  # what agents say they do
 
     async def run_observed(
         self, gateway_id: str, run: pb.RunObserved, *, epoch: int | None = None
@@ -811,3 +839,10 @@ def _forget_in(tx: Transition, row: AgentRow, refused: str) -> None:
     add_event(conn, "agent.deleted", gateway_id=row.gateway_id, agent_id=row.id, **fields)
     finish_deleting(conn, row.board_id)
     tx.forget(row)
+
+
+IN_LIST_MAX = 500  # values in one `IN (...)`: well under SQLite's parameter limit
+
+
+def _chunks(values: list[str]) -> list[list[str]]:
+    return [values[i : i + IN_LIST_MAX] for i in range(0, len(values), IN_LIST_MAX)]

@@ -24,7 +24,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -115,6 +115,11 @@ class Engine(Protocol):
 
     def probe_writable(self, timeout_s: float) -> None: ...
 
+    def publish(self, conn: Connection, notices: Sequence[Notice]) -> None:
+        """Tell the other hubs, in the transaction about to commit, its notices on the
+        shared channels (`share_notices`)."""
+        ...
+
     def share_notices(self, channels: set[str], deliver: Callable[[str, str, bool], None]) -> None:
         """Tell the other hubs on this database the notices on `channels` (str payloads)
         and call `deliver(channel, payload, own)`, from any thread, for each heard on
@@ -131,6 +136,8 @@ class _Job:
     future: asyncio.Future[Any]
     urgent: bool = False
     first: bool = False
+    abandonable: bool = False
+    abandoned: bool = False  # its caller stopped waiting before it ran: it is not run
     attempts: int = 0
 
 
@@ -145,6 +152,7 @@ MIN_COMMIT_BUDGET_S = 1.0
 class WriterStats:
     commits: int = 0
     jobs: int = 0
+    abandoned: int = 0  # abandonable jobs not run: their callers had gone
     last_commit_at: float = 0.0
     last_error: str | None = None
     last_error_at: float = 0.0
@@ -310,6 +318,9 @@ class SqliteEngine:
         finally:
             conn.close()
 
+    def publish(self, conn: Connection, notices: Sequence[Notice]) -> None:
+        """One hub per file: there is no other hub to tell."""
+
     def share_notices(self, channels: set[str], deliver: Callable[[str, str, bool], None]) -> None:
         """One hub per file: there is no other hub to tell."""
 
@@ -411,7 +422,12 @@ class Database:
         self._writer.start()
 
     async def write(
-        self, fn: Callable[[Connection], T], *, urgent: bool = False, first: bool = False
+        self,
+        fn: Callable[[Connection], T],
+        *,
+        urgent: bool = False,
+        first: bool = False,
+        abandonable: bool = False,
     ) -> T:
         """Run `fn` in the next group commit; return its result once it is durable.
 
@@ -419,14 +435,22 @@ class Database:
         for the pacing that keeps bulk traffic such as heartbeats to ~1 commit/s;
         whatever else is queued rides along in the same commit. A `first` write goes
         ahead of the jobs queued before it (a hub saying it is alive: behind a storm's
-        backlog it would be late, and the other hubs would take its gateways).
+        backlog it would be late, and the other hubs would take its gateways). An
+        `abandonable` write is not run at all if its caller is cancelled before it
+        runs (a Hello whose sidecar gave up waiting: under a reconnect storm, writing
+        it anyway would delay the Hellos still waiting, until they gave up too).
         """
         if self._closed:
             raise DatabaseClosed("database is closed")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        self._jobs.put(_Job(fn, loop, future, urgent, first))
-        return await future
+        job = _Job(fn, loop, future, urgent, first, abandonable)
+        self._jobs.put(job)
+        try:
+            return await future
+        except asyncio.CancelledError:
+            job.abandoned = abandonable
+            raise
 
     async def write_checked(
         self,
@@ -532,6 +556,9 @@ class Database:
                     # commits of about an interval's work each keep ~1 commit/s.
                     later = batch[index:]
                     break
+                if job.abandoned:
+                    self.stats.abandoned += 1
+                    continue
                 conn.execute("SAVEPOINT job")
                 conn.notices = []
                 try:
@@ -553,6 +580,9 @@ class Database:
                     outcomes.append((job, result, None, conn.notices))
                 finally:
                     conn.notices = None
+            self.engine.publish(
+                conn, [n for _, _, error, notices in outcomes if error is None for n in notices]
+            )
             conn.execute("COMMIT")
         except self.engine.errors as exc:
             if conn.in_transaction:

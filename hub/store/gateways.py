@@ -168,7 +168,7 @@ class GatewayStore:
                 conn, hello, auto_register=auto_register, at=at, hub_id=self.hub_id
             )[0]
 
-        return await self.db.write(op)
+        return await self.db.write(op, abandonable=True)  # nothing, if the sidecar gave up
 
     async def record_disconnect(
         self,
@@ -415,7 +415,9 @@ def record_hello_in(
     takes the gateway's ownership (the Welcome carries the epoch). Returns the Welcome
     and the confirmed commands whose results the hub never got."""
     row = conn.execute("SELECT * FROM gateways WHERE id = ?", (hello.gateway_id,)).fetchone()
-    if row is None:
+    if row is not None:
+        before = GatewayRow.from_row(row)
+    else:
         if not auto_register:
             raise UnknownGateway(f"gateway {hello.gateway_id} is not registered on this hub")
         name = hello.hostname or hello.gateway_id
@@ -430,7 +432,7 @@ def record_hello_in(
             at=at,
             via="insecure_dev_hello",
         )
-    before = gateway_in(conn, hello.gateway_id)
+        before = gateway_in(conn, hello.gateway_id)
     reported = hello.workspace_root or None
     if hello.follows_hub_workspace_root and before.declared_workspace_root:
         reported = before.declared_workspace_root  # where it writes from the Welcome on
@@ -500,11 +502,11 @@ def record_hello_in(
         confirmed_without_result=len(confirmed),
     )
     epoch = take_ownership_in(conn, hello.gateway_id, hub_id) if hub_id is not None else 0
-    gateway = gateway_in(conn, hello.gateway_id)
+    # None of these is a column the Hello changed: the row as read first tells them.
     welcome = Welcome(
-        gateway_name=gateway.name,
-        last_sequence=gateway.next_sequence - 1,
-        workspace_root=gateway.declared_workspace_root or "",
+        gateway_name=before.name,
+        last_sequence=before.next_sequence - 1,
+        workspace_root=before.declared_workspace_root or "",
         epoch=epoch,
     )
     return welcome, confirmed

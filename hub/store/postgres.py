@@ -26,6 +26,7 @@ from hub.pki.secrets_box import SecretBox
 from hub.store.database import (
     Connection,
     DatabaseError,
+    Notice,
     Notices,
     SchemaState,
     pending_migrations,
@@ -167,19 +168,15 @@ class PgIntegrityError(sqlite3.IntegrityError):
 
 class PgConnection(Notices):
     """A psycopg connection speaking the subset of sqlite3.Connection the hub uses.
-    On the writer, a notice on a shared channel is also a NOTIFY in the job's
-    transaction: the other hubs hear it on commit, and not if the job rolls back."""
+    On the writer, the notices on shared channels are also NOTIFYs, sent in the group
+    commit's transaction (`PostgresEngine.publish`): the other hubs hear them on
+    commit, and not those of a job that rolled back."""
 
     dialect = "postgresql"
     shared: frozenset[str] = frozenset()
 
     def __init__(self, raw: psycopg.Connection[Any]) -> None:
         self.raw = raw
-
-    def notify(self, channel: str, payload: Any) -> None:
-        super().notify(channel, payload)
-        if channel in self.shared and isinstance(payload, str):
-            self.execute("SELECT pg_notify(?, ?)", (NOTIFY_PREFIX + channel, payload))
 
     def execute(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> Any:
         try:
@@ -363,6 +360,21 @@ class PostgresEngine:
                     name="hub-db-read",
                 )
             return self._pool
+
+    def publish(self, conn: Connection, notices: Sequence[Notice]) -> None:
+        """The committing jobs' notices on shared channels as NOTIFYs, all in one
+        statement, in their order (one round trip per commit, not one per notice)."""
+        shared = [
+            (NOTIFY_PREFIX + channel, payload)
+            for channel, payload in notices
+            if channel in self._shared and isinstance(payload, str)
+        ]
+        if shared:
+            conn.execute(
+                "SELECT pg_notify(n.channel, n.payload) FROM unnest(?::text[], ?::text[]) "
+                "WITH ORDINALITY AS n(channel, payload, position) ORDER BY n.position",
+                ([channel for channel, _ in shared], [payload for _, payload in shared]),
+            )
 
     def probe_writable(self, timeout_s: float) -> None:
         raw = psycopg.connect(self.url, autocommit=True, connect_timeout=max(1, int(timeout_s)))

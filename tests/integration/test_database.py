@@ -16,7 +16,7 @@ from hub.store.database import (
     Database,
     DatabaseError,
 )
-from hub.store.engines import IntegrityError
+from hub.store.engines import IntegrityError, engine_for
 from hub.store.migrations import MIGRATIONS
 
 OpenDatabase = Callable[..., Database]
@@ -118,6 +118,78 @@ async def test_a_first_write_goes_ahead_of_a_backlog(open_database: OpenDatabase
         assert started["alive"] < started["bulk-7"], started
     finally:
         await db.close()
+
+
+async def test_an_abandoned_write_is_not_run_and_the_others_are(
+    open_database: OpenDatabase,
+) -> None:
+    """Callers cancelled while their writes wait behind a slow job: the abandonable
+    write is not run (a Hello whose sidecar gave up), the ordinary one still is."""
+    db = open_database(commit_interval_s=0.05)
+    try:
+        started: dict[str, float] = {}
+
+        def slow(conn: Connection) -> None:
+            started["slow"] = time.monotonic()
+            time.sleep(0.3)
+
+        blocker = asyncio.ensure_future(db.write(slow))
+        await wait_for_started(started, "slow")
+        gave_up = asyncio.ensure_future(db.write(insert_gateway("gave-up"), abandonable=True))
+        ordinary = asyncio.ensure_future(db.write(insert_gateway("ordinary")))
+        waiting = asyncio.ensure_future(db.write(insert_gateway("waiting"), abandonable=True))
+        await asyncio.sleep(0.05)
+        gave_up.cancel()
+        ordinary.cancel()
+        await blocker
+        assert await waiting == "waiting"
+        ids = await db.read(lambda c: {r[0] for r in c.execute("SELECT id FROM gateways")})
+        assert ids == {"ordinary", "waiting"}
+        assert db.stats.abandoned == 1
+    finally:
+        await db.close()
+
+
+async def test_a_commits_notices_reach_the_other_hubs_in_order_and_not_a_failed_jobs(
+    shared_database: str,
+) -> None:
+    """The shared notices of a group commit's jobs go out with its transaction (one
+    statement for them all): every other hub hears each once, in the jobs' order; a
+    job that failed after leaving its notice is not heard of; a hub never hears its own."""
+    hubs = [Database(commit_interval_s=0.2, engine=engine_for(shared_database)) for _ in "ab"]
+    heard: dict[int, list[str]] = {0: [], 1: []}
+    for index, hub in enumerate(hubs):
+        hub.listen_elsewhere("test.notice", heard[index].append)
+        hub.open()
+    try:
+        await asyncio.sleep(1.0)  # both listening (LISTEN runs on its own thread)
+
+        def job(index: int) -> Callable[[Connection], None]:
+            def op(conn: Connection) -> None:
+                conn.notify("test.notice", f"n{index}")
+                insert_gateway(f"gw-{index}")(conn)
+                if index == 7:
+                    raise ValueError("refused after its notice")
+
+            return op
+
+        await hubs[0].write(insert_gateway("warm"))  # the burst spent: the rest share a commit
+        commits = hubs[0].stats.commits
+        outcomes = await asyncio.gather(
+            *(hubs[0].write(job(i)) for i in range(20)), return_exceptions=True
+        )
+        assert isinstance(outcomes[7], ValueError)
+        assert hubs[0].stats.commits - commits <= 2
+        expected = [f"n{i}" for i in range(20) if i != 7]
+        for _ in range(100):
+            if len(heard[1]) >= len(expected):
+                break
+            await asyncio.sleep(0.05)
+        assert heard[1] == expected
+        assert heard[0] == []
+    finally:
+        for hub in hubs:
+            await hub.close()
 
 
 async def wait_for_started(started: dict[str, float], name: str) -> None:
