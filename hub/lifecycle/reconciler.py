@@ -408,7 +408,9 @@ class Reconciler:
             hub_alive_in(conn, self.hub_id, alive)
             return adopt_orphans_in(conn, self.hub_id, alive)
 
-        adopted = await self.db.write(op, urgent=True, first=True)
+        # Not urgent: the next paced commit is soon enough for a 30 s silence, and an
+        # extra commit each sweep would cost every hub's database a fifth more commits.
+        adopted = await self.db.write(op, first=True)
         for gateway_id in adopted:  # no stream survived its hub: the link is down
             self._forget_link(gateway_id)
         if adopted:
