@@ -69,6 +69,8 @@ def record_work_states_in(
     for them all; returns the beats kept."""
     rows = []
     for gateway_id, beat in beats:
+        if not beat.status and not beat.current_task_id:  # most beats: liveness alone
+            continue
         status = displayable(beat.status.strip(), max_chars=MAX_STATUS_CHARS)
         task = displayable(beat.current_task_id.strip(), max_chars=MAX_TASK_ID_CHARS) or None
         if not status and task is None:

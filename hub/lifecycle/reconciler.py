@@ -155,7 +155,11 @@ class Reconciler:
         self._gateway_up_since: dict[str, float] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._beats: Coalescer[tuple[str, pb.HeartbeatBatch], Transition] = Coalescer(
-            "heartbeats", lambda job: self.write(job, urgent=False), self._write_beats
+            # Paced, and first: one job however many beats, so it delays the rest little,
+            # and behind a backlog (a fleet's link-up work) every beat's ack would wait.
+            "heartbeats",
+            lambda job: self.write(job, urgent=False, first=True),
+            self._write_beats,
         )
 
     @property
@@ -195,10 +199,15 @@ class Reconciler:
                 log.warning("lifecycle.hub.stop_unrecorded", error=str(exc))
 
     async def write(
-        self, op: Callable[[Transition], T], *, urgent: bool = True, abandonable: bool = False
+        self,
+        op: Callable[[Transition], T],
+        *,
+        urgent: bool = True,
+        first: bool = False,
+        abandonable: bool = False,
     ) -> T:
         """Run `op` in a store transaction in which it may step agents (`urgent`,
-        `abandonable`: as Database.write's)."""
+        `first`, `abandonable`: as Database.write's)."""
 
         def job(conn: Connection) -> T:
             transition = Transition(self, conn, self.clock())
@@ -207,7 +216,7 @@ class Reconciler:
             agents_changed_in(conn, transition.changed)  # the other hubs' streams
             return result
 
-        return await self.db.write(job, urgent=urgent, abandonable=abandonable)
+        return await self.db.write(job, urgent=urgent, first=first, abandonable=abandonable)
 
     # ----------------------------------------------------------- report sink
 
