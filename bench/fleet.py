@@ -31,13 +31,15 @@ from bench.harness import (
     free_port,
     proc_sample,
 )
-from bench.hubproc import HubAddress, hub_stats, start_hub
+from bench.hubproc import COMMIT_INTERVAL_S, HubAddress, hub_stats, start_hub
 from bench.linkproc import start_link_server
 from bench.seed import count_offline, seed
 from bench.sidecars import fleet_main
 
 BEAT_INTERVAL_S = 60  # six times the product default (10 m): a busier fleet than usual
 SIDECARS_PER_PROCESS = 2_500
+SETTLE_TIMEOUT_S = 300.0
+SETTLED_BACKLOG = 16  # write jobs queued: steady traffic leaves a few
 PRESENCE_SWEEP_WAIT_S = 6.0  # one presence sweep (5 s) after the reconnect
 MIB = 1024 * 1024
 
@@ -55,7 +57,9 @@ def run(sizes: Sizes) -> Section:
     rss = Figure("hub RSS", "MiB", [], "bare grpc.aio", target=Target("<=", 500.0))
     commits = Figure("hub group commits", "commits/s", [], target=Target("<=", 1.1))
     ack = Figure("beat batch sent -> acked durable, p99", "s", [], target=Target("<=", 1.5))
+    ack_connect = Figure("beat batch sent in the connect or its link-up -> acked, p99", "s", [])
     connect = Figure("initial connect, all sidecars", "s", [])
+    settled = Figure("their link-up work committed, after the connect", "s", [])
     reconnect = Figure("all reconnected after hub restart", "s", [], target=Target("<=", 45.0))
     offline = Figure("agents marked offline after restart", "agents", [], target=Target("<=", 0))
     with tempfile.TemporaryDirectory(prefix="bench-fleet-") as tmp:
@@ -75,6 +79,7 @@ def run(sizes: Sizes) -> Section:
         try:
             sims = start_fleet(f"127.0.0.1:{address.link_port}", members)
             connect.runs.append(wait_all(sims, n, 300.0))
+            settled.runs.append(settle([hub]))
             _steady(
                 hub.pid,
                 sims,
@@ -85,6 +90,7 @@ def run(sizes: Sizes) -> Section:
                 lambda: hub_stats(hub),
                 commits.runs,
             )
+            ack_connect.runs.append(max(s["ack_p99_before_reset_s"] for s in sim_statuses(sims)))
             for _ in range(sizes.runs):
                 opened = [status["opened"] for status in sim_statuses(sims)]
                 hub.stop()
@@ -107,7 +113,7 @@ def run(sizes: Sizes) -> Section:
             for sim in sims:
                 sim.stop()
             bare.stop()
-    section.figures += [cpu, rss, commits, ack, connect, reconnect, offline]
+    section.figures += [cpu, rss, commits, ack, ack_connect, connect, settled, reconnect, offline]
     section.notes.append(
         f"agents beat every {BEAT_INTERVAL_S} s; steady window {sizes.fleet_window_s:g} s; "
         f"{sizes.runs} hub restarts"
@@ -169,6 +175,20 @@ def wait_all(
             connected = sum(s["connected"] for s in statuses)
             raise TimeoutError(f"{connected} of {total} sidecars connected after {timeout_s:.0f} s")
         time.sleep(0.2)
+
+
+def settle(hubs: list[Child]) -> float:
+    """Seconds until every hub's writer has caught up with the connect's link-up work
+    (its backlog down to what steady traffic leaves, twice in a row): the steady window
+    starts there."""
+    started = time.monotonic()
+    calm = 0
+    while time.monotonic() - started < SETTLE_TIMEOUT_S:
+        calm = calm + 1 if all(hub_stats(h)["backlog"] <= SETTLED_BACKLOG for h in hubs) else 0
+        if calm == 2:
+            return time.monotonic() - started
+        time.sleep(COMMIT_INTERVAL_S / 2)
+    raise TimeoutError(f"the hubs' writers were still busy {SETTLE_TIMEOUT_S:.0f} s after")
 
 
 def _steady(

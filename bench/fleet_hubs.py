@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.fleet import BEAT_INTERVAL_S, sim_statuses, start_fleet, wait_all
+from bench.fleet import BEAT_INTERVAL_S, settle, sim_statuses, start_fleet, wait_all
 from bench.harness import (
     SERVER_CORE,
     Child,
@@ -32,14 +32,13 @@ from bench.harness import (
     free_port,
     proc_sample,
 )
-from bench.hubproc import COMMIT_INTERVAL_S, HubAddress, hub_stats, start_hub
+from bench.hubproc import HubAddress, hub_stats, start_hub
 from bench.linkproc import start_link_server
 from bench.seed import seed
 from hub.demo.postgres_server import PostgresServer, PostgresUnavailable
 
 HUBS = 2
 CONNECT_TIMEOUT_S = 300.0
-SETTLE_TIMEOUT_S = 300.0
 
 
 def run(sizes: Sizes) -> Section:
@@ -64,6 +63,7 @@ def run(sizes: Sizes) -> Section:
     ]
     database_cpu = Figure("PostgreSQL CPU, all its processes", "% of a core", [])
     ack = Figure("beat batch sent -> acked durable, p99", "s", [], target=Target("<=", 1.5))
+    ack_connect = Figure("beat batch sent in the connect or its link-up -> acked, p99", "s", [])
     connect = Figure("initial connect, all sidecars", "s", [])
     settled = Figure("their link-up work committed, after the connect", "s", [])
     hubs: list[Child] = []
@@ -95,7 +95,7 @@ def run(sizes: Sizes) -> Section:
                 own = members[index * share : (index + 1) * share]
                 sims += start_fleet(f"127.0.0.1:{address.link_port}", own)
             connect.runs.append(wait_all(sims, n, CONNECT_TIMEOUT_S))
-            settled.runs.append(_settle(hubs))
+            settled.runs.append(settle(hubs))
             for sim in sims:
                 sim.ask("reset", 30.0)
             window_s = sizes.fleet_window_s / sizes.runs
@@ -112,6 +112,7 @@ def run(sizes: Sizes) -> Section:
                     commits[i].runs.append((hub_stats(hub)["commits"] - committed[i]) / seconds)
                 database_cpu.runs.append(cpu_percent(db_before, db_after))
             ack.runs.append(max(s["ack_p99_s"] for s in sim_statuses(sims)))
+            ack_connect.runs.append(max(s["ack_p99_before_reset_s"] for s in sim_statuses(sims)))
         for child in (*sims, *hubs):
             child.stop()
         sims, hubs = [], []
@@ -122,7 +123,7 @@ def run(sizes: Sizes) -> Section:
         for child in (*sims, *hubs):
             child.stop()
         server.stop()
-    section.figures += [*cpu, *commits, database_cpu, ack, connect, settled]
+    section.figures += [*cpu, *commits, database_cpu, ack, ack_connect, connect, settled]
     section.notes.append(
         f"agents beat every {BEAT_INTERVAL_S} s; steady window {sizes.fleet_window_s:g} s; "
         "the hubs share core 0 with PostgreSQL (the tests' server: fsync off), the sidecars "
@@ -149,18 +150,6 @@ def _bare_cpu(members: list[tuple[str, list[str]]], sizes: Sizes) -> list[float]
         for sim in sims:
             sim.stop()
         bare.stop()
-
-
-def _settle(hubs: list[Child]) -> float:
-    """Seconds until every hub's writer is back to paced commits (two within a pacing
-    window and a half) after the connect's link-up work: the steady window starts there."""
-    started = time.monotonic()
-    while time.monotonic() - started < SETTLE_TIMEOUT_S:
-        before = [hub_stats(h)["commits"] for h in hubs]
-        time.sleep(2.5 * COMMIT_INTERVAL_S)
-        if all(hub_stats(h)["commits"] - b >= 2 for h, b in zip(hubs, before, strict=True)):
-            return time.monotonic() - started
-    raise TimeoutError(f"the hubs' writers were still busy {SETTLE_TIMEOUT_S:.0f} s after")
 
 
 def _postmaster(server: PostgresServer) -> int:

@@ -1,7 +1,7 @@
 """The real hub (`hub.app.Hub`, insecure-dev on loopback) in a process of its own.
 
-The parent talks to it over a pipe: "stats" answers the writer's commit count and the
-number of open streams; ("template_sync", gateway ids) starts the hub's template sync job
+The parent talks to it over a pipe: "stats" answers the writer's commit count, its backlog and
+the number of open streams; ("template_sync", gateway ids) starts the hub's template sync job
 on each of them at once, as its API would, and answers once all are queued; None stops
 the hub in its documented order and ends the process.
 """
@@ -97,6 +97,7 @@ async def _serve(
                     {
                         "commits": hub.db.stats.commits,
                         "jobs": hub.db.stats.jobs,
+                        "backlog": hub.db.backlog,
                         "streams": len(hub.registry),
                     }
                 )

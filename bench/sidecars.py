@@ -177,7 +177,9 @@ async def _fleet(
     pin_to(LOAD_CORE)
     raise_fd_limit()
     quiet_logs()
-    latencies: list[float] = []
+    latencies: list[float] = []  # batches sent since the last reset, from send to ack
+    before: list[float] = []  # those sent before it (the connect), acked before or after
+    reset_at = 0.0
     sidecars: list[_FleetSidecar] = []
     now = time.monotonic()
     for gateway_id, agent_ids in fleet:
@@ -187,7 +189,7 @@ async def _fleet(
             sidecar = holder[0]
             sent_at = sidecar.in_flight.pop(batch_id, None)
             if sent_at is not None:
-                latencies.append(time.monotonic() - sent_at)
+                (latencies if sent_at >= reset_at else before).append(time.monotonic() - sent_at)
                 sidecar.acked += 1
 
         sidecar = _FleetSidecar(link_client(target, gateway_id, on_heartbeat_ack=on_ack))
@@ -215,11 +217,16 @@ async def _fleet(
                         "acked": sum(s.acked for s in sidecars),
                         "ack_p99_s": percentile(latencies, 99),
                         "ack_samples": len(latencies),
+                        "ack_p99_before_reset_s": percentile(before, 99),
                         "down_because": _reasons(s.client.status for s in sidecars),
                     }
                 )
             elif request == "reset":
+                # The window measures batches sent in it: one sent before and acked in it
+                # counts with those of the phase it was sent in.
+                before += latencies
                 latencies.clear()
+                reset_at = time.monotonic()
                 conn.send({"ok": True})
     finally:
         asyncio.get_running_loop().remove_reader(conn.fileno())

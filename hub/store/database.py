@@ -378,6 +378,12 @@ class Database:
         one hub's)."""
         return not isinstance(self.engine, SqliteEngine)
 
+    @property
+    def backlog(self) -> int:
+        """Write jobs waiting for a commit (about one per kind of bulk traffic when
+        the writer keeps up)."""
+        return self._jobs.qsize() + len(self._again)
+
     def listen(
         self, channel: str, listener: Callable[[Any], None], *, every_hub: bool = False
     ) -> None:
