@@ -161,6 +161,9 @@ class Reconciler:
             lambda job: self.write(job, urgent=False, first=True),
             self._write_beats,
         )
+        self._gateway_steps: Coalescer[tuple[str, lc.Event], Transition] = Coalescer(
+            "gateway steps", self.write, self._write_gateway_steps
+        )
 
     @property
     def hub_id(self) -> str:
@@ -386,14 +389,27 @@ class Reconciler:
         )
 
     async def _step_gateway(self, gateway_id: str, event: lc.Event) -> None:
-        def op(tx: Transition) -> None:
+        """Step every agent of the gateway with `event`. Coalesced: a reconnect storm's
+        thousands of link changes are one job per commit, their agents read at once."""
+        await self._gateway_steps.submit((gateway_id, event))
+
+    def _write_gateway_steps(self, tx: Transition, steps: list[tuple[str, lc.Event]]) -> None:
+        gateway_ids = list(dict.fromkeys(gateway_id for gateway_id, _ in steps))
+        agents: dict[str, list[AgentRow]] = {}
+        for chunk in _chunks(gateway_ids):
             for found in tx.conn.execute(
-                "SELECT * FROM agents WHERE gateway_id = ?", (gateway_id,)
+                f"SELECT * FROM agents WHERE gateway_id IN ({','.join('?' * len(chunk))})",
+                chunk,
             ).fetchall():
                 row = AgentRow.from_row(found)
-                tx.step(row.id, event, row=row)
-
-        await self.write(op)
+                agents.setdefault(row.gateway_id, []).append(row)
+        stepped: set[str] = set()
+        for gateway_id, event in steps:
+            for row in agents.get(gateway_id, ()):
+                # A gateway's second change in the job steps its agents as the first left
+                # them (read again), not as they were read.
+                tx.step(row.id, event, row=None if gateway_id in stepped else row)
+            stepped.add(gateway_id)
 
     # ------------------------------------------------------------ verdicts
 
