@@ -41,6 +41,7 @@ log = get_logger("hub.store")
 MIGRATION_LOCK = 0x6D635F6875625F76  # pg_advisory_xact_lock key: "mc_hub_v", migrations
 FEED_ORDER_LOCK = 0x6D635F6875625F66  # pg_advisory_xact_lock key: "mc_hub_f", feed row ids
 READER_POOL_MAX = 4
+NOTIFY_PAYLOAD_MAX = 7999  # bytes in one NOTIFY payload, PostgreSQL's limit
 NOTIFY_PREFIX = "mc_hub_"  # the PostgreSQL channel of the store's notice channel X
 LISTEN_POLL_S = 0.5  # how often the listener looks up from waiting (to stop)
 LISTEN_RETRY_S = 1.0
@@ -177,6 +178,17 @@ class PgConnection(Notices):
 
     def __init__(self, raw: psycopg.Connection[Any]) -> None:
         self.raw = raw
+
+    def notify(self, channel: str, payload: Any) -> None:
+        # Refused here, in its job: sent with the commit, it would fail everyone's.
+        if channel in self.shared and isinstance(payload, str):
+            size = len(payload.encode())
+            if size > NOTIFY_PAYLOAD_MAX:
+                raise DatabaseError(
+                    f"a notice on {channel} is {size} bytes; PostgreSQL takes at most "
+                    f"{NOTIFY_PAYLOAD_MAX} in one NOTIFY: pass a row's id instead"
+                )
+        super().notify(channel, payload)
 
     def execute(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> Any:
         try:
