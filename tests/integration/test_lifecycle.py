@@ -321,6 +321,9 @@ async def _gone(hub: Hub, agent_id: str) -> bool:
     return status == 404
 
 
+GRACE_S = 60.0  # long enough that a busy machine never sees the old token expire here
+
+
 async def test_token_rotation_writes_a_new_token_and_keeps_the_old_for_the_grace_window(
     hub: Hub, connected: tuple[Sidecar, RecordingGateway], tmp_path: Path
 ) -> None:
@@ -331,7 +334,7 @@ async def test_token_rotation_writes_a_new_token_and_keeps_the_old_for_the_grace
     old = (workspace / ".mc-agent-token").read_text()
     generation = (await agent_state(hub, agent["id"]))["lifecycle_generation"]
     status, _ = await api(
-        hub, "POST", f"/api/v1/agents/{agent['id']}/token/rotate", {"grace_s": 1.5}
+        hub, "POST", f"/api/v1/agents/{agent['id']}/token/rotate", {"grace_s": GRACE_S}
     )
     assert status == 202
     await wait_for(
@@ -347,7 +350,8 @@ async def test_token_rotation_writes_a_new_token_and_keeps_the_old_for_the_grace
     assert gateway.count("wake") == 1
     graced = [c for c in sidecar.state.credentials() if c.not_after is not None]
     assert len(graced) == 1 and graced[0].token_id == old.split(".")[0]
-    assert graced[0].not_after is not None and graced[0].not_after <= time.time() + 1.6
+    assert graced[0].not_after is not None
+    assert time.time() < graced[0].not_after <= time.time() + GRACE_S
 
 
 async def test_a_quiet_agent_climbs_the_recovery_ladder_then_goes_offline_with_the_cause(
