@@ -286,27 +286,22 @@ class Reconciler:
             if (gateway_id, agent) in unsettled:
                 waiting.setdefault(gateway_id, []).append(agent)
         for gateway_id, agents in waiting.items():
-            for chunk in _chunks(agents):
-                rows = conn.execute(
-                    f"""SELECT id, gateway_agent_id, last_seen_at FROM agents
-                        WHERE gateway_id = ? AND gateway_agent_id IN
-                        ({",".join("?" * len(chunk))})
-                        AND NOT (status = 'online' AND phase = 'idle')""",
-                    (gateway_id, *chunk),
-                ).fetchall()
-                for agent_id, gw_agent_id, last_seen in rows:
-                    key = (gateway_id, gw_agent_id)
-                    source = (
-                        lc.CheckInSource.RUNTIME if key in runtime else lc.CheckInSource.HEARTBEAT
-                    )
-                    at = max(seen[key], last_seen or 0.0)
-                    tx.step(agent_id, lc.CheckIn(at=at, source=source))
+            rows = conn.execute(
+                """SELECT id, gateway_agent_id, last_seen_at FROM agents
+                   WHERE gateway_id = ? AND gateway_agent_id IN (SELECT value FROM json_each(?))
+                     AND NOT (status = 'online' AND phase = 'idle')""",
+                (gateway_id, json.dumps(agents)),
+            ).fetchall()
+            for agent_id, gw_agent_id, last_seen in rows:
+                key = (gateway_id, gw_agent_id)
+                source = lc.CheckInSource.RUNTIME if key in runtime else lc.CheckInSource.HEARTBEAT
+                at = max(seen[key], last_seen or 0.0)
+                tx.step(agent_id, lc.CheckIn(at=at, source=source))
         gateways = list(dict.fromkeys(gateway_id for gateway_id, _ in batches))
-        for chunk in _chunks(gateways):
-            conn.execute(
-                f"UPDATE gateways SET last_seen_at = ? WHERE id IN ({','.join('?' * len(chunk))})",
-                (now, *chunk),
-            )
+        conn.execute(
+            "UPDATE gateways SET last_seen_at = ? WHERE id IN (SELECT value FROM json_each(?))",
+            (now, json.dumps(gateways)),
+        )
         record_work_states_in(conn, beats, seen)  # what agents say they do
 
     async def run_observed(
@@ -396,13 +391,12 @@ class Reconciler:
     def _write_gateway_steps(self, tx: Transition, steps: list[tuple[str, lc.Event]]) -> None:
         gateway_ids = list(dict.fromkeys(gateway_id for gateway_id, _ in steps))
         agents: dict[str, list[AgentRow]] = {}
-        for chunk in _chunks(gateway_ids):
-            for found in tx.conn.execute(
-                f"SELECT * FROM agents WHERE gateway_id IN ({','.join('?' * len(chunk))})",
-                chunk,
-            ).fetchall():
-                row = AgentRow.from_row(found)
-                agents.setdefault(row.gateway_id, []).append(row)
+        for found in tx.conn.execute(
+            "SELECT * FROM agents WHERE gateway_id IN (SELECT value FROM json_each(?))",
+            (json.dumps(gateway_ids),),
+        ).fetchall():
+            row = AgentRow.from_row(found)
+            agents.setdefault(row.gateway_id, []).append(row)
         stepped: set[str] = set()
         for gateway_id, event in steps:
             for row in agents.get(gateway_id, ()):
@@ -866,10 +860,3 @@ def _forget_in(tx: Transition, row: AgentRow, refused: str) -> None:
     add_event(conn, "agent.deleted", gateway_id=row.gateway_id, agent_id=row.id, **fields)
     finish_deleting(conn, row.board_id)
     tx.forget(row)
-
-
-IN_LIST_MAX = 500  # values in one `IN (...)`: well under SQLite's parameter limit
-
-
-def _chunks(values: list[str]) -> list[list[str]]:
-    return [values[i : i + IN_LIST_MAX] for i in range(0, len(values), IN_LIST_MAX)]
