@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -10,9 +11,43 @@ from hub.store.database import Database
 from hub.store.engines import engine_for
 from missioncontrol import log as logs
 from tests.postgres_server import PostgresServer, PostgresUnavailable
-from tests.support import hub_config
+from tests.support import SUMMARY, hub_config
 
 logs.configure("warning", "json")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """For pytest-xdist (`make test` runs workers, `--dist loadgroup`): the tests on one
+    OpenClaw version go to one worker, so each version's gateway boots once a run rather
+    than once a worker; and the slow tests start first, so none is left running alone
+    at the end. (Stable: otherwise the order stays as collected.)"""
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        version = callspec.params.get("openclaw") if callspec is not None else None
+        if version is not None:
+            item.add_marker(pytest.mark.xdist_group(f"openclaw-{version}"))
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    output = getattr(session.config, "workeroutput", None)
+    if output is not None:  # a pytest-xdist worker: the controller prints its summary
+        output["summary"] = SUMMARY
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object) -> None:
+    """pytest-xdist, on the controller: a worker is done; keep its summary lines."""
+    for section, lines in getattr(node, "workeroutput", {}).get("summary", {}).items():
+        SUMMARY.setdefault(section, []).extend(lines)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    for section, lines in sorted(SUMMARY.items()):
+        terminalreporter.section(section)
+        for line in lines:
+            terminalreporter.write_line(line)
+
 
 ENGINES = ("sqlite", "postgresql")
 

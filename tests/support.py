@@ -542,3 +542,13 @@ async def webhook_receiver(secret: str) -> AsyncIterator[WebhookReceiver]:
         yield found
     finally:
         await runner.cleanup()
+
+
+# End-of-run sections (`make test` prints them): section title -> lines, in the order
+# added. Under pytest-xdist each worker's lines reach the controller (tests/conftest.py).
+SUMMARY: dict[str, list[str]] = {}
+
+
+def add_summary(section: str, text: str) -> None:
+    """Print `text` (one or more lines) under `section` at the end of the run."""
+    SUMMARY.setdefault(section, []).extend(text.splitlines())

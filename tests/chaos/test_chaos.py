@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.chaos import conftest
 from tests.chaos.runner import ChaosRun, ChaosSettings, seed_from_env
+from tests.support import add_summary
 
 pytestmark = [pytest.mark.interop, pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -28,5 +28,5 @@ async def test_no_invariant_breaks_under_crashes_partitions_and_a_restart_storm(
         storm=int(os.environ.get("CHAOS_STORM", "100")),
     )
     report = await ChaosRun(settings).run()
-    conftest.reports.append(report.text())
+    add_summary("chaos", report.text())
     assert not report.violations, report.text()

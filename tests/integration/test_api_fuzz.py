@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from tests.support import ADMIN_TOKEN
 
 EXAMPLES_PER_OPERATION = int(os.environ.get("MC_FUZZ_EXAMPLES", "20"))
-pytestmark = pytest.mark.timeout(900)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 
 @pytest.fixture(scope="module")

@@ -44,7 +44,7 @@ from hub.demo import openclaw_install
 from hub.demo.runner import processes_with_env
 from hub.demo.scripted_model import ScriptedModel, provider_config
 from sidecar.openclaw_config import write_atomic
-from tests.support import JumpClock
+from tests.support import JumpClock, add_summary
 
 if TYPE_CHECKING:
     from hub.app import Hub
@@ -61,21 +61,11 @@ CACHE_DIR = openclaw_install.cache_dir(
 READY_TIMEOUT_S = 60
 STOP_TIMEOUT_S = 10
 
-_timings: list[tuple[str, float]] = []
-
 
 def record_timing(name: str, seconds: float) -> None:
     """Keep a measured duration for the end-of-run summary (and log it now)."""
-    _timings.append((name, seconds))
+    add_summary("OpenClaw interop timings", f"{name:<48} {seconds * 1000:9.1f} ms")
     log.info("timing %s: %.3f s", name, seconds)
-
-
-def pytest_terminal_summary(terminalreporter: Any) -> None:
-    if not _timings:
-        return
-    terminalreporter.section("OpenClaw interop timings")
-    for name, seconds in _timings:
-        terminalreporter.write_line(f"{name:<48} {seconds * 1000:9.1f} ms")
 
 
 @dataclass
