@@ -44,8 +44,10 @@ class DiscardReports:
     async def command_results(self, gateway_id: str, results: list[pb.CommandResult]) -> None:
         return None
 
-    async def heartbeats(self, gateway_id: str, batch: pb.HeartbeatBatch) -> None:
-        return None
+    def heartbeats(self, gateway_id: str, batch: pb.HeartbeatBatch) -> asyncio.Future[None]:
+        stored: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        stored.set_result(None)
+        return stored
 
     async def run_observed(self, gateway_id: str, run: pb.RunObserved) -> None:
         return None

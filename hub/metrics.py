@@ -27,6 +27,8 @@ Names (all prefixed mc_hub_):
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -282,10 +284,15 @@ class MeteredReports:
         await self.inner.command_results(gateway_id, results, epoch=epoch)
         self._metrics.command_results(results)
 
-    async def heartbeats(self, gateway_id: str, batch: pb.HeartbeatBatch) -> None:
-        await self.inner.heartbeats(gateway_id, batch)
-        self._beats.inc(len(batch.beats))
-        self._batches.inc()
+    def heartbeats(self, gateway_id: str, batch: pb.HeartbeatBatch) -> asyncio.Future[None]:
+        stored = self.inner.heartbeats(gateway_id, batch)
+        stored.add_done_callback(functools.partial(self._count_beats, len(batch.beats)))
+        return stored
+
+    def _count_beats(self, beats: int, stored: asyncio.Future[None]) -> None:
+        if not stored.cancelled() and stored.exception() is None:
+            self._beats.inc(beats)
+            self._batches.inc()
 
     async def run_observed(
         self, gateway_id: str, run: pb.RunObserved, *, epoch: int | None = None

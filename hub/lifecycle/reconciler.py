@@ -257,11 +257,13 @@ class Reconciler:
 
         await self.write(op)
 
-    async def heartbeats(self, gateway_id: str, batch: pb.HeartbeatBatch) -> None:
-        """A beat batch from a gateway's stream (or the agent API); returns once durable.
-        Bulk traffic: every batch that arrives before the next paced group commit rides
-        in it as one job, a few statements for all of them."""
-        await self._beats.submit((gateway_id, batch))
+    def heartbeats(self, gateway_id: str, batch: pb.HeartbeatBatch) -> asyncio.Future[None]:
+        """A beat batch from a gateway's stream (or the agent API); the future is done
+        once it is durable. Bulk traffic: every batch that arrives before the next paced
+        group commit rides in it as one job, a few statements for all of them. A future,
+        not a coroutine: a fleet's streams send thousands a second, and the link answers
+        each in a callback rather than a task of its own."""
+        return self._beats.offer((gateway_id, batch))
 
     def _write_beats(self, tx: Transition, batches: list[tuple[str, pb.HeartbeatBatch]]) -> None:
         conn, now = tx.conn, tx.now

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -86,7 +87,9 @@ class ReportSink(Protocol):
         """`epoch`: the session's; refused (Superseded) once it no longer owns the gateway."""
         ...
 
-    async def heartbeats(self, gateway_id: str, batch: pb.HeartbeatBatch) -> None: ...
+    def heartbeats(self, gateway_id: str, batch: pb.HeartbeatBatch) -> asyncio.Future[None]:
+        """Done once the batch is durable (a future: the reader acks it in a callback)."""
+        ...
 
     async def run_observed(
         self, gateway_id: str, run: pb.RunObserved, *, epoch: int | None = None
@@ -459,7 +462,7 @@ class LinkService(pb_grpc.LinkServicer):
         self, session: SidecarSession, messages: AsyncIterator[pb.SidecarMessage]
     ) -> None:
         writes = asyncio.Semaphore(MAX_PENDING_WRITES)
-        pending: set[asyncio.Task[None]] = set()
+        pending: set[asyncio.Future[None]] = set()  # writes in flight, and their tasks
 
         def spawn(work: Awaitable[None], what: str) -> None:
             async def run() -> None:
@@ -480,6 +483,28 @@ class LinkService(pb_grpc.LinkServicer):
             task = asyncio.create_task(run())
             pending.add(task)
             task.add_done_callback(pending.discard)
+
+        def beats_stored(batch: pb.HeartbeatBatch, stored: asyncio.Future[None]) -> None:
+            """Ack a durable beat batch, or log why not (the sidecar sends it again)."""
+            pending.discard(stored)
+            error = None if stored.cancelled() else stored.exception()
+            if isinstance(error, Superseded):
+                session.supersede(str(error))
+            elif error is not None:
+                log.error(
+                    "link.report.failed",
+                    gateway_id=session.gateway_id,
+                    what="heartbeats",
+                    error=str(error),
+                )
+            elif not stored.cancelled() and not session.closed:
+                ack = pb.HubMessage(heartbeat_ack=pb.HeartbeatAck(batch_id=batch.batch_id))
+                try:
+                    session.outgoing.put_nowait(ack)
+                except asyncio.QueueFull:  # a slow reader: hold this write until there is room
+                    spawn(session.outgoing.put(ack), "heartbeats")
+                    return  # that write releases the slot
+            writes.release()
 
         try:
             async for message in messages:
@@ -510,7 +535,10 @@ class LinkService(pb_grpc.LinkServicer):
                         kind,
                     )
                 elif kind == "heartbeats":
-                    spawn(self._heartbeats(session, message.heartbeats), kind)
+                    # The bulk of a fleet's traffic: acked from a callback, no task of its own.
+                    stored = self.reports.heartbeats(session.gateway_id, message.heartbeats)
+                    pending.add(stored)
+                    stored.add_done_callback(functools.partial(beats_stored, message.heartbeats))
                 elif kind == "run_observed":
                     spawn(
                         self.reports.run_observed(
@@ -564,12 +592,6 @@ class LinkService(pb_grpc.LinkServicer):
             except (ValueError, CAError) as exc:
                 response.error = f"renewal refused: {exc}"
         await session.outgoing.put(pb.HubMessage(renew=response))
-
-    async def _heartbeats(self, session: SidecarSession, batch: pb.HeartbeatBatch) -> None:
-        await self.reports.heartbeats(session.gateway_id, batch)
-        await session.outgoing.put(
-            pb.HubMessage(heartbeat_ack=pb.HeartbeatAck(batch_id=batch.batch_id))
-        )
 
 
 async def _close_at_expiry(session: SidecarSession) -> None:

@@ -44,6 +44,11 @@ class Coalescer(Generic[Item, X]):
 
     async def submit(self, item: Item) -> None:
         """Write `item` in the next group commit; return once it is durable."""
+        await self.offer(item)  # a cancelled submitter's item is still written
+
+    def offer(self, item: Item) -> asyncio.Future[None]:
+        """`submit` without a coroutine: the future is done once `item` is durable (for
+        a caller on the hot path that answers in a callback)."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         with self._lock:
             self._pending.append((item, future))
@@ -53,7 +58,7 @@ class Coalescer(Generic[Item, X]):
             flush = asyncio.ensure_future(self._flush())
             self._flushes.add(flush)  # held until done: a task nobody holds may vanish
             flush.add_done_callback(self._flushes.discard)
-        await future  # a cancelled submitter's item is still written
+        return future
 
     def _take(self) -> list[tuple[Item, asyncio.Future[None]]]:
         with self._lock:
