@@ -150,6 +150,8 @@ async def test_frozen_sidecar_is_noticed_within_the_keepalive_window(
 ) -> None:
     """A sidecar that stops answering (SIGSTOP: socket open, nothing read) is dropped."""
     assert hub.addresses is not None
+    log_path = tmp_path / "sidecar.log"
+    log_file = log_path.open("wb")
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -166,17 +168,23 @@ async def test_frozen_sidecar_is_noticed_within_the_keepalive_window(
         str(tmp_path / "oc" / "openclaw.json"),
         "--agent-api-listen",
         "127.0.0.1:0",
+        "--metrics-listen",
+        "off",  # its default port is every sidecar's: tests run side by side
         "--log-format",
         "json",
         stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
+        stderr=log_file,
     )
+
+    async def connected() -> Any:
+        if process.returncode is not None:
+            raise AssertionError(
+                f"the sidecar exited ({process.returncode}): {log_path.read_text()[-4000:]}"
+            )
+        return await _connected(http, "gw-frozen", True)
+
     try:
-        await wait_for(
-            lambda: _connected(http, "gw-frozen", True),
-            timeout_s=20,
-            what="subprocess sidecar connected",
-        )
+        await wait_for(connected, timeout_s=20, what="subprocess sidecar connected")
         os.kill(process.pid, signal.SIGSTOP)
         await wait_for(
             lambda: _connected(http, "gw-frozen", False),
@@ -185,9 +193,11 @@ async def test_frozen_sidecar_is_noticed_within_the_keepalive_window(
             what="frozen sidecar marked disconnected",
         )
     finally:
-        os.kill(process.pid, signal.SIGCONT)
-        process.terminate()
+        if process.returncode is None:
+            os.kill(process.pid, signal.SIGCONT)
+            process.terminate()
         await asyncio.wait_for(process.wait(), 10)
+        log_file.close()
 
 
 async def test_command_queued_while_sidecar_offline_is_applied_once_after_it_connects(

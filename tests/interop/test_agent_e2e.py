@@ -342,7 +342,9 @@ def assert_nothing_left(gateway: RunningGateway, p: Provisioned, empty_before: s
     trash = gateway.home / ".Trash"
     tokens = list(trash.rglob(".mc-agent-token")) if trash.exists() else []
     assert not tokens, f"a removed agent's token went to the Trash: {tokens}"
-    emptied = empty_directories(gateway.state_dir) - empty_before
+    # The gateway's own directory of every agent's state is empty when the removed agent
+    # was the last one there (which depends on the tests that ran before on this gateway).
+    emptied = empty_directories(gateway.state_dir) - empty_before - {gateway.state_dir / "agents"}
     assert not emptied, f"empty directories left under the gateway's state: {emptied}"
 
 
