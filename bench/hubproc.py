@@ -66,6 +66,7 @@ def _main(
 async def _serve(
     conn: mpc.Connection, data_dir: Path, link_port: int, http_port: int, database: str
 ) -> None:
+    from hub import collector
     from hub.app import Hub
     from hub.config import HubConfig
     from hub.provisioning.template_sync import SyncOptions
@@ -86,8 +87,10 @@ async def _serve(
         enroll_listen=HostPort("127.0.0.1", 0),
         database=database,
     )
+    collector.tune()  # as `mc-hub serve` runs it (hub/collector.py)
     hub = Hub(config)
     await hub.start()
+    collector.settle()
     conn.send({"ready": True, "started_at": time.time()})
     inbox = pipe_inbox(conn)
     try:

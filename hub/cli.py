@@ -11,6 +11,7 @@ import socket
 import sys
 from pathlib import Path
 
+from hub import collector
 from hub.config import ADMIN_TOKEN_ENV, HubConfig, add_serve_arguments, build_config
 from hub.fleet_cli import COMMANDS as FLEET_COMMANDS
 from hub.fleet_cli import add_fleet_parsers, fleet_main
@@ -304,6 +305,7 @@ async def _serve(config: HubConfig) -> None:
 
     hub = Hub(config)
     addresses = await hub.start()
+    collector.settle()
     print(
         banner(
             config,
@@ -352,6 +354,7 @@ def main(argv: list[str] | None = None) -> int:
     from hub.pki.ca import CAError
     from missioncontrol.private_files import InsecurePermissionsError
 
+    collector.tune()
     try:
         asyncio.run(_serve(config))
     except (HubStartError, CAError, InsecurePermissionsError) as exc:
