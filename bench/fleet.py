@@ -52,11 +52,11 @@ def run(sizes: Sizes) -> Section:
         "% of a core",
         [],
         "bare grpc.aio",
-        target=Target("<=", 50.0),
+        target=Target("<=", 2.5, on="ratio"),
     )
     rss = Figure("hub RSS", "MiB", [], "bare grpc.aio", target=Target("<=", 500.0))
     commits = Figure("hub group commits", "commits/s", [], target=Target("<=", 1.1))
-    ack = Figure("beat batch sent -> acked durable, p99", "s", [], target=Target("<=", 1.5))
+    ack = Figure("beat batch sent -> acked durable, p99", "s", [], target=Target("<=", 1.2))
     ack_connect = Figure("beat batch sent in the connect or its link-up -> acked, p99", "s", [])
     connect = Figure("initial connect, all sidecars", "s", [])
     settled = Figure("their link-up work committed, after the connect", "s", [])

@@ -62,7 +62,7 @@ def run(sizes: Sizes) -> Section:
         for i in range(HUBS)
     ]
     database_cpu = Figure("PostgreSQL CPU, all its processes", "% of a core", [])
-    ack = Figure("beat batch sent -> acked durable, p99", "s", [], target=Target("<=", 1.5))
+    ack = Figure("beat batch sent -> acked durable, p99", "s", [], target=Target("<=", 1.2))
     ack_connect = Figure("beat batch sent in the connect or its link-up -> acked, p99", "s", [])
     connect = Figure("initial connect, all sidecars", "s", [])
     settled = Figure("their link-up work committed, after the connect", "s", [])
