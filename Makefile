@@ -11,7 +11,7 @@ LINK_LISTEN ?= 127.0.0.1:7443
 ENROLL_LISTEN ?= 127.0.0.1:7444
 PYTEST_ARGS ?=
 # Most tests wait on commits, timers and real gateways rather than compute: four workers
-# on two cores take the suite from about 27 min to about 10 (TEST_WORKERS=0: one process).
+# on two cores take the suite from about 27 min to about 12 (TEST_WORKERS=0: one process).
 TEST_WORKERS ?= 4
 CHROMIUM ?= chromium
 
