@@ -109,6 +109,7 @@ class Sidecar:
             on_unmanage=self._unmanage,
             on_manage=self._manage,
             on_applied=self.metrics.command_applied,
+            on_credentials=self.credentials.accept,
             gateway_state_dir=config.openclaw_config.parent,
         )
         self.queue = CommandQueue(self.applier, self._report_result)
@@ -255,8 +256,9 @@ class Sidecar:
         log.info("sidecar.workspace_root.adopted", workspace_root=declared)
 
     def _report_result(self, result: pb.CommandResult) -> None:
-        if result.outcome == pb.CommandResult.APPLIED and result.agent_id:
-            # An applied command may have replaced or removed this agent's token verifiers.
+        if result.outcome != pb.CommandResult.FAILED and result.agent_id:
+            # A recorded command may have replaced or removed this agent's token verifiers;
+            # its recorded set also ends what it accepted ahead (a failed one is retried).
             self.credentials.reload_agent(result.agent_id)
             self._hub_agent_ids = self.state.hub_agent_ids()
         if result.agent_id:

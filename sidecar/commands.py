@@ -117,6 +117,7 @@ class CommandApplier:
         on_unmanage: Callable[[str], None] = lambda agent_id: None,
         on_manage: Callable[[str], None] = lambda agent_id: None,
         on_applied: Callable[[str, int, float], None] = lambda kind, outcome, seconds: None,
+        on_credentials: Callable[[str, list[Credential]], None] = lambda agent_id, creds: None,
         gateway_state_dir: Path | None = None,
     ) -> None:
         self.state = state
@@ -131,6 +132,10 @@ class CommandApplier:
         # may see the new entry before the result is in, and must not call it a hand edit.
         self.on_manage = on_manage
         self.on_applied = on_applied  # (command kind, outcome, seconds): metrics
+        # Told an agent's new credentials before its token file is written with them, so
+        # the agent is never refused the token it reads (they are recorded after the
+        # gateway calls, and only then replace the old ones).
+        self.on_credentials = on_credentials
         # Where the gateway keeps each agent's own state (`agents/<id>/`): what a removal
         # leaves there, the sidecar removes.
         self.gateway_state_dir = gateway_state_dir
@@ -261,6 +266,8 @@ class CommandApplier:
         if self._already(spec.agent_id, spec.generation):
             return _Done(outcome=Outcome.ALREADY_APPLIED)
         files = _files(list(spec.files))
+        credentials = _credentials(spec.agent_id, list(spec.credentials))
+        self.on_credentials(spec.agent_id, credentials)
         # Files first: a gateway that finds profile files in place keeps them instead of
         # seeding its templates over them.
         workspace, hashes = await asyncio.to_thread(self._write, spec.workspace_path, files)
@@ -286,7 +293,7 @@ class CommandApplier:
                 spec.hub_agent_id,
                 heartbeat=_heartbeat(spec.heartbeat) if spec.HasField("heartbeat") else None,
             ),
-            credentials={spec.agent_id: _credentials(spec.agent_id, list(spec.credentials))},
+            credentials={spec.agent_id: credentials},
         )
         if spec.wake_message:
             done.run_id = await self._wake(
@@ -364,12 +371,12 @@ class CommandApplier:
     async def _set_credentials(self, command: pb.Command) -> _Done:
         spec = command.set_credentials
         known = self.state.agent(spec.agent_id)
-        done = _Done(
-            credentials={spec.agent_id: _credentials(spec.agent_id, list(spec.credentials))}
-        )
+        credentials = _credentials(spec.agent_id, list(spec.credentials))
+        done = _Done(credentials={spec.agent_id: credentials})
         if spec.HasField("token_file"):
             if known is None:
                 raise WorkspaceError(f"agent {spec.agent_id} is not managed by this sidecar")
+            self.on_credentials(spec.agent_id, credentials)
             files = _files([spec.token_file])
             _, hashes = await asyncio.to_thread(self._write, known.workspace, files)
             done.upsert = AgentState(

@@ -119,6 +119,16 @@ class CredentialIndex:
             self._ids_by_agent[agent_id] = {c.token_id for c in fresh}
         return len(fresh)
 
+    def accept(self, agent_id: str, creds: list[Credential]) -> None:
+        """Accept `creds` for `agent_id` besides what it has, until its next reload.
+
+        Called before a command writes the agent's token file: the agent may read the
+        file and call at once, before the command is recorded and its set replaces
+        the old one, and must not be refused the token it was just given."""
+        for c in creds:
+            self._by_id[c.token_id] = _Verifier(agent_id, bytes(c.sha256), c.not_after)
+            self._ids_by_agent.setdefault(agent_id, set()).add(c.token_id)
+
     def __len__(self) -> int:
         return len(self._by_id)
 

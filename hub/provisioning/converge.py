@@ -108,9 +108,11 @@ class Convergence:
                     ),
                 )
             for agent_id, generation in decided.reapply:
+                # The file first: the apply then carries the set that accepts it, so the
+                # agent is never refused the token its file holds.
                 raw = self._replace_tokens_in(tx, agent_id)
-                tx.step(agent_id, lc.ApplyRequested(generation=generation, wake=False))
                 self._token_file_in(tx, agent_id, raw)
+                tx.step(agent_id, lc.ApplyRequested(generation=generation, wake=False))
             for agent_id, generation in decided.reprovision:
                 raw = self._replace_tokens_in(tx, agent_id)
                 tx.step(
@@ -180,7 +182,7 @@ class Convergence:
         return minted.raw
 
     def _token_file_in(self, tx: Transition, agent_id: str, raw: str) -> None:
-        """The agent's token file rewritten with `raw` (after its re-apply)."""
+        """The agent's token file rewritten with `raw`, and its accepted set sent with it."""
         row = require_agent(tx.conn, agent_id)
         secret = token_file(raw)
         enqueue_command_in(

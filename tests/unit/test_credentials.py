@@ -148,6 +148,23 @@ def test_reload_agent_replaces_only_that_agents_tokens() -> None:
     assert index.agents() == frozenset({"mc-b"}) and len(index) == 1
 
 
+def test_accepted_ahead_tokens_verify_beside_the_old_ones_until_the_agents_reload() -> None:
+    old, new = KEYRING.mint(), KEYRING.mint()
+    source = Rows(credential("mc-a", old.raw))
+    index = CredentialIndex(source)
+    index.reload()
+    index.accept("mc-a", [credential("mc-a", new.raw)])  # a command under way
+    assert index.verify(old.raw) == index.verify(new.raw) == "mc-a"
+    index.reload_agent("mc-a")  # the command was not recorded: only the recorded set
+    with pytest.raises(UnknownToken):
+        index.verify(new.raw)
+    assert index.verify(old.raw) == "mc-a"
+    index.accept("mc-b", [credential("mc-b", new.raw)])  # an agent still being created
+    source.rows.append(credential("mc-b", new.raw))
+    index.reload_agent("mc-b")
+    assert index.verify(new.raw) == "mc-b" and len(index) == 2
+
+
 def test_verifier_is_sha256_of_the_whole_raw_token() -> None:
     raw = "abcdefghij01." + "Z" * 43
     index = index_of(
